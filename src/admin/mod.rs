@@ -1,0 +1,1 @@
+//! The admin listener: `/metrics`, `/stats`, `/requests`, `/healthz`, `/readyz`, on its own port.

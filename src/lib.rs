@@ -1,0 +1,29 @@
+//! joulegate: a transparent reverse proxy for OpenAI-compatible LLM servers that measures accelerator
+//! energy and attributes it to each request by the work it did.
+//!
+//! The crate map (see `../shared/DESIGN.md` for the model and STYLE.md for the shape):
+//! - [`config`]: raw file/env/flag values validated into a typed [`config::Config`].
+//! - [`cli`]: the clap commands (`serve`, `demo`, `log-power`, `mock-upstream`).
+//! - [`proxy`]: the data plane: listener, upstream pool, header rules, the relay body wrapper, errors.
+//! - [`openai`]: pure protocol code (request view, usage injection/removal, incremental SSE, usage).
+//! - [`observe`]: per-request atomics and the in-flight guard, shared by data plane and accounting.
+//! - [`clock`]: the shared monotonic clock; [`tick`]: the record between sampler and accounting.
+//! - [`meter`]: energy sources (NVML, counter files, simulated, replay); [`sampler`]: the ticking thread.
+//! - [`ledger`]: pure attribution of each tick's energy; [`accounting`]: the glue thread that feeds it.
+//! - [`admin`]: the second listener (metrics, stats, requests, health).
+//! - [`sim`]: the simulated vLLM-like engine and mock upstream used by `demo`, tests and benches.
+#![forbid(unsafe_code)]
+
+pub mod accounting;
+pub mod admin;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod ledger;
+pub mod meter;
+pub mod observe;
+pub mod openai;
+pub mod proxy;
+pub mod sampler;
+pub mod sim;
+pub mod tick;

@@ -1,0 +1,398 @@
+//! Per-request live state: written by the data plane as traffic flows, read by accounting and admin.
+//!
+//! The data plane never waits on the ledger: the token observer stores into the atomics of a
+//! [`RequestProgress`], and the accounting thread snapshots them on each tick. The only writes in the
+//! other direction are the energy figures the accounting thread publishes back (so that a response can
+//! carry its energy without asking anybody). [`InFlight`] is the registry; [`InFlightGuard`] is the RAII
+//! handle the data plane holds for a request's whole life: dropping it marks the request finished
+//! (aborted if nobody said otherwise), it never removes the entry itself, because accounting must see
+//! the final state to settle the request's last intervals before retiring it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+/// What kind of API call a request is, as far as accounting cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// `/v1/chat/completions`
+    ChatCompletions,
+    /// `/v1/completions`
+    Completions,
+    /// `/v1/responses`
+    Responses,
+    /// `/v1/embeddings`
+    Embeddings,
+    /// Anything else (forwarded, not accounted as model work).
+    Other,
+}
+
+impl Endpoint {
+    /// The label used in records and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat.completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Responses => "responses",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Other => "other",
+        }
+    }
+}
+
+/// How a request ended. Stored as a `u8` in [`RequestProgress`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Outcome {
+    /// Still in flight.
+    InFlight = 0,
+    /// The upstream answered and the response was delivered completely.
+    Ok = 1,
+    /// The client went away (or the proxy was shut down) before the response ended.
+    Aborted = 2,
+    /// The upstream failed (status >= 400, mid-stream error, transport error).
+    Error = 3,
+}
+
+impl Outcome {
+    fn from_u8(v: u8) -> Outcome {
+        match v {
+            1 => Outcome::Ok,
+            2 => Outcome::Aborted,
+            3 => Outcome::Error,
+            _ => Outcome::InFlight,
+        }
+    }
+}
+
+/// Facts fixed at arrival.
+#[derive(Clone, Debug)]
+pub struct RequestMeta {
+    /// Process-unique id; `x-energy-request-id` is [`RequestMeta::public_id`].
+    pub id: u64,
+    /// The `model` field of the request, if any (truncated to a bounded length by the inspector).
+    pub model: Option<String>,
+    /// Which API.
+    pub endpoint: Endpoint,
+    /// Keyed hash of the API key, never the key.
+    pub key_hash: Option<String>,
+    /// The `x-energy-tag` request header.
+    pub tag: Option<String>,
+    /// Whether the response is a stream.
+    pub stream: bool,
+    /// Arrival, clock nanoseconds.
+    pub arrival_ns: u64,
+    /// Prompt tokens estimated from the request body at arrival (0 if unknown).
+    pub estimated_prompt_tokens: u64,
+    /// Number of choices asked for (`n`, at least 1).
+    pub choices: u32,
+    /// Upper bound on completion tokens per choice, if the request set one.
+    pub max_tokens: Option<u64>,
+}
+
+impl RequestMeta {
+    /// The id as clients and `/requests/{id}` see it.
+    pub fn public_id(&self) -> String {
+        format_public_id(self.id)
+    }
+}
+
+/// Formats a request id the way it appears on the wire.
+pub fn format_public_id(id: u64) -> String {
+    format!("jg-{id:016x}")
+}
+
+/// Parses what [`format_public_id`] produced.
+pub fn parse_public_id(s: &str) -> Option<u64> {
+    u64::from_str_radix(s.strip_prefix("jg-")?, 16).ok()
+}
+
+/// Live state of one request. Timestamps are clock nanoseconds, `0` meaning "not yet".
+#[derive(Debug)]
+pub struct RequestProgress {
+    /// Facts fixed at arrival.
+    pub meta: RequestMeta,
+    // --- written by the data plane ---
+    /// Prompt tokens: the estimate until `prompt_exact`, then the server's count.
+    pub prompt_tokens: AtomicU64,
+    /// Whether `prompt_tokens` came from the server's usage.
+    pub prompt_exact: AtomicBool,
+    /// Completion tokens observed so far (summed over choices).
+    pub completion_tokens: AtomicU64,
+    /// Whether the completion count is the server's (usage) rather than counted from chunks.
+    pub completion_exact: AtomicBool,
+    /// Whether token progress is visible while in flight (a stream with per-chunk counts).
+    pub progress_visible: AtomicBool,
+    /// Arrival of the first completion token.
+    pub first_token_ns: AtomicU64,
+    /// Arrival of the latest completion-token increment.
+    pub last_token_ns: AtomicU64,
+    /// vLLM `metrics`: time spent queued, nanoseconds (0 if unknown).
+    pub queue_ns: AtomicU64,
+    /// vLLM `metrics`: prefill time, nanoseconds (0 if unknown).
+    pub prefill_ns: AtomicU64,
+    /// End of the response (last byte or abort), 0 while in flight.
+    pub end_ns: AtomicU64,
+    outcome: AtomicU8,
+    // --- written by accounting ---
+    /// Energy attributed so far, micro-joules.
+    pub energy_uj: AtomicU64,
+    /// Active energy (excluding the idle baseline share) so far, micro-joules.
+    pub active_uj: AtomicU64,
+    /// Of `energy_uj`, the prefill part.
+    pub prefill_uj: AtomicU64,
+    /// Of `energy_uj`, the decode part.
+    pub decode_uj: AtomicU64,
+    /// The end of the last tick included in the energy figures.
+    pub settled_until_ns: AtomicU64,
+    /// The request's attributed power over its latest tick, milliwatts: used to extend the settled
+    /// figure to "now" when a stream ends between ticks.
+    pub recent_power_mw: AtomicU64,
+    /// Whether energy is measured at all (false when no meter works).
+    pub energy_available: AtomicBool,
+}
+
+impl RequestProgress {
+    /// A fresh in-flight request.
+    pub fn new(meta: RequestMeta) -> Self {
+        let estimate = meta.estimated_prompt_tokens;
+        RequestProgress {
+            meta,
+            prompt_tokens: AtomicU64::new(estimate),
+            prompt_exact: AtomicBool::new(false),
+            completion_tokens: AtomicU64::new(0),
+            completion_exact: AtomicBool::new(false),
+            progress_visible: AtomicBool::new(false),
+            first_token_ns: AtomicU64::new(0),
+            last_token_ns: AtomicU64::new(0),
+            queue_ns: AtomicU64::new(0),
+            prefill_ns: AtomicU64::new(0),
+            end_ns: AtomicU64::new(0),
+            outcome: AtomicU8::new(Outcome::InFlight as u8),
+            energy_uj: AtomicU64::new(0),
+            active_uj: AtomicU64::new(0),
+            prefill_uj: AtomicU64::new(0),
+            decode_uj: AtomicU64::new(0),
+            settled_until_ns: AtomicU64::new(0),
+            recent_power_mw: AtomicU64::new(0),
+            energy_available: AtomicBool::new(true),
+        }
+    }
+
+    /// Records an exact prompt count from the server.
+    pub fn set_prompt_exact(&self, tokens: u64) {
+        self.prompt_tokens.store(tokens, Relaxed);
+        self.prompt_exact.store(true, Relaxed);
+    }
+
+    /// Records the cumulative completion count observed at `now_ns`; stamps first/last token times
+    /// when the count grows.
+    pub fn observe_completion(&self, cumulative: u64, now_ns: u64) {
+        let now_ns = now_ns.max(1);
+        let before = self.completion_tokens.fetch_max(cumulative, Relaxed);
+        if cumulative > before {
+            if before == 0 {
+                let _ = self
+                    .first_token_ns
+                    .compare_exchange(0, now_ns, Relaxed, Relaxed);
+            }
+            self.last_token_ns.store(now_ns, Relaxed);
+        }
+    }
+
+    /// Marks the end of the request, first writer wins.
+    pub fn finish(&self, outcome: Outcome, now_ns: u64) {
+        if self
+            .outcome
+            .compare_exchange(Outcome::InFlight as u8, outcome as u8, Relaxed, Relaxed)
+            .is_ok()
+        {
+            self.end_ns.store(now_ns.max(1), Relaxed);
+        }
+    }
+
+    /// How the request ended, or [`Outcome::InFlight`].
+    pub fn outcome(&self) -> Outcome {
+        Outcome::from_u8(self.outcome.load(Relaxed))
+    }
+
+    /// A consistent-enough copy of the data-plane fields, for one ledger tick.
+    pub fn snapshot(&self) -> ProgressSnapshot {
+        // Read the end first: if it is set, the counts read after it are final.
+        let end_ns = self.end_ns.load(Relaxed);
+        ProgressSnapshot {
+            id: self.meta.id,
+            arrival_ns: self.meta.arrival_ns,
+            prompt_tokens: self.prompt_tokens.load(Relaxed),
+            prompt_exact: self.prompt_exact.load(Relaxed),
+            completion_tokens: self.completion_tokens.load(Relaxed),
+            completion_exact: self.completion_exact.load(Relaxed),
+            progress_visible: self.progress_visible.load(Relaxed),
+            first_token_ns: self.first_token_ns.load(Relaxed),
+            last_token_ns: self.last_token_ns.load(Relaxed),
+            queue_ns: self.queue_ns.load(Relaxed),
+            prefill_ns: self.prefill_ns.load(Relaxed),
+            end_ns,
+            outcome: self.outcome(),
+        }
+    }
+}
+
+/// Plain copy of a request's progress at one instant: what the pure ledger consumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProgressSnapshot {
+    pub id: u64,
+    pub arrival_ns: u64,
+    pub prompt_tokens: u64,
+    pub prompt_exact: bool,
+    pub completion_tokens: u64,
+    pub completion_exact: bool,
+    pub progress_visible: bool,
+    pub first_token_ns: u64,
+    pub last_token_ns: u64,
+    pub queue_ns: u64,
+    pub prefill_ns: u64,
+    pub end_ns: u64,
+    pub outcome: Outcome,
+}
+
+/// The registry of requests that accounting has not retired yet.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    map: DashMap<u64, Arc<RequestProgress>>,
+    next_id: AtomicU64,
+}
+
+impl InFlight {
+    /// An empty registry; ids start at 1.
+    pub fn new() -> Self {
+        InFlight {
+            map: DashMap::new(),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Allocates a request id.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Relaxed)
+    }
+
+    /// Registers a request and returns the guard the data plane holds until the response ends.
+    pub fn register(
+        self: &Arc<Self>,
+        meta: RequestMeta,
+        clock: crate::clock::Clock,
+    ) -> InFlightGuard {
+        let progress = Arc::new(RequestProgress::new(meta));
+        self.map.insert(progress.meta.id, progress.clone());
+        InFlightGuard { progress, clock }
+    }
+
+    /// Looks a live (or finished but not yet retired) request up.
+    pub fn get(&self, id: u64) -> Option<Arc<RequestProgress>> {
+        self.map.get(&id).map(|e| e.value().clone())
+    }
+
+    /// Removes a request once accounting has settled it.
+    pub fn retire(&self, id: u64) -> Option<Arc<RequestProgress>> {
+        self.map.remove(&id).map(|(_, v)| v)
+    }
+
+    /// Every registered request (in no particular order).
+    pub fn all(&self) -> Vec<Arc<RequestProgress>> {
+        self.map.iter().map(|e| e.value().clone()).collect()
+    }
+
+    /// Number of registered requests (in flight or awaiting settlement).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether nothing is registered.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// Held by the data plane for a request's life. Dropping it without [`RequestProgress::finish`]
+/// marks the request aborted: a cancelled stream is reported by its `Drop`.
+#[derive(Debug)]
+pub struct InFlightGuard {
+    progress: Arc<RequestProgress>,
+    clock: crate::clock::Clock,
+}
+
+impl InFlightGuard {
+    /// The live state.
+    pub fn progress(&self) -> &Arc<RequestProgress> {
+        &self.progress
+    }
+
+    /// Marks the request finished now with `outcome`.
+    pub fn finish(&self, outcome: Outcome) {
+        self.progress.finish(outcome, self.clock.now_ns());
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.progress.finish(Outcome::Aborted, self.clock.now_ns());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+
+    fn meta(id: u64) -> RequestMeta {
+        RequestMeta {
+            id,
+            model: Some("m".into()),
+            endpoint: Endpoint::ChatCompletions,
+            key_hash: None,
+            tag: None,
+            stream: true,
+            arrival_ns: 10,
+            estimated_prompt_tokens: 5,
+            choices: 1,
+            max_tokens: None,
+        }
+    }
+
+    #[test]
+    fn dropped_guard_marks_abort_but_keeps_entry_for_settlement() {
+        let reg = Arc::new(InFlight::new());
+        let id = reg.next_id();
+        let guard = reg.register(meta(id), Clock::new());
+        guard.progress().observe_completion(3, 100);
+        guard.progress().observe_completion(2, 200); // stale count never lowers
+        drop(guard);
+        let p = reg.get(id).expect("still registered");
+        let s = p.snapshot();
+        assert_eq!(s.outcome, Outcome::Aborted);
+        assert_eq!(s.completion_tokens, 3);
+        assert_eq!(s.first_token_ns, 100);
+        assert_eq!(s.last_token_ns, 100);
+        assert!(s.end_ns > 0);
+        assert!(reg.retire(id).is_some());
+        assert!(reg.is_empty());
+    }
+
+    #[test]
+    fn explicit_finish_wins_over_drop() {
+        let reg = Arc::new(InFlight::new());
+        let guard = reg.register(meta(7), Clock::new());
+        guard.finish(Outcome::Ok);
+        let p = guard.progress().clone();
+        drop(guard);
+        assert_eq!(p.outcome(), Outcome::Ok);
+    }
+
+    #[test]
+    fn public_ids_round_trip() {
+        assert_eq!(parse_public_id(&format_public_id(42)), Some(42));
+        assert_eq!(parse_public_id("nope"), None);
+    }
+}

@@ -1,0 +1,1 @@
+//! The sampling thread: reads the meters on a drift-free schedule and sends [`crate::tick::Tick`]s.

@@ -1,0 +1,11 @@
+//! The simulated vLLM-like world: a mock OpenAI-compatible upstream with vLLM's exact wire format and
+//! a continuous-batching engine with ground-truth energy, for `demo`, tests and benches.
+
+/// Flags of `joulegate mock-upstream`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MockUpstreamArgs {}
+
+/// Runs `mock-upstream` until Ctrl-C.
+pub async fn run_cli(_args: MockUpstreamArgs) -> anyhow::Result<()> {
+    anyhow::bail!("mock-upstream is not built yet")
+}
