@@ -1,6 +1,11 @@
 //! The command line: `serve`, `demo`, `log-power`, `mock-upstream`.
+//!
+//! Flags of `serve` are all optional here: unset ones fall back to the environment (clap `env`), then
+//! the `--config` file, then defaults, in [`crate::config::Config::resolve`].
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
 
 /// joulegate: energy per LLM request, measured at the proxy.
 #[derive(Debug, Parser)]
@@ -14,8 +19,45 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the proxy in front of an OpenAI-compatible server (vLLM).
+    Serve(ServeArgs),
     /// Run a power and energy logger writing CSV.
     LogPower(crate::meter::log_power::LogPowerArgs),
     /// Run the mock vLLM upstream (vLLM's wire format, simulated engine).
     MockUpstream(crate::sim::MockUpstreamArgs),
+}
+
+/// Flags of `joulegate serve`. Each is also an environment variable and a key in the config file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (see config.example.toml).
+    #[arg(long, env = "JOULEGATE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Proxy listen address [default: 127.0.0.1:9000].
+    #[arg(long, env = "JOULEGATE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Upstream base URL [default: http://127.0.0.1:8000].
+    #[arg(long, env = "JOULEGATE_UPSTREAM", value_name = "URL")]
+    pub upstream: Option<String>,
+    /// Admin listen address [default: 127.0.0.1:9101].
+    #[arg(long, env = "JOULEGATE_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+    /// Largest request body accepted, bytes; larger ones get 413 [default: 16777216].
+    #[arg(long, env = "JOULEGATE_MAX_BODY_BYTES", value_name = "N")]
+    pub max_body_bytes: Option<u64>,
+    /// Most client connections served at once; further ones wait to be accepted [default: 10000].
+    #[arg(long, env = "JOULEGATE_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<u64>,
+    /// Upstream connect timeout, ms (502 after it) [default: 5000].
+    #[arg(long, env = "JOULEGATE_CONNECT_TIMEOUT_MS", value_name = "MS")]
+    pub connect_timeout_ms: Option<u64>,
+    /// Longest wait for the upstream's response headers, ms (504 after it) [default: 600000].
+    #[arg(long, env = "JOULEGATE_UPSTREAM_HEADER_TIMEOUT_MS", value_name = "MS")]
+    pub upstream_header_timeout_ms: Option<u64>,
+    /// Grace period for in-flight requests after SIGINT/SIGTERM, ms [default: 30000].
+    #[arg(long, env = "JOULEGATE_SHUTDOWN_GRACE_MS", value_name = "MS")]
+    pub shutdown_grace_ms: Option<u64>,
 }

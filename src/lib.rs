@@ -2,6 +2,7 @@
 //! energy and attributes it to each request by the work it did.
 //!
 //! The crate map (see `../shared/DESIGN.md` for the model and STYLE.md for the shape):
+//! - [`app`]: [`app::App`] built from a config, served on caller-bound [`app::Listeners`], drained.
 //! - [`config`]: raw file/env/flag values validated into a typed [`config::Config`].
 //! - [`cli`]: the clap commands (`serve`, `demo`, `log-power`, `mock-upstream`).
 //! - [`proxy`]: the data plane: listener, upstream pool, header rules, the relay body wrapper, errors.
@@ -16,6 +17,7 @@
 
 pub mod accounting;
 pub mod admin;
+pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -1,1 +1,340 @@
-//! Configuration.
+//! Configuration in two layers (ripgrep's lowargs/hiargs): raw values from flags, environment and the
+//! TOML file, then one validated, typed [`Config`]. Precedence: flag > environment > file > default
+//! (clap reads flag and environment together; the file fills what both left unset).
+//!
+//! Every validation error names the key, the value and where it came from.
+
+mod file;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::Uri;
+use serde::Serialize;
+
+pub use file::FileConfig;
+
+use crate::cli::ServeArgs;
+
+/// Where a raw value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A flag or its environment variable.
+    Flag {
+        flag: &'static str,
+        env: &'static str,
+    },
+    /// A key in the configuration file.
+    File(PathBuf),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Flag { flag, env } => write!(f, "flag --{flag} (or ${env})"),
+            Origin::File(path) => write!(f, "file {}", path.display()),
+        }
+    }
+}
+
+/// Start-up configuration errors. Each names the key, the value and its origin.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid TOML for joulegate (unknown key, wrong type).
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A value failed validation.
+    #[error("invalid value {value:?} for `{key}` from {origin}: {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        origin: Origin,
+        reason: String,
+    },
+}
+
+/// The upstream server: an `http://` base URL, possibly with a path prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UpstreamUrl {
+    /// `host:port` (port defaulted to 80).
+    pub authority: String,
+    /// Path prefix without a trailing slash ("" for none).
+    pub path_prefix: String,
+}
+
+impl UpstreamUrl {
+    /// Parses `http://host[:port][/prefix]`. TLS upstreams are not supported (vLLM serves plain HTTP
+    /// on the node; put TLS in front of joulegate, not behind it).
+    pub fn parse(s: &str) -> Result<UpstreamUrl, String> {
+        let uri: Uri = s.parse().map_err(|e| format!("not a URL: {e}"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => return Err("https upstreams are not supported; use http://".into()),
+            _ => return Err("expected http://host:port".into()),
+        }
+        let auth = uri.authority().ok_or("missing host")?;
+        if auth.as_str().contains('@') {
+            return Err("credentials in the URL are not supported".into());
+        }
+        let authority = match auth.port_u16() {
+            Some(_) => auth.as_str().to_string(),
+            None => format!("{}:80", auth.host()),
+        };
+        if uri.query().is_some() {
+            return Err("a query string is not allowed".into());
+        }
+        let path_prefix = uri.path().trim_end_matches('/').to_string();
+        Ok(UpstreamUrl {
+            authority,
+            path_prefix,
+        })
+    }
+
+    /// The `http://host:port` form.
+    pub fn base(&self) -> String {
+        format!("http://{}{}", self.authority, self.path_prefix)
+    }
+}
+
+/// The validated configuration of `joulegate serve`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// Proxy listener address.
+    pub listen: SocketAddr,
+    /// Where requests go.
+    pub upstream: UpstreamUrl,
+    /// Admin listener address.
+    pub admin_listen: SocketAddr,
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: u64,
+    /// Most client connections served at once; further accepts wait.
+    pub max_connections: usize,
+    /// Upstream TCP connect timeout.
+    #[serde(with = "millis")]
+    pub connect_timeout: Duration,
+    /// Longest wait for the upstream's response headers (a 504 after it).
+    #[serde(with = "millis")]
+    pub upstream_header_timeout: Duration,
+    /// How long in-flight requests may run after a shutdown signal.
+    #[serde(with = "millis")]
+    pub shutdown_grace: Duration,
+}
+
+mod millis {
+    use std::time::Duration;
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+}
+
+/// Defaults, in one place (also written in `config.example.toml`).
+pub mod defaults {
+    pub const LISTEN: &str = "127.0.0.1:9000";
+    pub const UPSTREAM: &str = "http://127.0.0.1:8000";
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:9101";
+    pub const MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
+    pub const MAX_CONNECTIONS: u64 = 10_000;
+    pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+    /// vLLM may queue a request for a long time before answering headers of a non-streaming call.
+    pub const UPSTREAM_HEADER_TIMEOUT_MS: u64 = 600_000;
+    pub const SHUTDOWN_GRACE_MS: u64 = 30_000;
+}
+
+/// Picks the flag/env value, else the file value, else the default, remembering where it came from.
+struct Layer<'a> {
+    file_path: Option<&'a PathBuf>,
+}
+
+impl Layer<'_> {
+    fn pick<T: Clone>(
+        &self,
+        flag_value: &Option<T>,
+        file_value: &Option<T>,
+        default: T,
+        flag: &'static str,
+        env: &'static str,
+    ) -> (T, Origin) {
+        if let Some(v) = flag_value {
+            return (v.clone(), Origin::Flag { flag, env });
+        }
+        if let (Some(v), Some(path)) = (file_value, self.file_path) {
+            return (v.clone(), Origin::File(path.clone()));
+        }
+        (default, Origin::Flag { flag, env })
+    }
+}
+
+fn invalid(
+    key: &'static str,
+    value: impl ToString,
+    origin: Origin,
+    reason: impl ToString,
+) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        value: value.to_string(),
+        origin,
+        reason: reason.to_string(),
+    }
+}
+
+fn parse_addr(
+    key: &'static str,
+    (value, origin): (String, Origin),
+) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|e: std::net::AddrParseError| {
+        invalid(
+            key,
+            &value,
+            origin,
+            format!("{e} (expected IP:PORT; port 0 picks a free port)"),
+        )
+    })
+}
+
+fn positive(key: &'static str, (value, origin): (u64, Origin)) -> Result<u64, ConfigError> {
+    if value == 0 {
+        return Err(invalid(key, value, origin, "must be greater than 0"));
+    }
+    Ok(value)
+}
+
+impl Config {
+    /// Loads the file named by `--config` (if any) and resolves every key.
+    pub fn from_args(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        Self::resolve(args, &file, args.config.as_ref())
+    }
+
+    /// Resolves flags/env over a parsed file over defaults and validates the result.
+    pub fn resolve(
+        args: &ServeArgs,
+        file: &FileConfig,
+        file_path: Option<&PathBuf>,
+    ) -> Result<Config, ConfigError> {
+        let l = Layer { file_path };
+        let listen = parse_addr(
+            "listen",
+            l.pick(
+                &args.listen,
+                &file.listen,
+                defaults::LISTEN.into(),
+                "listen",
+                "JOULEGATE_LISTEN",
+            ),
+        )?;
+        let admin_listen = parse_addr(
+            "admin_listen",
+            l.pick(
+                &args.admin_listen,
+                &file.admin_listen,
+                defaults::ADMIN_LISTEN.into(),
+                "admin-listen",
+                "JOULEGATE_ADMIN_LISTEN",
+            ),
+        )?;
+        if listen == admin_listen && listen.port() != 0 {
+            return Err(invalid(
+                "admin_listen",
+                admin_listen,
+                Origin::Flag { flag: "admin-listen", env: "JOULEGATE_ADMIN_LISTEN" },
+                "must differ from `listen` (the upstream's own /metrics stays reachable through the proxy port)",
+            ));
+        }
+        let (upstream_raw, upstream_origin) = l.pick(
+            &args.upstream,
+            &file.upstream,
+            defaults::UPSTREAM.into(),
+            "upstream",
+            "JOULEGATE_UPSTREAM",
+        );
+        let upstream = UpstreamUrl::parse(&upstream_raw)
+            .map_err(|reason| invalid("upstream", &upstream_raw, upstream_origin, reason))?;
+        let max_body_bytes = positive(
+            "max_body_bytes",
+            l.pick(
+                &args.max_body_bytes,
+                &file.max_body_bytes,
+                defaults::MAX_BODY_BYTES,
+                "max-body-bytes",
+                "JOULEGATE_MAX_BODY_BYTES",
+            ),
+        )?;
+        let max_connections = positive(
+            "max_connections",
+            l.pick(
+                &args.max_connections,
+                &file.max_connections,
+                defaults::MAX_CONNECTIONS,
+                "max-connections",
+                "JOULEGATE_MAX_CONNECTIONS",
+            ),
+        )?;
+        let connect_timeout_ms = positive(
+            "connect_timeout_ms",
+            l.pick(
+                &args.connect_timeout_ms,
+                &file.connect_timeout_ms,
+                defaults::CONNECT_TIMEOUT_MS,
+                "connect-timeout-ms",
+                "JOULEGATE_CONNECT_TIMEOUT_MS",
+            ),
+        )?;
+        let header_timeout_ms = positive(
+            "upstream_header_timeout_ms",
+            l.pick(
+                &args.upstream_header_timeout_ms,
+                &file.upstream_header_timeout_ms,
+                defaults::UPSTREAM_HEADER_TIMEOUT_MS,
+                "upstream-header-timeout-ms",
+                "JOULEGATE_UPSTREAM_HEADER_TIMEOUT_MS",
+            ),
+        )?;
+        let (shutdown_grace_ms, _) = l.pick(
+            &args.shutdown_grace_ms,
+            &file.shutdown_grace_ms,
+            defaults::SHUTDOWN_GRACE_MS,
+            "shutdown-grace-ms",
+            "JOULEGATE_SHUTDOWN_GRACE_MS",
+        );
+        Ok(Config {
+            listen,
+            upstream,
+            admin_listen,
+            max_body_bytes,
+            max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+            connect_timeout: Duration::from_millis(connect_timeout_ms),
+            upstream_header_timeout: Duration::from_millis(header_timeout_ms),
+            shutdown_grace: Duration::from_millis(shutdown_grace_ms),
+        })
+    }
+
+    /// The effective configuration as TOML, for `--print-config`.
+    pub fn to_toml(&self) -> String {
+        let mirror = FileConfig {
+            listen: Some(self.listen.to_string()),
+            upstream: Some(self.upstream.base()),
+            admin_listen: Some(self.admin_listen.to_string()),
+            max_body_bytes: Some(self.max_body_bytes),
+            max_connections: Some(self.max_connections as u64),
+            connect_timeout_ms: Some(self.connect_timeout.as_millis() as u64),
+            upstream_header_timeout_ms: Some(self.upstream_header_timeout.as_millis() as u64),
+            shutdown_grace_ms: Some(self.shutdown_grace.as_millis() as u64),
+        };
+        toml::to_string(&mirror).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,41 @@
+//! The configuration file mirror: every key optional, unknown keys rejected, nothing validated here
+//! beyond TOML types. Validation and defaults live in [`super::Config::resolve`].
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::ConfigError;
+
+/// `config.toml` as written by the user. Each key is also a flag and an environment variable.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub admin_listen: Option<String>,
+    pub max_body_bytes: Option<u64>,
+    pub max_connections: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
+    pub upstream_header_timeout_ms: Option<u64>,
+    pub shutdown_grace_ms: Option<u64>,
+}
+
+impl FileConfig {
+    /// Reads and parses a TOML file; errors name the file (and, for parse errors, the key and line).
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses TOML text attributed to `path` in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::from(path),
+            message: source.to_string(),
+        })
+    }
+}

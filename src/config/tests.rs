@@ -1,0 +1,141 @@
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+fn args() -> ServeArgs {
+    ServeArgs::default()
+}
+
+fn resolve_file(text: &str) -> Result<Config, ConfigError> {
+    let path = PathBuf::from("test.toml");
+    let file = FileConfig::parse(text, &path)?;
+    Config::resolve(&args(), &file, Some(&path))
+}
+
+#[test]
+fn defaults_apply_when_nothing_is_set() {
+    let c = Config::resolve(&args(), &FileConfig::default(), None).unwrap();
+    assert_eq!(c.listen.to_string(), defaults::LISTEN);
+    assert_eq!(c.admin_listen.to_string(), defaults::ADMIN_LISTEN);
+    assert_eq!(c.upstream.authority, "127.0.0.1:8000");
+    assert_eq!(c.max_body_bytes, defaults::MAX_BODY_BYTES);
+}
+
+#[test]
+fn flag_beats_file() {
+    let path = PathBuf::from("f.toml");
+    let file = FileConfig::parse(
+        "listen = \"127.0.0.1:1\"\nupstream = \"http://10.0.0.1:8000\"\n",
+        &path,
+    )
+    .unwrap();
+    let mut a = args();
+    a.listen = Some("127.0.0.1:2".into());
+    let c = Config::resolve(&a, &file, Some(&path)).unwrap();
+    assert_eq!(c.listen.port(), 2);
+    assert_eq!(c.upstream.authority, "10.0.0.1:8000");
+}
+
+#[test]
+fn example_config_round_trips() {
+    let text = include_str!("../../config.example.toml");
+    let c = resolve_file(text).expect("config.example.toml is valid");
+    let printed = c.to_toml();
+    let again = resolve_file(&printed).expect("--print-config output is valid config");
+    assert_eq!(c.to_toml(), again.to_toml());
+    // Every key of the mirror appears in the example, so the example documents them all.
+    let keys: Vec<String> = toml::from_str::<toml::Table>(&printed)
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    for key in keys {
+        assert!(
+            text.contains(&format!("{key} =")),
+            "config.example.toml does not document `{key}`"
+        );
+    }
+}
+
+#[test]
+fn unknown_key_is_rejected_with_file_name() {
+    let err = resolve_file("lisen = \"127.0.0.1:1\"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("test.toml") && err.contains("lisen"), "{err}");
+}
+
+#[test]
+fn bad_listen_names_key_value_and_origin() {
+    let err = resolve_file("listen = \"localhost\"").unwrap_err();
+    match err {
+        ConfigError::Invalid {
+            key, value, origin, ..
+        } => {
+            assert_eq!(key, "listen");
+            assert_eq!(value, "localhost");
+            assert_eq!(origin, Origin::File(PathBuf::from("test.toml")));
+        }
+        other => panic!("unexpected {other}"),
+    }
+}
+
+#[test]
+fn bad_admin_listen_flag_names_flag() {
+    let mut a = args();
+    a.admin_listen = Some("nope".into());
+    let err = Config::resolve(&a, &FileConfig::default(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--admin-listen") && err.contains("JOULEGATE_ADMIN_LISTEN"),
+        "{err}"
+    );
+}
+
+#[test]
+fn same_listen_and_admin_is_rejected() {
+    assert!(resolve_file("listen = \"127.0.0.1:5\"\nadmin_listen = \"127.0.0.1:5\"").is_err());
+    // port 0 twice is fine: each gets its own free port
+    assert!(resolve_file("listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"").is_ok());
+}
+
+#[test]
+fn upstream_validation() {
+    assert!(resolve_file("upstream = \"https://x:1\"")
+        .unwrap_err()
+        .to_string()
+        .contains("https"));
+    assert!(resolve_file("upstream = \"ftp://x:1\"").is_err());
+    assert!(resolve_file("upstream = \"not a url\"").is_err());
+    assert!(resolve_file("upstream = \"http://u:p@x:1\"").is_err());
+    let c = resolve_file("upstream = \"http://gpu-node/vllm/\"").unwrap();
+    assert_eq!(c.upstream.authority, "gpu-node:80");
+    assert_eq!(c.upstream.path_prefix, "/vllm");
+}
+
+#[test]
+fn zero_limits_are_rejected() {
+    for key in [
+        "max_body_bytes",
+        "max_connections",
+        "connect_timeout_ms",
+        "upstream_header_timeout_ms",
+    ] {
+        let err = resolve_file(&format!("{key} = 0")).unwrap_err().to_string();
+        assert!(err.contains(key), "{err}");
+    }
+}
+
+#[test]
+fn wrong_type_is_rejected() {
+    assert!(resolve_file("max_body_bytes = \"big\"").is_err());
+}
+
+#[test]
+fn missing_file_is_reported_with_its_path() {
+    let err = FileConfig::load(Path::new("/nonexistent/joulegate.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/nonexistent/joulegate.toml"), "{err}");
+}

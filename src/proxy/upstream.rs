@@ -1,0 +1,95 @@
+//! The upstream pool: keep-alive HTTP/1.1 connections to the one upstream, request URIs, and the
+//! mapping of transport failures to [`ProxyError`]s.
+
+use std::time::Duration;
+
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::{error::ProxyError, ProxyBody};
+use crate::config::UpstreamUrl;
+
+/// A pooled client bound to one upstream.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    client: Client<HttpConnector, ProxyBody>,
+    base: UpstreamUrl,
+    header_timeout: Duration,
+    body_limit: u64,
+}
+
+impl Upstream {
+    /// Builds the pool; no connection is opened until the first request.
+    pub fn new(
+        base: UpstreamUrl,
+        connect_timeout: Duration,
+        header_timeout: Duration,
+        body_limit: u64,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        // Streams are many small writes: Nagle would hold each SSE event back.
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        Upstream {
+            client,
+            base,
+            header_timeout,
+            body_limit,
+        }
+    }
+
+    /// The upstream URI for a client request's path and query.
+    pub fn uri_for(&self, original: &Uri) -> Result<Uri, ProxyError> {
+        let path_and_query = original.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        format!(
+            "http://{}{}{}",
+            self.base.authority, self.base.path_prefix, path_and_query
+        )
+        .parse()
+        .map_err(|e| ProxyError::BadRequestBody(format!("cannot build upstream URI: {e}")))
+    }
+
+    /// Sends a request and waits (bounded) for the response headers.
+    pub async fn send(
+        &self,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        match tokio::time::timeout(self.header_timeout, self.client.request(request)).await {
+            Err(_elapsed) => Err(ProxyError::UpstreamTimeout(self.header_timeout.as_millis())),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(err)) => Err(classify(err, self.body_limit)),
+        }
+    }
+}
+
+/// Request-body failures surface as client errors; a body over the limit is a 413.
+fn classify(err: hyper_util::client::legacy::Error, body_limit: u64) -> ProxyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return ProxyError::BodyTooLarge { limit: body_limit };
+        }
+        source = e.source();
+    }
+    ProxyError::UpstreamUnavailable(describe(&err))
+}
+
+/// The error with its causes, on one line.
+fn describe(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}

@@ -1,0 +1,250 @@
+//! The proxy changes nothing (linkerd's `tests/transparency.rs`): for every recorded vLLM exchange,
+//! what a client receives through the proxy equals what it receives directly, status, headers and
+//! body bytes, however the upstream's writes are cut.
+
+mod common;
+
+use common::*;
+
+fn reply_for(f: &Fixture, cut: Option<usize>) -> Reply {
+    let headers: Vec<(&str, &str)> = f
+        .headers
+        .iter()
+        .filter(|(k, _)| k != "transfer-encoding")
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let pieces: Vec<Step> = match cut {
+        Some(at) if at <= f.body.len() => {
+            vec![
+                Step::Write(f.body[..at].to_vec()),
+                Step::Write(f.body[at..].to_vec()),
+            ]
+        }
+        _ => vec![Step::Write(f.body.clone())],
+    };
+    if f.is_chunked() {
+        Reply::chunked(f.status, &headers, pieces)
+    } else {
+        let mut r = Reply::fixed(f.status, &headers, &f.body);
+        r.steps = pieces;
+        r
+    }
+}
+
+fn request_for(
+    f: &Fixture,
+    addr: std::net::SocketAddr,
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let body = f
+        .request_body
+        .as_ref()
+        .map(|b| serde_json::to_vec(b).unwrap())
+        .unwrap_or_default();
+    let mut headers = vec![("host", "api.example.test"), ("x-request-id", "req-42")];
+    if !body.is_empty() {
+        headers.push(("content-type", "application/json"));
+    }
+    request(&f.method, addr, &f.path, &headers, &body)
+}
+
+/// Sends the fixture's request directly and through the proxy (upstream cut at `cut`) and compares.
+async fn compare(
+    f: &Fixture,
+    cut: Option<usize>,
+    upstream: &mut ScriptedUpstream,
+    proxy: &TestProxy,
+) {
+    let direct = send(upstream.addr, request_for(f, upstream.addr)).await;
+    let seen_direct = upstream.received.recv().await.unwrap();
+    let proxied = send(proxy.addr, request_for(f, proxy.addr)).await;
+    let seen_proxied = upstream.received.recv().await.unwrap();
+    let ctx = format!("{} cut {:?}", f.name, cut);
+    assert_eq!(direct.status, proxied.status, "{ctx}");
+    assert_same_headers(&direct, &proxied, &ctx);
+    assert_eq!(direct.body, proxied.body, "{ctx}");
+    assert_eq!(
+        direct.body, f.body,
+        "{ctx}: scripted upstream must replay the fixture"
+    );
+    // The upstream sees the same request either way (the client set Host itself).
+    assert_eq!(
+        seen_direct.request_line(),
+        seen_proxied.request_line(),
+        "{ctx}"
+    );
+    assert_eq!(seen_direct.body, seen_proxied.body, "{ctx}");
+    let strip = |h: Vec<(String, String)>| -> Vec<(String, String)> {
+        h.into_iter()
+            .filter(|(k, _)| k != "content-length" && k != "transfer-encoding")
+            .collect()
+    };
+    assert_eq!(
+        strip(seen_direct.headers()),
+        strip(seen_proxied.headers()),
+        "{ctx}"
+    );
+}
+
+/// Same headers in the same order. One known exception: hyper writes `content-length: 0` of an empty
+/// body after the other headers, so that one header is compared by value, not position.
+fn assert_same_headers(direct: &Got, proxied: &Got, ctx: &str) {
+    let without_len = |g: &Got| -> Vec<(String, String)> {
+        g.header_list()
+            .into_iter()
+            .filter(|(k, _)| k != "content-length")
+            .collect()
+    };
+    assert_eq!(without_len(direct), without_len(proxied), "{ctx}");
+    assert_eq!(
+        direct.headers.get("content-length"),
+        proxied.headers.get("content-length"),
+        "{ctx}"
+    );
+    if !direct.body.is_empty() {
+        assert_eq!(direct.header_list(), proxied.header_list(), "{ctx}");
+    }
+}
+
+#[tokio::test]
+async fn every_fixture_is_relayed_unchanged() {
+    for folder in ["vllm-0.32", "vllm-0.32-prompt-details"] {
+        for f in fixtures(folder) {
+            let fx = f.clone();
+            let mut upstream = ScriptedUpstream::start(move |_| reply_for(&fx, None)).await;
+            let proxy = TestProxy::start(upstream.addr).await;
+            compare(&f, None, &mut upstream, &proxy).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn upstream_writes_cut_at_every_offset_change_nothing() {
+    let all = fixtures("vllm-0.32");
+    let stream = all
+        .iter()
+        .find(|f| f.name == "chat-stream-usage-continuous")
+        .unwrap();
+    let json = all.iter().find(|f| f.name == "chat-json").unwrap();
+    for f in [stream, json] {
+        let step = if f.body.len() > 1200 { 3 } else { 1 };
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (fx, c) = (f.clone(), cut.clone());
+        let mut upstream = ScriptedUpstream::start(move |_| {
+            reply_for(&fx, Some(c.load(std::sync::atomic::Ordering::SeqCst)))
+        })
+        .await;
+        let proxy = TestProxy::start(upstream.addr).await;
+        for at in (0..=f.body.len()).step_by(step) {
+            cut.store(at, std::sync::atomic::Ordering::SeqCst);
+            compare(f, Some(at), &mut upstream, &proxy).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_dropped_and_request_id_kept() {
+    let mut upstream = ScriptedUpstream::start(|_| {
+        Reply::fixed(
+            200,
+            &[
+                ("content-type", "application/json"),
+                ("connection", "x-upstream-private"),
+                ("x-upstream-private", "1"),
+                ("x-energy-joules", "999"),
+                ("keep-alive", "timeout=5"),
+                ("x-request-id", "from-upstream"),
+            ],
+            b"{}",
+        )
+    })
+    .await;
+    let proxy = TestProxy::start(upstream.addr).await;
+    let got = send(
+        proxy.addr,
+        request(
+            "POST",
+            proxy.addr,
+            "/v1/anything?x=1",
+            &[
+                ("connection", "x-client-private"),
+                ("x-client-private", "1"),
+                ("x-request-id", "abc-1"),
+                ("te", "gzip"),
+            ],
+            b"{}",
+        ),
+    )
+    .await;
+    let seen = upstream.received.recv().await.unwrap();
+    assert_eq!(seen.request_line(), "POST /v1/anything?x=1 HTTP/1.1");
+    assert_eq!(seen.header("x-request-id").as_deref(), Some("abc-1"));
+    assert_eq!(seen.header("x-client-private"), None);
+    assert_eq!(seen.header("te"), None);
+    assert_eq!(got.status, 200);
+    assert!(got.headers.get("x-upstream-private").is_none());
+    assert!(got.headers.get("keep-alive").is_none());
+    assert!(
+        got.headers.get("x-energy-joules").is_none(),
+        "upstream energy headers are never passed on"
+    );
+    assert_eq!(got.headers.get("x-request-id").unwrap(), "from-upstream");
+    assert_eq!(got.body, b"{}");
+}
+
+#[tokio::test]
+async fn every_method_and_path_is_forwarded() {
+    let mut upstream = ScriptedUpstream::start(|r| {
+        let line = r.request_line().to_string();
+        Reply::fixed(207, &[("x-echo", &line)], r.body.as_slice())
+    })
+    .await;
+    let proxy = TestProxy::start(upstream.addr).await;
+    for (method, path) in [
+        ("GET", "/metrics"),
+        ("DELETE", "/v1/files/x"),
+        ("PUT", "/a/b%20c?q=%2F"),
+        ("PATCH", "/"),
+        ("OPTIONS", "/v1/models"),
+    ] {
+        let got = send(
+            proxy.addr,
+            request(method, proxy.addr, path, &[], b"payload"),
+        )
+        .await;
+        let seen = upstream.received.recv().await.unwrap();
+        assert_eq!(seen.request_line(), format!("{method} {path} HTTP/1.1"));
+        assert_eq!(got.status, 207);
+        assert_eq!(
+            got.headers.get("x-echo").unwrap().to_str().unwrap(),
+            format!("{method} {path} HTTP/1.1")
+        );
+        assert_eq!(got.body, b"payload");
+    }
+}
+
+#[tokio::test]
+async fn h2c_clients_get_the_same_response() {
+    let f = fixtures("vllm-0.32")
+        .into_iter()
+        .find(|f| f.name == "chat-stream-usage")
+        .unwrap();
+    let fx = f.clone();
+    let mut upstream = ScriptedUpstream::start(move |_| reply_for(&fx, Some(100))).await;
+    let proxy = TestProxy::start(upstream.addr).await;
+    let direct = send(upstream.addr, request_for(&f, upstream.addr)).await;
+    let _ = upstream.received.recv().await;
+    let mut sender = h2(proxy.addr).await;
+    let response = guard(
+        "h2 response",
+        sender.send_request(h2_request(request_for(&f, proxy.addr), proxy.addr)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let proxied = collect(response).await;
+    assert_eq!(direct.status, proxied.status);
+    assert_same_headers(&direct, &proxied, "h2c");
+    assert_eq!(direct.body, proxied.body);
+    let seen = upstream.received.recv().await.unwrap();
+    assert_eq!(seen.request_line(), "POST /v1/chat/completions HTTP/1.1");
+}
