@@ -219,6 +219,9 @@ async fn connection(
                     }
                 }
                 Step::Reset => {
+                    // Zero linger makes the close an RST, which is what "reset" means here; the socket
+                    // is closed right after, so the blocking-drop concern does not apply.
+                    #[allow(deprecated)]
                     let _ = stream.set_linger(Some(Duration::ZERO));
                     return;
                 }
