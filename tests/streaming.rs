@@ -37,9 +37,18 @@ async fn each_event_reaches_the_client_before_the_upstream_writes_the_next() {
     .await;
     let proxy = TestProxy::start(upstream.addr).await;
     let mut sender = h1(proxy.addr).await;
-    let response = guard("head", sender.send_request(request("POST", proxy.addr, "/v1/chat/completions", &[], b"{}")))
-        .await
-        .unwrap();
+    let response = guard(
+        "head",
+        sender.send_request(request(
+            "POST",
+            proxy.addr,
+            "/v1/chat/completions",
+            &[],
+            b"{}",
+        )),
+    )
+    .await
+    .unwrap();
     let mut body = response.into_body();
     for i in 0..5 {
         // The upstream is blocked on its gate: this event can only arrive if the proxy flushed it.
@@ -55,34 +64,57 @@ async fn each_event_reaches_the_client_before_the_upstream_writes_the_next() {
 
 #[tokio::test]
 async fn client_disconnect_closes_the_upstream_request() {
-    let mut upstream =
-        ScriptedUpstream::start(|_| Reply::chunked(200, SSE, vec![Step::Write(event(0)), Step::Hold])).await;
+    let mut upstream = ScriptedUpstream::start(|_| {
+        Reply::chunked(200, SSE, vec![Step::Write(event(0)), Step::Hold])
+    })
+    .await;
     let proxy = TestProxy::start(upstream.addr).await;
     let mut sender = h1(proxy.addr).await;
-    let response = guard("head", sender.send_request(request("POST", proxy.addr, "/v1/chat/completions", &[], b"{}")))
-        .await
-        .unwrap();
+    let response = guard(
+        "head",
+        sender.send_request(request(
+            "POST",
+            proxy.addr,
+            "/v1/chat/completions",
+            &[],
+            b"{}",
+        )),
+    )
+    .await
+    .unwrap();
     let mut body = response.into_body();
     assert_eq!(next_data(&mut body).await.unwrap(), Bytes::from(event(0)));
     // The client goes away mid-stream while the upstream is idle.
     drop(body);
     drop(sender);
-    guard("upstream to see the disconnect", upstream.peer_closed.recv()).await.expect("closed");
+    guard(
+        "upstream to see the disconnect",
+        upstream.peer_closed.recv(),
+    )
+    .await
+    .expect("closed");
 }
 
 #[tokio::test]
 async fn client_disconnect_over_h2_cancels_the_upstream_too() {
-    let mut upstream =
-        ScriptedUpstream::start(|_| Reply::chunked(200, SSE, vec![Step::Write(event(0)), Step::Hold])).await;
+    let mut upstream = ScriptedUpstream::start(|_| {
+        Reply::chunked(200, SSE, vec![Step::Write(event(0)), Step::Hold])
+    })
+    .await;
     let proxy = TestProxy::start(upstream.addr).await;
     let mut sender = h2(proxy.addr).await;
-    let req = h2_request(request("POST", proxy.addr, "/v1/chat/completions", &[], b"{}"), proxy.addr);
+    let req = h2_request(
+        request("POST", proxy.addr, "/v1/chat/completions", &[], b"{}"),
+        proxy.addr,
+    );
     let response = guard("head", sender.send_request(req)).await.unwrap();
     let mut body = response.into_body();
     assert_eq!(next_data(&mut body).await.unwrap(), Bytes::from(event(0)));
     // Resetting the stream (not the connection) must cancel the upstream request.
     drop(body);
-    guard("upstream to see the cancel", upstream.peer_closed.recv()).await.expect("closed");
+    guard("upstream to see the cancel", upstream.peer_closed.recv())
+        .await
+        .expect("closed");
 }
 
 fn error_of(got: &Got) -> serde_json::Value {
@@ -100,7 +132,11 @@ async fn unreachable_upstream_is_a_502() {
     let addr = closed.local_addr().unwrap();
     drop(closed);
     let proxy = TestProxy::start(addr).await;
-    let got = send(proxy.addr, request("GET", proxy.addr, "/v1/models", &[], b"")).await;
+    let got = send(
+        proxy.addr,
+        request("GET", proxy.addr, "/v1/models", &[], b""),
+    )
+    .await;
     assert_eq!(got.status, 502);
     assert_eq!(error_of(&got)["code"], 502);
 }
@@ -117,7 +153,11 @@ async fn upstream_header_timeout_is_a_504() {
         }
     });
     let proxy = TestProxy::start_with(addr, |a| a.upstream_header_timeout_ms = Some(100)).await;
-    let got = send(proxy.addr, request("POST", proxy.addr, "/v1/completions", &[], b"{}")).await;
+    let got = send(
+        proxy.addr,
+        request("POST", proxy.addr, "/v1/completions", &[], b"{}"),
+    )
+    .await;
     assert_eq!(got.status, 504);
     assert_eq!(error_of(&got)["code"], 504);
 }
@@ -127,21 +167,36 @@ async fn oversized_bodies_are_a_413_declared_or_streamed() {
     let mut upstream = ScriptedUpstream::start(|_| Reply::fixed(200, &[], b"ok")).await;
     let proxy = TestProxy::start_with(upstream.addr, |a| a.max_body_bytes = Some(16)).await;
     // Declared too large: refused before the upstream is contacted.
-    let got = send(proxy.addr, request("POST", proxy.addr, "/v1/completions", &[], &[b'x'; 17])).await;
+    let got = send(
+        proxy.addr,
+        request("POST", proxy.addr, "/v1/completions", &[], &[b'x'; 17]),
+    )
+    .await;
     assert_eq!(got.status, 413);
     assert_eq!(error_of(&got)["code"], 413);
     // Streamed without a length: cut off at the limit.
-    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(1);
-    let req = http::Request::post("/v1/completions").header("host", "x").body(body).unwrap();
+    let (mut tx, body) =
+        http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(1);
+    let req = http::Request::post("/v1/completions")
+        .header("host", "x")
+        .body(body)
+        .unwrap();
     let mut sender = {
         let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
         tokio::spawn(conn);
         sender
     };
     let pending = tokio::spawn(async move { sender.send_request(req).await });
     for _ in 0..4 {
-        if tx.send_data(Bytes::from_static(b"0123456789")).await.is_err() {
+        if tx
+            .send_data(Bytes::from_static(b"0123456789"))
+            .await
+            .is_err()
+        {
             break;
         }
     }
@@ -150,7 +205,11 @@ async fn oversized_bodies_are_a_413_declared_or_streamed() {
     let got = collect(response).await;
     assert_eq!(got.status, 413);
     // A body within the limit still goes through.
-    let ok = send(proxy.addr, request("POST", proxy.addr, "/v1/completions", &[], b"small")).await;
+    let ok = send(
+        proxy.addr,
+        request("POST", proxy.addr, "/v1/completions", &[], b"small"),
+    )
+    .await;
     assert_eq!(ok.status, 200);
     let seen = upstream.received.recv().await.unwrap();
     assert_eq!(seen.body, b"small");
@@ -159,14 +218,27 @@ async fn oversized_bodies_are_a_413_declared_or_streamed() {
 #[tokio::test]
 async fn graceful_shutdown_lets_a_stream_in_flight_finish() {
     let upstream = ScriptedUpstream::start(|_| {
-        Reply::chunked(200, SSE, vec![Step::Write(event(0)), Step::Gate, Step::Write(event(1))])
+        Reply::chunked(
+            200,
+            SSE,
+            vec![Step::Write(event(0)), Step::Gate, Step::Write(event(1))],
+        )
     })
     .await;
     let mut proxy = TestProxy::start(upstream.addr).await;
     let mut sender = h1(proxy.addr).await;
-    let response = guard("head", sender.send_request(request("POST", proxy.addr, "/v1/chat/completions", &[], b"{}")))
-        .await
-        .unwrap();
+    let response = guard(
+        "head",
+        sender.send_request(request(
+            "POST",
+            proxy.addr,
+            "/v1/chat/completions",
+            &[],
+            b"{}",
+        )),
+    )
+    .await
+    .unwrap();
     let mut body = response.into_body();
     assert_eq!(next_data(&mut body).await.unwrap(), Bytes::from(event(0)));
     proxy.shutdown();
@@ -187,22 +259,38 @@ async fn graceful_shutdown_lets_a_stream_in_flight_finish() {
         rest.extend_from_slice(&d);
     }
     assert_eq!(rest, event(1));
-    guard("server to finish draining", &mut proxy.join).await.unwrap();
+    guard("server to finish draining", &mut proxy.join)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn upstream_reset_mid_stream_is_not_turned_into_a_clean_end() {
-    let upstream =
-        ScriptedUpstream::start(|_| Reply::chunked(200, SSE, vec![Step::Write(event(0)), Step::Reset])).await;
+    let upstream = ScriptedUpstream::start(|_| {
+        Reply::chunked(200, SSE, vec![Step::Write(event(0)), Step::Reset])
+    })
+    .await;
     let proxy = TestProxy::start(upstream.addr).await;
     let mut sender = h1(proxy.addr).await;
-    let response = guard("head", sender.send_request(request("POST", proxy.addr, "/v1/chat/completions", &[], b"{}")))
-        .await
-        .unwrap();
+    let response = guard(
+        "head",
+        sender.send_request(request(
+            "POST",
+            proxy.addr,
+            "/v1/chat/completions",
+            &[],
+            b"{}",
+        )),
+    )
+    .await
+    .unwrap();
     assert_eq!(response.status(), 200);
     let mut body = response.into_body();
     assert_eq!(next_data(&mut body).await.unwrap(), Bytes::from(event(0)));
     // The truncation must be visible to the client as an error, as it would be directly.
     let end = guard("end of body", body.frame()).await;
-    assert!(matches!(end, Some(Err(_))), "expected a body error, got {end:?}");
+    assert!(
+        matches!(end, Some(Err(_))),
+        "expected a body error, got {end:?}"
+    );
 }
