@@ -187,7 +187,9 @@ impl SamplerCore {
                     device: d,
                     tracker: CounterTracker::for_device(info.wrap_uj, info.power_limit_w),
                 });
-                infos.push(info.clone());
+                let mut info = info.clone();
+                info.label = unique_label(&infos, &info.label);
+                infos.push(info);
             }
         }
         let labels = infos.iter().map(|i| i.label.clone()).collect();
@@ -261,6 +263,19 @@ impl SamplerCore {
             devices,
         })
     }
+}
+
+/// `label`, or `label#2`, `label#3`... if devices already use it: ticks and metrics need unique labels
+/// (two `sim` meters, a replay of a log next to the live meter it logged).
+fn unique_label(taken: &[crate::meter::DeviceInfo], label: &str) -> String {
+    let used = |l: &str| taken.iter().any(|i| i.label == l);
+    if !used(label) {
+        return label.to_owned();
+    }
+    (2..)
+        .map(|n| format!("{label}#{n}"))
+        .find(|l| !used(l))
+        .unwrap_or_else(|| label.to_owned())
 }
 
 /// Merges tick `b` (the later one) into `a`: see the module doc for the rules.
@@ -644,6 +659,32 @@ mod tests {
             .last_error
             .as_deref()
             .is_some_and(|e| e.contains("cannot read")));
+    }
+
+    #[test]
+    fn duplicate_labels_are_numbered() {
+        let set = MeterSet {
+            meters: vec![
+                Box::new(SimMeter::constant(1.0)),
+                Box::new(SimMeter::constant(2.0)),
+                Box::new(SimMeter::constant(3.0)),
+            ],
+            unavailable: vec![],
+        };
+        let mut core = SamplerCore::new(set, DEFAULT_INTERVAL);
+        let labels: Vec<String> = core
+            .status()
+            .snapshot()
+            .devices
+            .into_iter()
+            .map(|d| d.info.label)
+            .collect();
+        assert_eq!(labels, ["sim", "sim#2", "sim#3"]);
+        assert!(core.round(0).is_none());
+        let tick = core.round(MS).expect("tick");
+        let ticked: Vec<&str> = tick.devices.iter().map(|d| d.device.as_str()).collect();
+        assert_eq!(ticked, ["sim", "sim#2", "sim#3"]);
+        assert_eq!(tick.delta_uj, Some(6_000));
     }
 
     #[test]

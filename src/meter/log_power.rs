@@ -147,9 +147,6 @@ pub fn run_until(args: &LogPowerArgs, stop: &AtomicBool) -> Result<Option<Summar
     } else {
         build_meters(&args.meters)?
     };
-    for u in &set.unavailable {
-        tracing::warn!(meter = %u.spec, "{}", u.reason);
-    }
     if set.device_count() == 0 {
         let why: Vec<String> = set
             .unavailable
@@ -157,6 +154,9 @@ pub fn run_until(args: &LogPowerArgs, stop: &AtomicBool) -> Result<Option<Summar
             .map(|u| format!("{}: {}", u.spec, u.reason))
             .collect();
         return Err(LogPowerError::NoMeter(why.join("; ")));
+    }
+    for u in &set.unavailable {
+        tracing::warn!(meter = %u.spec, "{}", u.reason);
     }
     if !args.duration_s.is_finite() || args.duration_s < 0.0 {
         return Err(LogPowerError::Duration(args.duration_s));
