@@ -177,3 +177,49 @@ fn bad_arguments_are_typed_errors() {
         Err(LogPowerError::Build(_))
     ));
 }
+
+#[test]
+fn flags_parse_as_data() {
+    use clap::Parser;
+    let cli = crate::cli::Cli::try_parse_from([
+        "joulegate",
+        "log-power",
+        "--meter",
+        "sim:5",
+        "--meter",
+        "counter-file:/e,unit=mj",
+        "--interval-ms",
+        "20",
+        "--duration-s",
+        "1.5",
+        "-o",
+        "out.csv",
+        "--summary",
+    ])
+    .expect("valid flags");
+    let crate::cli::Command::LogPower(a) = cli.command else {
+        panic!("wrong subcommand")
+    };
+    assert_eq!(a.meters.len(), 2);
+    assert_eq!(a.meters[0], MeterSpec::Sim { watts: 5.0 });
+    assert_eq!((a.interval_ms, a.duration_s, a.summary), (20, 1.5, true));
+    assert_eq!(a.output, PathBuf::from("out.csv"));
+    let defaults = crate::cli::Cli::try_parse_from(["joulegate", "log-power"]).expect("defaults");
+    let crate::cli::Command::LogPower(d) = defaults.command else {
+        panic!("wrong subcommand")
+    };
+    assert!(d.meters.is_empty());
+    assert_eq!(
+        (
+            d.interval_ms,
+            d.duration_s,
+            d.output.as_os_str().to_str(),
+            d.summary
+        ),
+        (100, 0.0, Some("-"), false)
+    );
+    let bad = crate::cli::Cli::try_parse_from(["joulegate", "log-power", "--meter", "sim:-1"]);
+    assert!(bad.is_err_and(|e| e.to_string().contains("sim power \"-1\"")));
+    let help = crate::cli::Cli::try_parse_from(["joulegate", "log-power", "--help"]);
+    assert!(help.is_err_and(|e| e.kind() == clap::error::ErrorKind::DisplayHelp));
+}

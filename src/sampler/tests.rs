@@ -260,3 +260,30 @@ fn intervals_are_validated_and_real_time_stops_promptly() {
     let (sampler, _rx) = Sampler::spawn(sim_set(1.0), cfg, Clock::new()).expect("spawn");
     drop(sampler);
 }
+
+#[test]
+fn a_replay_past_its_end_holds_and_turns_unhealthy() {
+    let csv = format!(
+        "{}\n0,gpu,0,\n0.1,gpu,10,100\n",
+        crate::meter::replay::HEADER
+    );
+    let trace = crate::meter::replay::Trace::parse(&csv).expect("trace");
+    let meter = crate::meter::replay::ReplayMeter::from_trace(trace, "test");
+    let mut core = SamplerCore::new(
+        MeterSet {
+            meters: vec![Box::new(meter)],
+            unavailable: vec![],
+        },
+        DEFAULT_INTERVAL,
+    );
+    assert!(core.round(0).is_none());
+    assert_eq!(
+        core.round(100 * MS).and_then(|t| t.delta_uj),
+        Some(10_000_000)
+    );
+    assert!(core.status().snapshot().devices[0].healthy);
+    assert_eq!(core.round(200 * MS).and_then(|t| t.delta_uj), Some(0));
+    let d = &core.status().snapshot().devices[0];
+    assert!(d.ended && !d.healthy);
+    assert_eq!(d.energy_uj, 10_000_000);
+}
