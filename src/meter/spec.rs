@@ -66,8 +66,10 @@ pub enum Wrap {
     File(PathBuf),
 }
 
-/// A parsed meter spec.
-#[derive(Clone, Debug, PartialEq)]
+/// A parsed meter spec. In the config file it is the same string as on the command line
+/// (`meters = ["nvml:0", "rapl"]`), hence the string (de)serialisation.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum MeterSpec {
     /// NVML GPUs; empty = all visible.
     Nvml(Vec<NvmlSelector>),
@@ -238,6 +240,20 @@ fn parse_sim(rest: Option<&str>) -> Result<MeterSpec, SpecError> {
     Ok(MeterSpec::Sim { watts })
 }
 
+impl TryFrom<String> for MeterSpec {
+    type Error = SpecError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<MeterSpec> for String {
+    fn from(spec: MeterSpec) -> String {
+        spec.to_string()
+    }
+}
+
 impl fmt::Display for MeterSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -375,6 +391,35 @@ mod tests {
         assert_eq!(p("replay"), Err(SpecError::MissingPath("replay")));
         assert_eq!(p("  "), Err(SpecError::Empty));
         assert_eq!(p("ipmi:1"), Err(SpecError::UnknownKind("ipmi".into())));
+    }
+
+    #[test]
+    fn config_values_are_the_same_strings() {
+        #[derive(serde::Deserialize)]
+        struct File {
+            meters: Vec<MeterSpec>,
+        }
+        let f: File = toml::from_str(r#"meters = ["nvml:0", "sim:50"]"#).expect("toml");
+        assert_eq!(
+            f.meters,
+            [
+                MeterSpec::Nvml(vec![NvmlSelector::Index(0)]),
+                MeterSpec::Sim { watts: 50.0 }
+            ]
+        );
+        let bad = toml::from_str::<File>(r#"meters = ["nvml:x"]"#)
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            bad.is_some_and(|e| e.contains("nvml device \"x\"")),
+            "error names the part"
+        );
+        assert_eq!(
+            serde_json::to_string(&MeterSpec::Sim { watts: 2.5 })
+                .ok()
+                .as_deref(),
+            Some("\"sim:2.5\"")
+        );
     }
 
     #[test]
