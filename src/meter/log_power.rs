@@ -22,9 +22,14 @@ use crate::sampler::{ClockTime, Sampler, SamplerConfig, SamplerError, TimeSource
 /// Flags of `joulegate log-power`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogPowerArgs {
-    /// Meter spec, repeatable: nvml[:0,1|:GPU-uuid], counter-file:PATH[,unit=uj|mj|j][,wrap=N|wrap-file=PATH],
-    /// rapl[:ROOT], sim[:WATTS], replay:PATH. Default: nvml if it initialises.
-    #[arg(long = "meter", value_name = "SPEC")]
+    /// Meter specs (repeatable, see [`MeterSpec`]); empty = NVML if it initialises.
+    #[arg(
+        long = "meter",
+        value_name = "SPEC",
+        help = "Meter spec, repeatable: nvml[:0,1|:GPU-uuid], \
+                counter-file:PATH[,unit=uj|mj|j][,wrap=N|wrap-file=PATH], rapl[:ROOT], sim[:WATTS], \
+                replay:PATH. Default: nvml if it initialises"
+    )]
     pub meters: Vec<MeterSpec>,
     /// Sampling interval in milliseconds (1 to 200).
     #[arg(long, value_name = "MS", default_value_t = 100)]
