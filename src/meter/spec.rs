@@ -1,0 +1,441 @@
+//! Meter specs as written on the command line (`--meter`) and in the config file, and their parsing.
+//!
+//! Grammar (one spec per `--meter`):
+//! - `nvml`, `nvml:0,1`, `nvml:GPU-<uuid>,...`: NVML GPUs by index or UUID (default: all visible).
+//! - `counter-file:PATH[,unit=uj|mj|j][,wrap=N|wrap-file=PATH]`: a cumulative counter in a file.
+//!   Options are recognised from the right, so a path may itself contain commas.
+//! - `rapl[:ROOT]`: the RAPL package domains under a powercap root (default `/sys/class/powercap`).
+//! - `sim[:WATTS]`: synthetic constant power (default 100 W).
+//! - `replay:PATH`: a CSV trace written by `joulegate log-power`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// The default powercap root searched by `rapl`.
+pub const DEFAULT_POWERCAP_ROOT: &str = "/sys/class/powercap";
+/// The default power of `sim`.
+pub const DEFAULT_SIM_WATTS: f64 = 100.0;
+
+/// One GPU selected for NVML.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NvmlSelector {
+    /// By NVML index.
+    Index(u32),
+    /// By UUID (`GPU-...`, or `MIG-...`, which NVML cannot meter and reports as unavailable).
+    Uuid(String),
+}
+
+/// Unit of a counter file's value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Unit {
+    /// Micro-joules (RAPL `energy_uj`, hwmon `energy*_input`).
+    #[default]
+    Microjoules,
+    /// Milli-joules.
+    Millijoules,
+    /// Joules.
+    Joules,
+}
+
+impl Unit {
+    /// Micro-joules per unit.
+    pub fn factor(self) -> u64 {
+        match self {
+            Unit::Microjoules => 1,
+            Unit::Millijoules => 1_000,
+            Unit::Joules => 1_000_000,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Unit::Microjoules => "uj",
+            Unit::Millijoules => "mj",
+            Unit::Joules => "j",
+        }
+    }
+}
+
+/// Where a counter's wrap modulus comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Wrap {
+    /// A fixed modulus, in the counter's own unit.
+    Range(u64),
+    /// A file holding the modulus in the counter's unit (RAPL `max_energy_range_uj`).
+    File(PathBuf),
+}
+
+/// A parsed meter spec. In the config file it is the same string as on the command line
+/// (`meters = ["nvml:0", "rapl"]`), hence the string (de)serialisation.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum MeterSpec {
+    /// NVML GPUs; empty = all visible.
+    Nvml(Vec<NvmlSelector>),
+    /// A cumulative counter in a file.
+    CounterFile {
+        /// The counter file.
+        path: PathBuf,
+        /// Its unit.
+        unit: Unit,
+        /// Its wrap modulus, if any.
+        wrap: Option<Wrap>,
+    },
+    /// RAPL package domains discovered under `root`.
+    Rapl {
+        /// The powercap root.
+        root: PathBuf,
+    },
+    /// Synthetic constant power.
+    Sim {
+        /// Watts, finite and non-negative.
+        watts: f64,
+    },
+    /// A `log-power` CSV trace.
+    Replay {
+        /// The trace.
+        path: PathBuf,
+    },
+}
+
+/// Why a meter spec does not parse; each variant names the offending part.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// The spec is empty.
+    #[error("empty meter spec (expected nvml, counter-file:PATH, rapl, sim or replay:PATH)")]
+    Empty,
+    /// The part before `:` is not a known kind.
+    #[error("unknown meter kind {0:?} (expected nvml, counter-file, rapl, sim or replay)")]
+    UnknownKind(String),
+    /// An NVML device is neither an index nor a UUID.
+    #[error("nvml device {0:?} is neither an index nor a GPU-/MIG- UUID")]
+    BadNvmlDevice(String),
+    /// A kind that needs a path has none.
+    #[error("{0} needs a path, e.g. {0}:/path/to/file")]
+    MissingPath(&'static str),
+    /// `unit=` has an unknown value.
+    #[error("unit {0:?} is not uj, mj or j")]
+    BadUnit(String),
+    /// `wrap=` is not a positive integer.
+    #[error("wrap {0:?} is not a positive integer")]
+    BadWrap(String),
+    /// Both `wrap=` and `wrap-file=`, or an option given twice.
+    #[error("option {0:?} given twice or conflicts with another")]
+    DuplicateOption(String),
+    /// `sim:` watts is not a finite non-negative number.
+    #[error("sim power {0:?} is not a finite, non-negative number of watts")]
+    BadWatts(String),
+}
+
+impl FromStr for MeterSpec {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(SpecError::Empty);
+        }
+        let (kind, rest) = match s.split_once(':') {
+            Some((k, r)) => (k, Some(r)),
+            None => (s, None),
+        };
+        match kind {
+            "nvml" => parse_nvml(rest.unwrap_or("")),
+            "counter-file" => parse_counter_file(rest.unwrap_or("")),
+            "rapl" => Ok(MeterSpec::Rapl {
+                root: PathBuf::from(
+                    rest.filter(|r| !r.is_empty())
+                        .unwrap_or(DEFAULT_POWERCAP_ROOT),
+                ),
+            }),
+            "sim" => parse_sim(rest),
+            "replay" => match rest {
+                Some(p) if !p.is_empty() => Ok(MeterSpec::Replay {
+                    path: PathBuf::from(p),
+                }),
+                _ => Err(SpecError::MissingPath("replay")),
+            },
+            other => Err(SpecError::UnknownKind(other.to_owned())),
+        }
+    }
+}
+
+fn parse_nvml(rest: &str) -> Result<MeterSpec, SpecError> {
+    let mut selectors = Vec::new();
+    for part in rest.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if let Ok(i) = part.parse::<u32>() {
+            selectors.push(NvmlSelector::Index(i));
+        } else if part.starts_with("GPU-") || part.starts_with("MIG-") {
+            selectors.push(NvmlSelector::Uuid(part.to_owned()));
+        } else {
+            return Err(SpecError::BadNvmlDevice(part.to_owned()));
+        }
+    }
+    Ok(MeterSpec::Nvml(selectors))
+}
+
+fn parse_counter_file(rest: &str) -> Result<MeterSpec, SpecError> {
+    let mut parts: Vec<&str> = rest.split(',').collect();
+    let mut unit = None;
+    let mut wrap = None;
+    // Options are taken from the right while they look like options, so commas in paths survive.
+    while parts.len() > 1 {
+        let Some(last) = parts.last().copied() else {
+            break;
+        };
+        if let Some(v) = last.strip_prefix("unit=") {
+            if unit.is_some() {
+                return Err(SpecError::DuplicateOption(last.to_owned()));
+            }
+            unit = Some(match v {
+                "uj" => Unit::Microjoules,
+                "mj" => Unit::Millijoules,
+                "j" => Unit::Joules,
+                _ => return Err(SpecError::BadUnit(v.to_owned())),
+            });
+        } else if let Some(v) = last.strip_prefix("wrap=") {
+            if wrap.is_some() {
+                return Err(SpecError::DuplicateOption(last.to_owned()));
+            }
+            match v.parse::<u64>() {
+                Ok(n) if n > 0 => wrap = Some(Wrap::Range(n)),
+                _ => return Err(SpecError::BadWrap(v.to_owned())),
+            }
+        } else if let Some(v) = last.strip_prefix("wrap-file=") {
+            if wrap.is_some() {
+                return Err(SpecError::DuplicateOption(last.to_owned()));
+            }
+            if v.is_empty() {
+                return Err(SpecError::MissingPath("wrap-file"));
+            }
+            wrap = Some(Wrap::File(PathBuf::from(v)));
+        } else {
+            break;
+        }
+        parts.pop();
+    }
+    let path = parts.join(",");
+    if path.is_empty() {
+        return Err(SpecError::MissingPath("counter-file"));
+    }
+    Ok(MeterSpec::CounterFile {
+        path: PathBuf::from(path),
+        unit: unit.unwrap_or_default(),
+        wrap,
+    })
+}
+
+fn parse_sim(rest: Option<&str>) -> Result<MeterSpec, SpecError> {
+    let watts = match rest {
+        None | Some("") => DEFAULT_SIM_WATTS,
+        Some(w) => {
+            let text = w.trim().trim_end_matches(['W', 'w']);
+            match text.parse::<f64>() {
+                Ok(v) if v.is_finite() && v >= 0.0 => v,
+                _ => return Err(SpecError::BadWatts(w.to_owned())),
+            }
+        }
+    };
+    Ok(MeterSpec::Sim { watts })
+}
+
+impl TryFrom<String> for MeterSpec {
+    type Error = SpecError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<MeterSpec> for String {
+    fn from(spec: MeterSpec) -> String {
+        spec.to_string()
+    }
+}
+
+impl fmt::Display for MeterSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MeterSpec::Nvml(sel) if sel.is_empty() => f.write_str("nvml"),
+            MeterSpec::Nvml(sel) => {
+                f.write_str("nvml:")?;
+                for (i, s) in sel.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    match s {
+                        NvmlSelector::Index(n) => write!(f, "{n}")?,
+                        NvmlSelector::Uuid(u) => f.write_str(u)?,
+                    }
+                }
+                Ok(())
+            }
+            MeterSpec::CounterFile { path, unit, wrap } => {
+                write!(f, "counter-file:{}", path.display())?;
+                if *unit != Unit::Microjoules {
+                    write!(f, ",unit={}", unit.as_str())?;
+                }
+                match wrap {
+                    Some(Wrap::Range(n)) => write!(f, ",wrap={n}"),
+                    Some(Wrap::File(p)) => write!(f, ",wrap-file={}", p.display()),
+                    None => Ok(()),
+                }
+            }
+            MeterSpec::Rapl { root } if root.as_os_str() == DEFAULT_POWERCAP_ROOT => {
+                f.write_str("rapl")
+            }
+            MeterSpec::Rapl { root } => write!(f, "rapl:{}", root.display()),
+            MeterSpec::Sim { watts } => write!(f, "sim:{watts}"),
+            MeterSpec::Replay { path } => write!(f, "replay:{}", path.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<MeterSpec, SpecError> {
+        s.parse()
+    }
+
+    #[test]
+    fn nvml_forms() {
+        assert_eq!(p("nvml"), Ok(MeterSpec::Nvml(vec![])));
+        assert_eq!(
+            p("nvml:0,1"),
+            Ok(MeterSpec::Nvml(vec![
+                NvmlSelector::Index(0),
+                NvmlSelector::Index(1)
+            ]))
+        );
+        assert_eq!(
+            p("nvml:GPU-abc,2"),
+            Ok(MeterSpec::Nvml(vec![
+                NvmlSelector::Uuid("GPU-abc".into()),
+                NvmlSelector::Index(2)
+            ]))
+        );
+        assert_eq!(p("nvml:zero"), Err(SpecError::BadNvmlDevice("zero".into())));
+    }
+
+    #[test]
+    fn counter_file_options_from_the_right() {
+        assert_eq!(
+            p("counter-file:/a,b/energy,unit=mj,wrap=1000"),
+            Ok(MeterSpec::CounterFile {
+                path: "/a,b/energy".into(),
+                unit: Unit::Millijoules,
+                wrap: Some(Wrap::Range(1000)),
+            })
+        );
+        assert_eq!(
+            p("counter-file:/e,wrap-file=/m"),
+            Ok(MeterSpec::CounterFile {
+                path: "/e".into(),
+                unit: Unit::Microjoules,
+                wrap: Some(Wrap::File("/m".into())),
+            })
+        );
+        assert_eq!(
+            p("counter-file:/e,unit=kwh"),
+            Err(SpecError::BadUnit("kwh".into()))
+        );
+        assert_eq!(
+            p("counter-file:/e,wrap=-1"),
+            Err(SpecError::BadWrap("-1".into()))
+        );
+        assert_eq!(
+            p("counter-file:/e,wrap=0"),
+            Err(SpecError::BadWrap("0".into()))
+        );
+        assert_eq!(
+            p("counter-file:/e,wrap=5,wrap-file=/m"),
+            Err(SpecError::DuplicateOption("wrap=5".into()))
+        );
+        assert_eq!(
+            p("counter-file:"),
+            Err(SpecError::MissingPath("counter-file"))
+        );
+        assert_eq!(
+            p("counter-file"),
+            Err(SpecError::MissingPath("counter-file"))
+        );
+    }
+
+    #[test]
+    fn other_kinds_and_errors() {
+        assert_eq!(p("sim"), Ok(MeterSpec::Sim { watts: 100.0 }));
+        assert_eq!(p("sim:250W"), Ok(MeterSpec::Sim { watts: 250.0 }));
+        assert_eq!(p("sim:-3"), Err(SpecError::BadWatts("-3".into())));
+        assert_eq!(p("sim:NaN"), Err(SpecError::BadWatts("NaN".into())));
+        assert_eq!(
+            p("rapl"),
+            Ok(MeterSpec::Rapl {
+                root: DEFAULT_POWERCAP_ROOT.into()
+            })
+        );
+        assert_eq!(
+            p("rapl:/tmp/pc"),
+            Ok(MeterSpec::Rapl {
+                root: "/tmp/pc".into()
+            })
+        );
+        assert_eq!(
+            p("replay:/t.csv"),
+            Ok(MeterSpec::Replay {
+                path: "/t.csv".into()
+            })
+        );
+        assert_eq!(p("replay"), Err(SpecError::MissingPath("replay")));
+        assert_eq!(p("  "), Err(SpecError::Empty));
+        assert_eq!(p("ipmi:1"), Err(SpecError::UnknownKind("ipmi".into())));
+    }
+
+    #[test]
+    fn config_values_are_the_same_strings() {
+        #[derive(serde::Deserialize)]
+        struct File {
+            meters: Vec<MeterSpec>,
+        }
+        let f: File = toml::from_str(r#"meters = ["nvml:0", "sim:50"]"#).expect("toml");
+        assert_eq!(
+            f.meters,
+            [
+                MeterSpec::Nvml(vec![NvmlSelector::Index(0)]),
+                MeterSpec::Sim { watts: 50.0 }
+            ]
+        );
+        let bad = toml::from_str::<File>(r#"meters = ["nvml:x"]"#)
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            bad.is_some_and(|e| e.contains("nvml device \"x\"")),
+            "error names the part"
+        );
+        assert_eq!(
+            serde_json::to_string(&MeterSpec::Sim { watts: 2.5 })
+                .ok()
+                .as_deref(),
+            Some("\"sim:2.5\"")
+        );
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in [
+            "nvml",
+            "nvml:0,GPU-x",
+            "counter-file:/e,unit=j,wrap=7",
+            "counter-file:/e,wrap-file=/m",
+            "rapl",
+            "rapl:/x",
+            "sim:12.5",
+            "replay:/t.csv",
+        ] {
+            let spec = p(s).expect("valid spec");
+            assert_eq!(p(&spec.to_string()), Ok(spec));
+        }
+    }
+}
