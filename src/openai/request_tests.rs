@@ -37,12 +37,18 @@ fn fixture_requests_read_as_expected() {
 
     let (path, body) = request(DIRS[0], "completions-stream-prompts2-usage");
     let v = view(&path, &body);
-    assert_eq!((v.endpoint, v.prompts, v.expected_choices()), (Endpoint::Completions, 2, 2));
+    assert_eq!(
+        (v.endpoint, v.prompts, v.expected_choices()),
+        (Endpoint::Completions, 2, 2)
+    );
     assert_eq!(v.estimated_prompt_tokens, 6); // 7 + 15 bytes
 
     let (path, body) = request(DIRS[0], "responses-stream");
     let v = view(&path, &body);
-    assert_eq!((v.endpoint, v.max_output_tokens, v.max_output()), (Endpoint::Responses, Some(8), Some(8)));
+    assert_eq!(
+        (v.endpoint, v.max_output_tokens, v.max_output()),
+        (Endpoint::Responses, Some(8), Some(8))
+    );
 
     let (path, body) = request(DIRS[0], "error-bad-json");
     assert!(!view(&path, &body).accountable);
@@ -75,7 +81,16 @@ fn odd_bodies_give_non_accountable_views() {
     assert!(!get.accountable);
     let mut gz = http::HeaderMap::new();
     gz.insert(http::header::CONTENT_ENCODING, "gzip".parse().unwrap());
-    assert!(!parse_request(&http::Method::POST, CHAT, &gz, b"{}", &ViewConfig::default()).accountable);
+    assert!(
+        !parse_request(
+            &http::Method::POST,
+            CHAT,
+            &gz,
+            b"{}",
+            &ViewConfig::default()
+        )
+        .accountable
+    );
 }
 
 #[test]
@@ -93,7 +108,10 @@ fn wrong_types_and_huge_numbers_are_ignored_field_by_field() {
     assert_eq!(v.max_completion_tokens, Some(12));
     assert_eq!(v.user, None);
     assert!(v.stream_options.key_present && !v.stream_options.is_object);
-    let v = view(CHAT, br#"{"n":18446744073709551615,"max_tokens":99999999999999999999999}"#);
+    let v = view(
+        CHAT,
+        br#"{"n":18446744073709551615,"max_tokens":99999999999999999999999}"#,
+    );
     assert_eq!((v.n, v.max_tokens), (u32::MAX, None));
     // Beyond f64 range serde_json refuses the document: the view is opaque, nothing fails.
     let v = view(CHAT, br#"{"stream":true,"n":1e400}"#);
@@ -124,7 +142,10 @@ fn prompt_estimates_cover_the_shapes() {
     let v = view("/v1/completions", br#"{"prompt":[1,2,3,4,5]}"#);
     assert_eq!((v.estimated_prompt_tokens, v.prompts), (5, 1));
     let v = view("/v1/completions", br#"{"prompt":[[1,2],[3]],"n":3}"#);
-    assert_eq!((v.estimated_prompt_tokens, v.prompts, v.expected_choices()), (3, 2, 6));
+    assert_eq!(
+        (v.estimated_prompt_tokens, v.prompts, v.expected_choices()),
+        (3, 2, 6)
+    );
     let v = view("/v1/completions", br#"{"prompt":[[7]]}"#);
     assert_eq!(v.prompts, 1);
     let v = view("/v1/embeddings", br#"{"input":["abcd","efgh"]}"#);
@@ -134,11 +155,27 @@ fn prompt_estimates_cover_the_shapes() {
         br#"{"instructions":"abcd","input":[{"role":"user","content":[{"type":"input_text","text":"efgh"}]}]}"#,
     );
     assert_eq!(v.estimated_prompt_tokens, 2);
-    let cfg = ViewConfig { bytes_per_token: 2.0 };
-    let v = parse_request(&http::Method::POST, CHAT, &http::HeaderMap::new(), br#"{"messages":[{"content":"abcd"}]}"#, &cfg);
+    let cfg = ViewConfig {
+        bytes_per_token: 2.0,
+    };
+    let v = parse_request(
+        &http::Method::POST,
+        CHAT,
+        &http::HeaderMap::new(),
+        br#"{"messages":[{"content":"abcd"}]}"#,
+        &cfg,
+    );
     assert_eq!(v.estimated_prompt_tokens, 2);
-    let bad = ViewConfig { bytes_per_token: f64::NAN };
-    let v = parse_request(&http::Method::POST, CHAT, &http::HeaderMap::new(), br#"{"messages":[{"content":"abcd"}]}"#, &bad);
+    let bad = ViewConfig {
+        bytes_per_token: f64::NAN,
+    };
+    let v = parse_request(
+        &http::Method::POST,
+        CHAT,
+        &http::HeaderMap::new(),
+        br#"{"messages":[{"content":"abcd"}]}"#,
+        &bad,
+    );
     assert_eq!(v.estimated_prompt_tokens, 1);
 }
 
@@ -158,12 +195,20 @@ fn injection_edits_only_stream_options() {
     let (b, p) = injected(r#"{"model":"m", "stream" : true , "messages":[]}"#);
     assert_eq!(
         b,
-        format!(r#"{{"model":"m", "stream" : true , "messages":[],"stream_options":{INJECTED_OPTIONS}}}"#)
+        format!(
+            r#"{{"model":"m", "stream" : true , "messages":[],"stream_options":{INJECTED_OPTIONS}}}"#
+        )
     );
-    assert_eq!((p.injected, p.client_wants_usage, p.strip), (true, false, StripPolicy::AllUsage));
+    assert_eq!(
+        (p.injected, p.client_wants_usage, p.strip),
+        (true, false, StripPolicy::AllUsage)
+    );
 
     let (b, p) = injected(r#"{"stream":true,"stream_options":null,"n":2}"#);
-    assert_eq!(b, format!(r#"{{"stream":true,"stream_options":{INJECTED_OPTIONS},"n":2}}"#));
+    assert_eq!(
+        b,
+        format!(r#"{{"stream":true,"stream_options":{INJECTED_OPTIONS},"n":2}}"#)
+    );
     assert_eq!(p.strip, StripPolicy::AllUsage);
 
     let (b, p) = injected(r#"{"stream":true,"stream_options":{"include_usage":true,"x":[1]} }"#);
@@ -175,8 +220,14 @@ fn injection_edits_only_stream_options() {
     assert_eq!(p.strip, StripPolicy::PerChunkUsage);
 
     let (b, p) = injected(r#"{"stream":true,"stream_options":{}}"#);
-    assert_eq!(b, format!(r#"{{"stream":true,"stream_options":{INJECTED_OPTIONS}}}"#));
-    assert!(!p.client_wants_usage, "vLLM 0.32: absent include_usage is false");
+    assert_eq!(
+        b,
+        format!(r#"{{"stream":true,"stream_options":{INJECTED_OPTIONS}}}"#)
+    );
+    assert!(
+        !p.client_wants_usage,
+        "vLLM 0.32: absent include_usage is false"
+    );
 }
 
 #[test]
@@ -199,7 +250,8 @@ fn no_injection_where_it_would_change_behaviour() {
     let v = view(CHAT, body);
     assert!(!plan_injection(&v, body, UsageSemantics::default(), false).injected);
     // The client's continuous request is honoured as is and wants usage.
-    let body = br#"{"stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":true}}"#;
+    let body =
+        br#"{"stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":true}}"#;
     let p = plan_injection(&view(CHAT, body), body, UsageSemantics::default(), true);
     assert!(p.client_wants_usage && p.client_wants_continuous);
 }
@@ -227,12 +279,24 @@ fn injection_keeps_every_other_byte_of_every_fixture_request() {
             let Some(new) = p.body else { continue };
             let mut orig: serde_json::Map<String, Value> = serde_json::from_slice(&body).unwrap();
             let mut edited: serde_json::Map<String, Value> = serde_json::from_slice(&new).unwrap();
-            assert_eq!(edited.shift_remove("stream_options").unwrap()["continuous_usage_stats"], true);
+            assert_eq!(
+                edited.shift_remove("stream_options").unwrap()["continuous_usage_stats"],
+                true
+            );
             orig.shift_remove("stream_options");
             assert_eq!(edited, orig, "{dir}/{name}");
             // Byte-wise: the edit is one contiguous region.
-            let prefix = body.iter().zip(new.iter()).take_while(|(a, b)| a == b).count();
-            let suffix = body.iter().rev().zip(new.iter().rev()).take_while(|(a, b)| a == b).count();
+            let prefix = body
+                .iter()
+                .zip(new.iter())
+                .take_while(|(a, b)| a == b)
+                .count();
+            let suffix = body
+                .iter()
+                .rev()
+                .zip(new.iter().rev())
+                .take_while(|(a, b)| a == b)
+                .count();
             let changed = &new[prefix..new.len() - suffix.min(new.len() - prefix)];
             assert!(changed.len() <= INJECTED_OPTIONS.len() + 20, "{dir}/{name}");
         }

@@ -146,7 +146,7 @@ pub fn metrics_times(metrics: &serde_json::Value) -> (Option<u64>, Option<u64>) 
             .find_map(|n| metrics.get(*n).and_then(serde_json::Value::as_f64))
             .filter(|v| v.is_finite())
     };
-    let to_ns = |s: f64| -> Option<u64> { (s >= 0.0 && s < 1.8e10).then(|| (s * 1e9) as u64) };
+    let to_ns = |s: f64| -> Option<u64> { (0.0..1.8e10).contains(&s).then_some((s * 1e9) as u64) };
     let arrival = get(&["arrival_time", "queued_ts", "queued_time"]);
     let scheduled = get(&["first_scheduled_time", "scheduled_ts", "scheduled_time"]);
     let first_token = get(&["first_token_time", "first_token_ts"]);
