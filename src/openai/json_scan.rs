@@ -102,6 +102,17 @@ pub enum ScanError {
 /// Nesting bound: deeper documents are refused rather than risk pathological input.
 const MAX_DEPTH: usize = 256;
 
+/// Bytes that matter when skipping a container: quotes and brackets.
+const STRUCTURAL: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'"' as usize] = true;
+    t[b'{' as usize] = true;
+    t[b'}' as usize] = true;
+    t[b'[' as usize] = true;
+    t[b']' as usize] = true;
+    t
+};
+
 fn skip_ws(t: &[u8], mut i: usize) -> usize {
     while let Some(b' ' | b'\t' | b'\n' | b'\r') = t.get(i) {
         i += 1;
@@ -136,6 +147,10 @@ fn skip_value(t: &[u8], i: usize) -> Result<usize, ScanError> {
             let mut depth = 0usize;
             let mut j = i;
             loop {
+                // Jump over bytes that cannot change nesting.
+                while t.get(j).is_some_and(|&b| !STRUCTURAL[b as usize]) {
+                    j += 1;
+                }
                 match t.get(j) {
                     None => return Err(ScanError::Incomplete),
                     Some(b'"') => {
@@ -178,20 +193,26 @@ fn skip_value(t: &[u8], i: usize) -> Result<usize, ScanError> {
 
 /// Scans the object that starts at the first non-blank byte of `text`.
 pub fn scan_object(text: &[u8]) -> Result<ObjectLayout, ScanError> {
+    let mut layout = ObjectLayout::default();
+    scan_object_into(text, &mut layout)?;
+    Ok(layout)
+}
+
+/// [`scan_object`] into a reused layout (its member buffer keeps its capacity across calls: the
+/// stream observer scans every event).
+pub fn scan_object_into(text: &[u8], layout: &mut ObjectLayout) -> Result<(), ScanError> {
+    layout.members.clear();
     let open = skip_ws(text, 0);
     match text.get(open) {
         Some(b'{') => {}
         None => return Err(ScanError::Incomplete),
         Some(_) => return Err(ScanError::NotObject),
     }
-    let mut members = Vec::with_capacity(12);
+    layout.open = open;
     let mut i = skip_ws(text, open + 1);
     if text.get(i) == Some(&b'}') {
-        return Ok(ObjectLayout {
-            open,
-            close: i,
-            members,
-        });
+        layout.close = i;
+        return Ok(());
     }
     loop {
         let key_start = i;
@@ -204,7 +225,7 @@ pub fn scan_object(text: &[u8]) -> Result<ObjectLayout, ScanError> {
         }
         let value_start = skip_ws(text, i + 1);
         let value_end = skip_value(text, value_start)?;
-        members.push(Member {
+        layout.members.push(Member {
             key_start,
             key_end,
             value_start,
@@ -214,11 +235,8 @@ pub fn scan_object(text: &[u8]) -> Result<ObjectLayout, ScanError> {
         match text.get(i) {
             Some(b',') => i = skip_ws(text, i + 1),
             Some(b'}') => {
-                return Ok(ObjectLayout {
-                    open,
-                    close: i,
-                    members,
-                })
+                layout.close = i;
+                return Ok(());
             }
             None => return Err(ScanError::Incomplete),
             Some(_) => return Err(ScanError::NotObject),

@@ -13,10 +13,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use bytes::Bytes;
 
 use super::inject::{InjectionPlan, StripPolicy};
-use super::json_scan::{scan_object, splice};
+use super::json_scan::{scan_object, scan_object_into, splice, ObjectLayout};
 use super::request::RequestView;
 use super::sse::{lines, Line, LineKind, Piece, Splitter, DEFAULT_MAX_EVENT_BYTES};
-use super::usage::{metrics_times, ChunkView, ResponsesEventView};
+use super::usage::{metrics_times, ChoiceView, ResponsesEventView, UsageView};
 use crate::observe::{Endpoint, RequestProgress};
 
 /// Choice indices tracked per response; higher indices are folded into the last slot (a bound on
@@ -125,6 +125,7 @@ pub struct StreamObserver {
     held: Option<Vec<u8>>,
     line_buf: Vec<Line>,
     data_buf: Vec<u8>,
+    layout: ObjectLayout,
 }
 
 /// What to do with one complete event in rewrite mode.
@@ -151,6 +152,7 @@ impl StreamObserver {
             held: None,
             line_buf: Vec::new(),
             data_buf: Vec::new(),
+            layout: ObjectLayout::default(),
         }
     }
 
@@ -387,30 +389,81 @@ impl StreamObserver {
             self.totals.done = true;
             return ChunkEdit::None;
         }
-        let view: ChunkView<'_> = match serde_json::from_slice(data) {
-            Ok(v) => v,
+        // Locate the few members that matter, then parse only those: ids, model names and
+        // vLLM's extra keys are never decoded.
+        let mut layout = std::mem::take(&mut self.layout);
+        let edit = match scan_object_into(data, &mut layout) {
+            Ok(()) => self.on_chunk_members(data, &layout, now_ns, progress, energy),
             Err(_) => {
                 self.totals.parse_errors += 1;
-                return ChunkEdit::None;
+                ChunkEdit::None
             }
         };
-        if view.is_error() {
-            self.totals.saw_error = true;
+        self.layout = layout;
+        edit
+    }
+
+    fn on_chunk_members(
+        &mut self,
+        data: &[u8],
+        layout: &ObjectLayout,
+        now_ns: u64,
+        progress: &RequestProgress,
+        energy: &mut dyn FnMut() -> Option<String>,
+    ) -> ChunkEdit {
+        let mut choices_at = None;
+        let mut usage_at = None;
+        for (i, m) in layout.members.iter().enumerate() {
+            let value = m.value(data);
+            if value == b"null" {
+                continue;
+            }
+            match m.raw_key(data) {
+                b"choices" => choices_at = Some(i),
+                b"usage" => usage_at = Some(i),
+                // A mid-stream error: `{"error": {...}}`, or the older `{"object": "error"}`.
+                b"error" => self.totals.saw_error = true,
+                b"object" if value == b"\"error\"" => self.totals.saw_error = true,
+                b"metrics" => {
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(value) {
+                        let (queue, prefill) = metrics_times(&v);
+                        if let Some(q) = queue {
+                            progress.queue_ns.store(q, Relaxed);
+                        }
+                        if let Some(p) = prefill {
+                            progress.prefill_ns.store(p, Relaxed);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if self.totals.saw_error && choices_at.is_none() && usage_at.is_none() {
             return ChunkEdit::None;
         }
-        if let Some(m) = &view.metrics {
-            let (queue, prefill) = metrics_times(m);
-            if let Some(q) = queue {
-                progress.queue_ns.store(q, Relaxed);
-            }
-            if let Some(p) = prefill {
-                progress.prefill_ns.store(p, Relaxed);
-            }
-        }
-        let choices = view.choices.as_deref().unwrap_or(&[]);
-        let has_usage = view.usage.is_some();
+        let member = |i: Option<usize>| i.and_then(|i| layout.members.get(i));
+        let choices: Vec<ChoiceView<'_>> = match member(choices_at) {
+            Some(m) => match serde_json::from_slice(m.value(data)) {
+                Ok(c) => c,
+                Err(_) => {
+                    self.totals.parse_errors += 1;
+                    return ChunkEdit::None;
+                }
+            },
+            None => Vec::new(),
+        };
+        let usage: Option<UsageView> = match member(usage_at) {
+            Some(m) => match serde_json::from_slice(m.value(data)) {
+                Ok(u) => Some(u),
+                Err(_) => {
+                    self.totals.parse_errors += 1;
+                    return ChunkEdit::None;
+                }
+            },
+            None => None,
+        };
         if choices.is_empty() {
-            let Some(u) = view.usage else {
+            let Some(u) = usage else {
                 return ChunkEdit::None;
             };
             // The final usage chunk: authoritative.
@@ -426,10 +479,10 @@ impl StreamObserver {
                 self.totals.completion_tokens = c;
                 self.totals.exact = true;
             }
-            return self.edit_final_usage(data, energy);
+            return self.edit_final_usage(data, layout, energy);
         }
         let mut finished_here = false;
-        for c in choices {
+        for c in &choices {
             let slot = (c.index as usize).min(MAX_TRACKED_CHOICES - 1);
             if let Some(fr) = c.finish_reason.as_deref() {
                 self.push_finish(fr);
@@ -444,7 +497,7 @@ impl StreamObserver {
                 bump(&mut self.chunks_per_choice, slot, |v| *v += 1);
             }
         }
-        if let Some(u) = &view.usage {
+        if let Some(u) = &usage {
             // Continuous usage: cumulative per choice (one choice per chunk in vLLM).
             self.continuous_seen = true;
             progress.progress_visible.store(true, Relaxed);
@@ -476,20 +529,16 @@ impl StreamObserver {
             progress.observe_completion(counted, now_ns);
         }
         // Rewriting.
-        let strip_usage = has_usage && self.cfg.strip != StripPolicy::Nothing;
         let hold = self.cfg.strip == StripPolicy::AllUsage
             && finished_here
             && (self.cfg.expected_choices == 0
                 || self.finished_choices >= self.cfg.expected_choices);
-        if !strip_usage {
-            return if hold {
-                ChunkEdit::HoldUnchanged
-            } else {
-                ChunkEdit::None
-            };
-        }
-        match remove_member(data, "usage") {
-            Some(json) => ChunkEdit::Json(json, hold),
+        let removal = match usage_at {
+            Some(i) if self.cfg.strip != StripPolicy::Nothing => layout.removal_range(i),
+            _ => None,
+        };
+        match removal {
+            Some(range) => ChunkEdit::Json(splice(data, range, b""), hold),
             None if hold => ChunkEdit::HoldUnchanged,
             None => ChunkEdit::None,
         }
@@ -498,6 +547,7 @@ impl StreamObserver {
     fn edit_final_usage(
         &mut self,
         data: &[u8],
+        layout: &ObjectLayout,
         energy: &mut dyn FnMut() -> Option<String>,
     ) -> ChunkEdit {
         if self.cfg.strip == StripPolicy::AllUsage {
@@ -515,10 +565,10 @@ impl StreamObserver {
         let Some(text) = energy() else {
             return ChunkEdit::None;
         };
-        match append_member(data, "energy", text.as_bytes()) {
-            Some(json) => ChunkEdit::Json(json, false),
-            None => ChunkEdit::None,
-        }
+        ChunkEdit::Json(
+            append_member(data, layout, "energy", text.as_bytes()),
+            false,
+        )
     }
 }
 
@@ -538,17 +588,8 @@ fn bump(v: &mut Vec<u64>, slot: usize, f: impl FnOnce(&mut u64)) {
     }
 }
 
-/// `json` without its top-level member `name` (`None` if absent or unreadable).
-fn remove_member(json: &[u8], name: &str) -> Option<Vec<u8>> {
-    let layout = scan_object(json).ok()?;
-    let idx = layout.members.iter().rposition(|m| m.key_is(json, name))?;
-    let range = layout.removal_range(idx)?;
-    Some(splice(json, range, b""))
-}
-
-/// `json` with `"name":value` appended as its last member.
-fn append_member(json: &[u8], name: &str, value: &[u8]) -> Option<Vec<u8>> {
-    let layout = scan_object(json).ok()?;
+/// `json` (scanned as `layout`) with `"name":value` appended as its last member.
+fn append_member(json: &[u8], layout: &ObjectLayout, name: &str, value: &[u8]) -> Vec<u8> {
     let (at, comma) = layout.append_point();
     let mut ins = Vec::with_capacity(name.len() + value.len() + 4);
     if comma {
@@ -558,7 +599,7 @@ fn append_member(json: &[u8], name: &str, value: &[u8]) -> Option<Vec<u8>> {
     ins.extend_from_slice(name.as_bytes());
     ins.extend_from_slice(b"\":");
     ins.extend_from_slice(value);
-    Some(splice(json, (at, at), &ins))
+    splice(json, (at, at), &ins)
 }
 
 /// The held finish event with the usage chunk's `system_fingerprint` appended to its data (when the
@@ -578,15 +619,12 @@ fn add_fingerprint(held: Vec<u8>, usage_chunk: &[u8]) -> Vec<u8> {
         return held;
     };
     let json = held.get(d.value_start..d.end).unwrap_or(&[]);
-    let has = scan_object(json)
-        .ok()
-        .is_some_and(|l| l.find(json, "system_fingerprint").is_some());
-    if has {
-        return held;
-    }
-    match append_member(json, "system_fingerprint", value) {
-        Some(new) => splice(&held, (d.value_start, d.end), &new),
-        None => held,
+    match scan_object(json) {
+        Ok(l) if l.find(json, "system_fingerprint").is_none() => {
+            let new = append_member(json, &l, "system_fingerprint", value);
+            splice(&held, (d.value_start, d.end), &new)
+        }
+        _ => held,
     }
 }
 

@@ -77,28 +77,6 @@ pub(crate) struct ChoiceView<'a> {
     pub finish_reason: Option<Cow<'a, str>>,
 }
 
-/// A chat/completions stream chunk (or a mid-stream error object).
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct ChunkView<'a> {
-    #[serde(default, borrow)]
-    pub choices: Option<Vec<ChoiceView<'a>>>,
-    #[serde(default)]
-    pub usage: Option<UsageView>,
-    #[serde(default)]
-    pub error: Option<IgnoredAny>,
-    #[serde(default, borrow)]
-    pub object: Option<Cow<'a, str>>,
-    #[serde(default)]
-    pub metrics: Option<serde_json::Value>,
-}
-
-impl ChunkView<'_> {
-    /// A mid-stream error (`{"error": {...}}`, or the older `{"object": "error", ...}`).
-    pub fn is_error(&self) -> bool {
-        self.error.is_some() || self.object.as_deref() == Some("error")
-    }
-}
-
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct IncompleteView<'a> {
     #[serde(default, borrow)]
