@@ -530,3 +530,48 @@ fn stream_cut_short_forwards_its_tail_and_holds_nothing_back() {
     // Everything received is delivered (usage removed from complete chunks, the tail raw).
     assert!(r.out.ends_with(&cut[cut.len() - 50..]));
 }
+
+#[test]
+fn crlf_streams_are_rewritten_the_same_way() {
+    let crlf = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap().replace('\n', "\r\n");
+    let up = crlf(&body("vllm-0.32", "chat-stream-usage-continuous"));
+    let plain = crlf(&body("vllm-0.32", "chat-stream-plain"));
+    let cfg = cfg_as_if("vllm-0.32", "chat-stream-plain", true, true);
+    let whole = run(cfg, &[up.as_bytes()]);
+    assert_eq!(normalise(&whole.out), normalise(plain.as_bytes()));
+    let ones: Vec<&[u8]> = up.as_bytes().chunks(1).collect();
+    assert_eq!(run(cfg, &ones), whole);
+}
+
+#[test]
+fn energy_is_added_once_and_only_when_given() {
+    let b = body("vllm-0.32", "chat-stream-usage");
+    let cfg = cfg_as_if("vllm-0.32", "chat-stream-usage", false, true);
+    assert!(cfg.add_energy && cfg.strip == StripPolicy::Nothing);
+    let p = progress(Endpoint::ChatCompletions);
+    let mut obs = StreamObserver::new(cfg);
+    let mut calls = 0;
+    let mut out = obs
+        .feed(Bytes::from(b.clone()), 5, &p, &mut || {
+            calls += 1;
+            None
+        })
+        .to_vec();
+    out.extend_from_slice(&obs.finish());
+    assert_eq!((calls, out), (1, b.clone()));
+    // With energy: the final usage chunk ends with the object, as valid JSON.
+    let r = run(cfg, &[&b]);
+    let last = std::str::from_utf8(&r.out)
+        .unwrap()
+        .split("\n\n")
+        .filter(|e| e.contains("\"choices\":[]"))
+        .map(|e| e.strip_prefix("data: ").unwrap().to_owned())
+        .next()
+        .unwrap();
+    let v: serde_json::Map<String, Value> = serde_json::from_str(&last).unwrap();
+    assert_eq!(v.keys().last().map(String::as_str), Some("energy"));
+    assert_eq!(v["energy"]["joules"], 1.5);
+    // A client that did not ask for usage never gets energy in the stream.
+    let cfg = cfg_as_if("vllm-0.32", "chat-stream-plain", false, true);
+    assert!(!cfg.add_energy);
+}
