@@ -569,7 +569,7 @@ fn energy_is_added_once_and_only_when_given() {
         .next()
         .unwrap();
     let v: serde_json::Map<String, Value> = serde_json::from_str(&last).unwrap();
-    assert_eq!(v.keys().last().map(String::as_str), Some("energy"));
+    assert_eq!(v.keys().next_back().map(String::as_str), Some("energy"));
     assert_eq!(v["energy"]["joules"], 1.5);
     // A client that did not ask for usage never gets energy in the stream.
     let cfg = cfg_as_if("vllm-0.32", "chat-stream-plain", false, true);

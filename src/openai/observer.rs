@@ -15,7 +15,7 @@ use bytes::Bytes;
 use super::inject::{InjectionPlan, StripPolicy};
 use super::json_scan::{scan_object, scan_object_into, splice, ObjectLayout};
 use super::request::RequestView;
-use super::sse::{lines, Line, LineKind, Piece, Splitter, DEFAULT_MAX_EVENT_BYTES};
+use super::sse::{lines, Line, LineKind, Piece, Splitter, DEFAULT_MAX_EVENT_BYTES, KEEP_CAPACITY};
 use super::usage::{metrics_times, ChoiceView, ResponsesEventView, UsageView};
 use crate::observe::{Endpoint, RequestProgress};
 
@@ -298,7 +298,10 @@ impl StreamObserver {
                     ChunkEdit::HoldUnchanged => Action::Hold(None),
                 }
             };
-            self.data_buf = data;
+            // Keep the buffer for the next event unless one huge event inflated it.
+            if data.capacity() <= KEEP_CAPACITY {
+                self.data_buf = data;
+            }
             act
         };
         self.line_buf = line_buf;

@@ -7,6 +7,10 @@
 /// Default bound on one buffered event (logprob-heavy chunks are a few KiB; 1 MiB is generous).
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
 
+/// Buffers that grew past this for one large event are released afterwards, so that a long-lived
+/// stream keeps its steady-state footprint small (the budget is a few KiB per in-flight request).
+pub const KEEP_CAPACITY: usize = 16 << 10;
+
 /// What the splitter hands on.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Piece<'a> {
@@ -90,6 +94,9 @@ impl Splitter {
                     self.tail.extend_from_slice(piece);
                     on(Piece::Event(&self.tail));
                     self.tail.clear();
+                    if self.tail.capacity() > KEEP_CAPACITY {
+                        self.tail = Vec::new();
+                    }
                 }
                 start = i;
             }
@@ -105,8 +112,8 @@ impl Splitter {
             self.oversized_events += 1;
             if !self.tail.is_empty() {
                 on(Piece::Oversized(&self.tail));
-                self.tail.clear();
             }
+            self.tail = Vec::new();
             on(Piece::Oversized(rest));
         } else {
             self.tail.extend_from_slice(rest);
