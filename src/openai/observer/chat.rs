@@ -1,0 +1,219 @@
+//! Chat and completions chunks: per-choice counting (continuous usage cumulative per choice, or one
+//! token per output chunk as a fallback), the authoritative final usage chunk, mid-stream errors,
+//! vLLM `metrics`, and the edits that remove injected usage or add the `energy` object.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::edit::{add_fingerprint, append_member, bump};
+use super::{StreamObserver, MAX_TRACKED_CHOICES};
+use crate::observe::RequestProgress;
+use crate::openai::inject::StripPolicy;
+use crate::openai::json_scan::{scan_object_into, splice, ObjectLayout};
+use crate::openai::usage::{metrics_times, ChoiceView, UsageView};
+
+impl StreamObserver {
+    pub(super) fn on_chunk(
+        &mut self,
+        data: &[u8],
+        now_ns: u64,
+        progress: &RequestProgress,
+        energy: &mut dyn FnMut() -> Option<String>,
+    ) -> ChunkEdit {
+        if data.trim_ascii() == b"[DONE]" {
+            self.totals.done = true;
+            return ChunkEdit::None;
+        }
+        // Locate the few members that matter, then parse only those: ids, model names and
+        // vLLM's extra keys are never decoded.
+        let mut layout = std::mem::take(&mut self.layout);
+        let edit = match scan_object_into(data, &mut layout) {
+            Ok(()) => self.on_chunk_members(data, &layout, now_ns, progress, energy),
+            Err(_) => {
+                self.totals.parse_errors += 1;
+                ChunkEdit::None
+            }
+        };
+        self.layout = layout;
+        edit
+    }
+
+    fn on_chunk_members(
+        &mut self,
+        data: &[u8],
+        layout: &ObjectLayout,
+        now_ns: u64,
+        progress: &RequestProgress,
+        energy: &mut dyn FnMut() -> Option<String>,
+    ) -> ChunkEdit {
+        let mut choices_at = None;
+        let mut usage_at = None;
+        for (i, m) in layout.members.iter().enumerate() {
+            let value = m.value(data);
+            if value == b"null" {
+                continue;
+            }
+            match m.raw_key(data) {
+                b"choices" => choices_at = Some(i),
+                b"usage" => usage_at = Some(i),
+                // A mid-stream error: `{"error": {...}}`, or the older `{"object": "error"}`.
+                b"error" => self.totals.saw_error = true,
+                b"object" if value == b"\"error\"" => self.totals.saw_error = true,
+                b"metrics" => {
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(value) {
+                        let (queue, prefill) = metrics_times(&v);
+                        if let Some(q) = queue {
+                            progress.queue_ns.store(q, Relaxed);
+                        }
+                        if let Some(p) = prefill {
+                            progress.prefill_ns.store(p, Relaxed);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if self.totals.saw_error && choices_at.is_none() && usage_at.is_none() {
+            return ChunkEdit::None;
+        }
+        let member = |i: Option<usize>| i.and_then(|i| layout.members.get(i));
+        let choices: Vec<ChoiceView<'_>> = match member(choices_at) {
+            Some(m) => match serde_json::from_slice(m.value(data)) {
+                Ok(c) => c,
+                Err(_) => {
+                    self.totals.parse_errors += 1;
+                    return ChunkEdit::None;
+                }
+            },
+            None => Vec::new(),
+        };
+        let usage: Option<UsageView> = match member(usage_at) {
+            Some(m) => match serde_json::from_slice(m.value(data)) {
+                Ok(u) => Some(u),
+                Err(_) => {
+                    self.totals.parse_errors += 1;
+                    return ChunkEdit::None;
+                }
+            },
+            None => None,
+        };
+        if choices.is_empty() {
+            let Some(u) = usage else {
+                return ChunkEdit::None;
+            };
+            // The final usage chunk: authoritative.
+            if let Some(p) = u.prompt_tokens {
+                progress.set_prompt_exact(p);
+                self.totals.prompt_tokens = Some(p);
+            }
+            if let Some(c) = u.completion_tokens {
+                progress.observe_completion(c, now_ns);
+                // The final count is the truth even if a chunk count overshot it.
+                progress.completion_tokens.store(c, Relaxed);
+                progress.completion_exact.store(true, Relaxed);
+                self.totals.completion_tokens = c;
+                self.totals.exact = true;
+            }
+            return self.edit_final_usage(data, layout, energy);
+        }
+        let mut finished_here = false;
+        for c in &choices {
+            let slot = (c.index as usize).min(MAX_TRACKED_CHOICES - 1);
+            if let Some(fr) = c.finish_reason.as_deref() {
+                self.push_finish(fr);
+                self.finished_choices += 1;
+                finished_here = true;
+            }
+            let output = match &c.delta {
+                Some(d) => d.carries_output(),
+                None => c.text.is_some(),
+            };
+            if output {
+                bump(&mut self.chunks_per_choice, slot, |v| *v += 1);
+            }
+        }
+        if let Some(u) = &usage {
+            // Continuous usage: cumulative per choice (one choice per chunk in vLLM).
+            self.continuous_seen = true;
+            progress.progress_visible.store(true, Relaxed);
+            let first = choices.first().map_or(0, |c| c.index as usize);
+            if let Some(c) = u.completion_tokens {
+                bump(
+                    &mut self.usage_per_choice,
+                    first.min(MAX_TRACKED_CHOICES - 1),
+                    |v| *v = (*v).max(c),
+                );
+            }
+            if let Some(p) = u.prompt_tokens {
+                let prompt_idx = (first / self.cfg.n.max(1) as usize).min(MAX_TRACKED_CHOICES - 1);
+                bump(&mut self.prompt_per_prompt, prompt_idx, |v| *v = p);
+                let prompt: u64 = self.prompt_per_prompt.iter().sum();
+                if !self.totals.exact {
+                    progress.set_prompt_exact(prompt);
+                    self.totals.prompt_tokens = Some(prompt);
+                }
+            }
+        }
+        if !self.totals.exact {
+            let counted: u64 = if self.continuous_seen {
+                self.usage_per_choice.iter().sum()
+            } else {
+                self.chunks_per_choice.iter().sum()
+            };
+            self.totals.completion_tokens = counted;
+            progress.observe_completion(counted, now_ns);
+        }
+        // Rewriting.
+        let hold = self.cfg.strip == StripPolicy::AllUsage
+            && finished_here
+            && (self.cfg.expected_choices == 0
+                || self.finished_choices >= self.cfg.expected_choices);
+        let removal = match usage_at {
+            Some(i) if self.cfg.strip != StripPolicy::Nothing => layout.removal_range(i),
+            _ => None,
+        };
+        match removal {
+            Some(range) => ChunkEdit::Json(splice(data, range, b""), hold),
+            None if hold => ChunkEdit::HoldUnchanged,
+            None => ChunkEdit::None,
+        }
+    }
+
+    fn edit_final_usage(
+        &mut self,
+        data: &[u8],
+        layout: &ObjectLayout,
+        energy: &mut dyn FnMut() -> Option<String>,
+    ) -> ChunkEdit {
+        if self.cfg.strip == StripPolicy::AllUsage {
+            // The client did not ask for usage: vLLM would have put the fingerprint on the last
+            // finish chunk instead.
+            if let Some(held) = self.held.take() {
+                self.held = Some(add_fingerprint(held, data));
+            }
+            return ChunkEdit::Drop;
+        }
+        if !self.cfg.add_energy || self.energy_done {
+            return ChunkEdit::None;
+        }
+        self.energy_done = true;
+        let Some(text) = energy() else {
+            return ChunkEdit::None;
+        };
+        ChunkEdit::Json(
+            append_member(data, layout, "energy", text.as_bytes()),
+            false,
+        )
+    }
+}
+
+/// How one chunk's data changes in rewrite mode.
+pub(super) enum ChunkEdit {
+    /// Unchanged.
+    None,
+    /// Dropped (the usage-only chunk the client did not ask for).
+    Drop,
+    /// New data JSON; `true` when the event must be held (last finish chunk, see `held`).
+    Json(Vec<u8>, bool),
+    /// Held as received.
+    HoldUnchanged,
+}

@@ -1,0 +1,327 @@
+//! Token usage as the upstream reports it: the minimal serde views of chat/completions chunks and
+//! bodies, `/v1/responses` events and bodies, embeddings bodies, and vLLM's per-request `metrics`; plus
+//! the bounded accumulator for non-streaming bodies. Views are lenient (`#[serde(default)]`, unknown
+//! keys skipped, strings borrowed where they can be) and never allocate for fields the proxy ignores.
+
+use std::borrow::Cow;
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+use crate::observe::Endpoint;
+
+/// Token counts from a usage object.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Prompt (input) tokens.
+    pub prompt_tokens: u64,
+    /// Completion (output) tokens; 0 for embeddings.
+    pub completion_tokens: u64,
+}
+
+/// `usage` of chat/completions/embeddings.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct UsageView {
+    #[serde(default)]
+    pub prompt_tokens: Option<u64>,
+    #[serde(default)]
+    pub completion_tokens: Option<u64>,
+}
+
+/// `usage` of `/v1/responses`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ResponsesUsageView {
+    #[serde(default)]
+    pub input_tokens: Option<u64>,
+    #[serde(default)]
+    pub output_tokens: Option<u64>,
+}
+
+/// The delta of a chat chunk: which keys are present (values are not needed).
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct DeltaView {
+    #[serde(default)]
+    pub role: Option<IgnoredAny>,
+    #[serde(default)]
+    pub content: Option<IgnoredAny>,
+    #[serde(default)]
+    pub reasoning_content: Option<IgnoredAny>,
+    #[serde(default)]
+    pub reasoning: Option<IgnoredAny>,
+    #[serde(default)]
+    pub tool_calls: Option<IgnoredAny>,
+}
+
+impl DeltaView {
+    /// Whether this delta carries generated output (vLLM sends about one token per such chunk; the
+    /// role chunk and an empty closing delta carry none).
+    pub fn carries_output(&self) -> bool {
+        self.role.is_none()
+            && (self.content.is_some()
+                || self.reasoning_content.is_some()
+                || self.reasoning.is_some()
+                || self.tool_calls.is_some())
+    }
+}
+
+/// One choice of a streamed chunk.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ChoiceView<'a> {
+    #[serde(default)]
+    pub index: u64,
+    #[serde(default)]
+    pub delta: Option<DeltaView>,
+    #[serde(default)]
+    pub text: Option<IgnoredAny>,
+    #[serde(default, borrow)]
+    pub finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct IncompleteView<'a> {
+    #[serde(default, borrow)]
+    pub reason: Option<Cow<'a, str>>,
+}
+
+/// The `response` object of `/v1/responses` (a JSON body, or inside a terminal stream event).
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ResponseView<'a> {
+    #[serde(default)]
+    pub usage: Option<ResponsesUsageView>,
+    #[serde(default, borrow)]
+    pub status: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub incomplete_details: Option<IncompleteView<'a>>,
+    #[serde(default)]
+    pub error: Option<IgnoredAny>,
+}
+
+/// One `/v1/responses` stream event's data.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ResponsesEventView<'a> {
+    #[serde(default, borrow, rename = "type")]
+    pub kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub response: Option<ResponseView<'a>>,
+}
+
+/// Non-streaming chat/completions/embeddings body.
+#[derive(Debug, Default, Deserialize)]
+struct BodyView {
+    #[serde(default)]
+    usage: Option<UsageView>,
+}
+
+/// Queue and prefill times (nanoseconds) from vLLM's per-request `metrics` object, when it carries
+/// them. vLLM 0.32 sends `"metrics": null` unless asked; the field names accepted here are the ones
+/// vLLM has used for request timing (`time_in_queue`, `first_scheduled_time`, `first_token_time`,
+/// `arrival_time`, in seconds) and their plain variants (`queue_time`, `prefill_time`, with or
+/// without `_seconds`). Not verified against a live server.
+pub fn metrics_times(metrics: &serde_json::Value) -> (Option<u64>, Option<u64>) {
+    let get = |names: &[&str]| -> Option<f64> {
+        names
+            .iter()
+            .find_map(|n| metrics.get(*n).and_then(serde_json::Value::as_f64))
+            .filter(|v| v.is_finite())
+    };
+    let to_ns = |s: f64| -> Option<u64> { (0.0..1.8e10).contains(&s).then_some((s * 1e9) as u64) };
+    let arrival = get(&["arrival_time", "queued_ts", "queued_time"]);
+    let scheduled = get(&["first_scheduled_time", "scheduled_ts", "scheduled_time"]);
+    let first_token = get(&["first_token_time", "first_token_ts"]);
+    let queue = get(&[
+        "time_in_queue",
+        "queue_time",
+        "queue_time_seconds",
+        "queued_seconds",
+    ])
+    .or_else(|| Some(scheduled? - arrival?))
+    .and_then(to_ns);
+    let prefill = get(&["prefill_time", "prefill_time_seconds"])
+        .or_else(|| Some(first_token? - scheduled?))
+        .and_then(to_ns);
+    (queue, prefill)
+}
+
+/// Usage from a complete non-streaming response body: chat/completions (`usage.prompt_tokens`,
+/// `usage.completion_tokens`), `/v1/responses` (`usage.input_tokens`, `usage.output_tokens`),
+/// embeddings (`usage.prompt_tokens` only). `None` when the body has no usable usage.
+pub fn parse_usage(endpoint: Endpoint, body: &[u8]) -> Option<Usage> {
+    match endpoint {
+        Endpoint::Responses => {
+            let r: ResponseView<'_> = serde_json::from_slice(body).ok()?;
+            let u = r.usage?;
+            Some(Usage {
+                prompt_tokens: u.input_tokens?,
+                completion_tokens: u.output_tokens.unwrap_or(0),
+            })
+        }
+        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => {
+            let b: BodyView = serde_json::from_slice(body).ok()?;
+            let u = b.usage?;
+            Some(Usage {
+                prompt_tokens: u.prompt_tokens?,
+                completion_tokens: if endpoint == Endpoint::Embeddings {
+                    0
+                } else {
+                    u.completion_tokens.unwrap_or(0)
+                },
+            })
+        }
+        Endpoint::Other => None,
+    }
+}
+
+/// A bounded copy of a non-streaming response body, for [`parse_usage`] once it is complete. Past
+/// the limit it stops copying (the body is still forwarded by the relay) and reports overflow.
+#[derive(Debug)]
+pub struct BodyAccumulator {
+    buf: Vec<u8>,
+    limit: usize,
+    overflowed: bool,
+}
+
+impl BodyAccumulator {
+    /// Keeps at most `limit` bytes.
+    pub fn new(limit: usize) -> BodyAccumulator {
+        BodyAccumulator {
+            buf: Vec::new(),
+            limit,
+            overflowed: false,
+        }
+    }
+
+    /// Appends a frame's bytes (dropping everything once over the limit).
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.overflowed {
+            return;
+        }
+        if self.buf.len() + bytes.len() > self.limit {
+            self.overflowed = true;
+            self.buf = Vec::new();
+            return;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Whether the body exceeded the limit (usage is then unknown).
+    pub fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+
+    /// The body so far (empty after overflow).
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Usage of the complete body, unless it overflowed.
+    pub fn usage(&self, endpoint: Endpoint) -> Option<Usage> {
+        if self.overflowed {
+            return None;
+        }
+        parse_usage(endpoint, &self.buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!("tests/fixtures/{name}")).unwrap()
+    }
+
+    #[test]
+    fn json_bodies_from_fixtures() {
+        for dir in ["vllm-0.32", "vllm-0.32-prompt-details"] {
+            let u = parse_usage(
+                Endpoint::ChatCompletions,
+                &fixture(&format!("{dir}/chat-json.body")),
+            );
+            assert_eq!(
+                u,
+                Some(Usage {
+                    prompt_tokens: 22,
+                    completion_tokens: 8
+                })
+            );
+            let u = parse_usage(
+                Endpoint::ChatCompletions,
+                &fixture(&format!("{dir}/chat-json-n2.body")),
+            );
+            assert_eq!(
+                u,
+                Some(Usage {
+                    prompt_tokens: 22,
+                    completion_tokens: 16
+                })
+            );
+            let u = parse_usage(
+                Endpoint::Completions,
+                &fixture(&format!("{dir}/completions-json.body")),
+            );
+            assert_eq!(
+                u,
+                Some(Usage {
+                    prompt_tokens: 6,
+                    completion_tokens: 8
+                })
+            );
+            let u = parse_usage(
+                Endpoint::Responses,
+                &fixture(&format!("{dir}/responses-json.body")),
+            );
+            assert_eq!(
+                u,
+                Some(Usage {
+                    prompt_tokens: 22,
+                    completion_tokens: 8
+                })
+            );
+            for err in [
+                "error-bad-json",
+                "error-unknown-model",
+                "error-too-many-tokens",
+            ] {
+                let body = fixture(&format!("{dir}/{err}.body"));
+                assert_eq!(parse_usage(Endpoint::ChatCompletions, &body), None);
+            }
+        }
+        let emb = br#"{"object":"list","data":[],"model":"m","usage":{"prompt_tokens":5,"total_tokens":5}}"#;
+        assert_eq!(
+            parse_usage(Endpoint::Embeddings, emb),
+            Some(Usage {
+                prompt_tokens: 5,
+                completion_tokens: 0
+            })
+        );
+        assert_eq!(parse_usage(Endpoint::Other, emb), None);
+        assert_eq!(parse_usage(Endpoint::ChatCompletions, b"not json"), None);
+    }
+
+    #[test]
+    fn accumulator_is_bounded() {
+        let body = fixture("vllm-0.32/chat-json.body");
+        let mut acc = BodyAccumulator::new(4096);
+        for part in body.chunks(10) {
+            acc.push(part);
+        }
+        assert_eq!(
+            acc.usage(Endpoint::ChatCompletions)
+                .map(|u| u.completion_tokens),
+            Some(8)
+        );
+        let mut small = BodyAccumulator::new(100);
+        small.push(&body);
+        assert!(small.overflowed());
+        assert_eq!(small.usage(Endpoint::ChatCompletions), None);
+    }
+
+    #[test]
+    fn metrics_names() {
+        let m = serde_json::json!({"arrival_time": 10.0, "first_scheduled_time": 10.5, "first_token_time": 10.75});
+        assert_eq!(metrics_times(&m), (Some(500_000_000), Some(250_000_000)));
+        let m = serde_json::json!({"queue_time": 0.001, "prefill_time": "x"});
+        assert_eq!(metrics_times(&m), (Some(1_000_000), None));
+        assert_eq!(metrics_times(&serde_json::Value::Null), (None, None));
+    }
+}
