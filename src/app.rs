@@ -9,8 +9,16 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use http_body_util::{BodyExt, Empty};
+
 use crate::admin::AdminService;
+use crate::clock::Clock;
 use crate::config::Config;
+use crate::observe::InFlight;
+use crate::openai::request::ViewConfig;
+use crate::openai::semantics::UsageSemantics;
+use crate::proxy::energy::Carbon;
+use crate::proxy::inspect::{InspectConfig, SharedSemantics};
 use crate::proxy::listen::{serve_connections, ConnLimits};
 use crate::proxy::service::{ProxyService, ProxyState};
 use crate::proxy::upstream::Upstream;
@@ -45,6 +53,7 @@ fn annotate(err: std::io::Error, key: &str, addr: SocketAddr) -> std::io::Error 
 #[derive(Debug)]
 pub struct App {
     config: Config,
+    state: Arc<ProxyState>,
     proxy: ProxyService,
     admin: AdminService,
 }
@@ -58,15 +67,50 @@ impl App {
             config.upstream_header_timeout,
             config.max_body_bytes,
         );
+        let clock = Clock::new();
+        let in_flight = Arc::new(InFlight::new());
+        let semantics = SharedSemantics::new(match config.absent_include_usage {
+            Some(absent) => UsageSemantics {
+                absent_include_usage: absent,
+                ..UsageSemantics::default()
+            },
+            None => UsageSemantics::default(),
+        });
+        let key_salt = match &config.key_salt {
+            Some(salt) => salt.as_bytes().to_vec(),
+            None => random_salt(),
+        };
         let state = Arc::new(ProxyState {
             upstream,
             max_body_bytes: config.max_body_bytes,
+            max_buffered_response_bytes: config.max_buffered_response_bytes,
+            in_flight,
+            clock,
+            inspect: InspectConfig {
+                view: ViewConfig {
+                    bytes_per_token: config.bytes_per_token,
+                },
+                inject_usage: config.inject_usage,
+                energy_in_usage: config.energy_in_usage,
+                semantics,
+                key_salt,
+            },
+            carbon: Carbon {
+                intensity_g_per_kwh: config.carbon_intensity_g_per_kwh,
+                pue: config.pue,
+            },
         });
         App {
-            proxy: ProxyService::new(state),
+            proxy: ProxyService::new(state.clone()),
             admin: AdminService::new(),
+            state,
             config,
         }
+    }
+
+    /// The state shared by the proxy's connections.
+    pub fn state(&self) -> &Arc<ProxyState> {
+        &self.state
     }
 
     /// Serves both listeners until `shutdown` resolves, then drains in-flight requests within the
@@ -87,6 +131,12 @@ impl App {
             limits,
             stopped(stop_rx.clone()),
         );
+        if self.config.absent_include_usage.is_none() {
+            tokio::spawn(detect_usage_semantics(
+                self.state.clone(),
+                stopped(stop_rx.clone()),
+            ));
+        }
         let admin = serve_connections(listeners.admin, self.admin, admin_limits, stopped(stop_rx));
         let signal = async move {
             shutdown.await;
@@ -95,6 +145,60 @@ impl App {
         };
         tokio::join!(proxy, admin, signal);
     }
+}
+
+/// Reads the upstream's `/version` to learn how it treats an absent `include_usage`, retrying
+/// every 2 s until it answers (vLLM may still be loading its model when the proxy starts). Until
+/// then the current vLLM behaviour (absent = false) is assumed.
+async fn detect_usage_semantics(state: Arc<ProxyState>, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    loop {
+        let request = http::Request::get("/version")
+            .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
+            .map_err(|e| e.to_string());
+        if let (Ok(mut request), Ok(uri)) = (
+            request,
+            state
+                .upstream
+                .uri_for(&"/version".parse().unwrap_or_default()),
+        ) {
+            *request.uri_mut() = uri;
+            if let Ok(response) = state.upstream.send(request).await {
+                let ok = response.status().is_success();
+                if let Ok(body) = response.into_body().collect().await {
+                    if let Some(semantics) = ok
+                        .then(|| UsageSemantics::from_version_body(&body.to_bytes()))
+                        .flatten()
+                    {
+                        tracing::info!(
+                            absent_include_usage = semantics.absent_include_usage,
+                            "upstream version read"
+                        );
+                        state.inspect.semantics.set(semantics);
+                        return;
+                    }
+                }
+                tracing::info!("upstream has no usable /version; assuming vLLM >= 0.32 stream_options semantics");
+                return;
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            () = &mut stop => return,
+        }
+    }
+}
+
+/// A per-process random salt (std's `RandomState` is seeded from the OS's randomness).
+fn random_salt() -> Vec<u8> {
+    use std::hash::{BuildHasher, Hasher};
+    let mut salt = Vec::with_capacity(16);
+    for i in 0..2u8 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u8(i);
+        salt.extend_from_slice(&h.finish().to_le_bytes());
+    }
+    salt
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {

@@ -60,4 +60,52 @@ pub struct ServeArgs {
     /// Grace period for in-flight requests after SIGINT/SIGTERM, ms [default: 30000].
     #[arg(long, env = "JOULEGATE_SHUTDOWN_GRACE_MS", value_name = "MS")]
     pub shutdown_grace_ms: Option<u64>,
+    /// Largest non-streaming response read whole to carry energy headers, bytes [default: 8388608].
+    #[arg(long, env = "JOULEGATE_MAX_BUFFERED_RESPONSE_BYTES", value_name = "N")]
+    pub max_buffered_response_bytes: Option<u64>,
+    /// Energy meter (repeatable): nvml, nvml:0,1, counter-file:PATH[,unit=..][,wrap=..], rapl, sim[:W],
+    /// replay:PATH. The environment variable separates specs with ';' [default: nvml if it works].
+    #[arg(
+        long = "meter",
+        env = "JOULEGATE_METERS",
+        value_name = "SPEC",
+        value_delimiter = ';'
+    )]
+    pub meters: Vec<String>,
+    /// Meter sampling interval, ms (1..=200) [default: 50].
+    #[arg(long, env = "JOULEGATE_SAMPLE_INTERVAL_MS", value_name = "MS")]
+    pub sample_interval_ms: Option<u64>,
+    /// Add stream_options to streaming requests for exact token counts (removed again before the
+    /// client sees the response) [default: true].
+    #[arg(long, env = "JOULEGATE_INJECT_USAGE", value_name = "BOOL")]
+    pub inject_usage: Option<bool>,
+    /// Add an `energy` object to the final usage chunk of streams whose client asked for usage
+    /// [default: true].
+    #[arg(long, env = "JOULEGATE_ENERGY_IN_USAGE", value_name = "BOOL")]
+    pub energy_in_usage: Option<bool>,
+    /// How the upstream reads an absent stream_options.include_usage: auto (from its /version),
+    /// true or false [default: auto].
+    #[arg(
+        long,
+        env = "JOULEGATE_ABSENT_INCLUDE_USAGE",
+        value_name = "auto|true|false"
+    )]
+    pub absent_include_usage: Option<String>,
+    /// Bytes of prompt text per token for the arrival estimate [default: 4].
+    #[arg(long, env = "JOULEGATE_BYTES_PER_TOKEN", value_name = "X")]
+    pub bytes_per_token: Option<f64>,
+    /// Grid carbon intensity, g CO2 per kWh; enables CO2 figures [default: none].
+    #[arg(long, env = "JOULEGATE_CARBON_INTENSITY_G_PER_KWH", value_name = "G")]
+    pub carbon_intensity_g_per_kwh: Option<f64>,
+    /// Power usage effectiveness multiplied into CO2 figures [default: 1.0].
+    #[arg(long, env = "JOULEGATE_PUE", value_name = "X")]
+    pub pue: Option<f64>,
+    /// Salt of the API-key hash; set it to keep key hashes stable across restarts [default: random].
+    #[arg(
+        long,
+        env = "JOULEGATE_KEY_SALT",
+        value_name = "TEXT",
+        hide_env_values = true
+    )]
+    pub key_salt: Option<String>,
 }

@@ -239,6 +239,87 @@ impl RequestProgress {
     }
 }
 
+/// How much to trust a request's energy figure (`x-energy-status`, the record's `status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnergyStatus {
+    /// Measured energy and the server's exact token counts.
+    Ok,
+    /// Measured energy, but token counts (and so the split) partly estimated.
+    Estimated,
+    /// No working meter, or the request's intervals were not measured.
+    Unavailable,
+}
+
+impl EnergyStatus {
+    /// The wire form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnergyStatus::Ok => "ok",
+            EnergyStatus::Estimated => "estimated",
+            EnergyStatus::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// A request's energy as the data plane reports it on a response: computed from the atomics alone,
+/// without waiting for the next tick (DESIGN §4: the last byte must not wait on the sampler).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EnergyNow {
+    /// Total attributed energy, micro-joules.
+    pub energy_uj: u64,
+    /// Active (above idle) energy, micro-joules.
+    pub active_uj: u64,
+    /// Prompt tokens (exact or estimated, see `status`).
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    pub completion_tokens: u64,
+    /// Trust in the figures.
+    pub status: EnergyStatus,
+}
+
+/// Longest stretch the settled figure is extrapolated over with the request's recent power: beyond
+/// it the sampler is evidently stalled and guessing would be worse than reporting what is settled.
+pub const MAX_EXTRAPOLATION_NS: u64 = 1_000_000_000;
+
+impl RequestProgress {
+    /// The energy so far: what accounting settled up to its last tick, extended to `now_ns` with the
+    /// request's attributed power over that tick (bounded by [`MAX_EXTRAPOLATION_NS`]).
+    pub fn energy_now(&self, now_ns: u64) -> EnergyNow {
+        let settled = self.energy_uj.load(Relaxed);
+        let active = self.active_uj.load(Relaxed);
+        let settled_until = self.settled_until_ns.load(Relaxed);
+        let power_mw = self.recent_power_mw.load(Relaxed);
+        let extra = if settled_until == 0 {
+            0
+        } else {
+            let dt = now_ns
+                .saturating_sub(settled_until)
+                .min(MAX_EXTRAPOLATION_NS);
+            // mW x ns = 1e-12 J = 1e-6 uJ
+            ((u128::from(power_mw) * u128::from(dt)) / 1_000_000) as u64
+        };
+        let active_extra = if settled == 0 {
+            0
+        } else {
+            ((u128::from(extra) * u128::from(active)) / u128::from(settled)) as u64
+        };
+        let status = if !self.energy_available.load(Relaxed) {
+            EnergyStatus::Unavailable
+        } else if self.prompt_exact.load(Relaxed) && self.completion_exact.load(Relaxed) {
+            EnergyStatus::Ok
+        } else {
+            EnergyStatus::Estimated
+        };
+        EnergyNow {
+            energy_uj: settled.saturating_add(extra),
+            active_uj: active.saturating_add(active_extra),
+            prompt_tokens: self.prompt_tokens.load(Relaxed),
+            completion_tokens: self.completion_tokens.load(Relaxed),
+            status,
+        }
+    }
+}
+
 /// Plain copy of a request's progress at one instant: what the pure ledger consumes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProgressSnapshot {
@@ -388,6 +469,27 @@ mod tests {
         let p = guard.progress().clone();
         drop(guard);
         assert_eq!(p.outcome(), Outcome::Ok);
+    }
+
+    #[test]
+    fn energy_now_extends_settled_energy_with_recent_power() {
+        let p = RequestProgress::new(meta(1));
+        p.energy_uj.store(2_000_000, Relaxed);
+        p.active_uj.store(1_000_000, Relaxed);
+        p.settled_until_ns.store(1_000_000_000, Relaxed);
+        p.recent_power_mw.store(100_000, Relaxed); // 100 W
+        let e = p.energy_now(1_010_000_000); // 10 ms later: +1 J
+        assert_eq!(e.energy_uj, 3_000_000);
+        assert_eq!(e.active_uj, 1_500_000);
+        assert_eq!(e.status, EnergyStatus::Estimated);
+        p.set_prompt_exact(5);
+        p.completion_exact.store(true, Relaxed);
+        assert_eq!(p.energy_now(1_010_000_000).status, EnergyStatus::Ok);
+        // A stalled sampler is not extrapolated forever.
+        let far = p.energy_now(100_000_000_000);
+        assert_eq!(far.energy_uj, 2_000_000 + 100_000_000);
+        p.energy_available.store(false, Relaxed);
+        assert_eq!(p.energy_now(0).status, EnergyStatus::Unavailable);
     }
 
     #[test]

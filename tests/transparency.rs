@@ -59,12 +59,21 @@ async fn compare(
     let proxied = send(proxy.addr, request_for(f, proxy.addr)).await;
     let seen_proxied = upstream.received.recv().await.unwrap();
     let ctx = format!("{} cut {:?}", f.name, cut);
+    let accounted = f.method == "POST"
+        && joulegate::openai::request::endpoint_of(&f.path) != joulegate::observe::Endpoint::Other
+        && f.request_body.as_ref().is_some_and(|b| b.is_object());
+    assert_eq!(
+        proxied.headers.contains_key("x-energy-request-id"),
+        accounted,
+        "{ctx}"
+    );
     assert_eq!(direct.status, proxied.status, "{ctx}");
     assert_same_headers(&direct, &proxied, &ctx);
-    assert_eq!(direct.body, proxied.body, "{ctx}");
-    assert_eq!(
-        direct.body, f.body,
-        "{ctx}: scripted upstream must replay the fixture"
+    assert_same_bytes(&direct.body, &proxied.body, &ctx);
+    assert_same_bytes(
+        &direct.body,
+        &f.body,
+        &format!("{ctx}: scripted upstream must replay the fixture"),
     );
     // The upstream sees the same request either way (the client set Host itself).
     assert_eq!(
@@ -72,7 +81,11 @@ async fn compare(
         seen_proxied.request_line(),
         "{ctx}"
     );
-    assert_eq!(seen_direct.body, seen_proxied.body, "{ctx}");
+    assert_same_bytes(
+        &seen_direct.body,
+        &seen_proxied.body,
+        &format!("{ctx}: request body"),
+    );
     let strip = |h: Vec<(String, String)>| -> Vec<(String, String)> {
         h.into_iter()
             .filter(|(k, _)| k != "content-length" && k != "transfer-encoding")
@@ -85,11 +98,18 @@ async fn compare(
     );
 }
 
-/// Same headers in the same order. One known exception: hyper writes `content-length: 0` of an empty
-/// body after the other headers, so that one header is compared by value, not position.
+/// The proxy's documented additions: `x-energy-*` headers on accounted requests.
+fn without_energy(list: Vec<(String, String)>) -> Vec<(String, String)> {
+    list.into_iter()
+        .filter(|(k, _)| !k.starts_with("x-energy-"))
+        .collect()
+}
+
+/// Same headers in the same order, apart from the proxy's `x-energy-*`. One known exception: hyper
+/// writes `content-length: 0` of an empty body after the other headers, so that one header is compared by value, not position.
 fn assert_same_headers(direct: &Got, proxied: &Got, ctx: &str) {
     let without_len = |g: &Got| -> Vec<(String, String)> {
-        g.header_list()
+        without_energy(g.header_list())
             .into_iter()
             .filter(|(k, _)| k != "content-length")
             .collect()
@@ -101,8 +121,41 @@ fn assert_same_headers(direct: &Got, proxied: &Got, ctx: &str) {
         "{ctx}"
     );
     if !direct.body.is_empty() {
-        assert_eq!(direct.header_list(), proxied.header_list(), "{ctx}");
+        assert_eq!(
+            direct.header_list(),
+            without_energy(proxied.header_list()),
+            "{ctx}"
+        );
     }
+}
+
+/// This suite checks pure relaying; usage injection (a documented body edit) is tested against the
+/// mock vLLM in `tests/accounting.rs`.
+fn no_injection(args: &mut joulegate::cli::ServeArgs) {
+    args.inject_usage = Some(false);
+    args.energy_in_usage = Some(false);
+}
+
+/// Byte equality with a readable failure: the first differing offset and the text around it.
+fn assert_same_bytes(a: &[u8], b: &[u8], ctx: &str) {
+    if a == b {
+        return;
+    }
+    let at = a
+        .iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
+    let show = |v: &[u8]| {
+        String::from_utf8_lossy(&v[at.saturating_sub(40)..(at + 80).min(v.len())]).to_string()
+    };
+    panic!(
+        "{ctx}: bodies differ at byte {at} (lengths {} vs {}):\n  {:?}\n  {:?}",
+        a.len(),
+        b.len(),
+        show(a),
+        show(b)
+    );
 }
 
 #[tokio::test]
@@ -111,7 +164,7 @@ async fn every_fixture_is_relayed_unchanged() {
         for f in fixtures(folder) {
             let fx = f.clone();
             let mut upstream = ScriptedUpstream::start(move |_| reply_for(&fx, None)).await;
-            let proxy = TestProxy::start(upstream.addr).await;
+            let proxy = TestProxy::start_with(upstream.addr, no_injection).await;
             compare(&f, None, &mut upstream, &proxy).await;
         }
     }
@@ -133,7 +186,7 @@ async fn upstream_writes_cut_at_every_offset_change_nothing() {
             reply_for(&fx, Some(c.load(std::sync::atomic::Ordering::SeqCst)))
         })
         .await;
-        let proxy = TestProxy::start(upstream.addr).await;
+        let proxy = TestProxy::start_with(upstream.addr, no_injection).await;
         for at in (0..=f.body.len()).step_by(step) {
             cut.store(at, std::sync::atomic::Ordering::SeqCst);
             compare(f, Some(at), &mut upstream, &proxy).await;
@@ -158,7 +211,7 @@ async fn hop_by_hop_headers_are_dropped_and_request_id_kept() {
         )
     })
     .await;
-    let proxy = TestProxy::start(upstream.addr).await;
+    let proxy = TestProxy::start_with(upstream.addr, no_injection).await;
     let got = send(
         proxy.addr,
         request(
@@ -198,7 +251,7 @@ async fn every_method_and_path_is_forwarded() {
         Reply::fixed(207, &[("x-echo", &line)], r.body.as_slice())
     })
     .await;
-    let proxy = TestProxy::start(upstream.addr).await;
+    let proxy = TestProxy::start_with(upstream.addr, no_injection).await;
     for (method, path) in [
         ("GET", "/metrics"),
         ("DELETE", "/v1/files/x"),
@@ -230,7 +283,7 @@ async fn h2c_clients_get_the_same_response() {
         .unwrap();
     let fx = f.clone();
     let mut upstream = ScriptedUpstream::start(move |_| reply_for(&fx, Some(100))).await;
-    let proxy = TestProxy::start(upstream.addr).await;
+    let proxy = TestProxy::start_with(upstream.addr, no_injection).await;
     let direct = send(upstream.addr, request_for(&f, upstream.addr)).await;
     let _ = upstream.received.recv().await;
     let mut sender = h2(proxy.addr).await;
@@ -244,7 +297,7 @@ async fn h2c_clients_get_the_same_response() {
     let proxied = collect(response).await;
     assert_eq!(direct.status, proxied.status);
     assert_same_headers(&direct, &proxied, "h2c");
-    assert_eq!(direct.body, proxied.body);
+    assert_same_bytes(&direct.body, &proxied.body, "h2c");
     let seen = upstream.received.recv().await.unwrap();
     assert_eq!(seen.request_line(), "POST /v1/chat/completions HTTP/1.1");
 }

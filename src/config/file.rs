@@ -19,6 +19,16 @@ pub struct FileConfig {
     pub connect_timeout_ms: Option<u64>,
     pub upstream_header_timeout_ms: Option<u64>,
     pub shutdown_grace_ms: Option<u64>,
+    pub max_buffered_response_bytes: Option<u64>,
+    pub meters: Option<Vec<String>>,
+    pub sample_interval_ms: Option<u64>,
+    pub inject_usage: Option<bool>,
+    pub energy_in_usage: Option<bool>,
+    pub absent_include_usage: Option<String>,
+    pub bytes_per_token: Option<f64>,
+    pub carbon_intensity_g_per_kwh: Option<f64>,
+    pub pue: Option<f64>,
+    pub key_salt: Option<String>,
 }
 
 impl FileConfig {

@@ -17,6 +17,7 @@ use serde::Serialize;
 pub use file::FileConfig;
 
 use crate::cli::ServeArgs;
+use crate::meter::spec::MeterSpec;
 
 /// Where a raw value came from, for error messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +127,29 @@ pub struct Config {
     /// How long in-flight requests may run after a shutdown signal.
     #[serde(with = "millis")]
     pub shutdown_grace: Duration,
+    /// Largest non-streaming response read whole to carry energy headers.
+    pub max_buffered_response_bytes: u64,
+    /// Energy meters; empty means "NVML if it initialises, else none".
+    #[serde(skip)]
+    pub meters: Vec<MeterSpec>,
+    /// Sampler interval.
+    #[serde(with = "millis")]
+    pub sample_interval: Duration,
+    /// Whether to inject `stream_options` for exact streamed counts.
+    pub inject_usage: bool,
+    /// Whether the final usage chunk of a stream carries an `energy` object.
+    pub energy_in_usage: bool,
+    /// How the upstream reads an absent `include_usage`: `None` = detect from `/version`.
+    pub absent_include_usage: Option<bool>,
+    /// Bytes of prompt text per token, for arrival estimates.
+    pub bytes_per_token: f64,
+    /// Grid carbon intensity (g/kWh), if configured.
+    pub carbon_intensity_g_per_kwh: Option<f64>,
+    /// Power usage effectiveness.
+    pub pue: f64,
+    /// Configured salt of the API-key hash (`None`: random per process). Never printed.
+    #[serde(skip)]
+    pub key_salt: Option<String>,
 }
 
 mod millis {
@@ -146,6 +170,12 @@ pub mod defaults {
     /// vLLM may queue a request for a long time before answering headers of a non-streaming call.
     pub const UPSTREAM_HEADER_TIMEOUT_MS: u64 = 600_000;
     pub const SHUTDOWN_GRACE_MS: u64 = 30_000;
+    pub const MAX_BUFFERED_RESPONSE_BYTES: u64 = 8 * 1024 * 1024;
+    pub const SAMPLE_INTERVAL_MS: u64 = 50;
+    pub const INJECT_USAGE: bool = true;
+    pub const ABSENT_INCLUDE_USAGE: &str = "auto";
+    pub const BYTES_PER_TOKEN: f64 = 4.0;
+    pub const PUE: f64 = 1.0;
 }
 
 /// Picks the flag/env value, else the file value, else the default, remembering where it came from.
@@ -308,7 +338,135 @@ impl Config {
             "shutdown-grace-ms",
             "JOULEGATE_SHUTDOWN_GRACE_MS",
         );
+        let max_buffered_response_bytes = l
+            .pick(
+                &args.max_buffered_response_bytes,
+                &file.max_buffered_response_bytes,
+                defaults::MAX_BUFFERED_RESPONSE_BYTES,
+                "max-buffered-response-bytes",
+                "JOULEGATE_MAX_BUFFERED_RESPONSE_BYTES",
+            )
+            .0;
+        let flag_meters = (!args.meters.is_empty()).then(|| args.meters.clone());
+        let (meter_texts, meter_origin) = l.pick(
+            &flag_meters,
+            &file.meters,
+            Vec::new(),
+            "meter",
+            "JOULEGATE_METERS",
+        );
+        let meters = meter_texts
+            .iter()
+            .map(|text| {
+                text.parse::<MeterSpec>()
+                    .map_err(|e| invalid("meters", text, meter_origin.clone(), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (interval_ms, interval_origin) = l.pick(
+            &args.sample_interval_ms,
+            &file.sample_interval_ms,
+            defaults::SAMPLE_INTERVAL_MS,
+            "sample-interval-ms",
+            "JOULEGATE_SAMPLE_INTERVAL_MS",
+        );
+        if !(1..=200).contains(&interval_ms) {
+            return Err(invalid(
+                "sample_interval_ms",
+                interval_ms,
+                interval_origin,
+                "must be within 1..=200 (at least 5 samples a second)",
+            ));
+        }
+        let (inject_usage, _) = l.pick(
+            &args.inject_usage,
+            &file.inject_usage,
+            defaults::INJECT_USAGE,
+            "inject-usage",
+            "JOULEGATE_INJECT_USAGE",
+        );
+        let (energy_in_usage, _) = l.pick(
+            &args.energy_in_usage,
+            &file.energy_in_usage,
+            true,
+            "energy-in-usage",
+            "JOULEGATE_ENERGY_IN_USAGE",
+        );
+        let (absent_text, absent_origin) = l.pick(
+            &args.absent_include_usage,
+            &file.absent_include_usage,
+            defaults::ABSENT_INCLUDE_USAGE.into(),
+            "absent-include-usage",
+            "JOULEGATE_ABSENT_INCLUDE_USAGE",
+        );
+        let absent_include_usage = match absent_text.as_str() {
+            "auto" => None,
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => {
+                return Err(invalid(
+                    "absent_include_usage",
+                    &absent_text,
+                    absent_origin,
+                    "expected auto, true or false",
+                ))
+            }
+        };
+        let (bytes_per_token, bpt_origin) = l.pick(
+            &args.bytes_per_token,
+            &file.bytes_per_token,
+            defaults::BYTES_PER_TOKEN,
+            "bytes-per-token",
+            "JOULEGATE_BYTES_PER_TOKEN",
+        );
+        if !(bytes_per_token.is_finite() && bytes_per_token > 0.0) {
+            return Err(invalid(
+                "bytes_per_token",
+                bytes_per_token,
+                bpt_origin,
+                "must be a positive number",
+            ));
+        }
+        let carbon_flag = args.carbon_intensity_g_per_kwh.map(Some);
+        let carbon_file = file.carbon_intensity_g_per_kwh.map(Some);
+        let (carbon_intensity_g_per_kwh, carbon_origin) = l.pick(
+            &carbon_flag,
+            &carbon_file,
+            None,
+            "carbon-intensity-g-per-kwh",
+            "JOULEGATE_CARBON_INTENSITY_G_PER_KWH",
+        );
+        if let Some(c) = carbon_intensity_g_per_kwh {
+            if !(c.is_finite() && c >= 0.0) {
+                return Err(invalid(
+                    "carbon_intensity_g_per_kwh",
+                    c,
+                    carbon_origin,
+                    "must be a number >= 0",
+                ));
+            }
+        }
+        let (pue, pue_origin) = l.pick(&args.pue, &file.pue, defaults::PUE, "pue", "JOULEGATE_PUE");
+        if !(pue.is_finite() && pue >= 1.0) {
+            return Err(invalid("pue", pue, pue_origin, "must be a number >= 1.0"));
+        }
+        let (key_salt, _) = l.pick(
+            &args.key_salt.clone().map(Some),
+            &file.key_salt.clone().map(Some),
+            None,
+            "key-salt",
+            "JOULEGATE_KEY_SALT",
+        );
         Ok(Config {
+            max_buffered_response_bytes,
+            meters,
+            sample_interval: Duration::from_millis(interval_ms),
+            inject_usage,
+            energy_in_usage,
+            absent_include_usage,
+            bytes_per_token,
+            carbon_intensity_g_per_kwh,
+            pue,
+            key_salt,
             listen,
             upstream,
             admin_listen,
@@ -331,6 +489,24 @@ impl Config {
             connect_timeout_ms: Some(self.connect_timeout.as_millis() as u64),
             upstream_header_timeout_ms: Some(self.upstream_header_timeout.as_millis() as u64),
             shutdown_grace_ms: Some(self.shutdown_grace.as_millis() as u64),
+            max_buffered_response_bytes: Some(self.max_buffered_response_bytes),
+            meters: Some(self.meters.iter().map(|m| m.to_string()).collect()),
+            sample_interval_ms: Some(self.sample_interval.as_millis() as u64),
+            inject_usage: Some(self.inject_usage),
+            energy_in_usage: Some(self.energy_in_usage),
+            absent_include_usage: Some(
+                match self.absent_include_usage {
+                    None => "auto",
+                    Some(true) => "true",
+                    Some(false) => "false",
+                }
+                .into(),
+            ),
+            bytes_per_token: Some(self.bytes_per_token),
+            carbon_intensity_g_per_kwh: self.carbon_intensity_g_per_kwh,
+            pue: Some(self.pue),
+            // A secret: shown as a placeholder, never printed.
+            key_salt: self.key_salt.as_ref().map(|_| "<redacted>".into()),
         };
         toml::to_string(&mirror).unwrap_or_default()
     }

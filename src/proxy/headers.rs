@@ -55,6 +55,34 @@ pub fn strip_energy_headers(headers: &mut HeaderMap) {
     retain(headers, |name| !name.as_str().starts_with(ENERGY_PREFIX));
 }
 
+/// Removes one header by name, keeping the others in order.
+pub fn remove_in_order(headers: &mut HeaderMap, name: &HeaderName) {
+    retain(headers, |n| n != name);
+}
+
+/// Whether a response is a server-sent event stream.
+pub fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
+}
+
+/// The `Content-Length`, if present and valid.
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Keeps the headers whose name passes `keep`, in their original order. Allocates only when
 /// something is actually removed.
 fn retain(headers: &mut HeaderMap, keep: impl Fn(&HeaderName) -> bool) {

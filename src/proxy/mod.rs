@@ -1,12 +1,17 @@
 //! The data plane: accept loops ([`listen`]), the upstream pool ([`upstream`]), header rules
-//! ([`headers`]), the per-request service ([`service`]) and the proxy's own errors ([`error`]).
+//! ([`headers`]), the request phase of accounting ([`inspect`]), the per-request service
+//! ([`service`]), the body wrapper that observes responses ([`relay`]), how energy is written on
+//! responses ([`energy`]) and the proxy's own errors ([`error`]).
 //!
 //! It may use `openai` (protocol) and `observe` (per-request atomics), never the ledger's or the
 //! sampler's internals: the data plane never waits on accounting.
 
+pub mod energy;
 pub mod error;
 pub mod headers;
+pub mod inspect;
 pub mod listen;
+pub mod relay;
 pub mod service;
 pub mod upstream;
 

@@ -1,20 +1,33 @@
-//! The proxy service: one request's phases (pingora's shape): check the request, pick the upstream
-//! URI, send, filter the response headers, wrap the body. Errors become responses in
-//! [`super::error::error_response`] only.
+//! The proxy service: one request's phases (pingora's shape): check the request, inspect and
+//! register it when it is model work, send it upstream, filter the response headers, then relay the
+//! body through the observer (streams) or read it whole and add the energy headers (JSON). Errors
+//! become responses in [`super::error::error_response`] only.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use http::{header, Request, Response, Version};
-use http_body_util::{BodyExt, Limited};
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, Version};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
+use super::energy::{energy_headers, Carbon};
 use super::error::{error_response, ProxyError};
-use super::headers::{is_websocket_upgrade, strip_energy_headers, strip_hop_by_hop};
+use super::headers::{
+    accepts_trailers, content_length, is_event_stream, is_websocket_upgrade, remove_in_order,
+    strip_energy_headers, strip_hop_by_hop, ENERGY_REQUEST_ID,
+};
+use super::inspect::{inspect, is_candidate, request_meta, InspectConfig, Inspected};
+use super::relay::{RelayBody, RequestEnd};
 use super::upstream::Upstream;
 use super::{BoxError, ProxyBody};
+use crate::clock::Clock;
+use crate::observe::{InFlight, InFlightGuard, Outcome};
+use crate::openai::observer::{ObserverConfig, StreamObserver};
+use crate::openai::usage::parse_usage;
 
 /// What every request needs, shared by all connections.
 #[derive(Debug)]
@@ -23,12 +36,29 @@ pub struct ProxyState {
     pub upstream: Upstream,
     /// Largest request body accepted.
     pub max_body_bytes: u64,
+    /// Largest non-streaming response read whole to put its energy in headers; larger ones stream
+    /// through with the energy in trailers and the record only.
+    pub max_buffered_response_bytes: u64,
+    /// The in-flight registry accounting reads.
+    pub in_flight: Arc<InFlight>,
+    /// The shared clock.
+    pub clock: Clock,
+    /// Request-phase settings.
+    pub inspect: InspectConfig,
+    /// Carbon settings of the energy figures.
+    pub carbon: Carbon,
 }
 
 /// The hyper service of the proxy listener (a `Clone` struct holding `Arc` state).
 #[derive(Clone, Debug)]
 pub struct ProxyService {
     state: Arc<ProxyState>,
+}
+
+fn full(bytes: Bytes) -> ProxyBody {
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 impl ProxyService {
@@ -50,7 +80,7 @@ impl ProxyService {
     async fn forward(&self, request: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
         let state = &self.state;
         let (mut parts, body) = request.into_parts();
-        if declared_length(&parts.headers).is_some_and(|n| n > state.max_body_bytes) {
+        if content_length(&parts.headers).is_some_and(|n| n > state.max_body_bytes) {
             return Err(ProxyError::BodyTooLarge {
                 limit: state.max_body_bytes,
             });
@@ -58,40 +88,142 @@ impl ProxyService {
         if is_websocket_upgrade(&parts.headers) {
             return Err(ProxyError::UpgradeUnsupported);
         }
+        let trailers_allowed = parts.version == Version::HTTP_2 || accepts_trailers(&parts.headers);
+        let limit = usize::try_from(state.max_body_bytes).unwrap_or(usize::MAX);
+        let mut accounted: Option<(InFlightGuard, Inspected)> = None;
+        let body: ProxyBody = if is_candidate(&parts.method, parts.uri.path()) {
+            // Model requests are read whole (bounded) to see what they ask for; they are small and
+            // the upstream cannot start before it has the whole JSON anyway.
+            let bytes = read_body(body, limit, state.max_body_bytes).await?;
+            match inspect(&state.inspect, &parts, bytes) {
+                Ok(inspected) => {
+                    if inspected.plan.body.is_some() {
+                        parts.headers.insert(
+                            header::CONTENT_LENGTH,
+                            HeaderValue::from(inspected.body.len()),
+                        );
+                    }
+                    let id = state.in_flight.next_id();
+                    let meta = request_meta(
+                        &state.inspect,
+                        id,
+                        &parts,
+                        &inspected.view,
+                        state.clock.now_ns(),
+                    );
+                    let guard = state.in_flight.register(meta, state.clock);
+                    let body = full(inspected.body.clone());
+                    accounted = Some((guard, inspected));
+                    body
+                }
+                Err(bytes) => full(bytes),
+            }
+        } else {
+            Limited::new(body, limit)
+                .map_err(BoxError::from)
+                .boxed_unsync()
+        };
         // An `Upgrade: h2c` offer is hop-by-hop and simply declined: the request goes on as HTTP/1.1.
         strip_hop_by_hop(&mut parts.headers);
         parts.uri = state.upstream.uri_for(&parts.uri)?;
         parts.version = Version::HTTP_11;
-        let body: ProxyBody = Limited::new(
-            body,
-            usize::try_from(state.max_body_bytes).unwrap_or(usize::MAX),
-        )
-        .map_err(BoxError::from)
-        .boxed_unsync();
-        let response = state
-            .upstream
-            .send(Request::from_parts(parts, body))
-            .await?;
+        let response = match state.upstream.send(Request::from_parts(parts, body)).await {
+            Ok(response) => response,
+            Err(err) => {
+                if let Some((guard, _)) = &accounted {
+                    guard.finish(Outcome::Error);
+                }
+                return Err(err);
+            }
+        };
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         strip_energy_headers(&mut parts.headers);
         parts.version = Version::default();
+        let Some((guard, inspected)) = accounted else {
+            return Ok(Response::from_parts(
+                parts,
+                body.map_err(BoxError::from).boxed_unsync(),
+            ));
+        };
+        let progress = guard.progress().clone();
+        let public_id = progress.meta.public_id();
+        let end = RequestEnd {
+            guard,
+            clock: state.clock,
+            carbon: state.carbon,
+            public_id: public_id.clone(),
+            trailers_allowed,
+            error_status: !parts.status.is_success(),
+        };
+        if is_event_stream(&parts.headers) {
+            progress.progress_visible.store(true, Relaxed);
+            let observer = StreamObserver::new(ObserverConfig::for_request(
+                &inspected.view,
+                &inspected.plan,
+                state.inspect.energy_in_usage,
+            ));
+            if observer.rewrites() {
+                remove_in_order(&mut parts.headers, &header::CONTENT_LENGTH);
+            }
+            parts
+                .headers
+                .insert(ENERGY_REQUEST_ID, header_value(&public_id));
+            let body = RelayBody::new(body, Some(observer), end);
+            return Ok(Response::from_parts(parts, body.boxed_unsync()));
+        }
+        if content_length(&parts.headers).is_some_and(|n| n <= state.max_buffered_response_bytes) {
+            // vLLM sends a non-streaming body at once when generation ends: reading it whole costs
+            // nothing and lets the energy ride in the headers.
+            let bytes = match body.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(err) => {
+                    end.guard.finish(Outcome::Error);
+                    return Err(ProxyError::UpstreamUnavailable(format!(
+                        "upstream body failed: {err}"
+                    )));
+                }
+            };
+            let now = state.clock.now_ns();
+            if let Some(usage) = parse_usage(inspected.view.endpoint, &bytes) {
+                progress.set_prompt_exact(usage.prompt_tokens);
+                progress.observe_completion(usage.completion_tokens, now);
+                progress.completion_exact.store(true, Relaxed);
+            }
+            end.guard.finish(if end.error_status {
+                Outcome::Error
+            } else {
+                Outcome::Ok
+            });
+            let figures = progress.energy_now(now);
+            parts
+                .headers
+                .extend(energy_headers(&public_id, &figures, &state.carbon));
+            return Ok(Response::from_parts(parts, full(bytes)));
+        }
+        parts
+            .headers
+            .insert(ENERGY_REQUEST_ID, header_value(&public_id));
         Ok(Response::from_parts(
             parts,
-            body.map_err(BoxError::from).boxed_unsync(),
+            RelayBody::new(body, None, end).boxed_unsync(),
         ))
     }
 }
 
-/// The request's `Content-Length`, if present and valid.
-fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// Reads a request body whole, bounded: over the limit is a 413, a client failure a 400.
+async fn read_body(body: Incoming, limit: usize, limit_u64: u64) -> Result<Bytes, ProxyError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<LengthLimitError>() => {
+            Err(ProxyError::BodyTooLarge { limit: limit_u64 })
+        }
+        Err(err) => Err(ProxyError::BadRequestBody(err.to_string())),
+    }
 }
 
 impl hyper::service::Service<Request<Incoming>> for ProxyService {

@@ -336,6 +336,8 @@ impl TestProxy {
             listen: Some("127.0.0.1:0".into()),
             admin_listen: Some("127.0.0.1:0".into()),
             upstream: Some(format!("http://{upstream}")),
+            // No /version probe unless a test asks for it: scripted upstreams answer every request.
+            absent_include_usage: Some("false".into()),
             ..ServeArgs::default()
         };
         tweak(&mut args);

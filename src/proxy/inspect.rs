@@ -1,0 +1,218 @@
+//! The request phase of accounting: decide whether a request is model work, read a bounded copy of
+//! its body into the lenient [`RequestView`], apply the documented usage injection, and register it
+//! in the in-flight registry. Everything else is forwarded untouched and not accounted.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use http::request::Parts;
+use http::{HeaderValue, Method};
+use sha2::Sha256;
+
+use super::headers::ENERGY_TAG;
+use crate::observe::{Endpoint, RequestMeta};
+use crate::openai::inject::{plan_injection, InjectionPlan};
+use crate::openai::request::{endpoint_of, parse_request, RequestView, ViewConfig};
+use crate::openai::semantics::UsageSemantics;
+
+/// Longest `x-energy-tag` kept (longer tags are cut at a character boundary).
+pub const MAX_TAG_BYTES: usize = 128;
+
+/// How the upstream reads an absent `stream_options.include_usage`, shared and updatable once the
+/// upstream's `/version` is known.
+#[derive(Debug)]
+pub struct SharedSemantics {
+    absent_include_usage: AtomicBool,
+    force_include_usage: AtomicBool,
+}
+
+impl SharedSemantics {
+    /// Starts from `initial`.
+    pub fn new(initial: UsageSemantics) -> Self {
+        SharedSemantics {
+            absent_include_usage: AtomicBool::new(initial.absent_include_usage),
+            force_include_usage: AtomicBool::new(initial.force_include_usage),
+        }
+    }
+
+    /// The current semantics.
+    pub fn get(&self) -> UsageSemantics {
+        UsageSemantics {
+            absent_include_usage: self.absent_include_usage.load(Relaxed),
+            force_include_usage: self.force_include_usage.load(Relaxed),
+        }
+    }
+
+    /// Replaces them (after `/version` was read).
+    pub fn set(&self, s: UsageSemantics) {
+        self.absent_include_usage
+            .store(s.absent_include_usage, Relaxed);
+        self.force_include_usage
+            .store(s.force_include_usage, Relaxed);
+    }
+}
+
+/// Settings of the request phase.
+#[derive(Debug)]
+pub struct InspectConfig {
+    /// Prompt-size estimate settings.
+    pub view: ViewConfig,
+    /// Whether to add `stream_options` for exact streamed counts.
+    pub inject_usage: bool,
+    /// Whether the final usage chunk carries an `energy` object.
+    pub energy_in_usage: bool,
+    /// Upstream semantics of `include_usage`.
+    pub semantics: SharedSemantics,
+    /// Salt of the API-key hash.
+    pub key_salt: Vec<u8>,
+}
+
+/// Whether a request may be model work worth buffering and reading.
+pub fn is_candidate(method: &Method, path: &str) -> bool {
+    method == Method::POST && endpoint_of(path) != Endpoint::Other
+}
+
+/// The result of inspecting an accountable request.
+#[derive(Debug)]
+pub struct Inspected {
+    /// What the request asks for.
+    pub view: RequestView,
+    /// What the proxy injected (and so must remove from the response).
+    pub plan: InjectionPlan,
+    /// The body to forward (the client's bytes, or the injected edit).
+    pub body: Bytes,
+}
+
+/// Reads the view of a buffered body and applies injection. `None` if the body is not accountable.
+pub fn inspect(cfg: &InspectConfig, parts: &Parts, body: Bytes) -> Result<Inspected, Bytes> {
+    let view = parse_request(
+        &parts.method,
+        parts.uri.path(),
+        &parts.headers,
+        &body,
+        &cfg.view,
+    );
+    if !view.accountable {
+        return Err(body);
+    }
+    let plan = plan_injection(&view, &body, cfg.semantics.get(), cfg.inject_usage);
+    let body = plan.body.clone().unwrap_or(body);
+    Ok(Inspected { view, plan, body })
+}
+
+/// The facts of a request fixed at arrival.
+pub fn request_meta(
+    cfg: &InspectConfig,
+    id: u64,
+    parts: &Parts,
+    view: &RequestView,
+    arrival_ns: u64,
+) -> RequestMeta {
+    RequestMeta {
+        id,
+        model: view.model.clone(),
+        endpoint: view.endpoint,
+        key_hash: api_key(parts).map(|k| key_hash(&cfg.key_salt, k)),
+        tag: parts.headers.get(ENERGY_TAG).and_then(tag_of),
+        stream: view.stream,
+        arrival_ns,
+        estimated_prompt_tokens: view.estimated_prompt_tokens,
+        choices: u32::try_from(view.expected_choices())
+            .unwrap_or(u32::MAX)
+            .max(1),
+        max_tokens: view.max_output(),
+    }
+}
+
+/// The bearer token of `Authorization`, or `api-key` (Azure-style clients).
+fn api_key(parts: &Parts) -> Option<&[u8]> {
+    if let Some(v) = parts.headers.get(http::header::AUTHORIZATION) {
+        let bytes = v.as_bytes();
+        let token = bytes
+            .strip_prefix(b"Bearer ")
+            .or_else(|| bytes.strip_prefix(b"bearer "))
+            .unwrap_or(bytes);
+        let token = token.trim_ascii();
+        if !token.is_empty() {
+            return Some(token);
+        }
+    }
+    parts
+        .headers
+        .get("api-key")
+        .map(|v| v.as_bytes().trim_ascii())
+        .filter(|k| !k.is_empty())
+}
+
+/// A keyed hash of an API key (HMAC-SHA256, first 8 bytes in hex): the key itself is never kept.
+pub fn key_hash(salt: &[u8], key: &[u8]) -> String {
+    let mut mac = match Hmac::<Sha256>::new_from_slice(salt) {
+        Ok(mac) => mac,
+        // HMAC accepts keys of any length; this branch cannot be taken.
+        Err(_) => return String::from("unhashable"),
+    };
+    mac.update(key);
+    let digest = mac.finalize().into_bytes();
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A printable, bounded tag from the header value.
+fn tag_of(v: &HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let mut end = s.len().min(MAX_TAG_BYTES);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(s[..end].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(headers: &[(&str, &str)]) -> Parts {
+        let mut b = http::Request::post("/v1/chat/completions");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn keys_are_hashed_with_the_salt_never_kept() {
+        let a = key_hash(b"salt-1", b"sk-secret");
+        assert_eq!(a.len(), 16);
+        assert_eq!(a, key_hash(b"salt-1", b"sk-secret"));
+        assert_ne!(a, key_hash(b"salt-2", b"sk-secret"));
+        assert!(!a.contains("secret"));
+        let p = parts(&[("authorization", "Bearer sk-secret")]);
+        assert_eq!(api_key(&p), Some(&b"sk-secret"[..]));
+        assert_eq!(api_key(&parts(&[("api-key", "k2")])), Some(&b"k2"[..]));
+        assert_eq!(api_key(&parts(&[])), None);
+    }
+
+    #[test]
+    fn tags_are_bounded() {
+        let long = "é".repeat(100);
+        let t = tag_of(&HeaderValue::from_bytes(long.as_bytes()).unwrap());
+        // non-ASCII header values are not `to_str`-able: no tag rather than a mangled one
+        assert_eq!(t, None);
+        let t = tag_of(&HeaderValue::from_str(&"x".repeat(500)).unwrap()).unwrap();
+        assert_eq!(t.len(), MAX_TAG_BYTES);
+        assert_eq!(
+            tag_of(&HeaderValue::from_static("  run-7 ")).as_deref(),
+            Some("run-7")
+        );
+    }
+
+    #[test]
+    fn candidates_are_posts_to_model_endpoints() {
+        assert!(is_candidate(&Method::POST, "/v1/chat/completions"));
+        assert!(!is_candidate(&Method::GET, "/v1/chat/completions"));
+        assert!(!is_candidate(&Method::POST, "/tokenize"));
+    }
+}

@@ -1,0 +1,180 @@
+//! The response body wrapper (linkerd's `body-eos` shape): every upstream frame passes through the
+//! token observer on its way to the client, in the same poll, so backpressure and cadence are the
+//! upstream's. At the upstream's end of stream the request is finished and its energy written as
+//! trailers (when the client accepts them); a wrapper dropped before that (client gone) leaves the
+//! in-flight guard to mark the request aborted. No task, no channel.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use pin_project_lite::pin_project;
+
+use super::energy::{energy_headers, energy_json, Carbon};
+use super::BoxError;
+use crate::clock::Clock;
+use crate::observe::{InFlightGuard, Outcome, RequestProgress};
+use crate::openai::observer::StreamObserver;
+
+/// What the relay needs to close a request's accounts.
+#[derive(Debug)]
+pub struct RequestEnd {
+    /// The request's in-flight guard; dropping it without `finish` means aborted.
+    pub guard: InFlightGuard,
+    /// The shared clock.
+    pub clock: Clock,
+    /// Carbon settings for the figures.
+    pub carbon: Carbon,
+    /// The `x-energy-request-id`.
+    pub public_id: String,
+    /// Whether energy trailers may be sent (HTTP/2, or HTTP/1.1 with `TE: trailers`).
+    pub trailers_allowed: bool,
+    /// The upstream answered with an error status: the outcome is `error` whatever the body says.
+    pub error_status: bool,
+}
+
+impl RequestEnd {
+    fn progress(&self) -> Arc<RequestProgress> {
+        self.guard.progress().clone()
+    }
+}
+
+pin_project! {
+    /// A response body relayed from the upstream with observation.
+    pub struct RelayBody {
+        #[pin]
+        inner: Incoming,
+        observer: Option<StreamObserver>,
+        end: Option<RequestEnd>,
+        upstream_trailers: Option<HeaderMap>,
+        pending_trailers: Option<HeaderMap>,
+        done: bool,
+    }
+}
+
+impl RelayBody {
+    /// Wraps `inner`; `observer` reads (and, if it was configured so, rewrites) an SSE stream.
+    pub fn new(inner: Incoming, observer: Option<StreamObserver>, end: RequestEnd) -> RelayBody {
+        RelayBody {
+            inner,
+            observer,
+            end: Some(end),
+            upstream_trailers: None,
+            pending_trailers: None,
+            done: false,
+        }
+    }
+}
+
+impl Body for RelayBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        loop {
+            if let Some(trailers) = this.pending_trailers.take() {
+                *this.done = true;
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            }
+            if *this.done {
+                return Poll::Ready(None);
+            }
+            match ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        let out = match (this.observer.as_mut(), this.end.as_ref()) {
+                            (Some(observer), Some(end)) => feed(observer, end, data),
+                            _ => data,
+                        };
+                        if out.is_empty() {
+                            continue;
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            this.upstream_trailers
+                                .get_or_insert_with(HeaderMap::new)
+                                .extend(trailers);
+                        }
+                    }
+                },
+                Some(Err(err)) => {
+                    if let Some(end) = this.end.take() {
+                        end.guard.finish(Outcome::Error);
+                    }
+                    *this.done = true;
+                    return Poll::Ready(Some(Err(err.into())));
+                }
+                None => {
+                    let tail = this
+                        .observer
+                        .as_mut()
+                        .map(|o| o.finish())
+                        .unwrap_or_default();
+                    let saw_error = this.observer.as_ref().is_some_and(|o| o.saw_error());
+                    let mut trailers = this.upstream_trailers.take();
+                    if let Some(end) = this.end.take() {
+                        let outcome = if end.error_status || saw_error {
+                            Outcome::Error
+                        } else {
+                            Outcome::Ok
+                        };
+                        end.guard.finish(outcome);
+                        if end.trailers_allowed {
+                            let figures = end.progress().energy_now(end.clock.now_ns());
+                            let mut ours = energy_headers(&end.public_id, &figures, &end.carbon);
+                            if let Some(theirs) = trailers.take() {
+                                for (name, value) in theirs.iter() {
+                                    if !name.as_str().starts_with(super::headers::ENERGY_PREFIX) {
+                                        ours.append(name.clone(), value.clone());
+                                    }
+                                }
+                            }
+                            trailers = Some(ours);
+                        }
+                    }
+                    *this.pending_trailers = trailers;
+                    if this.pending_trailers.is_none() {
+                        *this.done = true;
+                    }
+                    if !tail.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(tail))));
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.observer {
+            Some(o) if o.rewrites() => SizeHint::default(),
+            _ => self.inner.size_hint(),
+        }
+    }
+}
+
+/// One frame through the observer; the energy callback is what the final usage chunk carries.
+fn feed(observer: &mut StreamObserver, end: &RequestEnd, data: Bytes) -> Bytes {
+    let progress = end.progress();
+    let now = end.clock.now_ns();
+    let mut energy = || {
+        Some(energy_json(
+            &end.public_id,
+            &progress.energy_now(end.clock.now_ns()),
+            &end.carbon,
+        ))
+    };
+    observer.feed(data, now, &progress, &mut energy)
+}
