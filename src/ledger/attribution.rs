@@ -1,0 +1,712 @@
+//! The ledger: per tick, places each request's observed work in the held window, settles ticks
+//! whose work is complete (or that reached the settlement lag bound) and keeps the books exact.
+//!
+//! Owns the per-request energy figures and the invariant
+//! `attributed + idle + unattributed + pending == measured` (micro-joules, exact at every tick),
+//! and, once nothing is pending, `attributed + idle + unattributed == measured`.
+//! Rules (DESIGN.md §3):
+//! - decode tokens land in the tick of their observation time; a prompt's prefill is spread over the
+//!   interval ending at the first token and lasting the prefill time (vLLM's, else prompt / rate),
+//!   never over the queue wait;
+//! - a tick is held while a request in flight during it may still reveal work there (no first
+//!   token yet, or progress invisible), at most `settle_ticks`; held energy with no work when it
+//!   settles goes to *unattributed* if anything was in flight, else to *idle*;
+//! - requests with invisible progress get provisional work at an estimated rate; at completion the
+//!   provisional work still held is replaced by their true counts spread over their life.
+
+use std::collections::HashMap;
+
+use super::calibration::{CalibrationReport, Calibrator};
+use super::idle::{IdleEstimator, IdleSource};
+use super::split::{mul_div, split_uj};
+use super::window::{BeforeWindow, HeldTick, Item, ItemRef, Window};
+use super::{LedgerConfig, LedgerConfigError, Observation, TickSpan};
+use crate::observe::{Outcome, ProgressSnapshot};
+
+/// How much of a request's life had measured energy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Coverage {
+    /// Every tick it overlapped was measured (or it overlapped none and no tick failed).
+    Full,
+    /// Some ticks it overlapped were unavailable.
+    Partial,
+    /// Every tick it overlapped was unavailable, or no tick was ever seen.
+    None,
+}
+
+/// A request's energy figures so far, micro-joules, as published into its atomics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestEnergy {
+    /// Energy attributed so far (settled ticks only).
+    pub energy_uj: u64,
+    /// Of it, above the idle baseline.
+    pub active_uj: u64,
+    /// Of it, prefill.
+    pub prefill_uj: u64,
+    /// Of it, decode.
+    pub decode_uj: u64,
+    /// The request's attributed power in the latest settled tick where it got energy, mW.
+    pub recent_power_mw: u64,
+    /// Measured ticks overlapping the request.
+    pub available_ticks: u32,
+    /// Unavailable ticks overlapping the request.
+    pub unavailable_ticks: u32,
+}
+
+impl RequestEnergy {
+    /// How much of the request's life was measured.
+    pub fn coverage(&self) -> Coverage {
+        match (self.available_ticks, self.unavailable_ticks) {
+            (_, 0) if self.available_ticks > 0 => Coverage::Full,
+            (0, _) => Coverage::None,
+            _ => Coverage::Partial,
+        }
+    }
+}
+
+/// A request whose energy is final: it ended and no held tick carries its work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FinalRequest {
+    /// Request id.
+    pub id: u64,
+    /// Final figures.
+    pub energy: RequestEnergy,
+    /// Whether the ledger stopped seeing it before it ended (retired by someone else).
+    pub vanished: bool,
+}
+
+/// Running totals, micro-joules and counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LedgerTotals {
+    /// Sum of measured tick energy.
+    pub measured_uj: u64,
+    /// Given to requests.
+    pub attributed_uj: u64,
+    /// Drawn with nothing in flight.
+    pub idle_uj: u64,
+    /// Drawn with requests in flight but no work to place it on.
+    pub unattributed_uj: u64,
+    /// Measured but held (not settled yet).
+    pub pending_uj: u64,
+    /// Of `attributed_uj`, above the idle baseline.
+    pub active_uj: u64,
+    /// Prompt tokens of settled prefill work (rounded per tick).
+    pub prefill_tokens: u64,
+    /// Completion tokens of settled decode work (rounded per tick).
+    pub decode_tokens: u64,
+    /// Ticks applied.
+    pub ticks: u64,
+    /// Of them, unavailable.
+    pub unavailable_ticks: u64,
+    /// Ticks currently held.
+    pub held_ticks: u64,
+    /// End of the newest settled tick, ns.
+    pub settled_until_ns: u64,
+}
+
+/// What one [`Ledger::apply`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TickSummary {
+    /// Ticks settled by this call.
+    pub settled: u32,
+    /// Requests that became final (take them with [`Ledger::drain_final`]).
+    pub finalized: u32,
+}
+
+#[derive(Clone, Debug)]
+struct Req {
+    id: u64,
+    arrival_ns: u64,
+    end_ns: u64,
+    model_work: bool,
+    visible: bool,
+    prefill_placed: bool,
+    consumed_completion: u64,
+    ended: bool,
+    vanished: bool,
+    seen_seq: u64,
+    prov_from_ns: u64,
+    provisional: Vec<ItemRef>,
+    pending_items: u32,
+    recent_seq: u64,
+    recent_uj: u64,
+    energy: RequestEnergy,
+}
+
+/// The attribution ledger. See the module documentation for the rules.
+#[derive(Debug)]
+pub struct Ledger {
+    config: LedgerConfig,
+    window: Window,
+    slots: Vec<Option<Req>>,
+    free: Vec<u32>,
+    index: HashMap<u64, u32>,
+    ready: Vec<FinalRequest>,
+    totals: LedgerTotals,
+    idle: IdleEstimator,
+    calibrator: Calibrator,
+    seq: u64,
+    newest_end_ns: u64,
+    prefill_rate: f64,
+    decode_rate: f64,
+    weights: Vec<f64>,
+    shares: Vec<u64>,
+    scratch: Vec<(f64, usize)>,
+}
+
+impl Ledger {
+    /// A ledger with validated settings.
+    pub fn new(config: LedgerConfig) -> Result<Self, LedgerConfigError> {
+        config.validate()?;
+        Ok(Ledger {
+            idle: IdleEstimator::new(
+                config.p_idle_mw,
+                config.idle_window,
+                config.idle_quantile,
+                config.idle_min_samples,
+            ),
+            calibrator: Calibrator::new(config.calibration.clone()),
+            prefill_rate: config.prefill_tokens_per_s,
+            decode_rate: config.decode_tokens_per_s,
+            config,
+            window: Window::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            index: HashMap::new(),
+            ready: Vec::new(),
+            totals: LedgerTotals::default(),
+            seq: 0,
+            newest_end_ns: 0,
+            weights: Vec::new(),
+            shares: Vec::new(),
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Applies one tick: `observations` are every registered request's progress, read after the
+    /// tick ended. Ticks must come in time order; one ending before the previous one is treated
+    /// as empty (its energy still counts as measured, and is settled like any other).
+    pub fn apply(&mut self, tick: TickSpan, observations: &[Observation]) -> TickSummary {
+        self.seq += 1;
+        let seq = self.seq;
+        let end_ns = tick.end_ns.max(self.newest_end_ns);
+        let start_ns = tick
+            .start_ns
+            .min(end_ns)
+            .max(self.newest_end_ns.min(end_ns));
+        self.newest_end_ns = end_ns;
+        self.totals.ticks += 1;
+        match tick.delta_uj {
+            Some(e) => {
+                self.totals.measured_uj = self.totals.measured_uj.saturating_add(e);
+                self.totals.pending_uj = self.totals.pending_uj.saturating_add(e);
+            }
+            None => self.totals.unavailable_ticks += 1,
+        }
+        self.window.push(HeldTick {
+            seq,
+            start_ns,
+            end_ns,
+            delta_uj: tick.delta_uj,
+            busy: false,
+            items: Vec::new(),
+        });
+        let mut busy = false;
+        let mut min_unresolved = u64::MAX;
+        let mut finalized = 0u32;
+        for obs in observations {
+            let slot = self.slot_for(&obs.progress, obs.model_work);
+            let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            req.seen_seq = seq;
+            let p = obs.progress;
+            let overlaps = p.arrival_ns <= end_ns && (p.end_ns == 0 || p.end_ns > start_ns);
+            if req.model_work && overlaps {
+                busy = true;
+                if tick.delta_uj.is_some() {
+                    req.energy.available_ticks = req.energy.available_ticks.saturating_add(1);
+                } else {
+                    req.energy.unavailable_ticks = req.energy.unavailable_ticks.saturating_add(1);
+                }
+            }
+            if req.ended {
+                continue;
+            }
+            let finished = p.outcome != Outcome::InFlight && p.end_ns != 0 && p.end_ns <= end_ns;
+            if !req.model_work {
+                if finished {
+                    req.ended = true;
+                    req.end_ns = p.end_ns;
+                    finalized += 1;
+                }
+                continue;
+            }
+            if finished {
+                self.finish(slot, &p);
+                finalized += 1;
+            } else {
+                self.progress(slot, &p, end_ns);
+                if let Some(r) = self.slots.get(slot as usize).and_then(Option::as_ref) {
+                    if !r.visible || !r.prefill_placed {
+                        min_unresolved = min_unresolved.min(r.arrival_ns);
+                    }
+                }
+            }
+        }
+        if let Some(t) = self.window.back_mut() {
+            t.busy = busy;
+        }
+        finalized += self.finish_vanished(seq);
+        let mut settled = 0u32;
+        while let Some(front) = self.window.front() {
+            let forced = self.window.len() > self.config.settle_ticks;
+            let complete = front.end_ns < min_unresolved && (self.window.len() > 1 || !front.busy);
+            if !(forced || complete) {
+                break;
+            }
+            self.settle_front();
+            settled += 1;
+        }
+        self.collect_final();
+        TickSummary { settled, finalized }
+    }
+
+    fn slot_for(&mut self, p: &ProgressSnapshot, model_work: bool) -> u32 {
+        if let Some(s) = self.index.get(&p.id) {
+            return *s;
+        }
+        let req = Req {
+            id: p.id,
+            arrival_ns: p.arrival_ns,
+            end_ns: 0,
+            model_work,
+            visible: p.progress_visible,
+            prefill_placed: false,
+            consumed_completion: 0,
+            ended: false,
+            vanished: false,
+            seen_seq: 0,
+            prov_from_ns: p.arrival_ns,
+            provisional: Vec::new(),
+            pending_items: 0,
+            recent_seq: 0,
+            recent_uj: 0,
+            energy: RequestEnergy::default(),
+        };
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = Some(req);
+                s
+            }
+            None => {
+                self.slots.push(Some(req));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.index.insert(p.id, slot);
+        slot
+    }
+
+    /// The estimated prefill duration of `p`, ns.
+    fn prefill_duration_ns(&self, p: &ProgressSnapshot) -> u64 {
+        if p.prefill_ns > 0 {
+            return p.prefill_ns;
+        }
+        let secs = p.prompt_tokens as f64 / self.prefill_rate;
+        (secs * 1e9).min(u64::MAX as f64) as u64
+    }
+
+    /// Where the engine started working on `p`: after its queue wait when vLLM reported it.
+    fn work_start_ns(p: &ProgressSnapshot) -> u64 {
+        p.arrival_ns.saturating_add(p.queue_ns)
+    }
+
+    fn place(&mut self, slot: u32, from: u64, to: u64, item: Item, before: BeforeWindow) {
+        let mut count = 0u32;
+        let mut refs: Vec<ItemRef> = Vec::new();
+        let provisional = item.provisional;
+        self.window.place_span(from, to, item, before, |r| {
+            count += 1;
+            if provisional {
+                refs.push(r);
+            }
+        });
+        if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+            req.pending_items += count;
+            req.provisional.extend(refs);
+        }
+    }
+
+    fn place_prefill(&mut self, slot: u32, p: &ProgressSnapshot, first_token_ns: u64) {
+        let pd = self.prefill_duration_ns(p);
+        let lower = Self::work_start_ns(p).min(first_token_ns);
+        let from = first_token_ns.saturating_sub(pd).max(lower);
+        let item = Item {
+            slot,
+            prefill: p.prompt_tokens as f64,
+            decode: 0.0,
+            provisional: false,
+        };
+        self.place(slot, from, first_token_ns, item, BeforeWindow::Compress);
+    }
+
+    fn place_decode(&mut self, slot: u32, at_ns: u64, tokens: u64) {
+        if tokens == 0 {
+            return;
+        }
+        let item = Item {
+            slot,
+            prefill: 0.0,
+            decode: tokens as f64,
+            provisional: false,
+        };
+        if self.window.place_point(at_ns, item).is_some() {
+            if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+                req.pending_items += 1;
+            }
+        }
+    }
+
+    /// Zeroes the provisional work still held for `slot` (its energy there will follow the true
+    /// counts instead).
+    fn drop_provisional(&mut self, slot: u32) {
+        let refs = match self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+            Some(req) => std::mem::take(&mut req.provisional),
+            None => return,
+        };
+        for r in refs {
+            if let Some(item) = self.window.item_mut(r) {
+                item.prefill = 0.0;
+                item.decode = 0.0;
+            }
+        }
+    }
+
+    /// Work observed while the request is in flight.
+    fn progress(&mut self, slot: u32, p: &ProgressSnapshot, end_ns: u64) {
+        let Some(req) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
+            return;
+        };
+        let (visible, prefill_placed, consumed, prov_from) = (
+            req.visible,
+            req.prefill_placed,
+            req.consumed_completion,
+            req.prov_from_ns,
+        );
+        if !visible && p.progress_visible {
+            // Progress became visible: from now on, observed work replaces the estimate.
+            self.drop_provisional(slot);
+            if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+                req.visible = true;
+            }
+        } else if !visible {
+            self.provisional_work(slot, p, prov_from, end_ns);
+            return;
+        }
+        if !prefill_placed && p.first_token_ns != 0 {
+            self.place_prefill(slot, p, p.first_token_ns);
+            if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+                req.prefill_placed = true;
+            }
+        }
+        if p.completion_tokens > consumed {
+            self.place_decode(slot, p.last_token_ns, p.completion_tokens - consumed);
+            if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+                req.consumed_completion = p.completion_tokens;
+            }
+        }
+    }
+
+    /// Estimated work of an invisible request over `(from_ns, end_ns]`: prefill at the prefill
+    /// rate after the (known) queue wait, then decode at the per-request decode rate.
+    fn provisional_work(&mut self, slot: u32, p: &ProgressSnapshot, from_ns: u64, end_ns: u64) {
+        let s0 = Self::work_start_ns(p);
+        let pd = self.prefill_duration_ns(p).max(1);
+        let a = from_ns.max(s0);
+        if end_ns <= a {
+            return;
+        }
+        let overlap = |lo: u64, hi: u64| end_ns.min(hi).saturating_sub(a.max(lo));
+        let prefill =
+            p.prompt_tokens as f64 * overlap(s0, s0.saturating_add(pd)) as f64 / pd as f64;
+        let decode = self.decode_rate * overlap(s0.saturating_add(pd), u64::MAX) as f64 / 1e9;
+        let item = Item {
+            slot,
+            prefill,
+            decode,
+            provisional: true,
+        };
+        if let Some(r) = self.window.place_point(end_ns, item) {
+            if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+                req.pending_items += 1;
+                req.provisional.push(r);
+            }
+        }
+        if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+            req.prov_from_ns = end_ns;
+        }
+    }
+
+    /// The request ended (at or before the newest tick's end): place whatever work is left.
+    fn finish(&mut self, slot: u32, p: &ProgressSnapshot) {
+        let Some(req) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
+            return;
+        };
+        let (visible, prefill_placed, consumed) = (
+            req.visible || p.progress_visible,
+            req.prefill_placed,
+            req.consumed_completion,
+        );
+        if visible {
+            self.drop_provisional(slot);
+            let no_work = p.completion_tokens == 0 && p.outcome == Outcome::Error;
+            if !prefill_placed && !no_work && p.prompt_tokens > 0 {
+                // No first token seen: an abort during prefill (or a stream whose tokens were not
+                // counted). Its prefill ran, at the latest, just before the end.
+                let ft = if p.first_token_ns != 0 {
+                    p.first_token_ns
+                } else {
+                    p.end_ns
+                };
+                self.place_prefill(slot, p, ft);
+            }
+            if p.completion_tokens > consumed {
+                let at = if p.last_token_ns != 0 {
+                    p.last_token_ns
+                } else {
+                    p.end_ns
+                };
+                self.place_decode(slot, at, p.completion_tokens - consumed);
+            }
+            self.learn_rates(p);
+        } else {
+            // Reconcile: replace the provisional estimate still held by the true counts, spread
+            // over the request's life (prefill first, then decode). The part of its life already
+            // settled keeps its provisional split.
+            self.drop_provisional(slot);
+            let no_work = p.completion_tokens == 0 && p.outcome == Outcome::Error;
+            if !no_work {
+                let s0 = Self::work_start_ns(p).min(p.end_ns);
+                let pd = self.prefill_duration_ns(p).min(p.end_ns - s0);
+                let ft = s0 + pd;
+                if p.prompt_tokens > 0 {
+                    let item = Item {
+                        slot,
+                        prefill: p.prompt_tokens as f64,
+                        decode: 0.0,
+                        provisional: false,
+                    };
+                    self.place(slot, s0, ft, item, BeforeWindow::Drop);
+                }
+                if p.completion_tokens > 0 {
+                    let item = Item {
+                        slot,
+                        prefill: 0.0,
+                        decode: p.completion_tokens as f64,
+                        provisional: false,
+                    };
+                    self.place(slot, ft, p.end_ns, item, BeforeWindow::Drop);
+                }
+            }
+        }
+        if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+            req.ended = true;
+            req.end_ns = p.end_ns;
+            req.visible = visible;
+            req.prefill_placed = true;
+            req.consumed_completion = p.completion_tokens;
+        }
+    }
+
+    /// Refines the prefill and decode rate estimates from a finished stream (EWMA, weight 1/16).
+    fn learn_rates(&mut self, p: &ProgressSnapshot) {
+        const W: f64 = 1.0 / 16.0;
+        if p.prefill_ns > 0 && p.prompt_tokens > 0 {
+            let r = p.prompt_tokens as f64 / (p.prefill_ns as f64 / 1e9);
+            if r.is_finite() && r > 0.0 {
+                self.prefill_rate += W * (r - self.prefill_rate);
+            }
+        }
+        if p.completion_tokens >= 2 && p.last_token_ns > p.first_token_ns && p.first_token_ns != 0 {
+            let r = (p.completion_tokens - 1) as f64
+                / ((p.last_token_ns - p.first_token_ns) as f64 / 1e9);
+            if r.is_finite() && r > 0.0 {
+                self.decode_rate += W * (r - self.decode_rate);
+            }
+        }
+    }
+
+    /// Requests no longer registered (someone else retired them): nothing more will be seen.
+    fn finish_vanished(&mut self, seq: u64) -> u32 {
+        let mut n = 0;
+        for req in self.slots.iter_mut().flatten() {
+            if req.seen_seq != seq && !req.ended {
+                req.ended = true;
+                req.vanished = true;
+                req.end_ns = req.end_ns.max(req.arrival_ns);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn settle_front(&mut self) {
+        let Some(tick) = self.window.pop() else {
+            return;
+        };
+        self.totals.settled_until_ns = tick.end_ns;
+        let dt = tick.end_ns - tick.start_ns;
+        for item in &tick.items {
+            if let Some(req) = self
+                .slots
+                .get_mut(item.slot as usize)
+                .and_then(Option::as_mut)
+            {
+                req.pending_items = req.pending_items.saturating_sub(1);
+            }
+        }
+        let Some(e) = tick.delta_uj else {
+            return;
+        };
+        self.totals.pending_uj -= e.min(self.totals.pending_uj);
+        let (alpha, beta) = self.calibrator.weights();
+        self.weights.clear();
+        let (mut prefill_tokens, mut decode_tokens, mut provisional) = (0.0, 0.0, false);
+        for item in &tick.items {
+            self.weights.push(alpha * item.prefill + beta * item.decode);
+            prefill_tokens += item.prefill;
+            decode_tokens += item.decode;
+            provisional |= item.provisional && (item.prefill > 0.0 || item.decode > 0.0);
+        }
+        let baseline = self.idle.baseline_uj(dt).min(e);
+        if !split_uj(e, &self.weights, &mut self.shares, &mut self.scratch) {
+            if tick.busy || !tick.items.is_empty() {
+                self.totals.unattributed_uj += e;
+            } else {
+                self.totals.idle_uj += e;
+                self.idle.observe(e, dt);
+            }
+            return;
+        }
+        self.totals.attributed_uj += e;
+        self.totals.prefill_tokens += prefill_tokens.round() as u64;
+        self.totals.decode_tokens += decode_tokens.round() as u64;
+        for (item, (share, w)) in tick.items.iter().zip(self.shares.iter().zip(&self.weights)) {
+            let Some(req) = self
+                .slots
+                .get_mut(item.slot as usize)
+                .and_then(Option::as_mut)
+            else {
+                continue;
+            };
+            let share = *share;
+            let pw = alpha * item.prefill;
+            let prefill = if *w > 0.0 {
+                ((share as f64) * (pw / w)).floor().min(share as f64) as u64
+            } else {
+                0
+            };
+            let active = mul_div(share, e - baseline, e);
+            let en = &mut req.energy;
+            en.energy_uj += share;
+            en.prefill_uj += prefill;
+            en.decode_uj += share - prefill;
+            en.active_uj += active;
+            self.totals.active_uj += active;
+            if req.recent_seq != tick.seq {
+                req.recent_seq = tick.seq;
+                req.recent_uj = 0;
+            }
+            req.recent_uj += share;
+            en.recent_power_mw = mul_div(req.recent_uj, 1_000_000, dt.max(1));
+        }
+        if !provisional && self.idle.source() != IdleSource::Unknown {
+            let active_j = (e - baseline) as f64 / 1e6;
+            self.calibrator
+                .observe(prefill_tokens, decode_tokens, active_j);
+        }
+    }
+
+    /// Moves requests that ended and have no held work into the ready list.
+    fn collect_final(&mut self) {
+        let newest = self.newest_end_ns;
+        for (slot, entry) in self.slots.iter_mut().enumerate() {
+            let done =
+                matches!(entry, Some(r) if r.ended && r.pending_items == 0 && r.end_ns <= newest);
+            if !done {
+                continue;
+            }
+            if let Some(req) = entry.take() {
+                self.index.remove(&req.id);
+                self.free.push(slot as u32);
+                self.ready.push(FinalRequest {
+                    id: req.id,
+                    energy: req.energy,
+                    vanished: req.vanished,
+                });
+            }
+        }
+    }
+
+    /// Takes the requests whose energy became final, in no particular order.
+    pub fn drain_final(&mut self, out: &mut Vec<FinalRequest>) {
+        out.append(&mut self.ready);
+    }
+
+    /// Forgets a request at once (no meter, no ticks): its held work is removed so that its energy
+    /// is final as it stands. The energy of held ticks it had work in goes to the others there or,
+    /// if none, to unattributed when they settle.
+    pub fn force_final(&mut self, id: u64) -> Option<FinalRequest> {
+        let slot = self.index.remove(&id)?;
+        for tick in self.window.iter_mut() {
+            tick.items.retain(|i| i.slot != slot);
+        }
+        let req = self.slots.get_mut(slot as usize)?.take()?;
+        self.free.push(slot);
+        Some(FinalRequest {
+            id,
+            energy: req.energy,
+            vanished: req.vanished,
+        })
+    }
+
+    /// The figures of a request the ledger knows (in flight or awaiting settlement).
+    pub fn energy(&self, id: u64) -> Option<RequestEnergy> {
+        let slot = *self.index.get(&id)?;
+        self.slots.get(slot as usize)?.as_ref().map(|r| r.energy)
+    }
+
+    /// Running totals.
+    pub fn totals(&self) -> LedgerTotals {
+        LedgerTotals {
+            held_ticks: self.window.len() as u64,
+            ..self.totals
+        }
+    }
+
+    /// Idle power in mW, if known, and where it comes from.
+    pub fn p_idle(&self) -> (Option<u64>, IdleSource) {
+        (self.idle.power_mw(), self.idle.source())
+    }
+
+    /// The calibration fit and its quality.
+    pub fn calibration(&self) -> CalibrationReport {
+        self.calibrator.report()
+    }
+
+    /// The current prefill-rate and per-request decode-rate estimates, tokens per second.
+    pub fn rates(&self) -> (f64, f64) {
+        (self.prefill_rate, self.decode_rate)
+    }
+
+    /// Number of requests the ledger tracks (not yet drained).
+    pub fn tracked(&self) -> usize {
+        self.index.len()
+    }
+
+    /// End of the newest settled tick, ns.
+    pub fn settled_until_ns(&self) -> u64 {
+        self.totals.settled_until_ns
+    }
+}
