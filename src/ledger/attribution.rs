@@ -19,8 +19,8 @@ use std::collections::HashMap;
 use super::calibration::{CalibrationReport, Calibrator};
 use super::idle::{IdleEstimator, IdleSource};
 use super::split::{mul_div, split_uj};
-use super::window::{BeforeWindow, HeldTick, Item, ItemRef, Window};
-use super::{LedgerConfig, LedgerConfigError, Observation, TickSpan};
+use super::window::{HeldTick, ItemRef, Window};
+use super::{LedgerConfig, LedgerConfigError, Observation, TickSpan, WorkKind};
 use crate::observe::{Outcome, ProgressSnapshot};
 
 /// How much of a request's life had measured energy.
@@ -114,44 +114,44 @@ pub struct TickSummary {
 }
 
 #[derive(Clone, Debug)]
-struct Req {
-    id: u64,
-    arrival_ns: u64,
-    end_ns: u64,
-    model_work: bool,
-    visible: bool,
-    prefill_placed: bool,
-    consumed_completion: u64,
-    ended: bool,
-    vanished: bool,
-    seen_seq: u64,
-    prov_from_ns: u64,
-    provisional: Vec<ItemRef>,
-    pending_items: u32,
-    recent_seq: u64,
-    recent_uj: u64,
-    energy: RequestEnergy,
+pub(super) struct Req {
+    pub(super) id: u64,
+    pub(super) arrival_ns: u64,
+    pub(super) end_ns: u64,
+    pub(super) kind: WorkKind,
+    pub(super) visible: bool,
+    pub(super) prefill_placed: bool,
+    pub(super) consumed_completion: u64,
+    pub(super) ended: bool,
+    pub(super) vanished: bool,
+    pub(super) seen_seq: u64,
+    pub(super) prov_from_ns: u64,
+    pub(super) provisional: Vec<ItemRef>,
+    pub(super) pending_items: u32,
+    pub(super) recent_seq: u64,
+    pub(super) recent_uj: u64,
+    pub(super) energy: RequestEnergy,
 }
 
 /// The attribution ledger. See the module documentation for the rules.
 #[derive(Debug)]
 pub struct Ledger {
-    config: LedgerConfig,
-    window: Window,
-    slots: Vec<Option<Req>>,
-    free: Vec<u32>,
-    index: HashMap<u64, u32>,
-    ready: Vec<FinalRequest>,
-    totals: LedgerTotals,
-    idle: IdleEstimator,
-    calibrator: Calibrator,
-    seq: u64,
-    newest_end_ns: u64,
-    prefill_rate: f64,
-    decode_rate: f64,
-    weights: Vec<f64>,
-    shares: Vec<u64>,
-    scratch: Vec<(f64, usize)>,
+    pub(super) config: LedgerConfig,
+    pub(super) window: Window,
+    pub(super) slots: Vec<Option<Req>>,
+    pub(super) free: Vec<u32>,
+    pub(super) index: HashMap<u64, u32>,
+    pub(super) ready: Vec<FinalRequest>,
+    pub(super) totals: LedgerTotals,
+    pub(super) idle: IdleEstimator,
+    pub(super) calibrator: Calibrator,
+    pub(super) seq: u64,
+    pub(super) newest_end_ns: u64,
+    pub(super) prefill_rate: f64,
+    pub(super) decode_rate: f64,
+    pub(super) weights: Vec<f64>,
+    pub(super) shares: Vec<u64>,
+    pub(super) scratch: Vec<(f64, usize)>,
 }
 
 impl Ledger {
@@ -215,14 +215,14 @@ impl Ledger {
         let mut min_unresolved = u64::MAX;
         let mut finalized = 0u32;
         for obs in observations {
-            let slot = self.slot_for(&obs.progress, obs.model_work);
+            let slot = self.slot_for(&obs.progress, obs.kind);
             let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
                 continue;
             };
             req.seen_seq = seq;
             let p = obs.progress;
             let overlaps = p.arrival_ns <= end_ns && (p.end_ns == 0 || p.end_ns > start_ns);
-            if req.model_work && overlaps {
+            if req.kind != WorkKind::None && overlaps {
                 busy = true;
                 if tick.delta_uj.is_some() {
                     req.energy.available_ticks = req.energy.available_ticks.saturating_add(1);
@@ -234,7 +234,7 @@ impl Ledger {
                 continue;
             }
             let finished = p.outcome != Outcome::InFlight && p.end_ns != 0 && p.end_ns <= end_ns;
-            if !req.model_work {
+            if req.kind == WorkKind::None {
                 if finished {
                     req.ended = true;
                     req.end_ns = p.end_ns;
@@ -272,7 +272,7 @@ impl Ledger {
         TickSummary { settled, finalized }
     }
 
-    fn slot_for(&mut self, p: &ProgressSnapshot, model_work: bool) -> u32 {
+    fn slot_for(&mut self, p: &ProgressSnapshot, kind: WorkKind) -> u32 {
         if let Some(s) = self.index.get(&p.id) {
             return *s;
         }
@@ -280,7 +280,7 @@ impl Ledger {
             id: p.id,
             arrival_ns: p.arrival_ns,
             end_ns: 0,
-            model_work,
+            kind,
             visible: p.progress_visible,
             prefill_placed: false,
             consumed_completion: 0,
@@ -306,235 +306,6 @@ impl Ledger {
         };
         self.index.insert(p.id, slot);
         slot
-    }
-
-    /// The estimated prefill duration of `p`, ns.
-    fn prefill_duration_ns(&self, p: &ProgressSnapshot) -> u64 {
-        if p.prefill_ns > 0 {
-            return p.prefill_ns;
-        }
-        let secs = p.prompt_tokens as f64 / self.prefill_rate;
-        (secs * 1e9).min(u64::MAX as f64) as u64
-    }
-
-    /// Where the engine started working on `p`: after its queue wait when vLLM reported it.
-    fn work_start_ns(p: &ProgressSnapshot) -> u64 {
-        p.arrival_ns.saturating_add(p.queue_ns)
-    }
-
-    fn place(&mut self, slot: u32, from: u64, to: u64, item: Item, before: BeforeWindow) {
-        let mut count = 0u32;
-        let mut refs: Vec<ItemRef> = Vec::new();
-        let provisional = item.provisional;
-        self.window.place_span(from, to, item, before, |r| {
-            count += 1;
-            if provisional {
-                refs.push(r);
-            }
-        });
-        if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
-            req.pending_items += count;
-            req.provisional.extend(refs);
-        }
-    }
-
-    fn place_prefill(&mut self, slot: u32, p: &ProgressSnapshot, first_token_ns: u64) {
-        let pd = self.prefill_duration_ns(p);
-        let lower = Self::work_start_ns(p).min(first_token_ns);
-        let from = first_token_ns.saturating_sub(pd).max(lower);
-        let item = Item {
-            slot,
-            prefill: p.prompt_tokens as f64,
-            decode: 0.0,
-            provisional: false,
-        };
-        self.place(slot, from, first_token_ns, item, BeforeWindow::Compress);
-    }
-
-    fn place_decode(&mut self, slot: u32, at_ns: u64, tokens: u64) {
-        if tokens == 0 {
-            return;
-        }
-        let item = Item {
-            slot,
-            prefill: 0.0,
-            decode: tokens as f64,
-            provisional: false,
-        };
-        if self.window.place_point(at_ns, item).is_some() {
-            if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
-                req.pending_items += 1;
-            }
-        }
-    }
-
-    /// Zeroes the provisional work still held for `slot` (its energy there will follow the true
-    /// counts instead).
-    fn drop_provisional(&mut self, slot: u32) {
-        let refs = match self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
-            Some(req) => std::mem::take(&mut req.provisional),
-            None => return,
-        };
-        for r in refs {
-            if let Some(item) = self.window.item_mut(r) {
-                item.prefill = 0.0;
-                item.decode = 0.0;
-            }
-        }
-    }
-
-    /// Work observed while the request is in flight.
-    fn progress(&mut self, slot: u32, p: &ProgressSnapshot, end_ns: u64) {
-        let Some(req) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
-            return;
-        };
-        let (visible, prefill_placed, consumed, prov_from) = (
-            req.visible,
-            req.prefill_placed,
-            req.consumed_completion,
-            req.prov_from_ns,
-        );
-        if !visible && p.progress_visible {
-            // Progress became visible: from now on, observed work replaces the estimate.
-            self.drop_provisional(slot);
-            if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
-                req.visible = true;
-            }
-        } else if !visible {
-            self.provisional_work(slot, p, prov_from, end_ns);
-            return;
-        }
-        if !prefill_placed && p.first_token_ns != 0 {
-            self.place_prefill(slot, p, p.first_token_ns);
-            if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
-                req.prefill_placed = true;
-            }
-        }
-        if p.completion_tokens > consumed {
-            self.place_decode(slot, p.last_token_ns, p.completion_tokens - consumed);
-            if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
-                req.consumed_completion = p.completion_tokens;
-            }
-        }
-    }
-
-    /// Estimated work of an invisible request over `(from_ns, end_ns]`: prefill at the prefill
-    /// rate after the (known) queue wait, then decode at the per-request decode rate.
-    fn provisional_work(&mut self, slot: u32, p: &ProgressSnapshot, from_ns: u64, end_ns: u64) {
-        let s0 = Self::work_start_ns(p);
-        let pd = self.prefill_duration_ns(p).max(1);
-        let a = from_ns.max(s0);
-        if end_ns <= a {
-            return;
-        }
-        let overlap = |lo: u64, hi: u64| end_ns.min(hi).saturating_sub(a.max(lo));
-        let prefill =
-            p.prompt_tokens as f64 * overlap(s0, s0.saturating_add(pd)) as f64 / pd as f64;
-        let decode = self.decode_rate * overlap(s0.saturating_add(pd), u64::MAX) as f64 / 1e9;
-        let item = Item {
-            slot,
-            prefill,
-            decode,
-            provisional: true,
-        };
-        if let Some(r) = self.window.place_point(end_ns, item) {
-            if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
-                req.pending_items += 1;
-                req.provisional.push(r);
-            }
-        }
-        if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
-            req.prov_from_ns = end_ns;
-        }
-    }
-
-    /// The request ended (at or before the newest tick's end): place whatever work is left.
-    fn finish(&mut self, slot: u32, p: &ProgressSnapshot) {
-        let Some(req) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
-            return;
-        };
-        let (visible, prefill_placed, consumed) = (
-            req.visible || p.progress_visible,
-            req.prefill_placed,
-            req.consumed_completion,
-        );
-        if visible {
-            self.drop_provisional(slot);
-            let no_work = p.completion_tokens == 0 && p.outcome == Outcome::Error;
-            if !prefill_placed && !no_work && p.prompt_tokens > 0 {
-                // No first token seen: an abort during prefill (or a stream whose tokens were not
-                // counted). Its prefill ran, at the latest, just before the end.
-                let ft = if p.first_token_ns != 0 {
-                    p.first_token_ns
-                } else {
-                    p.end_ns
-                };
-                self.place_prefill(slot, p, ft);
-            }
-            if p.completion_tokens > consumed {
-                let at = if p.last_token_ns != 0 {
-                    p.last_token_ns
-                } else {
-                    p.end_ns
-                };
-                self.place_decode(slot, at, p.completion_tokens - consumed);
-            }
-            self.learn_rates(p);
-        } else {
-            // Reconcile: replace the provisional estimate still held by the true counts, spread
-            // over the request's life (prefill first, then decode). The part of its life already
-            // settled keeps its provisional split.
-            self.drop_provisional(slot);
-            let no_work = p.completion_tokens == 0 && p.outcome == Outcome::Error;
-            if !no_work {
-                let s0 = Self::work_start_ns(p).min(p.end_ns);
-                let pd = self.prefill_duration_ns(p).min(p.end_ns - s0);
-                let ft = s0 + pd;
-                if p.prompt_tokens > 0 {
-                    let item = Item {
-                        slot,
-                        prefill: p.prompt_tokens as f64,
-                        decode: 0.0,
-                        provisional: false,
-                    };
-                    self.place(slot, s0, ft, item, BeforeWindow::Drop);
-                }
-                if p.completion_tokens > 0 {
-                    let item = Item {
-                        slot,
-                        prefill: 0.0,
-                        decode: p.completion_tokens as f64,
-                        provisional: false,
-                    };
-                    self.place(slot, ft, p.end_ns, item, BeforeWindow::Drop);
-                }
-            }
-        }
-        if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
-            req.ended = true;
-            req.end_ns = p.end_ns;
-            req.visible = visible;
-            req.prefill_placed = true;
-            req.consumed_completion = p.completion_tokens;
-        }
-    }
-
-    /// Refines the prefill and decode rate estimates from a finished stream (EWMA, weight 1/16).
-    fn learn_rates(&mut self, p: &ProgressSnapshot) {
-        const W: f64 = 1.0 / 16.0;
-        if p.prefill_ns > 0 && p.prompt_tokens > 0 {
-            let r = p.prompt_tokens as f64 / (p.prefill_ns as f64 / 1e9);
-            if r.is_finite() && r > 0.0 {
-                self.prefill_rate += W * (r - self.prefill_rate);
-            }
-        }
-        if p.completion_tokens >= 2 && p.last_token_ns > p.first_token_ns && p.first_token_ns != 0 {
-            let r = (p.completion_tokens - 1) as f64
-                / ((p.last_token_ns - p.first_token_ns) as f64 / 1e9);
-            if r.is_finite() && r > 0.0 {
-                self.decode_rate += W * (r - self.decode_rate);
-            }
-        }
     }
 
     /// Requests no longer registered (someone else retired them): nothing more will be seen.

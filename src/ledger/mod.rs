@@ -18,6 +18,7 @@ pub mod idle;
 pub mod record;
 pub mod split;
 pub mod window;
+mod work;
 
 pub use attribution::{Coverage, FinalRequest, Ledger, LedgerTotals, RequestEnergy, TickSummary};
 pub use calibration::{CalibrationConfig, CalibrationReport};
@@ -152,9 +153,33 @@ impl From<&crate::tick::Tick> for TickSpan {
 pub struct Observation {
     /// The data plane's counters.
     pub progress: ProgressSnapshot,
-    /// Whether the request runs model work (false for `Endpoint::Other`: forwarded, never
-    /// attributed, and it does not make a tick busy).
-    pub model_work: bool,
+    /// What work the request makes the engine do.
+    pub kind: WorkKind,
+}
+
+/// What work a request makes the engine do, as far as attribution cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkKind {
+    /// Prefill then decode (chat, completions, responses).
+    Generate,
+    /// Prefill only (embeddings): no decode is ever estimated for it.
+    PromptOnly,
+    /// No model work (forwarded paths): never attributed, never makes a tick busy.
+    None,
+}
+
+impl WorkKind {
+    /// The kind of work an endpoint does.
+    pub fn of(endpoint: crate::observe::Endpoint) -> WorkKind {
+        use crate::observe::Endpoint;
+        match endpoint {
+            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Responses => {
+                WorkKind::Generate
+            }
+            Endpoint::Embeddings => WorkKind::PromptOnly,
+            Endpoint::Other => WorkKind::None,
+        }
+    }
 }
 
 #[cfg(test)]

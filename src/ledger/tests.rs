@@ -67,7 +67,7 @@ impl Script {
                 end_ns: ended.map(|e| e.0).unwrap_or(0),
                 outcome: ended.map(|e| e.1).unwrap_or(Outcome::InFlight),
             },
-            model_work: true,
+            kind: WorkKind::Generate,
         })
     }
 }
