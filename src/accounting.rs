@@ -216,8 +216,8 @@ impl Accounting {
             }));
         self.ledger.apply(TickSpan::from(tick), &self.observations);
         let settled_until = self.ledger.settled_until_ns();
-        for p in &self.live {
-            if let Some(e) = self.ledger.energy(p.meta.id) {
+        for (p, e) in self.live.iter().zip(self.ledger.observed_energy()) {
+            if let Some(e) = e {
                 publish(p, &e, settled_until);
             }
         }

@@ -15,11 +15,12 @@
 //!   provisional work still held is replaced by their true counts spread over their life.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use super::calibration::{CalibrationReport, Calibrator};
 use super::idle::{IdleEstimator, IdleSource};
-use super::split::{mul_div, split_uj};
-use super::window::{HeldTick, ItemRef, Window};
+use super::split::split_uj;
+use super::window::{HeldTick, Item, ItemRef, Window};
 use super::{LedgerConfig, LedgerConfigError, Observation, TickSpan, WorkKind};
 use crate::observe::{Outcome, ProgressSnapshot};
 
@@ -133,6 +134,27 @@ pub(super) struct Req {
     pub(super) energy: RequestEnergy,
 }
 
+/// Request ids are process-unique integers chosen by us, not by clients, so a multiplicative hash
+/// is enough and much cheaper than SipHash at 10,000 lookups per tick.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// The attribution ledger. See the module documentation for the rules.
 #[derive(Debug)]
 pub struct Ledger {
@@ -140,7 +162,10 @@ pub struct Ledger {
     pub(super) window: Window,
     pub(super) slots: Vec<Option<Req>>,
     pub(super) free: Vec<u32>,
-    pub(super) index: HashMap<u64, u32>,
+    pub(super) index: HashMap<u64, u32, BuildHasherDefault<IdHasher>>,
+    pub(super) ended: Vec<u32>,
+    pub(super) observed: Vec<u32>,
+    pub(super) spare_items: Vec<Vec<Item>>,
     pub(super) ready: Vec<FinalRequest>,
     pub(super) totals: LedgerTotals,
     pub(super) idle: IdleEstimator,
@@ -172,7 +197,10 @@ impl Ledger {
             window: Window::default(),
             slots: Vec::new(),
             free: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
+            ended: Vec::new(),
+            observed: Vec::new(),
+            spare_items: Vec::new(),
             ready: Vec::new(),
             totals: LedgerTotals::default(),
             seq: 0,
@@ -209,13 +237,15 @@ impl Ledger {
             end_ns,
             delta_uj: tick.delta_uj,
             busy: false,
-            items: Vec::new(),
+            items: self.spare_items.pop().unwrap_or_default(),
         });
+        self.observed.clear();
         let mut busy = false;
         let mut min_unresolved = u64::MAX;
         let mut finalized = 0u32;
         for obs in observations {
             let slot = self.slot_for(&obs.progress, obs.kind);
+            self.observed.push(slot);
             let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
                 continue;
             };
@@ -238,6 +268,7 @@ impl Ledger {
                 if finished {
                     req.ended = true;
                     req.end_ns = p.end_ns;
+                    self.ended.push(slot);
                     finalized += 1;
                 }
                 continue;
@@ -257,7 +288,9 @@ impl Ledger {
         if let Some(t) = self.window.back_mut() {
             t.busy = busy;
         }
-        finalized += self.finish_vanished(seq);
+        if self.observed.len() != self.index.len() {
+            finalized += self.finish_vanished(seq);
+        }
         let mut settled = 0u32;
         while let Some(front) = self.window.front() {
             let forced = self.window.len() > self.config.settle_ticks;
@@ -311,8 +344,10 @@ impl Ledger {
     /// Requests no longer registered (someone else retired them): nothing more will be seen.
     fn finish_vanished(&mut self, seq: u64) -> u32 {
         let mut n = 0;
-        for req in self.slots.iter_mut().flatten() {
+        for (slot, entry) in self.slots.iter_mut().enumerate() {
+            let Some(req) = entry else { continue };
             if req.seen_seq != seq && !req.ended {
+                self.ended.push(slot as u32);
                 req.ended = true;
                 req.vanished = true;
                 req.end_ns = req.end_ns.max(req.arrival_ns);
@@ -328,6 +363,7 @@ impl Ledger {
         };
         self.totals.settled_until_ns = tick.end_ns;
         let dt = tick.end_ns - tick.start_ns;
+        self.settle_energy(&tick, dt);
         for item in &tick.items {
             if let Some(req) = self
                 .slots
@@ -337,6 +373,14 @@ impl Ledger {
                 req.pending_items = req.pending_items.saturating_sub(1);
             }
         }
+        let mut items = tick.items;
+        items.clear();
+        if self.spare_items.len() < 4 {
+            self.spare_items.push(items);
+        }
+    }
+
+    fn settle_energy(&mut self, tick: &HeldTick, dt: u64) {
         let Some(e) = tick.delta_uj else {
             return;
         };
@@ -363,6 +407,11 @@ impl Ledger {
         self.totals.attributed_uj += e;
         self.totals.prefill_tokens += prefill_tokens.round() as u64;
         self.totals.decode_tokens += decode_tokens.round() as u64;
+        // Floating point here is only for the sub-splits (active, prefill/decode), each clamped to
+        // the integer share, so the books stay exact.
+        let active_ratio = (e - baseline) as f64 / e as f64;
+        let mw_per_uj = 1e6 / dt.max(1) as f64;
+        let mut active_total = 0u64;
         for (item, (share, w)) in tick.items.iter().zip(self.shares.iter().zip(&self.weights)) {
             let Some(req) = self
                 .slots
@@ -372,26 +421,27 @@ impl Ledger {
                 continue;
             };
             let share = *share;
-            let pw = alpha * item.prefill;
+            let sf = share as f64;
             let prefill = if *w > 0.0 {
-                ((share as f64) * (pw / w)).floor().min(share as f64) as u64
+                (sf * (alpha * item.prefill / w)).floor().clamp(0.0, sf) as u64
             } else {
                 0
             };
-            let active = mul_div(share, e - baseline, e);
+            let active = ((sf * active_ratio).floor() as u64).min(share);
             let en = &mut req.energy;
             en.energy_uj += share;
             en.prefill_uj += prefill;
             en.decode_uj += share - prefill;
             en.active_uj += active;
-            self.totals.active_uj += active;
+            active_total += active;
             if req.recent_seq != tick.seq {
                 req.recent_seq = tick.seq;
                 req.recent_uj = 0;
             }
             req.recent_uj += share;
-            en.recent_power_mw = mul_div(req.recent_uj, 1_000_000, dt.max(1));
+            en.recent_power_mw = (req.recent_uj as f64 * mw_per_uj) as u64;
         }
+        self.totals.active_uj += active_total;
         if !provisional && self.idle.source() != IdleSource::Unknown {
             let active_j = (e - baseline) as f64 / 1e6;
             self.calibrator
@@ -402,20 +452,32 @@ impl Ledger {
     /// Moves requests that ended and have no held work into the ready list.
     fn collect_final(&mut self) {
         let newest = self.newest_end_ns;
-        for (slot, entry) in self.slots.iter_mut().enumerate() {
-            let done =
-                matches!(entry, Some(r) if r.ended && r.pending_items == 0 && r.end_ns <= newest);
-            if !done {
-                continue;
-            }
-            if let Some(req) = entry.take() {
-                self.index.remove(&req.id);
-                self.free.push(slot as u32);
-                self.ready.push(FinalRequest {
-                    id: req.id,
-                    energy: req.energy,
-                    vanished: req.vanished,
-                });
+        let mut i = 0;
+        while i < self.ended.len() {
+            let slot = self.ended[i];
+            let state = match self.slots.get(slot as usize).and_then(Option::as_ref) {
+                None => None,
+                Some(r) if !r.ended => None,
+                Some(r) => Some(r.pending_items == 0 && r.end_ns <= newest),
+            };
+            match state {
+                // Freed (forced) or reused by a live request: no longer waiting.
+                None => {
+                    self.ended.swap_remove(i);
+                }
+                Some(false) => i += 1,
+                Some(true) => {
+                    self.ended.swap_remove(i);
+                    if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::take) {
+                        self.index.remove(&req.id);
+                        self.free.push(slot);
+                        self.ready.push(FinalRequest {
+                            id: req.id,
+                            energy: req.energy,
+                            vanished: req.vanished,
+                        });
+                    }
+                }
             }
         }
     }
@@ -430,8 +492,16 @@ impl Ledger {
     /// if none, to unattributed when they settle.
     pub fn force_final(&mut self, id: u64) -> Option<FinalRequest> {
         let slot = self.index.remove(&id)?;
+        // Tombstone its items rather than removing them: other requests hold indices into them.
         for tick in self.window.iter_mut() {
-            tick.items.retain(|i| i.slot != slot);
+            for item in tick.items.iter_mut().filter(|i| i.slot == slot) {
+                *item = Item {
+                    slot: u32::MAX,
+                    prefill: 0.0,
+                    decode: 0.0,
+                    provisional: false,
+                };
+            }
         }
         let req = self.slots.get_mut(slot as usize)?.take()?;
         self.free.push(slot);
@@ -446,6 +516,18 @@ impl Ledger {
     pub fn energy(&self, id: u64) -> Option<RequestEnergy> {
         let slot = *self.index.get(&id)?;
         self.slots.get(slot as usize)?.as_ref().map(|r| r.energy)
+    }
+
+    /// The figures of the requests observed by the latest [`Ledger::apply`], in the order of its
+    /// observations (`None` for those that became final in it: see [`Ledger::drain_final`]).
+    /// Cheaper than [`Ledger::energy`] per id: no hashing.
+    pub fn observed_energy(&self) -> impl Iterator<Item = Option<RequestEnergy>> + '_ {
+        self.observed.iter().map(|s| {
+            self.slots
+                .get(*s as usize)
+                .and_then(Option::as_ref)
+                .map(|r| r.energy)
+        })
     }
 
     /// Running totals.

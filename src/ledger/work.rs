@@ -215,6 +215,7 @@ impl Ledger {
                 self.place_true_work(slot, p);
             }
         }
+        self.ended.push(slot);
         if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
             req.ended = true;
             req.end_ns = p.end_ns;
