@@ -53,7 +53,7 @@ impl Ledger {
         let from = first_token_ns.saturating_sub(pd).max(lower);
         let item = Item {
             slot,
-            prefill: p.prompt_tokens as f64,
+            prefill: p.prompt_tokens as f32,
             decode: 0.0,
             provisional: false,
         };
@@ -67,7 +67,7 @@ impl Ledger {
         let item = Item {
             slot,
             prefill: 0.0,
-            decode: tokens as f64,
+            decode: tokens as f32,
             provisional: false,
         };
         if self.window.place_point(at_ns, item).is_some() {
@@ -158,8 +158,8 @@ impl Ledger {
         };
         let item = Item {
             slot,
-            prefill,
-            decode,
+            prefill: prefill as f32,
+            decode: decode as f32,
             provisional: true,
         };
         if let Some(r) = self.window.place_point(end_ns, item) {
@@ -244,7 +244,7 @@ impl Ledger {
         if p.prompt_tokens > 0 {
             let item = Item {
                 slot,
-                prefill: p.prompt_tokens as f64,
+                prefill: p.prompt_tokens as f32,
                 decode: 0.0,
                 provisional: false,
             };
@@ -254,7 +254,7 @@ impl Ledger {
             let item = Item {
                 slot,
                 prefill: 0.0,
-                decode: p.completion_tokens as f64,
+                decode: p.completion_tokens as f32,
                 provisional: false,
             };
             self.place(slot, ft, end, item, BeforeWindow::Drop);
