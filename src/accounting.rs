@@ -239,18 +239,30 @@ impl Accounting {
         if u128::from(quiet) < self.config.tickless_retire_after.as_nanos() {
             return;
         }
+        // Nothing will settle the held ticks any more: settle them now, retire what that makes
+        // final, then force the rest (their end was not measured: `estimated` at best).
+        self.ledger.flush();
         let settled_until = self.ledger.settled_until_ns();
+        self.ledger.drain_final(&mut self.finals);
+        let finals = std::mem::take(&mut self.finals);
+        for f in &finals {
+            self.retire(f, settled_until);
+        }
+        self.finals = finals;
+        self.finals.clear();
         for p in self.in_flight.all() {
             p.energy_available.store(false, Relaxed);
             if p.outcome() == Outcome::InFlight {
                 continue;
             }
             let id = p.meta.id;
-            let f = self.ledger.force_final(id).unwrap_or(FinalRequest {
+            let mut f = self.ledger.force_final(id).unwrap_or(FinalRequest {
                 id,
                 energy: RequestEnergy::default(),
                 vanished: false,
             });
+            // Its last part was not measured: never `ok`.
+            f.energy.unavailable_ticks = f.energy.unavailable_ticks.max(1);
             self.retire(&f, settled_until);
         }
         let last = self.shared.stats().last_tick_end_ns;

@@ -136,6 +136,34 @@ fn without_a_meter_finished_requests_retire_as_unavailable() {
 }
 
 #[test]
+fn when_ticks_stop_held_energy_is_settled_and_unfinished_ends_are_estimated() {
+    let reg = Arc::new(InFlight::new());
+    let clock = Clock::new();
+    let mut acc = Accounting::new(config(), reg.clone(), clock).expect("config");
+    let a = reg.register(meta(1, "m", None, Endpoint::Completions), clock);
+    let b = reg.register(meta(2, "m", None, Endpoint::Completions), clock);
+    for k in 1..=2 {
+        acc.process_tick(&tick(k, Some(1_000)));
+    }
+    a.progress().finish(Outcome::Ok, 90 * MS); // within the last tick
+    b.progress().finish(Outcome::Ok, 500 * MS); // after it
+    acc.process_tick(&tick(3, Some(1_000)));
+    acc.on_timer(u64::MAX / 2);
+    assert!(reg.is_empty());
+    let shared = acc.shared();
+    let (ra, rb) = (shared.record(1).expect("a"), shared.record(2).expect("b"));
+    assert_eq!(ra.status, RecordStatus::Ok);
+    assert_eq!(rb.status, RecordStatus::Estimated);
+    let t = shared.stats().totals;
+    assert_eq!(t.pending_uj, 0);
+    assert_eq!(
+        t.attributed_uj + t.idle_uj + t.unattributed_uj,
+        t.measured_uj
+    );
+    assert!(ra.energy_joules + rb.energy_joules > 0.0);
+}
+
+#[test]
 fn unavailable_ticks_make_records_estimated_or_unavailable() {
     let reg = Arc::new(InFlight::new());
     let clock = Clock::new();

@@ -510,6 +510,15 @@ impl Ledger {
         }
     }
 
+    /// Settles every held tick now, whatever may still appear (the sampler is gone: nothing will
+    /// come to settle them later). Requests that ended by the newest tick become final.
+    pub fn flush(&mut self) {
+        while !self.window.is_empty() {
+            self.settle_front();
+        }
+        self.collect_final();
+    }
+
     /// Takes the requests whose energy became final, in no particular order.
     pub fn drain_final(&mut self, out: &mut Vec<FinalRequest>) {
         out.append(&mut self.ready);
