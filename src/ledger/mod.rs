@@ -183,4 +183,6 @@ impl WorkKind {
 }
 
 #[cfg(test)]
+mod accuracy_tests;
+#[cfg(test)]
 mod tests;
