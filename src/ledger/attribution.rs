@@ -155,6 +155,24 @@ impl Hasher for IdHasher {
     }
 }
 
+/// Length of the union of `(lo, hi]` intervals, ns (sorts `spans`).
+fn union_ns(spans: &mut [(u64, u64)]) -> u64 {
+    spans.sort_unstable();
+    let (mut total, mut cur) = (0u64, None::<(u64, u64)>);
+    for &(lo, hi) in spans.iter() {
+        match cur {
+            Some((a, b)) if lo <= b => cur = Some((a, b.max(hi))),
+            _ => {
+                if let Some((a, b)) = cur {
+                    total += b.saturating_sub(a);
+                }
+                cur = Some((lo, hi));
+            }
+        }
+    }
+    total + cur.map_or(0, |(a, b)| b.saturating_sub(a))
+}
+
 /// The attribution ledger. See the module documentation for the rules.
 #[derive(Debug)]
 pub struct Ledger {
@@ -165,6 +183,7 @@ pub struct Ledger {
     pub(super) index: HashMap<u64, u32, BuildHasherDefault<IdHasher>>,
     pub(super) ended: Vec<u32>,
     pub(super) observed: Vec<u32>,
+    pub(super) partial: Vec<(u64, u64)>,
     pub(super) prev_observed: Vec<u32>,
     pub(super) spare_items: Vec<Vec<Item>>,
     pub(super) ready: Vec<FinalRequest>,
@@ -201,6 +220,7 @@ impl Ledger {
             index: HashMap::default(),
             ended: Vec::new(),
             observed: Vec::new(),
+            partial: Vec::new(),
             prev_observed: Vec::new(),
             spare_items: Vec::new(),
             ready: Vec::new(),
@@ -239,12 +259,15 @@ impl Ledger {
             end_ns,
             delta_uj: tick.delta_uj,
             busy: false,
+            busy_ns: 0,
             items: self.spare_items.pop().unwrap_or_default(),
         });
         std::mem::swap(&mut self.observed, &mut self.prev_observed);
         self.observed.clear();
         let mut cursor = 0usize;
         let mut busy = false;
+        let mut covered = false;
+        self.partial.clear();
         let mut min_unresolved = u64::MAX;
         let mut finalized = 0u32;
         for obs in observations {
@@ -258,6 +281,17 @@ impl Ledger {
             let overlaps = p.arrival_ns <= end_ns && (p.end_ns == 0 || p.end_ns > start_ns);
             if req.kind != WorkKind::None && overlaps {
                 busy = true;
+                let lo = p.arrival_ns.max(start_ns);
+                let hi = if p.end_ns == 0 {
+                    end_ns
+                } else {
+                    p.end_ns.min(end_ns)
+                };
+                if lo <= start_ns && hi >= end_ns {
+                    covered = true;
+                } else if !covered {
+                    self.partial.push((lo, hi));
+                }
                 if tick.delta_uj.is_some() {
                     req.energy.available_ticks = req.energy.available_ticks.saturating_add(1);
                 } else {
@@ -291,6 +325,11 @@ impl Ledger {
         }
         if let Some(t) = self.window.back_mut() {
             t.busy = busy;
+            t.busy_ns = if covered {
+                end_ns - start_ns
+            } else {
+                union_ns(&mut self.partial)
+            };
         }
         if self.observed.len() != self.index.len() {
             finalized += self.finish_vanished(seq);
@@ -420,13 +459,21 @@ impl Ledger {
             decode_tokens += id;
             provisional |= item.provisional && (item.prefill > 0.0 || item.decode > 0.0);
         }
-        let baseline = self.idle.baseline_uj(dt).min(e);
+        // Idle time inside a busy tick (before the first arrival, after the last end) is idle.
+        let idle_part = self
+            .idle
+            .baseline_uj(dt.saturating_sub(tick.busy_ns))
+            .min(e);
+        self.totals.idle_uj += idle_part;
+        let full_e = e;
+        let e = e - idle_part;
+        let baseline = self.idle.baseline_uj(tick.busy_ns.min(dt)).min(e);
         if !split_uj(e, &self.weights, &mut self.shares, &mut self.scratch) {
             if tick.busy || !tick.items.is_empty() {
                 self.totals.unattributed_uj += e;
             } else {
                 self.totals.idle_uj += e;
-                self.idle.observe(e, dt);
+                self.idle.observe(full_e, dt);
             }
             return;
         }
@@ -435,7 +482,11 @@ impl Ledger {
         self.totals.decode_tokens += decode_tokens.round() as u64;
         // Floating point here is only for the sub-splits (active, prefill/decode), each clamped to
         // the integer share, so the books stay exact.
-        let active_ratio = (e - baseline) as f64 / e as f64;
+        let active_ratio = if e > 0 {
+            (e - baseline) as f64 / e as f64
+        } else {
+            0.0
+        };
         let mw_per_uj = 1e6 / dt.max(1) as f64;
         let mut active_total = 0u64;
         for (item, (share, w)) in tick.items.iter().zip(self.shares.iter().zip(&self.weights)) {
@@ -471,7 +522,7 @@ impl Ledger {
         }
         self.totals.active_uj += active_total;
         if !provisional && self.idle.source() != IdleSource::Unknown {
-            let active_j = (e - baseline) as f64 / 1e6;
+            let active_j = full_e.saturating_sub(self.idle.baseline_uj(dt)) as f64 / 1e6;
             self.calibrator
                 .observe(prefill_tokens, decode_tokens, active_j);
         }

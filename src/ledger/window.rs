@@ -36,6 +36,9 @@ pub struct HeldTick {
     pub delta_uj: Option<u64>,
     /// Whether any model request was in flight during the interval.
     pub busy: bool,
+    /// How much of the interval had a model request in flight, ns (the rest is idle time even
+    /// in a busy tick: its P_idle share belongs to nobody).
+    pub busy_ns: u64,
     /// Work placed so far.
     pub items: Vec<Item>,
 }
@@ -197,6 +200,7 @@ mod tests {
                 end_ns: 100 * (k + 1),
                 delta_uj: Some(1),
                 busy: true,
+                busy_ns: 100,
                 items: Vec::new(),
             });
         }
