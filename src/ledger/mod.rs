@@ -4,6 +4,8 @@
 //! exhaustively testable. What this module owns:
 //! - [`attribution`]: the [`Ledger`] (held window of ticks, work placement, settlement, invariant);
 //! - [`window`]: the held ticks and where each request's work lands in them;
+//! - [`types`]: the figures it publishes (per-request energy, coverage, totals);
+//! - `settle` and `work` (private): settlement and work placement, split from the ledger by concern;
 //! - [`split`]: exact largest-remainder splitting of micro-joules;
 //! - [`idle`]: P_idle, learned from idle ticks or configured;
 //! - [`calibration`]: the online NNLS fit of α and β;
@@ -16,14 +18,17 @@ pub mod attribution;
 pub mod calibration;
 pub mod idle;
 pub mod record;
+mod settle;
 pub mod split;
+pub mod types;
 pub mod window;
 mod work;
 
-pub use attribution::{Coverage, FinalRequest, Ledger, LedgerTotals, RequestEnergy, TickSummary};
+pub use attribution::Ledger;
 pub use calibration::{CalibrationConfig, CalibrationReport};
 pub use idle::IdleSource;
 pub use record::{RecordStatus, RequestRecord};
+pub use types::{Coverage, FinalRequest, LedgerTotals, RequestEnergy, TickSummary};
 
 use crate::observe::ProgressSnapshot;
 
