@@ -151,7 +151,7 @@ impl RecordRing {
             .iter()
             .rev()
             .filter_map(|id| self.by_id.get(id))
-            .filter(|r| tag.is_none_or(|t| r.tag.as_deref() == Some(t)))
+            .filter(|r| tag.map_or(true, |t| r.tag.as_deref() == Some(t)))
             .take(limit)
             .cloned()
             .collect()

@@ -19,7 +19,7 @@ pub fn split_uj(
     out.clear();
     out.resize(weights.len(), 0);
     let sum: f64 = weights.iter().copied().map(clean).sum();
-    if !(sum > 0.0) || !sum.is_finite() {
+    if !sum.is_finite() || sum <= 0.0 {
         return false;
     }
     let total_f = total as f64;
