@@ -54,6 +54,8 @@ impl Ledger {
         }
     }
 
+    // Sums saturate rather than wrap: exactness holds up to 2^64 uJ (about 5 GWh) of measured
+    // energy, and garbage input can never panic.
     fn settle_energy(&mut self, tick: &HeldTick, dt: u64) {
         let Some(e) = tick.delta_uj else {
             return;
@@ -74,22 +76,28 @@ impl Ledger {
             .idle
             .baseline_uj(dt.saturating_sub(tick.busy_ns))
             .min(e);
-        self.totals.idle_uj += idle_part;
+        self.totals.idle_uj = self.totals.idle_uj.saturating_add(idle_part);
         let full_e = e;
         let e = e - idle_part;
         let baseline = self.idle.baseline_uj(tick.busy_ns.min(dt)).min(e);
         if !split_uj(e, &self.weights, &mut self.shares, &mut self.scratch) {
             if tick.busy || !tick.items.is_empty() {
-                self.totals.unattributed_uj += e;
+                self.totals.unattributed_uj = self.totals.unattributed_uj.saturating_add(e);
             } else {
-                self.totals.idle_uj += e;
+                self.totals.idle_uj = self.totals.idle_uj.saturating_add(e);
                 self.idle.observe(full_e, dt);
             }
             return;
         }
-        self.totals.attributed_uj += e;
-        self.totals.prefill_tokens += prefill_tokens.round() as u64;
-        self.totals.decode_tokens += decode_tokens.round() as u64;
+        self.totals.attributed_uj = self.totals.attributed_uj.saturating_add(e);
+        self.totals.prefill_tokens = self
+            .totals
+            .prefill_tokens
+            .saturating_add(prefill_tokens.round() as u64);
+        self.totals.decode_tokens = self
+            .totals
+            .decode_tokens
+            .saturating_add(decode_tokens.round() as u64);
         // Floating point here is only for the sub-splits (active, prefill/decode), each clamped to
         // the integer share, so the books stay exact.
         let active_ratio = if e > 0 {
@@ -118,19 +126,19 @@ impl Ledger {
             };
             let active = ((sf * active_ratio).floor() as u64).min(share);
             let en = &mut req.energy;
-            en.energy_uj += share;
-            en.prefill_uj += prefill;
-            en.decode_uj += share - prefill;
-            en.active_uj += active;
-            active_total += active;
+            en.energy_uj = en.energy_uj.saturating_add(share);
+            en.prefill_uj = en.prefill_uj.saturating_add(prefill);
+            en.decode_uj = en.decode_uj.saturating_add(share - prefill);
+            en.active_uj = en.active_uj.saturating_add(active);
+            active_total = active_total.saturating_add(active);
             if req.recent_seq != tick.seq {
                 req.recent_seq = tick.seq;
                 req.recent_uj = 0;
             }
-            req.recent_uj += share;
+            req.recent_uj = req.recent_uj.saturating_add(share);
             en.recent_power_mw = (req.recent_uj as f64 * mw_per_uj) as u64;
         }
-        self.totals.active_uj += active_total;
+        self.totals.active_uj = self.totals.active_uj.saturating_add(active_total);
         if !provisional && self.idle.source() != IdleSource::Unknown {
             let active_j = full_e.saturating_sub(self.idle.baseline_uj(dt)) as f64 / 1e6;
             self.calibrator

@@ -439,3 +439,56 @@ proptest! {
         prop_assert_eq!(active, t.active_uj);
     }
 }
+
+#[test]
+fn absurd_inputs_never_panic() {
+    let mut l = Ledger::new(LedgerConfig {
+        settle_ticks: 1,
+        ..LedgerConfig::default()
+    })
+    .expect("config");
+    let mut s = stream(1, 0, u64::MAX, 10, 3, 1);
+    s.prefill_ns = u64::MAX;
+    let obs = [s.at(u64::MAX).expect("arrived")];
+    // Huge energies, a tick that goes back in time, an empty and a zero-length tick.
+    l.apply(
+        TickSpan {
+            seq: 1,
+            start_ns: 0,
+            end_ns: 100,
+            delta_uj: Some(u64::MAX),
+        },
+        &obs,
+    );
+    l.apply(
+        TickSpan {
+            seq: 2,
+            start_ns: 100,
+            end_ns: 50,
+            delta_uj: Some(u64::MAX),
+        },
+        &obs,
+    );
+    l.apply(
+        TickSpan {
+            seq: 3,
+            start_ns: 200,
+            end_ns: 200,
+            delta_uj: Some(7),
+        },
+        &[],
+    );
+    l.apply(
+        TickSpan {
+            seq: 4,
+            start_ns: u64::MAX - 1,
+            end_ns: u64::MAX,
+            delta_uj: None,
+        },
+        &[],
+    );
+    l.flush();
+    let mut out = Vec::new();
+    l.drain_final(&mut out);
+    assert_eq!(out.len(), 1);
+}

@@ -42,7 +42,7 @@ impl Ledger {
             }
         });
         if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
-            req.pending_items += count;
+            req.pending_items = req.pending_items.saturating_add(count);
             req.provisional.extend(refs);
         }
     }
@@ -72,7 +72,7 @@ impl Ledger {
         };
         if self.window.place_point(at_ns, item).is_some() {
             if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
-                req.pending_items += 1;
+                req.pending_items = req.pending_items.saturating_add(1);
             }
         }
     }
@@ -164,7 +164,7 @@ impl Ledger {
         };
         if let Some(r) = self.window.place_point(end_ns, item) {
             if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
-                req.pending_items += 1;
+                req.pending_items = req.pending_items.saturating_add(1);
                 req.provisional.push(r);
             }
         }
