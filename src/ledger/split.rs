@@ -30,8 +30,9 @@ pub fn split_uj(
             continue;
         }
         let share = total_f * (w / sum);
-        // `as` saturates on overflow and maps NaN to 0: never panics.
-        let floor = (share.floor() as u64).min(total - given);
+        // `as` truncates (the floor, as `share` is non-negative), saturates on overflow and maps
+        // NaN to 0: never panics.
+        let floor = (share as u64).min(total - given);
         out[i] = floor;
         given += floor;
         scratch.push((share - floor as f64, i));
