@@ -12,7 +12,19 @@
 //!   token yet, or progress invisible), at most `settle_ticks`; held energy with no work when it
 //!   settles goes to *unattributed* if anything was in flight, else to *idle*;
 //! - requests with invisible progress get provisional work at an estimated rate; at completion the
-//!   provisional work still held is replaced by their true counts spread over their life.
+//!   provisional work still held is replaced by their true counts spread over their life (from
+//!   vLLM's queue and prefill times when known, else anchored at the end: decode before it at the
+//!   learned per-request rate, prefill just before that);
+//! - a busy tick's time outside every request's life (before the first arrival, after the last
+//!   end) is idle: its P_idle share goes to *idle*; the rest is split by work;
+//! - a tick settles early once no request that was in flight during it can still reveal work
+//!   there, but the newest busy tick always waits one tick for tokens observed just after it;
+//! - unavailable ticks settle nothing (their energy is unknown) and count against the coverage of
+//!   the requests overlapping them (`Partial`, `None`: the record's `estimated` / `unavailable`).
+//!
+//! Known limit: within a tick the split follows the tick's total work, not the engine steps inside
+//! it, so a request alone for part of a tick shares that part's static power with requests whose
+//! work fell in another part (the toy engine in `accuracy_tests` shows the size of this).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};

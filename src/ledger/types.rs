@@ -84,11 +84,11 @@ pub struct LedgerTotals {
     pub settled_until_ns: u64,
 }
 
-/// What one [`Ledger::apply`] did.
+/// What one [`Ledger::apply`](super::Ledger::apply) did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TickSummary {
     /// Ticks settled by this call.
     pub settled: u32,
-    /// Requests that became final (take them with [`Ledger::drain_final`]).
+    /// Requests that became final (take them with [`Ledger::drain_final`](super::Ledger::drain_final)).
     pub finalized: u32,
 }
