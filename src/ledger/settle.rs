@@ -132,7 +132,8 @@ impl Ledger {
             } else {
                 0
             };
-            let active = ((sf * active_ratio) as u64).min(share);
+            // Rounded (x + 0.5, non-negative): a figure, not part of the exact books.
+            let active = ((sf * active_ratio + 0.5) as u64).min(share);
             let en = &mut req.energy;
             en.energy_uj = en.energy_uj.saturating_add(share);
             en.prefill_uj = en.prefill_uj.saturating_add(prefill);
