@@ -492,3 +492,52 @@ fn absurd_inputs_never_panic() {
     l.drain_final(&mut out);
     assert_eq!(out.len(), 1);
 }
+
+#[test]
+fn prefill_waits_one_tick_for_the_exact_prompt_count() {
+    let mut l = Ledger::new(LedgerConfig {
+        calibration: CalibrationConfig {
+            default_alpha_j: 1.0,
+            default_beta_j: 1.0,
+            ..Default::default()
+        },
+        ..cfg()
+    })
+    .expect("config");
+    // A: first token at 40 ms, still streaming; B: decode only. Both in flight past 100 ms.
+    let (sa, sb) = (
+        stream(1, 0, 1000, 40 * MS, 5, 20 * MS),
+        stream(2, 0, 0, 40 * MS, 5, 20 * MS),
+    );
+    let mut a = sa.at(50 * MS).expect("arrived");
+    a.progress.prompt_tokens = 10; // the estimate: the usage chunk was not parsed yet
+    a.progress.prompt_exact = false;
+    let b = sb.at(50 * MS).expect("arrived");
+    l.apply(
+        TickSpan {
+            seq: 1,
+            start_ns: 0,
+            end_ns: 50 * MS,
+            delta_uj: Some(1_002),
+        },
+        &[a, b],
+    );
+    let (a, b) = (
+        sa.at(100 * MS).expect("arrived"),
+        sb.at(100 * MS).expect("arrived"),
+    );
+    l.apply(
+        TickSpan {
+            seq: 2,
+            start_ns: 50 * MS,
+            end_ns: 100 * MS,
+            delta_uj: Some(0),
+        },
+        &[a, b],
+    );
+    l.flush();
+    let e = |id| l.energy(id).map(|e| e.energy_uj).unwrap_or(0);
+    // Tick 1 holds A's 1000 prompt tokens (the exact count) and one decode token each.
+    assert_eq!(e(1) + e(2), 1_002);
+    assert_eq!(e(1), 1_001);
+}

@@ -114,9 +114,19 @@ impl Ledger {
             return;
         }
         if !prefill_placed && p.first_token_ns != 0 {
-            self.place_prefill(slot, p, p.first_token_ns);
+            // The server's prompt count usually comes with the first usage chunk; if this
+            // snapshot caught the first token before it, wait one tick for the exact count.
+            let waited = self
+                .slots
+                .get(slot as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|r| r.waited_for_prompt);
+            if p.prompt_exact || waited {
+                self.place_prefill(slot, p, p.first_token_ns);
+            }
             if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
-                req.prefill_placed = true;
+                req.prefill_placed = p.prompt_exact || waited;
+                req.waited_for_prompt = true;
             }
         }
         if p.completion_tokens > consumed {
