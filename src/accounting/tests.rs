@@ -274,3 +274,58 @@ fn the_thread_applies_ticks_and_stops_when_dropped() {
     drop(tx); // the sampler goes away: timer mode
     drop(handle); // stops and joins
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 16, ..Default::default() })]
+    /// Random requests (streams, hidden, embeddings, forwarded), random outcomes and energies: every
+    /// finished request is retired with a record, and the records add up to the attributed energy.
+    #[test]
+    fn everything_finished_is_retired_and_accounted(
+        reqs in proptest::collection::vec((0u64..40, 1u64..30, 0u8..4, 0u64..50, 0u8..3), 0..30),
+        energies in proptest::collection::vec(proptest::option::weighted(0.9, 0u64..10_000_000), 80),
+    ) {
+        let reg = Arc::new(InFlight::new());
+        let clock = Clock::new();
+        let mut acc = Accounting::new(AccountingConfig { record_capacity: 100, ..config() }, reg.clone(), clock)
+            .expect("config");
+        let endpoints = [Endpoint::ChatCompletions, Endpoint::Completions, Endpoint::Embeddings, Endpoint::Other];
+        let mut guards = Vec::new();
+        for k in 1..=80u64 {
+            let now = k * 50 * MS;
+            for (i, (start, len, ep, tokens, outcome)) in reqs.iter().enumerate() {
+                let id = i as u64 + 1;
+                if *start + 1 == k {
+                    let mut m = meta(id, "m", Some("t"), endpoints[*ep as usize]);
+                    m.arrival_ns = now - 25 * MS;
+                    let g = reg.register(m, clock);
+                    g.progress().progress_visible.store(id % 2 == 0, Relaxed);
+                    guards.push((id, g));
+                }
+                if let Some((_, g)) = guards.iter().find(|(gid, _)| *gid == id) {
+                    let p = g.progress();
+                    if k > *start + 1 && k <= start + len {
+                        p.observe_completion((k - start) * tokens / len, now - 10 * MS);
+                    }
+                    if k == start + len + 1 {
+                        let o = [Outcome::Ok, Outcome::Aborted, Outcome::Error][*outcome as usize];
+                        p.finish(o, now - 5 * MS);
+                    }
+                }
+            }
+            acc.process_tick(&tick(k, energies[(k - 1) as usize]));
+        }
+        drop(guards);
+        let shared = acc.shared();
+        let stats = shared.stats();
+        let t = stats.totals;
+        proptest::prop_assert!(reg.is_empty(), "{} left", reg.len());
+        proptest::prop_assert_eq!(t.pending_uj, 0);
+        proptest::prop_assert_eq!(t.attributed_uj + t.idle_uj + t.unattributed_uj, t.measured_uj);
+        let modelled = reqs.iter().filter(|r| r.2 != 3).count() as u64;
+        let r = stats.requests;
+        proptest::prop_assert_eq!(r.ok + r.estimated + r.unavailable + r.aborted + r.error, modelled);
+        let records = shared.recent(1000, None);
+        let sum: f64 = records.iter().map(|r| r.energy_joules).sum();
+        proptest::prop_assert!((sum - t.attributed_uj as f64 / 1e6).abs() < 1e-6 * (1.0 + sum));
+    }
+}
