@@ -1,3 +1,417 @@
-//! The accounting thread: receives sampler ticks, snapshots the in-flight registry, applies each tick
-//! to the ledger, publishes energy back into the requests' atomics and retires finished requests
-//! into the bounded record ring.
+//! The accounting glue: receives sampler ticks, snapshots the in-flight registry, applies each tick
+//! to the ledger, publishes energy back into the requests' atomics and retires finished, settled
+//! requests into the bounded record ring (and the optional log channel).
+//!
+//! Owns the accounting thread and the [`AccountingShared`] state readers use. It must not block the
+//! data plane: it only reads the registry and stores into atomics. [`Accounting::process_tick`] and
+//! [`Accounting::on_timer`] are synchronous so tests drive them by hand; the thread only calls them.
+//! With no meter there are no ticks: the timer still retires finished requests (status
+//! `unavailable`) so that the registry never grows without bound.
+
+pub mod aggregate;
+pub mod shared;
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub use aggregate::{Aggregate, Aggregates, LabelTable, RecordEnergy};
+pub use shared::{AccountingShared, AccountingStats, RecordRing, StatusCounts};
+
+use crate::clock::Clock;
+use crate::ledger::record::{co2_grams, joules};
+use crate::ledger::{
+    Coverage, FinalRequest, Ledger, LedgerConfig, LedgerConfigError, Observation, RecordStatus,
+    RequestEnergy, RequestRecord, TickSpan, WorkKind,
+};
+use crate::observe::{Endpoint, InFlight, Outcome, RequestProgress};
+use crate::tick::Tick;
+
+/// Settings of the accounting glue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AccountingConfig {
+    /// The attribution ledger.
+    pub ledger: LedgerConfig,
+    /// Finished-request records kept for `/requests` (oldest dropped, counted).
+    pub record_capacity: usize,
+    /// Capacity of the channel handing records to a log writer; 0 disables it.
+    pub record_channel_capacity: usize,
+    /// Distinct label values kept per dimension (model, key, tag); more fold into `other`.
+    pub max_labels: usize,
+    /// Carbon intensity, g CO2e per kWh; `None` leaves `co2_grams` null.
+    pub carbon_intensity_g_per_kwh: Option<f64>,
+    /// Power usage effectiveness multiplier for carbon.
+    pub pue: f64,
+    /// With no tick for this long, finished requests are retired as unmeasured.
+    pub tickless_retire_after: Duration,
+    /// How often the thread wakes without ticks (timer retirement, stop checks).
+    pub poll_interval: Duration,
+}
+
+impl Default for AccountingConfig {
+    fn default() -> Self {
+        AccountingConfig {
+            ledger: LedgerConfig::default(),
+            record_capacity: 10_000,
+            record_channel_capacity: 4096,
+            max_labels: 100,
+            carbon_intensity_g_per_kwh: None,
+            pue: 1.0,
+            tickless_retire_after: Duration::from_secs(2),
+            poll_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Why accounting could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountingError {
+    /// The ledger settings are invalid.
+    #[error("ledger: {0}")]
+    Ledger(#[from] LedgerConfigError),
+    /// A carbon setting is invalid.
+    #[error("{name} must be a finite non-negative number, got {value}")]
+    Carbon {
+        /// The setting.
+        name: &'static str,
+        /// The rejected value.
+        value: f64,
+    },
+    /// `poll_interval` must be positive.
+    #[error("poll_interval must be positive")]
+    PollInterval,
+    /// The OS refused the thread.
+    #[error("cannot start the accounting thread: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// The accounting state machine. Use [`Accounting::spawn`] to run it on its own thread, or call
+/// [`Accounting::process_tick`] / [`Accounting::on_timer`] directly.
+#[derive(Debug)]
+pub struct Accounting {
+    config: AccountingConfig,
+    ledger: Ledger,
+    in_flight: Arc<InFlight>,
+    clock: Clock,
+    shared: Arc<AccountingShared>,
+    sink: Option<SyncSender<Arc<RequestRecord>>>,
+    last_tick_at_ns: u64,
+    live: Vec<Arc<RequestProgress>>,
+    observations: Vec<Observation>,
+    finals: Vec<FinalRequest>,
+}
+
+impl Accounting {
+    /// Accounting over `in_flight`, with no log channel. See [`Accounting::with_log_channel`].
+    pub fn new(
+        config: AccountingConfig,
+        in_flight: Arc<InFlight>,
+        clock: Clock,
+    ) -> Result<Self, AccountingError> {
+        for (name, value) in [
+            (
+                "carbon_intensity_g_per_kwh",
+                config.carbon_intensity_g_per_kwh.unwrap_or(0.0),
+            ),
+            ("pue", config.pue),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(AccountingError::Carbon { name, value });
+            }
+        }
+        if config.poll_interval.is_zero() {
+            return Err(AccountingError::PollInterval);
+        }
+        Ok(Accounting {
+            ledger: Ledger::new(config.ledger.clone())?,
+            shared: Arc::new(AccountingShared::new(
+                config.record_capacity,
+                config.max_labels,
+            )),
+            config,
+            in_flight,
+            last_tick_at_ns: clock.now_ns(),
+            clock,
+            sink: None,
+            live: Vec::new(),
+            observations: Vec::new(),
+            finals: Vec::new(),
+        })
+    }
+
+    /// Creates the bounded log channel (`record_channel_capacity`, if non-zero) and returns its
+    /// receiving end: every finished record is offered to it without blocking; when it is full the
+    /// record is not logged and `records_not_logged` counts it.
+    pub fn with_log_channel(&mut self) -> Option<Receiver<Arc<RequestRecord>>> {
+        if self.config.record_channel_capacity == 0 {
+            return None;
+        }
+        let (tx, rx) = mpsc::sync_channel(self.config.record_channel_capacity);
+        self.sink = Some(tx);
+        Some(rx)
+    }
+
+    /// The state readers use.
+    pub fn shared(&self) -> Arc<AccountingShared> {
+        self.shared.clone()
+    }
+
+    /// Starts the accounting thread over `ticks`. Dropping the handle stops and joins it.
+    pub fn spawn(
+        config: AccountingConfig,
+        in_flight: Arc<InFlight>,
+        ticks: Receiver<Tick>,
+        clock: Clock,
+    ) -> Result<AccountingHandle, AccountingError> {
+        let mut acc = Accounting::new(config, in_flight, clock)?;
+        let records = acc.with_log_channel();
+        let shared = acc.shared();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("joulegate-accounting".into())
+            .spawn(move || acc.run(ticks, &stop2))
+            .map_err(AccountingError::Spawn)?;
+        Ok(AccountingHandle {
+            shared,
+            stop,
+            thread: Some(thread),
+            records,
+        })
+    }
+
+    fn run(mut self, ticks: Receiver<Tick>, stop: &AtomicBool) {
+        let poll = self.config.poll_interval;
+        let mut connected = true;
+        while !stop.load(Relaxed) {
+            if connected {
+                match ticks.recv_timeout(poll) {
+                    Ok(t) => self.process_tick(&t),
+                    Err(RecvTimeoutError::Timeout) => self.on_timer(self.clock.now_ns()),
+                    Err(RecvTimeoutError::Disconnected) => connected = false,
+                }
+            } else {
+                // No sampler (no meter): only the timer remains. Drop unparks us to stop at once.
+                self.on_timer(self.clock.now_ns());
+                std::thread::park_timeout(poll);
+            }
+        }
+    }
+
+    /// Applies one tick: snapshot, ledger, publish, retire. Synchronous; the thread calls it per
+    /// tick and tests call it directly.
+    pub fn process_tick(&mut self, tick: &Tick) {
+        self.last_tick_at_ns = self.clock.now_ns();
+        self.live.clear();
+        self.live.extend(self.in_flight.all());
+        self.observations.clear();
+        self.observations
+            .extend(self.live.iter().map(|p| Observation {
+                progress: p.snapshot(),
+                kind: WorkKind::of(p.meta.endpoint),
+            }));
+        self.ledger.apply(TickSpan::from(tick), &self.observations);
+        let settled_until = self.ledger.settled_until_ns();
+        for (p, e) in self.live.iter().zip(self.ledger.observed_energy()) {
+            if let Some(e) = e {
+                publish(p, &e, settled_until);
+            }
+        }
+        self.ledger.drain_final(&mut self.finals);
+        let finals = std::mem::take(&mut self.finals);
+        for f in &finals {
+            self.retire(f, settled_until);
+        }
+        self.finals = finals;
+        self.finals.clear();
+        self.refresh_stats(tick.end_ns);
+    }
+
+    /// Timer work without ticks: when no tick has come for `tickless_retire_after` (no meter, or
+    /// the sampler stalled), finished requests are retired with the energy they have (status
+    /// `unavailable` when none was measured) and live ones are marked unmeasured.
+    pub fn on_timer(&mut self, now_ns: u64) {
+        let quiet = now_ns.saturating_sub(self.last_tick_at_ns);
+        if u128::from(quiet) < self.config.tickless_retire_after.as_nanos() {
+            return;
+        }
+        // Nothing will settle the held ticks any more: settle them now, retire what that makes
+        // final, then force the rest (their end was not measured: `estimated` at best).
+        self.ledger.flush();
+        let settled_until = self.ledger.settled_until_ns();
+        self.ledger.drain_final(&mut self.finals);
+        let finals = std::mem::take(&mut self.finals);
+        for f in &finals {
+            self.retire(f, settled_until);
+        }
+        self.finals = finals;
+        self.finals.clear();
+        for p in self.in_flight.all() {
+            p.energy_available.store(false, Relaxed);
+            if p.outcome() == Outcome::InFlight {
+                continue;
+            }
+            let id = p.meta.id;
+            let mut f = self.ledger.force_final(id).unwrap_or(FinalRequest {
+                id,
+                energy: RequestEnergy::default(),
+                vanished: false,
+            });
+            // Its last part was not measured: never `ok`.
+            f.energy.unavailable_ticks = f.energy.unavailable_ticks.max(1);
+            self.retire(&f, settled_until);
+        }
+        let last = self.shared.stats().last_tick_end_ns;
+        self.refresh_stats(last);
+    }
+
+    fn retire(&mut self, f: &FinalRequest, settled_until: u64) {
+        let Some(p) = self.in_flight.retire(f.id) else {
+            self.shared.update_stats(|s| s.vanished += 1);
+            return;
+        };
+        publish(&p, &f.energy, settled_until);
+        if p.meta.endpoint == Endpoint::Other {
+            return;
+        }
+        let record = Arc::new(self.record_of(&p, &f.energy));
+        let e = RecordEnergy {
+            energy_uj: f.energy.energy_uj,
+            active_uj: f.energy.active_uj,
+            prefill_uj: f.energy.prefill_uj,
+            decode_uj: f.energy.decode_uj,
+        };
+        self.shared.with_aggregates(|a| a.add(&record, e));
+        let mut not_logged = 0;
+        if let Some(tx) = &self.sink {
+            match tx.try_send(record.clone()) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => not_logged = 1,
+            }
+        }
+        let evicted = self.shared.push_record(record.clone());
+        self.shared.update_stats(|s| {
+            s.requests.add(record.status);
+            s.prompt_tokens = s.prompt_tokens.saturating_add(record.prompt_tokens);
+            s.completion_tokens = s.completion_tokens.saturating_add(record.completion_tokens);
+            s.records_evicted += evicted;
+            s.records_not_logged += not_logged;
+        });
+    }
+
+    fn record_of(&self, p: &RequestProgress, e: &RequestEnergy) -> RequestRecord {
+        let s = p.snapshot();
+        let m = &p.meta;
+        let at = |ns: u64| (ns != 0).then(|| self.clock.rfc3339(ns));
+        let coverage = e.coverage();
+        RequestRecord {
+            id: m.public_id(),
+            model: m.model.clone(),
+            endpoint: m.endpoint.as_str().to_owned(),
+            key_hash: m.key_hash.clone(),
+            tag: m.tag.clone(),
+            stream: m.stream,
+            arrival: self.clock.rfc3339(m.arrival_ns),
+            first_token: at(s.first_token_ns),
+            end: at(s.end_ns),
+            prompt_tokens: s.prompt_tokens,
+            completion_tokens: s.completion_tokens,
+            tokens_exact: s.prompt_exact
+                && (s.completion_exact || m.endpoint == Endpoint::Embeddings),
+            energy_joules: joules(e.energy_uj),
+            active_joules: joules(e.active_uj),
+            prefill_joules: joules(e.prefill_uj),
+            decode_joules: joules(e.decode_uj),
+            co2_grams: if coverage == Coverage::None {
+                None
+            } else {
+                co2_grams(
+                    e.energy_uj,
+                    self.config.carbon_intensity_g_per_kwh,
+                    self.config.pue,
+                )
+            },
+            status: RecordStatus::choose(s.outcome, coverage),
+            key: m.id,
+            arrival_ns: m.arrival_ns,
+            end_ns: s.end_ns,
+        }
+    }
+
+    fn refresh_stats(&self, last_tick_end_ns: u64) {
+        let totals = self.ledger.totals();
+        let (p_idle_mw, p_idle_source) = self.ledger.p_idle();
+        let calibration = self.ledger.calibration();
+        let (prefill_rate, decode_rate) = self.ledger.rates();
+        let in_flight = self.in_flight.len() as u64;
+        self.shared.update_stats(|s| {
+            s.totals = totals;
+            s.p_idle_mw = p_idle_mw;
+            s.p_idle_source = p_idle_source;
+            s.calibration = calibration;
+            s.prefill_tokens_per_s = prefill_rate;
+            s.decode_tokens_per_s = decode_rate;
+            s.in_flight = in_flight;
+            s.last_tick_end_ns = last_tick_end_ns;
+        });
+    }
+}
+
+/// Stores a request's figures into its atomics for the data plane.
+fn publish(p: &RequestProgress, e: &RequestEnergy, settled_until: u64) {
+    p.energy_uj.store(e.energy_uj, Relaxed);
+    p.active_uj.store(e.active_uj, Relaxed);
+    p.prefill_uj.store(e.prefill_uj, Relaxed);
+    p.decode_uj.store(e.decode_uj, Relaxed);
+    p.recent_power_mw.store(e.recent_power_mw, Relaxed);
+    p.settled_until_ns.store(settled_until, Relaxed);
+    p.energy_available.store(
+        e.coverage() != Coverage::None || e.unavailable_ticks == 0,
+        Relaxed,
+    );
+}
+
+/// Owner of the accounting thread. Dropping it stops and joins the thread.
+#[derive(Debug)]
+pub struct AccountingHandle {
+    shared: Arc<AccountingShared>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    records: Option<Receiver<Arc<RequestRecord>>>,
+}
+
+impl AccountingHandle {
+    /// The state readers use (cheap to clone, safe to share).
+    pub fn shared(&self) -> Arc<AccountingShared> {
+        self.shared.clone()
+    }
+
+    /// Takes the receiving end of the record log channel (once; `None` when disabled or taken).
+    pub fn take_record_receiver(&mut self) -> Option<Receiver<Arc<RequestRecord>>> {
+        self.records.take()
+    }
+
+    /// Stops the thread and waits for it (at most one `poll_interval`).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            // A panic in the thread has already been reported; nothing more to do with it here.
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for AccountingHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,2 +1,193 @@
 //! Pure attribution: splits each tick's measured energy among the requests in flight by their work.
-//! No clock, no I/O: time and progress come in as arguments.
+//!
+//! No clock, no I/O: ticks and request progress come in as arguments, so every rule here is
+//! exhaustively testable. What this module owns:
+//! - [`attribution`]: the [`Ledger`] (held window of ticks, work placement, settlement, invariant);
+//! - [`window`]: the held ticks and where each request's work lands in them;
+//! - [`types`]: the figures it publishes (per-request energy, coverage, totals);
+//! - `settle` and `work` (private): settlement and work placement, split from the ledger by concern;
+//! - [`split`]: exact largest-remainder splitting of micro-joules;
+//! - [`idle`]: P_idle, learned from idle ticks or configured;
+//! - [`calibration`]: the online NNLS fit of α and β;
+//! - [`record`]: the finished-request record served by `/requests/{id}` and the JSONL log.
+//!
+//! It must not touch the registry or atomics of [`crate::observe`] (the accounting glue does that):
+//! it reads plain [`crate::observe::ProgressSnapshot`] copies.
+
+pub mod attribution;
+pub mod calibration;
+pub mod idle;
+pub mod record;
+mod settle;
+pub mod split;
+pub mod types;
+pub mod window;
+mod work;
+
+pub use attribution::Ledger;
+pub use calibration::{CalibrationConfig, CalibrationReport};
+pub use idle::IdleSource;
+pub use record::{RecordStatus, RequestRecord};
+pub use types::{Coverage, FinalRequest, LedgerTotals, RequestEnergy, TickSummary};
+
+use crate::observe::ProgressSnapshot;
+
+/// Settings of the ledger. Validated by [`LedgerConfig::validate`] (also done by [`Ledger::new`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LedgerConfig {
+    /// Most ticks whose energy may be held while work that belongs in them may still appear (the
+    /// settlement lag bound). At 50 ms ticks the default of 20 is one second.
+    pub settle_ticks: usize,
+    /// Prefill rate used to place a prompt's prefill when vLLM did not report its prefill time,
+    /// tokens per second (refined online from requests that did report it).
+    pub prefill_tokens_per_s: f64,
+    /// Per-request decode rate assumed for requests whose progress is invisible while in flight,
+    /// tokens per second (refined online from finished streams).
+    pub decode_tokens_per_s: f64,
+    /// Configured idle power in milliwatts; `None` learns it from idle ticks.
+    pub p_idle_mw: Option<u64>,
+    /// Idle ticks kept for the P_idle estimate.
+    pub idle_window: usize,
+    /// Quantile of the kept idle powers used as P_idle.
+    pub idle_quantile: f64,
+    /// Idle ticks needed before a learned P_idle is used.
+    pub idle_min_samples: usize,
+    /// Calibration of α and β.
+    pub calibration: CalibrationConfig,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            settle_ticks: 20,
+            prefill_tokens_per_s: 10_000.0,
+            decode_tokens_per_s: 30.0,
+            p_idle_mw: None,
+            idle_window: 256,
+            idle_quantile: 0.25,
+            idle_min_samples: 10,
+            calibration: CalibrationConfig::default(),
+        }
+    }
+}
+
+/// A setting the ledger cannot work with.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LedgerConfigError {
+    /// `settle_ticks` must be in 1..=10000.
+    #[error("settle_ticks must be between 1 and 10000, got {0}")]
+    SettleTicks(usize),
+    /// A rate must be finite and positive.
+    #[error("{name} must be a finite positive number, got {value}")]
+    Rate {
+        /// The setting's name.
+        name: &'static str,
+        /// The rejected value.
+        value: f64,
+    },
+    /// A window must hold at least one entry.
+    #[error("{0} must be at least 1")]
+    EmptyWindow(&'static str),
+    /// `idle_quantile` must be within 0..=1.
+    #[error("idle_quantile must be between 0 and 1, got {0}")]
+    Quantile(f64),
+}
+
+impl LedgerConfig {
+    /// Checks every setting.
+    pub fn validate(&self) -> Result<(), LedgerConfigError> {
+        if self.settle_ticks == 0 || self.settle_ticks > 10_000 {
+            return Err(LedgerConfigError::SettleTicks(self.settle_ticks));
+        }
+        let rates = [
+            ("prefill_tokens_per_s", self.prefill_tokens_per_s),
+            ("decode_tokens_per_s", self.decode_tokens_per_s),
+            (
+                "calibration.default_alpha_j",
+                self.calibration.default_alpha_j,
+            ),
+            (
+                "calibration.default_beta_j",
+                self.calibration.default_beta_j,
+            ),
+        ];
+        for (name, value) in rates {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(LedgerConfigError::Rate { name, value });
+            }
+        }
+        if self.idle_window == 0 {
+            return Err(LedgerConfigError::EmptyWindow("idle_window"));
+        }
+        if self.calibration.window_ticks == 0 {
+            return Err(LedgerConfigError::EmptyWindow("calibration.window_ticks"));
+        }
+        if !(0.0..=1.0).contains(&self.idle_quantile) {
+            return Err(LedgerConfigError::Quantile(self.idle_quantile));
+        }
+        Ok(())
+    }
+}
+
+/// One sampler interval as the ledger sees it: `(start_ns, end_ns]` and its energy, if measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TickSpan {
+    /// Sequence number from the sampler (informational).
+    pub seq: u64,
+    /// Start of the interval, clock nanoseconds (exclusive).
+    pub start_ns: u64,
+    /// End of the interval, clock nanoseconds (inclusive).
+    pub end_ns: u64,
+    /// Micro-joules measured, `None` when unavailable.
+    pub delta_uj: Option<u64>,
+}
+
+impl From<&crate::tick::Tick> for TickSpan {
+    fn from(t: &crate::tick::Tick) -> Self {
+        TickSpan {
+            seq: t.seq,
+            start_ns: t.start_ns,
+            end_ns: t.end_ns,
+            delta_uj: t.delta_uj,
+        }
+    }
+}
+
+/// One registered request's progress at this tick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Observation {
+    /// The data plane's counters.
+    pub progress: ProgressSnapshot,
+    /// What work the request makes the engine do.
+    pub kind: WorkKind,
+}
+
+/// What work a request makes the engine do, as far as attribution cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkKind {
+    /// Prefill then decode (chat, completions, responses).
+    Generate,
+    /// Prefill only (embeddings): no decode is ever estimated for it.
+    PromptOnly,
+    /// No model work (forwarded paths): never attributed, never makes a tick busy.
+    None,
+}
+
+impl WorkKind {
+    /// The kind of work an endpoint does.
+    pub fn of(endpoint: crate::observe::Endpoint) -> WorkKind {
+        use crate::observe::Endpoint;
+        match endpoint {
+            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Responses => {
+                WorkKind::Generate
+            }
+            Endpoint::Embeddings => WorkKind::PromptOnly,
+            Endpoint::Other => WorkKind::None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod accuracy_tests;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,411 @@
+//! The ledger: per tick, places each request's observed work in the held window, settles ticks
+//! whose work is complete (or that reached the settlement lag bound) and keeps the books exact.
+//!
+//! Owns the per-request energy figures and the invariant
+//! `attributed + idle + unattributed + pending == measured` (micro-joules, exact at every tick),
+//! and, once nothing is pending, `attributed + idle + unattributed == measured`.
+//! Rules (DESIGN.md §3):
+//! - decode tokens land in the tick of their observation time; a prompt's prefill is spread over the
+//!   interval ending at the first token and lasting the prefill time (vLLM's, else prompt / rate),
+//!   never over the queue wait;
+//! - a tick is held while a request in flight during it may still reveal work there (no first
+//!   token yet, or progress invisible), at most `settle_ticks`; held energy with no work when it
+//!   settles goes to *unattributed* if anything was in flight, else to *idle*;
+//! - requests with invisible progress get provisional work at an estimated rate; at completion the
+//!   provisional work still held is replaced by their true counts spread over their life (from
+//!   vLLM's queue and prefill times when known, else anchored at the end: decode before it at the
+//!   learned per-request rate, prefill just before that);
+//! - a busy tick's time outside every request's life (before the first arrival, after the last
+//!   end) is idle: its P_idle share goes to *idle*; the rest is split by work;
+//! - a tick settles early once no request that was in flight during it can still reveal work
+//!   there, but the newest busy tick always waits one tick for tokens observed just after it;
+//! - unavailable ticks settle nothing (their energy is unknown) and count against the coverage of
+//!   the requests overlapping them (`Partial`, `None`: the record's `estimated` / `unavailable`).
+//!
+//! Known limit: within a tick the split follows the tick's total work, not the engine steps inside
+//! it, so a request alone for part of a tick shares that part's static power with requests whose
+//! work fell in another part (the toy engine in `accuracy_tests` shows the size of this).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use super::calibration::{CalibrationReport, Calibrator};
+use super::idle::{IdleEstimator, IdleSource};
+use super::settle::union_ns;
+use super::types::{FinalRequest, LedgerTotals, RequestEnergy, TickSummary};
+use super::window::{HeldTick, Item, ItemRef, Window};
+use super::{LedgerConfig, LedgerConfigError, Observation, TickSpan, WorkKind};
+use crate::observe::{Outcome, ProgressSnapshot};
+
+#[derive(Clone, Debug)]
+pub(super) struct Req {
+    pub(super) id: u64,
+    pub(super) arrival_ns: u64,
+    pub(super) end_ns: u64,
+    pub(super) kind: WorkKind,
+    pub(super) visible: bool,
+    pub(super) prefill_placed: bool,
+    pub(super) waited_for_prompt: bool,
+    pub(super) consumed_completion: u64,
+    pub(super) ended: bool,
+    pub(super) vanished: bool,
+    pub(super) seen_seq: u64,
+    pub(super) prov_from_ns: u64,
+    pub(super) provisional: Vec<ItemRef>,
+    pub(super) pending_items: u32,
+    pub(super) recent_seq: u64,
+    pub(super) recent_uj: u64,
+    pub(super) energy: RequestEnergy,
+}
+
+/// Request ids are process-unique integers chosen by us, not by clients, so a multiplicative hash
+/// is enough and much cheaper than SipHash at 10,000 lookups per tick.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// The attribution ledger. See the module documentation for the rules.
+#[derive(Debug)]
+pub struct Ledger {
+    pub(super) config: LedgerConfig,
+    pub(super) window: Window,
+    pub(super) slots: Vec<Option<Req>>,
+    pub(super) free: Vec<u32>,
+    pub(super) index: HashMap<u64, u32, BuildHasherDefault<IdHasher>>,
+    pub(super) ended: Vec<u32>,
+    pub(super) observed: Vec<u32>,
+    pub(super) partial: Vec<(u64, u64)>,
+    pub(super) prev_observed: Vec<u32>,
+    pub(super) spare_items: Vec<Vec<Item>>,
+    pub(super) ready: Vec<FinalRequest>,
+    pub(super) totals: LedgerTotals,
+    pub(super) idle: IdleEstimator,
+    pub(super) calibrator: Calibrator,
+    pub(super) seq: u64,
+    pub(super) newest_end_ns: u64,
+    pub(super) prefill_rate: f64,
+    pub(super) decode_rate: f64,
+    pub(super) weights: Vec<f64>,
+    pub(super) shares: Vec<u64>,
+    pub(super) scratch: Vec<(f64, usize)>,
+}
+
+impl Ledger {
+    /// A ledger with validated settings.
+    pub fn new(config: LedgerConfig) -> Result<Self, LedgerConfigError> {
+        config.validate()?;
+        Ok(Ledger {
+            idle: IdleEstimator::new(
+                config.p_idle_mw,
+                config.idle_window,
+                config.idle_quantile,
+                config.idle_min_samples,
+            ),
+            calibrator: Calibrator::new(config.calibration.clone()),
+            prefill_rate: config.prefill_tokens_per_s,
+            decode_rate: config.decode_tokens_per_s,
+            config,
+            window: Window::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            index: HashMap::default(),
+            ended: Vec::new(),
+            observed: Vec::new(),
+            partial: Vec::new(),
+            prev_observed: Vec::new(),
+            spare_items: Vec::new(),
+            ready: Vec::new(),
+            totals: LedgerTotals::default(),
+            seq: 0,
+            newest_end_ns: 0,
+            weights: Vec::new(),
+            shares: Vec::new(),
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Applies one tick: `observations` are every registered request's progress, read after the
+    /// tick ended. Ticks must come in time order; one ending before the previous one is treated
+    /// as empty (its energy still counts as measured, and is settled like any other).
+    pub fn apply(&mut self, tick: TickSpan, observations: &[Observation]) -> TickSummary {
+        self.seq += 1;
+        let seq = self.seq;
+        let end_ns = tick.end_ns.max(self.newest_end_ns);
+        let start_ns = tick
+            .start_ns
+            .min(end_ns)
+            .max(self.newest_end_ns.min(end_ns));
+        self.newest_end_ns = end_ns;
+        self.totals.ticks += 1;
+        match tick.delta_uj {
+            Some(e) => {
+                self.totals.measured_uj = self.totals.measured_uj.saturating_add(e);
+                self.totals.pending_uj = self.totals.pending_uj.saturating_add(e);
+            }
+            None => self.totals.unavailable_ticks += 1,
+        }
+        self.window.push(HeldTick {
+            seq,
+            start_ns,
+            end_ns,
+            delta_uj: tick.delta_uj,
+            busy: false,
+            busy_ns: 0,
+            items: self.spare_items.pop().unwrap_or_default(),
+        });
+        std::mem::swap(&mut self.observed, &mut self.prev_observed);
+        self.observed.clear();
+        let mut cursor = 0usize;
+        let mut busy = false;
+        let mut covered = false;
+        self.partial.clear();
+        let mut min_unresolved = u64::MAX;
+        let mut finalized = 0u32;
+        for obs in observations {
+            let slot = self.find_slot(&mut cursor, &obs.progress, obs.kind);
+            self.observed.push(slot);
+            let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            req.seen_seq = seq;
+            let p = obs.progress;
+            let overlaps = p.arrival_ns <= end_ns && (p.end_ns == 0 || p.end_ns > start_ns);
+            if req.kind != WorkKind::None && overlaps {
+                busy = true;
+                let lo = p.arrival_ns.max(start_ns);
+                let hi = if p.end_ns == 0 {
+                    end_ns
+                } else {
+                    p.end_ns.min(end_ns)
+                };
+                if lo <= start_ns && hi >= end_ns {
+                    covered = true;
+                } else if !covered {
+                    self.partial.push((lo, hi));
+                }
+                if tick.delta_uj.is_some() {
+                    req.energy.available_ticks = req.energy.available_ticks.saturating_add(1);
+                } else {
+                    req.energy.unavailable_ticks = req.energy.unavailable_ticks.saturating_add(1);
+                }
+            }
+            if req.ended {
+                continue;
+            }
+            let finished = p.outcome != Outcome::InFlight && p.end_ns != 0 && p.end_ns <= end_ns;
+            if req.kind == WorkKind::None {
+                if finished {
+                    req.ended = true;
+                    req.end_ns = p.end_ns;
+                    self.ended.push(slot);
+                    finalized += 1;
+                }
+                continue;
+            }
+            if finished {
+                self.finish(slot, &p);
+                finalized += 1;
+            } else {
+                self.progress(slot, &p, end_ns);
+                if let Some(r) = self.slots.get(slot as usize).and_then(Option::as_ref) {
+                    if !r.visible || !r.prefill_placed {
+                        min_unresolved = min_unresolved.min(r.arrival_ns);
+                    }
+                }
+            }
+        }
+        if let Some(t) = self.window.back_mut() {
+            t.busy = busy;
+            t.busy_ns = if covered {
+                end_ns - start_ns
+            } else {
+                union_ns(&mut self.partial)
+            };
+        }
+        if self.observed.len() != self.index.len() {
+            finalized += self.finish_vanished(seq);
+        }
+        let mut settled = 0u32;
+        while let Some(front) = self.window.front() {
+            let forced = self.window.len() > self.config.settle_ticks;
+            let complete = front.end_ns < min_unresolved && (self.window.len() > 1 || !front.busy);
+            if !(forced || complete) {
+                break;
+            }
+            self.settle_front();
+            settled += 1;
+        }
+        self.collect_final();
+        TickSummary { settled, finalized }
+    }
+
+    /// The registry's iteration order is stable between ticks apart from insertions and removals,
+    /// so the previous tick's order predicts the slot without hashing (a lookup per request was
+    /// the largest cost of a tick at 10,000 requests).
+    fn find_slot(&mut self, cursor: &mut usize, p: &ProgressSnapshot, kind: WorkKind) -> u32 {
+        for k in 0..4 {
+            let Some(&s) = self.prev_observed.get(*cursor + k) else {
+                break;
+            };
+            if self
+                .slots
+                .get(s as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|r| r.id == p.id)
+            {
+                *cursor += k + 1;
+                return s;
+            }
+        }
+        self.slot_for(p, kind)
+    }
+
+    fn slot_for(&mut self, p: &ProgressSnapshot, kind: WorkKind) -> u32 {
+        if let Some(s) = self.index.get(&p.id) {
+            return *s;
+        }
+        let req = Req {
+            id: p.id,
+            arrival_ns: p.arrival_ns,
+            end_ns: 0,
+            kind,
+            visible: p.progress_visible,
+            prefill_placed: false,
+            waited_for_prompt: false,
+            consumed_completion: 0,
+            ended: false,
+            vanished: false,
+            seen_seq: 0,
+            prov_from_ns: p.arrival_ns,
+            provisional: Vec::new(),
+            pending_items: 0,
+            recent_seq: 0,
+            recent_uj: 0,
+            energy: RequestEnergy::default(),
+        };
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = Some(req);
+                s
+            }
+            None => {
+                self.slots.push(Some(req));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.index.insert(p.id, slot);
+        slot
+    }
+
+    /// Requests no longer registered (someone else retired them): nothing more will be seen.
+    fn finish_vanished(&mut self, seq: u64) -> u32 {
+        let mut n = 0;
+        for (slot, entry) in self.slots.iter_mut().enumerate() {
+            let Some(req) = entry else { continue };
+            if req.seen_seq != seq && !req.ended {
+                self.ended.push(slot as u32);
+                req.ended = true;
+                req.vanished = true;
+                req.end_ns = req.end_ns.max(req.arrival_ns);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Takes the requests whose energy became final, in no particular order.
+    pub fn drain_final(&mut self, out: &mut Vec<FinalRequest>) {
+        out.append(&mut self.ready);
+    }
+
+    /// Forgets a request at once (no meter, no ticks): its held work is removed so that its energy
+    /// is final as it stands. The energy of held ticks it had work in goes to the others there or,
+    /// if none, to unattributed when they settle.
+    pub fn force_final(&mut self, id: u64) -> Option<FinalRequest> {
+        let slot = self.index.remove(&id)?;
+        // Tombstone its items rather than removing them: other requests hold indices into them.
+        for tick in self.window.iter_mut() {
+            for item in tick.items.iter_mut().filter(|i| i.slot == slot) {
+                *item = Item {
+                    slot: u32::MAX,
+                    prefill: 0.0,
+                    decode: 0.0,
+                    provisional: false,
+                };
+            }
+        }
+        let req = self.slots.get_mut(slot as usize)?.take()?;
+        self.free.push(slot);
+        Some(FinalRequest {
+            id,
+            energy: req.energy,
+            vanished: req.vanished,
+        })
+    }
+
+    /// The figures of a request the ledger knows (in flight or awaiting settlement).
+    pub fn energy(&self, id: u64) -> Option<RequestEnergy> {
+        let slot = *self.index.get(&id)?;
+        self.slots.get(slot as usize)?.as_ref().map(|r| r.energy)
+    }
+
+    /// The figures of the requests observed by the latest [`Ledger::apply`], in the order of its
+    /// observations (`None` for those that became final in it: see [`Ledger::drain_final`]).
+    /// Cheaper than [`Ledger::energy`] per id: no hashing.
+    pub fn observed_energy(&self) -> impl Iterator<Item = Option<RequestEnergy>> + '_ {
+        self.observed.iter().map(|s| {
+            self.slots
+                .get(*s as usize)
+                .and_then(Option::as_ref)
+                .map(|r| r.energy)
+        })
+    }
+
+    /// Running totals.
+    pub fn totals(&self) -> LedgerTotals {
+        LedgerTotals {
+            held_ticks: self.window.len() as u64,
+            ..self.totals
+        }
+    }
+
+    /// Idle power in mW, if known, and where it comes from.
+    pub fn p_idle(&self) -> (Option<u64>, IdleSource) {
+        (self.idle.power_mw(), self.idle.source())
+    }
+
+    /// The calibration fit and its quality.
+    pub fn calibration(&self) -> CalibrationReport {
+        self.calibrator.report()
+    }
+
+    /// The current prefill-rate and per-request decode-rate estimates, tokens per second.
+    pub fn rates(&self) -> (f64, f64) {
+        (self.prefill_rate, self.decode_rate)
+    }
+
+    /// Number of requests the ledger tracks (not yet drained).
+    pub fn tracked(&self) -> usize {
+        self.index.len()
+    }
+
+    /// End of the newest settled tick, ns.
+    pub fn settled_until_ns(&self) -> u64 {
+        self.totals.settled_until_ns
+    }
+}

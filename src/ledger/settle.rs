@@ -1,0 +1,200 @@
+//! Settlement: when a held tick's work is complete (or it reached the lag bound), its energy is
+//! split among the work placed in it, its idle time goes to idle, and requests that ended with no
+//! held work left become final.
+//!
+//! Part of the [`Ledger`]'s implementation (split from `attribution.rs` by concern). Owns the
+//! arithmetic that keeps the books exact: every micro-joule of a settled tick goes to exactly one of
+//! attributed, idle or unattributed.
+
+use super::attribution::Ledger;
+use super::idle::IdleSource;
+use super::split::split_uj;
+use super::types::FinalRequest;
+use super::window::HeldTick;
+
+/// Length of the union of `(lo, hi]` intervals, ns (sorts `spans`).
+pub(super) fn union_ns(spans: &mut [(u64, u64)]) -> u64 {
+    spans.sort_unstable();
+    let (mut total, mut cur) = (0u64, None::<(u64, u64)>);
+    for &(lo, hi) in spans.iter() {
+        match cur {
+            Some((a, b)) if lo <= b => cur = Some((a, b.max(hi))),
+            _ => {
+                if let Some((a, b)) = cur {
+                    total += b.saturating_sub(a);
+                }
+                cur = Some((lo, hi));
+            }
+        }
+    }
+    total + cur.map_or(0, |(a, b)| b.saturating_sub(a))
+}
+
+impl Ledger {
+    pub(super) fn settle_front(&mut self) {
+        let Some(tick) = self.window.pop() else {
+            return;
+        };
+        self.totals.settled_until_ns = tick.end_ns;
+        let dt = tick.end_ns - tick.start_ns;
+        // When the energy was split, that pass already released each item (one visit per
+        // request: at 10,000 requests the visits are cache misses).
+        if !self.settle_energy(&tick, dt) {
+            self.release_items(&tick);
+        }
+        let mut items = tick.items;
+        items.clear();
+        if self.spare_items.len() < 4 {
+            self.spare_items.push(items);
+        }
+    }
+
+    fn release_items(&mut self, tick: &HeldTick) {
+        for item in &tick.items {
+            if let Some(req) = self
+                .slots
+                .get_mut(item.slot as usize)
+                .and_then(Option::as_mut)
+            {
+                req.pending_items = req.pending_items.saturating_sub(1);
+            }
+        }
+    }
+
+    // Sums saturate rather than wrap: exactness holds up to 2^64 uJ (about 5 GWh) of measured
+    // energy, and garbage input can never panic.
+    /// Splits the tick's energy; returns whether its items were released on the way.
+    fn settle_energy(&mut self, tick: &HeldTick, dt: u64) -> bool {
+        let Some(e) = tick.delta_uj else {
+            return false;
+        };
+        self.totals.pending_uj -= e.min(self.totals.pending_uj);
+        let (alpha, beta) = self.calibrator.weights();
+        self.weights.clear();
+        let (mut prefill_tokens, mut decode_tokens, mut provisional) = (0.0, 0.0, false);
+        for item in &tick.items {
+            let (ip, id) = (f64::from(item.prefill), f64::from(item.decode));
+            self.weights.push(alpha * ip + beta * id);
+            prefill_tokens += ip;
+            decode_tokens += id;
+            provisional |= item.provisional && (item.prefill > 0.0 || item.decode > 0.0);
+        }
+        // Idle time inside a busy tick (before the first arrival, after the last end) is idle.
+        let idle_part = self
+            .idle
+            .baseline_uj(dt.saturating_sub(tick.busy_ns))
+            .min(e);
+        self.totals.idle_uj = self.totals.idle_uj.saturating_add(idle_part);
+        let full_e = e;
+        let e = e - idle_part;
+        let baseline = self.idle.baseline_uj(tick.busy_ns.min(dt)).min(e);
+        if !split_uj(e, &self.weights, &mut self.shares, &mut self.scratch) {
+            if tick.busy || !tick.items.is_empty() {
+                self.totals.unattributed_uj = self.totals.unattributed_uj.saturating_add(e);
+            } else {
+                self.totals.idle_uj = self.totals.idle_uj.saturating_add(e);
+                self.idle.observe(full_e, dt);
+            }
+            return false;
+        }
+        self.totals.attributed_uj = self.totals.attributed_uj.saturating_add(e);
+        self.totals.prefill_tokens = self
+            .totals
+            .prefill_tokens
+            .saturating_add(prefill_tokens.round() as u64);
+        self.totals.decode_tokens = self
+            .totals
+            .decode_tokens
+            .saturating_add(decode_tokens.round() as u64);
+        // Floating point here is only for the sub-splits (active, prefill/decode), each clamped to
+        // the integer share, so the books stay exact.
+        let active_ratio = if e > 0 {
+            (e - baseline) as f64 / e as f64
+        } else {
+            0.0
+        };
+        let mw_per_uj = 1e6 / dt.max(1) as f64;
+        let mut active_total = 0u64;
+        for (item, (share, w)) in tick.items.iter().zip(self.shares.iter().zip(&self.weights)) {
+            let Some(req) = self
+                .slots
+                .get_mut(item.slot as usize)
+                .and_then(Option::as_mut)
+            else {
+                continue;
+            };
+            req.pending_items = req.pending_items.saturating_sub(1);
+            let share = *share;
+            let sf = share as f64;
+            let prefill = if *w > 0.0 {
+                // Non-negative, so the truncating cast is the floor (and cheaper than `floor`).
+                (sf * (alpha * f64::from(item.prefill) / w)).clamp(0.0, sf) as u64
+            } else {
+                0
+            };
+            // Rounded (x + 0.5, non-negative): a figure, not part of the exact books.
+            let active = ((sf * active_ratio + 0.5) as u64).min(share);
+            let en = &mut req.energy;
+            en.energy_uj = en.energy_uj.saturating_add(share);
+            en.prefill_uj = en.prefill_uj.saturating_add(prefill);
+            en.decode_uj = en.decode_uj.saturating_add(share - prefill);
+            en.active_uj = en.active_uj.saturating_add(active);
+            active_total = active_total.saturating_add(active);
+            if req.recent_seq != tick.seq {
+                req.recent_seq = tick.seq;
+                req.recent_uj = 0;
+            }
+            req.recent_uj = req.recent_uj.saturating_add(share);
+            en.recent_power_mw = (req.recent_uj as f64 * mw_per_uj) as u64;
+        }
+        self.totals.active_uj = self.totals.active_uj.saturating_add(active_total);
+        if !provisional && self.idle.source() != IdleSource::Unknown {
+            let active_j = full_e.saturating_sub(self.idle.baseline_uj(dt)) as f64 / 1e6;
+            self.calibrator
+                .observe(prefill_tokens, decode_tokens, active_j);
+        }
+        true
+    }
+
+    /// Moves requests that ended and have no held work into the ready list.
+    pub(super) fn collect_final(&mut self) {
+        let newest = self.newest_end_ns;
+        let mut i = 0;
+        while i < self.ended.len() {
+            let slot = self.ended[i];
+            let state = match self.slots.get(slot as usize).and_then(Option::as_ref) {
+                None => None,
+                Some(r) if !r.ended => None,
+                Some(r) => Some(r.pending_items == 0 && r.end_ns <= newest),
+            };
+            match state {
+                // Freed (forced) or reused by a live request: no longer waiting.
+                None => {
+                    self.ended.swap_remove(i);
+                }
+                Some(false) => i += 1,
+                Some(true) => {
+                    self.ended.swap_remove(i);
+                    if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::take) {
+                        self.index.remove(&req.id);
+                        self.free.push(slot);
+                        self.ready.push(FinalRequest {
+                            id: req.id,
+                            energy: req.energy,
+                            vanished: req.vanished,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Settles every held tick now, whatever may still appear (the sampler is gone: nothing will
+    /// come to settle them later). Requests that ended by the newest tick become final.
+    pub fn flush(&mut self) {
+        while !self.window.is_empty() {
+            self.settle_front();
+        }
+        self.collect_final();
+    }
+}

@@ -1,0 +1,94 @@
+//! The ledger's public figures: per-request energy, coverage, final requests and the running books.
+//!
+//! Plain data, shared by the attribution, settlement and accounting code; no behaviour beyond
+//! deriving a request's coverage.
+
+/// How much of a request's life had measured energy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Coverage {
+    /// Every tick it overlapped was measured (or it overlapped none and no tick failed).
+    Full,
+    /// Some ticks it overlapped were unavailable.
+    Partial,
+    /// Every tick it overlapped was unavailable, or no tick was ever seen.
+    None,
+}
+
+/// A request's energy figures so far, micro-joules, as published into its atomics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestEnergy {
+    /// Energy attributed so far (settled ticks only).
+    pub energy_uj: u64,
+    /// Of it, above the idle baseline.
+    pub active_uj: u64,
+    /// Of it, prefill.
+    pub prefill_uj: u64,
+    /// Of it, decode.
+    pub decode_uj: u64,
+    /// The request's attributed power in the latest settled tick where it got energy, mW.
+    pub recent_power_mw: u64,
+    /// Measured ticks overlapping the request.
+    pub available_ticks: u32,
+    /// Unavailable ticks overlapping the request.
+    pub unavailable_ticks: u32,
+}
+
+impl RequestEnergy {
+    /// How much of the request's life was measured.
+    pub fn coverage(&self) -> Coverage {
+        match (self.available_ticks, self.unavailable_ticks) {
+            (_, 0) if self.available_ticks > 0 => Coverage::Full,
+            (0, _) => Coverage::None,
+            _ => Coverage::Partial,
+        }
+    }
+}
+
+/// A request whose energy is final: it ended and no held tick carries its work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FinalRequest {
+    /// Request id.
+    pub id: u64,
+    /// Final figures.
+    pub energy: RequestEnergy,
+    /// Whether the ledger stopped seeing it before it ended (retired by someone else).
+    pub vanished: bool,
+}
+
+/// Running totals, micro-joules and counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LedgerTotals {
+    /// Sum of measured tick energy.
+    pub measured_uj: u64,
+    /// Given to requests.
+    pub attributed_uj: u64,
+    /// Drawn with nothing in flight.
+    pub idle_uj: u64,
+    /// Drawn with requests in flight but no work to place it on.
+    pub unattributed_uj: u64,
+    /// Measured but held (not settled yet).
+    pub pending_uj: u64,
+    /// Of `attributed_uj`, above the idle baseline.
+    pub active_uj: u64,
+    /// Prompt tokens of settled prefill work (rounded per tick).
+    pub prefill_tokens: u64,
+    /// Completion tokens of settled decode work (rounded per tick).
+    pub decode_tokens: u64,
+    /// Ticks applied.
+    pub ticks: u64,
+    /// Of them, unavailable.
+    pub unavailable_ticks: u64,
+    /// Ticks currently held.
+    pub held_ticks: u64,
+    /// End of the newest settled tick, ns.
+    pub settled_until_ns: u64,
+}
+
+/// What one [`Ledger::apply`](super::Ledger::apply) did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TickSummary {
+    /// Ticks settled by this call.
+    pub settled: u32,
+    /// Requests that became final (take them with [`Ledger::drain_final`](super::Ledger::drain_final)).
+    pub finalized: u32,
+}

@@ -1,0 +1,265 @@
+//! The held window: ticks whose energy is measured but not yet settled, and the work placed in them.
+//!
+//! Owns where work lands in time. Work is stored as token counts (not weights) so that the α and β
+//! in force when a tick settles decide its split. Spans of work are spread over the held ticks in
+//! proportion to their overlap; what falls before the window is either compressed into it (a
+//! request's prefill first seen late) or dropped (the part of a reconciled request whose energy was
+//! already settled on its provisional estimate). Knows nothing of energy splitting or requests'
+//! totals.
+
+use std::collections::VecDeque;
+
+/// Work of one request placed in one held tick, in tokens. `f32` keeps an item at 16 bytes: the
+/// window holds one per active request per tick, and token counts need no more precision.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Item {
+    /// The request's slot in the ledger.
+    pub slot: u32,
+    /// Prompt tokens whose prefill ran in the tick.
+    pub prefill: f32,
+    /// Completion tokens produced in the tick.
+    pub decode: f32,
+    /// Whether this is an estimate for a request whose progress is invisible.
+    pub provisional: bool,
+}
+
+/// A measured interval waiting to be settled.
+#[derive(Clone, Debug)]
+pub struct HeldTick {
+    /// Ledger-internal sequence (contiguous within the window).
+    pub seq: u64,
+    /// Interval start (exclusive), ns.
+    pub start_ns: u64,
+    /// Interval end (inclusive), ns.
+    pub end_ns: u64,
+    /// Energy, `None` when unavailable.
+    pub delta_uj: Option<u64>,
+    /// Whether any model request was in flight during the interval.
+    pub busy: bool,
+    /// How much of the interval had a model request in flight, ns (the rest is idle time even
+    /// in a busy tick: its P_idle share belongs to nobody).
+    pub busy_ns: u64,
+    /// Work placed so far.
+    pub items: Vec<Item>,
+}
+
+/// What to do with the part of a span that lies before the oldest held tick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BeforeWindow {
+    /// Squeeze the whole span into the window (its work must be counted somewhere).
+    Compress,
+    /// Keep only the fraction that overlaps the window.
+    Drop,
+}
+
+/// The held ticks, oldest first.
+#[derive(Debug, Default)]
+pub struct Window {
+    ticks: VecDeque<HeldTick>,
+}
+
+/// Where an item was stored, to find it again (reconciliation).
+pub type ItemRef = (u64, u32);
+
+impl Window {
+    /// Appends the newest tick.
+    pub fn push(&mut self, tick: HeldTick) {
+        self.ticks.push_back(tick);
+    }
+
+    /// Removes and returns the oldest tick.
+    pub fn pop(&mut self) -> Option<HeldTick> {
+        self.ticks.pop_front()
+    }
+
+    /// The oldest held tick.
+    pub fn front(&self) -> Option<&HeldTick> {
+        self.ticks.front()
+    }
+
+    /// The newest held tick.
+    pub fn back_mut(&mut self) -> Option<&mut HeldTick> {
+        self.ticks.back_mut()
+    }
+
+    /// Number of held ticks.
+    pub fn len(&self) -> usize {
+        self.ticks.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.ticks.is_empty()
+    }
+
+    /// Iterates the held ticks, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &HeldTick> {
+        self.ticks.iter()
+    }
+
+    /// Mutable access to every held tick (rare paths: forced retirement).
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut HeldTick> {
+        self.ticks.iter_mut()
+    }
+
+    /// The item stored at `r`, if its tick is still held.
+    pub fn item_mut(&mut self, r: ItemRef) -> Option<&mut Item> {
+        let front = self.ticks.front()?.seq;
+        let idx = usize::try_from(r.0.checked_sub(front)?).ok()?;
+        self.ticks.get_mut(idx)?.items.get_mut(r.1 as usize)
+    }
+
+    /// Places `item` in the tick containing `at_ns` (clamped to the window). Returns where it went,
+    /// or `None` if nothing is held.
+    pub fn place_point(&mut self, at_ns: u64, item: Item) -> Option<ItemRef> {
+        let last = self.ticks.len().checked_sub(1)?;
+        // Nearly every point is in the newest tick: skip the search then.
+        let idx = if self.ticks.get(last).is_some_and(|t| t.start_ns < at_ns) {
+            last
+        } else {
+            self.ticks.partition_point(|t| t.end_ns < at_ns).min(last)
+        };
+        let tick = self.ticks.get_mut(idx)?;
+        tick.items.push(item);
+        Some((tick.seq, (tick.items.len() - 1) as u32))
+    }
+
+    /// Spreads `item`'s tokens over `(from_ns, to_ns]` in proportion to each held tick's overlap.
+    /// Calls `placed` once per stored part. A span reaching past the newest tick is cut at its end.
+    pub fn place_span(
+        &mut self,
+        from_ns: u64,
+        to_ns: u64,
+        item: Item,
+        before: BeforeWindow,
+        mut placed: impl FnMut(ItemRef),
+    ) {
+        let (Some(first), Some(last)) = (self.ticks.front(), self.ticks.back()) else {
+            return;
+        };
+        let (ws, we) = (first.start_ns, last.end_ns);
+        let to = to_ns.min(we);
+        let full = to_ns.saturating_sub(from_ns);
+        let from = match before {
+            BeforeWindow::Compress => from_ns.max(ws).min(to),
+            BeforeWindow::Drop => from_ns.min(to),
+        };
+        if to <= ws || to <= from {
+            // A point, or a span entirely before the window.
+            if before == BeforeWindow::Drop && (full > 0 || to_ns <= ws) {
+                return;
+            }
+            if let Some(r) = self.place_point(to, item) {
+                placed(r);
+            }
+            return;
+        }
+        // With Drop the denominator is the whole span, so the part before the window is lost.
+        let denom = match before {
+            BeforeWindow::Compress => to - from,
+            BeforeWindow::Drop => full.max(1),
+        };
+        let start_idx = self.ticks.partition_point(|t| t.end_ns <= from);
+        let mut total_overlap = 0u64;
+        for tick in self.ticks.range_mut(start_idx..) {
+            if tick.start_ns >= to {
+                break;
+            }
+            let overlap = tick.end_ns.min(to).saturating_sub(tick.start_ns.max(from));
+            if overlap == 0 {
+                continue;
+            }
+            total_overlap += overlap;
+            let f = overlap as f64 / denom as f64;
+            tick.items.push(Item {
+                prefill: (f64::from(item.prefill) * f) as f32,
+                decode: (f64::from(item.decode) * f) as f32,
+                ..item
+            });
+            placed((tick.seq, (tick.items.len() - 1) as u32));
+        }
+        if total_overlap == 0 && before == BeforeWindow::Compress {
+            // The span fell in a gap between ticks: keep its work anyway.
+            if let Some(r) = self.place_point(to, item) {
+                placed(r);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(n: u64) -> Window {
+        let mut w = Window::default();
+        for k in 0..n {
+            w.push(HeldTick {
+                seq: k + 10,
+                start_ns: 100 * k,
+                end_ns: 100 * (k + 1),
+                delta_uj: Some(1),
+                busy: true,
+                busy_ns: 100,
+                items: Vec::new(),
+            });
+        }
+        w
+    }
+
+    fn item(p: f64, d: f64) -> Item {
+        Item {
+            slot: 0,
+            prefill: p as f32,
+            decode: d as f32,
+            provisional: false,
+        }
+    }
+
+    fn prefill_per_tick(w: &Window) -> Vec<f64> {
+        w.iter()
+            .map(|t| t.items.iter().map(|i| f64::from(i.prefill)).sum())
+            .collect()
+    }
+
+    #[test]
+    fn spans_spread_by_overlap() {
+        let mut w = window(3);
+        let mut refs = Vec::new();
+        w.place_span(50, 250, item(200.0, 0.0), BeforeWindow::Compress, |r| {
+            refs.push(r)
+        });
+        assert_eq!(prefill_per_tick(&w), vec![50.0, 100.0, 50.0]);
+        assert_eq!(refs, vec![(10, 0), (11, 0), (12, 0)]);
+        assert!(w.item_mut((11, 0)).is_some());
+        assert!(w.item_mut((9, 0)).is_none());
+    }
+
+    #[test]
+    fn compress_and_drop_differ_before_the_window() {
+        let mut w = window(2);
+        w.pop(); // window is now (100, 200]
+        w.place_span(0, 200, item(100.0, 0.0), BeforeWindow::Compress, |_| {});
+        assert_eq!(prefill_per_tick(&w), vec![100.0]);
+        let mut w = window(2);
+        w.pop();
+        w.place_span(0, 200, item(100.0, 0.0), BeforeWindow::Drop, |_| {});
+        assert_eq!(prefill_per_tick(&w), vec![50.0]);
+        let mut w = window(2);
+        w.pop();
+        w.place_span(0, 50, item(100.0, 0.0), BeforeWindow::Drop, |_| {});
+        assert_eq!(prefill_per_tick(&w), vec![0.0]);
+        w.place_span(0, 50, item(100.0, 0.0), BeforeWindow::Compress, |_| {});
+        assert_eq!(prefill_per_tick(&w), vec![100.0]);
+    }
+
+    #[test]
+    fn points_are_clamped_into_the_window() {
+        let mut w = window(2);
+        assert_eq!(w.place_point(150, item(0.0, 1.0)), Some((11, 0)));
+        assert_eq!(w.place_point(10_000, item(0.0, 1.0)), Some((11, 1)));
+        assert_eq!(w.place_point(0, item(0.0, 1.0)), Some((10, 0)));
+        let mut empty = Window::default();
+        assert_eq!(empty.place_point(0, item(0.0, 1.0)), None);
+    }
+}

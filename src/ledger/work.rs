@@ -1,0 +1,291 @@
+//! Where each request's work lands: prefill spans, decode points, provisional estimates for
+//! requests whose progress is invisible, and their reconciliation at completion.
+//!
+//! Part of the [`Ledger`]'s implementation (split from `attribution.rs` by concern); owns no state
+//! of its own and never touches energy, only token counts placed in the held window.
+
+use super::attribution::Ledger;
+use super::window::{BeforeWindow, Item, ItemRef};
+use super::WorkKind;
+use crate::observe::{Outcome, ProgressSnapshot};
+
+impl Ledger {
+    /// The estimated prefill duration of `p`, ns.
+    pub(super) fn prefill_duration_ns(&self, p: &ProgressSnapshot) -> u64 {
+        if p.prefill_ns > 0 {
+            return p.prefill_ns;
+        }
+        let secs = p.prompt_tokens as f64 / self.prefill_rate;
+        (secs * 1e9).min(u64::MAX as f64) as u64
+    }
+
+    /// Where the engine started working on `p`: after its queue wait when vLLM reported it.
+    pub(super) fn work_start_ns(p: &ProgressSnapshot) -> u64 {
+        p.arrival_ns.saturating_add(p.queue_ns)
+    }
+
+    pub(super) fn place(
+        &mut self,
+        slot: u32,
+        from: u64,
+        to: u64,
+        item: Item,
+        before: BeforeWindow,
+    ) {
+        let mut count = 0u32;
+        let mut refs: Vec<ItemRef> = Vec::new();
+        let provisional = item.provisional;
+        self.window.place_span(from, to, item, before, |r| {
+            count += 1;
+            if provisional {
+                refs.push(r);
+            }
+        });
+        if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+            req.pending_items = req.pending_items.saturating_add(count);
+            req.provisional.extend(refs);
+        }
+    }
+
+    pub(super) fn place_prefill(&mut self, slot: u32, p: &ProgressSnapshot, first_token_ns: u64) {
+        let pd = self.prefill_duration_ns(p);
+        let lower = Self::work_start_ns(p).min(first_token_ns);
+        let from = first_token_ns.saturating_sub(pd).max(lower);
+        let item = Item {
+            slot,
+            prefill: p.prompt_tokens as f32,
+            decode: 0.0,
+            provisional: false,
+        };
+        self.place(slot, from, first_token_ns, item, BeforeWindow::Compress);
+    }
+
+    pub(super) fn place_decode(&mut self, slot: u32, at_ns: u64, tokens: u64) {
+        if tokens == 0 {
+            return;
+        }
+        let item = Item {
+            slot,
+            prefill: 0.0,
+            decode: tokens as f32,
+            provisional: false,
+        };
+        if self.window.place_point(at_ns, item).is_some() {
+            if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+                req.pending_items = req.pending_items.saturating_add(1);
+            }
+        }
+    }
+
+    /// Zeroes the provisional work still held for `slot` (its energy there will follow the true
+    /// counts instead).
+    pub(super) fn drop_provisional(&mut self, slot: u32) {
+        let refs = match self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+            Some(req) => std::mem::take(&mut req.provisional),
+            None => return,
+        };
+        for r in refs {
+            if let Some(item) = self.window.item_mut(r) {
+                item.prefill = 0.0;
+                item.decode = 0.0;
+            }
+        }
+    }
+
+    /// Work observed while the request is in flight.
+    pub(super) fn progress(&mut self, slot: u32, p: &ProgressSnapshot, end_ns: u64) {
+        let Some(req) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
+            return;
+        };
+        let (visible, prefill_placed, consumed, prov_from) = (
+            req.visible,
+            req.prefill_placed,
+            req.consumed_completion,
+            req.prov_from_ns,
+        );
+        if !visible && p.progress_visible {
+            // Progress became visible: from now on, observed work replaces the estimate.
+            self.drop_provisional(slot);
+            if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+                req.visible = true;
+            }
+        } else if !visible {
+            self.provisional_work(slot, p, prov_from, end_ns);
+            return;
+        }
+        if !prefill_placed && p.first_token_ns != 0 {
+            // The server's prompt count usually comes with the first usage chunk; if this
+            // snapshot caught the first token before it, wait one tick for the exact count.
+            let waited = self
+                .slots
+                .get(slot as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|r| r.waited_for_prompt);
+            if p.prompt_exact || waited {
+                self.place_prefill(slot, p, p.first_token_ns);
+            }
+            if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+                req.prefill_placed = p.prompt_exact || waited;
+                req.waited_for_prompt = true;
+            }
+        }
+        if p.completion_tokens > consumed {
+            self.place_decode(slot, p.last_token_ns, p.completion_tokens - consumed);
+            if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+                req.consumed_completion = p.completion_tokens;
+            }
+        }
+    }
+
+    /// Estimated work of an invisible request over `(from_ns, end_ns]`: prefill at the prefill
+    /// rate after the (known) queue wait, then decode at the per-request decode rate.
+    pub(super) fn provisional_work(
+        &mut self,
+        slot: u32,
+        p: &ProgressSnapshot,
+        from_ns: u64,
+        end_ns: u64,
+    ) {
+        let s0 = Self::work_start_ns(p);
+        let pd = self.prefill_duration_ns(p).max(1);
+        let a = from_ns.max(s0);
+        if end_ns <= a {
+            return;
+        }
+        let overlap = |lo: u64, hi: u64| end_ns.min(hi).saturating_sub(a.max(lo));
+        let prefill =
+            p.prompt_tokens as f64 * overlap(s0, s0.saturating_add(pd)) as f64 / pd as f64;
+        let decodes = self
+            .slots
+            .get(slot as usize)
+            .and_then(Option::as_ref)
+            .map(|r| r.kind)
+            == Some(WorkKind::Generate);
+        let decode = if decodes {
+            self.decode_rate * overlap(s0.saturating_add(pd), u64::MAX) as f64 / 1e9
+        } else {
+            0.0
+        };
+        let item = Item {
+            slot,
+            prefill: prefill as f32,
+            decode: decode as f32,
+            provisional: true,
+        };
+        if let Some(r) = self.window.place_point(end_ns, item) {
+            if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+                req.pending_items = req.pending_items.saturating_add(1);
+                req.provisional.push(r);
+            }
+        }
+        if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+            req.prov_from_ns = end_ns;
+        }
+    }
+
+    /// The request ended (at or before the newest tick's end): place whatever work is left.
+    pub(super) fn finish(&mut self, slot: u32, p: &ProgressSnapshot) {
+        let Some(req) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
+            return;
+        };
+        let (visible, prefill_placed, consumed) = (
+            req.visible || p.progress_visible,
+            req.prefill_placed,
+            req.consumed_completion,
+        );
+        if visible {
+            self.drop_provisional(slot);
+            let no_work = p.completion_tokens == 0 && p.outcome == Outcome::Error;
+            if !prefill_placed && !no_work && p.prompt_tokens > 0 {
+                // No first token seen: an abort during prefill (or a stream whose tokens were not
+                // counted). Its prefill ran, at the latest, just before the end.
+                let ft = if p.first_token_ns != 0 {
+                    p.first_token_ns
+                } else {
+                    p.end_ns
+                };
+                self.place_prefill(slot, p, ft);
+            }
+            if p.completion_tokens > consumed {
+                let at = if p.last_token_ns != 0 {
+                    p.last_token_ns
+                } else {
+                    p.end_ns
+                };
+                self.place_decode(slot, at, p.completion_tokens - consumed);
+            }
+            self.learn_rates(p);
+        } else {
+            // Reconcile: replace the provisional estimate still held by the true counts, spread
+            // over the request's life. The part of its life already settled keeps its provisional
+            // split.
+            self.drop_provisional(slot);
+            let no_work = p.completion_tokens == 0 && p.outcome == Outcome::Error;
+            if !no_work {
+                self.place_true_work(slot, p);
+            }
+        }
+        self.ended.push(slot);
+        if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+            req.ended = true;
+            req.end_ns = p.end_ns;
+            req.visible = visible;
+            req.prefill_placed = true;
+            req.consumed_completion = p.completion_tokens;
+        }
+    }
+
+    /// Places the true work of a request whose progress was invisible. With vLLM's queue and
+    /// prefill times the phases are known from its arrival; without them they are anchored at the
+    /// end (a non-streamed answer leaves right after its last token): decode at the estimated
+    /// per-request rate before the end, prefill just before that, never before the arrival.
+    fn place_true_work(&mut self, slot: u32, p: &ProgressSnapshot) {
+        let end = p.end_ns;
+        let s0 = Self::work_start_ns(p).min(end);
+        let pd = self.prefill_duration_ns(p);
+        let (from, ft) = if p.queue_ns > 0 && p.prefill_ns > 0 {
+            (s0, s0.saturating_add(pd).min(end))
+        } else {
+            let decode_ns =
+                (p.completion_tokens as f64 / self.decode_rate * 1e9).min(u64::MAX as f64) as u64;
+            let ft = end.saturating_sub(decode_ns).max(s0);
+            (ft.saturating_sub(pd).max(s0), ft)
+        };
+        if p.prompt_tokens > 0 {
+            let item = Item {
+                slot,
+                prefill: p.prompt_tokens as f32,
+                decode: 0.0,
+                provisional: false,
+            };
+            self.place(slot, from, ft, item, BeforeWindow::Drop);
+        }
+        if p.completion_tokens > 0 {
+            let item = Item {
+                slot,
+                prefill: 0.0,
+                decode: p.completion_tokens as f32,
+                provisional: false,
+            };
+            self.place(slot, ft, end, item, BeforeWindow::Drop);
+        }
+    }
+
+    /// Refines the prefill and decode rate estimates from a finished stream (EWMA, weight 1/16).
+    pub(super) fn learn_rates(&mut self, p: &ProgressSnapshot) {
+        const W: f64 = 1.0 / 16.0;
+        if p.prefill_ns > 0 && p.prompt_tokens > 0 {
+            let r = p.prompt_tokens as f64 / (p.prefill_ns as f64 / 1e9);
+            if r.is_finite() && r > 0.0 {
+                self.prefill_rate += W * (r - self.prefill_rate);
+            }
+        }
+        if p.completion_tokens >= 2 && p.last_token_ns > p.first_token_ns && p.first_token_ns != 0 {
+            let r = (p.completion_tokens - 1) as f64
+                / ((p.last_token_ns - p.first_token_ns) as f64 / 1e9);
+            if r.is_finite() && r > 0.0 {
+                self.decode_rate += W * (r - self.decode_rate);
+            }
+        }
+    }
+}
