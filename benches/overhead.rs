@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use joulegate::app::{App, Listeners};
 use joulegate::cli::ServeArgs;
 use joulegate::config::Config;
@@ -175,7 +175,8 @@ fn main() {
         let config = Config::resolve(&args, &Default::default(), None).unwrap();
         let listeners = Listeners::bind(&config).await.unwrap();
         let proxy_addr = listeners.proxy.local_addr().unwrap();
-        tokio::spawn(App::build(config).serve(listeners, std::future::pending()));
+        let app = App::build(config).unwrap();
+        tokio::spawn(app.serve(listeners, std::future::pending()));
 
         let (n_json, n_stream) = if quick { (50, 5) } else { (20_000, 500) };
         // Warm both paths (connection pool, allocator).

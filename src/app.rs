@@ -11,9 +11,12 @@ use tokio::sync::watch;
 
 use http_body_util::{BodyExt, Empty};
 
-use crate::admin::AdminService;
+use crate::accounting::{Accounting, AccountingConfig};
+use crate::admin::{AdminService, AdminState};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::ledger::LedgerConfig;
+use crate::meter::{build_meters, default_meters, MeterSet};
 use crate::observe::InFlight;
 use crate::openai::request::ViewConfig;
 use crate::openai::semantics::UsageSemantics;
@@ -22,6 +25,7 @@ use crate::proxy::inspect::{InspectConfig, SharedSemantics};
 use crate::proxy::listen::{serve_connections, ConnLimits};
 use crate::proxy::service::{ProxyService, ProxyState};
 use crate::proxy::upstream::Upstream;
+use crate::sampler::{Sampler, SamplerConfig};
 
 /// The two listeners `serve` needs.
 #[derive(Debug)]
@@ -49,26 +53,50 @@ fn annotate(err: std::io::Error, key: &str, addr: SocketAddr) -> std::io::Error 
     std::io::Error::new(err.kind(), format!("cannot bind `{key}` {addr}: {err}"))
 }
 
+/// Why the application could not be built or started.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A meter spec could not be turned into a meter (bad wrap file, unreadable replay trace).
+    #[error("meter: {0}")]
+    Meter(#[from] crate::meter::BuildError),
+    /// The sampler thread could not start.
+    #[error("sampler: {0}")]
+    Sampler(#[from] crate::sampler::SamplerError),
+    /// The accounting thread could not start.
+    #[error("accounting: {0}")]
+    Accounting(#[from] crate::accounting::AccountingError),
+    /// A ledger setting is unusable.
+    #[error("ledger: {0}")]
+    Ledger(#[from] crate::ledger::LedgerConfigError),
+}
+
 /// A built application, ready to serve.
 #[derive(Debug)]
 pub struct App {
     config: Config,
     state: Arc<ProxyState>,
-    proxy: ProxyService,
-    admin: AdminService,
+    meters: MeterSet,
 }
 
 impl App {
-    /// Builds every part from the configuration; binds nothing, spawns nothing.
-    pub fn build(config: Config) -> App {
+    /// Builds every part from the configuration and opens the meters; binds nothing, spawns nothing.
+    pub fn build(config: Config) -> Result<App, AppError> {
+        let meters = if config.meters.is_empty() {
+            default_meters()
+        } else {
+            build_meters(&config.meters)?
+        };
+        Ok(Self::build_with_meters(config, meters))
+    }
+
+    /// Builds with meters made by the caller (the demo's simulated engine, tests).
+    pub fn build_with_meters(config: Config, meters: MeterSet) -> App {
         let upstream = Upstream::new(
             config.upstream.clone(),
             config.connect_timeout,
             config.upstream_header_timeout,
             config.max_body_bytes,
         );
-        let clock = Clock::new();
-        let in_flight = Arc::new(InFlight::new());
         let semantics = SharedSemantics::new(match config.absent_include_usage {
             Some(absent) => UsageSemantics {
                 absent_include_usage: absent,
@@ -84,8 +112,8 @@ impl App {
             upstream,
             max_body_bytes: config.max_body_bytes,
             max_buffered_response_bytes: config.max_buffered_response_bytes,
-            in_flight,
-            clock,
+            in_flight: Arc::new(InFlight::new()),
+            clock: Clock::new(),
             inspect: InspectConfig {
                 view: ViewConfig {
                     bytes_per_token: config.bytes_per_token,
@@ -99,11 +127,11 @@ impl App {
                 intensity_g_per_kwh: config.carbon_intensity_g_per_kwh,
                 pue: config.pue,
             },
+            energy_measured: !meters.meters.is_empty(),
         });
         App {
-            proxy: ProxyService::new(state.clone()),
-            admin: AdminService::new(),
             state,
+            meters,
             config,
         }
     }
@@ -112,38 +140,114 @@ impl App {
     pub fn state(&self) -> &Arc<ProxyState> {
         &self.state
     }
+}
 
-    /// Serves both listeners until `shutdown` resolves, then drains in-flight requests within the
-    /// configured grace period.
-    pub async fn serve(self, listeners: Listeners, shutdown: impl Future<Output = ()> + Send) {
+/// The accounting settings a configuration implies.
+fn accounting_config(c: &Config) -> AccountingConfig {
+    {
+        let mut ledger = LedgerConfig {
+            p_idle_mw: c.idle_watts.map(|w| (w * 1000.0).round() as u64),
+            ..LedgerConfig::default()
+        };
+        ledger.calibration.default_alpha_j = c.prefill_joules_per_token;
+        ledger.calibration.default_beta_j = c.decode_joules_per_token;
+        AccountingConfig {
+            ledger,
+            record_capacity: c.record_capacity,
+            // The request-log writer takes this channel; without one there is no channel at all.
+            record_channel_capacity: if c.request_log.is_some() { 4096 } else { 0 },
+            max_labels: c.max_label_values,
+            carbon_intensity_g_per_kwh: c.carbon_intensity_g_per_kwh,
+            pue: c.pue,
+            ..AccountingConfig::default()
+        }
+    }
+}
+
+impl App {
+    /// Starts the sampler and accounting threads, serves both listeners until `shutdown` resolves,
+    /// then drains in-flight requests within the configured grace period. The threads stop when
+    /// this returns (their handles are dropped).
+    pub async fn serve(
+        self,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), AppError> {
+        let App {
+            config,
+            state,
+            meters,
+        } = self;
+        let unavailable = meters.unavailable.clone();
+        for u in &unavailable {
+            tracing::warn!(meter = %u.spec, reason = %u.reason, "meter unavailable");
+        }
+        let accounting_config = accounting_config(&config);
+        let (sampler, ticks) = if meters.meters.is_empty() {
+            tracing::warn!("no working energy meter: energy is reported as unavailable");
+            // A receiver whose sender is gone: accounting retires requests on its timer alone.
+            let (_, rx) = std::sync::mpsc::sync_channel(1);
+            (None, rx)
+        } else {
+            let sampler_config = SamplerConfig {
+                interval: config.sample_interval,
+                ..SamplerConfig::default()
+            };
+            let (sampler, rx) = Sampler::spawn(meters, sampler_config, state.clock)?;
+            (Some(sampler), rx)
+        };
+        let accounting = Accounting::spawn(
+            accounting_config,
+            state.in_flight.clone(),
+            ticks,
+            state.clock,
+        )?;
+        let admin_state = Arc::new(AdminState {
+            accounting: accounting.shared(),
+            sampler: sampler.as_ref().map(|s| s.status().clone()),
+            meters_unavailable: unavailable,
+            in_flight: state.in_flight.clone(),
+            clock: state.clock,
+            config: config.clone(),
+            upstream: state.upstream.clone(),
+        });
+
         let (stop_tx, stop_rx) = watch::channel(false);
         let limits = ConnLimits {
-            max_connections: self.config.max_connections,
-            grace: self.config.shutdown_grace,
+            max_connections: config.max_connections,
+            grace: config.shutdown_grace,
         };
         let admin_limits = ConnLimits {
             max_connections: 64,
-            grace: self.config.shutdown_grace,
+            grace: config.shutdown_grace,
         };
         let proxy = serve_connections(
             listeners.proxy,
-            self.proxy,
+            ProxyService::new(state.clone()),
             limits,
             stopped(stop_rx.clone()),
         );
-        if self.config.absent_include_usage.is_none() {
+        if config.absent_include_usage.is_none() {
             tokio::spawn(detect_usage_semantics(
-                self.state.clone(),
+                state.clone(),
                 stopped(stop_rx.clone()),
             ));
         }
-        let admin = serve_connections(listeners.admin, self.admin, admin_limits, stopped(stop_rx));
+        let admin = serve_connections(
+            listeners.admin,
+            AdminService::new(admin_state),
+            admin_limits,
+            stopped(stop_rx),
+        );
         let signal = async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections; draining in-flight requests");
             let _ = stop_tx.send(true);
         };
         tokio::join!(proxy, admin, signal);
+        drop(accounting);
+        drop(sampler);
+        Ok(())
     }
 }
 

@@ -100,6 +100,45 @@ pub struct ServeArgs {
     /// Power usage effectiveness multiplied into CO2 figures [default: 1.0].
     #[arg(long, env = "JOULEGATE_PUE", value_name = "X")]
     pub pue: Option<f64>,
+    /// Idle power of the metered devices, W; learned from idle intervals when unset.
+    #[arg(long, env = "JOULEGATE_IDLE_WATTS", value_name = "W")]
+    pub idle_watts: Option<f64>,
+    /// Energy weight of one prefill token until calibration is trusted, J [default: 0.02].
+    #[arg(long, env = "JOULEGATE_PREFILL_JOULES_PER_TOKEN", value_name = "J")]
+    pub prefill_joules_per_token: Option<f64>,
+    /// Energy weight of one decode token until calibration is trusted, J [default: 0.3].
+    #[arg(long, env = "JOULEGATE_DECODE_JOULES_PER_TOKEN", value_name = "J")]
+    pub decode_joules_per_token: Option<f64>,
+    /// Finished request records kept for /requests (oldest dropped first) [default: 10000].
+    #[arg(long, env = "JOULEGATE_RECORD_CAPACITY", value_name = "N")]
+    pub record_capacity: Option<u64>,
+    /// Most distinct values per label (model, key hash, tag) in /stats and /metrics; the rest are
+    /// folded into `other` [default: 100].
+    #[arg(long, env = "JOULEGATE_MAX_LABEL_VALUES", value_name = "N")]
+    pub max_label_values: Option<u64>,
+    /// Export per-API-key-hash series in /metrics [default: false].
+    #[arg(long, env = "JOULEGATE_METRICS_PER_KEY", value_name = "BOOL")]
+    pub metrics_per_key: Option<bool>,
+    /// Export per-tag series in /metrics [default: true].
+    #[arg(long, env = "JOULEGATE_METRICS_PER_TAG", value_name = "BOOL")]
+    pub metrics_per_tag: Option<bool>,
+    /// Bearer token required by the admin listener (except /healthz) [default: none].
+    #[arg(
+        long,
+        env = "JOULEGATE_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// JSONL file receiving one line per finished request [default: none].
+    #[arg(long, env = "JOULEGATE_REQUEST_LOG", value_name = "PATH")]
+    pub request_log: Option<PathBuf>,
+    /// Size at which the request log is rotated, bytes [default: 67108864].
+    #[arg(long, env = "JOULEGATE_REQUEST_LOG_MAX_BYTES", value_name = "N")]
+    pub request_log_max_bytes: Option<u64>,
+    /// Rotated request-log files kept (PATH.1 .. PATH.N) [default: 5].
+    #[arg(long, env = "JOULEGATE_REQUEST_LOG_FILES", value_name = "N")]
+    pub request_log_files: Option<u64>,
     /// Salt of the API-key hash; set it to keep key hashes stable across restarts [default: random].
     #[arg(
         long,

@@ -28,6 +28,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         print!("{}", config.to_toml());
         return Ok(());
     }
+    let app = App::build(config.clone())?;
     runtime()?.block_on(async move {
         let listeners = Listeners::bind(&config).await?;
         let proxy_addr = listeners
@@ -42,7 +43,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("listening proxy={proxy_addr}");
         println!("listening admin={admin_addr}");
         tracing::info!(upstream = %config.upstream.base(), "joulegate serving");
-        App::build(config).serve(listeners, shutdown_signal()).await;
+        app.serve(listeners, shutdown_signal()).await?;
         Ok(())
     })
 }

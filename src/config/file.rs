@@ -29,6 +29,17 @@ pub struct FileConfig {
     pub carbon_intensity_g_per_kwh: Option<f64>,
     pub pue: Option<f64>,
     pub key_salt: Option<String>,
+    pub idle_watts: Option<f64>,
+    pub prefill_joules_per_token: Option<f64>,
+    pub decode_joules_per_token: Option<f64>,
+    pub record_capacity: Option<u64>,
+    pub max_label_values: Option<u64>,
+    pub metrics_per_key: Option<bool>,
+    pub metrics_per_tag: Option<bool>,
+    pub admin_token: Option<String>,
+    pub request_log: Option<PathBuf>,
+    pub request_log_max_bytes: Option<u64>,
+    pub request_log_files: Option<u64>,
 }
 
 impl FileConfig {

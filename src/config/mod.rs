@@ -150,6 +150,29 @@ pub struct Config {
     /// Configured salt of the API-key hash (`None`: random per process). Never printed.
     #[serde(skip)]
     pub key_salt: Option<String>,
+    /// Configured idle power (`None`: learned).
+    pub idle_watts: Option<f64>,
+    /// Default prefill weight, J/token.
+    pub prefill_joules_per_token: f64,
+    /// Default decode weight, J/token.
+    pub decode_joules_per_token: f64,
+    /// Records kept in the ring.
+    pub record_capacity: usize,
+    /// Label values kept per dimension.
+    pub max_label_values: usize,
+    /// Per-key-hash series in /metrics.
+    pub metrics_per_key: bool,
+    /// Per-tag series in /metrics.
+    pub metrics_per_tag: bool,
+    /// Admin bearer token. Never printed.
+    #[serde(skip)]
+    pub admin_token: Option<String>,
+    /// JSONL request log.
+    pub request_log: Option<PathBuf>,
+    /// Rotation size of the request log.
+    pub request_log_max_bytes: u64,
+    /// Rotated files kept.
+    pub request_log_files: usize,
 }
 
 mod millis {
@@ -176,6 +199,12 @@ pub mod defaults {
     pub const ABSENT_INCLUDE_USAGE: &str = "auto";
     pub const BYTES_PER_TOKEN: f64 = 4.0;
     pub const PUE: f64 = 1.0;
+    pub const PREFILL_JOULES_PER_TOKEN: f64 = 0.02;
+    pub const DECODE_JOULES_PER_TOKEN: f64 = 0.3;
+    pub const RECORD_CAPACITY: u64 = 10_000;
+    pub const MAX_LABEL_VALUES: u64 = 100;
+    pub const REQUEST_LOG_MAX_BYTES: u64 = 64 * 1024 * 1024;
+    pub const REQUEST_LOG_FILES: u64 = 5;
 }
 
 /// Picks the flag/env value, else the file value, else the default, remembering where it came from.
@@ -228,6 +257,13 @@ fn parse_addr(
             format!("{e} (expected IP:PORT; port 0 picks a free port)"),
         )
     })
+}
+
+fn non_negative(key: &'static str, (value, origin): (f64, Origin)) -> Result<f64, ConfigError> {
+    if !(value.is_finite() && value >= 0.0) {
+        return Err(invalid(key, value, origin, "must be a finite number >= 0"));
+    }
+    Ok(value)
 }
 
 fn positive(key: &'static str, (value, origin): (u64, Origin)) -> Result<u64, ConfigError> {
@@ -456,7 +492,138 @@ impl Config {
             "key-salt",
             "JOULEGATE_KEY_SALT",
         );
+        let idle_watts = match l.pick(
+            &args.idle_watts.map(Some),
+            &file.idle_watts.map(Some),
+            None,
+            "idle-watts",
+            "JOULEGATE_IDLE_WATTS",
+        ) {
+            (Some(w), origin) => Some(non_negative("idle_watts", (w, origin))?),
+            (None, _) => None,
+        };
+        let prefill_joules_per_token = non_negative(
+            "prefill_joules_per_token",
+            l.pick(
+                &args.prefill_joules_per_token,
+                &file.prefill_joules_per_token,
+                defaults::PREFILL_JOULES_PER_TOKEN,
+                "prefill-joules-per-token",
+                "JOULEGATE_PREFILL_JOULES_PER_TOKEN",
+            ),
+        )?;
+        let decode_joules_per_token = non_negative(
+            "decode_joules_per_token",
+            l.pick(
+                &args.decode_joules_per_token,
+                &file.decode_joules_per_token,
+                defaults::DECODE_JOULES_PER_TOKEN,
+                "decode-joules-per-token",
+                "JOULEGATE_DECODE_JOULES_PER_TOKEN",
+            ),
+        )?;
+        if prefill_joules_per_token + decode_joules_per_token <= 0.0 {
+            return Err(invalid(
+                "decode_joules_per_token",
+                decode_joules_per_token,
+                Origin::Flag {
+                    flag: "decode-joules-per-token",
+                    env: "JOULEGATE_DECODE_JOULES_PER_TOKEN",
+                },
+                "prefill and decode weights cannot both be 0",
+            ));
+        }
+        let record_capacity = positive(
+            "record_capacity",
+            l.pick(
+                &args.record_capacity,
+                &file.record_capacity,
+                defaults::RECORD_CAPACITY,
+                "record-capacity",
+                "JOULEGATE_RECORD_CAPACITY",
+            ),
+        )?;
+        let max_label_values = positive(
+            "max_label_values",
+            l.pick(
+                &args.max_label_values,
+                &file.max_label_values,
+                defaults::MAX_LABEL_VALUES,
+                "max-label-values",
+                "JOULEGATE_MAX_LABEL_VALUES",
+            ),
+        )?;
+        let (metrics_per_key, _) = l.pick(
+            &args.metrics_per_key,
+            &file.metrics_per_key,
+            false,
+            "metrics-per-key",
+            "JOULEGATE_METRICS_PER_KEY",
+        );
+        let (metrics_per_tag, _) = l.pick(
+            &args.metrics_per_tag,
+            &file.metrics_per_tag,
+            true,
+            "metrics-per-tag",
+            "JOULEGATE_METRICS_PER_TAG",
+        );
+        let (admin_token, token_origin) = l.pick(
+            &args.admin_token.clone().map(Some),
+            &file.admin_token.clone().map(Some),
+            None,
+            "admin-token",
+            "JOULEGATE_ADMIN_TOKEN",
+        );
+        if admin_token
+            .as_ref()
+            .is_some_and(|t| t.trim().is_empty() || t.chars().any(|c| c.is_whitespace()))
+        {
+            return Err(invalid(
+                "admin_token",
+                "<redacted>",
+                token_origin,
+                "must be non-empty without whitespace",
+            ));
+        }
+        let (request_log, _) = l.pick(
+            &args.request_log.clone().map(Some),
+            &file.request_log.clone().map(Some),
+            None,
+            "request-log",
+            "JOULEGATE_REQUEST_LOG",
+        );
+        let request_log_max_bytes = positive(
+            "request_log_max_bytes",
+            l.pick(
+                &args.request_log_max_bytes,
+                &file.request_log_max_bytes,
+                defaults::REQUEST_LOG_MAX_BYTES,
+                "request-log-max-bytes",
+                "JOULEGATE_REQUEST_LOG_MAX_BYTES",
+            ),
+        )?;
+        let request_log_files = positive(
+            "request_log_files",
+            l.pick(
+                &args.request_log_files,
+                &file.request_log_files,
+                defaults::REQUEST_LOG_FILES,
+                "request-log-files",
+                "JOULEGATE_REQUEST_LOG_FILES",
+            ),
+        )?;
         Ok(Config {
+            idle_watts,
+            prefill_joules_per_token,
+            decode_joules_per_token,
+            record_capacity: usize::try_from(record_capacity).unwrap_or(usize::MAX),
+            max_label_values: usize::try_from(max_label_values).unwrap_or(usize::MAX),
+            metrics_per_key,
+            metrics_per_tag,
+            admin_token,
+            request_log,
+            request_log_max_bytes,
+            request_log_files: usize::try_from(request_log_files).unwrap_or(usize::MAX),
             max_buffered_response_bytes,
             meters,
             sample_interval: Duration::from_millis(interval_ms),
@@ -507,6 +674,17 @@ impl Config {
             pue: Some(self.pue),
             // A secret: shown as a placeholder, never printed.
             key_salt: self.key_salt.as_ref().map(|_| "<redacted>".into()),
+            idle_watts: self.idle_watts,
+            prefill_joules_per_token: Some(self.prefill_joules_per_token),
+            decode_joules_per_token: Some(self.decode_joules_per_token),
+            record_capacity: Some(self.record_capacity as u64),
+            max_label_values: Some(self.max_label_values as u64),
+            metrics_per_key: Some(self.metrics_per_key),
+            metrics_per_tag: Some(self.metrics_per_tag),
+            admin_token: self.admin_token.as_ref().map(|_| "<redacted>".into()),
+            request_log: self.request_log.clone(),
+            request_log_max_bytes: Some(self.request_log_max_bytes),
+            request_log_files: Some(self.request_log_files as u64),
         };
         toml::to_string(&mirror).unwrap_or_default()
     }

@@ -47,6 +47,8 @@ pub struct ProxyState {
     pub inspect: InspectConfig,
     /// Carbon settings of the energy figures.
     pub carbon: Carbon,
+    /// Whether any meter works; without one every request's energy is `unavailable` from the start.
+    pub energy_measured: bool,
 }
 
 /// The hyper service of the proxy listener (a `Clone` struct holding `Arc` state).
@@ -112,6 +114,9 @@ impl ProxyService {
                         state.clock.now_ns(),
                     );
                     let guard = state.in_flight.register(meta, state.clock);
+                    if !state.energy_measured {
+                        guard.progress().energy_available.store(false, Relaxed);
+                    }
                     let body = full(inspected.body.clone());
                     accounted = Some((guard, inspected));
                     body

@@ -346,10 +346,14 @@ impl TestProxy {
         let addr = listeners.proxy.local_addr().unwrap();
         let admin = listeners.admin.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let app = App::build(config);
-        let join = tokio::spawn(app.serve(listeners, async {
-            let _ = rx.await;
-        }));
+        let app = App::build(config).expect("app builds");
+        let join = tokio::spawn(async move {
+            app.serve(listeners, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("app serves");
+        });
         TestProxy {
             addr,
             admin,
