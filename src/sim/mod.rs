@@ -3,6 +3,7 @@
 
 pub mod engine;
 pub mod request;
+pub mod runner;
 pub mod text;
 pub mod wire;
 pub mod wire_responses;
