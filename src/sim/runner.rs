@@ -161,8 +161,13 @@ impl EngineClient {
     /// advanced it, the last with `finished`.
     pub fn submit(&self, id: u64, prompt: u32, max_tokens: u32, n: u32) -> mpsc::UnboundedReceiver<Emit> {
         let (progress, rx) = mpsc::unbounded_channel();
-        let _ = self.tx.send(Cmd::Add { id, prompt, max_tokens, n, progress });
+        self.submit_with(id, prompt, max_tokens, n, progress);
         rx
+    }
+
+    /// Like [`EngineClient::submit`], reporting to a given sender (several requests may share one).
+    pub fn submit_with(&self, id: u64, prompt: u32, max_tokens: u32, n: u32, progress: mpsc::UnboundedSender<Emit>) {
+        let _ = self.tx.send(Cmd::Add { id, prompt, max_tokens, n, progress });
     }
 
     /// Aborts a request (its client is gone).
