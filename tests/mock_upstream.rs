@@ -26,22 +26,35 @@ async fn open(
     extra: &[(&str, &str)],
 ) -> (http::Response<Incoming>, tokio::task::JoinHandle<()>) {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     let task = tokio::spawn(async move {
         let _ = conn.await;
     });
-    let mut req = http::Request::builder().method(method).uri(path).header("host", addr.to_string());
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
     if body.is_some() {
         req = req.header("content-type", "application/json");
     }
     for (k, v) in extra {
         req = req.header(*k, *v);
     }
-    let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).unwrap();
+    let req = req
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .unwrap();
     (sender.send_request(req).await.unwrap(), task)
 }
 
-async fn call(addr: SocketAddr, method: &str, path: &str, body: Option<Vec<u8>>, extra: &[(&str, &str)]) -> Resp {
+async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+    extra: &[(&str, &str)],
+) -> Resp {
     let (resp, _task) = open(addr, method, path, body, extra).await;
     let status = resp.status().as_u16();
     let headers = resp
@@ -49,12 +62,23 @@ async fn call(addr: SocketAddr, method: &str, path: &str, body: Option<Vec<u8>>,
         .iter()
         .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
         .collect();
-    let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
-    Resp { status, headers, body }
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    Resp {
+        status,
+        headers,
+        body,
+    }
 }
 
 async fn mock(b: joulegate::sim::MockBuilder) -> MockHandle {
-    b.spawn(TcpListener::bind("127.0.0.1:0").await.unwrap()).unwrap()
+    b.spawn(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap()
 }
 
 fn chat_body(extra: &str) -> Vec<u8> {
@@ -71,7 +95,9 @@ fn normalise(v: &mut Value, loose_prompt: bool) {
                 match (k.as_str(), &*x) {
                     ("id" | "item_id", Value::String(_)) => *x = Value::from("ID"),
                     ("created" | "created_at" | "sequence_number", _) => *x = Value::from(0),
-                    ("content" | "text" | "delta" | "token", Value::String(_)) => *x = Value::from("TEXT"),
+                    ("content" | "text" | "delta" | "token", Value::String(_)) => {
+                        *x = Value::from("TEXT")
+                    }
                     ("logprob", _) => *x = Value::from(0),
                     ("bytes" | "tokens", Value::Array(_)) => *x = Value::Array(vec![]),
                     ("prompt_tokens" | "total_tokens", _) if loose_prompt => *x = Value::from(0),
@@ -98,7 +124,10 @@ fn structure(body: &[u8], sse: bool, loose_prompt: bool) -> Vec<String> {
             Err(_) => vec![text.to_owned()],
         };
     }
-    assert!(text.ends_with("\n\n"), "SSE body must end with a blank line");
+    assert!(
+        text.ends_with("\n\n"),
+        "SSE body must end with a blank line"
+    );
     let mut per_index: std::collections::BTreeMap<i64, Vec<String>> = Default::default();
     let mut seq = 0;
     for ev in text.split_terminator("\n\n") {
@@ -133,13 +162,23 @@ fn structure(body: &[u8], sse: bool, loose_prompt: bool) -> Vec<String> {
         }
         list.push(item);
     }
-    per_index.into_iter().flat_map(|(i, l)| l.into_iter().map(move |e| format!("{i}:{e}"))).collect()
+    per_index
+        .into_iter()
+        .flat_map(|(i, l)| l.into_iter().map(move |e| format!("{i}:{e}")))
+        .collect()
 }
 
 async fn check_fixture_dir(dir: &str, details: bool) {
     let root = format!("{}/tests/fixtures/{dir}", env!("CARGO_MANIFEST_DIR"));
-    let index: Value = serde_json::from_str(&std::fs::read_to_string(format!("{root}/index.json")).unwrap()).unwrap();
-    let h = mock(MockUpstream::builder().seed(1).enable_prompt_tokens_details(details)).await;
+    let index: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{root}/index.json")).unwrap())
+            .unwrap();
+    let h = mock(
+        MockUpstream::builder()
+            .seed(1)
+            .enable_prompt_tokens_details(details),
+    )
+    .await;
     let cases = index.as_object().unwrap();
     assert!(cases.len() >= 20);
     for (name, case) in cases {
@@ -149,33 +188,81 @@ async fn check_fixture_dir(dir: &str, details: bool) {
             Value::String(s) => Some(s.clone().into_bytes()),
             v => Some(serde_json::to_vec(v).unwrap()),
         };
-        let got = call(h.addr(), r["method"].as_str().unwrap(), r["path"].as_str().unwrap(), body, &[]).await;
-        assert_eq!(u64::from(got.status), case["status"].as_u64().unwrap(), "{name}: status");
+        let got = call(
+            h.addr(),
+            r["method"].as_str().unwrap(),
+            r["path"].as_str().unwrap(),
+            body,
+            &[],
+        )
+        .await;
+        assert_eq!(
+            u64::from(got.status),
+            case["status"].as_u64().unwrap(),
+            "{name}: status"
+        );
         let want_headers: Vec<(String, String)> = case["headers"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|p| (p[0].as_str().unwrap().to_owned(), p[1].as_str().unwrap().to_owned()))
+            .map(|p| {
+                (
+                    p[0].as_str().unwrap().to_owned(),
+                    p[1].as_str().unwrap().to_owned(),
+                )
+            })
             .collect();
-        let got_headers: Vec<(String, String)> = got.headers.iter().filter(|(k, _)| k != "date").cloned().collect();
-        assert!(got.headers.iter().any(|(k, _)| k == "date"), "{name}: uvicorn sends a date");
+        let got_headers: Vec<(String, String)> = got
+            .headers
+            .iter()
+            .filter(|(k, _)| k != "date")
+            .cloned()
+            .collect();
+        assert!(
+            got.headers.iter().any(|(k, _)| k == "date"),
+            "{name}: uvicorn sends a date"
+        );
         let names = |h: &[(String, String)]| h.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
-        assert_eq!(names(&got_headers), names(&want_headers), "{name}: header names and order");
+        assert_eq!(
+            names(&got_headers),
+            names(&want_headers),
+            "{name}: header names and order"
+        );
         for ((k, gv), (_, wv)) in got_headers.iter().zip(&want_headers) {
             if k == "content-length" {
-                assert_eq!(gv.parse::<usize>().unwrap(), got.body.len(), "{name}: content-length");
+                assert_eq!(
+                    gv.parse::<usize>().unwrap(),
+                    got.body.len(),
+                    "{name}: content-length"
+                );
             } else {
                 assert_eq!(gv, wv, "{name}: header {k}");
             }
         }
         let want_body = std::fs::read(format!("{root}/{name}.body")).unwrap();
-        let sse = want_headers.iter().any(|(_, v)| v.starts_with("text/event-stream"));
+        let sse = want_headers
+            .iter()
+            .any(|(_, v)| v.starts_with("text/event-stream"));
         // The toy tokenizer gives 3 + 5 tokens for this case's two prompts; vLLM's gave 12 in all.
         let loose = name == "completions-stream-prompts2-usage";
-        assert_eq!(structure(&got.body, sse, loose), structure(&want_body, sse, loose), "{name}: body structure");
-        if !name.starts_with("chat-json") && !name.starts_with("completions-json") && !name.starts_with("responses") && !sse && !name.starts_with("models") && !name.starts_with("tokenize") {
+        assert_eq!(
+            structure(&got.body, sse, loose),
+            structure(&want_body, sse, loose),
+            "{name}: body structure"
+        );
+        if !name.starts_with("chat-json")
+            && !name.starts_with("completions-json")
+            && !name.starts_with("responses")
+            && !sse
+            && !name.starts_with("models")
+            && !name.starts_with("tokenize")
+        {
             // Errors, health, version: nothing volatile, so byte for byte.
-            assert_eq!(String::from_utf8_lossy(&got.body), String::from_utf8_lossy(&want_body), "{name}: exact bytes");
+            assert_eq!(
+                String::from_utf8_lossy(&got.body),
+                String::from_utf8_lossy(&want_body),
+                "{name}: exact bytes"
+            );
         }
         if loose {
             let text = String::from_utf8(got.body.clone()).unwrap();

@@ -52,7 +52,10 @@ pub struct MockUpstreamArgs {
 /// Runs `mock-upstream` until Ctrl-C.
 pub async fn run_cli(args: MockUpstreamArgs) -> anyhow::Result<()> {
     if !(args.time_scale.is_finite() && args.time_scale > 0.0) {
-        anyhow::bail!("--time-scale must be a positive number, got {}", args.time_scale);
+        anyhow::bail!(
+            "--time-scale must be a positive number, got {}",
+            args.time_scale
+        );
     }
     let timing = if args.engine {
         Timing::Engine(RunnerConfig {
@@ -62,7 +65,10 @@ pub async fn run_cli(args: MockUpstreamArgs) -> anyhow::Result<()> {
             counter_file: args.energy_counter_file.clone(),
         })
     } else if let (Some(ttft), Some(itl)) = (args.ttft_ms, args.itl_ms) {
-        Timing::Fixed { ttft: Duration::from_millis(ttft), itl: Duration::from_millis(itl) }
+        Timing::Fixed {
+            ttft: Duration::from_millis(ttft),
+            itl: Duration::from_millis(itl),
+        }
     } else {
         Timing::Immediate
     };

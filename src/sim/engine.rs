@@ -241,7 +241,9 @@ impl Engine {
 
     /// Aborts a waiting or running request; its truth so far is kept.
     pub fn abort(&mut self, id: u64) {
-        let Some(r) = self.reqs.get_mut(&id) else { return };
+        let Some(r) = self.reqs.get_mut(&id) else {
+            return;
+        };
         match r.truth.phase {
             Phase::Waiting => self.waiting.retain(|&w| w != id),
             Phase::Running => {
@@ -270,7 +272,10 @@ impl Engine {
 
     /// Drops the record of a finished or aborted request.
     pub fn forget(&mut self, id: u64) {
-        if matches!(self.truth(id).map(|t| t.phase), Some(Phase::Finished | Phase::Aborted)) {
+        if matches!(
+            self.truth(id).map(|t| t.phase),
+            Some(Phase::Finished | Phase::Aborted)
+        ) {
             self.reqs.remove(&id);
         }
     }
@@ -336,7 +341,9 @@ impl Engine {
             return None;
         }
         let c = &self.cfg.cost;
-        let (p, d, ctx) = work.iter().fold((0, 0, 0), |a, w| (a.0 + w.1, a.1 + w.2, a.2 + w.3));
+        let (p, d, ctx) = work
+            .iter()
+            .fold((0, 0, 0), |a, w| (a.0 + w.1, a.1 + w.2, a.2 + w.3));
         let duration_ns = c.step_base_ns
             + c.prefill_ns_per_token * p
             + c.decode_ns_per_token * d
@@ -377,7 +384,11 @@ impl Engine {
                 r.truth.completion_tokens += u64::from(r.n);
             }
             let finished = r.generated >= r.max_tokens;
-            emitted.push(Emit { id: w.0, generated: r.generated, finished });
+            emitted.push(Emit {
+                id: w.0,
+                generated: r.generated,
+                finished,
+            });
         }
         for e in emitted.iter().filter(|e| e.finished) {
             let r = self.reqs.get_mut(&e.id).expect("emitted ids have records");

@@ -21,7 +21,10 @@ fn run_to_end(e: &mut Engine) -> Vec<StepReport> {
 
 fn check_conservation(e: &Engine, ids: impl IntoIterator<Item = u64>) {
     let t = e.totals();
-    let truth: u64 = ids.into_iter().map(|id| e.truth(id).unwrap().total_uj()).sum();
+    let truth: u64 = ids
+        .into_iter()
+        .map(|id| e.truth(id).unwrap().total_uj())
+        .sum();
     assert_eq!(truth, t.step_uj);
     assert_eq!(truth + t.idle_uj, t.total_uj);
 }
@@ -34,8 +37,17 @@ fn single_request_prefills_then_decodes() {
     // One prefill step samples token 1, then 7 decode steps.
     assert_eq!(steps.len(), 8);
     assert_eq!(steps[0].prefill_tokens, 22);
-    assert_eq!(steps[0].emitted, vec![Emit { id: 1, generated: 1, finished: false }]);
-    assert!(steps[1..].iter().all(|s| s.prefill_tokens == 0 && s.decode_tokens == 1));
+    assert_eq!(
+        steps[0].emitted,
+        vec![Emit {
+            id: 1,
+            generated: 1,
+            finished: false
+        }]
+    );
+    assert!(steps[1..]
+        .iter()
+        .all(|s| s.prefill_tokens == 0 && s.decode_tokens == 1));
     assert!(steps[7].emitted[0].finished);
     let t = e.truth(1).unwrap();
     assert_eq!(t.phase, Phase::Finished);
@@ -82,7 +94,10 @@ fn batching_limits_queue_and_budget() {
 
 #[test]
 fn decode_takes_budget_before_prefill() {
-    let mut e = Engine::new(EngineConfig { max_batched_tokens: 10, ..small() });
+    let mut e = Engine::new(EngineConfig {
+        max_batched_tokens: 10,
+        ..small()
+    });
     e.add(1, 5, 20, 1);
     e.step();
     e.add(2, 30, 2, 1);
@@ -130,7 +145,14 @@ fn embeddings_are_prefill_only() {
     e.add(1, 7, 0, 1);
     let steps = run_to_end(&mut e);
     assert_eq!(steps.len(), 1);
-    assert_eq!(steps[0].emitted, vec![Emit { id: 1, generated: 0, finished: true }]);
+    assert_eq!(
+        steps[0].emitted,
+        vec![Emit {
+            id: 1,
+            generated: 0,
+            finished: true
+        }]
+    );
     assert_eq!(e.truth(1).unwrap().decode_uj, 0);
 }
 
@@ -149,12 +171,21 @@ fn idle_energy_is_exact_and_nobodys() {
 #[test]
 fn mixed_workload_is_deterministic_and_conserves_exactly() {
     let run = || {
-        let mut e = Engine::new(EngineConfig { max_running_seqs: 8, max_batched_tokens: 256, ..Default::default() });
+        let mut e = Engine::new(EngineConfig {
+            max_running_seqs: 8,
+            max_batched_tokens: 256,
+            ..Default::default()
+        });
         let mut x = 7u64;
         let mut ids = Vec::new();
         for id in 0..60u64 {
             x = crate::sim::text::mix(x);
-            e.add(id, (x % 900) as u32 + 1, (x >> 20) as u32 % 40, (x >> 40) as u32 % 3 + 1);
+            e.add(
+                id,
+                (x % 900) as u32 + 1,
+                (x >> 20) as u32 % 40,
+                (x >> 40) as u32 % 3 + 1,
+            );
             ids.push(id);
             for _ in 0..(x >> 50) % 4 {
                 e.step();
@@ -179,7 +210,8 @@ fn step_energy_follows_the_documented_model() {
     let s = e.step().unwrap();
     let c = CostModel::h100_8b();
     assert_eq!(s.duration_ns, c.step_base_ns + 100 * c.prefill_ns_per_token);
-    let nj = u128::from(c.static_mw) * u128::from(s.duration_ns) / 1000 + 100 * u128::from(c.prefill_nj_per_token);
+    let nj = u128::from(c.static_mw) * u128::from(s.duration_ns) / 1000
+        + 100 * u128::from(c.prefill_nj_per_token);
     assert_eq!(u128::from(s.energy_uj), nj / 1000);
     // ~600 W for a prefill-heavy step.
     let watts = s.energy_uj as f64 / s.duration_ns as f64 * 1e3;

@@ -30,8 +30,12 @@ impl Fault {
     pub fn parse(value: &str) -> Option<Fault> {
         let mut f = Fault::default();
         for item in value.split([',', ';']) {
-            let Some((k, v)) = item.split_once('=') else { continue };
-            let Ok(v) = v.trim().parse::<u32>() else { continue };
+            let Some((k, v)) = item.split_once('=') else {
+                continue;
+            };
+            let Ok(v) = v.trim().parse::<u32>() else {
+                continue;
+            };
             match k.trim() {
                 "status" => f.status = u16::try_from(v).ok().filter(|s| (400..600).contains(s)),
                 "reset-after" => f.reset_after = Some(v),

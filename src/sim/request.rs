@@ -95,7 +95,11 @@ impl GenRequest {
 pub fn parse(kind: ApiKind, body: &[u8], limits: &Limits<'_>) -> Result<GenRequest, ApiError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| json_error(body, &e))?;
     let Some(obj) = v.as_object() else {
-        return Err(validation_error("dict_type", "body", "Input should be a valid dictionary"));
+        return Err(validation_error(
+            "dict_type",
+            "body",
+            "Input should be a valid dictionary",
+        ));
     };
     let stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let stream_options = obj.get("stream_options").filter(|s| !s.is_null());
@@ -149,7 +153,14 @@ pub fn parse(kind: ApiKind, body: &[u8], limits: &Limits<'_>) -> Result<GenReque
         .get("max_completion_tokens")
         .filter(|v| !v.is_null())
         .or_else(|| obj.get(max_field).filter(|v| !v.is_null()))
-        .map(|v| v.as_u64().ok_or_else(|| ApiError::bad(format!("{max_field} must be a non-negative integer."), Some(max_field))))
+        .map(|v| {
+            v.as_u64().ok_or_else(|| {
+                ApiError::bad(
+                    format!("{max_field} must be a non-negative integer."),
+                    Some(max_field),
+                )
+            })
+        })
         .transpose()?;
     let max_len = u64::from(limits.max_model_len);
     let longest_prompt = u64::from(prompt_tokens.iter().copied().max().unwrap_or(0));
@@ -165,15 +176,13 @@ pub fn parse(kind: ApiKind, body: &[u8], limits: &Limits<'_>) -> Result<GenReque
     }
     let max_tokens = match (kind, asked) {
         (ApiKind::Embeddings, _) => 0,
-        (_, Some(m)) if m > max_len => {
-            return Err(ApiError::bad(
-                format!(
-                    "{max_field}={m} cannot be greater than max_model_len={max_len}. Please request \
+        (_, Some(m)) if m > max_len => return Err(ApiError::bad(
+            format!(
+                "{max_field}={m} cannot be greater than max_model_len={max_len}. Please request \
                      fewer output tokens. (parameter={max_field}, value={m})"
-                ),
-                Some(max_field),
-            ))
-        }
+            ),
+            Some(max_field),
+        )),
         (_, Some(m)) if m + longest_prompt > max_len => {
             return Err(ApiError::bad(
                 format!(
@@ -190,9 +199,15 @@ pub fn parse(kind: ApiKind, body: &[u8], limits: &Limits<'_>) -> Result<GenReque
     };
     let logprobs = match kind {
         ApiKind::Chat if obj.get("logprobs").and_then(Value::as_bool) == Some(true) => Some(
-            obj.get("top_logprobs").and_then(Value::as_u64).unwrap_or(0).min(20) as u32,
+            obj.get("top_logprobs")
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+                .min(20) as u32,
         ),
-        ApiKind::Completions => obj.get("logprobs").and_then(Value::as_u64).map(|k| k.min(20) as u32),
+        ApiKind::Completions => obj
+            .get("logprobs")
+            .and_then(Value::as_u64)
+            .map(|k| k.min(20) as u32),
         _ => None,
     };
     Ok(GenRequest {
@@ -217,7 +232,10 @@ fn prompt_sizes(kind: ApiKind, obj: &serde_json::Map<String, Value>) -> Result<V
             let Some(msgs) = obj.get("messages").and_then(Value::as_array) else {
                 return Err(validation_error("missing", "messages", "Field required"));
             };
-            let texts: Vec<String> = msgs.iter().map(|m| content_text(m.get("content"))).collect();
+            let texts: Vec<String> = msgs
+                .iter()
+                .map(|m| content_text(m.get("content")))
+                .collect();
             Ok(vec![count_chat_tokens(texts.iter().map(String::as_str))])
         }
         ApiKind::Responses => {
@@ -235,12 +253,17 @@ fn prompt_sizes(kind: ApiKind, obj: &serde_json::Map<String, Value>) -> Result<V
             Ok(vec![count_chat_tokens(texts.iter().map(String::as_str))])
         }
         ApiKind::Completions | ApiKind::Embeddings => {
-            let field = if kind == ApiKind::Completions { "prompt" } else { "input" };
+            let field = if kind == ApiKind::Completions {
+                "prompt"
+            } else {
+                "input"
+            };
             match obj.get(field) {
                 Some(Value::String(s)) => Ok(vec![count_text_tokens(s)]),
-                Some(Value::Array(items)) if items.is_empty() => {
-                    Err(ApiError::bad(format!("{field} must not be empty."), Some(field)))
-                }
+                Some(Value::Array(items)) if items.is_empty() => Err(ApiError::bad(
+                    format!("{field} must not be empty."),
+                    Some(field),
+                )),
                 Some(Value::Array(items)) if items.iter().all(Value::is_u64) => {
                     Ok(vec![items.len() as u32])
                 }
@@ -249,7 +272,11 @@ fn prompt_sizes(kind: ApiKind, obj: &serde_json::Map<String, Value>) -> Result<V
                     .map(|it| match it {
                         Value::String(s) => Ok(count_text_tokens(s)),
                         Value::Array(ids) => Ok(ids.len() as u32),
-                        _ => Err(validation_error("string_type", field, "Input should be a valid string")),
+                        _ => Err(validation_error(
+                            "string_type",
+                            field,
+                            "Input should be a valid string",
+                        )),
                     })
                     .collect(),
                 _ => Err(validation_error("missing", field, "Field required")),
@@ -351,8 +378,16 @@ mod tests {
         )
         .unwrap();
         assert!(!r.continuous_usage);
-        let other = Limits { absent_include_usage_is_true: true, ..LIMITS };
-        let r = parse(ApiKind::Chat, br#"{"messages":[],"stream":true,"stream_options":{}}"#, &other).unwrap();
+        let other = Limits {
+            absent_include_usage_is_true: true,
+            ..LIMITS
+        };
+        let r = parse(
+            ApiKind::Chat,
+            br#"{"messages":[],"stream":true,"stream_options":{}}"#,
+            &other,
+        )
+        .unwrap();
         assert!(r.include_usage);
     }
 
@@ -360,13 +395,26 @@ mod tests {
     fn errors_match_fixture_shapes() {
         let e = parse(ApiKind::Chat, b"{not json", &LIMITS).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("body.1"));
-        assert!(e.message.contains("Expecting property name enclosed in double quotes"));
+        assert!(e
+            .message
+            .contains("Expecting property name enclosed in double quotes"));
         let e = parse(ApiKind::Chat, br#"{"model":"nope","messages":[]}"#, &LIMITS).unwrap_err();
         assert_eq!(e.status, 404);
-        let e = parse(ApiKind::Chat, br#"{"messages":[],"max_tokens":100000}"#, &LIMITS).unwrap_err();
-        assert!(e.message.starts_with("max_tokens=100000 cannot be greater than max_model_len=2048."));
-        let e = parse(ApiKind::Chat, br#"{"messages":[],"stream_options":{"include_usage":true}}"#, &LIMITS)
-            .unwrap_err();
+        let e = parse(
+            ApiKind::Chat,
+            br#"{"messages":[],"max_tokens":100000}"#,
+            &LIMITS,
+        )
+        .unwrap_err();
+        assert!(e
+            .message
+            .starts_with("max_tokens=100000 cannot be greater than max_model_len=2048."));
+        let e = parse(
+            ApiKind::Chat,
+            br#"{"messages":[],"stream_options":{"include_usage":true}}"#,
+            &LIMITS,
+        )
+        .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("stream_options"));
         assert!(parse(ApiKind::Chat, b"[1]", &LIMITS).is_err());
         assert!(parse(ApiKind::Completions, br#"{"prompt":7}"#, &LIMITS).is_err());
@@ -374,15 +422,32 @@ mod tests {
 
     #[test]
     fn prompts_and_defaults() {
-        let r = parse(ApiKind::Completions, br#"{"prompt":["one two","three four five"]}"#, &LIMITS).unwrap();
+        let r = parse(
+            ApiKind::Completions,
+            br#"{"prompt":["one two","three four five"]}"#,
+            &LIMITS,
+        )
+        .unwrap();
         assert_eq!(r.prompt_tokens, vec![3, 5]);
         assert_eq!(r.max_tokens, 2048 - 5);
-        let r = parse(ApiKind::Completions, br#"{"prompt":[1,2,3],"max_tokens":4,"logprobs":2}"#, &LIMITS).unwrap();
-        assert_eq!((r.prompt_tokens.clone(), r.max_tokens, r.logprobs), (vec![3], 4, Some(2)));
+        let r = parse(
+            ApiKind::Completions,
+            br#"{"prompt":[1,2,3],"max_tokens":4,"logprobs":2}"#,
+            &LIMITS,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.prompt_tokens.clone(), r.max_tokens, r.logprobs),
+            (vec![3], 4, Some(2))
+        );
         let r = parse(ApiKind::Embeddings, br#"{"input":["a","bcdef"]}"#, &LIMITS).unwrap();
         assert_eq!((r.prompt_tokens.clone(), r.max_tokens), (vec![1, 2], 0));
-        let r = parse(ApiKind::Responses, br#"{"input":"say something short","max_output_tokens":8}"#, &LIMITS)
-            .unwrap();
+        let r = parse(
+            ApiKind::Responses,
+            br#"{"input":"say something short","max_output_tokens":8}"#,
+            &LIMITS,
+        )
+        .unwrap();
         assert_eq!((r.prompt_tokens.clone(), r.max_tokens), (vec![22], 8));
     }
 }

@@ -72,7 +72,8 @@ impl Timeline {
         match self.seg {
             Seg::Idle => self.steps_uj + engine.idle_energy_uj(self.idle_ns + elapsed),
             Seg::Step { dur_ns, energy_uj } => {
-                let part = u128::from(energy_uj) * u128::from(elapsed.min(dur_ns)) / u128::from(dur_ns.max(1));
+                let part = u128::from(energy_uj) * u128::from(elapsed.min(dur_ns))
+                    / u128::from(dur_ns.max(1));
                 self.steps_uj + engine.idle_energy_uj(self.idle_ns) + part as u64
             }
         }
@@ -159,15 +160,34 @@ pub struct EngineClient {
 impl EngineClient {
     /// Submits a request; its progress arrives on the returned receiver, one [`Emit`] per step that
     /// advanced it, the last with `finished`.
-    pub fn submit(&self, id: u64, prompt: u32, max_tokens: u32, n: u32) -> mpsc::UnboundedReceiver<Emit> {
+    pub fn submit(
+        &self,
+        id: u64,
+        prompt: u32,
+        max_tokens: u32,
+        n: u32,
+    ) -> mpsc::UnboundedReceiver<Emit> {
         let (progress, rx) = mpsc::unbounded_channel();
         self.submit_with(id, prompt, max_tokens, n, progress);
         rx
     }
 
     /// Like [`EngineClient::submit`], reporting to a given sender (several requests may share one).
-    pub fn submit_with(&self, id: u64, prompt: u32, max_tokens: u32, n: u32, progress: mpsc::UnboundedSender<Emit>) {
-        let _ = self.tx.send(Cmd::Add { id, prompt, max_tokens, n, progress });
+    pub fn submit_with(
+        &self,
+        id: u64,
+        prompt: u32,
+        max_tokens: u32,
+        n: u32,
+        progress: mpsc::UnboundedSender<Emit>,
+    ) {
+        let _ = self.tx.send(Cmd::Add {
+            id,
+            prompt,
+            max_tokens,
+            n,
+            progress,
+        });
     }
 
     /// Aborts a request (its client is gone).
@@ -178,27 +198,56 @@ impl EngineClient {
 
 /// Starts the runner and the counter publisher; both stop when `stop` turns true (the publisher
 /// publishes once more first) or when every [`EngineClient`] is dropped (the runner).
-pub fn spawn(cfg: RunnerConfig, stop: watch::Receiver<bool>) -> (EngineClient, Vec<tokio::task::JoinHandle<()>>) {
-    let scale = if cfg.time_scale.is_finite() && cfg.time_scale > 0.0 { cfg.time_scale } else { 1.0 };
+pub fn spawn(
+    cfg: RunnerConfig,
+    stop: watch::Receiver<bool>,
+) -> (EngineClient, Vec<tokio::task::JoinHandle<()>>) {
+    let scale = if cfg.time_scale.is_finite() && cfg.time_scale > 0.0 {
+        cfg.time_scale
+    } else {
+        1.0
+    };
     let shared = Arc::new(EngineShared {
         engine: Mutex::new(Engine::new(cfg.engine.clone())),
-        timeline: Mutex::new(Timeline { steps_uj: 0, idle_ns: 0, seg: Seg::Idle, seg_start: Instant::now(), scale }),
+        timeline: Mutex::new(Timeline {
+            steps_uj: 0,
+            idle_ns: 0,
+            seg: Seg::Idle,
+            seg_start: Instant::now(),
+            scale,
+        }),
         counter: Arc::new(AtomicU64::new(0)),
         changed: watch::channel(0).0,
     });
     let (tx, rx) = mpsc::unbounded_channel();
     let runner = tokio::spawn(run(shared.clone(), rx, scale, stop.clone()));
-    let publisher = tokio::spawn(publish_loop(shared.clone(), cfg.counter_period, cfg.counter_file, stop));
+    let publisher = tokio::spawn(publish_loop(
+        shared.clone(),
+        cfg.counter_period,
+        cfg.counter_file,
+        stop,
+    ));
     (EngineClient { tx, shared }, vec![runner, publisher])
 }
 
-async fn run(shared: Arc<EngineShared>, mut rx: mpsc::UnboundedReceiver<Cmd>, scale: f64, mut stop: watch::Receiver<bool>) {
+async fn run(
+    shared: Arc<EngineShared>,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+    scale: f64,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut subs: HashMap<u64, mpsc::UnboundedSender<Emit>> = HashMap::new();
     let mut next_start = Instant::now();
     let apply = |cmd: Cmd, subs: &mut HashMap<u64, mpsc::UnboundedSender<Emit>>| {
         let mut engine = shared.engine();
         match cmd {
-            Cmd::Add { id, prompt, max_tokens, n, progress } => {
+            Cmd::Add {
+                id,
+                prompt,
+                max_tokens,
+                n,
+                progress,
+            } => {
                 engine.add(id, prompt, max_tokens, n);
                 subs.insert(id, progress);
             }
@@ -227,13 +276,18 @@ async fn run(shared: Arc<EngineShared>, mut rx: mpsc::UnboundedReceiver<Cmd>, sc
         }
         let report = {
             let mut engine = shared.engine();
-            let Some(report) = engine.step() else { continue };
+            let Some(report) = engine.step() else {
+                continue;
+            };
             let mut tl = shared.timeline();
             // Close the idle gap before this step, then open the step's segment.
             let idle = tl.sim_ns(tl.seg_start, next_start);
             engine.idle(idle);
             tl.idle_ns += idle;
-            tl.seg = Seg::Step { dur_ns: report.duration_ns, energy_uj: report.energy_uj };
+            tl.seg = Seg::Step {
+                dur_ns: report.duration_ns,
+                energy_uj: report.energy_uj,
+            };
             tl.seg_start = next_start;
             report
         };
@@ -263,7 +317,12 @@ async fn run(shared: Arc<EngineShared>, mut rx: mpsc::UnboundedReceiver<Cmd>, sc
     }
 }
 
-async fn publish_loop(shared: Arc<EngineShared>, period: Duration, file: Option<PathBuf>, mut stop: watch::Receiver<bool>) {
+async fn publish_loop(
+    shared: Arc<EngineShared>,
+    period: Duration,
+    file: Option<PathBuf>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut iv = tokio::time::interval(period.max(Duration::from_millis(1)));
     iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut warned = false;

@@ -5,7 +5,11 @@ use crate::sim::engine::{CostModel, Phase};
 
 fn cfg(period_ms: u64) -> RunnerConfig {
     RunnerConfig {
-        engine: EngineConfig { max_running_seqs: 8, max_batched_tokens: 512, cost: CostModel::h100_8b() },
+        engine: EngineConfig {
+            max_running_seqs: 8,
+            max_batched_tokens: 512,
+            cost: CostModel::h100_8b(),
+        },
         time_scale: 1.0,
         counter_period: Duration::from_millis(period_ms),
         counter_file: None,
@@ -58,7 +62,10 @@ async fn progress_arrives_per_step_and_totals_conserve() {
     assert_eq!((t1.phase, t2.phase), (Phase::Finished, Phase::Finished));
     assert_eq!(t1.total_uj() + t2.total_uj(), totals.step_uj);
     assert_eq!(totals.step_uj + totals.idle_uj, totals.total_uj);
-    assert_eq!(client.shared.counter().load(Ordering::Relaxed), totals.total_uj);
+    assert_eq!(
+        client.shared.counter().load(Ordering::Relaxed),
+        totals.total_uj
+    );
     stop_tx.send_replace(true);
     for t in tasks {
         t.await.unwrap();
@@ -84,7 +91,13 @@ async fn dropped_listener_aborts_the_request() {
 #[tokio::test(start_paused = true)]
 async fn time_scale_shortens_wall_time() {
     let (_stop_tx, stop) = watch::channel(false);
-    let (client, _tasks) = spawn(RunnerConfig { time_scale: 10.0, ..cfg(20) }, stop);
+    let (client, _tasks) = spawn(
+        RunnerConfig {
+            time_scale: 10.0,
+            ..cfg(20)
+        },
+        stop,
+    );
     let start = Instant::now();
     let mut rx = client.submit(1, 1, 1, 1);
     rx.recv().await.unwrap();
@@ -94,7 +107,10 @@ async fn time_scale_shortens_wall_time() {
 
 /// Wake-ups land on tokio's 1 ms timer granularity (never early), deadlines themselves do not drift.
 fn assert_close(got: Duration, want: Duration) {
-    assert!(got >= want && got <= want + Duration::from_millis(1), "{got:?} vs {want:?}");
+    assert!(
+        got >= want && got <= want + Duration::from_millis(1),
+        "{got:?} vs {want:?}"
+    );
 }
 
 #[tokio::test]

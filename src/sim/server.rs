@@ -46,7 +46,10 @@ pub struct MockUpstream;
 impl MockUpstream {
     /// A builder with vLLM 0.32 defaults: model `tiny`, `max_model_len` 2048, immediate timing.
     pub fn builder() -> MockBuilder {
-        MockBuilder { cfg: MockConfig::default(), timing: Timing::Immediate }
+        MockBuilder {
+            cfg: MockConfig::default(),
+            timing: Timing::Immediate,
+        }
     }
 }
 
@@ -70,7 +73,10 @@ impl MockBuilder {
     }
     /// Engine-driven timing with this engine configuration, real time, 20 ms counter period.
     pub fn engine(self, engine: EngineConfig) -> Self {
-        self.timing(Timing::Engine(RunnerConfig { engine, ..RunnerConfig::default() }))
+        self.timing(Timing::Engine(RunnerConfig {
+            engine,
+            ..RunnerConfig::default()
+        }))
     }
     /// `/version` and the `system_fingerprint` prefix (default `0.32.0`).
     pub fn vllm_version(mut self, v: impl Into<String>) -> Self {
@@ -125,8 +131,17 @@ impl MockBuilder {
             _ => None,
         };
         let app = Arc::new(App::new(self.cfg, self.timing, engine, shutdown_rx.clone()));
-        tasks.push(tokio::spawn(accept_loop(listener, app.clone(), shutdown_rx)));
-        Ok(MockHandle { addr, app, shutdown_tx, tasks })
+        tasks.push(tokio::spawn(accept_loop(
+            listener,
+            app.clone(),
+            shutdown_rx,
+        )));
+        Ok(MockHandle {
+            addr,
+            app,
+            shutdown_tx,
+            tasks,
+        })
     }
 }
 
@@ -152,9 +167,16 @@ impl Body for MockBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            MockBody::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
+            MockBody::Full(b) => Poll::Ready(
+                b.take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
             MockBody::Channel(rx) => rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data))),
         }
     }
@@ -317,7 +339,8 @@ impl MockHandle {
 
     /// The counter's current value, µJ (0 without an engine).
     pub fn energy_counter_uj(&self) -> u64 {
-        self.energy_counter().map_or(0, |c| c.load(Ordering::Relaxed))
+        self.energy_counter()
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// Closes the current idle interval and publishes the counter, then returns the exact totals:
@@ -334,15 +357,25 @@ impl MockHandle {
     /// All ground truths by response id.
     pub fn truths(&self) -> Vec<(String, RequestTruth)> {
         let ids: Vec<String> = self.app.state().engine_ids.keys().cloned().collect();
-        ids.into_iter().filter_map(|id| self.truth(&id).map(|t| (id, t))).collect()
+        ids.into_iter()
+            .filter_map(|id| self.truth(&id).map(|t| (id, t)))
+            .collect()
     }
 
     /// Waits until a response's truth is final (finished or aborted).
     pub async fn wait_for_truth(&self, response_id: &str) -> Option<RequestTruth> {
         let engine = self.app.engine.as_ref()?;
         let mut rx = engine.shared.changed.subscribe();
-        let done = |t: &Option<RequestTruth>| t.as_ref().is_some_and(|t| matches!(t.phase, Phase::Finished | Phase::Aborted));
-        let _ = rx.wait_for(|_| done(&self.truth(response_id)) || !self.app.state().engine_ids.contains_key(response_id)).await;
+        let done = |t: &Option<RequestTruth>| {
+            t.as_ref()
+                .is_some_and(|t| matches!(t.phase, Phase::Finished | Phase::Aborted))
+        };
+        let _ = rx
+            .wait_for(|_| {
+                done(&self.truth(response_id))
+                    || !self.app.state().engine_ids.contains_key(response_id)
+            })
+            .await;
         self.truth(response_id)
     }
 }

@@ -95,7 +95,12 @@ pub struct App {
 
 impl App {
     /// A new app.
-    pub fn new(cfg: MockConfig, timing: Timing, engine: Option<EngineClient>, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        cfg: MockConfig,
+        timing: Timing,
+        engine: Option<EngineClient>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         App {
             cfg,
             timing,
@@ -128,7 +133,13 @@ impl App {
     pub fn truth(&self, response_id: &str) -> Option<RequestTruth> {
         let ids = self.state().engine_ids.get(response_id)?.clone();
         let engine = self.engine.as_ref()?.shared.engine();
-        let mut t = RequestTruth { prefill_uj: 0, decode_uj: 0, prompt_tokens: 0, completion_tokens: 0, phase: Phase::Finished };
+        let mut t = RequestTruth {
+            prefill_uj: 0,
+            decode_uj: 0,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            phase: Phase::Finished,
+        };
         for id in ids {
             let Some(p) = engine.truth(id) else { continue };
             t.prefill_uj += p.prefill_uj;
@@ -157,7 +168,9 @@ impl App {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Response headers in uvicorn's order: `server`, `date`, then the app's.
@@ -182,7 +195,8 @@ pub fn json_response(status: u16, body: String) -> Response<MockBody> {
 
 fn with_body(b: http::response::Builder, body: MockBody) -> Response<MockBody> {
     // The builder only fails on invalid header values, and every value above is a valid constant.
-    b.body(body).unwrap_or_else(|_| Response::new(MockBody::Full(None)))
+    b.body(body)
+        .unwrap_or_else(|_| Response::new(MockBody::Full(None)))
 }
 
 /// A streaming SSE response with vLLM's headers.
@@ -210,15 +224,28 @@ pub fn status_error(status: u16) -> ApiError {
         503 => ("Service unavailable", "ServiceUnavailableError"),
         _ => ("Internal server error", "InternalServerError"),
     };
-    ApiError { status, message: message.into(), err_type: err_type.into(), param: None }
+    ApiError {
+        status,
+        message: message.into(),
+        err_type: err_type.into(),
+        param: None,
+    }
 }
 
 /// Serves one request.
-pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>) -> Result<Response<MockBody>, BodyError> {
+pub async fn handle(
+    app: Arc<App>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<MockBody>, BodyError> {
     let (parts, body) = req.into_parts();
     let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return Ok(json_response(400, "{\"detail\":\"Bad request body\"}".into())),
+        Err(_) => {
+            return Ok(json_response(
+                400,
+                "{\"detail\":\"Bad request body\"}".into(),
+            ))
+        }
     };
     let kind = match parts.uri.path() {
         "/v1/chat/completions" => Some(ApiKind::Chat),
@@ -227,7 +254,12 @@ pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>) -> Resul
         "/v1/embeddings" => Some(ApiKind::Embeddings),
         _ => None,
     };
-    let header = |name: &str| parts.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
     let response_id = kind.map(|k| {
         let base = app.new_base_id(header("x-request-id"));
         match k {
@@ -237,12 +269,21 @@ pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>) -> Resul
             ApiKind::Embeddings => format!("embd-{base}"),
         }
     });
-    let fault = header(FAULT_HEADER).and_then(Fault::parse).or(app.cfg.fault);
+    let fault = header(FAULT_HEADER)
+        .and_then(Fault::parse)
+        .or(app.cfg.fault);
     app.update(|s| {
         s.requests.push(RecordedRequest {
             method: parts.method.clone(),
-            uri: parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned()),
-            headers: parts.headers.iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())).collect(),
+            uri: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned()),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+                .collect(),
             body: body.clone(),
             response_id: response_id.clone(),
         })
@@ -252,35 +293,60 @@ pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>) -> Resul
     }
     let post = parts.method == Method::POST;
     match (kind, parts.uri.path()) {
-        (Some(kind), _) if post => generate(app, kind, &body, response_id.unwrap_or_default(), fault).await,
+        (Some(kind), _) if post => {
+            generate(app, kind, &body, response_id.unwrap_or_default(), fault).await
+        }
         (None, "/health") if parts.method == Method::GET => Ok(with_body(
-            base_response(200).header(header::CONTENT_LENGTH, 0).header(header::VARY, "Origin"),
+            base_response(200)
+                .header(header::CONTENT_LENGTH, 0)
+                .header(header::VARY, "Origin"),
             MockBody::Full(Some(Bytes::new())),
         )),
-        (None, "/version") if parts.method == Method::GET => Ok(json_response(200, wire::version_json(&app.cfg.vllm_version))),
+        (None, "/version") if parts.method == Method::GET => Ok(json_response(
+            200,
+            wire::version_json(&app.cfg.vllm_version),
+        )),
         (None, "/v1/models") if parts.method == Method::GET => Ok(json_response(
             200,
-            wire::models_json(&app.cfg.model, &app.cfg.model_root, unix_now(), app.cfg.max_model_len, &hex_id(app.cfg.seed ^ 0x5eed, 0)),
+            wire::models_json(
+                &app.cfg.model,
+                &app.cfg.model_root,
+                unix_now(),
+                app.cfg.max_model_len,
+                &hex_id(app.cfg.seed ^ 0x5eed, 0),
+            ),
         )),
         (None, "/metrics") if parts.method == Method::GET => {
             let text = metrics_text(&app);
             Ok(with_body(
                 base_response(200)
                     .header(header::CONTENT_LENGTH, text.len())
-                    .header(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+                    .header(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )
                     .header(header::VARY, "Origin"),
                 MockBody::Full(Some(Bytes::from(text))),
             ))
         }
         (None, "/tokenize") if post => Ok(tokenize(&app, &body)),
         (Some(_), _) | (None, "/health" | "/version" | "/v1/models" | "/metrics" | "/tokenize") => {
-            Ok(json_response(405, "{\"detail\":\"Method Not Allowed\"}".into()))
+            Ok(json_response(
+                405,
+                "{\"detail\":\"Method Not Allowed\"}".into(),
+            ))
         }
         _ => Ok(json_response(404, "{\"detail\":\"Not Found\"}".into())),
     }
 }
 
-async fn generate(app: Arc<App>, kind: ApiKind, body: &[u8], response_id: String, fault: Option<Fault>) -> Result<Response<MockBody>, BodyError> {
+async fn generate(
+    app: Arc<App>,
+    kind: ApiKind,
+    body: &[u8],
+    response_id: String,
+    fault: Option<Fault>,
+) -> Result<Response<MockBody>, BodyError> {
     let limits = Limits {
         model: &app.cfg.model,
         max_model_len: app.cfg.max_model_len,
@@ -311,9 +377,17 @@ async fn generate(app: Arc<App>, kind: ApiKind, body: &[u8], response_id: String
     let source = stream::Source::start(&app, &req, &response_id);
     app.update(|s| {
         s.prompt_tokens_total += req.total_prompt_tokens();
-        s.generation_tokens_total += u64::from(req.max_tokens) * u64::from(req.n) * req.prompt_tokens.len() as u64;
+        s.generation_tokens_total +=
+            u64::from(req.max_tokens) * u64::from(req.n) * req.prompt_tokens.len() as u64;
     });
-    let plan = Plan { req, ctx, resp, key, fault: fault.unwrap_or_default(), response_id };
+    let plan = Plan {
+        req,
+        ctx,
+        resp,
+        key,
+        fault: fault.unwrap_or_default(),
+        response_id,
+    };
     if plan.req.stream {
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(stream::produce(app, plan, source, tx));
@@ -333,7 +407,12 @@ fn tokenize(app: &App, body: &[u8]) -> Response<MockBody> {
     } else if let Some(msgs) = v.get("messages").and_then(|m| m.as_array()) {
         let texts: Vec<String> = msgs
             .iter()
-            .map(|m| m.get("content").and_then(|c| c.as_str()).unwrap_or_default().to_owned())
+            .map(|m| {
+                m.get("content")
+                    .and_then(|c| c.as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            })
             .collect();
         let count = count_chat_tokens(texts.iter().map(String::as_str)) as usize;
         // Template tokens get special ids (128000+), the messages' text their own ids.
@@ -352,10 +431,17 @@ fn tokenize(app: &App, body: &[u8]) -> Response<MockBody> {
             param: None,
         });
     };
-    if let Some(m) = v.get("model").and_then(|m| m.as_str()).filter(|m| *m != app.cfg.model) {
+    if let Some(m) = v
+        .get("model")
+        .and_then(|m| m.as_str())
+        .filter(|m| *m != app.cfg.model)
+    {
         return error_response(&ApiError {
             status: 404,
-            message: format!("The model `{m}` does not exist. Valid aliases: {}.", app.cfg.model),
+            message: format!(
+                "The model `{m}` does not exist. Valid aliases: {}.",
+                app.cfg.model
+            ),
             err_type: "NotFoundError".into(),
             param: Some("model".into()),
         });
@@ -364,17 +450,47 @@ fn tokenize(app: &App, body: &[u8]) -> Response<MockBody> {
 }
 
 fn metrics_text(app: &App) -> String {
-    let (waiting, running) = app.engine.as_ref().map_or((0, 0), |e| e.shared.engine().queue_depths());
+    let (waiting, running) = app
+        .engine
+        .as_ref()
+        .map_or((0, 0), |e| e.shared.engine().queue_depths());
     let s = app.state();
     let labels = format!("engine=\"0\",model_name=\"{}\"", app.cfg.model);
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{{labels}}} {value}.0\n"));
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{{labels}}} {value}.0\n"
+        ));
     };
-    metric("vllm:num_requests_running", "gauge", "Number of requests in model execution batches.", u64::from(running));
-    metric("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.", waiting as u64);
-    metric("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.", s.prompt_tokens_total);
-    metric("vllm:generation_tokens_total", "counter", "Number of generation tokens processed.", s.generation_tokens_total);
-    metric("vllm:request_success_total", "counter", "Count of successfully processed requests.", s.completed);
+    metric(
+        "vllm:num_requests_running",
+        "gauge",
+        "Number of requests in model execution batches.",
+        u64::from(running),
+    );
+    metric(
+        "vllm:num_requests_waiting",
+        "gauge",
+        "Number of requests waiting to be processed.",
+        waiting as u64,
+    );
+    metric(
+        "vllm:prompt_tokens_total",
+        "counter",
+        "Number of prefill tokens processed.",
+        s.prompt_tokens_total,
+    );
+    metric(
+        "vllm:generation_tokens_total",
+        "counter",
+        "Number of generation tokens processed.",
+        s.generation_tokens_total,
+    );
+    metric(
+        "vllm:request_success_total",
+        "counter",
+        "Count of successfully processed requests.",
+        s.completed,
+    );
     out
 }

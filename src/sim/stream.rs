@@ -92,24 +92,49 @@ impl Source {
                     for (id, &p) in ids.iter().zip(&req.prompt_tokens) {
                         engine.submit_with(*id, p, req.max_tokens, req.n, tx.clone());
                     }
-                    return Source::Engine { rx, base, ids, app: app.clone() };
+                    return Source::Engine {
+                        rx,
+                        base,
+                        ids,
+                        app: app.clone(),
+                    };
                 }
                 (Duration::ZERO, Duration::ZERO)
             }
         };
-        Source::Timed { ttft, itl, subs, max: req.max_tokens, done: 0, pending: Vec::new(), ended: false }
+        Source::Timed {
+            ttft,
+            itl,
+            subs,
+            max: req.max_tokens,
+            done: 0,
+            pending: Vec::new(),
+            ended: false,
+        }
     }
 
     async fn next(&mut self) -> Option<Progress> {
         match self {
-            Source::Timed { ttft, itl, subs, max, done, pending, ended } => {
+            Source::Timed {
+                ttft,
+                itl,
+                subs,
+                max,
+                done,
+                pending,
+                ended,
+            } => {
                 if let Some(p) = pending.pop() {
                     return Some(p);
                 }
                 if *done >= *max {
                     if *max == 0 && !*ended {
                         *ended = true;
-                        pending.extend((0..*subs).rev().map(|sub| Progress { sub, generated: 0, finished: true }));
+                        pending.extend((0..*subs).rev().map(|sub| Progress {
+                            sub,
+                            generated: 0,
+                            finished: true,
+                        }));
                         return pending.pop();
                     }
                     return None;
@@ -120,7 +145,11 @@ impl Source {
                 }
                 *done += 1;
                 let finished = *done == *max;
-                pending.extend((0..*subs).rev().map(|sub| Progress { sub, generated: *done, finished }));
+                pending.extend((0..*subs).rev().map(|sub| Progress {
+                    sub,
+                    generated: *done,
+                    finished,
+                }));
                 pending.pop()
             }
             Source::Engine { rx, base, .. } => rx.recv().await.map(|e| Progress {
@@ -154,7 +183,11 @@ async fn send(tx: &Tx, s: String) -> Result<(), Gone> {
 
 fn token(plan: &Plan, choice: u32, k: u32) -> GenToken {
     // Greedy sampling gives every choice the same text; otherwise each choice has its own.
-    let choice = if plan.req.temperature == Some(0.0) && plan.req.n == 1 { 0 } else { choice };
+    let choice = if plan.req.temperature == Some(0.0) && plan.req.n == 1 {
+        0
+    } else {
+        choice
+    };
     gen_token(plan.key, choice, k)
 }
 
@@ -198,7 +231,9 @@ async fn write_stream(plan: &Plan, source: &mut Source, tx: &Tx) -> Result<bool,
         }
         if req.kind == ApiKind::Chat && !opened {
             for c in 0..n {
-                let usage = req.continuous_usage.then_some(u64::from(req.prompt_tokens[0]));
+                let usage = req
+                    .continuous_usage
+                    .then_some(u64::from(req.prompt_tokens[0]));
                 send(tx, wire::chat_role_chunk(&plan.ctx, c, usage)).await?;
             }
         }
@@ -229,12 +264,23 @@ async fn write_stream(plan: &Plan, source: &mut Source, tx: &Tx) -> Result<bool,
     }
     let completion: u64 = gen.iter().map(|&g| u64::from(g) * u64::from(n)).sum();
     if let Some(r) = responses {
-        let out = wr::closing_events(r, &text, req.total_prompt_tokens(), completion, 4 + u64::from(sent));
+        let out = wr::closing_events(
+            r,
+            &text,
+            req.total_prompt_tokens(),
+            completion,
+            4 + u64::from(sent),
+        );
         send(tx, out).await?;
         return Ok(true);
     }
     if req.include_usage {
-        let chunk = wire::final_usage_chunk(&plan.ctx, req.kind == ApiKind::Chat, req.total_prompt_tokens(), completion);
+        let chunk = wire::final_usage_chunk(
+            &plan.ctx,
+            req.kind == ApiKind::Chat,
+            req.total_prompt_tokens(),
+            completion,
+        );
         send(tx, chunk).await?;
     }
     send(tx, DONE.to_owned()).await?;
@@ -253,7 +299,9 @@ fn chunk_bytes(plan: &Plan, index: u32, k: u32, tok: &GenToken, offset: &mut usi
         logprobs: logprobs.as_deref(),
         finish: k + 1 == req.max_tokens,
         fingerprint: k + 1 == req.max_tokens && !req.include_usage,
-        usage: req.continuous_usage.then_some((u64::from(req.prompt_tokens[sub]), u64::from(k) + 1)),
+        usage: req
+            .continuous_usage
+            .then_some((u64::from(req.prompt_tokens[sub]), u64::from(k) + 1)),
     };
     match req.kind {
         ApiKind::Chat => wire::chat_token_chunk(&plan.ctx, index, tok.text, &x),
@@ -261,7 +309,13 @@ fn chunk_bytes(plan: &Plan, index: u32, k: u32, tok: &GenToken, offset: &mut usi
     }
 }
 
-async fn fault_mid_stream(plan: &Plan, source: &mut Source, tx: &Tx, action: FaultAction, sent: u32) -> Result<bool, Gone> {
+async fn fault_mid_stream(
+    plan: &Plan,
+    source: &mut Source,
+    tx: &Tx,
+    action: FaultAction,
+    sent: u32,
+) -> Result<bool, Gone> {
     source.abort();
     match action {
         FaultAction::Reset => {
@@ -273,9 +327,17 @@ async fn fault_mid_stream(plan: &Plan, source: &mut Source, tx: &Tx, action: Fau
         }
         FaultAction::Error => {
             if plan.resp.is_some() {
-                send(tx, wr::error_event("Internal server error", 4 + u64::from(sent))).await?;
+                send(
+                    tx,
+                    wr::error_event("Internal server error", 4 + u64::from(sent)),
+                )
+                .await?;
             } else {
-                send(tx, wire::stream_error_event("Internal server error", "InternalServerError", 500)).await?;
+                send(
+                    tx,
+                    wire::stream_error_event("Internal server error", "InternalServerError", 500),
+                )
+                .await?;
                 send(tx, DONE.to_owned()).await?;
             }
         }
@@ -284,7 +346,11 @@ async fn fault_mid_stream(plan: &Plan, source: &mut Source, tx: &Tx, action: Fau
 }
 
 /// Produces a non-streaming response once all tokens are there.
-pub async fn collect(app: Arc<App>, plan: Plan, mut source: Source) -> Result<Response<MockBody>, BodyError> {
+pub async fn collect(
+    app: Arc<App>,
+    plan: Plan,
+    mut source: Source,
+) -> Result<Response<MockBody>, BodyError> {
     let req = &plan.req;
     let subs = req.prompt_tokens.len();
     let mut gen = vec![0u32; subs];
@@ -315,7 +381,9 @@ pub async fn collect(app: Arc<App>, plan: Plan, mut source: Source) -> Result<Re
     let prompt = req.total_prompt_tokens();
     let choices: Vec<ChoiceOut> = (0..subs as u32 * n)
         .map(|index| {
-            let toks: Vec<GenToken> = (0..gen[(index / n) as usize]).map(|k| token(&plan, index, k)).collect();
+            let toks: Vec<GenToken> = (0..gen[(index / n) as usize])
+                .map(|k| token(&plan, index, k))
+                .collect();
             ChoiceOut {
                 text: toks.iter().map(|t| t.text).collect(),
                 logprobs: req.logprobs.map(|top| match req.kind {
@@ -328,9 +396,13 @@ pub async fn collect(app: Arc<App>, plan: Plan, mut source: Source) -> Result<Re
     let body = match (req.kind, &plan.resp) {
         (ApiKind::Chat, _) => wire::chat_json(&plan.ctx, &choices, prompt, completion),
         (ApiKind::Completions, _) => wire::completion_json(&plan.ctx, &choices, prompt, completion),
-        (ApiKind::Responses, Some(r)) => wr::response_object(r, Some((&choices[0].text, prompt, completion))),
+        (ApiKind::Responses, Some(r)) => {
+            wr::response_object(r, Some((&choices[0].text, prompt, completion)))
+        }
         _ => {
-            let vectors: Vec<Vec<f64>> = (0..subs as u64).map(|i| embedding(plan.key ^ mix(i), 8)).collect();
+            let vectors: Vec<Vec<f64>> = (0..subs as u64)
+                .map(|i| embedding(plan.key ^ mix(i), 8))
+                .collect();
             wire::embeddings_json(&plan.ctx, &vectors, prompt)
         }
     };
@@ -340,7 +412,9 @@ pub async fn collect(app: Arc<App>, plan: Plan, mut source: Source) -> Result<Re
 
 /// A deterministic unit vector.
 fn embedding(key: u64, dim: usize) -> Vec<f64> {
-    let raw: Vec<f64> = (0..dim as u64).map(|i| (mix(key ^ i) % 2001) as f64 / 1000.0 - 1.0).collect();
+    let raw: Vec<f64> = (0..dim as u64)
+        .map(|i| (mix(key ^ i) % 2001) as f64 / 1000.0 - 1.0)
+        .collect();
     let norm = raw.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-9);
     raw.iter().map(|x| (x / norm * 1e6).round() / 1e6).collect()
 }

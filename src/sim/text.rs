@@ -75,11 +75,11 @@ pub fn hash_bytes(bytes: &[u8]) -> u64 {
 /// Word pieces the generator draws from: common English pieces with their leading spaces, so that
 /// concatenated output reads like (meaningless) text, as a tiny random model's does.
 const VOCAB: [&str; 48] = [
-    " the", " of", " and", " to", " a", " in", " is", " that", " for", " it", " as", " was", " with",
-    " be", " by", " on", " not", " he", " this", " are", " or", " his", " from", " at", " which",
-    " but", " have", " an", " had", " they", " you", " were", " their", " one", " all", " we",
-    " can", " her", " has", " there", " been", " if", " more", " when", " will", " would", " who",
-    "ing",
+    " the", " of", " and", " to", " a", " in", " is", " that", " for", " it", " as", " was",
+    " with", " be", " by", " on", " not", " he", " this", " are", " or", " his", " from", " at",
+    " which", " but", " have", " an", " had", " they", " you", " were", " their", " one", " all",
+    " we", " can", " her", " has", " there", " been", " if", " more", " when", " will", " would",
+    " who", "ing",
 ];
 
 /// One generated token.

@@ -57,7 +57,11 @@ pub fn py_float(f: f64) -> String {
 fn head(out: &mut String, c: &ChunkCtx, object: &str) {
     out.push_str("{\"id\":");
     push_json_str(out, &c.id);
-    let _ = write!(out, ",\"object\":\"{object}\",\"created\":{},\"model\":", c.created);
+    let _ = write!(
+        out,
+        ",\"object\":\"{object}\",\"created\":{},\"model\":",
+        c.created
+    );
     push_json_str(out, &c.model);
 }
 
@@ -172,7 +176,10 @@ pub fn chat_token_chunk(c: &ChunkCtx, index: u32, text: &str, x: &ChunkExtras<'_
     let mut s = String::with_capacity(256);
     s.push_str("data: ");
     head(&mut s, c, "chat.completion.chunk");
-    let _ = write!(s, ",\"choices\":[{{\"index\":{index},\"delta\":{{\"content\":");
+    let _ = write!(
+        s,
+        ",\"choices\":[{{\"index\":{index},\"delta\":{{\"content\":"
+    );
     push_json_str(&mut s, text);
     let _ = write!(s, "}},\"logprobs\":{}", x.logprobs.unwrap_or("null"));
     if x.finish {
@@ -227,7 +234,11 @@ pub fn final_usage_chunk(c: &ChunkCtx, chat: bool, prompt: u64, completion: u64)
     head(
         &mut s,
         c,
-        if chat { "chat.completion.chunk" } else { "text_completion" },
+        if chat {
+            "chat.completion.chunk"
+        } else {
+            "text_completion"
+        },
     );
     s.push_str(",\"choices\":[],\"usage\":");
     usage_short(&mut s, prompt, completion);
@@ -271,7 +282,10 @@ pub fn chat_json(c: &ChunkCtx, choices: &[ChoiceOut], prompt: u64, completion: u
         if i > 0 {
             s.push(',');
         }
-        let _ = write!(s, "{{\"index\":{i},\"message\":{{\"role\":\"assistant\",\"content\":");
+        let _ = write!(
+            s,
+            "{{\"index\":{i},\"message\":{{\"role\":\"assistant\",\"content\":"
+        );
         push_json_str(&mut s, &ch.text);
         let _ = write!(
             s,
@@ -288,7 +302,12 @@ pub fn chat_json(c: &ChunkCtx, choices: &[ChoiceOut], prompt: u64, completion: u
 }
 
 /// A non-streaming completion.
-pub fn completion_json(c: &ChunkCtx, choices: &[ChoiceOut], prompt: u64, completion: u64) -> String {
+pub fn completion_json(
+    c: &ChunkCtx,
+    choices: &[ChoiceOut],
+    prompt: u64,
+    completion: u64,
+) -> String {
     let mut s = String::with_capacity(600);
     head(&mut s, c, "text_completion");
     s.push_str(",\"choices\":[");
@@ -321,7 +340,10 @@ pub fn embeddings_json(c: &ChunkCtx, vectors: &[Vec<f64>], prompt: u64) -> Strin
         if i > 0 {
             s.push(',');
         }
-        let _ = write!(s, "{{\"index\":{i},\"object\":\"embedding\",\"embedding\":[");
+        let _ = write!(
+            s,
+            "{{\"index\":{i},\"object\":\"embedding\",\"embedding\":["
+        );
         for (j, x) in v.iter().enumerate() {
             if j > 0 {
                 s.push(',');
@@ -389,10 +411,19 @@ fn push_py_ascii_str(out: &mut String, s: &str) {
 }
 
 /// `/v1/models`.
-pub fn models_json(model: &str, root: &str, created: u64, max_model_len: u32, perm_id: &str) -> String {
+pub fn models_json(
+    model: &str,
+    root: &str,
+    created: u64,
+    max_model_len: u32,
+    perm_id: &str,
+) -> String {
     let mut s = String::from("{\"object\":\"list\",\"data\":[{\"id\":");
     push_json_str(&mut s, model);
-    let _ = write!(s, ",\"object\":\"model\",\"created\":{created},\"owned_by\":\"vllm\",\"root\":");
+    let _ = write!(
+        s,
+        ",\"object\":\"model\",\"created\":{created},\"owned_by\":\"vllm\",\"root\":"
+    );
     push_json_str(&mut s, root);
     let _ = write!(
         s,
@@ -441,7 +472,11 @@ mod tests {
         assert_eq!(chat_role_chunk(&c, 0, None), events[0]);
         let mid = ChunkExtras::default();
         assert_eq!(chat_token_chunk(&c, 0, "\n", &mid), events[1]);
-        let fin = ChunkExtras { finish: true, fingerprint: true, ..Default::default() };
+        let fin = ChunkExtras {
+            finish: true,
+            fingerprint: true,
+            ..Default::default()
+        };
         assert_eq!(chat_token_chunk(&c, 0, "\n", &fin), events[8]);
         assert_eq!(DONE, events[9]);
     }

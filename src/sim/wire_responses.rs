@@ -46,9 +46,17 @@ pub fn response_object(c: &RespCtx, done: Option<(&str, u64, u64)>) -> String {
     let mut s = String::with_capacity(1200);
     s.push_str("{\"id\":");
     push_json_str(&mut s, &c.id);
-    let _ = write!(s, ",\"created_at\":{},\"incomplete_details\":", c.created_at);
+    let _ = write!(
+        s,
+        ",\"created_at\":{},\"incomplete_details\":",
+        c.created_at
+    );
     // The mock never stops early: a finished response always ran into max_output_tokens.
-    s.push_str(if done.is_some() { "{\"reason\":\"max_output_tokens\"}" } else { "null" });
+    s.push_str(if done.is_some() {
+        "{\"reason\":\"max_output_tokens\"}"
+    } else {
+        "null"
+    });
     s.push_str(",\"instructions\":null,\"metadata\":null,\"model\":");
     push_json_str(&mut s, &c.model);
     s.push_str(",\"object\":\"response\",\"output\":[");
@@ -85,7 +93,11 @@ fn event(name: &str, body: &str, seq: u64) -> String {
 pub fn opening_events(c: &RespCtx) -> String {
     let obj = response_object(c, None);
     let mut s = event("response.created", &format!("\"response\":{obj}"), 0);
-    s.push_str(&event("response.in_progress", &format!("\"response\":{obj}"), 1));
+    s.push_str(&event(
+        "response.in_progress",
+        &format!("\"response\":{obj}"),
+        1,
+    ));
     let mut it = String::new();
     item(&mut it, c, None);
     s.push_str(&event(
@@ -135,7 +147,11 @@ pub fn closing_events(c: &RespCtx, text: &str, input: u64, output: u64, seq: u64
         seq + 2,
     ));
     let obj = response_object(c, Some((text, input, output)));
-    s.push_str(&event("response.completed", &format!("\"response\":{obj}"), seq + 3));
+    s.push_str(&event(
+        "response.completed",
+        &format!("\"response\":{obj}"),
+        seq + 3,
+    ));
     s
 }
 
