@@ -288,3 +288,61 @@ async fn reproduces_every_prompt_tokens_details_fixture() {
 
 #[path = "mock_upstream/behaviour.rs"]
 mod behaviour;
+
+/// Kills the child process when dropped, even if the test fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The `mock-upstream` subcommand binds port 0, says where, and serves.
+#[tokio::test]
+async fn mock_upstream_command_prints_its_address_and_serves() {
+    use std::io::BufRead;
+    let mut child = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_joulegate"))
+            .args([
+                "mock-upstream",
+                "--listen",
+                "127.0.0.1:0",
+                "--engine",
+                "--time-scale",
+                "100",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map(|_| line)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let addr: SocketAddr = line
+        .trim_end()
+        .strip_prefix("listening mock-upstream=")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let r = call(
+        addr,
+        "POST",
+        "/v1/completions",
+        Some(br#"{"prompt":"once upon a time","max_tokens":3}"#.to_vec()),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["usage"]["prompt_tokens"], 6);
+}

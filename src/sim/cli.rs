@@ -88,3 +88,60 @@ pub async fn run_cli(args: MockUpstreamArgs) -> anyhow::Result<()> {
     handle.shutdown().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: MockUpstreamArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<MockUpstreamArgs, clap::Error> {
+        Wrap::try_parse_from(std::iter::once("mock-upstream").chain(args.iter().copied()))
+            .map(|w| w.args)
+    }
+
+    #[test]
+    fn flags_parse_and_validate() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(
+            (a.listen.as_str(), a.seed, a.engine, a.vllm_version.as_str()),
+            ("127.0.0.1:8000", 0, false, "0.32.0")
+        );
+        let a = parse(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--ttft-ms",
+            "5",
+            "--itl-ms",
+            "2",
+            "--seed",
+            "9",
+        ])
+        .unwrap();
+        assert_eq!((a.ttft_ms, a.itl_ms, a.seed), (Some(5), Some(2), 9));
+        let a = parse(&[
+            "--engine",
+            "--time-scale",
+            "10",
+            "--energy-counter-file",
+            "/tmp/x",
+        ])
+        .unwrap();
+        assert!(a.engine && a.time_scale == 10.0 && a.energy_counter_file.is_some());
+        // Fixed timing needs both delays and excludes the engine; engine options need --engine.
+        assert!(parse(&["--ttft-ms", "5"]).is_err());
+        assert!(parse(&["--engine", "--ttft-ms", "5", "--itl-ms", "1"]).is_err());
+        assert!(parse(&["--energy-counter-file", "/tmp/x"]).is_err());
+        assert!(parse(&["--seed", "x"]).is_err());
+        let help = Wrap::try_parse_from(["mock-upstream", "--help"])
+            .unwrap_err()
+            .to_string();
+        assert!(help.contains("--energy-counter-file") && help.contains("--ttft-ms"));
+    }
+}

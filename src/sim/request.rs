@@ -176,13 +176,15 @@ pub fn parse(kind: ApiKind, body: &[u8], limits: &Limits<'_>) -> Result<GenReque
     }
     let max_tokens = match (kind, asked) {
         (ApiKind::Embeddings, _) => 0,
-        (_, Some(m)) if m > max_len => return Err(ApiError::bad(
-            format!(
+        (_, Some(m)) if m > max_len => {
+            return Err(ApiError::bad(
+                format!(
                 "{max_field}={m} cannot be greater than max_model_len={max_len}. Please request \
                      fewer output tokens. (parameter={max_field}, value={m})"
             ),
-            Some(max_field),
-        )),
+                Some(max_field),
+            ))
+        }
         (_, Some(m)) if m + longest_prompt > max_len => {
             return Err(ApiError::bad(
                 format!(

@@ -55,10 +55,13 @@ async fn progress_arrives_per_step_and_totals_conserve() {
     assert_eq!(last.map(|e| (e.generated, e.finished)), Some((4, true)));
     tokio::time::sleep(Duration::from_millis(50)).await;
     let totals = client.shared.settle_idle();
-    let engine = client.shared.engine();
-    let t1 = engine.truth(1).unwrap().clone();
-    let t2 = engine.truth(2).unwrap().clone();
-    drop(engine);
+    let (t1, t2) = {
+        let engine = client.shared.engine();
+        (
+            engine.truth(1).unwrap().clone(),
+            engine.truth(2).unwrap().clone(),
+        )
+    };
     assert_eq!((t1.phase, t2.phase), (Phase::Finished, Phase::Finished));
     assert_eq!(t1.total_uj() + t2.total_uj(), totals.step_uj);
     assert_eq!(totals.step_uj + totals.idle_uj, totals.total_uj);
@@ -121,4 +124,32 @@ async fn counter_file_is_rewritten_atomically() {
     write_counter_file(&path, 43).await.unwrap();
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "43\n");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn publisher_mirrors_the_counter_to_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("energy_uj");
+    let (stop_tx, stop) = watch::channel(false);
+    let (client, tasks) = spawn(
+        RunnerConfig {
+            counter_file: Some(path.clone()),
+            ..cfg(20)
+        },
+        stop,
+    );
+    let mut rx = client.submit(1, 50, 3, 1);
+    while rx.recv().await.is_some() {}
+    // Stopping publishes and writes once more; awaiting the tasks makes that write visible.
+    stop_tx.send_replace(true);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let written: u64 = std::fs::read_to_string(&path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(written, client.shared.counter().load(Ordering::Relaxed));
+    assert!(written > 0);
 }

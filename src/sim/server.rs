@@ -49,6 +49,7 @@ impl MockUpstream {
         MockBuilder {
             cfg: MockConfig::default(),
             timing: Timing::Immediate,
+            counter_file: None,
         }
     }
 }
@@ -58,6 +59,7 @@ impl MockUpstream {
 pub struct MockBuilder {
     cfg: MockConfig,
     timing: Timing,
+    counter_file: Option<PathBuf>,
 }
 
 impl MockBuilder {
@@ -111,17 +113,28 @@ impl MockBuilder {
     }
     /// Mirrors the engine's energy counter to this file (engine timing only).
     pub fn energy_counter_file(mut self, path: impl Into<PathBuf>) -> Self {
-        if let Timing::Engine(r) = &mut self.timing {
-            r.counter_file = Some(path.into());
-        }
+        self.counter_file = Some(path.into());
+        self
+    }
+    /// Keeps at most this many received requests for [`MockHandle::requests`] (default 10,000).
+    pub fn record_limit(mut self, n: usize) -> Self {
+        self.cfg.record_limit = n;
+        self
+    }
+    /// Keeps the ground truth of at most this many responses (default 100,000).
+    pub fn truth_limit(mut self, n: usize) -> Self {
+        self.cfg.truth_limit = n;
         self
     }
 
     /// Starts serving on `listener` (already bound: tests bind `127.0.0.1:0`).
-    pub fn spawn(self, listener: TcpListener) -> std::io::Result<MockHandle> {
+    pub fn spawn(mut self, listener: TcpListener) -> std::io::Result<MockHandle> {
         let addr = listener.local_addr()?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
+        if let (Timing::Engine(rc), Some(path)) = (&mut self.timing, self.counter_file.take()) {
+            rc.counter_file = Some(path);
+        }
         let engine = match self.timing.clone() {
             Timing::Engine(rc) => {
                 let (client, t) = runner::spawn(rc, shutdown_rx.clone());
@@ -306,14 +319,14 @@ impl MockHandle {
         let _ = rx.wait_for(|_| cond(&app.state())).await;
     }
 
-    /// Requests received so far.
+    /// Requests received so far (the latest `record_limit`), oldest first.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.app.state().requests.clone()
+        self.app.state().requests.iter().cloned().collect()
     }
 
-    /// Waits until `n` requests have been received; returns them all.
-    pub async fn wait_for_requests(&self, n: usize) -> Vec<RecordedRequest> {
-        self.wait_until(|s| s.requests.len() >= n).await;
+    /// Waits until `n` requests have been received in all; returns those kept.
+    pub async fn wait_for_requests(&self, n: u64) -> Vec<RecordedRequest> {
+        self.wait_until(|s| s.received >= n).await;
         self.requests()
     }
 

@@ -3,7 +3,7 @@
 //! uvicorn's headers in uvicorn's order, request recording, ids, and the errors vLLM answers before
 //! generating. Token production and stream bytes are in [`super::stream`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -42,6 +42,10 @@ pub struct MockConfig {
     pub absent_include_usage_is_true: bool,
     /// Default fault.
     pub fault: Option<Fault>,
+    /// How many received requests are kept for the handle (older ones are dropped).
+    pub record_limit: usize,
+    /// How many responses' ground truths are kept (older finished ones are forgotten).
+    pub truth_limit: usize,
 }
 
 impl Default for MockConfig {
@@ -55,6 +59,8 @@ impl Default for MockConfig {
             prompt_details: false,
             absent_include_usage_is_true: false,
             fault: None,
+            record_limit: 10_000,
+            truth_limit: 100_000,
         }
     }
 }
@@ -62,8 +68,12 @@ impl Default for MockConfig {
 /// What the handle observes.
 #[derive(Debug, Default)]
 pub struct AppState {
-    /// Requests received, in order.
-    pub requests: Vec<RecordedRequest>,
+    /// The latest requests received, in order (at most `record_limit`).
+    pub requests: VecDeque<RecordedRequest>,
+    /// Requests received in all.
+    pub received: u64,
+    /// Response ids with engine requests, oldest first (at most `truth_limit`).
+    pub truth_order: VecDeque<String>,
     /// Streams whose client went away.
     pub client_gone: u64,
     /// Generation responses sent completely.
@@ -122,6 +132,26 @@ impl App {
     pub fn update(&self, f: impl FnOnce(&mut AppState)) {
         f(&mut self.state());
         self.events.send_modify(|v| *v += 1);
+    }
+
+    /// Remembers the engine ids of a response, forgetting the oldest beyond `truth_limit`.
+    pub fn track(&self, response_id: &str, ids: Vec<u64>) {
+        let mut forget = Vec::new();
+        self.update(|s| {
+            s.engine_ids.insert(response_id.to_owned(), ids);
+            s.truth_order.push_back(response_id.to_owned());
+            while s.truth_order.len() > self.cfg.truth_limit.max(1) {
+                if let Some(old) = s.truth_order.pop_front() {
+                    forget.extend(s.engine_ids.remove(&old).unwrap_or_default());
+                }
+            }
+        });
+        if let (Some(engine), false) = (&self.engine, forget.is_empty()) {
+            let mut engine = engine.shared.engine();
+            for id in forget {
+                engine.forget(id);
+            }
+        }
     }
 
     /// Reserves `count` consecutive engine ids.
@@ -272,8 +302,13 @@ pub async fn handle(
     let fault = header(FAULT_HEADER)
         .and_then(Fault::parse)
         .or(app.cfg.fault);
+    let limit = app.cfg.record_limit;
     app.update(|s| {
-        s.requests.push(RecordedRequest {
+        s.received += 1;
+        if s.requests.len() >= limit {
+            s.requests.pop_front();
+        }
+        s.requests.push_back(RecordedRequest {
             method: parts.method.clone(),
             uri: parts
                 .uri

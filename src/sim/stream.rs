@@ -85,9 +85,7 @@ impl Source {
                 if let Some(engine) = &app.engine {
                     let base = app.engine_ids(u64::from(subs));
                     let ids: Vec<u64> = (base..base + u64::from(subs)).collect();
-                    app.update(|s| {
-                        s.engine_ids.insert(response_id.to_owned(), ids.clone());
-                    });
+                    app.track(response_id, ids.clone());
                     let (tx, rx) = mpsc::unbounded_channel();
                     for (id, &p) in ids.iter().zip(&req.prompt_tokens) {
                         engine.submit_with(*id, p, req.max_tokens, req.n, tx.clone());
