@@ -218,6 +218,8 @@ impl Engine {
     /// Queues a request (`n` choices of `max_tokens` each after a `prompt`-token prefill). An empty
     /// prompt still costs one token, as in vLLM; a reused id replaces the old record.
     pub fn add(&mut self, id: u64, prompt: u32, max_tokens: u32, n: u32) {
+        // Take a reused id out of the queues first, so that it is never scheduled twice.
+        self.abort(id);
         let prompt = prompt.max(1);
         self.reqs.insert(
             id,
@@ -294,7 +296,7 @@ impl Engine {
     /// Accounts `ns` of idle time; returns the idle energy added, µJ.
     pub fn idle(&mut self, ns: u64) -> u64 {
         let before = self.idle_energy_uj(self.totals.idle_ns);
-        self.totals.idle_ns += ns;
+        self.totals.idle_ns = self.totals.idle_ns.saturating_add(ns);
         let added = self.idle_energy_uj(self.totals.idle_ns) - before;
         self.totals.idle_uj += added;
         self.totals.total_uj += added;
@@ -344,10 +346,11 @@ impl Engine {
         let (p, d, ctx) = work
             .iter()
             .fold((0, 0, 0), |a, w| (a.0 + w.1, a.1 + w.2, a.2 + w.3));
-        let duration_ns = c.step_base_ns
-            + c.prefill_ns_per_token * p
-            + c.decode_ns_per_token * d
-            + (u128::from(c.context_ps_per_token) * u128::from(ctx) / 1000) as u64;
+        let duration_ns = c
+            .step_base_ns
+            .saturating_add(c.prefill_ns_per_token.saturating_mul(p))
+            .saturating_add(c.decode_ns_per_token.saturating_mul(d))
+            .saturating_add((u128::from(c.context_ps_per_token) * u128::from(ctx) / 1000) as u64);
         let weight = |w: &(u64, u64, u64, u64)| {
             u128::from(c.prefill_nj_per_token) * u128::from(w.1)
                 + u128::from(c.decode_nj_per_token) * u128::from(w.2)
@@ -397,7 +400,7 @@ impl Engine {
             self.running.retain(|&x| x != e.id);
         }
         self.totals.steps += 1;
-        self.totals.busy_ns += duration_ns;
+        self.totals.busy_ns = self.totals.busy_ns.saturating_add(duration_ns);
         self.totals.step_uj += energy_uj;
         self.totals.total_uj += energy_uj;
         Some(StepReport {

@@ -217,7 +217,12 @@ pub fn parse(kind: ApiKind, body: &[u8], limits: &Limits<'_>) -> Result<GenReque
         stream: stream && kind != ApiKind::Embeddings,
         include_usage,
         continuous_usage,
-        n: if kind == ApiKind::Embeddings { 1 } else { n },
+        // The Responses API has no `n`; embeddings have no choices.
+        n: if matches!(kind, ApiKind::Embeddings | ApiKind::Responses) {
+            1
+        } else {
+            n
+        },
         prompt_tokens,
         max_tokens,
         logprobs,

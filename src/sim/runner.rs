@@ -27,7 +27,7 @@ use super::engine::{Emit, Engine, EngineConfig, Totals};
 pub struct RunnerConfig {
     /// The engine's limits and cost model.
     pub engine: EngineConfig,
-    /// Simulated seconds per wall second (must be > 0; 1.0 = real time).
+    /// Simulated seconds per wall second (1.0 = real time; clamped to [0.001, 10^6]; invalid → 1.0).
     pub time_scale: f64,
     /// How often the energy counter advances (default 20 ms).
     pub counter_period: Duration,
