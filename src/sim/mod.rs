@@ -5,7 +5,7 @@
 //! - [`server`]: [`MockUpstream::builder`] → [`MockBuilder::spawn`] → [`MockHandle`] (await requests,
 //!   client disconnects, completions, ground truth).
 //! - [`service`] (routes, headers, ids) and [`stream`] (tokens → SSE/JSON, faults).
-//! - [`wire`], [`wire_responses`]: vLLM's bytes; [`request`]: vLLM's request reading and errors;
+//! - [`wire`], [`wire_json`], [`wire_responses`]: vLLM's bytes; [`endpoints`]: tokenize, metrics; [`request`]: vLLM's request reading and errors;
 //!   [`text`]: the toy tokenizer and seeded text; [`faults`]: scripted faults.
 //! - [`engine`]: the pure batching and energy model; [`runner`]: its real-time driver and the
 //!   energy counter.
@@ -16,6 +16,7 @@
 //! `max_model_len - prompt_tokens`.
 
 pub mod cli;
+pub mod endpoints;
 pub mod engine;
 pub mod faults;
 pub mod request;
@@ -25,6 +26,7 @@ pub mod service;
 pub mod stream;
 pub mod text;
 pub mod wire;
+pub mod wire_json;
 pub mod wire_responses;
 
 pub use cli::{run_cli, MockUpstreamArgs};

@@ -15,7 +15,8 @@ use super::request::{ApiKind, GenRequest};
 use super::server::{BodyError, MockBody, Timing};
 use super::service::{error_response, json_response, status_error, App};
 use super::text::{gen_token, mix, GenToken};
-use super::wire::{self, ChoiceOut, ChunkCtx, ChunkExtras, DONE};
+use super::wire::{self, ChunkCtx, ChunkExtras, DONE};
+use super::wire_json::{self, ChoiceOut};
 use super::wire_responses::{self as wr, RespCtx};
 
 /// Everything needed to write one response.
@@ -392,8 +393,10 @@ pub async fn collect(
         })
         .collect();
     let body = match (req.kind, &plan.resp) {
-        (ApiKind::Chat, _) => wire::chat_json(&plan.ctx, &choices, prompt, completion),
-        (ApiKind::Completions, _) => wire::completion_json(&plan.ctx, &choices, prompt, completion),
+        (ApiKind::Chat, _) => wire_json::chat_json(&plan.ctx, &choices, prompt, completion),
+        (ApiKind::Completions, _) => {
+            wire_json::completion_json(&plan.ctx, &choices, prompt, completion)
+        }
         (ApiKind::Responses, Some(r)) => {
             wr::response_object(r, Some((&choices[0].text, prompt, completion)))
         }
@@ -401,7 +404,7 @@ pub async fn collect(
             let vectors: Vec<Vec<f64>> = (0..subs as u64)
                 .map(|i| embedding(plan.key ^ mix(i), 8))
                 .collect();
-            wire::embeddings_json(&plan.ctx, &vectors, prompt)
+            wire_json::embeddings_json(&plan.ctx, &vectors, prompt)
         }
     };
     app.update(|s| s.completed += 1);
