@@ -9,6 +9,7 @@
 //!   [`text`]: the toy tokenizer and seeded text; [`faults`]: scripted faults.
 //! - [`engine`]: the pure batching and energy model; [`runner`]: its real-time driver and the
 //!   energy counter.
+//! - [`workload`]: seeded request plans (steady, bursty, prefill-heavy, decode-heavy, mixed).
 //! - [`cli`]: `joulegate mock-upstream`.
 //!
 //! Completion length: `max_tokens` (or `max_completion_tokens`, `max_output_tokens`) exactly, since
@@ -28,6 +29,7 @@ pub mod text;
 pub mod wire;
 pub mod wire_json;
 pub mod wire_responses;
+pub mod workload;
 
 pub use cli::{run_cli, MockUpstreamArgs};
 pub use engine::{CostModel, EngineConfig, Phase};
