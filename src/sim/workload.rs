@@ -185,3 +185,73 @@ mod tests {
         assert!((100..200).contains(&streams));
     }
 }
+
+#[cfg(test)]
+mod figures {
+    use super::*;
+    use crate::sim::engine::{Engine, EngineConfig};
+    use crate::sim::request::{parse, ApiKind, Limits};
+
+    /// Drives the pure engine with a plan in simulated time; returns (J, s, tokens out, W mean).
+    fn simulate(kind: WorkloadKind) -> (f64, f64, u64, f64) {
+        let limits = Limits {
+            model: "tiny",
+            max_model_len: 2048,
+            absent_include_usage_is_true: false,
+        };
+        let mut e = Engine::new(EngineConfig::default());
+        let mut now_ns = 0u64;
+        let mut out = 0;
+        for (id, r) in plan(kind, 7, 200, Duration::from_millis(50))
+            .iter()
+            .enumerate()
+        {
+            let at = r.at.as_nanos() as u64;
+            while now_ns < at {
+                match e.step() {
+                    Some(s) => now_ns += s.duration_ns,
+                    None => {
+                        e.idle(at - now_ns);
+                        now_ns = at;
+                    }
+                }
+            }
+            let api = if r.path == "/v1/completions" {
+                ApiKind::Completions
+            } else {
+                ApiKind::Chat
+            };
+            let g = parse(api, &r.body, &limits).unwrap();
+            out += u64::from(g.max_tokens);
+            e.add(id as u64, g.prompt_tokens[0], g.max_tokens, 1);
+        }
+        while let Some(s) = e.step() {
+            now_ns += s.duration_ns;
+        }
+        let t = e.totals();
+        let secs = now_ns as f64 / 1e9;
+        (
+            t.total_uj as f64 / 1e6,
+            secs,
+            out,
+            t.total_uj as f64 / 1e6 / secs,
+        )
+    }
+
+    #[test]
+    fn default_model_gives_h100_like_power() {
+        for kind in [
+            WorkloadKind::Steady,
+            WorkloadKind::Bursty,
+            WorkloadKind::PrefillHeavy,
+            WorkloadKind::DecodeHeavy,
+        ] {
+            let (j, s, tokens, w) = simulate(kind);
+            println!(
+                "{kind:?}: {j:.1} J over {s:.2} s simulated, {w:.0} W mean, {:.3} J/output token",
+                j / tokens as f64
+            );
+            assert!((70.0..700.0).contains(&w), "{kind:?}: {w} W");
+        }
+    }
+}
