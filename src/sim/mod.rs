@@ -5,8 +5,9 @@
 //! - [`server`]: [`MockUpstream::builder`] → [`MockBuilder::spawn`] → [`MockHandle`] (await requests,
 //!   client disconnects, completions, ground truth).
 //! - [`service`] (routes, headers, ids) and [`stream`] (tokens → SSE/JSON, faults).
-//! - [`wire`], [`wire_json`], [`wire_responses`]: vLLM's bytes; [`endpoints`]: tokenize, metrics; [`request`]: vLLM's request reading and errors;
-//!   [`text`]: the toy tokenizer and seeded text; [`faults`]: scripted faults.
+//! - [`wire`], [`wire_json`], [`wire_responses`]: vLLM's bytes; [`endpoints`]: tokenize, metrics;
+//!   [`request`]: vLLM's request reading and errors; [`text`]: the toy tokenizer and seeded text;
+//!   [`faults`]: scripted faults.
 //! - [`engine`]: the pure batching and energy model; [`runner`]: its real-time driver and the
 //!   energy counter.
 //! - [`workload`]: seeded request plans (steady, bursty, prefill-heavy, decode-heavy, mixed).
