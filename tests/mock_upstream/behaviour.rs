@@ -1,0 +1,447 @@
+//! Behaviour beyond the fixtures: ids, determinism, recording, usage semantics, other endpoints,
+//! faults, client disconnects, and the engine's ground truth.
+
+use super::*;
+
+fn events(body: &[u8]) -> Vec<String> {
+    std::str::from_utf8(body)
+        .unwrap()
+        .split_terminator("\n\n")
+        .map(str::to_owned)
+        .collect()
+}
+
+fn data(ev: &str) -> Value {
+    serde_json::from_str(ev.strip_prefix("data: ").unwrap()).unwrap()
+}
+
+fn engine_timing(scale: f64) -> Timing {
+    Timing::Engine(RunnerConfig {
+        engine: EngineConfig::default(),
+        time_scale: scale,
+        ..RunnerConfig::default()
+    })
+}
+
+#[tokio::test]
+async fn x_request_id_is_the_base_of_the_response_id() {
+    let h = mock(MockUpstream::builder()).await;
+    let r = call(
+        h.addr(),
+        "POST",
+        "/v1/chat/completions",
+        Some(chat_body(r#","max_tokens":2"#)),
+        &[("x-request-id", "abc-1")],
+    )
+    .await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&r.body).unwrap()["id"],
+        "chatcmpl-abc-1"
+    );
+    let r = call(
+        h.addr(),
+        "POST",
+        "/v1/completions",
+        Some(br#"{"prompt":"hi","max_tokens":1}"#.to_vec()),
+        &[("x-request-id", "q")],
+    )
+    .await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&r.body).unwrap()["id"],
+        "cmpl-q"
+    );
+    let r = call(
+        h.addr(),
+        "POST",
+        "/v1/completions",
+        Some(br#"{"prompt":"hi","max_tokens":1}"#.to_vec()),
+        &[],
+    )
+    .await;
+    let id = serde_json::from_slice::<Value>(&r.body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        id.starts_with("cmpl-")
+            && id.len() == 5 + 16
+            && id[5..].chars().all(|c| c.is_ascii_hexdigit())
+    );
+    assert_eq!(h.requests()[2].response_id.as_deref(), Some(id.as_str()));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn output_is_deterministic_given_the_seed() {
+    let run = |seed| async move {
+        let h = mock(MockUpstream::builder().seed(seed)).await;
+        let mut out = Vec::new();
+        for extra in [
+            r#","max_tokens":5,"stream":true"#,
+            r#","max_tokens":3,"n":2"#,
+        ] {
+            let r = call(
+                h.addr(),
+                "POST",
+                "/v1/chat/completions",
+                Some(chat_body(extra)),
+                &[],
+            )
+            .await;
+            let mut v = String::from_utf8(r.body).unwrap();
+            // `created` is the clock's, everything else is the seed's.
+            while let Some(i) = v.find("\"created\":") {
+                let end = v[i + 10..].find(|c: char| !c.is_ascii_digit()).unwrap() + i + 10;
+                v.replace_range(i..end, "\"C\":0");
+            }
+            out.push(v);
+        }
+        h.shutdown().await;
+        out
+    };
+    let a = run(5).await;
+    assert_eq!(a, run(5).await);
+    assert_ne!(a, run(6).await);
+}
+
+#[tokio::test]
+async fn records_headers_and_exact_body_bytes() {
+    let h = mock(MockUpstream::builder()).await;
+    let body = b"{\"model\": \"tiny\",   \"prompt\": \"x\", \"max_tokens\": 1}".to_vec();
+    call(
+        h.addr(),
+        "POST",
+        "/v1/completions?a=1",
+        Some(body.clone()),
+        &[("x-custom", "v1"), ("authorization", "Bearer k")],
+    )
+    .await;
+    let reqs = h.wait_for_requests(1).await;
+    assert_eq!(reqs[0].body.as_ref(), body.as_slice());
+    assert_eq!(reqs[0].uri, "/v1/completions?a=1");
+    assert_eq!(reqs[0].header("x-custom"), Some("v1"));
+    assert_eq!(reqs[0].header("authorization"), Some("Bearer k"));
+    let names: Vec<&str> = reqs[0].headers.iter().map(|(n, _)| n.as_str()).collect();
+    let (hi, ci) = (
+        names.iter().position(|n| *n == "host"),
+        names.iter().position(|n| *n == "x-custom"),
+    );
+    assert!(hi < ci, "order kept: {names:?}");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn include_usage_default_follows_the_version_option() {
+    let body = chat_body(r#","max_tokens":2,"stream":true,"stream_options":{}"#);
+    let h = mock(MockUpstream::builder()).await;
+    let r = call(
+        h.addr(),
+        "POST",
+        "/v1/chat/completions",
+        Some(body.clone()),
+        &[],
+    )
+    .await;
+    assert!(!String::from_utf8_lossy(&r.body).contains("\"usage\""));
+    h.shutdown().await;
+    let h = mock(
+        MockUpstream::builder()
+            .vllm_version("0.8.5")
+            .absent_include_usage_is_true(true),
+    )
+    .await;
+    let r = call(h.addr(), "POST", "/v1/chat/completions", Some(body), &[]).await;
+    let ev = events(&r.body);
+    assert_eq!(data(&ev[ev.len() - 2])["usage"]["completion_tokens"], 2);
+    let v = call(h.addr(), "GET", "/version", None, &[]).await;
+    assert_eq!(v.body, b"{\"version\":\"0.8.5\"}");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn embeddings_responses_and_unknown_routes() {
+    let h = mock(MockUpstream::builder()).await;
+    let r = call(
+        h.addr(),
+        "POST",
+        "/v1/embeddings",
+        Some(br#"{"model":"tiny","input":["abcdef","x"]}"#.to_vec()),
+        &[],
+    )
+    .await;
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+    assert_eq!(v["usage"]["prompt_tokens"], 3);
+    assert!(v["id"].as_str().unwrap().starts_with("embd-"));
+    let r = call(
+        h.addr(),
+        "POST",
+        "/v1/responses",
+        Some(br#"{"input":"hello","max_output_tokens":3,"stream":true}"#.to_vec()),
+        &[],
+    )
+    .await;
+    let ev = events(&r.body);
+    assert!(ev
+        .last()
+        .unwrap()
+        .starts_with("event: response.completed\n"));
+    assert!(!String::from_utf8_lossy(&r.body).contains("[DONE]"));
+    assert_eq!(
+        ev.iter()
+            .filter(|e| e.starts_with("event: response.output_text.delta"))
+            .count(),
+        3
+    );
+    assert_eq!(call(h.addr(), "GET", "/nope", None, &[]).await.status, 404);
+    assert_eq!(
+        call(h.addr(), "GET", "/v1/chat/completions", None, &[])
+            .await
+            .status,
+        405
+    );
+    let m = call(h.addr(), "GET", "/metrics", None, &[]).await;
+    assert!(String::from_utf8_lossy(&m.body)
+        .contains("vllm:prompt_tokens_total{engine=\"0\",model_name=\"tiny\"} 20.0"));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn fixed_timing_streams_every_token() {
+    let h = mock(MockUpstream::builder().timing(Timing::Fixed {
+        ttft: std::time::Duration::from_millis(2),
+        itl: std::time::Duration::from_millis(1),
+    }))
+    .await;
+    let r = call(
+        h.addr(),
+        "POST",
+        "/v1/chat/completions",
+        Some(chat_body(r#","max_tokens":4,"stream":true"#)),
+        &[],
+    )
+    .await;
+    assert_eq!(events(&r.body).len(), 1 + 4 + 1);
+    h.wait_for_completed(1).await;
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn fault_status_answers_vllm_error_shape() {
+    let h = mock(MockUpstream::builder()).await;
+    let r = call(
+        h.addr(),
+        "POST",
+        "/v1/chat/completions",
+        Some(chat_body("")),
+        &[("x-mock-fault", "status=500")],
+    )
+    .await;
+    assert_eq!(r.status, 500);
+    assert_eq!(
+        String::from_utf8(r.body).unwrap(),
+        r#"{"error":{"message":"Internal server error","type":"InternalServerError","param":null,"code":500}}"#
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn fault_error_after_sends_the_error_event_then_done_under_200() {
+    let h = mock(MockUpstream::builder()).await;
+    let r = call(
+        h.addr(),
+        "POST",
+        "/v1/chat/completions",
+        Some(chat_body(r#","max_tokens":8,"stream":true"#)),
+        &[("x-mock-fault", "error-after=2")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let ev = events(&r.body);
+    assert_eq!(ev.len(), 1 + 2 + 2);
+    assert_eq!(
+        ev[3],
+        r#"data: {"error": {"message": "Internal server error", "type": "InternalServerError", "param": null, "code": 500}}"#
+    );
+    assert_eq!(ev[4], "data: [DONE]");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn fault_reset_truncates_the_body() {
+    let h = mock(MockUpstream::builder()).await;
+    let (resp, _t) = open(
+        h.addr(),
+        "POST",
+        "/v1/chat/completions",
+        Some(chat_body(r#","max_tokens":8,"stream":true"#)),
+        &[("x-mock-fault", "reset-after=1")],
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.into_body().collect().await.is_err());
+    // Non-streaming: the connection closes without a response.
+    let stream = TcpStream::connect(h.addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post("/v1/chat/completions")
+        .header("x-mock-fault", "reset-after=0")
+        .body(Full::new(Bytes::from(chat_body(r#","max_tokens":2"#))))
+        .unwrap();
+    assert!(sender.send_request(req).await.is_err());
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn stalled_stream_reports_the_client_leaving() {
+    let h = mock(MockUpstream::builder().fault(joulegate::sim::Fault {
+        stall_after: Some(1),
+        ..Default::default()
+    }))
+    .await;
+    let (resp, task) = open(
+        h.addr(),
+        "POST",
+        "/v1/chat/completions",
+        Some(chat_body(r#","max_tokens":8,"stream":true"#)),
+        &[],
+    )
+    .await;
+    let mut body = resp.into_body();
+    let mut seen = String::new();
+    // The role chunk and the one token chunk the fault lets through.
+    while seen.matches("\n\n").count() < 2 {
+        let frame = body.frame().await.unwrap().unwrap();
+        seen.push_str(std::str::from_utf8(frame.data_ref().unwrap()).unwrap());
+    }
+    assert_eq!(h.client_gone(), 0);
+    drop(body);
+    task.abort();
+    h.wait_for_client_gone(1).await;
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn engine_aborts_the_request_of_a_departed_client() {
+    // 2000 tokens take ~2.4 s of wall time at this scale: far longer than noticing the departure.
+    let h = mock(MockUpstream::builder().timing(engine_timing(5.0))).await;
+    let (resp, task) = open(
+        h.addr(),
+        "POST",
+        "/v1/chat/completions",
+        Some(chat_body(r#","max_tokens":2000,"stream":true"#)),
+        &[("x-request-id", "gone")],
+    )
+    .await;
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.data_ref().unwrap().starts_with(b"data: "));
+    drop(body);
+    task.abort();
+    h.wait_for_client_gone(1).await;
+    let t = h.wait_for_truth("chatcmpl-gone").await.unwrap();
+    assert_eq!(t.phase, Phase::Aborted);
+    assert!(t.completion_tokens < 2000 && t.prefill_uj > 0);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn engine_ground_truth_conserves_the_counter_exactly() {
+    let h = mock(MockUpstream::builder().timing(engine_timing(50.0))).await;
+    let addr = h.addr();
+    let reqs: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "/v1/chat/completions",
+            chat_body(
+                r#","max_tokens":12,"stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":true}"#,
+            ),
+        ),
+        (
+            "/v1/chat/completions",
+            chat_body(r#","max_tokens":6,"n":2"#),
+        ),
+        (
+            "/v1/completions",
+            br#"{"prompt":["one two","three four five"],"max_tokens":5,"stream":true}"#.to_vec(),
+        ),
+        ("/v1/embeddings", br#"{"input":"embed me please"}"#.to_vec()),
+        (
+            "/v1/responses",
+            br#"{"input":"say something short","max_output_tokens":4}"#.to_vec(),
+        ),
+    ];
+    let calls = reqs
+        .into_iter()
+        .enumerate()
+        .map(|(i, (path, body))| async move {
+            let id = format!("r{i}");
+            call(
+                addr,
+                "POST",
+                path,
+                Some(body),
+                &[("x-request-id", id.as_str())],
+            )
+            .await
+        });
+    let resps = futures_join(calls).await;
+    assert!(resps.iter().all(|r| r.status == 200));
+    h.wait_for_completed(5).await;
+    let totals = h.settle_energy().unwrap();
+    let truths = h.truths();
+    assert_eq!(truths.len(), 5);
+    let sum: u64 = truths.iter().map(|(_, t)| t.total_uj()).sum();
+    assert_eq!(sum, totals.step_uj);
+    assert_eq!(sum + totals.idle_uj, totals.total_uj);
+    assert_eq!(h.energy_counter_uj(), totals.total_uj);
+    let t = h.truth("chatcmpl-r1").unwrap();
+    assert_eq!(
+        (t.prompt_tokens, t.completion_tokens, t.phase),
+        (22, 12, Phase::Finished)
+    );
+    let t = h.truth("cmpl-r2").unwrap();
+    assert_eq!((t.prompt_tokens, t.completion_tokens), (8, 10));
+    let t = h.truth("embd-r3").unwrap();
+    assert!(t.prefill_uj > 0 && t.decode_uj == 0 && t.completion_tokens == 0);
+    assert!(truths.iter().all(|(_, t)| t.prefill_uj > 0));
+    h.shutdown().await;
+}
+
+/// Runs futures concurrently (no extra dependency for a join).
+async fn futures_join<F: std::future::Future<Output = Resp> + Send + 'static>(
+    fs: impl Iterator<Item = F>,
+) -> Vec<Resp> {
+    let handles: Vec<_> = fs.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn serves_http2_too() {
+    let h = mock(MockUpstream::builder()).await;
+    let stream = TcpStream::connect(h.addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post(format!("http://{}/v1/chat/completions", h.addr()))
+        .body(Full::new(Bytes::from(chat_body(
+            r#","max_tokens":3,"stream":true"#,
+        ))))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("transfer-encoding").is_none());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(events(&body).len(), 5);
+    h.shutdown().await;
+}
