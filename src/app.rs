@@ -167,12 +167,22 @@ fn accounting_config(c: &Config) -> AccountingConfig {
 impl App {
     /// Starts the sampler and accounting threads, serves both listeners until `shutdown` resolves,
     /// then drains in-flight requests within the configured grace period. The threads stop when
-    /// this returns (their handles are dropped).
+    /// this returns.
     pub async fn serve(
         self,
         listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), AppError> {
+        let running = self.start(listeners)?;
+        shutdown.await;
+        running.shutdown();
+        running.wait().await;
+        Ok(())
+    }
+
+    /// Starts everything on the current tokio runtime and returns at once with a handle (for the
+    /// demo, tests and benches, which read accounting directly).
+    pub fn start(self, listeners: Listeners) -> Result<Running, AppError> {
         let App {
             config,
             state,
@@ -182,7 +192,6 @@ impl App {
         for u in &unavailable {
             tracing::warn!(meter = %u.spec, reason = %u.reason, "meter unavailable");
         }
-        let accounting_config = accounting_config(&config);
         let (sampler, ticks) = if meters.meters.is_empty() {
             tracing::warn!("no working energy meter: energy is reported as unavailable");
             // A receiver whose sender is gone: accounting retires requests on its timer alone.
@@ -197,7 +206,7 @@ impl App {
             (Some(sampler), rx)
         };
         let accounting = Accounting::spawn(
-            accounting_config,
+            accounting_config(&config),
             state.in_flight.clone(),
             ticks,
             state.clock,
@@ -211,7 +220,8 @@ impl App {
             config: config.clone(),
             upstream: state.upstream.clone(),
         });
-
+        let proxy_addr = listeners.proxy.local_addr().ok();
+        let admin_addr = listeners.admin.local_addr().ok();
         let (stop_tx, stop_rx) = watch::channel(false);
         let limits = ConnLimits {
             max_connections: config.max_connections,
@@ -235,19 +245,54 @@ impl App {
         }
         let admin = serve_connections(
             listeners.admin,
-            AdminService::new(admin_state),
+            AdminService::new(admin_state.clone()),
             admin_limits,
             stopped(stop_rx),
         );
-        let signal = async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections; draining in-flight requests");
-            let _ = stop_tx.send(true);
-        };
-        tokio::join!(proxy, admin, signal);
-        drop(accounting);
-        drop(sampler);
-        Ok(())
+        let task = tokio::spawn(async move {
+            tokio::join!(proxy, admin);
+            // The threads outlive the listeners so the last requests are settled and retired.
+            drop(accounting);
+            drop(sampler);
+        });
+        Ok(Running {
+            admin: admin_state,
+            state,
+            stop: stop_tx,
+            task,
+            proxy_addr,
+            admin_addr,
+        })
+    }
+}
+
+/// A started application.
+#[derive(Debug)]
+pub struct Running {
+    /// What the admin endpoints read: accounting's books and records, meter health.
+    pub admin: Arc<AdminState>,
+    /// The data plane's shared state (in-flight registry, clock).
+    pub state: Arc<ProxyState>,
+    /// The proxy listener's address.
+    pub proxy_addr: Option<SocketAddr>,
+    /// The admin listener's address.
+    pub admin_addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Starts the graceful shutdown: listeners close, in-flight requests drain within the grace.
+    pub fn shutdown(&self) {
+        tracing::info!("shutting down: no new connections; draining in-flight requests");
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits until the drain is over and the background threads have stopped.
+    pub async fn wait(self) {
+        if let Err(err) = self.task.await {
+            tracing::error!(error = %err, "server task failed");
+        }
     }
 }
 
