@@ -14,7 +14,7 @@ use http::{header, HeaderValue, Request, Response, Version};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
-use super::energy::{energy_headers, Carbon};
+use super::energy::{energy_headers, trailer_announcement, Carbon};
 use super::error::{error_response, ProxyError};
 use super::headers::{
     accepts_trailers, content_length, is_event_stream, is_websocket_upgrade, remove_in_order,
@@ -174,6 +174,9 @@ impl ProxyService {
             parts
                 .headers
                 .insert(ENERGY_REQUEST_ID, header_value(&public_id));
+            if trailers_allowed {
+                announce_trailers(&mut parts.headers, &state.carbon);
+            }
             let body = RelayBody::new(body, Some(observer), end);
             return Ok(Response::from_parts(parts, body.boxed_unsync()));
         }
@@ -209,11 +212,26 @@ impl ProxyService {
         parts
             .headers
             .insert(ENERGY_REQUEST_ID, header_value(&public_id));
+        if trailers_allowed {
+            announce_trailers(&mut parts.headers, &state.carbon);
+        }
         Ok(Response::from_parts(
             parts,
             RelayBody::new(body, None, end).boxed_unsync(),
         ))
     }
+}
+
+/// Adds the energy fields to the response's `Trailer` announcement (keeping the upstream's own).
+fn announce_trailers(headers: &mut http::HeaderMap, carbon: &Carbon) {
+    let ours = trailer_announcement(carbon);
+    let merged = match headers.get(header::TRAILER).and_then(|v| v.to_str().ok()) {
+        Some(theirs) if !theirs.trim().is_empty() => {
+            header_value(&format!("{theirs}, {}", ours.to_str().unwrap_or_default()))
+        }
+        _ => ours,
+    };
+    headers.insert(header::TRAILER, merged);
 }
 
 fn header_value(text: &str) -> HeaderValue {
