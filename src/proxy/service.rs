@@ -91,6 +91,8 @@ impl ProxyService {
             return Err(ProxyError::UpgradeUnsupported);
         }
         let trailers_allowed = parts.version == Version::HTTP_2 || accepts_trailers(&parts.headers);
+        // HTTP/1.1 sends only trailer fields announced in a `Trailer` header; HTTP/2 needs none.
+        let announce_trailers_h1 = trailers_allowed && parts.version != Version::HTTP_2;
         let limit = usize::try_from(state.max_body_bytes).unwrap_or(usize::MAX);
         let mut accounted: Option<(InFlightGuard, Inspected)> = None;
         let body: ProxyBody = if is_candidate(&parts.method, parts.uri.path()) {
@@ -174,7 +176,7 @@ impl ProxyService {
             parts
                 .headers
                 .insert(ENERGY_REQUEST_ID, header_value(&public_id));
-            if trailers_allowed {
+            if announce_trailers_h1 {
                 announce_trailers(&mut parts.headers, &state.carbon);
             }
             let body = RelayBody::new(body, Some(observer), end);
@@ -212,7 +214,7 @@ impl ProxyService {
         parts
             .headers
             .insert(ENERGY_REQUEST_ID, header_value(&public_id));
-        if trailers_allowed {
+        if announce_trailers_h1 {
             announce_trailers(&mut parts.headers, &state.carbon);
         }
         Ok(Response::from_parts(
