@@ -215,6 +215,7 @@ impl Accounting {
                 kind: WorkKind::of(p.meta.endpoint),
             }));
         self.ledger.apply(TickSpan::from(tick), &self.observations);
+        self.publish_rates(tick);
         let settled_until = self.ledger.settled_until_ns();
         for (p, e) in self.live.iter().zip(self.ledger.observed_energy()) {
             if let Some(e) = e {
@@ -229,6 +230,43 @@ impl Accounting {
         self.finals = finals;
         self.finals.clear();
         self.refresh_stats(tick.end_ns);
+    }
+
+    /// Publishes the system rates the data plane uses to estimate work no tick has settled yet:
+    /// recent total power (an exponential average over ticks, weight 1/4), idle power, and the
+    /// per-token active energies in use (fitted when trusted, configured otherwise).
+    fn publish_rates(&self, tick: &Tick) {
+        let rates = &self.in_flight.rates;
+        let dt = tick.end_ns.saturating_sub(tick.start_ns);
+        if let (Some(delta), true) = (tick.delta_uj, dt > 0) {
+            // uJ / ns = 1e3 W = 1e6 mW
+            let power_mw =
+                u64::try_from(u128::from(delta) * 1_000_000 / u128::from(dt)).unwrap_or(u64::MAX);
+            let old = rates.power_mw.load(Relaxed);
+            let new = if old == 0 {
+                power_mw
+            } else {
+                old - old / 4 + power_mw / 4
+            };
+            rates.power_mw.store(new, Relaxed);
+        }
+        if let (Some(idle_mw), _) = self.ledger.p_idle() {
+            rates.idle_mw.store(idle_mw, Relaxed);
+        }
+        let calibration = self.ledger.calibration();
+        let to_uj = |j: f64| {
+            if j.is_finite() && j > 0.0 {
+                (j * 1e6).round() as u64
+            } else {
+                0
+            }
+        };
+        rates
+            .prefill_uj_per_token
+            .store(to_uj(calibration.alpha_j), Relaxed);
+        rates
+            .decode_uj_per_token
+            .store(to_uj(calibration.beta_j), Relaxed);
     }
 
     /// Timer work without ticks: when no tick has come for `tickless_retire_after` (no meter, or

@@ -277,31 +277,57 @@ pub struct EnergyNow {
     pub status: EnergyStatus,
 }
 
+/// System-wide figures accounting publishes after each tick, so the data plane can estimate the
+/// energy of work no tick has settled yet (a request shorter than the settlement lag) without
+/// asking anybody.
+#[derive(Debug, Default)]
+pub struct SystemRates {
+    /// Recent total power of the metered devices, milliwatts (0: unknown).
+    pub power_mw: AtomicU64,
+    /// Idle power, milliwatts (0: unknown).
+    pub idle_mw: AtomicU64,
+    /// Active energy per prefill token, micro-joules (calibrated or configured).
+    pub prefill_uj_per_token: AtomicU64,
+    /// Active energy per decode token, micro-joules.
+    pub decode_uj_per_token: AtomicU64,
+}
+
 /// Longest stretch the settled figure is extrapolated over with the request's recent power: beyond
 /// it the sampler is evidently stalled and guessing would be worse than reporting what is settled.
 pub const MAX_EXTRAPOLATION_NS: u64 = 1_000_000_000;
 
 impl RequestProgress {
     /// The energy so far: what accounting settled up to its last tick, extended to `now_ns` with the
-    /// request's attributed power over that tick (bounded by [`MAX_EXTRAPOLATION_NS`]).
-    pub fn energy_now(&self, now_ns: u64) -> EnergyNow {
+    /// request's attributed power over that tick (bounded by [`MAX_EXTRAPOLATION_NS`]). A request no
+    /// tick has settled any work of yet (shorter than the settlement lag) is estimated from its
+    /// tokens and the system's calibrated per-token energy instead (see [`estimate_unsettled`]).
+    pub fn energy_now(&self, now_ns: u64, rates: &SystemRates) -> EnergyNow {
         let settled = self.energy_uj.load(Relaxed);
         let active = self.active_uj.load(Relaxed);
         let settled_until = self.settled_until_ns.load(Relaxed);
         let power_mw = self.recent_power_mw.load(Relaxed);
-        let extra = if settled_until == 0 {
-            0
-        } else {
+        let (extra, active_extra) = if power_mw > 0 && settled_until > 0 {
             let dt = now_ns
                 .saturating_sub(settled_until)
                 .min(MAX_EXTRAPOLATION_NS);
             // mW x ns = 1e-12 J = 1e-6 uJ
-            ((u128::from(power_mw) * u128::from(dt)) / 1_000_000) as u64
-        };
-        let active_extra = if settled == 0 {
-            0
+            let extra = ((u128::from(power_mw) * u128::from(dt)) / 1_000_000) as u64;
+            let active_extra = if settled == 0 {
+                0
+            } else {
+                ((u128::from(extra) * u128::from(active)) / u128::from(settled)) as u64
+            };
+            (extra, active_extra)
+        } else if settled == 0 {
+            let life_ns = now_ns.saturating_sub(self.meta.arrival_ns);
+            estimate_unsettled(
+                self.prompt_tokens.load(Relaxed),
+                self.completion_tokens.load(Relaxed),
+                life_ns,
+                rates,
+            )
         } else {
-            ((u128::from(extra) * u128::from(active)) / u128::from(settled)) as u64
+            (0, 0)
         };
         let status = if !self.energy_available.load(Relaxed) {
             EnergyStatus::Unavailable
@@ -318,6 +344,38 @@ impl RequestProgress {
             status,
         }
     }
+}
+
+/// Energy of a request's work that no tick has settled, from the system's per-token active energy
+/// (`a = prefill_uj x prompt + decode_uj x completion`), scaled up by its share of idle power the
+/// way the ledger splits it (`a x P / (P - P_idle)`), and never more than the whole system's power
+/// over the request's life. Returns (total, active) micro-joules; (0, 0) when nothing is known.
+pub fn estimate_unsettled(
+    prompt: u64,
+    completion: u64,
+    life_ns: u64,
+    rates: &SystemRates,
+) -> (u64, u64) {
+    let power = u128::from(rates.power_mw.load(Relaxed));
+    let idle = u128::from(rates.idle_mw.load(Relaxed));
+    let active = u128::from(prompt) * u128::from(rates.prefill_uj_per_token.load(Relaxed))
+        + u128::from(completion) * u128::from(rates.decode_uj_per_token.load(Relaxed));
+    let total = if power > idle {
+        active * power / (power - idle)
+    } else {
+        active
+    };
+    let ceiling = if power > 0 {
+        power * u128::from(life_ns) / 1_000_000
+    } else {
+        total
+    };
+    let total = total.min(ceiling);
+    let active = active.min(total);
+    (
+        u64::try_from(total).unwrap_or(u64::MAX),
+        u64::try_from(active).unwrap_or(u64::MAX),
+    )
 }
 
 /// Plain copy of a request's progress at one instant: what the pure ledger consumes.
@@ -343,6 +401,8 @@ pub struct ProgressSnapshot {
 pub struct InFlight {
     map: DashMap<u64, Arc<RequestProgress>>,
     next_id: AtomicU64,
+    /// System-wide rates accounting publishes for the data plane's estimates.
+    pub rates: SystemRates,
 }
 
 impl InFlight {
@@ -351,6 +411,7 @@ impl InFlight {
         InFlight {
             map: DashMap::new(),
             next_id: AtomicU64::new(1),
+            rates: SystemRates::default(),
         }
     }
 
@@ -478,18 +539,44 @@ mod tests {
         p.active_uj.store(1_000_000, Relaxed);
         p.settled_until_ns.store(1_000_000_000, Relaxed);
         p.recent_power_mw.store(100_000, Relaxed); // 100 W
-        let e = p.energy_now(1_010_000_000); // 10 ms later: +1 J
+        let rates = SystemRates::default();
+        let e = p.energy_now(1_010_000_000, &rates); // 10 ms later: +1 J
         assert_eq!(e.energy_uj, 3_000_000);
         assert_eq!(e.active_uj, 1_500_000);
         assert_eq!(e.status, EnergyStatus::Estimated);
         p.set_prompt_exact(5);
         p.completion_exact.store(true, Relaxed);
-        assert_eq!(p.energy_now(1_010_000_000).status, EnergyStatus::Ok);
+        assert_eq!(p.energy_now(1_010_000_000, &rates).status, EnergyStatus::Ok);
         // A stalled sampler is not extrapolated forever.
-        let far = p.energy_now(100_000_000_000);
+        let far = p.energy_now(100_000_000_000, &rates);
         assert_eq!(far.energy_uj, 2_000_000 + 100_000_000);
         p.energy_available.store(false, Relaxed);
-        assert_eq!(p.energy_now(0).status, EnergyStatus::Unavailable);
+        assert_eq!(p.energy_now(0, &rates).status, EnergyStatus::Unavailable);
+    }
+
+    #[test]
+    fn unsettled_requests_are_estimated_from_system_rates() {
+        let rates = SystemRates::default();
+        rates.power_mw.store(400_000, Relaxed); // 400 W
+        rates.idle_mw.store(100_000, Relaxed); // 100 W idle
+        rates.prefill_uj_per_token.store(20_000, Relaxed); // 0.02 J
+        rates.decode_uj_per_token.store(300_000, Relaxed); // 0.3 J
+                                                           // 100 prompt + 10 completion tokens: active 2 + 3 = 5 J, total 5 x 400/300 J
+        let (total, active) = estimate_unsettled(100, 10, 10_000_000_000, &rates);
+        assert_eq!(active, 5_000_000);
+        assert_eq!(total, 6_666_666);
+        // Never more than the whole system's power over the request's life (10 ms x 400 W = 4 J).
+        let (total, active) = estimate_unsettled(100, 10, 10_000_000, &rates);
+        assert_eq!(total, 4_000_000);
+        assert_eq!(active, 4_000_000);
+        // Through energy_now: nothing settled yet, so the estimate is used.
+        let p = RequestProgress::new(meta(1));
+        p.set_prompt_exact(100);
+        p.observe_completion(10, 20);
+        let e = p.energy_now(10 + 10_000_000_000, &rates);
+        assert_eq!(e.energy_uj, 6_666_666);
+        // Nothing known: zero, never a panic.
+        assert_eq!(estimate_unsettled(5, 5, 5, &SystemRates::default()), (0, 0));
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct RequestEnd {
     pub guard: InFlightGuard,
     /// The shared clock.
     pub clock: Clock,
+    /// The registry (for the system rates used by energy estimates).
+    pub in_flight: Arc<crate::observe::InFlight>,
     /// Carbon settings for the figures.
     pub carbon: Carbon,
     /// The `x-energy-request-id`.
@@ -129,7 +131,9 @@ impl Body for RelayBody {
                         };
                         end.guard.finish(outcome);
                         if end.trailers_allowed {
-                            let figures = end.progress().energy_now(end.clock.now_ns());
+                            let figures = end
+                                .progress()
+                                .energy_now(end.clock.now_ns(), &end.in_flight.rates);
                             let mut ours = energy_headers(&end.public_id, &figures, &end.carbon);
                             if let Some(theirs) = trailers.take() {
                                 for (name, value) in theirs.iter() {
@@ -172,7 +176,7 @@ fn feed(observer: &mut StreamObserver, end: &RequestEnd, data: Bytes) -> Bytes {
     let mut energy = || {
         Some(energy_json(
             &end.public_id,
-            &progress.energy_now(end.clock.now_ns()),
+            &progress.energy_now(end.clock.now_ns(), &end.in_flight.rates),
             &end.carbon,
         ))
     };

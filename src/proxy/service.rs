@@ -158,6 +158,7 @@ impl ProxyService {
         let end = RequestEnd {
             guard,
             clock: state.clock,
+            in_flight: state.in_flight.clone(),
             carbon: state.carbon,
             public_id: public_id.clone(),
             trailers_allowed,
@@ -205,7 +206,7 @@ impl ProxyService {
             } else {
                 Outcome::Ok
             });
-            let figures = progress.energy_now(now);
+            let figures = progress.energy_now(now, &state.in_flight.rates);
             parts
                 .headers
                 .extend(energy_headers(&public_id, &figures, &state.carbon));
