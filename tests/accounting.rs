@@ -1,0 +1,13 @@
+//! End-to-end accounting through the proxy, on real sockets: the simulated vLLM behind the proxy,
+//! accounting driven tick by tick (see `accounting/rig.rs`). What the client sees is byte-identical
+//! to talking to the upstream directly (apart from the documented `energy` member), the forwarded
+//! request changed only where usage was injected, counts equal the mock's ground truth, energy is
+//! reported in headers, trailers and the usage chunk, and the books balance exactly.
+
+mod common;
+#[path = "accounting/rig.rs"]
+mod rig;
+#[path = "accounting/shapes.rs"]
+mod shapes;
+#[path = "accounting/wire.rs"]
+mod wire;
