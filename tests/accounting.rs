@@ -5,6 +5,8 @@
 //! reported in headers, trailers and the usage chunk, and the books balance exactly.
 
 mod common;
+#[path = "accounting/energy.rs"]
+mod energy;
 #[path = "accounting/rig.rs"]
 mod rig;
 #[path = "accounting/shapes.rs"]

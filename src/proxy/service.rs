@@ -17,8 +17,9 @@ use hyper::body::Incoming;
 use super::energy::{energy_headers, Carbon};
 use super::error::{error_response, ProxyError};
 use super::headers::{
-    accepts_trailers, content_length, is_event_stream, is_websocket_upgrade, remove_in_order,
-    strip_energy_headers, strip_hop_by_hop, ENERGY_REQUEST_ID,
+    accepts_trailers, content_length, declare_energy_trailers, is_event_stream,
+    is_websocket_upgrade, remove_in_order, strip_energy_headers, strip_hop_by_hop,
+    ENERGY_REQUEST_ID,
 };
 use super::inspect::{inspect, is_candidate, request_meta, InspectConfig, Inspected};
 use super::relay::{RelayBody, RequestEnd};
@@ -91,6 +92,8 @@ impl ProxyService {
             return Err(ProxyError::UpgradeUnsupported);
         }
         let trailers_allowed = parts.version == Version::HTTP_2 || accepts_trailers(&parts.headers);
+        // An HTTP/1.1 body may only end with trailer fields its head declared.
+        let declare_trailers = trailers_allowed && parts.version != Version::HTTP_2;
         let limit = usize::try_from(state.max_body_bytes).unwrap_or(usize::MAX);
         let mut accounted: Option<(InFlightGuard, Inspected)> = None;
         let body: ProxyBody = if is_candidate(&parts.method, parts.uri.path()) {
@@ -174,6 +177,9 @@ impl ProxyService {
             parts
                 .headers
                 .insert(ENERGY_REQUEST_ID, header_value(&public_id));
+            if declare_trailers {
+                declare_energy_trailers(&mut parts.headers);
+            }
             let body = RelayBody::new(body, Some(observer), end);
             return Ok(Response::from_parts(parts, body.boxed_unsync()));
         }
@@ -209,6 +215,9 @@ impl ProxyService {
         parts
             .headers
             .insert(ENERGY_REQUEST_ID, header_value(&public_id));
+        if declare_trailers {
+            declare_energy_trailers(&mut parts.headers);
+        }
         Ok(Response::from_parts(
             parts,
             RelayBody::new(body, None, end).boxed_unsync(),

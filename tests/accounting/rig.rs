@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use joulegate::accounting::{Accounting, AccountingConfig, AccountingShared, AccountingStats};
+use joulegate::accounting::{Accounting, AccountingConfig, AccountingStats};
 use joulegate::app::App;
 use joulegate::cli::ServeArgs;
 use joulegate::config::Config;
@@ -158,19 +158,9 @@ impl Rig {
         self.measured_uj += delta.unwrap_or(0);
     }
 
-    /// Accounting's shared state (what `/stats` and `/requests` read).
-    pub fn shared(&self) -> Arc<AccountingShared> {
-        self.acc.shared()
-    }
-
     /// The figures accounting publishes.
     pub fn stats(&self) -> AccountingStats {
         self.acc.shared().stats()
-    }
-
-    /// Energy the rig's ticks measured, µJ.
-    pub fn measured_uj(&self) -> u64 {
-        self.measured_uj
     }
 
     /// Ticks until the request with public id `public_id` (`jg-…`) is retired; its record.

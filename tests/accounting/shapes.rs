@@ -56,18 +56,28 @@ fn check_energy_member(ex: &Exchange, absent_true: bool, prompt: u64, completion
         "{ctx}: the mock itself never sends `energy`"
     );
     if !ex.shape.wants_usage(absent_true) {
-        assert!(stripped.energy.is_empty(), "{ctx}: `energy` without usage asked");
+        assert!(
+            stripped.energy.is_empty(),
+            "{ctx}: `energy` without usage asked"
+        );
         return stripped.body;
     }
     assert_eq!(stripped.energy.len(), 1, "{ctx}: one `energy` object");
     let (event_index, energy) = &stripped.energy[0];
     let all = events(&stripped.body);
     let chunk = event_json(all[*event_index]).expect("usage chunk JSON");
-    assert_eq!(chunk["choices"], Value::Array(vec![]), "{ctx}: final usage chunk");
+    assert_eq!(
+        chunk["choices"],
+        Value::Array(vec![]),
+        "{ctx}: final usage chunk"
+    );
     assert_eq!(chunk["usage"]["prompt_tokens"], prompt, "{ctx}");
     assert_eq!(chunk["usage"]["completion_tokens"], completion, "{ctx}");
     assert_eq!(
-        all.iter().skip(event_index + 1).filter_map(|e| event_json(e)).count(),
+        all.iter()
+            .skip(event_index + 1)
+            .filter_map(|e| event_json(e))
+            .count(),
         0,
         "{ctx}: nothing but [DONE] after the usage chunk"
     );
@@ -77,7 +87,10 @@ fn check_energy_member(ex: &Exchange, absent_true: bool, prompt: u64, completion
         "{ctx}: status {energy}"
     );
     assert!(energy["joules"].is_number(), "{ctx}: joules {energy}");
-    assert!(energy["active_joules"].is_number(), "{ctx}: active_joules {energy}");
+    assert!(
+        energy["active_joules"].is_number(),
+        "{ctx}: active_joules {energy}"
+    );
     assert_eq!(energy["prompt_tokens"], prompt, "{ctx}");
     assert_eq!(energy["completion_tokens"], completion, "{ctx}");
     stripped.body
@@ -148,16 +161,33 @@ async fn check_shape(rig: &mut Rig, shape: &Shape, absent_true: bool, direct: Mo
     // JSON answers carry the counts in headers; streams in trailers (not asked for here).
     if !shape.stream {
         let h = &ex.proxied.headers;
-        assert_eq!(h["x-energy-prompt-tokens"], truth.prompt_tokens.to_string(), "{ctx}");
-        assert_eq!(h["x-energy-completion-tokens"], completion.to_string(), "{ctx}");
+        assert_eq!(
+            h["x-energy-prompt-tokens"],
+            truth.prompt_tokens.to_string(),
+            "{ctx}"
+        );
+        assert_eq!(
+            h["x-energy-completion-tokens"],
+            completion.to_string(),
+            "{ctx}"
+        );
         assert_eq!(h["x-energy-status"], "ok", "{ctx}");
         assert!(h.contains_key("x-energy-joules"), "{ctx}");
     } else {
-        assert!(ex.proxied.trailers.is_none(), "{ctx}: no trailers without TE");
+        assert!(
+            ex.proxied.trailers.is_none(),
+            "{ctx}: no trailers without TE"
+        );
     }
     let record = rig.settle(&ex.public_id);
-    assert_eq!(record.prompt_tokens, truth.prompt_tokens, "{ctx}: record prompt");
-    assert_eq!(record.completion_tokens, completion, "{ctx}: record completion");
+    assert_eq!(
+        record.prompt_tokens, truth.prompt_tokens,
+        "{ctx}: record prompt"
+    );
+    assert_eq!(
+        record.completion_tokens, completion,
+        "{ctx}: record completion"
+    );
     assert!(record.tokens_exact, "{ctx}: exact counts");
     assert_eq!(record.stream, shape.stream, "{ctx}");
     assert_eq!(record.status, RecordStatus::Ok, "{ctx}: {record:?}");

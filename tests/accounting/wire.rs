@@ -71,7 +71,9 @@ impl Shape {
             (None, _) => "no-options".to_string(),
             (Some(None), false) => "options-{}".to_string(),
             (Some(None), true) => "continuous-only".to_string(),
-            (Some(Some(b)), c) => format!("include_usage={b}{}", if c { "+continuous" } else { "" }),
+            (Some(Some(b)), c) => {
+                format!("include_usage={b}{}", if c { "+continuous" } else { "" })
+            }
         };
         let mode = if self.stream { "stream" } else { "json" };
         self.name = format!("{:?}-{mode}-{opts}-n{}", self.api, self.n).to_lowercase();
@@ -83,7 +85,8 @@ impl Shape {
         let mut fields = vec![r#""model":"tiny""#.to_string()];
         match self.api {
             Api::Chat => {
-                fields.push(r#""messages":[{"role":"user","content":"say something short"}]"#.into());
+                fields
+                    .push(r#""messages":[{"role":"user","content":"say something short"}]"#.into());
                 fields.push(format!(r#""max_tokens":{MAX_TOKENS}"#));
             }
             Api::Completions => {
@@ -208,13 +211,24 @@ pub async fn exchange(rig: &Rig, shape: &Shape, direct_mock: MockBuilder) -> Exc
     )
     .await;
     let requests = rig.mock.requests();
-    assert_eq!(requests.len(), received_before + 1, "{}: one request forwarded", shape.name);
+    assert_eq!(
+        requests.len(),
+        received_before + 1,
+        "{}: one request forwarded",
+        shape.name
+    );
     let forwarded = requests.last().cloned().expect("forwarded request");
     let seed = hash_bytes(&body) ^ hash_bytes(&forwarded.body);
     let direct_mock = spawn_mock(direct_mock.seed(seed)).await;
     let direct = common::send(
         direct_mock.addr(),
-        client_request(direct_mock.addr(), shape.api.path(), &request_id, &body, &[]),
+        client_request(
+            direct_mock.addr(),
+            shape.api.path(),
+            &request_id,
+            &body,
+            &[],
+        ),
     )
     .await;
     direct_mock.shutdown().await;
@@ -282,7 +296,10 @@ pub fn strip_energy(body: &[u8]) -> Stripped {
         if content.is_empty() {
             event += 1;
         }
-        if let (Some(data), Some(at)) = (content.strip_prefix("data: "), content.rfind(",\"energy\":")) {
+        if let (Some(data), Some(at)) = (
+            content.strip_prefix("data: "),
+            content.rfind(",\"energy\":"),
+        ) {
             let _ = data;
             let member = &content[at + ",\"energy\":".len()..];
             let object = member
