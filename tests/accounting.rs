@@ -7,6 +7,8 @@
 mod common;
 #[path = "accounting/energy.rs"]
 mod energy;
+#[path = "accounting/live.rs"]
+mod live;
 #[path = "accounting/rig.rs"]
 mod rig;
 #[path = "accounting/shapes.rs"]

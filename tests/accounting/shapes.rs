@@ -5,7 +5,7 @@
 
 use joulegate::ledger::RecordStatus;
 use joulegate::openai::inject::INJECTED_OPTIONS;
-use joulegate::sim::MockBuilder;
+use joulegate::sim::{MockBuilder, MockHandle, RequestTruth};
 use serde_json::Value;
 
 use super::common::guard;
@@ -120,9 +120,10 @@ fn fingerprint_on_last_finish_only(body: &str) -> String {
         .collect()
 }
 
-/// Runs one shape through `rig` and checks bytes, forwarding and counts.
-async fn check_shape(rig: &mut Rig, shape: &Shape, absent_true: bool, direct: MockBuilder) {
-    let ex = exchange(rig, shape, direct).await;
+/// The client's view of one exchange (status, headers, body byte-identical apart from `created`
+/// and the checked `energy` member) and what was forwarded; returns the mock's truth.
+pub async fn check_exchange(ex: &Exchange, mock: &MockHandle, absent_true: bool) -> RequestTruth {
+    let shape = &ex.shape;
     let ctx = &shape.name;
     assert_eq!(ex.direct.status, 200, "{ctx}: direct status");
     assert_eq!(ex.proxied.status, ex.direct.status, "{ctx}: status");
@@ -139,7 +140,7 @@ async fn check_shape(rig: &mut Rig, shape: &Shape, absent_true: bool, direct: Mo
     );
     // Ground truth from the proxied mock's engine.
     let response_id = ex.forwarded.response_id.clone().expect("generation id");
-    let truth = guard("truth", rig.mock.wait_for_truth(&response_id))
+    let truth = guard("truth", mock.wait_for_truth(&response_id))
         .await
         .unwrap_or_else(|| panic!("{ctx}: no truth for {response_id}"));
     let completion = if shape.api == Api::Embeddings {
@@ -158,6 +159,15 @@ async fn check_shape(rig: &mut Rig, shape: &Shape, absent_true: bool, direct: Mo
         &normalise_created(&proxied),
         ctx,
     );
+    truth
+}
+
+/// Runs one shape through `rig` and checks bytes, forwarding and counts.
+async fn check_shape(rig: &mut Rig, shape: &Shape, absent_true: bool, direct: MockBuilder) {
+    let ex = exchange(rig, shape, direct).await;
+    let truth = check_exchange(&ex, &rig.mock, absent_true).await;
+    let ctx = &shape.name;
+    let completion = truth.completion_tokens;
     // JSON answers carry the counts in headers; streams in trailers (not asked for here).
     if !shape.stream {
         let h = &ex.proxied.headers;

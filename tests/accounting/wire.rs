@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 
 use joulegate::sim::text::hash_bytes;
-use joulegate::sim::{MockBuilder, MockUpstream, RecordedRequest};
+use joulegate::sim::{MockBuilder, MockHandle, MockUpstream, RecordedRequest};
 use serde_json::Value;
 
 use super::common::{self, Got};
@@ -49,7 +49,12 @@ pub struct Shape {
 pub const MAX_TOKENS: u64 = 5;
 
 impl Shape {
-    fn new(api: Api, stream: bool, include_usage: Option<Option<bool>>, continuous: bool) -> Self {
+    pub fn new(
+        api: Api,
+        stream: bool,
+        include_usage: Option<Option<bool>>,
+        continuous: bool,
+    ) -> Self {
         Shape {
             name: String::new(),
             api,
@@ -202,15 +207,25 @@ pub struct Exchange {
 /// with a fixed seed, is likewise unaffected by `stream_options`). Both get the same `X-Request-Id`,
 /// which the mock uses for its ids.
 pub async fn exchange(rig: &Rig, shape: &Shape, direct_mock: MockBuilder) -> Exchange {
+    exchange_via(rig.proxy, &rig.mock, shape, direct_mock).await
+}
+
+/// [`exchange`] through the proxy at `proxy`, in front of `mock`.
+pub async fn exchange_via(
+    proxy: SocketAddr,
+    mock: &MockHandle,
+    shape: &Shape,
+    direct_mock: MockBuilder,
+) -> Exchange {
     let body = shape.body();
     let request_id = format!("e2e-{}", shape.name);
-    let received_before = rig.mock.requests().len();
+    let received_before = mock.requests().len();
     let proxied = common::send(
-        rig.proxy,
-        client_request(rig.proxy, shape.api.path(), &request_id, &body, &[]),
+        proxy,
+        client_request(proxy, shape.api.path(), &request_id, &body, &[]),
     )
     .await;
-    let requests = rig.mock.requests();
+    let requests = mock.requests();
     assert_eq!(
         requests.len(),
         received_before + 1,
