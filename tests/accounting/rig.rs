@@ -6,6 +6,8 @@
 //! The proxy is the same `ProxyState` / `ProxyService` / `serve_connections` that `App::start`
 //! wires; only the sampler thread and the accounting thread are left out (the rig is both).
 
+#![allow(dead_code)] // shared by tests/accounting.rs and tests/openai_sdk.rs, which use different parts
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
