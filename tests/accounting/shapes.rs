@@ -96,7 +96,7 @@ fn check_energy_member(ex: &Exchange, absent_true: bool, prompt: u64, completion
     stripped.body
 }
 
-/// KNOWN DIFFERENCE (reported, not settled): with `n > 1` and no usage asked, the mock stamps
+/// KNOWN DIFFERENCE (reported, not settled): with several choices (`n > 1` or several prompts) and no usage asked, the mock stamps
 /// `system_fingerprint` on every choice's finish chunk, while the proxy, having dropped the injected
 /// usage chunk, moves the fingerprint onto the last finish chunk only. No vLLM 0.32 capture shows
 /// which one vLLM does, so the direct body is brought to the proxy's form here, and only here: the
@@ -151,7 +151,7 @@ pub async fn check_exchange(ex: &Exchange, mock: &MockHandle, absent_true: bool)
     assert_eq!(truth.completion_tokens, completion, "{ctx}: mock truth");
     let proxied = check_energy_member(&ex, absent_true, truth.prompt_tokens, completion);
     let mut direct = String::from_utf8(ex.direct.body.clone()).expect("UTF-8 body");
-    if shape.n > 1 && shape.injected(absent_true) && !shape.wants_usage(absent_true) {
+    if shape.choices() > 1 && shape.injected(absent_true) && !shape.wants_usage(absent_true) {
         direct = fingerprint_on_last_finish_only(&direct);
     }
     assert_same_body(
@@ -208,6 +208,22 @@ async fn every_shape_is_relayed_byte_identical_and_counted_exactly() {
     let mut rig = Rig::start(engine_mock(), Metering::Measured, |_| {}).await;
     for shape in all_shapes() {
         check_shape(&mut rig, &shape, false, super::wire::direct_builder()).await;
+    }
+    rig.assert_conservation();
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn every_shape_with_prompt_tokens_details() {
+    let mut rig = Rig::start(
+        engine_mock().enable_prompt_tokens_details(true),
+        Metering::Measured,
+        |_| {},
+    )
+    .await;
+    for shape in all_shapes() {
+        let direct = super::wire::direct_builder().enable_prompt_tokens_details(true);
+        check_shape(&mut rig, &shape, false, direct).await;
     }
     rig.assert_conservation();
     rig.stop().await;

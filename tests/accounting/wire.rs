@@ -43,6 +43,10 @@ pub struct Shape {
     pub include_usage: Option<Option<bool>>,
     pub continuous: bool,
     pub n: u32,
+    /// Completions only: how many prompts (a list when more than one).
+    pub prompts: u32,
+    /// Ask for log-probabilities (top 2).
+    pub logprobs: bool,
 }
 
 /// Completion tokens each shape asks for (the mock produces exactly `max_tokens`).
@@ -62,12 +66,24 @@ impl Shape {
             include_usage,
             continuous,
             n: 1,
+            prompts: 1,
+            logprobs: false,
         }
         .named()
     }
 
     fn with_n(mut self, n: u32) -> Self {
         self.n = n;
+        self.named()
+    }
+
+    fn with_prompts(mut self, prompts: u32) -> Self {
+        self.prompts = prompts;
+        self.named()
+    }
+
+    fn with_logprobs(mut self) -> Self {
+        self.logprobs = true;
         self.named()
     }
 
@@ -82,6 +98,12 @@ impl Shape {
         };
         let mode = if self.stream { "stream" } else { "json" };
         self.name = format!("{:?}-{mode}-{opts}-n{}", self.api, self.n).to_lowercase();
+        if self.prompts != 1 {
+            self.name.push_str(&format!("-prompts{}", self.prompts));
+        }
+        if self.logprobs {
+            self.name.push_str("-logprobs");
+        }
         self
     }
 
@@ -95,7 +117,14 @@ impl Shape {
                 fields.push(format!(r#""max_tokens":{MAX_TOKENS}"#));
             }
             Api::Completions => {
-                fields.push(r#""prompt":"once upon a time""#.into());
+                if self.prompts == 1 {
+                    fields.push(r#""prompt":"once upon a time""#.into());
+                } else {
+                    let list: Vec<String> = (0..self.prompts)
+                        .map(|i| format!(r#""once upon a time, part {i}""#))
+                        .collect();
+                    fields.push(format!(r#""prompt":[{}]"#, list.join(",")));
+                }
                 fields.push(format!(r#""max_tokens":{MAX_TOKENS}"#));
             }
             Api::Responses => {
@@ -103,6 +132,12 @@ impl Shape {
                 fields.push(format!(r#""max_output_tokens":{MAX_TOKENS}"#));
             }
             Api::Embeddings => fields.push(r#""input":"the quick brown fox""#.into()),
+        }
+        if self.logprobs {
+            fields.push(match self.api {
+                Api::Chat => r#""logprobs":true,"top_logprobs":2"#.into(),
+                _ => r#""logprobs":2"#.into(),
+            });
         }
         if self.n != 1 {
             fields.push(format!(r#""n":{}"#, self.n));
@@ -144,7 +179,7 @@ impl Shape {
 
     /// The number of choices the response carries.
     pub fn choices(&self) -> u64 {
-        u64::from(self.n)
+        u64::from(self.n) * u64::from(self.prompts)
     }
 }
 
@@ -165,6 +200,19 @@ pub fn all_shapes() -> Vec<Shape> {
         out.push(Shape::new(api, false, None, false));
         out.push(Shape::new(api, false, None, false).with_n(2));
     }
+    for api in [Api::Chat, Api::Completions] {
+        out.push(Shape::new(api, true, None, false).with_logprobs());
+        out.push(Shape::new(api, true, Some(Some(true)), false).with_logprobs());
+    }
+    for usage in [None, Some(Some(true)), Some(Some(false))] {
+        out.push(Shape::new(Api::Completions, true, usage, false).with_prompts(2));
+    }
+    out.push(
+        Shape::new(Api::Completions, true, Some(Some(true)), true)
+            .with_prompts(2)
+            .with_n(2),
+    );
+    out.push(Shape::new(Api::Completions, false, None, false).with_prompts(2));
     out.push(Shape::new(Api::Responses, true, None, false));
     out.push(Shape::new(Api::Responses, false, None, false));
     out.push(Shape::new(Api::Embeddings, false, None, false));
