@@ -258,12 +258,17 @@ async fn a_client_disconnect_mid_stream_is_recorded_as_aborted() {
         .expect("response");
     let public_id = text(resp.headers(), "x-energy-request-id").expect("id");
     let mut body = resp.into_body();
-    // Read until both token chunks arrived, then hang up.
+    // Read until both token chunks arrived (the role chunk's empty content is not a token), then
+    // hang up.
     let mut seen = Vec::new();
     while events(&String::from_utf8_lossy(&seen))
         .iter()
         .filter_map(|e| event_json(e))
-        .filter(|v| v["choices"][0]["delta"]["content"].is_string())
+        .filter(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty())
+        })
         .count()
         < 2
     {
