@@ -177,7 +177,7 @@ impl ProxyService {
             parts
                 .headers
                 .insert(ENERGY_REQUEST_ID, header_value(&public_id));
-            if declare_trailers {
+            if declare_trailers && content_length(&parts.headers).is_none() {
                 declare_energy_trailers(&mut parts.headers);
             }
             let body = RelayBody::new(body, Some(observer), end);
@@ -215,13 +215,14 @@ impl ProxyService {
         parts
             .headers
             .insert(ENERGY_REQUEST_ID, header_value(&public_id));
-        if declare_trailers {
+        // With a content-length the HTTP/1.1 body has no trailer section to declare.
+        if declare_trailers && content_length(&parts.headers).is_none() {
             declare_energy_trailers(&mut parts.headers);
         }
-        Ok(Response::from_parts(
-            parts,
-            RelayBody::new(body, None, end).boxed_unsync(),
-        ))
+        // Too large (or of unknown length) to hold: it streams through, and its exact counts are
+        // read from the `usage` at its end.
+        let body = RelayBody::new(body, None, end).with_usage_tail(inspected.view.endpoint);
+        Ok(Response::from_parts(parts, body.boxed_unsync()))
     }
 }
 

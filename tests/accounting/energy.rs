@@ -386,3 +386,41 @@ async fn energy_headers_from_upstream_are_dropped() {
         .await
         .expect("proxy task");
 }
+
+#[tokio::test]
+async fn json_answers_too_large_to_buffer_keep_exact_counts_and_end_with_trailers() {
+    // Every answer is "too large" here: it streams through, its energy in trailers.
+    let mut rig = Rig::start(engine_mock(), Metering::Measured, |args| {
+        args.max_buffered_response_bytes = Some(16);
+    })
+    .await;
+    for (path, body) in [
+        (CHAT, chat_body("")),
+        (
+            "/v1/embeddings",
+            br#"{"model":"tiny","input":["the quick brown fox","jumps over"]}"#.to_vec(),
+        ),
+    ] {
+        // HTTP/2: trailers need no chunked framing (an HTTP/1.1 answer keeps its content-length).
+        let req = client_request(rig.proxy, path, "large", &body, &[]);
+        let mut sender = h2(rig.proxy).await;
+        let resp = guard("h2", sender.send_request(h2_request(req, rig.proxy)))
+            .await
+            .expect("h2");
+        let got = collect(resp).await;
+        assert_eq!(got.status, 200, "{path}");
+        let (prompt, completion) = latest_truth(&rig).await;
+        let public_id = text(&got.headers, "x-energy-request-id").expect("id");
+        let trailers = got.trailers.as_ref().expect("energy trailers");
+        check_fields(trailers, &public_id, prompt, completion, path);
+        let record = rig.settle(&public_id);
+        assert!(record.tokens_exact, "{path}: {record:?}");
+        assert_eq!(
+            (record.prompt_tokens, record.completion_tokens),
+            (prompt, completion),
+            "{path}"
+        );
+    }
+    rig.assert_conservation();
+    rig.stop().await;
+}
