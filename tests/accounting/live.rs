@@ -146,6 +146,7 @@ async fn auto_semantics_from_version_and_the_real_threads_account_every_request(
         "{t:?}"
     );
     assert!(t.measured_uj > 0 && t.attributed_uj > 0, "{t:?}");
+    eprintln!("books: {t:?}");
     assert!(attributed_uj > 0);
     running.shutdown();
     guard("app drains", running.wait()).await;

@@ -135,7 +135,7 @@ pub async fn check_exchange(ex: &Exchange, mock: &MockHandle, absent_true: bool)
     // What was forwarded: the client's bytes, only `stream_options` changed, and only if injected.
     assert_eq!(
         String::from_utf8_lossy(&ex.forwarded.body),
-        String::from_utf8_lossy(&expected_forwarded(&ex, absent_true)),
+        String::from_utf8_lossy(&expected_forwarded(ex, absent_true)),
         "{ctx}: forwarded body"
     );
     // Ground truth from the proxied mock's engine.
@@ -149,7 +149,7 @@ pub async fn check_exchange(ex: &Exchange, mock: &MockHandle, absent_true: bool)
         MAX_TOKENS * shape.choices()
     };
     assert_eq!(truth.completion_tokens, completion, "{ctx}: mock truth");
-    let proxied = check_energy_member(&ex, absent_true, truth.prompt_tokens, completion);
+    let proxied = check_energy_member(ex, absent_true, truth.prompt_tokens, completion);
     let mut direct = String::from_utf8(ex.direct.body.clone()).expect("UTF-8 body");
     if shape.choices() > 1 && shape.injected(absent_true) && !shape.wants_usage(absent_true) {
         direct = fingerprint_on_last_finish_only(&direct);
