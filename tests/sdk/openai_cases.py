@@ -34,6 +34,8 @@ CASES = {
         {"stream": True, "stream_options": {"include_usage": True}},
     ),
     "completions-json": ("completions", {}),
+    "responses-stream": ("responses", {"stream": True}),
+    "responses-json": ("responses", {}),
 }
 
 
@@ -48,9 +50,14 @@ def run(case, base_url):
     if api == "chat":
         create = client.chat.completions.with_raw_response.create
         args = dict(model="tiny", messages=CHAT_MESSAGES, max_tokens=MAX_TOKENS, **kwargs, **extra)
-    else:
+    elif api == "completions":
         create = client.completions.with_raw_response.create
         args = dict(model="tiny", prompt="once upon a time", max_tokens=MAX_TOKENS, **kwargs, **extra)
+    else:
+        create = client.responses.with_raw_response.create
+        args = dict(
+            model="tiny", input="say something short", max_output_tokens=MAX_TOKENS, **kwargs, **extra
+        )
     raw = create(**args)
     parsed = raw.parse()
     if kwargs.get("stream"):
