@@ -1,9 +1,8 @@
 //! Client compatibility with the official `openai` Python SDK (`tests/sdk/openai_cases.py`): for
 //! each case (streams with and without `stream_options`, `n = 2`, JSON, completions, responses) the
-//! SDK's parsed
-//! objects through the proxy equal those it gets from the mock directly (no usage added or lost;
-//! the `energy` extra field appears only where the client asked for usage, and is then set aside),
-//! and the proxy's record has the mock's true counts.
+//! SDK's parsed objects through the proxy equal those it gets from the mock directly (no usage added
+//! or lost; the `energy` extra field appears only where the client asked for usage, and is then set
+//! aside), and the proxy's record has the mock's true counts.
 //!
 //! Python comes from `.venv/bin/python` (what `.ci/run` installs), else `python3`; without an
 //! importable `openai` the test prints why and returns.
