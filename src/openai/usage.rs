@@ -184,7 +184,7 @@ pub struct UsageTail {
 }
 
 impl UsageTail {
-    /// Keeps the end of the body seen so far (amortised: trims only past twice the bound).
+    /// Keeps the last [`USAGE_TAIL_BYTES`] of the body seen so far (never more: one allocation).
     pub fn push(&mut self, bytes: &[u8]) {
         if bytes.len() >= USAGE_TAIL_BYTES {
             self.buf.clear();
@@ -192,11 +192,12 @@ impl UsageTail {
                 .extend_from_slice(&bytes[bytes.len() - USAGE_TAIL_BYTES..]);
             return;
         }
-        self.buf.extend_from_slice(bytes);
-        if self.buf.len() > 2 * USAGE_TAIL_BYTES {
-            let cut = self.buf.len() - USAGE_TAIL_BYTES;
-            self.buf.drain(..cut);
+        if self.buf.capacity() == 0 {
+            self.buf.reserve_exact(USAGE_TAIL_BYTES);
         }
+        let over = (self.buf.len() + bytes.len()).saturating_sub(USAGE_TAIL_BYTES);
+        self.buf.drain(..over);
+        self.buf.extend_from_slice(bytes);
     }
 
     /// The usage in the tail: the last `"usage":` member whose value parses as an object, read
@@ -394,7 +395,8 @@ mod tests {
                 for piece in big.chunks(cut) {
                     tail.push(piece);
                 }
-                assert!(tail.buf.len() <= 2 * USAGE_TAIL_BYTES, "{name}");
+                assert!(tail.buf.len() <= USAGE_TAIL_BYTES, "{name}");
+                assert!(tail.buf.capacity() <= USAGE_TAIL_BYTES, "{name}");
                 assert_eq!(
                     tail.usage(endpoint),
                     Some(Usage {
