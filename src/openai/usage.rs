@@ -171,6 +171,59 @@ pub fn parse_usage(endpoint: Endpoint, body: &[u8]) -> Option<Usage> {
     }
 }
 
+/// Bytes of a response's end kept by [`UsageTail`]: vLLM writes `usage` near the end of a JSON
+/// body (a few hundred bytes before it), and 4 KiB keeps a request within its memory budget.
+pub const USAGE_TAIL_BYTES: usize = 4096;
+
+/// The last [`USAGE_TAIL_BYTES`] of a non-streaming body too large to read whole, so that its exact
+/// counts can still be read from the `usage` object at its end. A body whose `usage` sits further
+/// from the end (e.g. followed by long `prompt_logprobs`) keeps its estimated counts.
+#[derive(Debug, Default)]
+pub struct UsageTail {
+    buf: Vec<u8>,
+}
+
+impl UsageTail {
+    /// Keeps the last [`USAGE_TAIL_BYTES`] of the body seen so far (never more: one allocation).
+    pub fn push(&mut self, bytes: &[u8]) {
+        if bytes.len() >= USAGE_TAIL_BYTES {
+            self.buf.clear();
+            self.buf
+                .extend_from_slice(&bytes[bytes.len() - USAGE_TAIL_BYTES..]);
+            return;
+        }
+        if self.buf.capacity() == 0 {
+            self.buf.reserve_exact(USAGE_TAIL_BYTES);
+        }
+        let over = (self.buf.len() + bytes.len()).saturating_sub(USAGE_TAIL_BYTES);
+        self.buf.drain(..over);
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The usage in the tail: the last `"usage":` member whose value parses as an object, read
+    /// with [`parse_usage`]'s rules. (Inside a JSON string the quotes would be escaped, so the bytes
+    /// `"usage":` can only be a key.)
+    pub fn usage(&self, endpoint: Endpoint) -> Option<Usage> {
+        const KEY: &[u8] = b"\"usage\"";
+        let finder = memchr::memmem::FinderRev::new(KEY);
+        let mut end = self.buf.len();
+        while let Some(at) = finder.rfind(&self.buf[..end]) {
+            end = at;
+            let rest = self.buf[at + KEY.len()..].trim_ascii_start();
+            let Some(rest) = rest.strip_prefix(b":") else {
+                continue;
+            };
+            let mut values =
+                serde_json::Deserializer::from_slice(rest).into_iter::<serde_json::Value>();
+            if let Some(Ok(value @ serde_json::Value::Object(_))) = values.next() {
+                let body = serde_json::json!({ "usage": value }).to_string();
+                return parse_usage(endpoint, body.as_bytes());
+            }
+        }
+        None
+    }
+}
+
 /// A bounded copy of a non-streaming response body, for [`parse_usage`] once it is complete. Past
 /// the limit it stops copying (the body is still forwarded by the relay) and reports overflow.
 #[derive(Debug)]
@@ -323,5 +376,59 @@ mod tests {
         let m = serde_json::json!({"queue_time": 0.001, "prefill_time": "x"});
         assert_eq!(metrics_times(&m), (Some(1_000_000), None));
         assert_eq!(metrics_times(&serde_json::Value::Null), (None, None));
+    }
+
+    #[test]
+    fn usage_tail_reads_the_end_of_large_bodies() {
+        let dir = std::path::Path::new("tests/fixtures/vllm-0.32");
+        for (name, endpoint, prompt, completion) in [
+            ("chat-json", Endpoint::ChatCompletions, 22, 8),
+            ("completions-json", Endpoint::Completions, 6, 8),
+            ("responses-json", Endpoint::Responses, 22, 8),
+        ] {
+            let body = std::fs::read(dir.join(format!("{name}.body"))).unwrap();
+            // A large body: padding in front, fed in awkward pieces.
+            let mut big = vec![b' '; 3 * USAGE_TAIL_BYTES + 17];
+            big.extend_from_slice(&body);
+            for cut in [1, 7, 1000, USAGE_TAIL_BYTES, big.len()] {
+                let mut tail = UsageTail::default();
+                for piece in big.chunks(cut) {
+                    tail.push(piece);
+                }
+                assert!(tail.buf.len() <= USAGE_TAIL_BYTES, "{name}");
+                assert!(tail.buf.capacity() <= USAGE_TAIL_BYTES, "{name}");
+                assert_eq!(
+                    tail.usage(endpoint),
+                    Some(Usage {
+                        prompt_tokens: prompt,
+                        completion_tokens: completion
+                    }),
+                    "{name} in pieces of {cut}"
+                );
+            }
+        }
+        let mut tail = UsageTail::default();
+        tail.push(br#"{"data":[],"usage":{"prompt_tokens":4,"total_tokens":4}}"#);
+        assert_eq!(
+            tail.usage(Endpoint::Embeddings),
+            Some(Usage {
+                prompt_tokens: 4,
+                completion_tokens: 0
+            })
+        );
+        // A string mentioning usage is not the member; a cut-off object is nothing.
+        tail = UsageTail::default();
+        tail.push(
+            br#"{"text":"say \"usage\": {}","usage":{"prompt_tokens":3,"completion_tokens":2}"#,
+        );
+        assert_eq!(
+            tail.usage(Endpoint::ChatCompletions)
+                .map(|u| u.prompt_tokens),
+            Some(3)
+        );
+        tail = UsageTail::default();
+        tail.push(br#"{"usage":{"prompt_tokens":3,"compl"#);
+        assert_eq!(tail.usage(Endpoint::ChatCompletions), None);
+        assert_eq!(UsageTail::default().usage(Endpoint::ChatCompletions), None);
     }
 }

@@ -48,22 +48,6 @@ fn value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-/// The `Trailer` header value announcing the energy trailers (hyper sends, on HTTP/1.1, only the
-/// trailer fields a response announced).
-pub fn trailer_announcement(carbon: &Carbon) -> HeaderValue {
-    const FIELDS: &str = "x-energy-request-id, x-energy-joules, x-energy-active-joules, \
-                          x-energy-joules-per-token, x-energy-prompt-tokens, x-energy-completion-tokens, \
-                          x-energy-status";
-    if carbon.intensity_g_per_kwh.is_some() {
-        HeaderValue::from_static(concat!(
-            "x-energy-request-id, x-energy-joules, x-energy-active-joules, x-energy-joules-per-token, ",
-            "x-energy-prompt-tokens, x-energy-completion-tokens, x-energy-status, x-energy-co2-grams"
-        ))
-    } else {
-        HeaderValue::from_static(FIELDS)
-    }
-}
-
 /// The energy fields as headers (or trailers).
 pub fn energy_headers(request_id: &str, e: &EnergyNow, carbon: &Carbon) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(8);

@@ -1,6 +1,6 @@
 //! Header names and the hop-by-hop rules (RFC 9110 §7.6.1), in one place.
 
-use http::header::{HeaderMap, HeaderName, CONNECTION, TE, UPGRADE};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRAILER, UPGRADE};
 
 /// Hop-by-hop headers a proxy must not forward (RFC 9110 §7.6.1), besides those named in `Connection`.
 const HOP_BY_HOP: [&str; 6] = [
@@ -34,6 +34,19 @@ pub const ENERGY_JOULES_PER_TOKEN: HeaderName =
 pub const ENERGY_STATUS: HeaderName = HeaderName::from_static("x-energy-status");
 /// Grams of CO2, when carbon intensity is configured.
 pub const ENERGY_CO2_GRAMS: HeaderName = HeaderName::from_static("x-energy-co2-grams");
+
+/// The energy fields a stream may end with, as a `Trailer` header value.
+const ENERGY_TRAILER_FIELDS: &str =
+    "x-energy-request-id, x-energy-joules, x-energy-active-joules, \
+x-energy-prompt-tokens, x-energy-completion-tokens, x-energy-joules-per-token, x-energy-status, \
+x-energy-co2-grams";
+
+/// Declares the energy trailers in a `Trailer` header (kept beside any the upstream declared).
+/// HTTP/1.1 needs it: a chunked body may only end with the fields its head announced (RFC 9110
+/// §6.6.2), and hyper drops undeclared trailer fields silently.
+pub fn declare_energy_trailers(headers: &mut HeaderMap) {
+    headers.append(TRAILER, HeaderValue::from_static(ENERGY_TRAILER_FIELDS));
+}
 
 /// Removes hop-by-hop headers, including every header named in `Connection`. The remaining headers
 /// keep their order (`HeaderMap::remove` would move the last header into the hole).
@@ -131,7 +144,6 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     #[test]
     fn strips_standard_and_connection_named_headers() {
@@ -186,6 +198,32 @@ mod tests {
         strip_energy_headers(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-energyish"));
+    }
+
+    #[test]
+    fn energy_trailers_are_declared_beside_the_upstream_ones() {
+        let mut h = HeaderMap::new();
+        h.insert("trailer", HeaderValue::from_static("grpc-status"));
+        declare_energy_trailers(&mut h);
+        let declared: Vec<String> = h
+            .get_all("trailer")
+            .iter()
+            .flat_map(|v| v.to_str().unwrap().split(','))
+            .map(|n| n.trim().to_string())
+            .collect();
+        assert_eq!(declared[0], "grpc-status");
+        for name in [
+            ENERGY_REQUEST_ID,
+            ENERGY_JOULES,
+            ENERGY_ACTIVE_JOULES,
+            ENERGY_PROMPT_TOKENS,
+            ENERGY_COMPLETION_TOKENS,
+            ENERGY_JOULES_PER_TOKEN,
+            ENERGY_STATUS,
+            ENERGY_CO2_GRAMS,
+        ] {
+            assert!(declared.iter().any(|d| d == name.as_str()), "{name}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! in-flight guard to mark the request aborted. No task, no channel.
 
 use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -16,8 +17,9 @@ use pin_project_lite::pin_project;
 use super::energy::{energy_headers, energy_json, Carbon};
 use super::BoxError;
 use crate::clock::Clock;
-use crate::observe::{InFlightGuard, Outcome, RequestProgress};
+use crate::observe::{Endpoint, InFlightGuard, Outcome, RequestProgress};
 use crate::openai::observer::StreamObserver;
+use crate::openai::usage::UsageTail;
 
 /// What the relay needs to close a request's accounts.
 #[derive(Debug)]
@@ -53,6 +55,7 @@ pin_project! {
         end: Option<RequestEnd>,
         upstream_trailers: Option<HeaderMap>,
         pending_trailers: Option<HeaderMap>,
+        usage_tail: Option<(Endpoint, UsageTail)>,
         done: bool,
     }
 }
@@ -66,8 +69,16 @@ impl RelayBody {
             end: Some(end),
             upstream_trailers: None,
             pending_trailers: None,
+            usage_tail: None,
             done: false,
         }
+    }
+
+    /// Also reads the exact counts from the `usage` at the end of a non-streaming `endpoint` body
+    /// (one too large to read whole before answering).
+    pub fn with_usage_tail(mut self, endpoint: Endpoint) -> RelayBody {
+        self.usage_tail = Some((endpoint, UsageTail::default()));
+        self
     }
 }
 
@@ -95,6 +106,9 @@ impl Body for RelayBody {
                             (Some(observer), Some(end)) => feed(observer, end, data),
                             _ => data,
                         };
+                        if let Some((_, tail)) = this.usage_tail.as_mut() {
+                            tail.push(&out);
+                        }
                         if out.is_empty() {
                             continue;
                         }
@@ -123,6 +137,17 @@ impl Body for RelayBody {
                         .unwrap_or_default();
                     let saw_error = this.observer.as_ref().is_some_and(|o| o.saw_error());
                     let mut trailers = this.upstream_trailers.take();
+                    if let (Some((endpoint, tail)), Some(end)) =
+                        (this.usage_tail.take(), this.end.as_ref())
+                    {
+                        if let Some(usage) = tail.usage(endpoint) {
+                            let progress = end.progress();
+                            progress.set_prompt_exact(usage.prompt_tokens);
+                            progress
+                                .observe_completion(usage.completion_tokens, end.clock.now_ns());
+                            progress.completion_exact.store(true, Relaxed);
+                        }
+                    }
                     if let Some(end) = this.end.take() {
                         let outcome = if end.error_status || saw_error {
                             Outcome::Error

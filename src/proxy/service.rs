@@ -14,11 +14,12 @@ use http::{header, HeaderValue, Request, Response, Version};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
-use super::energy::{energy_headers, trailer_announcement, Carbon};
+use super::energy::{energy_headers, Carbon};
 use super::error::{error_response, ProxyError};
 use super::headers::{
-    accepts_trailers, content_length, is_event_stream, is_websocket_upgrade, remove_in_order,
-    strip_energy_headers, strip_hop_by_hop, ENERGY_REQUEST_ID,
+    accepts_trailers, content_length, declare_energy_trailers, is_event_stream,
+    is_websocket_upgrade, remove_in_order, strip_energy_headers, strip_hop_by_hop,
+    ENERGY_REQUEST_ID,
 };
 use super::inspect::{inspect, is_candidate, request_meta, InspectConfig, Inspected};
 use super::relay::{RelayBody, RequestEnd};
@@ -91,8 +92,8 @@ impl ProxyService {
             return Err(ProxyError::UpgradeUnsupported);
         }
         let trailers_allowed = parts.version == Version::HTTP_2 || accepts_trailers(&parts.headers);
-        // HTTP/1.1 sends only trailer fields announced in a `Trailer` header; HTTP/2 needs none.
-        let announce_trailers_h1 = trailers_allowed && parts.version != Version::HTTP_2;
+        // An HTTP/1.1 body may only end with trailer fields its head declared.
+        let declare_trailers = trailers_allowed && parts.version != Version::HTTP_2;
         let limit = usize::try_from(state.max_body_bytes).unwrap_or(usize::MAX);
         let mut accounted: Option<(InFlightGuard, Inspected)> = None;
         let body: ProxyBody = if is_candidate(&parts.method, parts.uri.path()) {
@@ -177,8 +178,8 @@ impl ProxyService {
             parts
                 .headers
                 .insert(ENERGY_REQUEST_ID, header_value(&public_id));
-            if announce_trailers_h1 {
-                announce_trailers(&mut parts.headers, &state.carbon);
+            if declare_trailers && content_length(&parts.headers).is_none() {
+                declare_energy_trailers(&mut parts.headers);
             }
             let body = RelayBody::new(body, Some(observer), end);
             return Ok(Response::from_parts(parts, body.boxed_unsync()));
@@ -215,26 +216,15 @@ impl ProxyService {
         parts
             .headers
             .insert(ENERGY_REQUEST_ID, header_value(&public_id));
-        if announce_trailers_h1 {
-            announce_trailers(&mut parts.headers, &state.carbon);
+        // With a content-length the HTTP/1.1 body has no trailer section to declare.
+        if declare_trailers && content_length(&parts.headers).is_none() {
+            declare_energy_trailers(&mut parts.headers);
         }
-        Ok(Response::from_parts(
-            parts,
-            RelayBody::new(body, None, end).boxed_unsync(),
-        ))
+        // Too large (or of unknown length) to hold: it streams through, and its exact counts are
+        // read from the `usage` at its end.
+        let body = RelayBody::new(body, None, end).with_usage_tail(inspected.view.endpoint);
+        Ok(Response::from_parts(parts, body.boxed_unsync()))
     }
-}
-
-/// Adds the energy fields to the response's `Trailer` announcement (keeping the upstream's own).
-fn announce_trailers(headers: &mut http::HeaderMap, carbon: &Carbon) {
-    let ours = trailer_announcement(carbon);
-    let merged = match headers.get(header::TRAILER).and_then(|v| v.to_str().ok()) {
-        Some(theirs) if !theirs.trim().is_empty() => {
-            header_value(&format!("{theirs}, {}", ours.to_str().unwrap_or_default()))
-        }
-        _ => ours,
-    };
-    headers.insert(header::TRAILER, merged);
 }
 
 fn header_value(text: &str) -> HeaderValue {
