@@ -9,6 +9,7 @@
 //! `unavailable`) so that the registry never grows without bound.
 
 pub mod aggregate;
+pub mod series;
 pub mod shared;
 #[cfg(test)]
 mod tests;
