@@ -151,7 +151,7 @@ impl InFlightView {
 pub struct RequestList {
     /// Requests not retired yet (oldest first), filtered by tag.
     pub in_flight: Vec<InFlightView>,
-    /// Finished records, most recent first.
+    /// Finished records: the `limit` most recently retired, newest end first.
     #[serde(serialize_with = "records")]
     pub requests: Vec<std::sync::Arc<RequestRecord>>,
 }
@@ -179,12 +179,17 @@ pub fn list(state: &AdminState, q: &ListQuery) -> RequestList {
         .filter(|p| tag.map_or(true, |t| p.meta.tag.as_deref() == Some(t)))
         .collect();
     live.sort_by_key(|p| p.meta.id);
+    // The ring is in retirement order, and requests settled by the same tick retire in no
+    // particular order: show the newest `limit` retired ones by end time (then arrival), newest
+    // first.
+    let mut requests = state.accounting.recent(limit, tag);
+    requests.sort_by(|a, b| (b.end_ns, b.arrival_ns, b.key).cmp(&(a.end_ns, a.arrival_ns, a.key)));
     RequestList {
         in_flight: live
             .iter()
             .map(|p| InFlightView::of(p, state, now))
             .collect(),
-        requests: state.accounting.recent(limit, tag),
+        requests,
     }
 }
 
