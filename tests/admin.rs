@@ -471,9 +471,10 @@ async fn auth_errors_and_health() {
         );
     }
     metrics(proxy.admin, Some("t0ken-of-admin")).await;
-    // Probes stay open.
+    // Liveness stays open; readiness (it names upstream errors) is protected.
     assert_eq!(admin_get(proxy.admin, "/healthz", None).await.status, 200);
-    let ready = admin_get(proxy.admin, "/readyz", None).await;
+    assert_eq!(admin_get(proxy.admin, "/readyz", None).await.status, 401);
+    let ready = admin_get(proxy.admin, "/readyz", Some("t0ken-of-admin")).await;
     assert_eq!(ready.status, 200);
     let r: Value = serde_json::from_slice(&ready.body).expect("JSON");
     assert_eq!(

@@ -95,16 +95,9 @@ fn counter<V>(
 ) -> fmt::Result
 where
     ConstCounter<V>: EncodeMetric,
-    ConstGauge<V>: EncodeMetric,
 {
-    family(
-        enc,
-        name,
-        help,
-        unit,
-        MetricType::Counter,
-        [(Labels::new(), v)],
-    )
+    let m = enc.encode_descriptor(name, help, unit.as_ref(), MetricType::Counter)?;
+    ConstCounter::new(v).encode(m)
 }
 
 fn gauge<V>(
@@ -115,17 +108,10 @@ fn gauge<V>(
     v: V,
 ) -> fmt::Result
 where
-    ConstCounter<V>: EncodeMetric,
     ConstGauge<V>: EncodeMetric,
 {
-    family(
-        enc,
-        name,
-        help,
-        unit,
-        MetricType::Gauge,
-        [(Labels::new(), v)],
-    )
+    let m = enc.encode_descriptor(name, help, unit.as_ref(), MetricType::Gauge)?;
+    ConstGauge::new(v).encode(m)
 }
 
 fn histogram(

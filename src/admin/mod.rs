@@ -1,7 +1,7 @@
 //! The admin listener, on its own port (never the proxy port: the upstream's own `/metrics` must stay
 //! reachable through the proxy): `/metrics` ([`metrics`]), `/stats` ([`stats`]), `/requests` and
 //! `/requests/{id}` ([`requests`]), `/healthz` and `/readyz` ([`health`]), behind an optional bearer
-//! token ([`auth`]; the two health routes stay open for probes).
+//! token ([`auth`]; `/healthz` stays open for liveness probes).
 //!
 //! This file owns the routing and the response shapes; errors use the OpenAI error JSON. Everything
 //! is read from [`AdminState`], read-only handles on what accounting and the sampler publish:
@@ -100,7 +100,8 @@ impl AdminService {
             );
         }
         let path = request.uri().path();
-        let open = matches!(path, "/healthz" | "/readyz");
+        // Liveness stays open for probes; readiness names upstream errors, so it is protected.
+        let open = path == "/healthz";
         if let (Some(token), false) = (&self.token, open) {
             if !token.allows(request.headers()) {
                 let mut r = error(
