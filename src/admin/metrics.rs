@@ -21,7 +21,7 @@ use super::AdminState;
 use crate::accounting::series::FixedHistogram;
 use crate::accounting::{AccountingStats, Aggregates, LabelTable};
 use crate::ledger::record::joules;
-use crate::meter::status::StatusSnapshot;
+use crate::meter::status::{DeviceSnapshot, StatusSnapshot};
 use crate::observe::Outcome;
 
 /// The content type of the exposition (what `prometheus_client::encoding::text` writes).
@@ -57,6 +57,9 @@ struct Scrape {
 }
 
 type Labels = Vec<(&'static str, String)>;
+
+/// Reads one per-device counter out of a snapshot.
+type DeviceCount = fn(&DeviceSnapshot) -> u64;
 
 fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
     pairs.into_iter().map(|(k, v)| (k, v.to_owned())).collect()
@@ -388,6 +391,24 @@ impl JoulegateCollector {
         )?;
         family(
             enc,
+            "joulegate_device_info",
+            "Metered devices (always 1): name, how energy is measured, UUID where there is one.",
+            None,
+            MetricType::Gauge,
+            devices.iter().map(|d| {
+                (
+                    labels([
+                        ("device", &d.info.label),
+                        ("name", &d.info.name),
+                        ("method", d.info.method.as_str()),
+                        ("uuid", d.info.uuid.as_deref().unwrap_or("")),
+                    ]),
+                    1u64,
+                )
+            }),
+        )?;
+        family(
+            enc,
             "joulegate_meter_up",
             "1 when the device's last reading was good and its source is live.",
             None,
@@ -396,7 +417,7 @@ impl JoulegateCollector {
                 .iter()
                 .map(|d| (labels([("device", &d.info.label)]), u64::from(d.healthy))),
         )?;
-        let per_device: [(&str, &str, fn(&crate::meter::status::DeviceSnapshot) -> u64); 3] = [
+        let per_device: [(&str, &str, DeviceCount); 3] = [
             ("joulegate_meter_counter_resets", "Energy counter resets and implausible jumps (the interval is dropped, never negative).", |d| d.resets),
             ("joulegate_meter_counter_wraps", "Energy counter wraps handled.", |d| d.wraps),
             ("joulegate_meter_read_errors", "Failed meter readings (the interval is unavailable).", |d| d.read_errors),

@@ -183,7 +183,7 @@ pub fn list(state: &AdminState, q: &ListQuery) -> RequestList {
     // particular order: show the newest `limit` retired ones by end time (then arrival), newest
     // first.
     let mut requests = state.accounting.recent(limit, tag);
-    requests.sort_by(|a, b| (b.end_ns, b.arrival_ns, b.key).cmp(&(a.end_ns, a.arrival_ns, a.key)));
+    requests.sort_by_key(|r| std::cmp::Reverse((r.end_ns, r.arrival_ns, r.key)));
     RequestList {
         in_flight: live
             .iter()
