@@ -252,6 +252,14 @@ fn close(a: f64, b: f64) -> bool {
 async fn metrics_stats_requests_and_headers_agree() {
     let upstream = vllm().await;
     let proxy = TestProxy::start_with(upstream.addr, with_sim).await;
+    // A request that arrives before the meter's first interval is (rightly) not fully measured:
+    // wait for the first tick so that every request below is.
+    guard("the first tick", async {
+        while admin_json(proxy.admin, "/stats").await["totals"]["ticks"] == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
     let mut sent = Vec::new();
     for (tag, key) in [
         (Some("run-a"), Some("sk-one")),
