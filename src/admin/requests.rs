@@ -149,7 +149,9 @@ impl InFlightView {
 /// The `/requests` document.
 #[derive(Debug, Serialize)]
 pub struct RequestList {
-    /// Requests not retired yet (oldest first), filtered by tag.
+    /// Requests not retired yet (matching the tag), in all.
+    pub in_flight_total: usize,
+    /// Up to `limit` of them, newest first.
     pub in_flight: Vec<InFlightView>,
     /// Finished records: the `limit` most recently retired, newest end first.
     #[serde(serialize_with = "records")]
@@ -178,13 +180,17 @@ pub fn list(state: &AdminState, q: &ListQuery) -> RequestList {
         .into_iter()
         .filter(|p| tag.map_or(true, |t| p.meta.tag.as_deref() == Some(t)))
         .collect();
-    live.sort_by_key(|p| p.meta.id);
+    let in_flight_total = live.len();
+    // Newest first, bounded like the records: the answer never grows with the load.
+    live.sort_unstable_by_key(|p| std::cmp::Reverse(p.meta.id));
+    live.truncate(limit);
     // The ring is in retirement order, and requests settled by the same tick retire in no
     // particular order: show the newest `limit` retired ones by end time (then arrival), newest
     // first.
     let mut requests = state.accounting.recent(limit, tag);
     requests.sort_by_key(|r| std::cmp::Reverse((r.end_ns, r.arrival_ns, r.key)));
     RequestList {
+        in_flight_total,
         in_flight: live
             .iter()
             .map(|p| InFlightView::of(p, state, now))
