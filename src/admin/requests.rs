@@ -212,16 +212,18 @@ pub enum Lookup {
     Malformed,
 }
 
-/// Looks request `public_id` up: the ring first (a finished record is final), then in flight.
+/// Looks request `public_id` up: in flight first, then the ring. In that order there is no gap:
+/// accounting pushes a record into the ring before it removes the request from the registry, so a
+/// request missing from the registry is already in the ring (unless evicted or never seen).
 pub fn lookup(state: &AdminState, public_id: &str) -> Lookup {
     let Some(id) = parse_public_id(public_id) else {
         return Lookup::Malformed;
     };
-    if let Some(r) = state.accounting.record(id) {
-        return Lookup::Finished(r);
+    if let Some(p) = state.in_flight.get(id) {
+        return Lookup::Live(Box::new(InFlightView::of(&p, state, state.clock.now_ns())));
     }
-    match state.in_flight.get(id) {
-        Some(p) => Lookup::Live(Box::new(InFlightView::of(&p, state, state.clock.now_ns()))),
+    match state.accounting.record(id) {
+        Some(r) => Lookup::Finished(r),
         None => Lookup::NotFound,
     }
 }
