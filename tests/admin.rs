@@ -22,12 +22,7 @@ async fn metrics_stats_requests_and_headers_agree() {
     let proxy = TestProxy::start_with(upstream.addr, with_sim).await;
     // A request that arrives before the meter's first interval is (rightly) not fully measured:
     // wait for the first tick so that every request below is.
-    guard("the first tick", async {
-        while admin_json(proxy.admin, "/stats").await["totals"]["ticks"] == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    first_tick(proxy.admin, None).await;
     let mut sent = Vec::new();
     for (tag, key) in [
         (Some("run-a"), Some("sk-one")),
@@ -226,9 +221,14 @@ async fn metrics_stats_requests_and_headers_agree() {
 async fn auth_errors_and_health() {
     let upstream = vllm().await;
     let proxy = TestProxy::start_with(upstream.addr, |a| {
-        a.admin_token = Some("t0ken-of-admin".into())
+        with_sim(a);
+        a.admin_token = Some("t0ken-of-admin".into());
+        a.metrics_per_tag = Some(false);
     })
     .await;
+    first_tick(proxy.admin, Some("t0ken-of-admin")).await;
+    let got = chat(proxy.addr, Some("hidden-tag"), None).await;
+    let id = header(&got, "x-energy-request-id");
     for token in [None, Some("wrong"), Some("t0ken-of-admi")] {
         let got = admin_get(proxy.admin, "/stats", token).await;
         assert_eq!(got.status, 401);
@@ -246,7 +246,34 @@ async fn auth_errors_and_health() {
             "{path}"
         );
     }
-    metrics(proxy.admin, Some("t0ken-of-admin")).await;
+    guard("the tagged request to be retired", async {
+        loop {
+            let got = admin_get(
+                proxy.admin,
+                &format!("/requests/{id}"),
+                Some("t0ken-of-admin"),
+            )
+            .await;
+            let v: Value = serde_json::from_slice(&got.body).expect("JSON");
+            if v.get("state").is_none() && got.status == 200 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let m = metrics(proxy.admin, Some("t0ken-of-admin")).await;
+    assert_eq!(sum(&m, "joulegate_requests_total", &[]), 1.0);
+    assert!(
+        m.iter().all(|s| !s.0.starts_with("joulegate_tag_")),
+        "per-tag series off when metrics_per_tag = false"
+    );
+    assert_eq!(sum(&m, "joulegate_energy_available", &[]), 1.0);
+    let stats = admin_get(proxy.admin, "/stats", Some("t0ken-of-admin")).await;
+    assert!(
+        !String::from_utf8_lossy(&stats.body).contains("t0ken-of-admin"),
+        "the token is never shown"
+    );
     // Liveness stays open; readiness (it names upstream errors) is protected.
     assert_eq!(admin_get(proxy.admin, "/healthz", None).await.status, 200);
     assert_eq!(admin_get(proxy.admin, "/readyz", None).await.status, 401);
@@ -255,7 +282,7 @@ async fn auth_errors_and_health() {
     let r: Value = serde_json::from_slice(&ready.body).expect("JSON");
     assert_eq!(
         (r["ready"].as_bool(), r["meters"].as_str()),
-        (Some(true), Some("unavailable"))
+        (Some(true), Some("initialised"))
     );
     // Errors in the OpenAI shape.
     let t = Some("t0ken-of-admin");
@@ -291,6 +318,8 @@ async fn readyz_fails_fast_when_the_upstream_is_down() {
     let r: Value = serde_json::from_slice(&got.body).expect("JSON");
     assert_eq!(r["ready"], false);
     assert_ne!(r["upstream"], "ok");
+    // No meter at all does not block readiness by itself.
+    assert_eq!(r["meters"], "unavailable");
 }
 
 #[tokio::test]

@@ -120,3 +120,18 @@ pub async fn metrics(admin: SocketAddr, token: Option<&str>) -> Vec<Sample> {
     }
     ours
 }
+
+/// Waits until accounting has applied the meter's first tick.
+pub async fn first_tick(admin: SocketAddr, token: Option<&str>) {
+    guard("the first tick", async {
+        loop {
+            let got = admin_get(admin, "/stats", token).await;
+            let v: Value = serde_json::from_slice(&got.body).expect("JSON");
+            if v["totals"]["ticks"].as_u64().is_some_and(|t| t > 0) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
