@@ -129,6 +129,64 @@ impl RequestSeriesTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::accounting::{Aggregates, RecordEnergy};
+
+    fn record(model: &str, status: RecordStatus, joules: f64, tokens: u64) -> RequestRecord {
+        RequestRecord {
+            id: String::new(),
+            model: Some(model.into()),
+            endpoint: "completions".into(),
+            key_hash: None,
+            tag: None,
+            stream: false,
+            arrival: String::new(),
+            first_token: None,
+            end: None,
+            prompt_tokens: tokens,
+            completion_tokens: 0,
+            tokens_exact: true,
+            energy_joules: joules,
+            active_joules: 0.0,
+            prefill_joules: 0.0,
+            decode_joules: 0.0,
+            co2_grams: None,
+            status,
+            key: 0,
+            arrival_ns: 0,
+            end_ns: 0,
+        }
+    }
+
+    #[test]
+    fn request_series_fold_models_like_the_model_table() {
+        let mut a = Aggregates::new(1);
+        for (m, st, j, t) in [
+            ("a", RecordStatus::Ok, 2.0, 4),
+            ("b", RecordStatus::Ok, 1.0, 0),
+            ("c", RecordStatus::Unavailable, 0.0, 5),
+        ] {
+            a.add(&record(m, st, j, t), RecordEnergy::default());
+        }
+        let rows: Vec<(&str, &str, u64)> = a
+            .series
+            .requests
+            .iter()
+            .map(|(k, n)| (k.model.as_str(), k.status, *n))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("a", "ok", 1),
+                ("other", "ok", 1),
+                ("other", "unavailable", 1)
+            ]
+        );
+        // Unmeasured requests stay out of the histograms; J/token needs tokens.
+        assert_eq!(a.series.energy_joules.count, 2);
+        assert_eq!(a.series.energy_joules.sum, 3.0);
+        assert_eq!(a.series.joules_per_token.count, 1);
+        assert_eq!(a.series.joules_per_token.sum, 0.5);
+    }
 
     #[test]
     fn buckets_are_per_bucket_and_end_with_inf() {
