@@ -86,7 +86,6 @@ pub(super) fn requests(enc: &mut DescriptorEncoder, x: &Scrape) -> fmt::Result {
 }
 
 /// Per-tag and per-key series, each only when configured.
-
 pub(super) fn labelled(s: &AdminState, enc: &mut DescriptorEncoder, a: &Aggregates) -> fmt::Result {
     let c = &s.config;
     let dims = [
