@@ -9,6 +9,7 @@
 //! `unavailable`) so that the registry never grows without bound.
 
 pub mod aggregate;
+pub mod series;
 pub mod shared;
 #[cfg(test)]
 mod tests;
@@ -308,12 +309,13 @@ impl Accounting {
     }
 
     fn retire(&mut self, f: &FinalRequest, settled_until: u64) {
-        let Some(p) = self.in_flight.retire(f.id) else {
+        let Some(p) = self.in_flight.get(f.id) else {
             self.shared.update_stats(|s| s.vanished += 1);
             return;
         };
         publish(&p, &f.energy, settled_until);
         if p.meta.endpoint == Endpoint::Other {
+            self.in_flight.retire(f.id);
             return;
         }
         let record = Arc::new(self.record_of(&p, &f.energy));
@@ -339,6 +341,9 @@ impl Accounting {
             s.records_evicted += evicted;
             s.records_not_logged += not_logged;
         });
+        // Leave the registry only once the record is in the ring: `/requests/{id}` always finds
+        // the request in one or the other.
+        self.in_flight.retire(f.id);
     }
 
     fn record_of(&self, p: &RequestProgress, e: &RequestEnergy) -> RequestRecord {

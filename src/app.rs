@@ -25,6 +25,7 @@ use crate::proxy::inspect::{InspectConfig, SharedSemantics};
 use crate::proxy::listen::{serve_connections, ConnLimits};
 use crate::proxy::service::{ProxyService, ProxyState};
 use crate::proxy::upstream::Upstream;
+use crate::request_log::{RequestLog, RequestLogConfig};
 use crate::sampler::{Sampler, SamplerConfig};
 
 /// The two listeners `serve` needs.
@@ -68,6 +69,9 @@ pub enum AppError {
     /// A ledger setting is unusable.
     #[error("ledger: {0}")]
     Ledger(#[from] crate::ledger::LedgerConfigError),
+    /// The request log could not be opened or started.
+    #[error("request log: {0}")]
+    RequestLog(#[from] crate::request_log::RequestLogError),
 }
 
 /// A built application, ready to serve.
@@ -205,12 +209,24 @@ impl App {
             let (sampler, rx) = Sampler::spawn(meters, sampler_config, state.clock)?;
             (Some(sampler), rx)
         };
-        let accounting = Accounting::spawn(
+        let mut accounting = Accounting::spawn(
             accounting_config(&config),
             state.in_flight.clone(),
             ticks,
             state.clock,
         )?;
+        // The request log drains the record channel accounting offers finished records to.
+        let request_log = match (&config.request_log, accounting.take_record_receiver()) {
+            (Some(path), Some(records)) => Some(RequestLog::spawn(
+                RequestLogConfig {
+                    path: path.clone(),
+                    max_bytes: config.request_log_max_bytes,
+                    files: config.request_log_files,
+                },
+                records,
+            )?),
+            _ => None,
+        };
         let admin_state = Arc::new(AdminState {
             accounting: accounting.shared(),
             sampler: sampler.as_ref().map(|s| s.status().clone()),
@@ -219,6 +235,7 @@ impl App {
             clock: state.clock,
             config: config.clone(),
             upstream: state.upstream.clone(),
+            request_log: request_log.as_ref().map(|l| l.status().clone()),
         });
         let proxy_addr = listeners.proxy.local_addr().ok();
         let admin_addr = listeners.admin.local_addr().ok();
@@ -253,6 +270,8 @@ impl App {
             tokio::join!(proxy, admin);
             // The threads outlive the listeners so the last requests are settled and retired.
             drop(accounting);
+            // After accounting: its channel is closed, so the log writes what is queued and stops.
+            drop(request_log);
             drop(sampler);
         });
         Ok(Running {

@@ -11,7 +11,7 @@
 //! - [`clock`]: the shared monotonic clock; [`tick`]: the record between sampler and accounting.
 //! - [`meter`]: energy sources (NVML, counter files, simulated, replay); [`sampler`]: the ticking thread.
 //! - [`ledger`]: pure attribution of each tick's energy; [`accounting`]: the glue thread that feeds it.
-//! - [`admin`]: the second listener (metrics, stats, requests, health).
+//! - [`admin`]: the second listener (metrics, stats, requests, health); [`request_log`]: the JSONL log.
 //! - [`sim`]: the simulated vLLM-like engine and mock upstream used by `demo`, tests and benches.
 #![forbid(unsafe_code)]
 
@@ -26,6 +26,7 @@ pub mod meter;
 pub mod observe;
 pub mod openai;
 pub mod proxy;
+pub mod request_log;
 pub mod sampler;
 pub mod sim;
 pub mod tick;

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::series::RequestSeriesTable;
 use crate::ledger::RequestRecord;
 
 /// Sums over the finished requests of one label value.
@@ -116,6 +117,9 @@ pub struct Aggregates {
     pub keys: LabelTable,
     /// By `x-energy-tag` (untagged requests are not counted here).
     pub tags: LabelTable,
+    /// Request counters and histograms for `/metrics` (model folded like `models`).
+    #[serde(skip)]
+    pub series: RequestSeriesTable,
 }
 
 impl Aggregates {
@@ -125,13 +129,21 @@ impl Aggregates {
             models: LabelTable::new(max_labels),
             keys: LabelTable::new(max_labels),
             tags: LabelTable::new(max_labels),
+            series: RequestSeriesTable::default(),
         }
     }
 
     /// Adds one finished request to every dimension it has a label in.
     pub fn add(&mut self, r: &RequestRecord, e: RecordEnergy) {
-        self.models
-            .add(r.model.as_deref().unwrap_or("unknown"), r, e);
+        let model = r.model.as_deref().unwrap_or("unknown");
+        self.models.add(model, r, e);
+        // The row the bounded table chose: the model itself, or `other` once the table is full.
+        let row = if self.models.rows.contains_key(model) {
+            model
+        } else {
+            OVERFLOW_LABEL
+        };
+        self.series.add(row, r);
         if let Some(k) = &r.key_hash {
             self.keys.add(k, r, e);
         }

@@ -1,7 +1,17 @@
 //! The admin listener, on its own port (never the proxy port: the upstream's own `/metrics` must stay
-//! reachable through the proxy): `/healthz` now; metrics, stats and request records build on
-//! [`AdminState`], which holds read-only handles on what accounting and the sampler publish.
-//! Nothing here reads a meter or waits on the data plane.
+//! reachable through the proxy): `/metrics` ([`metrics`]), `/stats` ([`stats`]), `/requests` and
+//! `/requests/{id}` ([`requests`]), `/healthz` and `/readyz` ([`health`]), behind an optional bearer
+//! token ([`auth`]; `/healthz` stays open for liveness probes).
+//!
+//! This file owns the routing and the response shapes; errors use the OpenAI error JSON. Everything
+//! is read from [`AdminState`], read-only handles on what accounting and the sampler publish:
+//! nothing here reads a meter or waits on the data plane.
+
+pub mod auth;
+pub mod health;
+pub mod metrics;
+pub mod requests;
+pub mod stats;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,6 +22,8 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
 
 use crate::accounting::AccountingShared;
 use crate::clock::Clock;
@@ -22,6 +34,7 @@ use crate::observe::InFlight;
 use crate::proxy::error::error_json;
 use crate::proxy::upstream::Upstream;
 use crate::proxy::ProxyBody;
+use crate::request_log::RequestLogStatus;
 
 /// Everything the admin endpoints read.
 #[derive(Debug)]
@@ -40,18 +53,37 @@ pub struct AdminState {
     pub config: Config,
     /// The upstream, for `/readyz`.
     pub upstream: Upstream,
+    /// The request-log writer's counters, when `request_log` is set.
+    pub request_log: Option<Arc<RequestLogStatus>>,
 }
 
 /// The hyper service of the admin listener.
 #[derive(Clone, Debug)]
 pub struct AdminService {
     state: Arc<AdminState>,
+    registry: Arc<Registry>,
+    token: Option<auth::AdminToken>,
 }
 
 impl AdminService {
-    /// A new admin service over `state`.
+    /// A new admin service over `state`, with its own metrics registry (see [`metrics::registry`]).
     pub fn new(state: Arc<AdminState>) -> Self {
-        AdminService { state }
+        let registry = Arc::new(metrics::registry(state.clone()));
+        Self::with_registry(state, registry)
+    }
+
+    /// A service exposing `registry` (which the caller owns and may have added to) on `/metrics`.
+    pub fn with_registry(state: Arc<AdminState>, registry: Arc<Registry>) -> Self {
+        let token = state
+            .config
+            .admin_token
+            .as_deref()
+            .map(auth::AdminToken::new);
+        AdminService {
+            state,
+            registry,
+            token,
+        }
     }
 
     /// The state it serves.
@@ -59,40 +91,123 @@ impl AdminService {
         &self.state
     }
 
-    fn route(&self, request: &Request<Incoming>) -> Response<ProxyBody> {
+    async fn route(self, request: Request<Incoming>) -> Response<ProxyBody> {
         if request.method() != Method::GET && request.method() != Method::HEAD {
-            return json(
+            return error(
                 StatusCode::METHOD_NOT_ALLOWED,
-                error_json("method not allowed", "InvalidRequestError", None, 405),
+                "method not allowed",
+                "InvalidRequestError",
             );
         }
-        match request.uri().path() {
+        let path = request.uri().path();
+        // Liveness stays open for probes; readiness names upstream errors, so it is protected.
+        let open = path == "/healthz";
+        if let (Some(token), false) = (&self.token, open) {
+            if !token.allows(request.headers()) {
+                let mut r = error(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or wrong admin bearer token",
+                    "AuthenticationError",
+                );
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return r;
+            }
+        }
+        let s = &self.state;
+        match path {
             "/healthz" => json(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}")),
-            other => json(
-                StatusCode::NOT_FOUND,
-                error_json(
+            "/readyz" => {
+                let r = health::readiness(s).await;
+                let status = if r.ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                json_of(status, &r)
+            }
+            "/metrics" => match metrics::render(&self.registry) {
+                Ok(text) => {
+                    let mut r = body(StatusCode::OK, Bytes::from(text));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static(metrics::CONTENT_TYPE),
+                    );
+                    r
+                }
+                Err(_) => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot encode metrics",
+                    "InternalServerError",
+                ),
+            },
+            "/stats" => json_of(StatusCode::OK, &stats::stats(s)),
+            "/requests" | "/requests/" => match requests::ListQuery::parse(request.uri().query()) {
+                Ok(q) => json_of(StatusCode::OK, &requests::list(s, &q)),
+                Err(e) => error(
+                    StatusCode::BAD_REQUEST,
+                    &e.to_string(),
+                    "InvalidRequestError",
+                ),
+            },
+            other => match other.strip_prefix("/requests/") {
+                Some(id) => match requests::lookup(s, id) {
+                    requests::Lookup::Finished(r) => json_of(StatusCode::OK, &*r),
+                    requests::Lookup::Live(v) => json_of(StatusCode::OK, &*v),
+                    requests::Lookup::NotFound => error(
+                        StatusCode::NOT_FOUND,
+                        &format!("no request {id} (unknown, or no longer in the ring)"),
+                        "NotFoundError",
+                    ),
+                    requests::Lookup::Malformed => error(
+                        StatusCode::BAD_REQUEST,
+                        "a request id looks like jg-000000000000002a",
+                        "InvalidRequestError",
+                    ),
+                },
+                None => error(
+                    StatusCode::NOT_FOUND,
                     &format!("no admin endpoint {other}"),
                     "NotFoundError",
-                    None,
-                    404,
                 ),
-            ),
+            },
         }
     }
 }
 
-fn json(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
+fn body(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
     let mut response = Response::new(
         Full::new(body)
             .map_err(|never| match never {})
             .boxed_unsync(),
     );
     *response.status_mut() = status;
+    response
+}
+
+fn json(status: StatusCode, bytes: Bytes) -> Response<ProxyBody> {
+    let mut response = body(status, bytes);
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+fn json_of(status: StatusCode, value: &impl Serialize) -> Response<ProxyBody> {
+    match serde_json::to_vec(value) {
+        Ok(v) => json(status, Bytes::from(v)),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("cannot serialise: {e}"),
+            "InternalServerError",
+        ),
+    }
+}
+
+/// The one place an admin error becomes a response (OpenAI error shape).
+fn error(status: StatusCode, message: &str, kind: &str) -> Response<ProxyBody> {
+    json(status, error_json(message, kind, None, status.as_u16()))
 }
 
 impl hyper::service::Service<Request<Incoming>> for AdminService {
@@ -101,7 +216,7 @@ impl hyper::service::Service<Request<Incoming>> for AdminService {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let response = self.route(&request);
-        Box::pin(async move { Ok(response) })
+        let service = self.clone();
+        Box::pin(async move { Ok(service.route(request).await) })
     }
 }

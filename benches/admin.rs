@@ -1,0 +1,146 @@
+//! Admin scrape cost: `/metrics` rendering, the `/stats` document and a `/requests` page, with every
+//! label table full (100 models, 100 key hashes, 100 tags plus `other`), 10,000 finished records in
+//! the ring and 10,000 requests in flight. A scrape copies what accounting published and encodes
+//! it; this shows what that costs the admin listener (never the data plane).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use joulegate::accounting::{Accounting, AccountingConfig};
+use joulegate::admin::{metrics, requests, stats, AdminState};
+use joulegate::clock::Clock;
+use joulegate::config::Config;
+use joulegate::observe::{Endpoint, InFlight, Outcome, RequestMeta};
+use joulegate::proxy::upstream::Upstream;
+use joulegate::tick::Tick;
+
+const TICK: u64 = 50_000_000;
+
+fn meta(id: u64, live: bool) -> RequestMeta {
+    RequestMeta {
+        id,
+        model: Some(format!("model-{}", id % 110)),
+        endpoint: Endpoint::ChatCompletions,
+        key_hash: Some(format!("{:016x}", id % 120)),
+        tag: Some(format!(
+            "{}-{}",
+            if live { "live" } else { "run" },
+            id % 130
+        )),
+        stream: true,
+        arrival_ns: 1,
+        estimated_prompt_tokens: 500,
+        choices: 1,
+        max_tokens: None,
+    }
+}
+
+fn tick(k: u64) -> Tick {
+    Tick {
+        seq: k,
+        start_ns: (k - 1) * TICK,
+        end_ns: k * TICK,
+        delta_uj: Some(35_000_000),
+        devices: Vec::new(),
+    }
+}
+
+/// Accounting with 10,000 retired records (full label tables) and 10,000 live streams.
+fn state() -> (
+    Arc<AdminState>,
+    Accounting,
+    Vec<joulegate::observe::InFlightGuard>,
+) {
+    let reg = Arc::new(InFlight::new());
+    let clock = Clock::new();
+    let mut acc = Accounting::new(AccountingConfig::default(), reg.clone(), clock).expect("config");
+    let mut k = 1;
+    let mut id = 1;
+    for _ in 0..10 {
+        let batch: Vec<_> = (0..1000)
+            .map(|_| {
+                id += 1;
+                reg.register(meta(id, false), clock)
+            })
+            .collect();
+        for g in &batch {
+            let p = g.progress();
+            p.progress_visible.store(true, Relaxed);
+            p.set_prompt_exact(500);
+            p.observe_completion(1, k * TICK);
+        }
+        acc.process_tick(&tick(k));
+        k += 1;
+        for g in &batch {
+            g.progress().completion_exact.store(true, Relaxed);
+            g.progress().finish(Outcome::Ok, k * TICK);
+        }
+        drop(batch);
+        for _ in 0..8 {
+            acc.process_tick(&tick(k));
+            k += 1;
+        }
+    }
+    let live: Vec<_> = (0..10_000)
+        .map(|_| {
+            id += 1;
+            reg.register(meta(id, true), clock)
+        })
+        .collect();
+    let args = joulegate::cli::ServeArgs::default();
+    let config = Config::resolve(&args, &Default::default(), None).expect("default config");
+    let upstream = Upstream::new(
+        config.upstream.clone(),
+        config.connect_timeout,
+        config.upstream_header_timeout,
+        config.max_body_bytes,
+    );
+    let state = Arc::new(AdminState {
+        accounting: acc.shared(),
+        sampler: None,
+        meters_unavailable: Vec::new(),
+        in_flight: reg,
+        clock,
+        config: Config {
+            metrics_per_key: true,
+            ..config
+        },
+        upstream,
+        request_log: None,
+    });
+    (state, acc, live)
+}
+
+fn bench(c: &mut Criterion) {
+    let (state, _acc, _live) = state();
+    let st = state.accounting.stats();
+    assert_eq!(st.requests.ok + st.requests.estimated, 10_000, "{st:?}");
+    let registry = metrics::registry(state.clone());
+    let text = metrics::render(&registry).expect("renders");
+    eprintln!(
+        "/metrics: {} bytes, {} series",
+        text.len(),
+        text.lines().filter(|l| !l.starts_with('#')).count()
+    );
+    c.bench_function("admin_metrics_full_tables_10k_in_flight", |b| {
+        b.iter(|| metrics::render(&registry).expect("renders"))
+    });
+    c.bench_function("admin_stats_full_tables", |b| {
+        b.iter(|| serde_json::to_vec(&stats::stats(&state)).expect("serialises"))
+    });
+    let q = requests::ListQuery {
+        limit: Some(100),
+        tag: Some("run-7".into()),
+    };
+    c.bench_function("admin_requests_100_by_tag_10k_in_flight", |b| {
+        b.iter(|| serde_json::to_vec(&requests::list(&state, &q)).expect("serialises"))
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(3));
+    targets = bench
+}
+criterion_main!(benches);
