@@ -119,13 +119,25 @@ fn asks_for_usage(case: &str) -> bool {
     case.ends_with("-usage") && !case.ends_with("-no-usage")
 }
 
-/// Sets `created` to 0 in every item (wall-clock seconds differ between two runs).
+/// Sets every `created` / `created_at`, at any depth, to 0: wall-clock seconds differ between two
+/// runs (and `/v1/responses` events nest them in `response`).
 fn without_created(items: &mut [Value]) {
-    for item in items {
-        if let Some(c) = item.get_mut("created") {
-            *c = json!(0);
+    fn clear(v: &mut Value) {
+        match v {
+            Value::Object(map) => {
+                for (k, child) in map.iter_mut() {
+                    if k == "created" || k == "created_at" {
+                        *child = json!(0);
+                    } else {
+                        clear(child);
+                    }
+                }
+            }
+            Value::Array(list) => list.iter_mut().for_each(clear),
+            _ => {}
         }
     }
+    items.iter_mut().for_each(clear);
 }
 
 /// Takes the `energy` extra field out of the items; returns (item index, energy object) pairs.
