@@ -125,6 +125,16 @@ struct Samples {
 
 /// One client connection sending `n` requests one after another.
 async fn client(addr: SocketAddr, stream: bool, paced: bool, n: usize) -> Samples {
+    client_on(addr, "/v1/chat/completions", stream, paced, n).await
+}
+
+async fn client_on(
+    addr: SocketAddr,
+    path: &'static str,
+    stream: bool,
+    paced: bool,
+    n: usize,
+) -> Samples {
     let tcp = TcpStream::connect(addr).await.unwrap();
     tcp.set_nodelay(true).unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
@@ -138,7 +148,7 @@ async fn client(addr: SocketAddr, stream: bool, paced: bool, n: usize) -> Sample
     };
     let mut s = Samples::default();
     for _ in 0..n {
-        let mut req = Request::post("/v1/chat/completions")
+        let mut req = Request::post(path)
             .header("host", "bench")
             .header("content-type", "application/json")
             .header("te", "trailers");
@@ -251,6 +261,27 @@ fn main() {
         let direct = run(up_addr, false, false, 1, n_json).await;
         let proxied = run(proxy_addr, false, false, 1, n_json).await;
         report("small JSON, sequential", &direct, &proxied, n_json, 0);
+        // The same exchange on a path the proxy only relays (no inspection, no accounting): the
+        // cost of proxying itself, for comparison.
+        let relay = |addr| async move {
+            let cpu0 = cpu_ns();
+            let mut s = client_on(addr, "/v1/not-accounted", false, false, n_json).await;
+            s.ttfb.sort();
+            s.last.sort();
+            Run {
+                s,
+                cpu_ns: cpu_ns() - cpu0,
+            }
+        };
+        let direct = relay(up_addr).await;
+        let proxied = relay(proxy_addr).await;
+        report(
+            "small JSON on a relayed-only path, sequential",
+            &direct,
+            &proxied,
+            n_json,
+            0,
+        );
         let direct = run(up_addr, true, false, 1, n_stream).await;
         let proxied = run(proxy_addr, true, false, 1, n_stream).await;
         report(
