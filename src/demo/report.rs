@@ -93,6 +93,10 @@ pub struct DemoReport {
     pub calibration: CalibrationReport,
     /// The engine's own totals when the report was taken.
     pub engine: Option<Totals>,
+    /// The ledger's prefill-rate estimate, tokens/s.
+    pub prefill_tokens_per_s: f64,
+    /// The ledger's per-request decode-rate estimate, tokens/s.
+    pub decode_tokens_per_s: f64,
 }
 
 impl DemoReport {
@@ -210,6 +214,11 @@ impl DemoReport {
             c.alpha_j,
             c.beta_j,
             if c.trusted { "fitted" } else { "defaults" }
+        );
+        let _ = writeln!(
+            s,
+            "rates: prefill {:.0} tokens/s, decode {:.1} tokens/s per request",
+            self.prefill_tokens_per_s, self.decode_tokens_per_s
         );
         let e = self.errors();
         let n = self.naive_errors();

@@ -252,6 +252,8 @@ impl World {
             p_idle_mw: stats.p_idle_mw,
             calibration: stats.calibration,
             engine: self.mock.settle_energy(),
+            prefill_tokens_per_s: stats.prefill_tokens_per_s,
+            decode_tokens_per_s: stats.decode_tokens_per_s,
         })
     }
 

@@ -100,6 +100,9 @@ pub struct Ledger {
     pub(super) newest_end_ns: u64,
     pub(super) prefill_rate: f64,
     pub(super) decode_rate: f64,
+    /// Completion tokens each visible stream that decoded through the whole current tick produced
+    /// in it (the engine advances every running sequence once per step, so these agree).
+    pub(super) tick_decodes: Vec<u64>,
     pub(super) weights: Vec<f64>,
     pub(super) shares: Vec<u64>,
     pub(super) scratch: Vec<(f64, usize)>,
@@ -119,6 +122,7 @@ impl Ledger {
             calibrator: Calibrator::new(config.calibration.clone()),
             prefill_rate: config.prefill_tokens_per_s,
             decode_rate: config.decode_tokens_per_s,
+            tick_decodes: Vec::new(),
             config,
             window: Window::default(),
             slots: Vec::new(),
@@ -176,6 +180,7 @@ impl Ledger {
         self.partial.clear();
         let mut min_unresolved = u64::MAX;
         let mut finalized = 0u32;
+        self.tick_decodes.clear();
         for obs in observations {
             let slot = self.find_slot(&mut cursor, &obs.progress, obs.kind);
             self.observed.push(slot);
@@ -221,7 +226,7 @@ impl Ledger {
                 self.finish(slot, &p);
                 finalized += 1;
             } else {
-                self.progress(slot, &p, end_ns);
+                self.progress(slot, &p, start_ns, end_ns);
                 if let Some(r) = self.slots.get(slot as usize).and_then(Option::as_ref) {
                     if !r.visible || !r.prefill_placed {
                         min_unresolved = min_unresolved.min(r.arrival_ns);
@@ -237,6 +242,7 @@ impl Ledger {
                 union_ns(&mut self.partial)
             };
         }
+        self.learn_tick_decode_rate(end_ns - start_ns);
         if self.observed.len() != self.index.len() {
             finalized += self.finish_vanished(seq);
         }
