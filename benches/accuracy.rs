@@ -79,7 +79,15 @@ fn pct(x: f64) -> String {
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let (scale, opts) = if full {
-        (5, WorldOptions::default())
+        let mut opts = WorldOptions::default();
+        // Experiments: another counter period (ms) than the simulated NVML-like 20 ms.
+        if let Some(ms) = std::env::var("ACCURACY_COUNTER_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            opts.counter_period = Duration::from_millis(ms.max(1));
+        }
+        (5, opts)
     } else {
         // Harness check only: a handful of requests at 20x speed.
         let opts = WorldOptions {
@@ -100,6 +108,9 @@ fn main() {
         }
     };
     let mut list = workloads(11, scale);
+    if let Ok(only) = std::env::var("ACCURACY_ONLY") {
+        list.retain(|w| only.split(',').any(|o| o == w.name));
+    }
     if !full {
         list.truncate(2);
         for w in &mut list {
@@ -142,6 +153,12 @@ fn main() {
                 );
                 if std::env::var_os("ACCURACY_VERBOSE").is_some() {
                     print!("{}", r.render());
+                }
+                if let Some(dir) = std::env::var_os("ACCURACY_JSON_DIR") {
+                    let path = std::path::Path::new(&dir).join(format!("{}.json", w.name));
+                    if let Err(e) = std::fs::write(&path, r.to_json().to_string()) {
+                        eprintln!("cannot write {}: {e}", path.display());
+                    }
                 }
             }
             Err(e) => println!("{:<14} failed: {e}", w.name),

@@ -249,6 +249,8 @@ impl DemoReport {
                     "response_id": r.sent.response_id,
                     "record": r.record,
                     "truth_joules": r.truth.as_ref().map(|t| t.total_uj() as f64 / 1e6),
+                    "truth_prefill_joules": r.truth.as_ref().map(|t| t.prefill_uj as f64 / 1e6),
+                    "truth_decode_joules": r.truth.as_ref().map(|t| t.decode_uj as f64 / 1e6),
                     "error": r.error(),
                 })
             })

@@ -43,6 +43,8 @@ pub struct WorldOptions {
     pub sample_interval_ms: Option<u64>,
     /// The engine's limits and cost model.
     pub engine: EngineConfig,
+    /// How often the simulated energy counter advances (NVML's counter moves every ~10-100 ms).
+    pub counter_period: Duration,
     /// Longest wait for accounting to retire every request (a guard, not a pass/fail criterion).
     pub settle_timeout: Duration,
     /// Before the workload, wait (at most this long) until the ledger has learned P_idle from
@@ -59,6 +61,7 @@ impl Default for WorldOptions {
             carbon_g_per_kwh: Some(400.0),
             sample_interval_ms: None,
             engine: EngineConfig::default(),
+            counter_period: RunnerConfig::default().counter_period,
             settle_timeout: Duration::from_secs(60),
             idle_warmup: Duration::from_secs(3),
         }
@@ -117,6 +120,7 @@ impl World {
             .timing(Timing::Engine(RunnerConfig {
                 engine: opts.engine.clone(),
                 time_scale: opts.time_scale,
+                counter_period: opts.counter_period,
                 ..RunnerConfig::default()
             }))
             .spawn(upstream)?;

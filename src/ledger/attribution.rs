@@ -11,7 +11,11 @@
 //! - a tick is held while a request in flight during it may still reveal work there (no first
 //!   token yet, or progress invisible), at most `settle_ticks`; held energy with no work when it
 //!   settles goes to *unattributed* if anything was in flight, else to *idle*;
-//! - requests with invisible progress get provisional work at an estimated rate; at completion the
+//! - requests with invisible progress get provisional work at an estimated rate (the per-request
+//!   decode rate follows the median rate of the streams that decoded through each tick, since
+//!   continuous batching advances every running sequence once per step; the prefill rate follows
+//!   vLLM's prefill times or, without them, the upper envelope of `prompt / time to first token`);
+//!   at completion the
 //!   provisional work still held is replaced by their true counts spread over their life (from
 //!   vLLM's queue and prefill times when known, else anchored at the end: decode before it at the
 //!   learned per-request rate, prefill just before that);

@@ -1,21 +1,15 @@
 //! Online calibration of the work weights α (per prefill token) and β (per decode token).
 //!
-//! Owns the fit only: a bounded window of settled ticks `(prefill_k, steps_k, decode_k,
-//! ΔE_k − P_idle·Δt)` and a three-variable non-negative least-squares fit through the origin,
-//! solved from running sums (the best non-negative solution over every subset of regressors).
-//! `steps_k` is the number of engine steps in the tick, estimated by the largest decode count of
-//! one item (continuous batching advances every running sequence once per step): a step's fixed
-//! cost (weights read once, static power over its floor time) is shared by its batch, so the
-//! full cost of a decode token falls as the batch grows. One β for every batch size, as fitted
-//! before, overcharged decodes in large batches against prefills (mixed workload: long prompts
-//! under-attributed by 25-57 %).
+//! Owns the fit only: a bounded window of settled ticks `(prefill_k, decode_k, ΔE_k − P_idle·Δt)`
+//! and a two-variable non-negative least-squares fit through the origin, solved in closed form from
+//! running sums (the unconstrained solution if it is non-negative, else the better one-variable fit).
 //! Until the fit is trustworthy (enough ticks, well conditioned, explains the data, both weights
 //! positive) the configured defaults are used. A context (KV length) term is not fitted: the proxy
 //! cannot see batch composition, and per-tick context sums are nearly collinear with decode counts,
-//! so the extra term would mostly add variance. A busy-time (static power) term was tried by the
-//! first author: it recovers the marginal costs, but a proportional split inside a tick is more
-//! accurate with weights that explain the tick's whole energy (static included), which the
-//! through-origin fit gives; the step term keeps that property.
+//! so the extra term would mostly add variance. A busy-time (static power) term was tried too: it
+//! recovers the marginal costs, but a proportional split inside a tick is more accurate with
+//! weights that explain the tick's whole energy (static included), which the through-origin fit
+//! gives (checked against the toy engine in `accuracy_tests`).
 
 use std::collections::VecDeque;
 
@@ -72,112 +66,41 @@ pub struct CalibrationReport {
     pub trusted: bool,
 }
 
-/// Regressors of the fit: prefill tokens, engine steps, decode tokens.
-const K: usize = 3;
-
 #[derive(Clone, Copy, Debug, Default)]
 struct Sums {
-    xx: [[f64; K]; K],
-    xy: [f64; K],
+    s11: f64,
+    s12: f64,
+    s22: f64,
+    b1: f64,
+    b2: f64,
     yy: f64,
-    sx: [f64; K],
 }
 
 impl Sums {
-    fn add(&mut self, (x, y): ([f64; K], f64), sign: f64) {
-        for i in 0..K {
-            for j in 0..K {
-                self.xx[i][j] += sign * x[i] * x[j];
-            }
-            self.xy[i] += sign * x[i] * y;
-            self.sx[i] += sign * x[i];
-        }
+    fn add(&mut self, (x1, x2, y): (f64, f64, f64), sign: f64) {
+        self.s11 += sign * x1 * x1;
+        self.s12 += sign * x1 * x2;
+        self.s22 += sign * x2 * x2;
+        self.b1 += sign * x1 * y;
+        self.b2 += sign * x2 * y;
         self.yy += sign * y * y;
     }
 
-    fn sse(&self, c: &[f64; K]) -> f64 {
-        let mut s = self.yy;
-        for i in 0..K {
-            s -= 2.0 * c[i] * self.xy[i];
-            for j in 0..K {
-                s += c[i] * c[j] * self.xx[i][j];
-            }
-        }
-        s
-    }
-
-    /// Least squares restricted to the regressors in `mask` (the others fixed at 0), by Gaussian
-    /// elimination on the normal equations; `None` when they are (nearly) singular.
-    fn solve(&self, mask: usize) -> Option<[f64; K]> {
-        let idx: Vec<usize> = (0..K).filter(|i| mask & (1 << i) != 0).collect();
-        let n = idx.len();
-        let mut m = [[0.0f64; K + 1]; K];
-        for (r, &i) in idx.iter().enumerate() {
-            if self.xx[i][i] <= 0.0 {
-                return None;
-            }
-            for (c, &j) in idx.iter().enumerate() {
-                // Normalised (a correlation matrix), so one threshold fits every scale.
-                m[r][c] = self.xx[i][j] / (self.xx[i][i] * self.xx[j][j]).sqrt();
-            }
-            m[r][n] = self.xy[i] / self.xx[i][i].sqrt();
-        }
-        for col in 0..n {
-            let piv = (col..n).max_by(|&a, &b| m[a][col].abs().total_cmp(&m[b][col].abs()))?;
-            m.swap(col, piv);
-            if m[col][col].abs() < 1e-9 {
-                return None;
-            }
-            for r in 0..n {
-                if r != col {
-                    let f = m[r][col] / m[col][col];
-                    for c in col..=n {
-                        m[r][c] -= f * m[col][c];
-                    }
-                }
-            }
-        }
-        let mut out = [0.0; K];
-        for (r, &i) in idx.iter().enumerate() {
-            out[i] = m[r][n] / m[r][r] / self.xx[i][i].sqrt();
-        }
-        out.iter().all(|v| v.is_finite()).then_some(out)
+    fn sse(&self, a: f64, b: f64) -> f64 {
+        self.yy - 2.0 * (a * self.b1 + b * self.b2)
+            + a * a * self.s11
+            + 2.0 * a * b * self.s12
+            + b * b * self.s22
     }
 }
 
-/// The weights the split uses: a prefill token weighs `alpha_j`; a decode token weighs
-/// `delta_j + gamma_j · steps / decode_tokens` of its tick, i.e. its own marginal cost plus its
-/// share of the engine steps it rode in (a step's fixed cost is shared by the batch: a decode
-/// token in a batch of 4 carries 16 times the step share of one in a batch of 64).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Weights {
-    /// Joules per prefill token.
-    pub alpha_j: f64,
-    /// Joules per engine step (shared by the decode tokens of the step).
-    pub gamma_j: f64,
-    /// Joules per decode token, beyond its step share.
-    pub delta_j: f64,
-}
-
-impl Weights {
-    /// Weight of one decode token in a tick with `steps` engine steps and `decode` decode tokens.
-    pub fn decode_token_j(&self, steps: f64, decode: f64) -> f64 {
-        if decode > 0.0 {
-            self.delta_j + self.gamma_j * steps / decode
-        } else {
-            self.delta_j + self.gamma_j
-        }
-    }
-}
-
-/// Windowed NNLS fit of ΔE − P_idle·Δt ≈ α·prefill + γ·steps + δ·decode.
+/// Windowed NNLS fit of ΔE − P_idle·Δt ≈ α·prefill + β·decode.
 #[derive(Clone, Debug)]
 pub struct Calibrator {
     config: CalibrationConfig,
-    window: VecDeque<([f64; K], f64)>,
+    window: VecDeque<(f64, f64, f64)>,
     sums: Sums,
     since_recompute: usize,
-    weights: Weights,
     report: CalibrationReport,
 }
 
@@ -196,7 +119,6 @@ impl Calibrator {
         };
         Calibrator {
             window: VecDeque::with_capacity(config.window_ticks.max(1)),
-            weights: Self::default_weights(&config),
             config,
             sums: Sums::default(),
             since_recompute: 0,
@@ -204,25 +126,16 @@ impl Calibrator {
         }
     }
 
-    fn default_weights(config: &CalibrationConfig) -> Weights {
-        Weights {
-            alpha_j: config.default_alpha_j,
-            gamma_j: 0.0,
-            delta_j: config.default_beta_j,
-        }
-    }
-
-    /// Adds one settled tick: prefill tokens, engine steps (estimated) and decode tokens placed in
-    /// it, and its energy above the idle baseline, in joules. Non-finite inputs are ignored.
-    pub fn observe(&mut self, prefill_tokens: f64, steps: f64, decode_tokens: f64, active_j: f64) {
-        let x = [prefill_tokens, steps.max(0.0), decode_tokens];
-        if !(x.iter().all(|v| v.is_finite()) && active_j.is_finite()) {
+    /// Adds one settled tick: prefill and decode tokens placed in it and its energy above the idle
+    /// baseline, in joules. Non-finite inputs are ignored.
+    pub fn observe(&mut self, prefill_tokens: f64, decode_tokens: f64, active_j: f64) {
+        let sample = (prefill_tokens, decode_tokens, active_j);
+        if !(prefill_tokens.is_finite() && decode_tokens.is_finite() && active_j.is_finite()) {
             return;
         }
         if prefill_tokens <= 0.0 && decode_tokens <= 0.0 {
             return;
         }
-        let sample = (x, active_j);
         let cap = self.config.window_ticks.max(1);
         if self.window.len() == cap {
             if let Some(old) = self.window.pop_front() {
@@ -245,18 +158,29 @@ impl Calibrator {
 
     fn refit(&mut self) {
         let s = self.sums;
-        // Exact NNLS in three variables: the best non-negative least-squares solution over every
-        // subset of regressors (the active-set answer, by enumeration: 7 tiny solves).
-        let best = (1..(1usize << K))
-            .filter_map(|mask| s.solve(mask))
-            .filter(|c| c.iter().all(|v| *v >= 0.0))
-            .min_by(|x, y| s.sse(x).total_cmp(&s.sse(y)));
+        let mut candidates: [Option<(f64, f64)>; 3] = [None, None, None];
+        let det = s.s11 * s.s22 - s.s12 * s.s12;
+        if det > 1e-12 * (s.s11 * s.s22).max(1e-300) {
+            let a = (s.s22 * s.b1 - s.s12 * s.b2) / det;
+            let b = (s.s11 * s.b2 - s.s12 * s.b1) / det;
+            if a >= 0.0 && b >= 0.0 {
+                candidates[0] = Some((a, b));
+            }
+        }
+        if s.s11 > 0.0 {
+            candidates[1] = Some(((s.b1 / s.s11).max(0.0), 0.0));
+        }
+        if s.s22 > 0.0 {
+            candidates[2] = Some((0.0, (s.b2 / s.s22).max(0.0)));
+        }
+        let best = candidates
+            .iter()
+            .flatten()
+            .copied()
+            .min_by(|x, y| s.sse(x.0, x.1).total_cmp(&s.sse(y.0, y.1)));
         let n = self.window.len();
-        // Whether prefill and decode work can be told apart at all (their tick counts are not
-        // collinear): the condition number of their 2x2 correlation matrix.
-        let (s11, s22, s12) = (s.xx[0][0], s.xx[2][2], s.xx[0][2]);
-        let condition = if s11 > 0.0 && s22 > 0.0 {
-            let c = (s12 / (s11 * s22).sqrt()).abs().min(1.0);
+        let condition = if s.s11 > 0.0 && s.s22 > 0.0 {
+            let c = (s.s12 / (s.s11 * s.s22).sqrt()).abs().min(1.0);
             Some(if c >= 1.0 {
                 f64::INFINITY
             } else {
@@ -265,40 +189,35 @@ impl Calibrator {
         } else {
             None
         };
-        // The effective decode weight at the window's mean steps per decode token, for /stats.
-        let steps_per_decode = if s.sx[2] > 0.0 {
-            s.sx[1].max(0.0) / s.sx[2]
-        } else {
-            0.0
-        };
-        let (fitted, r2) = match best {
-            Some(c) => {
-                let r2 = (s.yy > 0.0).then(|| 1.0 - s.sse(&c) / s.yy);
-                (
-                    Some(Weights {
-                        alpha_j: c[0],
-                        gamma_j: c[1],
-                        delta_j: c[2],
-                    }),
-                    r2,
-                )
+        let (fa, fb, r2) = match best {
+            Some((a, b)) => {
+                let r2 = if s.yy > 0.0 {
+                    Some(1.0 - s.sse(a, b) / s.yy)
+                } else {
+                    None
+                };
+                (Some(a), Some(b), r2)
             }
-            None => (None, None),
+            None => (None, None, None),
         };
-        let effective_beta = |w: &Weights| w.delta_j + w.gamma_j * steps_per_decode;
         let trusted = n >= self.config.min_ticks
             && condition.is_some_and(|c| c <= self.config.max_condition)
             && r2.is_some_and(|r| r >= self.config.min_r2)
-            && fitted.is_some_and(|w| w.alpha_j > 0.0 && effective_beta(&w) > 0.0);
-        self.weights = match fitted {
-            Some(w) if trusted => w,
-            _ => Self::default_weights(&self.config),
-        };
+            && fa.is_some_and(|a| a > 0.0)
+            && fb.is_some_and(|b| b > 0.0);
         self.report = CalibrationReport {
-            alpha_j: self.weights.alpha_j,
-            beta_j: effective_beta(&self.weights),
-            fitted_alpha_j: fitted.map(|w| w.alpha_j),
-            fitted_beta_j: fitted.map(|w| effective_beta(&w)),
+            alpha_j: if trusted {
+                fa.unwrap_or(self.config.default_alpha_j)
+            } else {
+                self.config.default_alpha_j
+            },
+            beta_j: if trusted {
+                fb.unwrap_or(self.config.default_beta_j)
+            } else {
+                self.config.default_beta_j
+            },
+            fitted_alpha_j: fa,
+            fitted_beta_j: fb,
             r2,
             condition,
             ticks: n,
@@ -306,15 +225,14 @@ impl Calibrator {
         };
     }
 
-    /// The fit and its quality (`beta_j`: the effective decode-token weight at the window's mean
-    /// batch, `delta + gamma · steps / decode tokens`).
+    /// The fit and its quality.
     pub fn report(&self) -> CalibrationReport {
         self.report
     }
 
-    /// The weights in use.
-    pub fn weights(&self) -> Weights {
-        self.weights
+    /// The weights in use: (α, β) in joules per token.
+    pub fn weights(&self) -> (f64, f64) {
+        (self.report.alpha_j, self.report.beta_j)
     }
 }
 
@@ -337,7 +255,7 @@ mod tests {
         for k in 0..200u32 {
             let p = f64::from((k * 37) % 400);
             let d = f64::from((k * 11) % 64 + 1);
-            c.observe(p, 0.0, d, 0.03 * p + 0.25 * d);
+            c.observe(p, d, 0.03 * p + 0.25 * d);
         }
         let r = c.report();
         assert!(r.trusted, "{r:?}");
@@ -347,46 +265,19 @@ mod tests {
     }
 
     #[test]
-    fn recovers_the_step_term_from_varying_batches() {
-        let mut c = Calibrator::new(cfg());
-        for k in 0..200u32 {
-            let p = f64::from((k * 37) % 400);
-            let steps = f64::from(k % 5 + 3);
-            let batch = f64::from((k * 7) % 40 + 1);
-            let d = steps * batch;
-            c.observe(p, steps, d, 0.02 * p + 1.8 * steps + 0.012 * d);
-        }
-        let r = c.report();
-        assert!(r.trusted, "{r:?}");
-        let w = c.weights();
-        assert!((w.alpha_j - 0.02).abs() < 1e-6, "{w:?}");
-        assert!((w.gamma_j - 1.8).abs() < 1e-6, "{w:?}");
-        assert!((w.delta_j - 0.012).abs() < 1e-6, "{w:?}");
-        // A decode token in a batch of 4 weighs more than one in a batch of 40.
-        assert!(w.decode_token_j(5.0, 20.0) > 5.0 * w.decode_token_j(5.0, 200.0));
-    }
-
-    #[test]
     fn negative_solution_is_clamped_and_untrusted() {
         let mut c = Calibrator::new(cfg());
         for k in 0..100u32 {
             let p = f64::from(k % 10);
             let d = f64::from(k % 7 + 1);
             // Energy that falls with prefill: the unconstrained α would be negative.
-            c.observe(p, 0.0, d, (0.5 * d - 0.2 * p).max(0.0));
+            c.observe(p, d, (0.5 * d - 0.2 * p).max(0.0));
         }
         let r = c.report();
         assert!(r.fitted_alpha_j.is_some_and(|a| a >= 0.0));
         assert!(r.fitted_beta_j.is_some_and(|b| b >= 0.0));
         assert!(!r.trusted);
-        assert_eq!(
-            c.weights(),
-            Weights {
-                alpha_j: 0.02,
-                gamma_j: 0.0,
-                delta_j: 0.3
-            }
-        );
+        assert_eq!(c.weights(), (0.02, 0.3));
     }
 
     #[test]
@@ -394,11 +285,11 @@ mod tests {
         let mut c = Calibrator::new(cfg());
         for k in 1..100u32 {
             let x = f64::from(k);
-            c.observe(x, 0.0, 2.0 * x, 0.3 * x);
+            c.observe(x, 2.0 * x, 0.3 * x);
         }
         assert!(!c.report().trusted);
-        c.observe(f64::NAN, 0.0, 1.0, 1.0);
-        c.observe(0.0, 0.0, 0.0, 1.0);
+        c.observe(f64::NAN, 1.0, 1.0);
+        c.observe(0.0, 0.0, 1.0);
         assert_eq!(c.report().ticks, 50);
     }
 }

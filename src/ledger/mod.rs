@@ -25,7 +25,7 @@ pub mod window;
 mod work;
 
 pub use attribution::Ledger;
-pub use calibration::{CalibrationConfig, CalibrationReport, Weights};
+pub use calibration::{CalibrationConfig, CalibrationReport};
 pub use idle::IdleSource;
 pub use record::{RecordStatus, RequestRecord};
 pub use types::{Coverage, FinalRequest, LedgerTotals, RequestEnergy, TickSummary};

@@ -69,25 +69,16 @@ impl Ledger {
             return false;
         };
         self.totals.pending_uj -= e.min(self.totals.pending_uj);
-        let w = self.calibrator.weights();
-        let alpha = w.alpha_j;
-        let (mut prefill_tokens, mut decode_tokens, mut steps, mut provisional) =
-            (0.0, 0.0, 0.0f64, false);
+        let (alpha, beta) = self.calibrator.weights();
+        self.weights.clear();
+        let (mut prefill_tokens, mut decode_tokens, mut provisional) = (0.0, 0.0, false);
         for item in &tick.items {
-            prefill_tokens += f64::from(item.prefill);
-            decode_tokens += f64::from(item.decode);
-            // Every running sequence advances once per engine step: the largest decode count of
-            // one item estimates the steps in the tick.
-            steps = steps.max(f64::from(item.decode));
+            let (ip, id) = (f64::from(item.prefill), f64::from(item.decode));
+            self.weights.push(alpha * ip + beta * id);
+            prefill_tokens += ip;
+            decode_tokens += id;
             provisional |= item.provisional && (item.prefill > 0.0 || item.decode > 0.0);
         }
-        let beta = w.decode_token_j(steps, decode_tokens);
-        self.weights.clear();
-        self.weights.extend(
-            tick.items
-                .iter()
-                .map(|i| alpha * f64::from(i.prefill) + beta * f64::from(i.decode)),
-        );
         // Idle time inside a busy tick (before the first arrival, after the last end) is idle.
         let idle_part = self
             .idle
@@ -160,7 +151,7 @@ impl Ledger {
         if !provisional && self.idle.source() != IdleSource::Unknown {
             let active_j = full_e.saturating_sub(self.idle.baseline_uj(dt)) as f64 / 1e6;
             self.calibrator
-                .observe(prefill_tokens, steps, decode_tokens, active_j);
+                .observe(prefill_tokens, decode_tokens, active_j);
         }
         true
     }

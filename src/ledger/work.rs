@@ -93,13 +93,7 @@ impl Ledger {
     }
 
     /// Work observed while the request is in flight.
-    pub(super) fn progress(
-        &mut self,
-        slot: u32,
-        p: &ProgressSnapshot,
-        start_ns: u64,
-        end_ns: u64,
-    ) {
+    pub(super) fn progress(&mut self, slot: u32, p: &ProgressSnapshot, start_ns: u64, end_ns: u64) {
         let Some(req) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
             return;
         };
