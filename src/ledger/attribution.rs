@@ -15,10 +15,9 @@
 //!   decode rate follows the median rate of the streams that decoded through each tick, since
 //!   continuous batching advances every running sequence once per step; the prefill rate follows
 //!   vLLM's prefill times or, without them, the upper envelope of `prompt / time to first token`);
-//!   at completion the
-//!   provisional work still held is replaced by their true counts spread over their life (from
-//!   vLLM's queue and prefill times when known, else anchored at the end: decode before it at the
-//!   learned per-request rate, prefill just before that);
+//!   at completion the provisional work still held is replaced by their true counts spread over
+//!   their life (from vLLM's queue and prefill times when known, else anchored at the end: decode
+//!   before it at the learned per-request rate, prefill just before that);
 //! - a busy tick's time outside every request's life (before the first arrival, after the last
 //!   end) is idle: its P_idle share goes to *idle*; the rest is split by work;
 //! - a tick settles early once no request that was in flight during it can still reveal work
