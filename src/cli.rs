@@ -21,6 +21,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the proxy in front of an OpenAI-compatible server (vLLM).
     Serve(ServeArgs),
+    /// Run a simulated engine, its meter and the proxy in one process, send a short mixed workload
+    /// through it and print the energy of every request (no GPU or vLLM needed).
+    Demo(crate::demo::DemoArgs),
     /// Run a power and energy logger writing CSV.
     LogPower(crate::meter::log_power::LogPowerArgs),
     /// Run the mock vLLM upstream (vLLM's wire format, simulated engine).

@@ -12,6 +12,7 @@
 //! - [`meter`]: energy sources (NVML, counter files, simulated, replay); [`sampler`]: the ticking thread.
 //! - [`ledger`]: pure attribution of each tick's energy; [`accounting`]: the glue thread that feeds it.
 //! - [`admin`]: the second listener (metrics, stats, requests, health); [`request_log`]: the JSONL log.
+//! - [`demo`]: `joulegate demo` (engine, meter and proxy in one process) and the accuracy harness.
 //! - [`sim`]: the simulated vLLM-like engine and mock upstream used by `demo`, tests and benches.
 #![forbid(unsafe_code)]
 
@@ -21,6 +22,7 @@ pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod ledger;
 pub mod meter;
 pub mod observe;

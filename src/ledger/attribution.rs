@@ -11,10 +11,13 @@
 //! - a tick is held while a request in flight during it may still reveal work there (no first
 //!   token yet, or progress invisible), at most `settle_ticks`; held energy with no work when it
 //!   settles goes to *unattributed* if anything was in flight, else to *idle*;
-//! - requests with invisible progress get provisional work at an estimated rate; at completion the
-//!   provisional work still held is replaced by their true counts spread over their life (from
-//!   vLLM's queue and prefill times when known, else anchored at the end: decode before it at the
-//!   learned per-request rate, prefill just before that);
+//! - requests with invisible progress get provisional work at an estimated rate (the per-request
+//!   decode rate follows the median rate of the streams that decoded through each tick, since
+//!   continuous batching advances every running sequence once per step; the prefill rate follows
+//!   vLLM's prefill times or, without them, the upper envelope of `prompt / time to first token`);
+//!   at completion the provisional work still held is replaced by their true counts spread over
+//!   their life (from vLLM's queue and prefill times when known, else anchored at the end: decode
+//!   before it at the learned per-request rate, prefill just before that);
 //! - a busy tick's time outside every request's life (before the first arrival, after the last
 //!   end) is idle: its P_idle share goes to *idle*; the rest is split by work;
 //! - a tick settles early once no request that was in flight during it can still reveal work
@@ -100,6 +103,9 @@ pub struct Ledger {
     pub(super) newest_end_ns: u64,
     pub(super) prefill_rate: f64,
     pub(super) decode_rate: f64,
+    /// Completion tokens each visible stream that decoded through the whole current tick produced
+    /// in it (the engine advances every running sequence once per step, so these agree).
+    pub(super) tick_decodes: Vec<u64>,
     pub(super) weights: Vec<f64>,
     pub(super) shares: Vec<u64>,
     pub(super) scratch: Vec<(f64, usize)>,
@@ -119,6 +125,7 @@ impl Ledger {
             calibrator: Calibrator::new(config.calibration.clone()),
             prefill_rate: config.prefill_tokens_per_s,
             decode_rate: config.decode_tokens_per_s,
+            tick_decodes: Vec::new(),
             config,
             window: Window::default(),
             slots: Vec::new(),
@@ -176,6 +183,7 @@ impl Ledger {
         self.partial.clear();
         let mut min_unresolved = u64::MAX;
         let mut finalized = 0u32;
+        self.tick_decodes.clear();
         for obs in observations {
             let slot = self.find_slot(&mut cursor, &obs.progress, obs.kind);
             self.observed.push(slot);
@@ -221,7 +229,7 @@ impl Ledger {
                 self.finish(slot, &p);
                 finalized += 1;
             } else {
-                self.progress(slot, &p, end_ns);
+                self.progress(slot, &p, start_ns, end_ns);
                 if let Some(r) = self.slots.get(slot as usize).and_then(Option::as_ref) {
                     if !r.visible || !r.prefill_placed {
                         min_unresolved = min_unresolved.min(r.arrival_ns);
@@ -237,6 +245,7 @@ impl Ledger {
                 union_ns(&mut self.partial)
             };
         }
+        self.learn_tick_decode_rate(end_ns - start_ns);
         if self.observed.len() != self.index.len() {
             finalized += self.finish_vanished(seq);
         }

@@ -541,3 +541,5 @@ fn prefill_waits_one_tick_for_the_exact_prompt_count() {
     assert_eq!(e(1) + e(2), 1_002);
     assert_eq!(e(1), 1_001);
 }
+
+mod rates;

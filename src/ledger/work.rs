@@ -93,7 +93,7 @@ impl Ledger {
     }
 
     /// Work observed while the request is in flight.
-    pub(super) fn progress(&mut self, slot: u32, p: &ProgressSnapshot, end_ns: u64) {
+    pub(super) fn progress(&mut self, slot: u32, p: &ProgressSnapshot, start_ns: u64, end_ns: u64) {
         let Some(req) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
             return;
         };
@@ -122,6 +122,7 @@ impl Ledger {
                 .and_then(Option::as_ref)
                 .is_some_and(|r| r.waited_for_prompt);
             if p.prompt_exact || waited {
+                self.learn_prefill_rate(p);
                 self.place_prefill(slot, p, p.first_token_ns);
             }
             if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
@@ -134,6 +135,27 @@ impl Ledger {
             if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
                 req.consumed_completion = p.completion_tokens;
             }
+        }
+        // A stream that was decoding before the tick began and is still in flight shows the
+        // engine's current per-sequence decode rate (its previous count was read a tick ago).
+        if consumed > 0 && p.first_token_ns != 0 && p.first_token_ns <= start_ns {
+            self.tick_decodes
+                .push(p.completion_tokens.saturating_sub(consumed));
+        }
+    }
+
+    /// Moves the per-request decode rate towards the median rate of the streams that decoded
+    /// through the tick: invisible (non-streamed) requests decode at the same rate as the visible
+    /// ones batched with them, which a rate learned from finished streams lags by seconds.
+    pub(super) fn learn_tick_decode_rate(&mut self, dt_ns: u64) {
+        if self.tick_decodes.is_empty() || dt_ns == 0 {
+            return;
+        }
+        let mid = self.tick_decodes.len() / 2;
+        let (_, median, _) = self.tick_decodes.select_nth_unstable(mid);
+        let r = *median as f64 / (dt_ns as f64 / 1e9);
+        if r.is_finite() && r > 0.0 {
+            self.decode_rate += 0.25 * (r - self.decode_rate);
         }
     }
 
@@ -269,6 +291,31 @@ impl Ledger {
             };
             self.place(slot, ft, end, item, BeforeWindow::Drop);
         }
+    }
+
+    /// Without vLLM's prefill time, a stream's time to first token bounds its prefill time from
+    /// above (it adds the queue wait and the step in progress at arrival), so `prompt / TTFT`
+    /// bounds the prefill rate from below. The rate follows the upper envelope of those bounds:
+    /// quickly up, slowly down. A rate guessed too low spreads prefill over ticks where it did not
+    /// run, which both misplaces its energy and biases the calibrated α low (errors in the
+    /// regressor); one too high only compresses it towards the first token, where the step that
+    /// finishes a prefill also samples the first token.
+    pub(super) fn learn_prefill_rate(&mut self, p: &ProgressSnapshot) {
+        // Short prompts say more about step latency than about prefill throughput.
+        const MIN_PROMPT: u64 = 128;
+        if p.prefill_ns > 0 || p.prompt_tokens < MIN_PROMPT {
+            return;
+        }
+        let ttft = p.first_token_ns.saturating_sub(Self::work_start_ns(p));
+        if ttft == 0 {
+            return;
+        }
+        let r = p.prompt_tokens as f64 / (ttft as f64 / 1e9);
+        if !(r.is_finite() && r > 0.0) {
+            return;
+        }
+        let w = if r > self.prefill_rate { 0.25 } else { 0.02 };
+        self.prefill_rate += w * (r - self.prefill_rate);
     }
 
     /// Refines the prefill and decode rate estimates from a finished stream (EWMA, weight 1/16).

@@ -1,0 +1,175 @@
+//! Accuracy bench (DESIGN.md §7): the proxy in front of the simulated engine, whose per-request
+//! energy is known exactly, on several workloads. Per workload it prints the per-request error of
+//! the proxy's attribution against the truth (median, p95, max of |error|), the unattributed
+//! share, whether the books balance exactly, and the error of the naive method (the same total
+//! energy split by completion tokens alone) for comparison. Targets: median <= 5 %, p95 <= 15 %.
+//!
+//! `cargo bench --bench accuracy` runs the full set (about a minute and a half of wall time: the
+//! engine runs in real time so that ticks see realistic step timing). Without `--bench` (as
+//! `cargo test --benches` runs it) it does one tiny run to check the harness. Not a timed test:
+//! the figures depend a little on scheduling, so it prints them and never fails on them.
+
+use std::time::Duration;
+
+use joulegate::demo::{DemoReport, ErrorStats, World, WorldOptions};
+use joulegate::sim::workload::{plan, PlannedRequest, WorkloadKind};
+
+struct Workload {
+    name: &'static str,
+    requests: Vec<PlannedRequest>,
+}
+
+/// Sets `n` on every body (a request with `n` choices: one prefill, `n` decodes in lockstep).
+fn with_n(mut requests: Vec<PlannedRequest>, n: u32) -> Vec<PlannedRequest> {
+    for r in &mut requests {
+        if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&r.body) {
+            v["n"] = n.into();
+            r.body = v.to_string().into_bytes();
+        }
+    }
+    requests
+}
+
+fn workloads(seed: u64, scale: usize) -> Vec<Workload> {
+    let ms = Duration::from_millis;
+    let w = |name, requests| Workload { name, requests };
+    vec![
+        w(
+            "steady",
+            plan(WorkloadKind::Steady, seed, 12 * scale, ms(150)),
+        ),
+        w(
+            "bursty",
+            plan(WorkloadKind::Bursty, seed, 8 * scale, ms(250)),
+        ),
+        w(
+            "prefill-heavy",
+            plan(WorkloadKind::PrefillHeavy, seed, 12 * scale, ms(120)),
+        ),
+        w(
+            "decode-heavy",
+            plan(WorkloadKind::DecodeHeavy, seed, 8 * scale, ms(250)),
+        ),
+        w(
+            "mixed",
+            plan(WorkloadKind::Mixed, seed, 12 * scale, ms(150)),
+        ),
+        w(
+            "mixed-n3",
+            with_n(plan(WorkloadKind::Mixed, seed + 1, 6 * scale, ms(300)), 3),
+        ),
+    ]
+}
+
+async fn run_one(
+    w: &Workload,
+    opts: &WorldOptions,
+) -> Result<DemoReport, joulegate::demo::DemoError> {
+    let world = World::start(opts).await?;
+    let sent = world.drive(&w.requests, w.name).await;
+    let report = world.collect(sent).await;
+    world.stop().await;
+    report
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}", x * 100.0)
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let (scale, opts) = if full {
+        let mut opts = WorldOptions::default();
+        // Experiments: another counter period (ms) than the simulated NVML-like 20 ms.
+        if let Some(ms) = std::env::var("ACCURACY_COUNTER_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            opts.counter_period = Duration::from_millis(ms.max(1));
+        }
+        (5, opts)
+    } else {
+        // Harness check only: a handful of requests at 20x speed.
+        let opts = WorldOptions {
+            time_scale: 20.0,
+            idle_warmup: Duration::from_millis(200),
+            ..WorldOptions::default()
+        };
+        (1, opts)
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("accuracy: cannot start a runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let mut list = workloads(11, scale);
+    if let Ok(only) = std::env::var("ACCURACY_ONLY") {
+        list.retain(|w| only.split(',').any(|o| o == w.name));
+    }
+    if !full {
+        list.truncate(2);
+        for w in &mut list {
+            w.requests.truncate(4);
+        }
+    }
+    println!(
+        "{:<14} {:>4} {:>8} {:>8} {:>8} {:>9} {:>10} {:>9} {:>9}  {}",
+        "workload",
+        "reqs",
+        "med %",
+        "p95 %",
+        "max %",
+        "unattr %",
+        "naive med",
+        "naive p95",
+        "books",
+        "target"
+    );
+    let mut all = Vec::new();
+    for w in &list {
+        match runtime.block_on(run_one(w, &opts)) {
+            Ok(r) => {
+                let e = r.errors();
+                let n = r.naive_errors();
+                all.extend(r.rows.iter().filter_map(|x| x.error()));
+                let met = e.median <= 0.05 && e.p95 <= 0.15;
+                println!(
+                    "{:<14} {:>4} {:>8} {:>8} {:>8} {:>9} {:>10} {:>9} {:>9}  {}",
+                    w.name,
+                    e.count,
+                    pct(e.median),
+                    pct(e.p95),
+                    pct(e.max),
+                    format!("{:.2}", r.unattributed_share() * 100.0),
+                    pct(n.median),
+                    pct(n.p95),
+                    if r.conserved() { "exact" } else { "MISMATCH" },
+                    if met { "met" } else { "MISSED" }
+                );
+                if std::env::var_os("ACCURACY_VERBOSE").is_some() {
+                    print!("{}", r.render());
+                }
+                if let Some(dir) = std::env::var_os("ACCURACY_JSON_DIR") {
+                    let path = std::path::Path::new(&dir).join(format!("{}.json", w.name));
+                    if let Err(e) = std::fs::write(&path, r.to_json().to_string()) {
+                        eprintln!("cannot write {}: {e}", path.display());
+                    }
+                }
+            }
+            Err(e) => println!("{:<14} failed: {e}", w.name),
+        }
+    }
+    let e = ErrorStats::of(all);
+    println!(
+        "all            {:>4} {:>8} {:>8} {:>8}",
+        e.count,
+        pct(e.median),
+        pct(e.p95),
+        pct(e.max)
+    );
+}

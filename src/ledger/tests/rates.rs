@@ -1,0 +1,85 @@
+//! The rate estimates the ledger places invisible work with: the per-request decode rate follows
+//! the streams decoding through each tick, and the prefill rate follows the upper envelope of
+//! `prompt / time to first token`.
+
+use super::*;
+
+#[test]
+fn decode_rate_follows_the_streams_batched_with_hidden_requests() {
+    // Two ticks of settlement lag only: reconciliation at the end cannot repair the early ticks,
+    // so what the hidden request gets there is what its provisional rate says.
+    let mut l = Ledger::new(LedgerConfig {
+        settle_ticks: 2,
+        calibration: CalibrationConfig {
+            default_alpha_j: 1.0,
+            default_beta_j: 1.0,
+            ..Default::default()
+        },
+        ..cfg()
+    })
+    .expect("config");
+    // Both decode at 200 tokens/s for 2 s (continuous batching: same rate), one of them hidden.
+    let tokens: Vec<u64> = (0..400).map(|i| (i * 5 + 3) * MS).collect();
+    let hidden = Script {
+        id: 1,
+        arrival: 0,
+        prompt: 0,
+        visible: false,
+        tokens: tokens.clone(),
+        end: Some((2_000 * MS, Outcome::Ok)),
+        prefill_ns: 0,
+    };
+    let visible = Script {
+        id: 2,
+        arrival: 0,
+        prompt: 0,
+        visible: true,
+        tokens,
+        end: Some((2_000 * MS, Outcome::Ok)),
+        prefill_ns: 0,
+    };
+    let done = run(&mut l, &[hidden, visible], 44, |_| Some(1_000));
+    let (_, decode_rate) = l.rates();
+    assert!(
+        (150.0..=250.0).contains(&decode_rate),
+        "decode rate {decode_rate} tokens/s"
+    );
+    let e = |id| {
+        done.iter()
+            .find(|f| f.id == id)
+            .map(|f| f.energy.energy_uj)
+            .unwrap_or(0)
+    };
+    assert_eq!(e(1) + e(2), 40_000);
+    // Equal work: about half each (the default 30 tokens/s would give the hidden one ~1/8 of
+    // every tick settled before its end).
+    assert!(
+        e(1).abs_diff(20_000) < 3_000,
+        "hidden got {} of 40000",
+        e(1)
+    );
+}
+
+#[test]
+fn prefill_rate_rises_to_the_fastest_time_to_first_token_and_ignores_short_prompts() {
+    let mut l = Ledger::new(cfg()).expect("config");
+    let start = l.rates().0;
+    // 2,000 prompt tokens and the first token 40 ms after arrival: at least 50,000 tokens/s.
+    let long = stream(1, 5 * MS, 2_000, 45 * MS, 3, 5 * MS);
+    // A short prompt's TTFT is mostly step latency: it must not pull the rate down.
+    let short = stream(2, 5 * MS, 20, 200 * MS, 3, 5 * MS);
+    run(&mut l, &[long, short], 8, |_| Some(1_000));
+    let (prefill_rate, _) = l.rates();
+    assert!(prefill_rate > start, "{prefill_rate} <= {start}");
+    assert!(prefill_rate < 50_000.0, "{prefill_rate}");
+    // vLLM's own prefill time, when given, is learned as before (and the TTFT bound is skipped).
+    let mut l = Ledger::new(cfg()).expect("config");
+    let timed = Script {
+        prefill_ns: 100 * MS,
+        ..stream(1, 0, 5_000, 120 * MS, 3, 5 * MS)
+    };
+    run(&mut l, &[timed], 8, |_| Some(1_000));
+    let (rate, _) = l.rates();
+    // One EWMA step (1/16) from 10,000 towards 50,000.
+    assert!((rate - 12_500.0).abs() < 1.0, "{rate}");
+}
