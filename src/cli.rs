@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy in front of an OpenAI-compatible server (vLLM).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a simulated engine, its meter and the proxy in one process, send a short mixed workload
     /// through it and print the energy of every request (no GPU or vLLM needed).
     Demo(crate::demo::DemoArgs),

@@ -16,7 +16,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Demo(args) => Ok(runtime()?.block_on(joulegate::demo::run_cli(args))?),
         Command::LogPower(args) => joulegate::meter::log_power::run(args),
         Command::MockUpstream(args) => runtime()?.block_on(joulegate::sim::run_cli(args)),

@@ -1,0 +1,161 @@
+//! The command line as data: every subcommand's `--help`, `--print-config` with the precedence
+//! flag > environment > file > default, and start-up errors that name the key, value and origin.
+
+use std::process::{Command, Output};
+
+fn joulegate(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_joulegate"));
+    cmd.args(args);
+    // A clean environment for the JOULEGATE_* variables, so the host's settings do not leak in.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("JOULEGATE_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run joulegate")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in ["serve", "demo", "log-power", "mock-upstream"] {
+        let o = joulegate(&[sub, "--help"], &[]);
+        assert!(o.status.success(), "{sub} --help failed: {}", stderr(&o));
+        assert!(
+            stdout(&o).contains("Usage: joulegate"),
+            "{sub}: {}",
+            stdout(&o)
+        );
+    }
+    let o = joulegate(&["--help"], &[]);
+    for sub in ["serve", "demo", "log-power", "mock-upstream"] {
+        assert!(stdout(&o).contains(sub), "top-level help lists {sub}");
+    }
+}
+
+fn printed(o: &Output) -> toml::Table {
+    assert!(o.status.success(), "print-config failed: {}", stderr(o));
+    toml::from_str(&stdout(o)).expect("--print-config prints TOML")
+}
+
+#[test]
+fn print_config_shows_precedence_flag_env_file_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("joulegate.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:1111\"\nupstream = \"http://10.0.0.9:8000\"\npue = 1.3\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let o = joulegate(
+        &[
+            "serve",
+            "--print-config",
+            "--config",
+            file,
+            "--listen",
+            "127.0.0.1:2222",
+        ],
+        &[
+            ("JOULEGATE_LISTEN", "127.0.0.1:3333"),
+            ("JOULEGATE_PUE", "1.5"),
+            ("JOULEGATE_KEY_SALT", "s3cret"),
+        ],
+    );
+    let t = printed(&o);
+    assert_eq!(
+        t["listen"].as_str(),
+        Some("127.0.0.1:2222"),
+        "flag beats env and file"
+    );
+    assert_eq!(t["pue"].as_float(), Some(1.5), "env beats file");
+    assert_eq!(
+        t["upstream"].as_str(),
+        Some("http://10.0.0.9:8000"),
+        "file beats default"
+    );
+    assert_eq!(
+        t["admin_listen"].as_str(),
+        Some("127.0.0.1:9101"),
+        "default"
+    );
+    assert!(!stdout(&o).contains("s3cret"), "secrets are never printed");
+}
+
+#[test]
+fn meters_come_from_repeated_flags_or_a_semicolon_list() {
+    let o = joulegate(
+        &[
+            "serve",
+            "--print-config",
+            "--meter",
+            "sim:100",
+            "--meter",
+            "nvml:0,1",
+        ],
+        &[],
+    );
+    let t = printed(&o);
+    let meters: Vec<&str> = t["meters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(meters, vec!["sim:100", "nvml:0,1"]);
+    let o = joulegate(
+        &["serve", "--print-config"],
+        &[("JOULEGATE_METERS", "sim:5;rapl")],
+    );
+    let t = printed(&o);
+    assert_eq!(t["meters"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn bad_values_stop_start_up_with_key_value_and_origin() {
+    let o = joulegate(&["serve", "--print-config", "--listen", "nowhere"], &[]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("listen") && e.contains("nowhere") && e.contains("--listen"),
+        "{e}"
+    );
+
+    let o = joulegate(
+        &["serve", "--print-config"],
+        &[("JOULEGATE_METERS", "ipmi")],
+    );
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("meters") && e.contains("ipmi"), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "sample_interval_ms = 1000\n").unwrap();
+    let o = joulegate(
+        &[
+            "serve",
+            "--print-config",
+            "--config",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("sample_interval_ms") && e.contains("bad.toml"),
+        "{e}"
+    );
+}
