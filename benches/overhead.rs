@@ -124,10 +124,6 @@ struct Samples {
 }
 
 /// One client connection sending `n` requests one after another.
-async fn client(addr: SocketAddr, stream: bool, paced: bool, n: usize) -> Samples {
-    client_on(addr, "/v1/chat/completions", stream, paced, n).await
-}
-
 async fn client_on(
     addr: SocketAddr,
     path: &'static str,
@@ -171,10 +167,20 @@ struct Run {
     cpu_ns: u64,
 }
 
-async fn run(addr: SocketAddr, stream: bool, paced: bool, conns: usize, per_conn: usize) -> Run {
+/// Runs `conns` clients; CPU is this process's plus, for nginx, that of its processes.
+async fn run_on(
+    addr: SocketAddr,
+    path: &'static str,
+    stream: bool,
+    paced: bool,
+    conns: usize,
+    per_conn: usize,
+    nginx: Option<&Nginx>,
+) -> Run {
+    let outside0 = nginx.map(|n| n.cpu_ns()).unwrap_or(0);
     let cpu0 = cpu_ns();
     let tasks: Vec<_> = (0..conns)
-        .map(|_| tokio::spawn(client(addr, stream, paced, per_conn)))
+        .map(|_| tokio::spawn(client_on(addr, path, stream, paced, per_conn)))
         .collect();
     let mut s = Samples::default();
     for t in tasks {
@@ -184,9 +190,10 @@ async fn run(addr: SocketAddr, stream: bool, paced: bool, conns: usize, per_conn
     }
     s.ttfb.sort();
     s.last.sort();
+    let outside = nginx.map(|n| n.cpu_ns()).unwrap_or(0) - outside0;
     Run {
         s,
-        cpu_ns: cpu_ns() - cpu0,
+        cpu_ns: cpu_ns() - cpu0 + outside,
     }
 }
 
@@ -195,11 +202,11 @@ fn pct(v: &[Duration], p: f64) -> f64 {
     v[i].as_secs_f64() * 1e6
 }
 
-fn report(label: &str, direct: &Run, proxied: &Run, requests: usize, events: usize) {
+fn report(label: &str, direct: &Run, proxies: &[(&str, &Run)], requests: usize, events: usize) {
     println!("{label}: {requests} requests");
-    for (name, r) in [("direct", direct), ("proxied", proxied)] {
+    for (name, r) in std::iter::once(("direct", direct)).chain(proxies.iter().copied()) {
         println!(
-            "  {name:8} ttfb p50 {:8.1} us p90 {:8.1} us p99 {:8.1} us | last byte p50 {:9.1} us p99 {:9.1} us | cpu {:7.1} ms",
+            "  {name:9} ttfb p50 {:8.1} us p90 {:8.1} us p99 {:8.1} us | last byte p50 {:9.1} us p99 {:9.1} us | cpu {:7.1} ms",
             pct(&r.s.ttfb, 0.5),
             pct(&r.s.ttfb, 0.9),
             pct(&r.s.ttfb, 0.99),
@@ -208,24 +215,127 @@ fn report(label: &str, direct: &Run, proxied: &Run, requests: usize, events: usi
             r.cpu_ns as f64 / 1e6
         );
     }
-    println!(
-        "  added: ttfb p50 {:.1} us, last byte p50 {:.1} us, p99 {:.1} us",
-        pct(&proxied.s.ttfb, 0.5) - pct(&direct.s.ttfb, 0.5),
-        pct(&proxied.s.last, 0.5) - pct(&direct.s.last, 0.5),
-        pct(&proxied.s.last, 0.99) - pct(&direct.s.last, 0.99)
-    );
-    let extra = proxied.cpu_ns.saturating_sub(direct.cpu_ns) as f64;
-    print!(
-        "  proxy cpu per request {:.1} us",
-        extra / requests as f64 / 1e3
-    );
-    if events > 0 {
+    for (name, r) in proxies {
+        let extra = r.cpu_ns.saturating_sub(direct.cpu_ns) as f64;
         print!(
-            ", per event {:.2} us",
-            extra / (requests * events) as f64 / 1e3
+            "  {name:9} added ttfb p50 {:7.1} us, last byte p50 {:8.1} us p99 {:8.1} us; cpu per request {:6.1} us",
+            pct(&r.s.ttfb, 0.5) - pct(&direct.s.ttfb, 0.5),
+            pct(&r.s.last, 0.5) - pct(&direct.s.last, 0.5),
+            pct(&r.s.last, 0.99) - pct(&direct.s.last, 0.99),
+            extra / requests as f64 / 1e3
         );
+        if events > 0 {
+            print!(
+                ", per event {:.2} us",
+                extra / (requests * events) as f64 / 1e3
+            );
+        }
+        println!();
     }
-    println!();
+}
+
+/// nginx configured as a plain streaming reverse proxy (no buffering, upstream keep-alive), the
+/// reference DESIGN §7 compares against. Started only if an `nginx` binary is installed.
+struct Nginx {
+    addr: SocketAddr,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(upstream: SocketAddr) -> Option<Nginx> {
+        let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())?;
+        let dir = tempfile::tempdir().ok()?;
+        // A free port: bind, read, release (a bench, not a test: the tiny race is acceptable).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let d = dir.path().display();
+        let conf = format!(
+            "worker_processes 1;\ndaemon off;\nmaster_process on;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+             upstream up {{ server {upstream}; keepalive 64; keepalive_requests 10000000; }}\n keepalive_requests 10000000;\n\
+             server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://up; proxy_http_version 1.1;\n\
+             proxy_set_header Connection \"\"; proxy_buffering off; proxy_request_buffering off; }} }}\n}}\n"
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).ok()?;
+        let child = std::process::Command::new(binary)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return Some(Nginx {
+                    addr,
+                    child,
+                    _dir: dir,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// CPU time of the nginx master and its workers, nanoseconds.
+    fn cpu_ns(&self) -> u64 {
+        let master = self.child.id();
+        let mut pids = vec![master];
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for e in entries.flatten() {
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+                let ppid = stat
+                    .rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<u32>().ok());
+                if ppid == Some(master) {
+                    pids.push(pid);
+                }
+            }
+        }
+        pids.iter()
+            .filter_map(|pid| std::fs::read_dir(format!("/proc/{pid}/task")).ok())
+            .flat_map(|tasks| tasks.flatten())
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| {
+                s.split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+            .sum()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM lets the master stop its workers (SIGKILL would orphan them).
+        let stopped = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !stopped {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
 }
 
 fn main() {
@@ -253,53 +363,88 @@ fn main() {
         let proxy_addr = listeners.proxy.local_addr().unwrap();
         let app = App::build(config).unwrap();
         let running = app.start(listeners).unwrap();
+        let nginx = if quick { None } else { Nginx::start(up_addr) };
+        if nginx.is_none() && !quick {
+            println!(
+                "(nginx not installed: no reference column; `apt-get install nginx-light` adds it)"
+            );
+        }
 
         let (n_json, n_stream, paced_rounds) = if quick { (20, 2, 1) } else { (20_000, 500, 6) };
-        // Warm both paths (connection pool, allocator).
-        run(up_addr, false, false, 1, n_json / 10 + 1).await;
-        run(proxy_addr, false, false, 1, n_json / 10 + 1).await;
-        let direct = run(up_addr, false, false, 1, n_json).await;
-        let proxied = run(proxy_addr, false, false, 1, n_json).await;
-        report("small JSON, sequential", &direct, &proxied, n_json, 0);
-        // The same exchange on a path the proxy only relays (no inspection, no accounting): the
-        // cost of proxying itself, for comparison.
-        let relay = |addr| async move {
-            let cpu0 = cpu_ns();
-            let mut s = client_on(addr, "/v1/not-accounted", false, false, n_json).await;
-            s.ttfb.sort();
-            s.last.sort();
-            Run {
-                s,
-                cpu_ns: cpu_ns() - cpu0,
+        type Scenario = (&'static str, &'static str, bool, bool, usize, usize, usize);
+        let scenarios: [Scenario; 4] = [
+            (
+                "small JSON, accounted, sequential",
+                "/v1/chat/completions",
+                false,
+                false,
+                1,
+                n_json,
+                0,
+            ),
+            (
+                "small JSON on a relayed-only path, sequential",
+                "/v1/not-accounted",
+                false,
+                false,
+                1,
+                n_json,
+                0,
+            ),
+            (
+                "SSE burst of 200 events, usage stripped",
+                "/v1/chat/completions",
+                true,
+                false,
+                1,
+                n_stream,
+                EVENTS + 1,
+            ),
+            (
+                "SSE paced 20 ms x 25 events, 16 concurrent",
+                "/v1/chat/completions",
+                true,
+                true,
+                16,
+                paced_rounds,
+                PACED_EVENTS + 1,
+            ),
+        ];
+        // Warm every path (connection pools, allocator).
+        for addr in [
+            Some(up_addr),
+            Some(proxy_addr),
+            nginx.as_ref().map(|n| n.addr),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            run_on(
+                addr,
+                "/v1/chat/completions",
+                false,
+                false,
+                1,
+                n_json / 10 + 1,
+                None,
+            )
+            .await;
+        }
+        for (label, path, stream, paced, conns, per_conn, events) in scenarios {
+            let direct = run_on(up_addr, path, stream, paced, conns, per_conn, None).await;
+            let ours = run_on(proxy_addr, path, stream, paced, conns, per_conn, None).await;
+            let mut proxies = vec![("joulegate", &ours)];
+            let theirs = match &nginx {
+                Some(n) => {
+                    Some(run_on(n.addr, path, stream, paced, conns, per_conn, Some(n)).await)
+                }
+                None => None,
+            };
+            if let Some(t) = &theirs {
+                proxies.push(("nginx", t));
             }
-        };
-        let direct = relay(up_addr).await;
-        let proxied = relay(proxy_addr).await;
-        report(
-            "small JSON on a relayed-only path, sequential",
-            &direct,
-            &proxied,
-            n_json,
-            0,
-        );
-        let direct = run(up_addr, true, false, 1, n_stream).await;
-        let proxied = run(proxy_addr, true, false, 1, n_stream).await;
-        report(
-            &format!("SSE burst of {EVENTS} events, usage stripped"),
-            &direct,
-            &proxied,
-            n_stream,
-            EVENTS + 1,
-        );
-        let direct = run(up_addr, true, true, 16, paced_rounds).await;
-        let proxied = run(proxy_addr, true, true, 16, paced_rounds).await;
-        report(
-            &format!("SSE paced {PACE:?} x {PACED_EVENTS} events, 16 concurrent"),
-            &direct,
-            &proxied,
-            16 * paced_rounds,
-            PACED_EVENTS + 1,
-        );
+            report(label, &direct, &proxies, conns * per_conn, events);
+        }
         running.shutdown();
         running.wait().await;
     });

@@ -34,7 +34,10 @@ fn bench(c: &mut Criterion) {
     p.active_uj.store(80_000_000, Relaxed);
     p.settled_until_ns.store(clock.now_ns(), Relaxed);
     p.recent_power_mw.store(250_000, Relaxed);
-    let carbon = Carbon { intensity_g_per_kwh: Some(400.0), pue: 1.2 };
+    let carbon = Carbon {
+        intensity_g_per_kwh: Some(400.0),
+        pue: 1.2,
+    };
     let id = p.meta.public_id();
     c.bench_function("stream_end_trailers", |b| {
         b.iter(|| {
