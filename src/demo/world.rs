@@ -236,13 +236,9 @@ impl World {
         let stats = accounting.stats();
         let mut rows = Vec::with_capacity(sent.len());
         for s in sent {
-            let truth =
-                match tokio::time::timeout_at(deadline, self.mock.wait_for_truth(&s.response_id))
-                    .await
-                {
-                    Ok(t) => t,
-                    Err(_) => None,
-                };
+            let truth = tokio::time::timeout_at(deadline, self.mock.wait_for_truth(&s.response_id))
+                .await
+                .unwrap_or_default();
             let record = s.record_key.and_then(|k| accounting.record(k));
             rows.push(DemoRow {
                 sent: s,

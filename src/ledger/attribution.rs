@@ -106,6 +106,8 @@ pub struct Ledger {
     /// Completion tokens each visible stream that decoded through the whole current tick produced
     /// in it (the engine advances every running sequence once per step, so these agree).
     pub(super) tick_decodes: Vec<u64>,
+    /// Decode tokens per second the engine produces while busy (EWMA over settled ticks).
+    pub(super) decode_throughput: f64,
     pub(super) weights: Vec<f64>,
     pub(super) shares: Vec<u64>,
     pub(super) scratch: Vec<(f64, usize)>,
@@ -126,6 +128,7 @@ impl Ledger {
             prefill_rate: config.prefill_tokens_per_s,
             decode_rate: config.decode_tokens_per_s,
             tick_decodes: Vec::new(),
+            decode_throughput: 0.0,
             config,
             window: Window::default(),
             slots: Vec::new(),

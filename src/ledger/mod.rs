@@ -54,6 +54,10 @@ pub struct LedgerConfig {
     pub idle_min_samples: usize,
     /// Calibration of α and β.
     pub calibration: CalibrationConfig,
+    /// Whether a prefill lengthens its engine step, displacing decode steps (vLLM: a prefill chunk
+    /// costs step time per token). Then a fitted α, which only sees the net rise of a tick's
+    /// energy, is raised by the decode energy the prefill displaced (see `settle`).
+    pub prefill_displaces_decode: bool,
 }
 
 impl Default for LedgerConfig {
@@ -67,6 +71,7 @@ impl Default for LedgerConfig {
             idle_quantile: 0.25,
             idle_min_samples: 10,
             calibration: CalibrationConfig::default(),
+            prefill_displaces_decode: true,
         }
     }
 }
