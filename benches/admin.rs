@@ -108,6 +108,7 @@ fn state() -> (
         },
         upstream,
         request_log: None,
+        upstream_version: Default::default(),
     });
     (state, acc, live)
 }

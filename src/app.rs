@@ -132,6 +132,7 @@ impl App {
                 pue: config.pue,
             },
             energy_measured: !meters.meters.is_empty(),
+            upstream_version: Arc::default(),
         });
         App {
             state,
@@ -236,6 +237,7 @@ impl App {
             config: config.clone(),
             upstream: state.upstream.clone(),
             request_log: request_log.as_ref().map(|l| l.status().clone()),
+            upstream_version: state.upstream_version.clone(),
         });
         let proxy_addr = listeners.proxy.local_addr().ok();
         let admin_addr = listeners.admin.local_addr().ok();
@@ -334,8 +336,16 @@ async fn detect_usage_semantics(state: Arc<ProxyState>, stop: impl Future<Output
             if let Ok(response) = state.upstream.send(request).await {
                 let ok = response.status().is_success();
                 if let Ok(body) = response.into_body().collect().await {
+                    let bytes = body.to_bytes();
+                    if let Some(version) = ok
+                        .then(|| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+                        .flatten()
+                        .and_then(|v| v.get("version").and_then(|v| v.as_str()).map(str::to_owned))
+                    {
+                        let _ = state.upstream_version.set(version);
+                    }
                     if let Some(semantics) = ok
-                        .then(|| UsageSemantics::from_version_body(&body.to_bytes()))
+                        .then(|| UsageSemantics::from_version_body(&bytes))
                         .flatten()
                     {
                         tracing::info!(

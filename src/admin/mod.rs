@@ -55,6 +55,8 @@ pub struct AdminState {
     pub upstream: Upstream,
     /// The request-log writer's counters, when `request_log` is set.
     pub request_log: Option<Arc<RequestLogStatus>>,
+    /// The upstream's version, once read from its `/version` (with `absent_include_usage = auto`).
+    pub upstream_version: Arc<std::sync::OnceLock<String>>,
 }
 
 /// The hyper service of the admin listener.

@@ -122,6 +122,7 @@ pub fn stats(s: &AdminState) -> Value {
     json!({
         "version": {
             "joulegate": env!("CARGO_PKG_VERSION"),
+            "upstream": s.upstream_version.get(),
         },
         "started_at": s.clock.rfc3339(0),
         "uptime_s": now_ns as f64 / 1e9,

@@ -50,6 +50,8 @@ pub struct ProxyState {
     pub carbon: Carbon,
     /// Whether any meter works; without one every request's energy is `unavailable` from the start.
     pub energy_measured: bool,
+    /// The upstream's version, once its `/version` was read (auto semantics only).
+    pub upstream_version: Arc<std::sync::OnceLock<String>>,
 }
 
 /// The hyper service of the proxy listener (a `Clone` struct holding `Arc` state).
