@@ -1,3 +1,4 @@
+use crate::cli::ServeArgs;
 use std::path::{Path, PathBuf};
 
 use super::*;

@@ -101,7 +101,10 @@ async fn auto_semantics_from_version_and_the_real_threads_account_every_request(
     })
     .await;
     // The version is kept for /stats (set before the semantics, so it is there now).
-    assert_eq!(running.admin.upstream_version.get().map(String::as_str), Some("0.31.0"));
+    assert_eq!(
+        running.admin.upstream_version.get().map(String::as_str),
+        Some("0.31.0")
+    );
     let proxy = running.proxy_addr.expect("proxy address");
     let direct = || {
         engine_mock()

@@ -1,0 +1,493 @@
+//! Resolution: flag/env over file over default for every key, each validated, with errors that
+//! name the key, the value and where it came from.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{defaults, Config, ConfigError, FileConfig, Origin, UpstreamUrl};
+use crate::cli::ServeArgs;
+use crate::meter::spec::MeterSpec;
+
+/// Picks the flag/env value, else the file value, else the default, remembering where it came from.
+struct Layer<'a> {
+    file_path: Option<&'a PathBuf>,
+}
+
+impl Layer<'_> {
+    fn pick<T: Clone>(
+        &self,
+        flag_value: &Option<T>,
+        file_value: &Option<T>,
+        default: T,
+        flag: &'static str,
+        env: &'static str,
+    ) -> (T, Origin) {
+        if let Some(v) = flag_value {
+            return (v.clone(), Origin::Flag { flag, env });
+        }
+        if let (Some(v), Some(path)) = (file_value, self.file_path) {
+            return (v.clone(), Origin::File(path.clone()));
+        }
+        (default, Origin::Flag { flag, env })
+    }
+}
+
+fn invalid(
+    key: &'static str,
+    value: impl ToString,
+    origin: Origin,
+    reason: impl ToString,
+) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        value: value.to_string(),
+        origin,
+        reason: reason.to_string(),
+    }
+}
+
+fn parse_addr(
+    key: &'static str,
+    (value, origin): (String, Origin),
+) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|e: std::net::AddrParseError| {
+        invalid(
+            key,
+            &value,
+            origin,
+            format!("{e} (expected IP:PORT; port 0 picks a free port)"),
+        )
+    })
+}
+
+fn non_negative(key: &'static str, (value, origin): (f64, Origin)) -> Result<f64, ConfigError> {
+    if !(value.is_finite() && value >= 0.0) {
+        return Err(invalid(key, value, origin, "must be a finite number >= 0"));
+    }
+    Ok(value)
+}
+
+fn positive(key: &'static str, (value, origin): (u64, Origin)) -> Result<u64, ConfigError> {
+    if value == 0 {
+        return Err(invalid(key, value, origin, "must be greater than 0"));
+    }
+    Ok(value)
+}
+
+impl Config {
+    /// Loads the file named by `--config` (if any) and resolves every key.
+    pub fn from_args(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        Self::resolve(args, &file, args.config.as_ref())
+    }
+
+    /// Resolves flags/env over a parsed file over defaults and validates the result.
+    pub fn resolve(
+        args: &ServeArgs,
+        file: &FileConfig,
+        file_path: Option<&PathBuf>,
+    ) -> Result<Config, ConfigError> {
+        let l = Layer { file_path };
+        let listen = parse_addr(
+            "listen",
+            l.pick(
+                &args.listen,
+                &file.listen,
+                defaults::LISTEN.into(),
+                "listen",
+                "JOULEGATE_LISTEN",
+            ),
+        )?;
+        let admin_listen = parse_addr(
+            "admin_listen",
+            l.pick(
+                &args.admin_listen,
+                &file.admin_listen,
+                defaults::ADMIN_LISTEN.into(),
+                "admin-listen",
+                "JOULEGATE_ADMIN_LISTEN",
+            ),
+        )?;
+        if listen == admin_listen && listen.port() != 0 {
+            return Err(invalid(
+                "admin_listen",
+                admin_listen,
+                Origin::Flag { flag: "admin-listen", env: "JOULEGATE_ADMIN_LISTEN" },
+                "must differ from `listen` (the upstream's own /metrics stays reachable through the proxy port)",
+            ));
+        }
+        let (upstream_raw, upstream_origin) = l.pick(
+            &args.upstream,
+            &file.upstream,
+            defaults::UPSTREAM.into(),
+            "upstream",
+            "JOULEGATE_UPSTREAM",
+        );
+        let upstream = UpstreamUrl::parse(&upstream_raw)
+            .map_err(|reason| invalid("upstream", &upstream_raw, upstream_origin, reason))?;
+        let max_body_bytes = positive(
+            "max_body_bytes",
+            l.pick(
+                &args.max_body_bytes,
+                &file.max_body_bytes,
+                defaults::MAX_BODY_BYTES,
+                "max-body-bytes",
+                "JOULEGATE_MAX_BODY_BYTES",
+            ),
+        )?;
+        let max_connections = positive(
+            "max_connections",
+            l.pick(
+                &args.max_connections,
+                &file.max_connections,
+                defaults::MAX_CONNECTIONS,
+                "max-connections",
+                "JOULEGATE_MAX_CONNECTIONS",
+            ),
+        )?;
+        let connect_timeout_ms = positive(
+            "connect_timeout_ms",
+            l.pick(
+                &args.connect_timeout_ms,
+                &file.connect_timeout_ms,
+                defaults::CONNECT_TIMEOUT_MS,
+                "connect-timeout-ms",
+                "JOULEGATE_CONNECT_TIMEOUT_MS",
+            ),
+        )?;
+        let header_timeout_ms = positive(
+            "upstream_header_timeout_ms",
+            l.pick(
+                &args.upstream_header_timeout_ms,
+                &file.upstream_header_timeout_ms,
+                defaults::UPSTREAM_HEADER_TIMEOUT_MS,
+                "upstream-header-timeout-ms",
+                "JOULEGATE_UPSTREAM_HEADER_TIMEOUT_MS",
+            ),
+        )?;
+        let (shutdown_grace_ms, _) = l.pick(
+            &args.shutdown_grace_ms,
+            &file.shutdown_grace_ms,
+            defaults::SHUTDOWN_GRACE_MS,
+            "shutdown-grace-ms",
+            "JOULEGATE_SHUTDOWN_GRACE_MS",
+        );
+        let max_buffered_response_bytes = l
+            .pick(
+                &args.max_buffered_response_bytes,
+                &file.max_buffered_response_bytes,
+                defaults::MAX_BUFFERED_RESPONSE_BYTES,
+                "max-buffered-response-bytes",
+                "JOULEGATE_MAX_BUFFERED_RESPONSE_BYTES",
+            )
+            .0;
+        let flag_meters = (!args.meters.is_empty()).then(|| args.meters.clone());
+        let (meter_texts, meter_origin) = l.pick(
+            &flag_meters,
+            &file.meters,
+            Vec::new(),
+            "meter",
+            "JOULEGATE_METERS",
+        );
+        let meters = meter_texts
+            .iter()
+            .map(|text| {
+                text.parse::<MeterSpec>()
+                    .map_err(|e| invalid("meters", text, meter_origin.clone(), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (interval_ms, interval_origin) = l.pick(
+            &args.sample_interval_ms,
+            &file.sample_interval_ms,
+            defaults::SAMPLE_INTERVAL_MS,
+            "sample-interval-ms",
+            "JOULEGATE_SAMPLE_INTERVAL_MS",
+        );
+        if !(1..=200).contains(&interval_ms) {
+            return Err(invalid(
+                "sample_interval_ms",
+                interval_ms,
+                interval_origin,
+                "must be within 1..=200 (at least 5 samples a second)",
+            ));
+        }
+        let (inject_usage, _) = l.pick(
+            &args.inject_usage,
+            &file.inject_usage,
+            defaults::INJECT_USAGE,
+            "inject-usage",
+            "JOULEGATE_INJECT_USAGE",
+        );
+        let (energy_in_usage, _) = l.pick(
+            &args.energy_in_usage,
+            &file.energy_in_usage,
+            true,
+            "energy-in-usage",
+            "JOULEGATE_ENERGY_IN_USAGE",
+        );
+        let (absent_text, absent_origin) = l.pick(
+            &args.absent_include_usage,
+            &file.absent_include_usage,
+            defaults::ABSENT_INCLUDE_USAGE.into(),
+            "absent-include-usage",
+            "JOULEGATE_ABSENT_INCLUDE_USAGE",
+        );
+        let absent_include_usage = match absent_text.as_str() {
+            "auto" => None,
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => {
+                return Err(invalid(
+                    "absent_include_usage",
+                    &absent_text,
+                    absent_origin,
+                    "expected auto, true or false",
+                ))
+            }
+        };
+        let (bytes_per_token, bpt_origin) = l.pick(
+            &args.bytes_per_token,
+            &file.bytes_per_token,
+            defaults::BYTES_PER_TOKEN,
+            "bytes-per-token",
+            "JOULEGATE_BYTES_PER_TOKEN",
+        );
+        if !(bytes_per_token.is_finite() && bytes_per_token > 0.0) {
+            return Err(invalid(
+                "bytes_per_token",
+                bytes_per_token,
+                bpt_origin,
+                "must be a positive number",
+            ));
+        }
+        let carbon_flag = args.carbon_intensity_g_per_kwh.map(Some);
+        let carbon_file = file.carbon_intensity_g_per_kwh.map(Some);
+        let (carbon_intensity_g_per_kwh, carbon_origin) = l.pick(
+            &carbon_flag,
+            &carbon_file,
+            None,
+            "carbon-intensity-g-per-kwh",
+            "JOULEGATE_CARBON_INTENSITY_G_PER_KWH",
+        );
+        if let Some(c) = carbon_intensity_g_per_kwh {
+            if !(c.is_finite() && c >= 0.0) {
+                return Err(invalid(
+                    "carbon_intensity_g_per_kwh",
+                    c,
+                    carbon_origin,
+                    "must be a number >= 0",
+                ));
+            }
+        }
+        let (pue, pue_origin) = l.pick(&args.pue, &file.pue, defaults::PUE, "pue", "JOULEGATE_PUE");
+        if !(pue.is_finite() && pue >= 1.0) {
+            return Err(invalid("pue", pue, pue_origin, "must be a number >= 1.0"));
+        }
+        let (key_salt, _) = l.pick(
+            &args.key_salt.clone().map(Some),
+            &file.key_salt.clone().map(Some),
+            None,
+            "key-salt",
+            "JOULEGATE_KEY_SALT",
+        );
+        let idle_watts = match l.pick(
+            &args.idle_watts.map(Some),
+            &file.idle_watts.map(Some),
+            None,
+            "idle-watts",
+            "JOULEGATE_IDLE_WATTS",
+        ) {
+            (Some(w), origin) => Some(non_negative("idle_watts", (w, origin))?),
+            (None, _) => None,
+        };
+        let prefill_joules_per_token = non_negative(
+            "prefill_joules_per_token",
+            l.pick(
+                &args.prefill_joules_per_token,
+                &file.prefill_joules_per_token,
+                defaults::PREFILL_JOULES_PER_TOKEN,
+                "prefill-joules-per-token",
+                "JOULEGATE_PREFILL_JOULES_PER_TOKEN",
+            ),
+        )?;
+        let decode_joules_per_token = non_negative(
+            "decode_joules_per_token",
+            l.pick(
+                &args.decode_joules_per_token,
+                &file.decode_joules_per_token,
+                defaults::DECODE_JOULES_PER_TOKEN,
+                "decode-joules-per-token",
+                "JOULEGATE_DECODE_JOULES_PER_TOKEN",
+            ),
+        )?;
+        if prefill_joules_per_token + decode_joules_per_token <= 0.0 {
+            return Err(invalid(
+                "decode_joules_per_token",
+                decode_joules_per_token,
+                Origin::Flag {
+                    flag: "decode-joules-per-token",
+                    env: "JOULEGATE_DECODE_JOULES_PER_TOKEN",
+                },
+                "prefill and decode weights cannot both be 0",
+            ));
+        }
+        let record_capacity = positive(
+            "record_capacity",
+            l.pick(
+                &args.record_capacity,
+                &file.record_capacity,
+                defaults::RECORD_CAPACITY,
+                "record-capacity",
+                "JOULEGATE_RECORD_CAPACITY",
+            ),
+        )?;
+        let max_label_values = positive(
+            "max_label_values",
+            l.pick(
+                &args.max_label_values,
+                &file.max_label_values,
+                defaults::MAX_LABEL_VALUES,
+                "max-label-values",
+                "JOULEGATE_MAX_LABEL_VALUES",
+            ),
+        )?;
+        let (metrics_per_key, _) = l.pick(
+            &args.metrics_per_key,
+            &file.metrics_per_key,
+            false,
+            "metrics-per-key",
+            "JOULEGATE_METRICS_PER_KEY",
+        );
+        let (metrics_per_tag, _) = l.pick(
+            &args.metrics_per_tag,
+            &file.metrics_per_tag,
+            true,
+            "metrics-per-tag",
+            "JOULEGATE_METRICS_PER_TAG",
+        );
+        let (admin_token, token_origin) = l.pick(
+            &args.admin_token.clone().map(Some),
+            &file.admin_token.clone().map(Some),
+            None,
+            "admin-token",
+            "JOULEGATE_ADMIN_TOKEN",
+        );
+        if admin_token
+            .as_ref()
+            .is_some_and(|t| t.trim().is_empty() || t.chars().any(|c| c.is_whitespace()))
+        {
+            return Err(invalid(
+                "admin_token",
+                "<redacted>",
+                token_origin,
+                "must be non-empty without whitespace",
+            ));
+        }
+        let (request_log, _) = l.pick(
+            &args.request_log.clone().map(Some),
+            &file.request_log.clone().map(Some),
+            None,
+            "request-log",
+            "JOULEGATE_REQUEST_LOG",
+        );
+        let request_log_max_bytes = positive(
+            "request_log_max_bytes",
+            l.pick(
+                &args.request_log_max_bytes,
+                &file.request_log_max_bytes,
+                defaults::REQUEST_LOG_MAX_BYTES,
+                "request-log-max-bytes",
+                "JOULEGATE_REQUEST_LOG_MAX_BYTES",
+            ),
+        )?;
+        let request_log_files = positive(
+            "request_log_files",
+            l.pick(
+                &args.request_log_files,
+                &file.request_log_files,
+                defaults::REQUEST_LOG_FILES,
+                "request-log-files",
+                "JOULEGATE_REQUEST_LOG_FILES",
+            ),
+        )?;
+        Ok(Config {
+            idle_watts,
+            prefill_joules_per_token,
+            decode_joules_per_token,
+            record_capacity: usize::try_from(record_capacity).unwrap_or(usize::MAX),
+            max_label_values: usize::try_from(max_label_values).unwrap_or(usize::MAX),
+            metrics_per_key,
+            metrics_per_tag,
+            admin_token,
+            request_log,
+            request_log_max_bytes,
+            request_log_files: usize::try_from(request_log_files).unwrap_or(usize::MAX),
+            max_buffered_response_bytes,
+            meters,
+            sample_interval: Duration::from_millis(interval_ms),
+            inject_usage,
+            energy_in_usage,
+            absent_include_usage,
+            bytes_per_token,
+            carbon_intensity_g_per_kwh,
+            pue,
+            key_salt,
+            listen,
+            upstream,
+            admin_listen,
+            max_body_bytes,
+            max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+            connect_timeout: Duration::from_millis(connect_timeout_ms),
+            upstream_header_timeout: Duration::from_millis(header_timeout_ms),
+            shutdown_grace: Duration::from_millis(shutdown_grace_ms),
+        })
+    }
+
+    /// The effective configuration as TOML, for `--print-config`.
+    pub fn to_toml(&self) -> String {
+        let mirror = FileConfig {
+            listen: Some(self.listen.to_string()),
+            upstream: Some(self.upstream.base()),
+            admin_listen: Some(self.admin_listen.to_string()),
+            max_body_bytes: Some(self.max_body_bytes),
+            max_connections: Some(self.max_connections as u64),
+            connect_timeout_ms: Some(self.connect_timeout.as_millis() as u64),
+            upstream_header_timeout_ms: Some(self.upstream_header_timeout.as_millis() as u64),
+            shutdown_grace_ms: Some(self.shutdown_grace.as_millis() as u64),
+            max_buffered_response_bytes: Some(self.max_buffered_response_bytes),
+            meters: Some(self.meters.iter().map(|m| m.to_string()).collect()),
+            sample_interval_ms: Some(self.sample_interval.as_millis() as u64),
+            inject_usage: Some(self.inject_usage),
+            energy_in_usage: Some(self.energy_in_usage),
+            absent_include_usage: Some(
+                match self.absent_include_usage {
+                    None => "auto",
+                    Some(true) => "true",
+                    Some(false) => "false",
+                }
+                .into(),
+            ),
+            bytes_per_token: Some(self.bytes_per_token),
+            carbon_intensity_g_per_kwh: self.carbon_intensity_g_per_kwh,
+            pue: Some(self.pue),
+            // A secret: shown as a placeholder, never printed.
+            key_salt: self.key_salt.as_ref().map(|_| "<redacted>".into()),
+            idle_watts: self.idle_watts,
+            prefill_joules_per_token: Some(self.prefill_joules_per_token),
+            decode_joules_per_token: Some(self.decode_joules_per_token),
+            record_capacity: Some(self.record_capacity as u64),
+            max_label_values: Some(self.max_label_values as u64),
+            metrics_per_key: Some(self.metrics_per_key),
+            metrics_per_tag: Some(self.metrics_per_tag),
+            admin_token: self.admin_token.as_ref().map(|_| "<redacted>".into()),
+            request_log: self.request_log.clone(),
+            request_log_max_bytes: Some(self.request_log_max_bytes),
+            request_log_files: Some(self.request_log_files as u64),
+        };
+        toml::to_string(&mirror).unwrap_or_default()
+    }
+}

@@ -1,0 +1,99 @@
+use super::*;
+use crate::clock::Clock;
+
+fn meta(id: u64) -> RequestMeta {
+    RequestMeta {
+        id,
+        model: Some("m".into()),
+        endpoint: Endpoint::ChatCompletions,
+        key_hash: None,
+        tag: None,
+        stream: true,
+        arrival_ns: 10,
+        estimated_prompt_tokens: 5,
+        choices: 1,
+        max_tokens: None,
+    }
+}
+
+#[test]
+fn dropped_guard_marks_abort_but_keeps_entry_for_settlement() {
+    let reg = Arc::new(InFlight::new());
+    let id = reg.next_id();
+    let guard = reg.register(meta(id), Clock::new());
+    guard.progress().observe_completion(3, 100);
+    guard.progress().observe_completion(2, 200); // stale count never lowers
+    drop(guard);
+    let p = reg.get(id).expect("still registered");
+    let s = p.snapshot();
+    assert_eq!(s.outcome, Outcome::Aborted);
+    assert_eq!(s.completion_tokens, 3);
+    assert_eq!(s.first_token_ns, 100);
+    assert_eq!(s.last_token_ns, 100);
+    assert!(s.end_ns > 0);
+    assert!(reg.retire(id).is_some());
+    assert!(reg.is_empty());
+}
+
+#[test]
+fn explicit_finish_wins_over_drop() {
+    let reg = Arc::new(InFlight::new());
+    let guard = reg.register(meta(7), Clock::new());
+    guard.finish(Outcome::Ok);
+    let p = guard.progress().clone();
+    drop(guard);
+    assert_eq!(p.outcome(), Outcome::Ok);
+}
+
+#[test]
+fn energy_now_extends_settled_energy_with_recent_power() {
+    let p = RequestProgress::new(meta(1));
+    p.energy_uj.store(2_000_000, Relaxed);
+    p.active_uj.store(1_000_000, Relaxed);
+    p.settled_until_ns.store(1_000_000_000, Relaxed);
+    p.recent_power_mw.store(100_000, Relaxed); // 100 W
+    let rates = SystemRates::default();
+    let e = p.energy_now(1_010_000_000, &rates); // 10 ms later: +1 J
+    assert_eq!(e.energy_uj, 3_000_000);
+    assert_eq!(e.active_uj, 1_500_000);
+    assert_eq!(e.status, EnergyStatus::Estimated);
+    p.set_prompt_exact(5);
+    p.completion_exact.store(true, Relaxed);
+    assert_eq!(p.energy_now(1_010_000_000, &rates).status, EnergyStatus::Ok);
+    // A stalled sampler is not extrapolated forever.
+    let far = p.energy_now(100_000_000_000, &rates);
+    assert_eq!(far.energy_uj, 2_000_000 + 100_000_000);
+    p.energy_available.store(false, Relaxed);
+    assert_eq!(p.energy_now(0, &rates).status, EnergyStatus::Unavailable);
+}
+
+#[test]
+fn unsettled_requests_are_estimated_from_system_rates() {
+    let rates = SystemRates::default();
+    rates.power_mw.store(400_000, Relaxed); // 400 W
+    rates.idle_mw.store(100_000, Relaxed); // 100 W idle
+    rates.prefill_uj_per_token.store(20_000, Relaxed); // 0.02 J
+    rates.decode_uj_per_token.store(300_000, Relaxed); // 0.3 J
+                                                       // 100 prompt + 10 completion tokens: active 2 + 3 = 5 J, total 5 x 400/300 J
+    let (total, active) = estimate_unsettled(100, 10, 10_000_000_000, &rates);
+    assert_eq!(active, 5_000_000);
+    assert_eq!(total, 6_666_666);
+    // Never more than the whole system's power over the request's life (10 ms x 400 W = 4 J).
+    let (total, active) = estimate_unsettled(100, 10, 10_000_000, &rates);
+    assert_eq!(total, 4_000_000);
+    assert_eq!(active, 4_000_000);
+    // Through energy_now: nothing settled yet, so the estimate is used.
+    let p = RequestProgress::new(meta(1));
+    p.set_prompt_exact(100);
+    p.observe_completion(10, 20);
+    let e = p.energy_now(10 + 10_000_000_000, &rates);
+    assert_eq!(e.energy_uj, 6_666_666);
+    // Nothing known: zero, never a panic.
+    assert_eq!(estimate_unsettled(5, 5, 5, &SystemRates::default()), (0, 0));
+}
+
+#[test]
+fn public_ids_round_trip() {
+    assert_eq!(parse_public_id(&format_public_id(42)), Some(42));
+    assert_eq!(parse_public_id("nope"), None);
+}
