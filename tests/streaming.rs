@@ -294,3 +294,57 @@ async fn upstream_reset_mid_stream_is_not_turned_into_a_clean_end() {
         "expected a body error, got {end:?}"
     );
 }
+
+#[tokio::test]
+async fn client_leaving_before_a_non_streaming_answer_closes_the_upstream_request() {
+    // An upstream that reads the request and never answers (a long non-streaming generation). It
+    // reports when the request arrived and when the proxy closed the connection.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let (arrived_tx, mut arrived_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = silent.accept().await {
+            let (arrived, closed) = (arrived_tx.clone(), closed_tx.clone());
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let _ = arrived.send(());
+                }
+                let _ = closed.send(());
+            });
+        }
+    });
+    let proxy = TestProxy::start(addr).await;
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    let conn_task = tokio::spawn(conn);
+    let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+    let pending = tokio::spawn(async move {
+        let _ = sender
+            .send_request(request(
+                "POST",
+                proxy.addr,
+                "/v1/chat/completions",
+                &[],
+                body,
+            ))
+            .await;
+    });
+    guard("the request to reach the upstream", arrived_rx.recv())
+        .await
+        .expect("arrived");
+    // The client goes away while the upstream is still working on the answer.
+    pending.abort();
+    conn_task.abort();
+    guard("upstream to see the client leave", closed_rx.recv())
+        .await
+        .expect("closed");
+}
