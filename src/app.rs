@@ -323,40 +323,37 @@ impl Running {
 async fn detect_usage_semantics(state: Arc<ProxyState>, stop: impl Future<Output = ()>) {
     tokio::pin!(stop);
     loop {
-        let request = http::Request::get("/version")
-            .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
-            .map_err(|e| e.to_string());
-        if let (Ok(mut request), Ok(uri)) = (
-            request,
-            state
-                .upstream
-                .uri_for(&"/version".parse().unwrap_or_default()),
-        ) {
-            *request.uri_mut() = uri;
+        let request = state
+            .upstream
+            .uri_for(&http::Uri::from_static("/version"))
+            .ok()
+            .and_then(|uri| {
+                http::Request::get(uri)
+                    .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
+                    .ok()
+            });
+        if let Some(request) = request {
             if let Ok(response) = state.upstream.send(request).await {
                 let ok = response.status().is_success();
-                if let Ok(body) = response.into_body().collect().await {
-                    let bytes = body.to_bytes();
-                    if let Some(version) = ok
-                        .then(|| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-                        .flatten()
-                        .and_then(|v| v.get("version").and_then(|v| v.as_str()).map(str::to_owned))
-                    {
-                        let _ = state.upstream_version.set(version);
-                    }
-                    if let Some(semantics) = ok
-                        .then(|| UsageSemantics::from_version_body(&bytes))
-                        .flatten()
-                    {
+                let version = match response.into_body().collect().await {
+                    Ok(body) if ok => version_of(&body.to_bytes()),
+                    _ => None,
+                };
+                match version {
+                    Some(version) => {
+                        let semantics = UsageSemantics::from_vllm_version(&version);
                         tracing::info!(
+                            %version,
                             absent_include_usage = semantics.absent_include_usage,
                             "upstream version read"
                         );
+                        let _ = state.upstream_version.set(version);
                         state.inspect.semantics.set(semantics);
-                        return;
                     }
+                    None => tracing::info!(
+                        "upstream has no usable /version; assuming vLLM >= 0.32 stream_options semantics"
+                    ),
                 }
-                tracing::info!("upstream has no usable /version; assuming vLLM >= 0.32 stream_options semantics");
                 return;
             }
         }
@@ -365,6 +362,12 @@ async fn detect_usage_semantics(state: Arc<ProxyState>, stop: impl Future<Output
             () = &mut stop => return,
         }
     }
+}
+
+/// The `version` of a `/version` body (`{"version":"0.32.0"}`).
+fn version_of(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    Some(value.get("version")?.as_str()?.to_owned())
 }
 
 /// A per-process random salt (std's `RandomState` is seeded from the OS's randomness).

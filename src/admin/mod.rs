@@ -20,7 +20,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
@@ -33,7 +32,7 @@ use crate::meter::Unavailable;
 use crate::observe::InFlight;
 use crate::proxy::error::error_json;
 use crate::proxy::upstream::Upstream;
-use crate::proxy::ProxyBody;
+use crate::proxy::{full_body, json_response, ProxyBody};
 use crate::request_log::RequestLogStatus;
 
 /// Everything the admin endpoints read.
@@ -177,23 +176,14 @@ impl AdminService {
     }
 }
 
-fn body(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
-    let mut response = Response::new(
-        Full::new(body)
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
+fn body(status: StatusCode, bytes: Bytes) -> Response<ProxyBody> {
+    let mut response = Response::new(full_body(bytes));
     *response.status_mut() = status;
     response
 }
 
 fn json(status: StatusCode, bytes: Bytes) -> Response<ProxyBody> {
-    let mut response = body(status, bytes);
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+    json_response(status, bytes)
 }
 
 fn json_of(status: StatusCode, value: &impl Serialize) -> Response<ProxyBody> {

@@ -3,10 +3,9 @@
 //! SDKs raise their usual exceptions). Each error records whose fault it was (pingora's ErrorSource).
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{Response, StatusCode};
 
-use super::ProxyBody;
+use super::{json_response, ProxyBody};
 
 /// Whose fault an error was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,22 +95,13 @@ pub fn error_response(err: &ProxyError) -> Response<ProxyBody> {
         None,
         status.as_u16(),
     );
-    let mut response = Response::new(
-        Full::new(body)
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+    json_response(status, body)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
 
     #[tokio::test]
     async fn error_shape_is_openai_like() {

@@ -22,3 +22,22 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body type the proxy sends both ways.
 pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// A whole body from bytes.
+pub fn full_body(bytes: Bytes) -> ProxyBody {
+    use http_body_util::BodyExt;
+    http_body_util::Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A JSON response the proxy or the admin listener writes itself.
+pub fn json_response(status: http::StatusCode, json: Bytes) -> http::Response<ProxyBody> {
+    let mut response = http::Response::new(full_body(json));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}

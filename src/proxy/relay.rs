@@ -41,8 +41,8 @@ pub struct RequestEnd {
 }
 
 impl RequestEnd {
-    fn progress(&self) -> Arc<RequestProgress> {
-        self.guard.progress().clone()
+    fn progress(&self) -> &Arc<RequestProgress> {
+        self.guard.progress()
     }
 }
 
@@ -281,5 +281,5 @@ fn feed(observer: &mut StreamObserver, end: &RequestEnd, data: Bytes) -> Bytes {
             &end.carbon,
         ))
     };
-    observer.feed(data, now, &progress, &mut energy)
+    observer.feed(data, now, progress, &mut energy)
 }

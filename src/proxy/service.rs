@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, Version};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
 use super::energy::{energy_headers, Carbon};
@@ -24,7 +24,7 @@ use super::headers::{
 use super::inspect::{inspect, is_candidate, request_meta, InspectConfig, Inspected};
 use super::relay::{RelayBody, RequestEnd};
 use super::upstream::Upstream;
-use super::{BoxError, ProxyBody};
+use super::{full_body, BoxError, ProxyBody};
 use crate::clock::Clock;
 use crate::observe::{InFlight, InFlightGuard, Outcome};
 use crate::openai::observer::{ObserverConfig, StreamObserver};
@@ -58,12 +58,6 @@ pub struct ProxyState {
 #[derive(Clone, Debug)]
 pub struct ProxyService {
     state: Arc<ProxyState>,
-}
-
-fn full(bytes: Bytes) -> ProxyBody {
-    Full::new(bytes)
-        .map_err(|never| match never {})
-        .boxed_unsync()
 }
 
 impl ProxyService {
@@ -122,11 +116,11 @@ impl ProxyService {
                     if !state.energy_measured {
                         guard.progress().energy_available.store(false, Relaxed);
                     }
-                    let body = full(inspected.body.clone());
+                    let body = full_body(inspected.body.clone());
                     accounted = Some((guard, inspected));
                     body
                 }
-                Err(bytes) => full(bytes),
+                Err(bytes) => full_body(bytes),
             }
         } else {
             Limited::new(body, limit)
@@ -213,7 +207,7 @@ impl ProxyService {
             parts
                 .headers
                 .extend(energy_headers(&public_id, &figures, &state.carbon));
-            return Ok(Response::from_parts(parts, full(bytes)));
+            return Ok(Response::from_parts(parts, full_body(bytes)));
         }
         parts
             .headers
