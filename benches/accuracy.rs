@@ -78,6 +78,94 @@ fn pct(x: f64) -> String {
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
+    if std::env::var("ACCURACY_MODE").as_deref() == Ok("realtime") {
+        realtime(full);
+    } else {
+        virtual_matrix(full);
+    }
+}
+
+fn env_list(name: &str) -> Option<Vec<String>> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.split(',').map(str::to_owned).collect())
+}
+
+/// The deterministic matrix: every workload under every cost model and counter period, in virtual
+/// time through the real accounting.
+fn virtual_matrix(full: bool) {
+    use joulegate::accuracy::{matrix, run_case, CaseReport};
+    let seed = std::env::var("ACCURACY_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(11);
+    let requests = std::env::var("ACCURACY_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full { 120 } else { 12 });
+    let mut cases = matrix(requests, seed);
+    if let Some(only) = env_list("ACCURACY_ONLY") {
+        cases.retain(|c| only.iter().any(|o| o == c.workload.name()));
+    }
+    if let Some(models) = env_list("ACCURACY_MODELS") {
+        cases.retain(|c| models.iter().any(|o| o == c.model.name));
+    }
+    if let Some(periods) = env_list("ACCURACY_PERIODS") {
+        cases.retain(|c| {
+            periods
+                .iter()
+                .any(|p| p.parse::<u64>().ok() == Some(c.meter.counter_period_ns / 1_000_000))
+        });
+    }
+    let metrics = std::env::var("ACCURACY_METRICS").as_deref() == Ok("1");
+    if !full {
+        println!("accuracy: harness check only ({requests} requests per case, two cases)");
+        cases.truncate(2);
+    }
+    let cell = |s: joulegate::demo::ErrorStats| format!("{:>5}/{:<5}", pct(s.median), pct(s.p95));
+    println!(
+        "{:<10} {:>3} {:<13} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>6} {:>6} {:>6}",
+        "model", "ms", "workload", "record", "active", "resp", "resp-strm", "resp-json",
+        "naive", "bias%", "unat%", "books"
+    );
+    let mut worst = CaseReport::default();
+    for mut case in cases {
+        case.per_request_metrics = metrics;
+        let r = run_case(&case);
+        for (w, x) in [
+            (&mut worst.record, r.record),
+            (&mut worst.record_active, r.record_active),
+            (&mut worst.provisional, r.provisional),
+        ] {
+            w.median = w.median.max(x.median);
+            w.p95 = w.p95.max(x.p95);
+        }
+        println!(
+            "{:<10} {:>3} {:<13} {} {} {} {} {} {} {:>6} {:>6} {:>6}",
+            case.model.name,
+            case.meter.counter_period_ns / 1_000_000,
+            case.workload.name(),
+            cell(r.record),
+            cell(r.record_active),
+            cell(r.provisional),
+            cell(r.provisional_stream),
+            cell(r.provisional_json),
+            cell(r.naive),
+            format!("{:+.1}", r.record_bias * 100.0),
+            format!("{:.2}", r.unattributed_share * 100.0),
+            if r.books_exact && r.missing_records == 0 { "exact" } else { "MISS" },
+        );
+    }
+    println!(
+        "worst cell: record {}  active {}  response {}   (median/p95 %; targets: record 3/10, response 5/15)",
+        cell(worst.record),
+        cell(worst.record_active),
+        cell(worst.provisional)
+    );
+}
+
+/// The end-to-end run in real time: the mock upstream over HTTP, the real proxy and sampler.
+fn realtime(full: bool) {
     let (scale, opts) = if full {
         let mut opts = WorldOptions::default();
         // Experiments: another counter period (ms) than the simulated NVML-like 20 ms.

@@ -214,6 +214,7 @@ impl Accounting {
             .extend(self.live.iter().map(|p| Observation {
                 progress: p.snapshot(),
                 kind: WorkKind::of(p.meta.endpoint),
+                choices: p.meta.choices.max(1),
             }));
         self.ledger.apply(TickSpan::from(tick), &self.observations);
         self.publish_rates(tick);

@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accounting;
+pub mod accuracy;
 pub mod admin;
 pub mod app;
 pub mod cli;

@@ -87,8 +87,11 @@ impl Default for AccountingStats {
             calibration: CalibrationReport {
                 alpha_j: 0.0,
                 beta_j: 0.0,
+                gamma_j: 0.0,
                 fitted_alpha_j: None,
                 fitted_beta_j: None,
+                fitted_gamma_j: None,
+                fitted_static_w: None,
                 r2: None,
                 condition: None,
                 ticks: 0,

@@ -38,7 +38,7 @@ use super::settle::union_ns;
 use super::types::{FinalRequest, LedgerTotals, RequestEnergy, TickSummary};
 use super::window::{HeldTick, Item, ItemRef, Window};
 use super::{LedgerConfig, LedgerConfigError, Observation, TickSpan, WorkKind};
-use crate::observe::{Outcome, ProgressSnapshot};
+use crate::observe::Outcome;
 
 #[derive(Clone, Debug)]
 pub(super) struct Req {
@@ -46,6 +46,7 @@ pub(super) struct Req {
     pub(super) arrival_ns: u64,
     pub(super) end_ns: u64,
     pub(super) kind: WorkKind,
+    pub(super) choices: u32,
     pub(super) visible: bool,
     pub(super) prefill_placed: bool,
     pub(super) waited_for_prompt: bool,
@@ -106,8 +107,6 @@ pub struct Ledger {
     /// Completion tokens each visible stream that decoded through the whole current tick produced
     /// in it (the engine advances every running sequence once per step, so these agree).
     pub(super) tick_decodes: Vec<u64>,
-    /// Decode tokens per second the engine produces while busy (EWMA over settled ticks).
-    pub(super) decode_throughput: f64,
     pub(super) weights: Vec<f64>,
     pub(super) shares: Vec<u64>,
     pub(super) scratch: Vec<(f64, usize)>,
@@ -128,7 +127,6 @@ impl Ledger {
             prefill_rate: config.prefill_tokens_per_s,
             decode_rate: config.decode_tokens_per_s,
             tick_decodes: Vec::new(),
-            decode_throughput: 0.0,
             config,
             window: Window::default(),
             slots: Vec::new(),
@@ -188,7 +186,7 @@ impl Ledger {
         let mut finalized = 0u32;
         self.tick_decodes.clear();
         for obs in observations {
-            let slot = self.find_slot(&mut cursor, &obs.progress, obs.kind);
+            let slot = self.find_slot(&mut cursor, obs);
             self.observed.push(slot);
             let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
                 continue;
@@ -269,7 +267,8 @@ impl Ledger {
     /// The registry's iteration order is stable between ticks apart from insertions and removals,
     /// so the previous tick's order predicts the slot without hashing (a lookup per request was
     /// the largest cost of a tick at 10,000 requests).
-    fn find_slot(&mut self, cursor: &mut usize, p: &ProgressSnapshot, kind: WorkKind) -> u32 {
+    fn find_slot(&mut self, cursor: &mut usize, obs: &Observation) -> u32 {
+        let p = &obs.progress;
         for k in 0..4 {
             let Some(&s) = self.prev_observed.get(*cursor + k) else {
                 break;
@@ -284,10 +283,11 @@ impl Ledger {
                 return s;
             }
         }
-        self.slot_for(p, kind)
+        self.slot_for(obs)
     }
 
-    fn slot_for(&mut self, p: &ProgressSnapshot, kind: WorkKind) -> u32 {
+    fn slot_for(&mut self, obs: &Observation) -> u32 {
+        let (p, kind) = (&obs.progress, obs.kind);
         if let Some(s) = self.index.get(&p.id) {
             return *s;
         }
@@ -296,6 +296,7 @@ impl Ledger {
             arrival_ns: p.arrival_ns,
             end_ns: 0,
             kind,
+            choices: obs.choices.max(1),
             visible: p.progress_visible,
             prefill_placed: false,
             waited_for_prompt: false,
@@ -357,6 +358,7 @@ impl Ledger {
                     slot: u32::MAX,
                     prefill: 0.0,
                     decode: 0.0,
+                    context: 0.0,
                     provisional: false,
                 };
             }

@@ -1,32 +1,38 @@
-//! Online calibration of the work weights α (per prefill token) and β (per decode token).
+//! Online calibration of the work weights: α (per prefill token), β (per decode token), γ (per
+//! context token a decode reads) and the static power the engine draws above idle while it runs.
 //!
-//! Owns the fit only: a bounded window of settled ticks `(prefill_k, decode_k, ΔE_k − P_idle·Δt)`
-//! and a two-variable non-negative least-squares fit through the origin, solved in closed form from
-//! running sums (the unconstrained solution if it is non-negative, else the better one-variable fit).
-//! Until the fit is trustworthy (enough ticks, well conditioned, explains the data, both weights
-//! positive) the configured defaults are used. A context (KV length) term is not fitted: the proxy
-//! cannot see batch composition, and per-tick context sums are nearly collinear with decode counts,
-//! so the extra term would mostly add variance. A busy-time (static power) term was tried too: it
-//! recovers the marginal costs, but a proportional split inside a tick is more accurate with
-//! weights that explain the tick's whole energy (static included), which the through-origin fit
-//! gives (checked against the toy engine in `accuracy_tests`).
+//! Owns the fit only: a bounded window of settled ticks and a non-negative least-squares fit of
+//! `ΔE_k − P_idle·Δt_k ≈ s·busy_k + α·prefill_k + β·decode_k + γ·context_k` (joules; `busy_k` the
+//! seconds of the tick with a request in flight), solved exactly from running sums: every subset
+//! of the four terms is solved unconstrained on its column-scaled normal equations and the
+//! non-negative solution with the least squared error wins (for four terms that is the NNLS
+//! optimum). The static term takes the energy the engine draws for running at all, so α, β and
+//! γ are the *marginal* costs of work: a tick's energy, static included, is then split in their
+//! proportions, as an engine step's energy belongs to the work in it (DESIGN.md §3).
+//!
+//! Trust rule: at least `min_ticks` ticks, R² of the fit at least `min_r2`, a condition number of
+//! the scaled normal matrix of the chosen terms at most `max_condition`, and α and β both
+//! positive. Until then the configured defaults are used (γ's default is β / 1000, a context
+//! token costing a thousandth of a decode token).
 
 use std::collections::VecDeque;
 
 /// Thresholds and defaults for [`Calibrator`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct CalibrationConfig {
-    /// Default α, joules per prefill token, used until the fit is trusted. The defaults are rough
-    /// full-cost figures (static power included) for an 8B model on one H100: what matters for
-    /// the split is the ratio β/α (about 15).
+    /// Default α, joules per prefill token, used until the fit is trusted. Only the ratios
+    /// α : β : γ matter for the split; the defaults say a prefill token costs about what a
+    /// decode token does, which holds within a factor of a few across models and GPUs.
     pub default_alpha_j: f64,
     /// Default β, joules per decode token.
     pub default_beta_j: f64,
+    /// Default γ, joules per context token read by a decode.
+    pub default_gamma_j: f64,
     /// Number of recent ticks in the fitting window.
     pub window_ticks: usize,
     /// Ticks needed before the fit can be trusted.
     pub min_ticks: usize,
-    /// Largest acceptable condition number of the normalised normal matrix.
+    /// Largest acceptable condition number of the scaled normal matrix.
     pub max_condition: f64,
     /// Smallest acceptable coefficient of determination (through the origin).
     pub min_r2: f64,
@@ -35,11 +41,12 @@ pub struct CalibrationConfig {
 impl Default for CalibrationConfig {
     fn default() -> Self {
         CalibrationConfig {
-            default_alpha_j: 0.02,
-            default_beta_j: 0.3,
+            default_alpha_j: 0.01,
+            default_beta_j: 0.01,
+            default_gamma_j: 0.00001,
             window_ticks: 1200,
             min_ticks: 40,
-            max_condition: 1e4,
+            max_condition: 1e6,
             min_r2: 0.5,
         }
     }
@@ -52,13 +59,19 @@ pub struct CalibrationReport {
     pub alpha_j: f64,
     /// β in use, joules per decode token.
     pub beta_j: f64,
+    /// γ in use, joules per context token read by a decode.
+    pub gamma_j: f64,
     /// The latest fitted α (None before any fit).
     pub fitted_alpha_j: Option<f64>,
     /// The latest fitted β.
     pub fitted_beta_j: Option<f64>,
+    /// The latest fitted γ.
+    pub fitted_gamma_j: Option<f64>,
+    /// The latest fitted static power above idle while requests run, watts.
+    pub fitted_static_w: Option<f64>,
     /// R² of the fit (through the origin).
     pub r2: Option<f64>,
-    /// Condition number of the normalised normal matrix.
+    /// Condition number of the scaled normal matrix of the chosen terms.
     pub condition: Option<f64>,
     /// Ticks in the window.
     pub ticks: usize,
@@ -66,41 +79,153 @@ pub struct CalibrationReport {
     pub trusted: bool,
 }
 
+/// Number of fitted terms: busy seconds, prefill, decode and context tokens.
+const K: usize = 4;
+
+/// One settled tick's regressors.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TickWork {
+    /// Seconds of the tick with a model request in flight.
+    pub busy_s: f64,
+    /// Prompt tokens prefilled.
+    pub prefill: f64,
+    /// Completion tokens decoded.
+    pub decode: f64,
+    /// Context tokens read by those decodes.
+    pub context: f64,
+}
+
+impl TickWork {
+    fn x(&self) -> [f64; K] {
+        [self.busy_s, self.prefill, self.decode, self.context]
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 struct Sums {
-    s11: f64,
-    s12: f64,
-    s22: f64,
-    b1: f64,
-    b2: f64,
+    xx: [[f64; K]; K],
+    xy: [f64; K],
     yy: f64,
 }
 
 impl Sums {
-    fn add(&mut self, (x1, x2, y): (f64, f64, f64), sign: f64) {
-        self.s11 += sign * x1 * x1;
-        self.s12 += sign * x1 * x2;
-        self.s22 += sign * x2 * x2;
-        self.b1 += sign * x1 * y;
-        self.b2 += sign * x2 * y;
+    fn add(&mut self, x: &[f64; K], y: f64, sign: f64) {
+        for i in 0..K {
+            for j in 0..K {
+                self.xx[i][j] += sign * x[i] * x[j];
+            }
+            self.xy[i] += sign * x[i] * y;
+        }
         self.yy += sign * y * y;
     }
 
-    fn sse(&self, a: f64, b: f64) -> f64 {
-        self.yy - 2.0 * (a * self.b1 + b * self.b2)
-            + a * a * self.s11
-            + 2.0 * a * b * self.s12
-            + b * b * self.s22
+    fn sse(&self, c: &[f64; K]) -> f64 {
+        let mut q = self.yy;
+        for i in 0..K {
+            q -= 2.0 * c[i] * self.xy[i];
+            for j in 0..K {
+                q += c[i] * c[j] * self.xx[i][j];
+            }
+        }
+        q
     }
 }
 
-/// Windowed NNLS fit of ΔE − P_idle·Δt ≈ α·prefill + β·decode.
+/// Solves the normal equations restricted to the terms in `mask` (column-scaled Gaussian
+/// elimination with partial pivoting); `None` when singular.
+fn solve_subset(s: &Sums, mask: u32) -> Option<[f64; K]> {
+    let idx: Vec<usize> = (0..K).filter(|i| mask & (1 << i) != 0).collect();
+    let n = idx.len();
+    let scale: Vec<f64> = idx.iter().map(|&i| s.xx[i][i].sqrt()).collect();
+    if scale.iter().any(|&d| !(d > 0.0 && d.is_finite())) {
+        return None;
+    }
+    let mut a = vec![vec![0.0; n + 1]; n];
+    for (r, &i) in idx.iter().enumerate() {
+        for (c, &j) in idx.iter().enumerate() {
+            a[r][c] = s.xx[i][j] / (scale[r] * scale[c]);
+        }
+        a[r][n] = s.xy[i] / scale[r];
+    }
+    for col in 0..n {
+        let piv = (col..n).max_by(|&x, &y| a[x][col].abs().total_cmp(&a[y][col].abs()))?;
+        if a[piv][col].abs() < 1e-10 {
+            return None;
+        }
+        a.swap(col, piv);
+        for r in 0..n {
+            if r != col {
+                let f = a[r][col] / a[col][col];
+                for c in col..=n {
+                    a[r][c] -= f * a[col][c];
+                }
+            }
+        }
+    }
+    let mut out = [0.0; K];
+    for (r, &i) in idx.iter().enumerate() {
+        out[i] = a[r][n] / a[r][r] / scale[r];
+    }
+    out.iter().all(|v| v.is_finite()).then_some(out)
+}
+
+/// Condition number of the scaled normal matrix of the terms in `mask` (Jacobi eigenvalues).
+fn condition(s: &Sums, mask: u32) -> Option<f64> {
+    let idx: Vec<usize> = (0..K).filter(|i| mask & (1 << i) != 0).collect();
+    let n = idx.len();
+    if n == 0 {
+        return None;
+    }
+    let d: Vec<f64> = idx.iter().map(|&i| s.xx[i][i].sqrt()).collect();
+    let mut a = vec![vec![0.0; n]; n];
+    for (r, &i) in idx.iter().enumerate() {
+        for (c, &j) in idx.iter().enumerate() {
+            a[r][c] = s.xx[i][j] / (d[r] * d[c]);
+        }
+    }
+    for _ in 0..50 {
+        let mut off = 0.0;
+        for p in 0..n {
+            for q in p + 1..n {
+                off += a[p][q] * a[p][q];
+                if a[p][q].abs() < 1e-15 {
+                    continue;
+                }
+                let theta = (a[q][q] - a[p][p]) / (2.0 * a[p][q]);
+                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let t = if theta == 0.0 { 1.0 } else { t };
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let sn = t * c;
+                for k in 0..n {
+                    let (akp, akq) = (a[k][p], a[k][q]);
+                    a[k][p] = c * akp - sn * akq;
+                    a[k][q] = sn * akp + c * akq;
+                }
+                for k in 0..n {
+                    let (apk, aqk) = (a[p][k], a[q][k]);
+                    a[p][k] = c * apk - sn * aqk;
+                    a[q][k] = sn * apk + c * aqk;
+                }
+            }
+        }
+        if off < 1e-24 {
+            break;
+        }
+    }
+    let eig: Vec<f64> = (0..n).map(|i| a[i][i]).collect();
+    let max = eig.iter().copied().fold(f64::MIN, f64::max);
+    let min = eig.iter().copied().fold(f64::MAX, f64::min);
+    Some(if min <= 0.0 { f64::INFINITY } else { max / min })
+}
+
+/// Windowed NNLS fit of ΔE − P_idle·Δt ≈ s·busy + α·prefill + β·decode + γ·context.
 #[derive(Clone, Debug)]
 pub struct Calibrator {
     config: CalibrationConfig,
-    window: VecDeque<(f64, f64, f64)>,
+    window: VecDeque<([f64; K], f64)>,
     sums: Sums,
     since_recompute: usize,
+    since_refit: usize,
     report: CalibrationReport,
 }
 
@@ -110,8 +235,11 @@ impl Calibrator {
         let report = CalibrationReport {
             alpha_j: config.default_alpha_j,
             beta_j: config.default_beta_j,
+            gamma_j: config.default_gamma_j,
             fitted_alpha_j: None,
             fitted_beta_j: None,
+            fitted_gamma_j: None,
+            fitted_static_w: None,
             r2: None,
             condition: None,
             ticks: 0,
@@ -122,104 +250,89 @@ impl Calibrator {
             config,
             sums: Sums::default(),
             since_recompute: 0,
+            since_refit: 0,
             report,
         }
     }
 
-    /// Adds one settled tick: prefill and decode tokens placed in it and its energy above the idle
-    /// baseline, in joules. Non-finite inputs are ignored.
-    pub fn observe(&mut self, prefill_tokens: f64, decode_tokens: f64, active_j: f64) {
-        let sample = (prefill_tokens, decode_tokens, active_j);
-        if !(prefill_tokens.is_finite() && decode_tokens.is_finite() && active_j.is_finite()) {
+    /// Adds one settled tick: the work placed in it and its energy above the idle baseline, in
+    /// joules. Non-finite inputs and ticks without work are ignored.
+    pub fn observe(&mut self, work: TickWork, active_j: f64) {
+        let x = work.x();
+        if !(x.iter().all(|v| v.is_finite() && *v >= 0.0) && active_j.is_finite()) {
             return;
         }
-        if prefill_tokens <= 0.0 && decode_tokens <= 0.0 {
+        if work.prefill <= 0.0 && work.decode <= 0.0 {
             return;
         }
         let cap = self.config.window_ticks.max(1);
         if self.window.len() == cap {
-            if let Some(old) = self.window.pop_front() {
-                self.sums.add(old, -1.0);
+            if let Some((old, y)) = self.window.pop_front() {
+                self.sums.add(&old, y, -1.0);
             }
         }
-        self.window.push_back(sample);
-        self.sums.add(sample, 1.0);
+        self.window.push_back((x, active_j));
+        self.sums.add(&x, active_j, 1.0);
         self.since_recompute += 1;
         // Subtracting old samples accumulates rounding error; rebuild the sums once per window.
         if self.since_recompute >= cap {
             self.sums = Sums::default();
-            for s in &self.window {
-                self.sums.add(*s, 1.0);
+            for (x, y) in &self.window {
+                self.sums.add(x, *y, 1.0);
             }
             self.since_recompute = 0;
         }
-        self.refit();
+        // Sixteen small solves: every tick while the fit is young, then every fourth tick.
+        self.since_refit += 1;
+        if self.window.len() < 4 * self.config.min_ticks.max(1) || self.since_refit >= 4 {
+            self.since_refit = 0;
+            self.refit();
+        }
     }
 
     fn refit(&mut self) {
-        let s = self.sums;
-        let mut candidates: [Option<(f64, f64)>; 3] = [None, None, None];
-        let det = s.s11 * s.s22 - s.s12 * s.s12;
-        if det > 1e-12 * (s.s11 * s.s22).max(1e-300) {
-            let a = (s.s22 * s.b1 - s.s12 * s.b2) / det;
-            let b = (s.s11 * s.b2 - s.s12 * s.b1) / det;
-            if a >= 0.0 && b >= 0.0 {
-                candidates[0] = Some((a, b));
+        let s = &self.sums;
+        let mut best: Option<([f64; K], u32, f64)> = None;
+        for mask in 1u32..(1 << K) {
+            let Some(c) = solve_subset(s, mask) else {
+                continue;
+            };
+            if c.iter().any(|v| *v < 0.0) {
+                continue;
+            }
+            let sse = s.sse(&c);
+            if best.as_ref().map_or(true, |b| sse < b.2) {
+                best = Some((c, mask, sse));
             }
         }
-        if s.s11 > 0.0 {
-            candidates[1] = Some(((s.b1 / s.s11).max(0.0), 0.0));
-        }
-        if s.s22 > 0.0 {
-            candidates[2] = Some((0.0, (s.b2 / s.s22).max(0.0)));
-        }
-        let best = candidates
-            .iter()
-            .flatten()
-            .copied()
-            .min_by(|x, y| s.sse(x.0, x.1).total_cmp(&s.sse(y.0, y.1)));
         let n = self.window.len();
-        let condition = if s.s11 > 0.0 && s.s22 > 0.0 {
-            let c = (s.s12 / (s.s11 * s.s22).sqrt()).abs().min(1.0);
-            Some(if c >= 1.0 {
-                f64::INFINITY
-            } else {
-                (1.0 + c) / (1.0 - c)
-            })
-        } else {
-            None
-        };
-        let (fa, fb, r2) = match best {
-            Some((a, b)) => {
-                let r2 = if s.yy > 0.0 {
-                    Some(1.0 - s.sse(a, b) / s.yy)
-                } else {
-                    None
-                };
-                (Some(a), Some(b), r2)
-            }
+        let d = &self.config;
+        let (fit, cond, r2) = match best {
+            Some((c, mask, sse)) => (
+                Some(c),
+                condition(s, mask),
+                (s.yy > 0.0).then(|| 1.0 - sse / s.yy),
+            ),
             None => (None, None, None),
         };
-        let trusted = n >= self.config.min_ticks
-            && condition.is_some_and(|c| c <= self.config.max_condition)
-            && r2.is_some_and(|r| r >= self.config.min_r2)
-            && fa.is_some_and(|a| a > 0.0)
-            && fb.is_some_and(|b| b > 0.0);
+        let trusted = n >= d.min_ticks
+            && cond.is_some_and(|c| c <= d.max_condition)
+            && r2.is_some_and(|r| r >= d.min_r2)
+            && fit.is_some_and(|c| c[1] > 0.0 && c[2] > 0.0);
+        let used = match fit {
+            Some(c) if trusted => (c[1], c[2], c[3]),
+            _ => (d.default_alpha_j, d.default_beta_j, d.default_gamma_j),
+        };
         self.report = CalibrationReport {
-            alpha_j: if trusted {
-                fa.unwrap_or(self.config.default_alpha_j)
-            } else {
-                self.config.default_alpha_j
-            },
-            beta_j: if trusted {
-                fb.unwrap_or(self.config.default_beta_j)
-            } else {
-                self.config.default_beta_j
-            },
-            fitted_alpha_j: fa,
-            fitted_beta_j: fb,
+            alpha_j: used.0,
+            beta_j: used.1,
+            gamma_j: used.2,
+            fitted_alpha_j: fit.map(|c| c[1]),
+            fitted_beta_j: fit.map(|c| c[2]),
+            fitted_gamma_j: fit.map(|c| c[3]),
+            fitted_static_w: fit.map(|c| c[0]),
             r2,
-            condition,
+            condition: cond,
             ticks: n,
             trusted,
         };
@@ -230,9 +343,9 @@ impl Calibrator {
         self.report
     }
 
-    /// The weights in use: (α, β) in joules per token.
-    pub fn weights(&self) -> (f64, f64) {
-        (self.report.alpha_j, self.report.beta_j)
+    /// The weights in use: (α, β, γ) in joules per token.
+    pub fn weights(&self) -> (f64, f64, f64) {
+        (self.report.alpha_j, self.report.beta_j, self.report.gamma_j)
     }
 }
 

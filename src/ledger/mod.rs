@@ -8,7 +8,7 @@
 //! - `settle` and `work` (private): settlement and work placement, split from the ledger by concern;
 //! - [`split`]: exact largest-remainder splitting of micro-joules;
 //! - [`idle`]: P_idle, learned from idle ticks or configured;
-//! - [`calibration`]: the online NNLS fit of α and β;
+//! - [`calibration`]: the online NNLS fit of α, β, γ and the static power;
 //! - [`record`]: the finished-request record served by `/requests/{id}` and the JSONL log.
 //!
 //! It must not touch the registry or atomics of [`crate::observe`] (the accounting glue does that):
@@ -52,12 +52,8 @@ pub struct LedgerConfig {
     pub idle_quantile: f64,
     /// Idle ticks needed before a learned P_idle is used.
     pub idle_min_samples: usize,
-    /// Calibration of α and β.
+    /// Calibration of α, β and γ.
     pub calibration: CalibrationConfig,
-    /// Whether a prefill lengthens its engine step, displacing decode steps (vLLM: a prefill chunk
-    /// costs step time per token). Then a fitted α, which only sees the net rise of a tick's
-    /// energy, is raised by the decode energy the prefill displaced (see `settle`).
-    pub prefill_displaces_decode: bool,
 }
 
 impl Default for LedgerConfig {
@@ -71,7 +67,6 @@ impl Default for LedgerConfig {
             idle_quantile: 0.25,
             idle_min_samples: 10,
             calibration: CalibrationConfig::default(),
-            prefill_displaces_decode: true,
         }
     }
 }
@@ -114,6 +109,10 @@ impl LedgerConfig {
             (
                 "calibration.default_beta_j",
                 self.calibration.default_beta_j,
+            ),
+            (
+                "calibration.default_gamma_j",
+                self.calibration.default_gamma_j,
             ),
         ];
         for (name, value) in rates {
@@ -165,6 +164,8 @@ pub struct Observation {
     pub progress: ProgressSnapshot,
     /// What work the request makes the engine do.
     pub kind: WorkKind,
+    /// Choices (`n`): that many sequences decode in lockstep after one prefill.
+    pub choices: u32,
 }
 
 /// What work a request makes the engine do, as far as attribution cares.

@@ -7,6 +7,7 @@
 //! attributed, idle or unattributed.
 
 use super::attribution::Ledger;
+use super::calibration::TickWork;
 use super::idle::IdleSource;
 use super::split::split_uj;
 use super::types::FinalRequest;
@@ -61,26 +62,6 @@ impl Ledger {
         }
     }
 
-    /// The split weights (α, β). A fitted α is the net rise of a tick's energy per prefill token;
-    /// but a prefill also displaces decode steps (the engine spends that time on it), whose
-    /// energy the fit then credits to decode tokens that were never produced. An engine step's
-    /// energy belongs to the work in it, so a prefill token's full cost adds back the decode
-    /// energy it displaced: `β · decode throughput / prefill rate`. The defaults are full costs
-    /// already. (Accuracy bench, mixed workload: ledger α 0.014 -> 0.018 J against a truth of
-    /// 0.023 J per prompt token; p95 error 47 % -> 33-36 %.)
-    pub(super) fn split_weights(&self) -> (f64, f64) {
-        let (alpha, beta) = self.calibrator.weights();
-        if !self.config.prefill_displaces_decode
-            || !self.calibrator.report().trusted
-            || self.prefill_rate <= 0.0
-        {
-            return (alpha, beta);
-        }
-        let displaced = self.decode_throughput.max(0.0) / self.prefill_rate;
-        let full = alpha + beta * displaced;
-        (if full.is_finite() { full } else { alpha }, beta)
-    }
-
     // Sums saturate rather than wrap: exactness holds up to 2^64 uJ (about 5 GWh) of measured
     // energy, and garbage input can never panic.
     /// Splits the tick's energy; returns whether its items were released on the way.
@@ -89,14 +70,20 @@ impl Ledger {
             return false;
         };
         self.totals.pending_uj -= e.min(self.totals.pending_uj);
-        let (alpha, beta) = self.split_weights();
+        let (alpha, beta, gamma) = self.calibrator.weights();
         self.weights.clear();
-        let (mut prefill_tokens, mut decode_tokens, mut provisional) = (0.0, 0.0, false);
+        let (mut prefill_tokens, mut decode_tokens, mut context_tokens) = (0.0, 0.0, 0.0);
+        let mut provisional = false;
         for item in &tick.items {
-            let (ip, id) = (f64::from(item.prefill), f64::from(item.decode));
-            self.weights.push(alpha * ip + beta * id);
+            let (ip, id, ic) = (
+                f64::from(item.prefill),
+                f64::from(item.decode),
+                f64::from(item.context),
+            );
+            self.weights.push(alpha * ip + beta * id + gamma * ic);
             prefill_tokens += ip;
             decode_tokens += id;
+            context_tokens += ic;
             provisional |= item.provisional && (item.prefill > 0.0 || item.decode > 0.0);
         }
         // Idle time inside a busy tick (before the first arrival, after the last end) is idle.
@@ -116,12 +103,6 @@ impl Ledger {
                 self.idle.observe(full_e, dt);
             }
             return false;
-        }
-        if tick.busy_ns > 0 {
-            let rate = decode_tokens / (tick.busy_ns.min(dt) as f64 / 1e9);
-            if rate.is_finite() {
-                self.decode_throughput += 0.1 * (rate - self.decode_throughput);
-            }
         }
         self.totals.attributed_uj = self.totals.attributed_uj.saturating_add(e);
         self.totals.prefill_tokens = self
@@ -176,8 +157,13 @@ impl Ledger {
         self.totals.active_uj = self.totals.active_uj.saturating_add(active_total);
         if !provisional && self.idle.source() != IdleSource::Unknown {
             let active_j = full_e.saturating_sub(self.idle.baseline_uj(dt)) as f64 / 1e6;
-            self.calibrator
-                .observe(prefill_tokens, decode_tokens, active_j);
+            let work = TickWork {
+                busy_s: tick.busy_ns.min(dt) as f64 / 1e9,
+                prefill: prefill_tokens,
+                decode: decode_tokens,
+                context: context_tokens,
+            };
+            self.calibrator.observe(work, active_j);
         }
         true
     }

@@ -19,6 +19,9 @@ pub struct Item {
     pub prefill: f32,
     /// Completion tokens produced in the tick.
     pub decode: f32,
+    /// Context tokens those decodes read (each decode reads its sequence's prompt and the tokens
+    /// generated before it).
+    pub context: f32,
     /// Whether this is an estimate for a request whose progress is invisible.
     pub provisional: bool,
 }
@@ -174,6 +177,7 @@ impl Window {
             tick.items.push(Item {
                 prefill: (f64::from(item.prefill) * f) as f32,
                 decode: (f64::from(item.decode) * f) as f32,
+                context: (f64::from(item.context) * f) as f32,
                 ..item
             });
             placed((tick.seq, (tick.items.len() - 1) as u32));
@@ -212,6 +216,7 @@ mod tests {
             slot: 0,
             prefill: p as f32,
             decode: d as f32,
+            context: 0.0,
             provisional: false,
         }
     }

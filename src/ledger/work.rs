@@ -9,6 +9,18 @@ use super::window::{BeforeWindow, Item, ItemRef};
 use super::WorkKind;
 use crate::observe::{Outcome, ProgressSnapshot};
 
+/// Context tokens read by the decodes that take a request's completion count (summed over its
+/// `choices` sequences) from `from` to `to`: each sequence's next token reads its prompt and the
+/// tokens it generated before.
+pub(super) fn decode_context(prompt: u64, choices: u32, from: u64, to: u64) -> f64 {
+    if to <= from {
+        return 0.0;
+    }
+    let n = f64::from(choices.max(1));
+    let (a, b) = (from as f64 / n, to as f64 / n);
+    n * ((b - a) * prompt as f64 + (b * (b - 1.0) - a * (a - 1.0)) / 2.0)
+}
+
 impl Ledger {
     /// The estimated prefill duration of `p`, ns.
     pub(super) fn prefill_duration_ns(&self, p: &ProgressSnapshot) -> u64 {
@@ -55,19 +67,27 @@ impl Ledger {
             slot,
             prefill: p.prompt_tokens as f32,
             decode: 0.0,
+            context: 0.0,
             provisional: false,
         };
         self.place(slot, from, first_token_ns, item, BeforeWindow::Compress);
     }
 
-    pub(super) fn place_decode(&mut self, slot: u32, at_ns: u64, tokens: u64) {
-        if tokens == 0 {
+    /// Places completion tokens `from..to` (cumulative over choices) observed at `at_ns`.
+    pub(super) fn place_decode(&mut self, slot: u32, at_ns: u64, prompt: u64, from: u64, to: u64) {
+        if to <= from {
             return;
         }
+        let choices = self
+            .slots
+            .get(slot as usize)
+            .and_then(Option::as_ref)
+            .map_or(1, |r| r.choices);
         let item = Item {
             slot,
             prefill: 0.0,
-            decode: tokens as f32,
+            decode: (to - from) as f32,
+            context: decode_context(prompt, choices, from, to) as f32,
             provisional: false,
         };
         if self.window.place_point(at_ns, item).is_some() {
@@ -131,7 +151,13 @@ impl Ledger {
             }
         }
         if p.completion_tokens > consumed {
-            self.place_decode(slot, p.last_token_ns, p.completion_tokens - consumed);
+            self.place_decode(
+                slot,
+                p.last_token_ns,
+                p.prompt_tokens,
+                consumed,
+                p.completion_tokens,
+            );
             if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
                 req.consumed_completion = p.completion_tokens;
             }
@@ -177,21 +203,32 @@ impl Ledger {
         let overlap = |lo: u64, hi: u64| end_ns.min(hi).saturating_sub(a.max(lo));
         let prefill =
             p.prompt_tokens as f64 * overlap(s0, s0.saturating_add(pd)) as f64 / pd as f64;
-        let decodes = self
+        let (kind, choices) = self
             .slots
             .get(slot as usize)
             .and_then(Option::as_ref)
-            .map(|r| r.kind)
-            == Some(WorkKind::Generate);
-        let decode = if decodes {
-            self.decode_rate * overlap(s0.saturating_add(pd), u64::MAX) as f64 / 1e9
+            .map_or((WorkKind::None, 1), |r| (r.kind, r.choices));
+        let decode_start = s0.saturating_add(pd);
+        let (decode, context) = if kind == WorkKind::Generate {
+            // Every choice decodes at the per-sequence rate.
+            let per_ns = self.decode_rate * f64::from(choices) / 1e9;
+            let before = per_ns * a.saturating_sub(decode_start) as f64;
+            let decode = per_ns * overlap(decode_start, u64::MAX) as f64;
+            let ctx = decode_context(
+                p.prompt_tokens,
+                choices,
+                before as u64,
+                (before + decode) as u64,
+            );
+            (decode, ctx)
         } else {
-            0.0
+            (0.0, 0.0)
         };
         let item = Item {
             slot,
             prefill: prefill as f32,
             decode: decode as f32,
+            context: context as f32,
             provisional: true,
         };
         if let Some(r) = self.window.place_point(end_ns, item) {
@@ -234,7 +271,7 @@ impl Ledger {
                 } else {
                     p.end_ns
                 };
-                self.place_decode(slot, at, p.completion_tokens - consumed);
+                self.place_decode(slot, at, p.prompt_tokens, consumed, p.completion_tokens);
             }
             self.learn_rates(p);
         } else {
@@ -262,6 +299,11 @@ impl Ledger {
     /// end (a non-streamed answer leaves right after its last token): decode at the estimated
     /// per-request rate before the end, prefill just before that, never before the arrival.
     fn place_true_work(&mut self, slot: u32, p: &ProgressSnapshot) {
+        let choices = self
+            .slots
+            .get(slot as usize)
+            .and_then(Option::as_ref)
+            .map_or(1, |r| r.choices);
         let end = p.end_ns;
         let s0 = Self::work_start_ns(p).min(end);
         let pd = self.prefill_duration_ns(p);
@@ -278,6 +320,7 @@ impl Ledger {
                 slot,
                 prefill: p.prompt_tokens as f32,
                 decode: 0.0,
+                context: 0.0,
                 provisional: false,
             };
             self.place(slot, from, ft, item, BeforeWindow::Drop);
@@ -287,6 +330,7 @@ impl Ledger {
                 slot,
                 prefill: 0.0,
                 decode: p.completion_tokens as f32,
+                context: decode_context(p.prompt_tokens, choices, 0, p.completion_tokens) as f32,
                 provisional: false,
             };
             self.place(slot, ft, end, item, BeforeWindow::Drop);

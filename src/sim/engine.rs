@@ -67,6 +67,45 @@ impl CostModel {
     }
 }
 
+impl CostModel {
+    /// Four H100 SXM in tensor parallel serving a 70B model in bf16 (all figures for the four
+    /// GPUs together): a 12 ms step floor (140 GB of weights at ~13 TB/s), 75 µs per prefill token,
+    /// 45 µs per decode token, 30 ns per context token (320 KiB of KV per token); 1.4 kW while
+    /// stepping, 320 W idle, 45 mJ per prefill token, 12 mJ per decode token, 40 µJ per context
+    /// token. Static power weighs more and decode less than on the 8B model.
+    pub fn h100x4_70b() -> Self {
+        CostModel {
+            step_base_ns: 12_000_000,
+            prefill_ns_per_token: 75_000,
+            decode_ns_per_token: 45_000,
+            context_ps_per_token: 30_000,
+            static_mw: 1_400_000,
+            prefill_nj_per_token: 45_000_000,
+            decode_nj_per_token: 12_000_000,
+            context_nj_per_token: 40_000,
+            idle_mw: 320_000,
+        }
+    }
+
+    /// A memory-bound long-context profile (an L40S-class card serving a small model with a large
+    /// KV cache): a short 4 ms step floor, 50 µs per prefill token, 10 µs per decode token, 120 ns
+    /// per context token; 250 W while stepping, 60 W idle, 4 mJ per prefill token, 2 mJ per decode
+    /// token, 60 µJ per context token: attention over the context dominates long decodes.
+    pub fn context_bound() -> Self {
+        CostModel {
+            step_base_ns: 4_000_000,
+            prefill_ns_per_token: 50_000,
+            decode_ns_per_token: 10_000,
+            context_ps_per_token: 120_000,
+            static_mw: 250_000,
+            prefill_nj_per_token: 4_000_000,
+            decode_nj_per_token: 2_000_000,
+            context_nj_per_token: 60_000,
+            idle_mw: 60_000,
+        }
+    }
+}
+
 impl Default for CostModel {
     fn default() -> Self {
         Self::h100_8b()
@@ -114,6 +153,9 @@ pub struct Truth {
     pub prefill_uj: u64,
     /// Energy of steps while it decoded.
     pub decode_uj: u64,
+    /// Of `prefill_uj + decode_uj`, the part above idle power: each step's energy minus the idle
+    /// power over its duration, split by the same shares.
+    pub active_uj: u64,
     /// Prompt tokens.
     pub prompt_tokens: u32,
     /// Completion tokens produced, summed over choices.
@@ -232,6 +274,7 @@ impl Engine {
                 truth: Truth {
                     prefill_uj: 0,
                     decode_uj: 0,
+                    active_uj: 0,
                     prompt_tokens: prompt,
                     completion_tokens: 0,
                     phase: Phase::Waiting,
@@ -369,9 +412,12 @@ impl Engine {
             weights = work.iter().map(|w| u128::from(w.1 + w.2).max(1)).collect();
         }
         let shares = split_exact(energy_uj, &weights);
+        let idle_part_uj = (u128::from(c.idle_mw) * u128::from(duration_ns) / 1_000_000) as u64;
+        let active_shares = split_exact(energy_uj.saturating_sub(idle_part_uj), &weights);
         let mut emitted = Vec::new();
-        for (w, share) in work.iter().zip(shares) {
+        for ((w, share), active) in work.iter().zip(shares).zip(active_shares) {
             let r = self.reqs.get_mut(&w.0).expect("scheduled ids have records");
+            r.truth.active_uj += active;
             if w.1 > 0 {
                 r.truth.prefill_uj += share;
                 r.prefilled += w.1 as u32;

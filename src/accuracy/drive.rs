@@ -1,0 +1,415 @@
+//! The virtual-time driver: the simulated engine steps, its energy counter updates, the sampler
+//! reads and the data plane's observations all happen on one virtual clock, in time order, and
+//! feed the real accounting (registry, ledger, published figures) exactly as the proxy would.
+//!
+//! Owns the event loop and the proxy-side view of each request (what a stream's continuous usage
+//! or a JSON response's usage reveals, and when); it never reads a wall clock, so a run is
+//! reproducible to the digit and takes well under a second per workload.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use super::workloads::VirtualRequest;
+use crate::accounting::{Accounting, AccountingConfig, AccountingError};
+use crate::clock::Clock;
+use crate::observe::{Endpoint, InFlight, InFlightGuard, Outcome, RequestMeta, RequestProgress};
+use crate::sim::engine::{Engine, EngineConfig, Phase, StepReport};
+use crate::tick::{DeviceDelta, Tick};
+
+/// How the meter and sampler behave.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MeterModel {
+    /// How often the energy counter moves, ns (NVML: 20–100 ms).
+    pub counter_period_ns: u64,
+    /// Relative noise on each counter increment (0.01 = ±1 %, uniform).
+    pub noise: f64,
+    /// The sampler's interval, ns.
+    pub sample_interval_ns: u64,
+}
+
+impl Default for MeterModel {
+    fn default() -> Self {
+        MeterModel {
+            counter_period_ns: 50_000_000,
+            noise: 0.01,
+            sample_interval_ns: 50_000_000,
+        }
+    }
+}
+
+/// One run's set-up.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// The engine's limits and cost model.
+    pub engine: EngineConfig,
+    /// The meter.
+    pub meter: MeterModel,
+    /// Seed of the noise and the counter's phase.
+    pub seed: u64,
+    /// Whether responses carry vLLM's per-request `metrics` (queue, prefill, generation times).
+    pub per_request_metrics: bool,
+    /// Idle time before the first request (P_idle is learned from it, as on a server that was
+    /// idle before its first request), ns.
+    pub warmup_ns: u64,
+    /// The requests.
+    pub requests: Vec<VirtualRequest>,
+}
+
+/// One request's figures beside its truth, micro-joules.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    /// The plan's request.
+    pub request: VirtualRequest,
+    /// The engine's exact energy of the request.
+    pub truth_uj: u64,
+    /// Of it, above idle power.
+    pub truth_active_uj: u64,
+    /// Completion tokens the engine produced (all choices).
+    pub completion_tokens: u64,
+    /// The final record's energy (`/requests/{id}`), `None` if no record was written.
+    pub record_uj: Option<u64>,
+    /// The record's active energy.
+    pub record_active_uj: Option<u64>,
+    /// The figure on the response (JSON headers, or a stream's trailers and usage-chunk `energy`):
+    /// `None` for clients that left.
+    pub provisional_uj: Option<u64>,
+    /// The response's active figure.
+    pub provisional_active_uj: Option<u64>,
+    /// The record's status.
+    pub status: Option<crate::ledger::RecordStatus>,
+}
+
+/// What a run produced.
+#[derive(Clone, Debug)]
+pub struct RunResult {
+    /// One row per planned request.
+    pub rows: Vec<Row>,
+    /// The ledger's books at the end.
+    pub totals: crate::ledger::LedgerTotals,
+    /// Energy the engine drew in all, µJ (truth, before meter noise).
+    pub engine_total_uj: u64,
+    /// The calibration at the end.
+    pub calibration: crate::ledger::CalibrationReport,
+    /// P_idle at the end, mW.
+    pub p_idle_mw: Option<u64>,
+}
+
+impl RunResult {
+    /// Whether `attributed + idle + unattributed == measured` exactly, with nothing pending.
+    pub fn books_exact(&self) -> bool {
+        let t = &self.totals;
+        t.pending_uj == 0 && t.attributed_uj + t.idle_uj + t.unattributed_uj == t.measured_uj
+    }
+}
+
+/// Energy in picojoules as a function of virtual time: idle power between steps, each step's
+/// energy spread evenly over it.
+#[derive(Debug)]
+struct EnergyClock {
+    idle_mw: u64,
+    at_ns: u64,
+    pj: u128,
+    step: Option<(u64, u64, u128)>,
+}
+
+impl EnergyClock {
+    /// Cumulative picojoules at `t` (>= the last advance).
+    fn at(&self, t: u64) -> u128 {
+        match self.step {
+            Some((s, e, pj)) if t <= e => {
+                self.pj + pj * u128::from(t.saturating_sub(s)) / u128::from((e - s).max(1))
+            }
+            Some((_, e, pj)) => {
+                self.pj + pj + u128::from(self.idle_mw) * u128::from(t - e)
+            }
+            None => self.pj + u128::from(self.idle_mw) * u128::from(t.saturating_sub(self.at_ns)),
+        }
+    }
+
+    /// Moves the origin to `t` (no step running after it unless one starts).
+    fn advance(&mut self, t: u64) {
+        self.pj = self.at(t);
+        self.at_ns = t;
+        if matches!(self.step, Some((_, e, _)) if t >= e) {
+            self.step = None;
+        }
+    }
+
+    fn start_step(&mut self, t: u64, duration_ns: u64, energy_uj: u64) {
+        self.advance(t);
+        self.step = Some((t, t + duration_ns.max(1), u128::from(energy_uj) * 1_000_000));
+    }
+}
+
+/// Seeded uniform draws in [-1, 1].
+struct Noise(u64);
+
+impl Noise {
+    fn next(&mut self) -> f64 {
+        self.0 = crate::sim::text::mix(self.0.wrapping_add(0x9E37_79B9_7F4A_7C15));
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    }
+}
+
+struct Live {
+    guard: Option<InFlightGuard>,
+    progress: Arc<RequestProgress>,
+    engine_id: u64,
+    arrival_ns: u64,
+    scheduled_ns: u64,
+    first_token_ns: u64,
+    done: bool,
+}
+
+/// Runs `scenario` through the real accounting. Deterministic: the same scenario gives the same
+/// result.
+pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, AccountingError> {
+    const START_NS: u64 = 1_000_000_000;
+    let clock = Clock::new();
+    let in_flight = Arc::new(InFlight::new());
+    let mut accounting = Accounting::new(config, in_flight.clone(), clock)?;
+    let shared = accounting.shared();
+    let mut engine = Engine::new(scenario.engine.clone());
+    let mut energy = EnergyClock {
+        idle_mw: scenario.engine.cost.idle_mw,
+        at_ns: START_NS,
+        pj: 0,
+        step: None,
+    };
+    let m = scenario.meter;
+    let mut noise = Noise(scenario.seed ^ 0x5eed);
+    let sample = m.sample_interval_ns.max(1);
+    let period = m.counter_period_ns.max(1);
+    // The counter's lattice is out of phase with the sampler's.
+    let mut next_update = START_NS + (scenario.seed.wrapping_mul(7_919) % period) + 1;
+    let mut next_read = START_NS + sample;
+    let mut counter_true_pj = 0u128;
+    let mut counter_uj = 0u64;
+    let mut counter_carry = 0.0f64;
+    let mut last_read_uj = 0u64;
+    let mut seq = 0u64;
+
+    let first_at = START_NS + scenario.warmup_ns;
+    let mut order: Vec<usize> = (0..scenario.requests.len()).collect();
+    order.sort_by_key(|&i| (scenario.requests[i].at_ns, i));
+    let mut next_arrival = 0usize;
+    let mut aborts: Vec<(u64, usize)> = scenario
+        .requests
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| Some((first_at + r.at_ns + r.abort_after_ns?, i)))
+        .collect();
+    aborts.sort_unstable();
+    let mut next_abort = 0usize;
+
+    let mut live: Vec<Option<Live>> = (0..scenario.requests.len()).map(|_| None).collect();
+    let mut by_engine_id: HashMap<u64, usize> = HashMap::new();
+    let mut rows: Vec<Row> = scenario
+        .requests
+        .iter()
+        .map(|r| Row {
+            request: *r,
+            truth_uj: 0,
+            truth_active_uj: 0,
+            completion_tokens: 0,
+            record_uj: None,
+            record_active_uj: None,
+            provisional_uj: None,
+            provisional_active_uj: None,
+            status: None,
+        })
+        .collect();
+    let mut step: Option<(u64, StepReport)> = None;
+    let mut waiting: Vec<usize> = Vec::new();
+    let mut done = 0usize;
+    let mut drain_deadline = u64::MAX;
+
+    loop {
+        let step_end = step.as_ref().map_or(u64::MAX, |(end, _)| *end);
+        let arrival = order
+            .get(next_arrival)
+            .map_or(u64::MAX, |&i| first_at + scenario.requests[i].at_ns);
+        let abort = aborts.get(next_abort).map_or(u64::MAX, |a| a.0);
+        let now = step_end
+            .min(arrival)
+            .min(abort)
+            .min(next_update)
+            .min(next_read);
+        if now >= drain_deadline {
+            break;
+        }
+        if now == step_end {
+            let (end, report) = step.take().expect("a step is running");
+            energy.advance(end);
+            for e in &report.emitted {
+                let Some(&i) = by_engine_id.get(&e.id) else {
+                    continue;
+                };
+                let Some(l) = live[i].as_mut() else { continue };
+                if l.done {
+                    continue;
+                }
+                let r = &scenario.requests[i];
+                let tokens = u64::from(e.generated) * u64::from(r.n);
+                if l.first_token_ns == 0 {
+                    l.first_token_ns = end;
+                }
+                if r.stream {
+                    // vLLM's continuous usage: exact prompt and cumulative completion per chunk.
+                    l.progress.set_prompt_exact(u64::from(r.prompt.max(1)));
+                    l.progress.observe_completion(tokens, end);
+                }
+                if e.finished {
+                    if !r.stream {
+                        l.progress.set_prompt_exact(u64::from(r.prompt.max(1)));
+                        l.progress.observe_completion(tokens, end);
+                    }
+                    l.progress.completion_exact.store(true, Relaxed);
+                    if scenario.per_request_metrics && r.n == 1 {
+                        let p = &l.progress;
+                        p.queue_ns
+                            .store(l.scheduled_ns.saturating_sub(l.arrival_ns), Relaxed);
+                        p.prefill_ns
+                            .store(l.first_token_ns.saturating_sub(l.scheduled_ns), Relaxed);
+                        set_generation_ns(p, end.saturating_sub(l.first_token_ns));
+                    }
+                    l.progress.finish(Outcome::Ok, end);
+                    let figures = l.progress.energy_now(end, &in_flight.rates);
+                    rows[i].provisional_uj = Some(figures.energy_uj);
+                    rows[i].provisional_active_uj = Some(figures.active_uj);
+                    l.done = true;
+                    l.guard = None;
+                    done += 1;
+                }
+            }
+        } else if now == arrival {
+            let i = order[next_arrival];
+            next_arrival += 1;
+            let r = &scenario.requests[i];
+            let id = in_flight.next_id();
+            let meta = RequestMeta {
+                id,
+                model: Some("sim".into()),
+                endpoint: Endpoint::ChatCompletions,
+                key_hash: None,
+                tag: None,
+                stream: r.stream,
+                arrival_ns: now,
+                // The proxy's estimate from the body's size is rough; the exact count follows.
+                estimated_prompt_tokens: u64::from(r.prompt) * 11 / 10,
+                choices: r.n.max(1),
+                max_tokens: Some(u64::from(r.max_tokens)),
+            };
+            let guard = in_flight.register(meta, clock);
+            let progress = guard.progress().clone();
+            if r.stream {
+                progress.progress_visible.store(true, Relaxed);
+            }
+            engine.add(id, r.prompt, r.max_tokens, r.n);
+            by_engine_id.insert(id, i);
+            waiting.push(i);
+            live[i] = Some(Live {
+                guard: Some(guard),
+                progress,
+                engine_id: id,
+                arrival_ns: now,
+                scheduled_ns: 0,
+                first_token_ns: 0,
+                done: false,
+            });
+        } else if now == abort {
+            let i = aborts[next_abort].1;
+            next_abort += 1;
+            if let Some(l) = live[i].as_mut().filter(|l| !l.done) {
+                engine.abort(l.engine_id);
+                l.progress.finish(Outcome::Aborted, now);
+                l.done = true;
+                l.guard = None;
+                done += 1;
+            }
+        } else if now == next_update {
+            let e = energy.at(now);
+            let inc_pj = e - counter_true_pj;
+            counter_true_pj = e;
+            let noisy = inc_pj as f64 / 1e6 * (1.0 + m.noise * noise.next()) + counter_carry;
+            let whole = noisy.max(0.0).floor();
+            counter_carry = noisy - whole;
+            counter_uj += whole as u64;
+            next_update += period;
+        } else {
+            seq += 1;
+            let delta = counter_uj - last_read_uj;
+            last_read_uj = counter_uj;
+            let tick = Tick {
+                seq,
+                start_ns: now - sample,
+                end_ns: now,
+                delta_uj: Some(delta),
+                devices: vec![DeviceDelta {
+                    device: "sim".into(),
+                    delta_uj: Some(delta),
+                }],
+            };
+            accounting.process_tick(&tick);
+            next_read += sample;
+            if done == scenario.requests.len() && next_arrival == order.len() {
+                if in_flight.is_empty() && drain_deadline == u64::MAX {
+                    // Everything retired: a little idle after, then stop.
+                    drain_deadline = now + 2 * sample;
+                } else if drain_deadline == u64::MAX && now > arrival_end(&rows, first_at) + 60e9 as u64 {
+                    break;
+                }
+            }
+        }
+        // Start the next step as soon as the engine is free and has work.
+        if step.is_none() && engine.has_work() {
+            energy.advance(now);
+            if let Some(report) = engine.step() {
+                energy.start_step(now, report.duration_ns, report.energy_uj);
+                waiting.retain(|&i| {
+                    let Some(l) = live[i].as_mut() else {
+                        return false;
+                    };
+                    match engine.truth(l.engine_id).map(|t| t.phase) {
+                        Some(Phase::Waiting) => true,
+                        _ => {
+                            l.scheduled_ns = now;
+                            false
+                        }
+                    }
+                });
+                step = Some((now + report.duration_ns.max(1), report));
+            }
+        }
+    }
+
+    for (i, row) in rows.iter_mut().enumerate() {
+        let Some(l) = live[i].as_ref() else { continue };
+        if let Some(t) = engine.truth(l.engine_id) {
+            row.truth_uj = t.total_uj();
+            row.truth_active_uj = t.active_uj;
+            row.completion_tokens = t.completion_tokens;
+        }
+        if let Some(rec) = shared.record(l.progress.meta.id) {
+            row.record_uj = Some((rec.energy_joules * 1e6).round() as u64);
+            row.record_active_uj = Some((rec.active_joules * 1e6).round() as u64);
+            row.status = Some(rec.status);
+        }
+    }
+    Ok(RunResult {
+        rows,
+        totals: shared.stats().totals,
+        calibration: shared.stats().calibration,
+        p_idle_mw: shared.stats().p_idle_mw,
+        engine_total_uj: (energy.at(energy.at_ns) / 1_000_000) as u64,
+    })
+}
+
+/// The latest arrival of the plan (a bound for the drain).
+fn arrival_end(rows: &[Row], first_at: u64) -> u64 {
+    first_at + rows.iter().map(|r| r.request.at_ns).max().unwrap_or(0)
+}
+
+/// vLLM's `generation_time_ms` (last − first token), where the data plane keeps it.
+fn set_generation_ns(_p: &RequestProgress, _ns: u64) {}

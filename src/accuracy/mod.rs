@@ -1,0 +1,214 @@
+//! The deterministic accuracy harness (issue #18, DESIGN.md §7): the simulated engine in virtual
+//! time drives the real accounting, so every request's attributed energy can be compared with the
+//! engine's exact truth, reproducibly and in seconds.
+//!
+//! - [`workloads`]: the seeded request plans (steady, bursty, prefill-heavy, decode-heavy, mixed
+//!   with long contexts, n > 1, aborts, queueing);
+//! - [`drive`]: the virtual-time event loop (engine steps, counter updates with noise, sampler
+//!   reads, the data plane's observations) over the real registry, ledger and published figures;
+//! - this module: the matrix of cost models × counter periods × workloads and the error figures
+//!   per kind of figure (record, response figure for streams and JSON, active energy, naive split).
+//!
+//! Owns no accounting logic: it only feeds what the proxy would see and reads what users would
+//! read. `cargo bench --bench accuracy` prints the table; `tests` check a small matrix.
+
+pub mod drive;
+pub mod workloads;
+
+use crate::accounting::AccountingConfig;
+use crate::demo::ErrorStats;
+use crate::sim::engine::{CostModel, EngineConfig};
+
+pub use drive::{MeterModel, Row, RunResult, Scenario};
+pub use workloads::{VirtualRequest, VirtualWorkload};
+
+/// A named engine cost model.
+#[derive(Clone, Debug)]
+pub struct NamedModel {
+    /// Short name for reports.
+    pub name: &'static str,
+    /// The model.
+    pub cost: CostModel,
+}
+
+/// The cost models every workload runs under: the ledger must not be tuned to one of them.
+pub fn cost_models() -> Vec<NamedModel> {
+    vec![
+        NamedModel {
+            name: "8b-h100",
+            cost: CostModel::h100_8b(),
+        },
+        NamedModel {
+            name: "70b-4xh100",
+            cost: CostModel::h100x4_70b(),
+        },
+        NamedModel {
+            name: "ctx-bound",
+            cost: CostModel::context_bound(),
+        },
+    ]
+}
+
+/// Counter periods every workload runs under, ms.
+pub const COUNTER_PERIODS_MS: [u64; 3] = [20, 50, 100];
+
+/// One cell of the matrix.
+#[derive(Clone, Debug)]
+pub struct Case {
+    /// The workload.
+    pub workload: VirtualWorkload,
+    /// The cost model.
+    pub model: NamedModel,
+    /// The meter.
+    pub meter: MeterModel,
+    /// Requests in the plan.
+    pub requests: usize,
+    /// Seed of the plan and the noise.
+    pub seed: u64,
+    /// Whether responses carry vLLM's per-request `metrics`.
+    pub per_request_metrics: bool,
+}
+
+impl Case {
+    /// The scenario this case runs.
+    pub fn scenario(&self) -> Scenario {
+        Scenario {
+            engine: EngineConfig {
+                max_running_seqs: self.workload.max_running_seqs(),
+                max_batched_tokens: 2048,
+                cost: self.model.cost.clone(),
+            },
+            meter: self.meter,
+            seed: self.seed,
+            per_request_metrics: self.per_request_metrics,
+            warmup_ns: 3_000_000_000,
+            requests: self.workload.plan(self.seed, self.requests),
+        }
+    }
+}
+
+/// Error figures of one case (relative errors; requests whose truth is zero are left out).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CaseReport {
+    /// Final records.
+    pub record: ErrorStats,
+    /// Records' active energy against the truth above idle power.
+    pub record_active: ErrorStats,
+    /// Figures on responses (JSON headers and streams' trailers / usage-chunk object).
+    pub provisional: ErrorStats,
+    /// Of them, streams.
+    pub provisional_stream: ErrorStats,
+    /// Of them, JSON responses.
+    pub provisional_json: ErrorStats,
+    /// Active figures on responses.
+    pub provisional_active: ErrorStats,
+    /// The naive method: the requests' total true energy split by completion tokens.
+    pub naive: ErrorStats,
+    /// Whether the books balanced exactly with nothing pending.
+    pub books_exact: bool,
+    /// Unattributed energy as a share of measured.
+    pub unattributed_share: f64,
+    /// Requests without a record.
+    pub missing_records: usize,
+    /// Mean signed error of records (bias).
+    pub record_bias: f64,
+}
+
+fn rel(fig: u64, truth: u64) -> f64 {
+    (fig as f64 - truth as f64) / truth as f64
+}
+
+/// Runs one case with the default accounting.
+pub fn run_case(case: &Case) -> CaseReport {
+    run_case_with(case, AccountingConfig::default())
+}
+
+/// Runs one case with the given accounting settings.
+pub fn run_case_with(case: &Case, config: AccountingConfig) -> CaseReport {
+    let result = match drive::run(&case.scenario(), config) {
+        Ok(r) => r,
+        Err(_) => return CaseReport::default(),
+    };
+    report(&result)
+}
+
+/// The error figures of a run.
+pub fn report(result: &RunResult) -> CaseReport {
+    let rows: Vec<&Row> = result.rows.iter().filter(|r| r.truth_uj > 0).collect();
+    let truth_total: u64 = rows.iter().map(|r| r.truth_uj).sum();
+    let tokens_total: u64 = rows.iter().map(|r| r.completion_tokens).sum();
+    let record: Vec<f64> = rows
+        .iter()
+        .filter_map(|r| Some(rel(r.record_uj?, r.truth_uj)))
+        .collect();
+    let stats_where = |f: &dyn Fn(&Row) -> Option<f64>| ErrorStats::of(rows.iter().filter_map(|r| f(r)));
+    let t = &result.totals;
+    CaseReport {
+        record: ErrorStats::of(record.iter().copied()),
+        record_active: stats_where(&|r| {
+            r.record_active_uj
+                .filter(|_| r.truth_active_uj > 0)
+                .map(|f| rel(f, r.truth_active_uj))
+        }),
+        provisional: stats_where(&|r| Some(rel(r.provisional_uj?, r.truth_uj))),
+        provisional_stream: stats_where(&|r| {
+            r.provisional_uj
+                .filter(|_| r.request.stream)
+                .map(|f| rel(f, r.truth_uj))
+        }),
+        provisional_json: stats_where(&|r| {
+            r.provisional_uj
+                .filter(|_| !r.request.stream)
+                .map(|f| rel(f, r.truth_uj))
+        }),
+        provisional_active: stats_where(&|r| {
+            r.provisional_active_uj
+                .filter(|_| r.truth_active_uj > 0)
+                .map(|f| rel(f, r.truth_active_uj))
+        }),
+        naive: stats_where(&|r| {
+            (tokens_total > 0).then(|| {
+                let naive = truth_total as f64 * r.completion_tokens as f64 / tokens_total as f64;
+                (naive - r.truth_uj as f64) / r.truth_uj as f64
+            })
+        }),
+        books_exact: result.books_exact(),
+        unattributed_share: if t.measured_uj > 0 {
+            t.unattributed_uj as f64 / t.measured_uj as f64
+        } else {
+            0.0
+        },
+        missing_records: result.rows.iter().filter(|r| r.record_uj.is_none()).count(),
+        record_bias: if record.is_empty() {
+            0.0
+        } else {
+            record.iter().sum::<f64>() / record.len() as f64
+        },
+    }
+}
+
+/// The full matrix: every workload under every cost model and counter period.
+pub fn matrix(requests: usize, seed: u64) -> Vec<Case> {
+    let mut cases = Vec::new();
+    for model in cost_models() {
+        for period in COUNTER_PERIODS_MS {
+            for workload in VirtualWorkload::ALL {
+                cases.push(Case {
+                    workload,
+                    model: model.clone(),
+                    meter: MeterModel {
+                        counter_period_ns: period * 1_000_000,
+                        ..MeterModel::default()
+                    },
+                    requests,
+                    seed,
+                    per_request_metrics: false,
+                });
+            }
+        }
+    }
+    cases
+}
+
+#[cfg(test)]
+mod tests;
