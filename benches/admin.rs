@@ -109,6 +109,11 @@ fn state() -> (
         upstream,
         request_log: None,
         upstream_version: Default::default(),
+        upstream_facts: Default::default(),
+        upstream_semantics: Arc::new(joulegate::proxy::inspect::SharedSemantics::new(
+            Default::default(),
+            true,
+        )),
     });
     (state, acc, live)
 }

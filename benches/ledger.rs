@@ -31,6 +31,8 @@ fn snapshot(id: u64) -> ProgressSnapshot {
         last_token_ns: 2,
         queue_ns: 0,
         prefill_ns: 0,
+        generation_ns: 0,
+        engine_timed: false,
         end_ns: 0,
         outcome: Outcome::InFlight,
     }

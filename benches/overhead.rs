@@ -355,6 +355,7 @@ fn main() {
             admin_listen: Some("127.0.0.1:0".into()),
             upstream: Some(format!("http://{up_addr}")),
             absent_include_usage: Some("false".into()),
+            upstream_forces_usage: Some("false".into()),
             meters: vec!["sim:300".into()],
             ..ServeArgs::default()
         };

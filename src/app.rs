@@ -9,8 +9,6 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use http_body_util::{BodyExt, Empty};
-
 use crate::accounting::{Accounting, AccountingConfig};
 use crate::admin::{AdminService, AdminState};
 use crate::clock::Clock;
@@ -21,8 +19,9 @@ use crate::observe::InFlight;
 use crate::openai::request::ViewConfig;
 use crate::openai::semantics::UsageSemantics;
 use crate::proxy::energy::Carbon;
-use crate::proxy::inspect::{InspectConfig, SharedSemantics};
+use crate::proxy::inspect::{ForceSource, InspectConfig, SharedSemantics};
 use crate::proxy::listen::{serve_connections, ConnLimits};
+use crate::proxy::probe;
 use crate::proxy::service::{ProxyService, ProxyState};
 use crate::proxy::upstream::Upstream;
 use crate::request_log::{RequestLog, RequestLogConfig};
@@ -101,13 +100,13 @@ impl App {
             config.upstream_header_timeout,
             config.max_body_bytes,
         );
-        let semantics = SharedSemantics::new(match config.absent_include_usage {
-            Some(absent) => UsageSemantics {
-                absent_include_usage: absent,
-                ..UsageSemantics::default()
+        let semantics = Arc::new(SharedSemantics::new(
+            UsageSemantics {
+                absent_include_usage: config.absent_include_usage.unwrap_or(false),
+                force_include_usage: config.upstream_forces_usage.unwrap_or(false),
             },
-            None => UsageSemantics::default(),
-        });
+            config.upstream_forces_usage.is_none(),
+        ));
         let key_salt = match &config.key_salt {
             Some(salt) => salt.as_bytes().to_vec(),
             None => random_salt(),
@@ -133,6 +132,7 @@ impl App {
             },
             energy_measured: !meters.meters.is_empty(),
             upstream_version: Arc::default(),
+            facts: Arc::default(),
         });
         App {
             state,
@@ -238,6 +238,8 @@ impl App {
             upstream: state.upstream.clone(),
             request_log: request_log.as_ref().map(|l| l.status().clone()),
             upstream_version: state.upstream_version.clone(),
+            upstream_facts: state.facts.clone(),
+            upstream_semantics: state.inspect.semantics.clone(),
         });
         let proxy_addr = listeners.proxy.local_addr().ok();
         let admin_addr = listeners.admin.local_addr().ok();
@@ -256,9 +258,10 @@ impl App {
             limits,
             stopped(stop_rx.clone()),
         );
-        if config.absent_include_usage.is_none() {
+        if config.absent_include_usage.is_none() || config.upstream_forces_usage.is_none() {
             tokio::spawn(detect_usage_semantics(
                 state.clone(),
+                config.absent_include_usage.is_none(),
                 stopped(stop_rx.clone()),
             ));
         }
@@ -317,45 +320,58 @@ impl Running {
     }
 }
 
-/// Reads the upstream's `/version` to learn how it treats an absent `include_usage`, retrying
-/// every 2 s until it answers (vLLM may still be loading its model when the proxy starts). Until
-/// then the current vLLM behaviour (absent = false) is assumed.
-async fn detect_usage_semantics(state: Arc<ProxyState>, stop: impl Future<Output = ()>) {
+/// Reads the upstream's `/version` to learn how it treats an absent `include_usage` (when that is
+/// `auto`), retrying every 2 s until it answers (vLLM may still be loading its model when the proxy
+/// starts); until then the current vLLM behaviour (absent = false) is assumed. When
+/// `upstream_forces_usage` is `auto` and the upstream is vLLM, asks it once whether it forces usage
+/// ([`crate::proxy::probe`]) before publishing what it learned.
+async fn detect_usage_semantics(
+    state: Arc<ProxyState>,
+    absent_auto: bool,
+    stop: impl Future<Output = ()>,
+) {
     tokio::pin!(stop);
+    let semantics = &state.inspect.semantics;
     loop {
-        let request = state
-            .upstream
-            .uri_for(&http::Uri::from_static("/version"))
-            .ok()
-            .and_then(|uri| {
-                http::Request::get(uri)
-                    .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
-                    .ok()
-            });
-        if let Some(request) = request {
-            if let Ok(response) = state.upstream.send(request).await {
-                let ok = response.status().is_success();
-                let version = match response.into_body().collect().await {
-                    Ok(body) if ok => version_of(&body.to_bytes()),
-                    _ => None,
-                };
-                match version {
-                    Some(version) => {
-                        let semantics = UsageSemantics::from_vllm_version(&version);
-                        tracing::info!(
-                            %version,
-                            absent_include_usage = semantics.absent_include_usage,
-                            "upstream version read"
-                        );
-                        let _ = state.upstream_version.set(version);
-                        state.inspect.semantics.set(semantics);
+        let answered = tokio::select! {
+            answer = probe::get(&state.upstream, "/version") => answer,
+            () = &mut stop => return,
+        };
+        if let Some(body) = answered {
+            match version_of(&body) {
+                Some(version) => {
+                    if semantics.force_auto() {
+                        let forced = tokio::select! {
+                            forced = probe::upstream_forces_usage(&state.upstream) => forced,
+                            () = &mut stop => return,
+                        };
+                        match forced {
+                            Some(forced) => {
+                                semantics.learn_forced(forced, ForceSource::Probe);
+                            }
+                            None => tracing::info!(
+                                "could not ask the upstream whether it forces usage; assuming not \
+                                 (set upstream_forces_usage to say)"
+                            ),
+                        }
                     }
-                    None => tracing::info!(
-                        "upstream has no usable /version; assuming vLLM >= 0.32 stream_options semantics"
-                    ),
+                    let parsed = UsageSemantics::from_vllm_version(&version);
+                    tracing::info!(
+                        %version,
+                        absent_include_usage = parsed.absent_include_usage,
+                        forces_usage = semantics.get().force_include_usage,
+                        "upstream version read"
+                    );
+                    let _ = state.upstream_version.set(version);
+                    if absent_auto {
+                        semantics.set_absent_include_usage(parsed.absent_include_usage);
+                    }
                 }
-                return;
+                None => tracing::info!(
+                    "upstream has no usable /version; assuming vLLM >= 0.32 stream_options semantics"
+                ),
             }
+            return;
         }
         tokio::select! {
             () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}

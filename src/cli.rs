@@ -94,6 +94,15 @@ pub struct ServeArgs {
         value_name = "auto|true|false"
     )]
     pub absent_include_usage: Option<String>,
+    /// Whether the upstream forces usage on every stream (vLLM --enable-force-include-usage): auto
+    /// (ask it once at start-up with a one-token stream, and watch streams), true or false
+    /// [default: auto].
+    #[arg(
+        long,
+        env = "JOULEGATE_UPSTREAM_FORCES_USAGE",
+        value_name = "auto|true|false"
+    )]
+    pub upstream_forces_usage: Option<String>,
     /// Bytes of prompt text per token for the arrival estimate [default: 4].
     #[arg(long, env = "JOULEGATE_BYTES_PER_TOKEN", value_name = "X")]
     pub bytes_per_token: Option<f64>,

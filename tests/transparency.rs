@@ -160,7 +160,12 @@ fn assert_same_bytes(a: &[u8], b: &[u8], ctx: &str) {
 
 #[tokio::test]
 async fn every_fixture_is_relayed_unchanged() {
-    for folder in ["vllm-0.32", "vllm-0.32-prompt-details"] {
+    for folder in [
+        "vllm-0.32",
+        "vllm-0.32-prompt-details",
+        "vllm-0.32-per-request-metrics",
+        "vllm-0.32-force-usage",
+    ] {
         for f in fixtures(folder) {
             let fx = f.clone();
             let mut upstream = ScriptedUpstream::start(move |_| reply_for(&fx, None)).await;
@@ -300,4 +305,66 @@ async fn h2c_clients_get_the_same_response() {
     assert_same_bytes(&direct.body, &proxied.body, "h2c");
     let seen = upstream.received.recv().await.unwrap();
     assert_eq!(seen.request_line(), "POST /v1/chat/completions HTTP/1.1");
+}
+
+/// A server started with `--enable-force-include-usage` sends usage on every stream whatever the
+/// request says, so a client of it gets usage directly: with injection on (the default), the proxy
+/// known to face such a server adds nothing and removes nothing, and every stream reaches the client
+/// byte for byte (the `energy` object, a documented addition, is off here).
+#[tokio::test]
+async fn a_forcing_upstreams_streams_reach_the_client_unchanged_with_injection_on() {
+    for f in fixtures("vllm-0.32-force-usage") {
+        let fx = f.clone();
+        let mut upstream = ScriptedUpstream::start(move |_| reply_for(&fx, None)).await;
+        let proxy = TestProxy::start_with(upstream.addr, |args| {
+            args.upstream_forces_usage = Some("true".into());
+            args.energy_in_usage = Some(false);
+        })
+        .await;
+        compare(&f, None, &mut upstream, &proxy).await;
+    }
+}
+
+/// The start-up question of `upstream_forces_usage = "auto"`: a one-token stream without
+/// `stream_options` to the upstream's first model. A forcing server answers with usage (as its
+/// captures show), a default one without.
+#[tokio::test]
+async fn the_force_probe_tells_the_two_servers_apart() {
+    for (folder, forced) in [("vllm-0.32-force-usage", true), ("vllm-0.32", false)] {
+        let models = fixtures("vllm-0.32")
+            .into_iter()
+            .find(|f| f.name == "models")
+            .unwrap();
+        // What each server streams to a request without `stream_options`.
+        let stream = fixtures(folder)
+            .into_iter()
+            .find(|f| f.name == "chat-stream-plain")
+            .unwrap();
+        let mut upstream = ScriptedUpstream::start(move |r| {
+            if r.request_line().starts_with("GET /v1/models") {
+                reply_for(&models, None)
+            } else {
+                reply_for(&stream, None)
+            }
+        })
+        .await;
+        let url =
+            joulegate::config::UpstreamUrl::parse(&format!("http://{}", upstream.addr)).unwrap();
+        let pool = joulegate::proxy::upstream::Upstream::new(
+            url,
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_secs(5),
+            1 << 20,
+        );
+        let answer = joulegate::proxy::probe::upstream_forces_usage(&pool).await;
+        assert_eq!(answer, Some(forced), "{folder}");
+        let first = upstream.received.recv().await.unwrap();
+        assert!(first.request_line().starts_with("GET /v1/models"));
+        let probe = upstream.received.recv().await.unwrap();
+        assert!(probe.request_line().starts_with("POST /v1/completions"));
+        let body: serde_json::Value = serde_json::from_slice(&probe.body).unwrap();
+        assert_eq!(body["model"], "tiny");
+        assert_eq!(body["max_tokens"], 1);
+        assert!(body.get("stream_options").is_none());
+    }
 }

@@ -56,6 +56,10 @@ pub struct AdminState {
     pub request_log: Option<Arc<RequestLogStatus>>,
     /// The upstream's version, once read from its `/version` (with `absent_include_usage = auto`).
     pub upstream_version: Arc<std::sync::OnceLock<String>>,
+    /// What responses told about the upstream (per-request metrics), for `/stats`.
+    pub upstream_facts: Arc<crate::proxy::learned::UpstreamFacts>,
+    /// The upstream's `stream_options` semantics as now known (forced usage), for `/stats`.
+    pub upstream_semantics: Arc<crate::proxy::inspect::SharedSemantics>,
 }
 
 /// The hyper service of the admin listener.

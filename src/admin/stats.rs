@@ -124,6 +124,11 @@ pub fn stats(s: &AdminState) -> Value {
             "joulegate": env!("CARGO_PKG_VERSION"),
             "upstream": s.upstream_version.get(),
         },
+        "upstream": {
+            "per_request_metrics": s.upstream_facts.per_request_metrics().as_str(),
+            "forces_usage": s.upstream_semantics.get().force_include_usage,
+            "forces_usage_known_from": s.upstream_semantics.force_source().as_str(),
+        },
         "started_at": s.clock.rfc3339(0),
         "uptime_s": now_ns as f64 / 1e9,
         "energy_available": energy_available,

@@ -25,6 +25,7 @@ pub struct FileConfig {
     pub inject_usage: Option<bool>,
     pub energy_in_usage: Option<bool>,
     pub absent_include_usage: Option<String>,
+    pub upstream_forces_usage: Option<String>,
     pub bytes_per_token: Option<f64>,
     pub carbon_intensity_g_per_kwh: Option<f64>,
     pub pue: Option<f64>,

@@ -99,6 +99,9 @@ pub struct Config {
     pub energy_in_usage: bool,
     /// How the upstream reads an absent `include_usage`: `None` = detect from `/version`.
     pub absent_include_usage: Option<bool>,
+    /// Whether the upstream forces usage on every stream (vLLM `--enable-force-include-usage`):
+    /// `None` = ask it at start-up and watch streams.
+    pub upstream_forces_usage: Option<bool>,
     /// Bytes of prompt text per token, for arrival estimates.
     pub bytes_per_token: f64,
     /// Grid carbon intensity (g/kWh), if configured.
@@ -155,6 +158,7 @@ pub mod defaults {
     pub const SAMPLE_INTERVAL_MS: u64 = 50;
     pub const INJECT_USAGE: bool = true;
     pub const ABSENT_INCLUDE_USAGE: &str = "auto";
+    pub const UPSTREAM_FORCES_USAGE: &str = "auto";
     pub const BYTES_PER_TOKEN: f64 = 4.0;
     pub const PUE: f64 = 1.0;
     pub const PREFILL_JOULES_PER_TOKEN: f64 = 0.02;

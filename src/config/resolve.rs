@@ -249,6 +249,26 @@ impl Config {
                 ))
             }
         };
+        let (forces_text, forces_origin) = l.pick(
+            &args.upstream_forces_usage,
+            &file.upstream_forces_usage,
+            defaults::UPSTREAM_FORCES_USAGE.into(),
+            "upstream-forces-usage",
+            "JOULEGATE_UPSTREAM_FORCES_USAGE",
+        );
+        let upstream_forces_usage = match forces_text.as_str() {
+            "auto" => None,
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => {
+                return Err(invalid(
+                    "upstream_forces_usage",
+                    &forces_text,
+                    forces_origin,
+                    "expected auto, true or false",
+                ))
+            }
+        };
         let (bytes_per_token, bpt_origin) = l.pick(
             &args.bytes_per_token,
             &file.bytes_per_token,
@@ -432,6 +452,7 @@ impl Config {
             inject_usage,
             energy_in_usage,
             absent_include_usage,
+            upstream_forces_usage,
             bytes_per_token,
             carbon_intensity_g_per_kwh,
             pue,
@@ -465,6 +486,14 @@ impl Config {
             energy_in_usage: Some(self.energy_in_usage),
             absent_include_usage: Some(
                 match self.absent_include_usage {
+                    None => "auto",
+                    Some(true) => "true",
+                    Some(false) => "false",
+                }
+                .into(),
+            ),
+            upstream_forces_usage: Some(
+                match self.upstream_forces_usage {
                     None => "auto",
                     Some(true) => "true",
                     Some(false) => "false",

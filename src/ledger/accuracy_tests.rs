@@ -164,6 +164,8 @@ fn observe(r: &SimReq, id: u64, now: u64) -> Option<Observation> {
             last_token_ns: if seen > 0 { r.tokens[seen - 1] } else { 0 },
             queue_ns: 0,
             prefill_ns: 0,
+            generation_ns: 0,
+            engine_timed: false,
             end_ns: if ended { r.end } else { 0 },
             outcome: if ended {
                 Outcome::Ok

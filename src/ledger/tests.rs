@@ -64,6 +64,8 @@ impl Script {
                 },
                 queue_ns: 0,
                 prefill_ns: self.prefill_ns,
+                generation_ns: 0,
+                engine_timed: false,
                 end_ns: ended.map(|e| e.0).unwrap_or(0),
                 outcome: ended.map(|e| e.1).unwrap_or(Outcome::InFlight),
             },

@@ -128,10 +128,18 @@ pub struct RequestProgress {
     pub first_token_ns: AtomicU64,
     /// Arrival of the latest completion-token increment.
     pub last_token_ns: AtomicU64,
-    /// vLLM `metrics`: time spent queued, nanoseconds (0 if unknown).
+    /// vLLM `metrics` (`queue_time_ms`): time spent queued in the engine, nanoseconds (0 if
+    /// unknown).
     pub queue_ns: AtomicU64,
-    /// vLLM `metrics`: prefill time, nanoseconds (0 if unknown).
+    /// vLLM `metrics` (`time_to_first_token_ms`): from first scheduling to the first token, i.e. the
+    /// prefill without the queue, nanoseconds (0 if unknown).
     pub prefill_ns: AtomicU64,
+    /// vLLM `metrics` (`generation_time_ms`): from the first token to the last, nanoseconds (0 if
+    /// unknown).
+    pub generation_ns: AtomicU64,
+    /// Whether the three engine times above came from the upstream's per-request `metrics` (then a
+    /// 0 among them is a measured 0, not "unknown").
+    pub engine_timed: AtomicBool,
     /// End of the response (last byte or abort), 0 while in flight.
     pub end_ns: AtomicU64,
     outcome: AtomicU8,
@@ -168,6 +176,8 @@ impl RequestProgress {
             last_token_ns: AtomicU64::new(0),
             queue_ns: AtomicU64::new(0),
             prefill_ns: AtomicU64::new(0),
+            generation_ns: AtomicU64::new(0),
+            engine_timed: AtomicBool::new(false),
             end_ns: AtomicU64::new(0),
             outcome: AtomicU8::new(Outcome::InFlight as u8),
             energy_uj: AtomicU64::new(0),
@@ -198,6 +208,28 @@ impl RequestProgress {
                     .compare_exchange(0, now_ns, Relaxed, Relaxed);
             }
             self.last_token_ns.store(now_ns, Relaxed);
+        }
+    }
+
+    /// Records the engine's own timing of the request (vLLM's per-request `metrics`), nanoseconds;
+    /// `None` leaves a value as it was. The data plane writes them before it marks the end.
+    pub fn set_engine_times(
+        &self,
+        queue_ns: Option<u64>,
+        prefill_ns: Option<u64>,
+        generation_ns: Option<u64>,
+    ) {
+        for (slot, value) in [
+            (&self.queue_ns, queue_ns),
+            (&self.prefill_ns, prefill_ns),
+            (&self.generation_ns, generation_ns),
+        ] {
+            if let Some(v) = value {
+                slot.store(v, Relaxed);
+            }
+        }
+        if queue_ns.is_some() || prefill_ns.is_some() || generation_ns.is_some() {
+            self.engine_timed.store(true, Relaxed);
         }
     }
 
@@ -233,6 +265,8 @@ impl RequestProgress {
             last_token_ns: self.last_token_ns.load(Relaxed),
             queue_ns: self.queue_ns.load(Relaxed),
             prefill_ns: self.prefill_ns.load(Relaxed),
+            generation_ns: self.generation_ns.load(Relaxed),
+            engine_timed: self.engine_timed.load(Relaxed),
             end_ns,
             outcome: self.outcome(),
         }
@@ -390,8 +424,15 @@ pub struct ProgressSnapshot {
     pub progress_visible: bool,
     pub first_token_ns: u64,
     pub last_token_ns: u64,
+    /// The engine's queue time (vLLM `metrics.queue_time_ms`), ns; 0 if unknown.
     pub queue_ns: u64,
+    /// The engine's prefill time without the queue (vLLM `metrics.time_to_first_token_ms`), ns; 0 if
+    /// unknown.
     pub prefill_ns: u64,
+    /// The engine's first-to-last-token time (vLLM `metrics.generation_time_ms`), ns; 0 if unknown.
+    pub generation_ns: u64,
+    /// Whether the engine times came from the upstream's `metrics` (a 0 among them is then real).
+    pub engine_timed: bool,
     pub end_ns: u64,
     pub outcome: Outcome,
 }

@@ -66,8 +66,14 @@ pub fn plan_injection(
         );
     let client_wants_usage =
         streaming_usage_api && semantics.client_wants_usage(opts.effective(), opts.include_usage);
-    // vLLM: `include_continuous_usage = include_usage and continuous_usage_stats` (default false).
-    let client_wants_continuous = client_wants_usage && opts.continuous_usage_stats == Some(true);
+    // vLLM: `include_continuous_usage = include_usage and continuous_usage_stats` (default false);
+    // a forcing server sends it always, so there is nothing to inject and nothing to remove.
+    let client_wants_continuous = streaming_usage_api
+        && semantics.client_wants_continuous(
+            opts.effective(),
+            opts.include_usage,
+            opts.continuous_usage_stats,
+        );
     let mut plan = InjectionPlan {
         injected: false,
         client_wants_usage,

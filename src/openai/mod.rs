@@ -21,6 +21,8 @@ pub mod usage;
 #[cfg(test)]
 mod fixture_tests;
 #[cfg(test)]
+mod metrics_fixture_tests;
+#[cfg(test)]
 mod request_tests;
 
 pub use inject::{plan_injection, InjectionPlan, StripPolicy};

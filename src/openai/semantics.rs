@@ -16,7 +16,9 @@ pub struct UsageSemantics {
     /// What a present `stream_options` object without an `include_usage` key means.
     /// (A missing or `null` `stream_options` means "no usage" on every vLLM version.)
     pub absent_include_usage: bool,
-    /// The server forces usage on every stream (vLLM `--enable-force-include-usage`).
+    /// The server forces usage on every stream (vLLM `--enable-force-include-usage`): the final
+    /// usage chunk and continuous usage on every chunk, whatever `stream_options` says (see
+    /// `tests/fixtures/vllm-0.32-force-usage/`: even `chat-stream-plain` carries both).
     pub force_include_usage: bool,
 }
 
@@ -59,15 +61,67 @@ impl UsageSemantics {
     /// Whether a streaming request asked for the final usage chunk, given its `stream_options`
     /// (`present`: the key exists with a non-null value; `include_usage`: that object's field, `None`
     /// when missing or not a boolean).
+    /// A forcing server sends usage whatever the request says, so its clients always get it.
     pub fn client_wants_usage(&self, options_present: bool, include_usage: Option<bool>) -> bool {
-        if !options_present {
-            return false;
-        }
         if self.force_include_usage {
             return true;
         }
+        if !options_present {
+            return false;
+        }
         include_usage.unwrap_or(self.absent_include_usage)
     }
+
+    /// Whether a streaming request gets usage on every chunk: vLLM's
+    /// `include_usage and continuous_usage_stats` (default false), or always on a forcing server.
+    pub fn client_wants_continuous(
+        &self,
+        options_present: bool,
+        include_usage: Option<bool>,
+        continuous_usage_stats: Option<bool>,
+    ) -> bool {
+        self.force_include_usage
+            || (self.client_wants_usage(options_present, include_usage)
+                && continuous_usage_stats == Some(true))
+    }
+}
+
+/// The request body of the start-up probe that tells whether the upstream forces usage: one token,
+/// streamed, with no `stream_options` (which every vLLM version reads as "no usage").
+pub fn force_probe_body(model: &str) -> Vec<u8> {
+    serde_json::json!({"model": model, "prompt": "hi", "max_tokens": 1, "stream": true})
+        .to_string()
+        .into_bytes()
+}
+
+/// The first model id of a `GET /v1/models` body.
+pub fn first_model(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Model<'a> {
+        #[serde(borrow)]
+        id: std::borrow::Cow<'a, str>,
+    }
+    #[derive(Deserialize)]
+    struct List<'a> {
+        #[serde(borrow)]
+        data: Vec<Model<'a>>,
+    }
+    let list: List<'_> = serde_json::from_slice(body).ok()?;
+    list.data.into_iter().next().map(|m| m.id.into_owned())
+}
+
+/// Whether a (complete or cut) SSE body carries a non-null `usage` in any `data:` event: the answer
+/// of the force probe. Lines that are not JSON objects are skipped.
+pub fn stream_reports_usage(body: &[u8]) -> bool {
+    body.split(|&b| b == b'\n').any(|line| {
+        let Some(data) = line.trim_ascii().strip_prefix(b"data:") else {
+            return false;
+        };
+        serde_json::from_slice::<serde_json::Value>(data.trim_ascii())
+            .ok()
+            .and_then(|v| v.get("usage").map(|u| !u.is_null()))
+            .unwrap_or(false)
+    })
 }
 
 /// `(major, minor, patch)` from the leading digits of a version string.
@@ -138,12 +192,48 @@ mod tests {
     }
 
     #[test]
-    fn forced_usage_applies_only_when_options_present() {
+    fn force_probe_reads_the_captured_servers() {
+        let read = |dir: &str| {
+            std::fs::read(format!("tests/fixtures/{dir}/chat-stream-plain.body")).unwrap()
+        };
+        assert!(stream_reports_usage(&read("vllm-0.32-force-usage")));
+        assert!(!stream_reports_usage(&read("vllm-0.32")));
+        assert!(!stream_reports_usage(&read(
+            "vllm-0.32-per-request-metrics"
+        )));
+        assert!(!stream_reports_usage(
+            b"data: {\"usage\": null}\n\ndata: [DONE]\n\n"
+        ));
+        assert!(!stream_reports_usage(b"data: {\"usage\": {\"prompt_tok"));
+        let models = std::fs::read("tests/fixtures/vllm-0.32/models.body").unwrap();
+        assert_eq!(first_model(&models).as_deref(), Some("tiny"));
+        assert_eq!(first_model(b"{\"data\":[]}"), None);
+        assert_eq!(first_model(b"<html>"), None);
+        let body: serde_json::Value = serde_json::from_slice(&force_probe_body("tiny")).unwrap();
+        assert_eq!(body["stream"], true);
+        assert!(body.get("stream_options").is_none());
+    }
+
+    #[test]
+    fn forced_usage_gives_every_stream_usage_and_continuous_usage() {
         let s = UsageSemantics {
             absent_include_usage: false,
             force_include_usage: true,
         };
-        assert!(s.client_wants_usage(true, Some(false)));
-        assert!(!s.client_wants_usage(false, None));
+        // As `vllm-0.32-force-usage/`: plain, `{}`, `include_usage: false` all carry both.
+        for (present, include) in [
+            (false, None),
+            (true, None),
+            (true, Some(false)),
+            (true, Some(true)),
+        ] {
+            assert!(s.client_wants_usage(present, include));
+            assert!(s.client_wants_continuous(present, include, None));
+        }
+        let d = UsageSemantics::default();
+        assert!(!d.client_wants_continuous(true, Some(true), None));
+        assert!(d.client_wants_continuous(true, Some(true), Some(true)));
+        assert!(!d.client_wants_continuous(true, Some(false), Some(true)));
+        assert!(!d.client_wants_continuous(false, None, Some(true)));
     }
 }

@@ -94,6 +94,9 @@ pub(crate) struct ResponseView<'a> {
     pub incomplete_details: Option<IncompleteView<'a>>,
     #[serde(default)]
     pub error: Option<IgnoredAny>,
+    /// vLLM's per-request `metrics` (read with [`metrics_from_value`]); absent on other servers.
+    #[serde(default)]
+    pub metrics: Option<serde_json::Value>,
 }
 
 /// One `/v1/responses` stream event's data.
@@ -112,34 +115,89 @@ struct BodyView {
     usage: Option<UsageView>,
 }
 
-/// Queue and prefill times (nanoseconds) from vLLM's per-request `metrics` object, when it carries
-/// them. vLLM 0.32 sends `"metrics": null` unless asked; the field names accepted here are the ones
-/// vLLM has used for request timing (`time_in_queue`, `first_scheduled_time`, `first_token_time`,
-/// `arrival_time`, in seconds) and their plain variants (`queue_time`, `prefill_time`, with or
-/// without `_seconds`). Not verified against a live server.
-pub fn metrics_times(metrics: &serde_json::Value) -> (Option<u64>, Option<u64>) {
-    let get = |names: &[&str]| -> Option<f64> {
-        names
-            .iter()
-            .find_map(|n| metrics.get(*n).and_then(serde_json::Value::as_f64))
-            .filter(|v| v.is_finite())
+/// The engine's own timing of one request, from vLLM's per-request `metrics` object (vLLM 0.32+
+/// started with `--enable-per-request-metrics`), in integer nanoseconds. Each field is `None` when
+/// the server did not send it or sent something unusable (negative, not a finite number, or longer
+/// than [`MAX_ENGINE_TIME_MS`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineTimes {
+    /// `queue_time_ms`: from arrival in the engine to its first scheduling.
+    pub queue_ns: Option<u64>,
+    /// `time_to_first_token_ms`: from first scheduling to the first token, i.e. the prefill
+    /// without the queue wait.
+    pub prefill_ns: Option<u64>,
+    /// `generation_time_ms`: from the first token to the last.
+    pub generation_ns: Option<u64>,
+}
+
+/// What a response said about per-request metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsField {
+    /// `"metrics": null`: a vLLM server without `--enable-per-request-metrics` (or a response shape
+    /// it does not time, such as `n > 1`).
+    Null,
+    /// A `metrics` object, read.
+    Times(EngineTimes),
+    /// A `metrics` value of another shape (not an object), ignored.
+    Invalid,
+}
+
+/// Longest engine time accepted from `metrics`, milliseconds (one day): anything longer is not a
+/// request's timing but a broken or hostile value.
+pub const MAX_ENGINE_TIME_MS: f64 = 86_400_000.0;
+
+/// Reads the value of a response's `metrics` member (the raw JSON text of the value), as vLLM 0.32
+/// writes it:
+/// `{"time_to_first_token_ms":2.21,"generation_time_ms":13.05,"queue_time_ms":0.014,
+/// "mean_itl_ms":1.86,"tokens_per_second":524.2,"speculative_decoding":null}` (JSON bodies and the
+/// `response` of `/v1/responses`' `response.completed`; the final usage chunk of a chat/completions
+/// stream has the same members without `speculative_decoding`).
+///
+/// Earlier versions of this reader also accepted `time_in_queue`, `first_scheduled_time`,
+/// `first_token_time` and `arrival_time` (seconds): those are the fields of vLLM v0's Python
+/// `RequestMetrics` (`vllm/sequence.py`), attached to `RequestOutput` in the offline `LLM` API. No
+/// vLLM OpenAI server release serialised them in a response, so they are not read any more.
+pub fn parse_metrics(value: &[u8]) -> MetricsField {
+    let value = value.trim_ascii();
+    if value == b"null" {
+        return MetricsField::Null;
+    }
+    match serde_json::from_slice::<serde_json::Value>(value) {
+        Ok(v) => metrics_from_value(&v),
+        Err(_) => MetricsField::Invalid,
+    }
+}
+
+/// [`parse_metrics`] for a value already parsed (the `response` of a `/v1/responses` event).
+pub fn metrics_from_value(value: &serde_json::Value) -> MetricsField {
+    let map = match value {
+        serde_json::Value::Null => return MetricsField::Null,
+        serde_json::Value::Object(map) => map,
+        _ => return MetricsField::Invalid,
     };
-    let to_ns = |s: f64| -> Option<u64> { (0.0..1.8e10).contains(&s).then_some((s * 1e9) as u64) };
-    let arrival = get(&["arrival_time", "queued_ts", "queued_time"]);
-    let scheduled = get(&["first_scheduled_time", "scheduled_ts", "scheduled_time"]);
-    let first_token = get(&["first_token_time", "first_token_ts"]);
-    let queue = get(&[
-        "time_in_queue",
-        "queue_time",
-        "queue_time_seconds",
-        "queued_seconds",
-    ])
-    .or_else(|| Some(scheduled? - arrival?))
-    .and_then(to_ns);
-    let prefill = get(&["prefill_time", "prefill_time_seconds"])
-        .or_else(|| Some(first_token? - scheduled?))
-        .and_then(to_ns);
-    (queue, prefill)
+    let ns = |name: &str| {
+        map.get(name)
+            .and_then(serde_json::Value::as_f64)
+            .and_then(ms_to_ns)
+    };
+    MetricsField::Times(EngineTimes {
+        queue_ns: ns("queue_time_ms"),
+        prefill_ns: ns("time_to_first_token_ms"),
+        generation_ns: ns("generation_time_ms"),
+    })
+}
+
+/// Milliseconds as integer nanoseconds, rounded; `None` for negative, non-finite or absurd values.
+pub fn ms_to_ns(ms: f64) -> Option<u64> {
+    (ms.is_finite() && (0.0..=MAX_ENGINE_TIME_MS).contains(&ms)).then(|| (ms * 1e6).round() as u64)
+}
+
+/// The `metrics` member of a complete JSON response body (chat, completions, `/v1/responses`):
+/// `None` when the body has no such member at its top level or is not a JSON object.
+pub fn body_metrics(body: &[u8]) -> Option<MetricsField> {
+    let layout = super::json_scan::scan_object(body).ok()?;
+    let member = layout.find(body, "metrics")?;
+    Some(parse_metrics(member.value(body)))
 }
 
 /// Usage from a complete non-streaming response body: chat/completions (`usage.prompt_tokens`,
@@ -218,6 +276,32 @@ impl UsageTail {
             if let Some(Ok(value @ serde_json::Value::Object(_))) = values.next() {
                 let body = serde_json::json!({ "usage": value }).to_string();
                 return parse_usage(endpoint, body.as_bytes());
+            }
+        }
+        None
+    }
+}
+
+impl UsageTail {
+    /// vLLM's per-request `metrics` in the tail: the last `"metrics":` member whose value parses as
+    /// an object or `null` (vLLM writes it after `usage` in chat/completions bodies and a few hundred
+    /// bytes before the end of `/v1/responses` bodies).
+    pub fn metrics(&self) -> Option<MetricsField> {
+        const KEY: &[u8] = b"\"metrics\"";
+        let finder = memchr::memmem::FinderRev::new(KEY);
+        let mut end = self.buf.len();
+        while let Some(at) = finder.rfind(&self.buf[..end]) {
+            end = at;
+            let rest = self.buf[at + KEY.len()..].trim_ascii_start();
+            let Some(rest) = rest.strip_prefix(b":") else {
+                continue;
+            };
+            let mut values =
+                serde_json::Deserializer::from_slice(rest).into_iter::<serde_json::Value>();
+            if let Some(Ok(value)) = values.next() {
+                if value.is_object() || value.is_null() {
+                    return Some(metrics_from_value(&value));
+                }
             }
         }
         None
@@ -370,12 +454,44 @@ mod tests {
     }
 
     #[test]
-    fn metrics_names() {
-        let m = serde_json::json!({"arrival_time": 10.0, "first_scheduled_time": 10.5, "first_token_time": 10.75});
-        assert_eq!(metrics_times(&m), (Some(500_000_000), Some(250_000_000)));
-        let m = serde_json::json!({"queue_time": 0.001, "prefill_time": "x"});
-        assert_eq!(metrics_times(&m), (Some(1_000_000), None));
-        assert_eq!(metrics_times(&serde_json::Value::Null), (None, None));
+    fn metrics_values_are_checked() {
+        let m = br#"{"time_to_first_token_ms":2.5,"generation_time_ms":-1,"queue_time_ms":"x"}"#;
+        assert_eq!(
+            parse_metrics(m),
+            MetricsField::Times(EngineTimes {
+                queue_ns: None,
+                prefill_ns: Some(2_500_000),
+                generation_ns: None,
+            })
+        );
+        assert_eq!(parse_metrics(b" null "), MetricsField::Null);
+        assert_eq!(parse_metrics(b"[1]"), MetricsField::Invalid);
+        assert_eq!(parse_metrics(b"{"), MetricsField::Invalid);
+        // v0's offline `RequestMetrics` names are not a server response's.
+        let v0 = br#"{"arrival_time":10.0,"first_scheduled_time":10.5,"time_in_queue":0.5}"#;
+        assert_eq!(
+            parse_metrics(v0),
+            MetricsField::Times(EngineTimes::default())
+        );
+        assert_eq!(ms_to_ns(0.0), Some(0));
+        assert_eq!(ms_to_ns(0.013845000466972124), Some(13_845));
+        assert_eq!(ms_to_ns(MAX_ENGINE_TIME_MS), Some(86_400_000_000_000));
+        assert_eq!(ms_to_ns(MAX_ENGINE_TIME_MS * 1.01), None);
+        assert_eq!(ms_to_ns(f64::NAN), None);
+        assert_eq!(ms_to_ns(f64::INFINITY), None);
+        assert_eq!(ms_to_ns(-0.001), None);
+        // Numbers too large for f64 are not finite once read.
+        let huge = br#"{"queue_time_ms":1e400}"#;
+        assert!(matches!(
+            parse_metrics(huge),
+            MetricsField::Invalid | MetricsField::Times(EngineTimes { queue_ns: None, .. })
+        ));
+        assert_eq!(body_metrics(b"not json"), None);
+        assert_eq!(body_metrics(br#"{"usage":{"metrics":null}}"#), None);
+        assert_eq!(
+            body_metrics(br#"{"metrics":null}"#),
+            Some(MetricsField::Null)
+        );
     }
 
     #[test]

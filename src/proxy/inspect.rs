@@ -2,7 +2,8 @@
 //! its body into the lenient [`RequestView`], apply the documented usage injection, and register it
 //! in the in-flight registry. Everything else is forwarded untouched and not accounted.
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
@@ -19,20 +20,66 @@ use crate::openai::semantics::UsageSemantics;
 /// Longest `x-energy-tag` kept (longer tags are cut at a character boundary).
 pub const MAX_TAG_BYTES: usize = 128;
 
-/// How the upstream reads an absent `stream_options.include_usage`, shared and updatable once the
-/// upstream's `/version` is known.
+/// How the upstream reads `stream_options`, shared and updatable once the upstream's `/version` is
+/// known, and once it is seen forcing usage (`upstream_forces_usage = "auto"`).
 #[derive(Debug)]
 pub struct SharedSemantics {
     absent_include_usage: AtomicBool,
     force_include_usage: AtomicBool,
+    /// Whether forcing may still be learned from the upstream (configured `auto`).
+    force_auto: bool,
+    /// How `force_include_usage` became known: [`ForceSource`] as a `u8`.
+    force_source: AtomicU8,
+}
+
+/// How the proxy knows whether its upstream forces usage on every stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ForceSource {
+    /// Not known yet (`auto`, nothing seen): assumed not forcing.
+    Unknown = 0,
+    /// Set by configuration (`upstream_forces_usage = true | false`).
+    Config = 1,
+    /// The start-up probe (a one-token stream that asked for no usage) answered.
+    Probe = 2,
+    /// A stream the proxy did not inject into carried usage its client had not asked for.
+    Stream = 3,
+}
+
+impl ForceSource {
+    /// The `/stats` form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForceSource::Unknown => "unknown",
+            ForceSource::Config => "config",
+            ForceSource::Probe => "probe",
+            ForceSource::Stream => "stream",
+        }
+    }
+
+    fn from_u8(v: u8) -> ForceSource {
+        match v {
+            1 => ForceSource::Config,
+            2 => ForceSource::Probe,
+            3 => ForceSource::Stream,
+            _ => ForceSource::Unknown,
+        }
+    }
 }
 
 impl SharedSemantics {
-    /// Starts from `initial`.
-    pub fn new(initial: UsageSemantics) -> Self {
+    /// Starts from `initial`; `force_auto` lets [`SharedSemantics::learn_forced`] change the
+    /// forcing flag later (otherwise it was configured and stays as given).
+    pub fn new(initial: UsageSemantics, force_auto: bool) -> Self {
         SharedSemantics {
             absent_include_usage: AtomicBool::new(initial.absent_include_usage),
             force_include_usage: AtomicBool::new(initial.force_include_usage),
+            force_auto,
+            force_source: AtomicU8::new(if force_auto {
+                ForceSource::Unknown as u8
+            } else {
+                ForceSource::Config as u8
+            }),
         }
     }
 
@@ -44,12 +91,42 @@ impl SharedSemantics {
         }
     }
 
-    /// Replaces them (after `/version` was read).
-    pub fn set(&self, s: UsageSemantics) {
-        self.absent_include_usage
-            .store(s.absent_include_usage, Relaxed);
-        self.force_include_usage
-            .store(s.force_include_usage, Relaxed);
+    /// Sets how an absent `include_usage` reads (after `/version` was read); forcing is kept.
+    pub fn set_absent_include_usage(&self, absent: bool) {
+        self.absent_include_usage.store(absent, Relaxed);
+    }
+
+    /// Whether forcing may still be learned (configured `auto`).
+    pub fn force_auto(&self) -> bool {
+        self.force_auto
+    }
+
+    /// How forcing is known.
+    pub fn force_source(&self) -> ForceSource {
+        ForceSource::from_u8(self.force_source.load(Relaxed))
+    }
+
+    /// Records what `source` learned about forcing, when configured `auto`: from then on streaming
+    /// requests are planned as the forcing server answers them (nothing injected, nothing removed).
+    /// Returns whether this call changed the flag. A configured value never changes.
+    pub fn learn_forced(&self, forced: bool, source: ForceSource) -> bool {
+        if !self.force_auto {
+            return false;
+        }
+        self.force_source.store(source as u8, Relaxed);
+        let before = self.force_include_usage.swap(forced, Relaxed);
+        if before != forced {
+            if forced {
+                tracing::warn!(
+                    how = source.as_str(),
+                    "the upstream forces usage on every stream (vLLM --enable-force-include-usage): \
+                     its usage chunks now reach clients as the upstream sends them"
+                );
+            } else {
+                tracing::info!(how = source.as_str(), "the upstream does not force usage");
+            }
+        }
+        before != forced
     }
 }
 
@@ -62,8 +139,9 @@ pub struct InspectConfig {
     pub inject_usage: bool,
     /// Whether the final usage chunk carries an `energy` object.
     pub energy_in_usage: bool,
-    /// Upstream semantics of `include_usage`.
-    pub semantics: SharedSemantics,
+    /// Upstream semantics of `stream_options` (shared with the relay, which may learn that the
+    /// upstream forces usage).
+    pub semantics: Arc<SharedSemantics>,
     /// Salt of the API-key hash.
     pub key_salt: Vec<u8>,
 }

@@ -1,6 +1,7 @@
 //! The data plane: accept loops ([`listen`]), the upstream pool ([`upstream`]), header rules
 //! ([`headers`]), the request phase of accounting ([`inspect`]), the per-request service
-//! ([`service`]), the body wrapper that observes responses ([`relay`]), how energy is written on
+//! ([`service`]), what it learns about the upstream from its answers ([`learned`]) and start-up
+//! questions ([`probe`]), the body wrapper that observes responses ([`relay`]), how energy is written on
 //! responses ([`energy`]) and the proxy's own errors ([`error`]).
 //!
 //! It may use `openai` (protocol) and `observe` (per-request atomics), never the ledger's or the
@@ -10,7 +11,9 @@ pub mod energy;
 pub mod error;
 pub mod headers;
 pub mod inspect;
+pub mod learned;
 pub mod listen;
+pub mod probe;
 pub mod relay;
 pub mod service;
 pub mod upstream;

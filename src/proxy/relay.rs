@@ -15,11 +15,14 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use pin_project_lite::pin_project;
 
 use super::energy::{energy_headers, energy_json, Carbon};
+use super::inspect::{ForceSource, SharedSemantics};
+use super::learned::UpstreamFacts;
+use super::service::record_metrics;
 use super::BoxError;
 use crate::clock::Clock;
 use crate::observe::{Endpoint, InFlightGuard, Outcome, RequestProgress};
 use crate::openai::observer::StreamObserver;
-use crate::openai::usage::UsageTail;
+use crate::openai::usage::{MetricsField, UsageTail};
 
 /// What the relay needs to close a request's accounts.
 #[derive(Debug)]
@@ -38,6 +41,12 @@ pub struct RequestEnd {
     pub trailers_allowed: bool,
     /// The upstream answered with an error status: the outcome is `error` whatever the body says.
     pub error_status: bool,
+    /// What responses tell about the upstream (per-request metrics).
+    pub facts: Arc<UpstreamFacts>,
+    /// The upstream's `stream_options` semantics, which a stream may show to force usage.
+    pub semantics: Arc<SharedSemantics>,
+    /// The request asked for one choice of one prompt (a `"metrics": null` then means "off").
+    pub single_choice: bool,
 }
 
 impl RequestEnd {
@@ -177,9 +186,22 @@ impl Body for RelayBody {
                         .unwrap_or_default();
                     let saw_error = this.observer.as_ref().is_some_and(|o| o.saw_error());
                     let mut trailers = this.upstream_trailers.take();
+                    if let (Some(observer), Some(end)) = (this.observer.as_ref(), this.end.as_ref())
+                    {
+                        let totals = observer.totals();
+                        if let Some(t) = totals.engine_times {
+                            end.facts.observe(MetricsField::Times(t), end.single_choice);
+                        }
+                        if totals.unasked_usage {
+                            end.semantics.learn_forced(true, ForceSource::Stream);
+                        }
+                    }
                     if let (Some((endpoint, tail)), Some(end)) =
                         (this.usage_tail.take(), this.end.as_ref())
                     {
+                        if let Some(metrics) = tail.metrics() {
+                            record_metrics(&end.facts, end.progress(), metrics, end.single_choice);
+                        }
                         if let Some(usage) = tail.usage(endpoint) {
                             let progress = end.progress();
                             progress.set_prompt_exact(usage.prompt_tokens);

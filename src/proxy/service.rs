@@ -22,13 +22,14 @@ use super::headers::{
     ENERGY_REQUEST_ID,
 };
 use super::inspect::{inspect, is_candidate, request_meta, InspectConfig, Inspected};
+use super::learned::UpstreamFacts;
 use super::relay::{RelayBody, RequestEnd};
 use super::upstream::Upstream;
 use super::{full_body, BoxError, ProxyBody};
 use crate::clock::Clock;
-use crate::observe::{InFlight, InFlightGuard, Outcome};
+use crate::observe::{InFlight, InFlightGuard, Outcome, RequestProgress};
 use crate::openai::observer::{ObserverConfig, StreamObserver};
-use crate::openai::usage::parse_usage;
+use crate::openai::usage::{body_metrics, parse_usage, MetricsField};
 
 /// What every request needs, shared by all connections.
 #[derive(Debug)]
@@ -52,6 +53,8 @@ pub struct ProxyState {
     pub energy_measured: bool,
     /// The upstream's version, once its `/version` was read (auto semantics only).
     pub upstream_version: Arc<std::sync::OnceLock<String>>,
+    /// What responses told about the upstream (per-request metrics on or off).
+    pub facts: Arc<UpstreamFacts>,
 }
 
 /// The hyper service of the proxy listener (a `Clone` struct holding `Arc` state).
@@ -160,6 +163,9 @@ impl ProxyService {
             public_id: public_id.clone(),
             trailers_allowed,
             error_status: !parts.status.is_success(),
+            facts: state.facts.clone(),
+            semantics: state.inspect.semantics.clone(),
+            single_choice: inspected.view.expected_choices() == 1,
         };
         if is_event_stream(&parts.headers) {
             progress.progress_visible.store(true, Relaxed);
@@ -198,6 +204,9 @@ impl ProxyService {
                 progress.observe_completion(usage.completion_tokens, now);
                 progress.completion_exact.store(true, Relaxed);
             }
+            if let Some(metrics) = body_metrics(&bytes) {
+                record_metrics(&state.facts, &progress, metrics, end.single_choice);
+            }
             end.guard.finish(if end.error_status {
                 Outcome::Error
             } else {
@@ -221,6 +230,20 @@ impl ProxyService {
         let body = RelayBody::new(body, None, end).with_usage_tail(inspected.view.endpoint);
         Ok(Response::from_parts(parts, body.boxed_unsync()))
     }
+}
+
+/// A response's `metrics`: its times go to the request, what it says about the upstream to the
+/// shared facts.
+pub(crate) fn record_metrics(
+    facts: &UpstreamFacts,
+    progress: &RequestProgress,
+    metrics: MetricsField,
+    single_choice: bool,
+) {
+    if let MetricsField::Times(t) = metrics {
+        progress.set_engine_times(t.queue_ns, t.prefill_ns, t.generation_ns);
+    }
+    facts.observe(metrics, single_choice);
 }
 
 fn header_value(text: &str) -> HeaderValue {

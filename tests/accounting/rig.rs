@@ -90,6 +90,7 @@ impl Rig {
             admin_listen: Some("127.0.0.1:0".into()),
             upstream: Some(mock.url()),
             absent_include_usage: Some("false".into()),
+            upstream_forces_usage: Some("false".into()),
             ..ServeArgs::default()
         };
         tweak(&mut args);

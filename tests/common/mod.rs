@@ -338,6 +338,7 @@ impl TestProxy {
             upstream: Some(format!("http://{upstream}")),
             // No /version probe unless a test asks for it: scripted upstreams answer every request.
             absent_include_usage: Some("false".into()),
+            upstream_forces_usage: Some("false".into()),
             ..ServeArgs::default()
         };
         tweak(&mut args);

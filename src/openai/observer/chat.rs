@@ -1,6 +1,6 @@
 //! Chat and completions chunks: per-choice counting (continuous usage cumulative per choice, or one
 //! token per output chunk as a fallback), the authoritative final usage chunk, mid-stream errors,
-//! vLLM `metrics`, and the edits that remove injected usage or add the `energy` object.
+//! vLLM's per-request `metrics`, and the edits that remove injected usage or add the `energy` object.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -9,7 +9,7 @@ use super::{StreamObserver, MAX_TRACKED_CHOICES};
 use crate::observe::RequestProgress;
 use crate::openai::inject::StripPolicy;
 use crate::openai::json_scan::{scan_object_into, splice, ObjectLayout};
-use crate::openai::usage::{metrics_times, ChoiceView, UsageView};
+use crate::openai::usage::{parse_metrics, ChoiceView, UsageView};
 
 impl StreamObserver {
     pub(super) fn on_chunk(
@@ -58,19 +58,13 @@ impl StreamObserver {
                 // A mid-stream error: `{"error": {...}}`, or the older `{"object": "error"}`.
                 b"error" => self.totals.saw_error = true,
                 b"object" if value == b"\"error\"" => self.totals.saw_error = true,
-                b"metrics" => {
-                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(value) {
-                        let (queue, prefill) = metrics_times(&v);
-                        if let Some(q) = queue {
-                            progress.queue_ns.store(q, Relaxed);
-                        }
-                        if let Some(p) = prefill {
-                            progress.prefill_ns.store(p, Relaxed);
-                        }
-                    }
-                }
+                // vLLM's per-request timing, in the final usage chunk (n == 1 only).
+                b"metrics" => self.on_metrics(parse_metrics(value), progress),
                 _ => {}
             }
+        }
+        if usage_at.is_some() && self.cfg.detect_forcing {
+            self.totals.unasked_usage = true;
         }
         if self.totals.saw_error && choices_at.is_none() && usage_at.is_none() {
             return ChunkEdit::None;

@@ -20,6 +20,7 @@ mod edit;
 mod responses;
 
 use crate::observe::{Endpoint, RequestProgress};
+use crate::openai::usage::{EngineTimes, MetricsField};
 use chat::ChunkEdit;
 use edit::rebuild_event;
 
@@ -45,6 +46,10 @@ pub struct ObserverConfig {
     pub expected_choices: u64,
     /// Bound on one buffered event.
     pub max_event_bytes: usize,
+    /// The request asked for no usage at all (no `stream_options`, which every vLLM version reads
+    /// as "no usage") and the proxy injected nothing: usage in this stream means the upstream forces
+    /// it ([`StreamTotals::unasked_usage`]).
+    pub detect_forcing: bool,
 }
 
 impl ObserverConfig {
@@ -66,6 +71,11 @@ impl ObserverConfig {
                 0
             },
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            detect_forcing: usage_api
+                && view.stream
+                && !plan.injected
+                && !plan.client_wants_usage
+                && !view.stream_options.effective(),
         }
     }
 
@@ -78,6 +88,7 @@ impl ObserverConfig {
             n: 1,
             expected_choices: 0,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            detect_forcing: false,
         }
     }
 
@@ -107,6 +118,12 @@ pub struct StreamTotals {
     pub parse_errors: u64,
     /// Events over the size bound (forwarded raw, not parsed, not rewritten).
     pub oversized_events: u64,
+    /// vLLM's per-request `metrics` as read from the stream (the final usage chunk, or the
+    /// `response` of `response.completed`); `None` when the stream carried none.
+    pub engine_times: Option<EngineTimes>,
+    /// With [`ObserverConfig::detect_forcing`]: a `usage` arrived that nobody asked for (the
+    /// upstream forces usage, vLLM `--enable-force-include-usage`).
+    pub unasked_usage: bool,
 }
 
 /// The per-response state machine.
@@ -243,6 +260,14 @@ impl StreamObserver {
     /// Whether a mid-stream error was seen (the relay marks the outcome `Error`).
     pub fn saw_error(&self) -> bool {
         self.totals.saw_error
+    }
+
+    /// A `metrics` value seen in the stream: its times go to the request's atomics.
+    fn on_metrics(&mut self, field: MetricsField, progress: &RequestProgress) {
+        if let MetricsField::Times(t) = field {
+            progress.set_engine_times(t.queue_ns, t.prefill_ns, t.generation_ns);
+            self.totals.engine_times = Some(t);
+        }
     }
 
     fn flush_held(&mut self, out: &mut Vec<u8>) {

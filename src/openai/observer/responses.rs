@@ -1,11 +1,12 @@
 //! `/v1/responses` streams: `event:` lines, text deltas counted as estimated progress, usage only in
-//! the terminal `response.completed` (or `.incomplete` / `.failed`) event.
+//! the terminal `response.completed` (or `.incomplete` / `.failed`) event, with vLLM's per-request
+//! `metrics` in its `response` when the server was started with `--enable-per-request-metrics`.
 
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::{StreamObserver, MAX_FINISH_REASONS};
 use crate::observe::RequestProgress;
-use crate::openai::usage::ResponsesEventView;
+use crate::openai::usage::{metrics_from_value, ResponsesEventView};
 
 impl StreamObserver {
     pub(super) fn on_responses_event(
@@ -42,6 +43,9 @@ impl StreamObserver {
                 if let Some(r) = ev.response {
                     if r.error.is_some() && kind == "response.failed" {
                         self.totals.saw_error = true;
+                    }
+                    if let Some(m) = &r.metrics {
+                        self.on_metrics(metrics_from_value(m), progress);
                     }
                     let reason = r.incomplete_details.and_then(|d| d.reason).or(r.status);
                     if let Some(reason) = reason {
