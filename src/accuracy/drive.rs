@@ -267,12 +267,12 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
                     }
                     l.progress.completion_exact.store(true, Relaxed);
                     if scenario.per_request_metrics && r.n == 1 {
-                        let p = &l.progress;
-                        p.queue_ns
-                            .store(l.scheduled_ns.saturating_sub(l.arrival_ns), Relaxed);
-                        p.prefill_ns
-                            .store(l.first_token_ns.saturating_sub(l.scheduled_ns), Relaxed);
-                        set_generation_ns(p, end.saturating_sub(l.first_token_ns));
+                        // vLLM's `metrics`: queue, scheduled -> first token, first -> last token.
+                        l.progress.set_engine_times(
+                            Some(l.scheduled_ns.saturating_sub(l.arrival_ns)),
+                            Some(l.first_token_ns.saturating_sub(l.scheduled_ns)),
+                            Some(end.saturating_sub(l.first_token_ns)),
+                        );
                     }
                     l.progress.finish(Outcome::Ok, end);
                     let figures = l.progress.energy_now(end, &in_flight.rates);
@@ -410,6 +410,3 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
 fn arrival_end(rows: &[Row], first_at: u64) -> u64 {
     first_at + rows.iter().map(|r| r.request.at_ns).max().unwrap_or(0)
 }
-
-/// vLLM's `generation_time_ms` (last − first token), where the data plane keeps it.
-fn set_generation_ns(_p: &RequestProgress, _ns: u64) {}

@@ -108,6 +108,12 @@ pub struct Ledger {
     /// in it (the engine advances every running sequence once per step, so these agree).
     pub(super) tick_decodes: Vec<u64>,
     pub(super) weights: Vec<f64>,
+    /// Marginal energy (J) of each item of the tick being settled.
+    pub(super) marginal: Vec<f64>,
+    /// Step ends inside the tick being settled (offsets, ns).
+    pub(super) bounds: Vec<u32>,
+    /// Marginal work per step of the tick being settled.
+    pub(super) step_work: Vec<f64>,
     pub(super) shares: Vec<u64>,
     pub(super) scratch: Vec<(f64, usize)>,
 }
@@ -142,6 +148,9 @@ impl Ledger {
             seq: 0,
             newest_end_ns: 0,
             weights: Vec::new(),
+            marginal: Vec::new(),
+            bounds: Vec::new(),
+            step_work: Vec::new(),
             shares: Vec::new(),
             scratch: Vec::new(),
         })
@@ -354,13 +363,7 @@ impl Ledger {
         // Tombstone its items rather than removing them: other requests hold indices into them.
         for tick in self.window.iter_mut() {
             for item in tick.items.iter_mut().filter(|i| i.slot == slot) {
-                *item = Item {
-                    slot: u32::MAX,
-                    prefill: 0.0,
-                    decode: 0.0,
-                    context: 0.0,
-                    provisional: false,
-                };
+                *item = Item::empty(u32::MAX);
             }
         }
         let req = self.slots.get_mut(slot as usize)?.take()?;

@@ -36,6 +36,9 @@ pub struct CalibrationConfig {
     pub max_condition: f64,
     /// Smallest acceptable coefficient of determination (through the origin).
     pub min_r2: f64,
+    /// Use the defaults as known, trusted weights and never fit (for engines whose marginal costs
+    /// are known, and for experiments).
+    pub fixed: bool,
 }
 
 impl Default for CalibrationConfig {
@@ -48,6 +51,7 @@ impl Default for CalibrationConfig {
             min_ticks: 40,
             max_condition: 1e6,
             min_r2: 0.5,
+            fixed: false,
         }
     }
 }
@@ -243,7 +247,7 @@ impl Calibrator {
             r2: None,
             condition: None,
             ticks: 0,
-            trusted: false,
+            trusted: config.fixed,
         };
         Calibrator {
             window: VecDeque::with_capacity(config.window_ticks.max(1)),
@@ -315,12 +319,13 @@ impl Calibrator {
             ),
             None => (None, None, None),
         };
-        let trusted = n >= d.min_ticks
+        let trusted = d.fixed
+            || n >= d.min_ticks
             && cond.is_some_and(|c| c <= d.max_condition)
             && r2.is_some_and(|r| r >= d.min_r2)
             && fit.is_some_and(|c| c[1] > 0.0 && c[2] > 0.0);
         let used = match fit {
-            Some(c) if trusted => (c[1], c[2], c[3]),
+            Some(c) if trusted && !d.fixed => (c[1], c[2], c[3]),
             _ => (d.default_alpha_j, d.default_beta_j, d.default_gamma_j),
         };
         self.report = CalibrationReport {

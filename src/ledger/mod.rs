@@ -54,6 +54,9 @@ pub struct LedgerConfig {
     pub idle_min_samples: usize,
     /// Calibration of α, β and γ.
     pub calibration: CalibrationConfig,
+    /// Whether static energy inside a tick follows the engine steps seen in the streams' token
+    /// times (see `settle`); otherwise a tick's whole energy follows the marginal weights.
+    pub split_by_steps: bool,
 }
 
 impl Default for LedgerConfig {
@@ -67,6 +70,7 @@ impl Default for LedgerConfig {
             idle_quantile: 0.25,
             idle_min_samples: 10,
             calibration: CalibrationConfig::default(),
+            split_by_steps: std::env::var("JG_NOSTEP").is_err(),
         }
     }
 }

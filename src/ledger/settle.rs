@@ -62,6 +62,123 @@ impl Ledger {
         }
     }
 
+    /// The weights that split a tick's energy `e` (µJ, idle part removed): each item's marginal
+    /// energy (α·prefill + β·decode + γ·context, from the fit) plus its share of the rest, the
+    /// static energy the engine draws for running at all. Static energy follows time: the ticks's
+    /// steps are recovered from the streams' token times (every running sequence's token leaves at
+    /// the end of the same engine step), each step's duration is shared by the work in that step
+    /// in proportion to its marginal energy, as an engine step's energy belongs to its work. A
+    /// request decoding beside a long prefill step thus gets little of that step's time, and all
+    /// of a decode-only step's. Without step marks, or with untrusted weights (their absolute size
+    /// is then meaningless), the whole energy follows the marginal weights.
+    fn split_weights(&mut self, tick: &HeldTick, dt: u64, e: u64) {
+        self.weights.clear();
+        let marginal_uj: f64 = self.marginal.iter().sum::<f64>() * 1e6;
+        let static_uj = e as f64 - marginal_uj;
+        self.bounds.clear();
+        self.bounds.extend(
+            tick.items
+                .iter()
+                .filter(|i| i.step_end && i.decode > 0.0)
+                .map(|i| i.hi),
+        );
+        if !self.config.split_by_steps
+            || !self.calibrator.report().trusted
+            || static_uj <= 0.0
+            || self.bounds.is_empty()
+        {
+            self.weights.extend_from_slice(&self.marginal);
+            return;
+        }
+        // Step ends: stream chunks within a millisecond of each other left the same step.
+        const SAME_STEP_NS: u32 = 1_000_000;
+        self.bounds.sort_unstable();
+        let mut merged = 0usize;
+        for k in 0..self.bounds.len() {
+            let b = self.bounds[k];
+            if merged > 0 && b - self.bounds[merged - 1] <= SAME_STEP_NS {
+                self.bounds[merged - 1] = b;
+            } else {
+                self.bounds[merged] = b;
+                merged += 1;
+            }
+        }
+        self.bounds.truncate(merged);
+        let dt32 = u32::try_from(dt).unwrap_or(u32::MAX);
+        let steps = self.bounds.len();
+        // The time after the last step end belongs to a step whose tokens come in the next
+        // tick; its work is most like that of the last step seen, which takes it.
+        let step_of = |bounds: &[u32], t: u32| bounds.partition_point(|&b| b + SAME_STEP_NS < t).min(steps - 1);
+        let step_span = |bounds: &[u32], j: usize| {
+            let lo = if j == 0 { 0 } else { bounds[j - 1] };
+            let hi = if j + 1 == steps { dt32.max(bounds[j]) } else { bounds[j] };
+            (lo, hi)
+        };
+        // Marginal work per step.
+        self.step_work.clear();
+        self.step_work.resize(steps, 0.0);
+        for (item, &m) in tick.items.iter().zip(&self.marginal) {
+            if m <= 0.0 {
+                continue;
+            }
+            if item.step_end || item.lo >= item.hi {
+                self.step_work[step_of(&self.bounds, item.hi)] += m;
+            } else {
+                let len = f64::from(item.hi - item.lo);
+                for j in step_of(&self.bounds, item.lo)..=step_of(&self.bounds, item.hi) {
+                    let (lo, hi) = step_span(&self.bounds, j);
+                    let ov = item.hi.min(hi).saturating_sub(item.lo.max(lo));
+                    self.step_work[j] += m * f64::from(ov) / len;
+                }
+            }
+        }
+        // Each item's share of the static time: Σ over its steps of duration × its part of the
+        // step's work. Steps with no work seen spread their time over everyone by marginal.
+        let mut orphan_ns = 0.0;
+        for j in 0..steps {
+            if self.step_work[j] <= 0.0 {
+                let (lo, hi) = step_span(&self.bounds, j);
+                orphan_ns += f64::from(hi - lo);
+            }
+        }
+        let total_marginal: f64 = self.marginal.iter().sum();
+        let mut static_weights_sum = 0.0;
+        for (item, &m) in tick.items.iter().zip(&self.marginal) {
+            let mut sw = if total_marginal > 0.0 {
+                orphan_ns * m / total_marginal
+            } else {
+                0.0
+            };
+            if m > 0.0 {
+                if item.step_end || item.lo >= item.hi {
+                    let j = step_of(&self.bounds, item.hi);
+                    let (lo, hi) = step_span(&self.bounds, j);
+                    sw += f64::from(hi - lo) * m / self.step_work[j];
+                } else {
+                    let len = f64::from(item.hi - item.lo);
+                    for j in step_of(&self.bounds, item.lo)..=step_of(&self.bounds, item.hi) {
+                        let (lo, hi) = step_span(&self.bounds, j);
+                        let ov = item.hi.min(hi).saturating_sub(item.lo.max(lo));
+                        if self.step_work[j] > 0.0 {
+                            sw += f64::from(hi - lo) * (m * f64::from(ov) / len) / self.step_work[j];
+                        }
+                    }
+                }
+            }
+            self.weights.push(sw);
+            static_weights_sum += sw;
+        }
+        if static_weights_sum <= 0.0 {
+            self.weights.clear();
+            self.weights.extend_from_slice(&self.marginal);
+            return;
+        }
+        let per = static_uj / static_weights_sum;
+        for (w, &m) in self.weights.iter_mut().zip(&self.marginal) {
+            *w = m * 1e6 + *w * per;
+        }
+    }
+
     // Sums saturate rather than wrap: exactness holds up to 2^64 uJ (about 5 GWh) of measured
     // energy, and garbage input can never panic.
     /// Splits the tick's energy; returns whether its items were released on the way.
@@ -71,7 +188,7 @@ impl Ledger {
         };
         self.totals.pending_uj -= e.min(self.totals.pending_uj);
         let (alpha, beta, gamma) = self.calibrator.weights();
-        self.weights.clear();
+        self.marginal.clear();
         let (mut prefill_tokens, mut decode_tokens, mut context_tokens) = (0.0, 0.0, 0.0);
         let mut provisional = false;
         for item in &tick.items {
@@ -80,7 +197,7 @@ impl Ledger {
                 f64::from(item.decode),
                 f64::from(item.context),
             );
-            self.weights.push(alpha * ip + beta * id + gamma * ic);
+            self.marginal.push(alpha * ip + beta * id + gamma * ic);
             prefill_tokens += ip;
             decode_tokens += id;
             context_tokens += ic;
@@ -95,6 +212,7 @@ impl Ledger {
         let full_e = e;
         let e = e - idle_part;
         let baseline = self.idle.baseline_uj(tick.busy_ns.min(dt)).min(e);
+        self.split_weights(tick, dt, e);
         if !split_uj(e, &self.weights, &mut self.shares, &mut self.scratch) {
             if tick.busy || !tick.items.is_empty() {
                 self.totals.unattributed_uj = self.totals.unattributed_uj.saturating_add(e);
@@ -122,7 +240,12 @@ impl Ledger {
         };
         let mw_per_uj = 1e6 / dt.max(1) as f64;
         let mut active_total = 0u64;
-        for (item, (share, w)) in tick.items.iter().zip(self.shares.iter().zip(&self.weights)) {
+        for (k, (item, (share, w))) in tick
+            .items
+            .iter()
+            .zip(self.shares.iter().zip(&self.weights))
+            .enumerate()
+        {
             let Some(req) = self
                 .slots
                 .get_mut(item.slot as usize)
@@ -133,9 +256,10 @@ impl Ledger {
             req.pending_items = req.pending_items.saturating_sub(1);
             let share = *share;
             let sf = share as f64;
-            let prefill = if *w > 0.0 {
+            let m = self.marginal.get(k).copied().unwrap_or(0.0);
+            let prefill = if m > 0.0 && *w > 0.0 {
                 // Non-negative, so the truncating cast is the floor (and cheaper than `floor`).
-                (sf * (alpha * f64::from(item.prefill) / w)).clamp(0.0, sf) as u64
+                (sf * (alpha * f64::from(item.prefill) / m)).clamp(0.0, sf) as u64
             } else {
                 0
             };

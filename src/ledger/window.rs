@@ -9,8 +9,9 @@
 
 use std::collections::VecDeque;
 
-/// Work of one request placed in one held tick, in tokens. `f32` keeps an item at 16 bytes: the
-/// window holds one per active request per tick, and token counts need no more precision.
+/// Work of one request placed in one held tick, in tokens, and where in the tick it ran. `f32`
+/// counts and `u32` offsets keep an item at 28 bytes: the window holds one per active request per
+/// tick, and token counts need no more precision.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Item {
     /// The request's slot in the ledger.
@@ -22,8 +23,37 @@ pub struct Item {
     /// Context tokens those decodes read (each decode reads its sequence's prompt and the tokens
     /// generated before it).
     pub context: f32,
+    /// Where the work ran in the tick: `(lo, hi]` in ns after the tick's start (set by the
+    /// window when the item is placed; a point has `lo == hi`).
+    pub lo: u32,
+    /// See `lo`.
+    pub hi: u32,
+    /// Whether the item's tokens were seen at the end of an engine step (a stream's chunk): such
+    /// points mark the steps inside a tick.
+    pub step_end: bool,
     /// Whether this is an estimate for a request whose progress is invisible.
     pub provisional: bool,
+}
+
+impl Item {
+    /// Work of `slot` with no tokens yet, placed nowhere.
+    pub fn empty(slot: u32) -> Item {
+        Item {
+            slot,
+            prefill: 0.0,
+            decode: 0.0,
+            context: 0.0,
+            lo: 0,
+            hi: 0,
+            step_end: false,
+            provisional: false,
+        }
+    }
+}
+
+/// `ns - base` as a tick offset (saturating at both ends).
+fn offset(ns: u64, base: u64) -> u32 {
+    u32::try_from(ns.saturating_sub(base)).unwrap_or(u32::MAX)
 }
 
 /// A measured interval waiting to be settled.
@@ -123,7 +153,12 @@ impl Window {
             self.ticks.partition_point(|t| t.end_ns < at_ns).min(last)
         };
         let tick = self.ticks.get_mut(idx)?;
-        tick.items.push(item);
+        let at = offset(at_ns.clamp(tick.start_ns, tick.end_ns), tick.start_ns);
+        tick.items.push(Item {
+            lo: at,
+            hi: at,
+            ..item
+        });
         Some((tick.seq, (tick.items.len() - 1) as u32))
     }
 
@@ -178,6 +213,8 @@ impl Window {
                 prefill: (f64::from(item.prefill) * f) as f32,
                 decode: (f64::from(item.decode) * f) as f32,
                 context: (f64::from(item.context) * f) as f32,
+                lo: offset(from.max(tick.start_ns), tick.start_ns),
+                hi: offset(to.min(tick.end_ns), tick.start_ns),
                 ..item
             });
             placed((tick.seq, (tick.items.len() - 1) as u32));
@@ -213,11 +250,9 @@ mod tests {
 
     fn item(p: f64, d: f64) -> Item {
         Item {
-            slot: 0,
             prefill: p as f32,
             decode: d as f32,
-            context: 0.0,
-            provisional: false,
+            ..Item::empty(0)
         }
     }
 

@@ -64,11 +64,8 @@ impl Ledger {
         let lower = Self::work_start_ns(p).min(first_token_ns);
         let from = first_token_ns.saturating_sub(pd).max(lower);
         let item = Item {
-            slot,
             prefill: p.prompt_tokens as f32,
-            decode: 0.0,
-            context: 0.0,
-            provisional: false,
+            ..Item::empty(slot)
         };
         self.place(slot, from, first_token_ns, item, BeforeWindow::Compress);
     }
@@ -84,11 +81,10 @@ impl Ledger {
             .and_then(Option::as_ref)
             .map_or(1, |r| r.choices);
         let item = Item {
-            slot,
-            prefill: 0.0,
             decode: (to - from) as f32,
             context: decode_context(prompt, choices, from, to) as f32,
-            provisional: false,
+            step_end: true,
+            ..Item::empty(slot)
         };
         if self.window.place_point(at_ns, item).is_some() {
             if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
@@ -225,18 +221,14 @@ impl Ledger {
             (0.0, 0.0)
         };
         let item = Item {
-            slot,
             prefill: prefill as f32,
             decode: decode as f32,
             context: context as f32,
             provisional: true,
+            ..Item::empty(slot)
         };
-        if let Some(r) = self.window.place_point(end_ns, item) {
-            if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
-                req.pending_items = req.pending_items.saturating_add(1);
-                req.provisional.push(r);
-            }
-        }
+        // The estimate covers the newest tick from `a` on.
+        self.place(slot, a, end_ns, item, BeforeWindow::Compress);
         if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
             req.prov_from_ns = end_ns;
         }
@@ -317,21 +309,16 @@ impl Ledger {
         };
         if p.prompt_tokens > 0 {
             let item = Item {
-                slot,
                 prefill: p.prompt_tokens as f32,
-                decode: 0.0,
-                context: 0.0,
-                provisional: false,
+                ..Item::empty(slot)
             };
             self.place(slot, from, ft, item, BeforeWindow::Drop);
         }
         if p.completion_tokens > 0 {
             let item = Item {
-                slot,
-                prefill: 0.0,
                 decode: p.completion_tokens as f32,
                 context: decode_context(p.prompt_tokens, choices, 0, p.completion_tokens) as f32,
-                provisional: false,
+                ..Item::empty(slot)
             };
             self.place(slot, ft, end, item, BeforeWindow::Drop);
         }
