@@ -114,6 +114,10 @@ pub struct Ledger {
     pub(super) bounds: Vec<u32>,
     /// Marginal work per step of the tick being settled.
     pub(super) step_work: Vec<f64>,
+    /// Recent settled busy ticks: (energy attributed, of it active, marginal work), µJ.
+    pub(super) price_window: std::collections::VecDeque<(u64, u64, f64)>,
+    /// Sums over `price_window`.
+    pub(super) price_sums: (u64, u64, f64),
     pub(super) shares: Vec<u64>,
     pub(super) scratch: Vec<(f64, usize)>,
 }
@@ -151,6 +155,8 @@ impl Ledger {
             marginal: Vec::new(),
             bounds: Vec::new(),
             step_work: Vec::new(),
+            price_window: std::collections::VecDeque::new(),
+            price_sums: (0, 0, 0.0),
             shares: Vec::new(),
             scratch: Vec::new(),
         })
@@ -409,6 +415,13 @@ impl Ledger {
     /// The calibration fit and its quality.
     pub fn calibration(&self) -> CalibrationReport {
         self.calibrator.report()
+    }
+
+    /// The energy per unit of marginal work over the recent settled busy ticks: (total, active)
+    /// micro-joules per micro-joule of work; `None` before any.
+    pub fn work_price(&self) -> Option<(f64, f64)> {
+        let (e, a, w) = self.price_sums;
+        (w > 0.0).then(|| (e as f64 / w, a as f64 / w))
     }
 
     /// The current prefill-rate and per-request decode-rate estimates, tokens per second.

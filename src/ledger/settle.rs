@@ -266,6 +266,7 @@ impl Ledger {
             // Rounded (x + 0.5, non-negative): a figure, not part of the exact books.
             let active = ((sf * active_ratio + 0.5) as u64).min(share);
             let en = &mut req.energy;
+            en.work_uj = en.work_uj.saturating_add((m * 1e6) as u64);
             en.energy_uj = en.energy_uj.saturating_add(share);
             en.prefill_uj = en.prefill_uj.saturating_add(prefill);
             en.decode_uj = en.decode_uj.saturating_add(share - prefill);
@@ -279,6 +280,22 @@ impl Ledger {
             en.recent_power_mw = (req.recent_uj as f64 * mw_per_uj) as u64;
         }
         self.totals.active_uj = self.totals.active_uj.saturating_add(active_total);
+        let work_uj = self.marginal.iter().sum::<f64>() * 1e6;
+        if work_uj > 0.0 {
+            // About two seconds of ticks at the default interval: recent enough to follow load.
+            const PRICE_TICKS: usize = 40;
+            if self.price_window.len() == PRICE_TICKS {
+                if let Some((oe, oa, ow)) = self.price_window.pop_front() {
+                    self.price_sums.0 -= oe;
+                    self.price_sums.1 -= oa;
+                    self.price_sums.2 = (self.price_sums.2 - ow).max(0.0);
+                }
+            }
+            self.price_window.push_back((e, active_total, work_uj));
+            self.price_sums.0 += e;
+            self.price_sums.1 += active_total;
+            self.price_sums.2 += work_uj;
+        }
         if !provisional && self.idle.source() != IdleSource::Unknown {
             let active_j = full_e.saturating_sub(self.idle.baseline_uj(dt)) as f64 / 1e6;
             let work = TickWork {

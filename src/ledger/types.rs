@@ -27,6 +27,10 @@ pub struct RequestEnergy {
     pub decode_uj: u64,
     /// The request's attributed power in the latest settled tick where it got energy, mW.
     pub recent_power_mw: u64,
+    /// The work its settled energy paid for, in micro-joules of marginal energy
+    /// (α·prefill + β·decode + γ·context at the weights in use when each tick settled): what is
+    /// left of its work on top of this is priced at the system's energy per unit of work.
+    pub work_uj: u64,
     /// Measured ticks overlapping the request.
     pub available_ticks: u32,
     /// Unavailable ticks overlapping the request.

@@ -9,17 +9,7 @@ use super::window::{BeforeWindow, Item, ItemRef};
 use super::WorkKind;
 use crate::observe::{Outcome, ProgressSnapshot};
 
-/// Context tokens read by the decodes that take a request's completion count (summed over its
-/// `choices` sequences) from `from` to `to`: each sequence's next token reads its prompt and the
-/// tokens it generated before.
-pub(super) fn decode_context(prompt: u64, choices: u32, from: u64, to: u64) -> f64 {
-    if to <= from {
-        return 0.0;
-    }
-    let n = f64::from(choices.max(1));
-    let (a, b) = (from as f64 / n, to as f64 / n);
-    n * ((b - a) * prompt as f64 + (b * (b - 1.0) - a * (a - 1.0)) / 2.0)
-}
+use crate::observe::decode_context;
 
 impl Ledger {
     /// The estimated prefill duration of `p`, ns.

@@ -154,6 +154,8 @@ pub struct RequestProgress {
     pub decode_uj: AtomicU64,
     /// The end of the last tick included in the energy figures.
     pub settled_until_ns: AtomicU64,
+    /// The marginal work its settled energy paid for, µJ (see `ledger::RequestEnergy::work_uj`).
+    pub work_uj: AtomicU64,
     /// The request's attributed power over its latest tick, milliwatts: used to extend the settled
     /// figure to "now" when a stream ends between ticks.
     pub recent_power_mw: AtomicU64,
@@ -185,6 +187,7 @@ impl RequestProgress {
             prefill_uj: AtomicU64::new(0),
             decode_uj: AtomicU64::new(0),
             settled_until_ns: AtomicU64::new(0),
+            work_uj: AtomicU64::new(0),
             recent_power_mw: AtomicU64::new(0),
             energy_available: AtomicBool::new(true),
         }
@@ -324,6 +327,55 @@ pub struct SystemRates {
     pub prefill_uj_per_token: AtomicU64,
     /// Active energy per decode token, micro-joules.
     pub decode_uj_per_token: AtomicU64,
+    /// The work weights in use, `f64` bits: α, β (joules per prefill / decode token), γ (joules
+    /// per context token a decode reads). 0 until accounting publishes them.
+    pub work_weights_bits: [AtomicU64; 3],
+    /// Recent energy per unit of marginal work (µJ per µJ of α·prefill + β·decode + γ·context),
+    /// total and active, `f64` bits; 0 until busy ticks settled.
+    pub work_price_bits: [AtomicU64; 2],
+}
+
+impl SystemRates {
+    /// Publishes the work weights and price (accounting, after each tick).
+    pub fn set_work_pricing(&self, weights: (f64, f64, f64), price: Option<(f64, f64)>) {
+        let w = [weights.0, weights.1, weights.2];
+        for (slot, v) in self.work_weights_bits.iter().zip(w) {
+            slot.store(v.to_bits(), Relaxed);
+        }
+        if let Some((total, active)) = price {
+            self.work_price_bits[0].store(total.to_bits(), Relaxed);
+            self.work_price_bits[1].store(active.to_bits(), Relaxed);
+        }
+    }
+
+    /// Marginal work of a request's tokens, µJ (`None` until weights are published).
+    pub fn work_uj(&self, prompt: u64, choices: u32, completion: u64) -> Option<f64> {
+        let [a, b, g] = [0, 1, 2].map(|i| f64::from_bits(self.work_weights_bits[i].load(Relaxed)));
+        if !(a > 0.0 || b > 0.0) {
+            return None;
+        }
+        let ctx = decode_context(prompt, choices, 0, completion);
+        Some((a * prompt as f64 + b * completion as f64 + g * ctx) * 1e6)
+    }
+
+    /// Energy per unit of work, total and active (`None` until known).
+    pub fn work_price(&self) -> Option<(f64, f64)> {
+        let t = f64::from_bits(self.work_price_bits[0].load(Relaxed));
+        let a = f64::from_bits(self.work_price_bits[1].load(Relaxed));
+        (t.is_finite() && t > 0.0).then_some((t, a.clamp(0.0, t)))
+    }
+}
+
+/// Context tokens read by the decodes that take a request's completion count (summed over its
+/// `choices` sequences) from `from` to `to`: each sequence's next token reads its prompt and the
+/// tokens it generated before (DESIGN.md §3, the γ term).
+pub fn decode_context(prompt: u64, choices: u32, from: u64, to: u64) -> f64 {
+    if to <= from {
+        return 0.0;
+    }
+    let n = f64::from(choices.max(1));
+    let (a, b) = (from as f64 / n, to as f64 / n);
+    n * ((b - a) * prompt as f64 + (b * (b - 1.0) - a * (a - 1.0)) / 2.0)
 }
 
 /// Longest stretch the settled figure is extrapolated over with the request's recent power: beyond
@@ -340,7 +392,19 @@ impl RequestProgress {
         let active = self.active_uj.load(Relaxed);
         let settled_until = self.settled_until_ns.load(Relaxed);
         let power_mw = self.recent_power_mw.load(Relaxed);
-        let (extra, active_extra) = if power_mw > 0 && settled_until > 0 {
+        let prompt = self.prompt_tokens.load(Relaxed);
+        let completion = self.completion_tokens.load(Relaxed);
+        let priced = rates
+            .work_price()
+            .zip(rates.work_uj(prompt, self.meta.choices, completion));
+        let (extra, active_extra) = if let (Some(((total_price, active_price), work)), true) =
+            (priced, self.meta.endpoint != Endpoint::Other)
+        {
+            // The request's own work not yet settled, priced at what the recent settled work cost
+            // (static power included): close to what settlement will give it.
+            let left = (work - self.work_uj.load(Relaxed) as f64).max(0.0);
+            ((left * total_price) as u64, (left * active_price) as u64)
+        } else if power_mw > 0 && settled_until > 0 {
             let dt = now_ns
                 .saturating_sub(settled_until)
                 .min(MAX_EXTRAPOLATION_NS);
