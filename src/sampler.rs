@@ -27,10 +27,16 @@ use crate::meter::status::SamplerStatus;
 use crate::meter::{Meter, MeterSet};
 use crate::tick::{DeviceDelta, Tick};
 
+#[cfg(test)]
+pub(crate) mod lumpy;
 mod outbox;
+pub mod period;
+pub mod spread;
 mod time;
 
 pub use outbox::{merge, Outbox};
+pub use period::{Period, PeriodSource};
+pub use spread::{CoveredSpan, Spreader};
 pub use time::{ClockTime, Schedule, TimeSource, Wake};
 
 /// Default sampling interval.
