@@ -86,6 +86,10 @@ pub struct DeviceInfo {
     pub power_limit_w: Option<f64>,
     /// The counter's wrap modulus in micro-joules, where known (RAPL `max_energy_range_uj`).
     pub wrap_uj: Option<u64>,
+    /// How often the counter updates, when configured for this meter (a spec's `period_ms=N`);
+    /// `None` lets the sampler learn it. `/stats` reports the period in force per device.
+    #[serde(skip)]
+    pub period_ns: Option<u64>,
 }
 
 impl DeviceInfo {
@@ -100,6 +104,7 @@ impl DeviceInfo {
             nvml_version: None,
             power_limit_w: None,
             wrap_uj: None,
+            period_ns: None,
         }
     }
 }

@@ -105,6 +105,12 @@ impl Spreader {
                 } else {
                     self.release_held();
                     self.ready.push_back((start_ns, end_ns, Some(0)));
+                    // Not slower than the reads: a still counter means the device drew nothing.
+                    self.last_span = Some(CoveredSpan {
+                        start_ns,
+                        end_ns,
+                        energy_uj: 0,
+                    });
                 }
             }
             Some(d) => {
@@ -144,7 +150,8 @@ impl Spreader {
         self.held.len()
     }
 
-    /// The span the last increment covered (its power is the device's current power).
+    /// The span the last increment covered (its power is the device's current power); a span of
+    /// 0 µJ once the counter has stood still where it is not held, or for longer than the bound.
     pub fn last_span(&self) -> Option<CoveredSpan> {
         self.last_span
     }
@@ -182,17 +189,23 @@ impl Spreader {
 
     fn enforce_bound(&mut self, now_ns: u64) {
         let bound = self.hold_bound_ns();
-        let mut released = false;
+        let mut released: Option<(u64, u64)> = None;
         while let Some(&(s, e)) = self.held.front() {
             if self.held.len() <= MAX_HELD && now_ns.saturating_sub(s) <= bound {
                 break;
             }
             self.held.pop_front();
             self.ready.push_back((s, e, Some(0)));
-            released = true;
+            released = Some((released.map_or(s, |r| r.0), e));
         }
-        if released {
+        if let Some((start_ns, end_ns)) = released {
             self.learner.break_chain();
+            // Still for longer than the bound: the device draws (next to) nothing.
+            self.last_span = Some(CoveredSpan {
+                start_ns,
+                end_ns,
+                energy_uj: 0,
+            });
         }
     }
 

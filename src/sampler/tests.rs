@@ -59,6 +59,7 @@ fn run(
     let cfg = SamplerConfig {
         interval: Duration::from_millis(50),
         queue,
+        meter_period: None,
     };
     let (sampler, rx) = Sampler::spawn_with(set, cfg, time).expect("spawn");
     let status = sampler.status().clone();
@@ -235,8 +236,8 @@ fn duplicate_labels_are_numbered() {
         .map(|d| d.info.label)
         .collect();
     assert_eq!(labels, ["sim", "sim#2", "sim#3"]);
-    assert!(core.round(0).is_none());
-    let tick = core.round(MS).expect("tick");
+    assert!(core.round(0).is_empty());
+    let tick = core.round(MS).pop().expect("tick");
     let ticked: Vec<&str> = tick.devices.iter().map(|d| d.device.as_str()).collect();
     assert_eq!(ticked, ["sim", "sim#2", "sim#3"]);
     assert_eq!(tick.delta_uj, Some(6_000));
@@ -247,6 +248,7 @@ fn intervals_are_validated_and_real_time_stops_promptly() {
     let bad = SamplerConfig {
         interval: Duration::from_millis(250),
         queue: 1,
+        meter_period: None,
     };
     assert!(matches!(
         Sampler::spawn(sim_set(1.0), bad, Clock::new()),
@@ -256,6 +258,7 @@ fn intervals_are_validated_and_real_time_stops_promptly() {
     let cfg = SamplerConfig {
         interval: MAX_INTERVAL,
         queue: 4,
+        meter_period: None,
     };
     let (sampler, _rx) = Sampler::spawn(sim_set(1.0), cfg, Clock::new()).expect("spawn");
     drop(sampler);
@@ -276,13 +279,13 @@ fn a_replay_past_its_end_holds_and_turns_unhealthy() {
         },
         DEFAULT_INTERVAL,
     );
-    assert!(core.round(0).is_none());
+    assert!(core.round(0).is_empty());
     assert_eq!(
-        core.round(100 * MS).and_then(|t| t.delta_uj),
+        core.round(100 * MS).pop().and_then(|t| t.delta_uj),
         Some(10_000_000)
     );
     assert!(core.status().snapshot().devices[0].healthy);
-    assert_eq!(core.round(200 * MS).and_then(|t| t.delta_uj), Some(0));
+    assert_eq!(core.round(200 * MS).pop().and_then(|t| t.delta_uj), Some(0));
     let d = &core.status().snapshot().devices[0];
     assert!(d.ended && !d.healthy);
     assert_eq!(d.energy_uj, 10_000_000);
