@@ -293,7 +293,9 @@ impl SamplerCore {
                     delta_uj: delta,
                 });
             }
-            let Some((start_ns, end_ns)) = span else { break };
+            let Some((start_ns, end_ns)) = span else {
+                break;
+            };
             ticks.push(Tick {
                 seq: 0,
                 start_ns,

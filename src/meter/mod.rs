@@ -152,6 +152,39 @@ pub trait Meter: Send {
     fn read(&mut self, index: usize, now_ns: u64) -> Result<Reading, ReadError>;
 }
 
+/// `meter` with every device's update period configured to `period_ns` (a spec's `period_ms=N`):
+/// the sampler then spreads its increments from the first read instead of learning the period.
+pub fn with_period(meter: Box<dyn Meter>, period_ns: u64) -> Box<dyn Meter> {
+    let devices = meter
+        .devices()
+        .iter()
+        .cloned()
+        .map(|mut d| {
+            d.period_ns = Some(period_ns).filter(|&p| p > 0);
+            d
+        })
+        .collect();
+    Box::new(WithPeriod {
+        inner: meter,
+        devices,
+    })
+}
+
+struct WithPeriod {
+    inner: Box<dyn Meter>,
+    devices: Vec<DeviceInfo>,
+}
+
+impl Meter for WithPeriod {
+    fn devices(&self) -> &[DeviceInfo] {
+        &self.devices
+    }
+
+    fn read(&mut self, index: usize, now_ns: u64) -> Result<Reading, ReadError> {
+        self.inner.read(index, now_ns)
+    }
+}
+
 /// A meter that was asked for but cannot measure (library missing, no permission, no RAPL domain).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Unavailable {

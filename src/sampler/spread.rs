@@ -73,6 +73,8 @@ pub struct Spreader {
     held: VecDeque<(u64, u64)>,
     ready: VecDeque<Interval>,
     last_span: Option<CoveredSpan>,
+    /// End of the read at which the counter last changed.
+    last_change_ns: Option<u64>,
 }
 
 impl Spreader {
@@ -85,6 +87,7 @@ impl Spreader {
             held: VecDeque::new(),
             ready: VecDeque::new(),
             last_span: None,
+            last_change_ns: None,
         }
     }
 
@@ -105,9 +108,17 @@ impl Spreader {
                 } else {
                     self.release_held();
                     self.ready.push_back((start_ns, end_ns, Some(0)));
-                    // Not slower than the reads: a still counter means the device drew nothing.
+                }
+                // The power stays that of the last covered span unless the counter never moved, or
+                // has stood still for longer than any hold: then the device draws (next to) nothing.
+                let still_from = match self.last_change_ns {
+                    None => Some(start_ns),
+                    Some(c) if end_ns.saturating_sub(c) > self.hold_bound_ns() => Some(c),
+                    Some(_) => None,
+                };
+                if let Some(from) = still_from {
                     self.last_span = Some(CoveredSpan {
-                        start_ns,
+                        start_ns: from,
                         end_ns,
                         energy_uj: 0,
                     });
@@ -116,6 +127,9 @@ impl Spreader {
             Some(d) => {
                 self.learner.read(end_ns, true);
                 let first = self.held.front().map_or(start_ns, |h| h.0);
+                // The power span runs from the previous change even where the intervals between
+                // were released unspread (period not learned yet, a failure, the hold bound).
+                let first = self.last_change_ns.replace(end_ns).unwrap_or(first);
                 self.last_span = Some(CoveredSpan {
                     start_ns: first,
                     end_ns,
@@ -150,8 +164,9 @@ impl Spreader {
         self.held.len()
     }
 
-    /// The span the last increment covered (its power is the device's current power); a span of
-    /// 0 µJ once the counter has stood still where it is not held, or for longer than the bound.
+    /// The span from the read at the counter's previous change to the read at its last change, and
+    /// that increment: its power is the device's current power. A span of 0 µJ while the counter has
+    /// never moved, or once it has stood still for longer than the hold bound.
     pub fn last_span(&self) -> Option<CoveredSpan> {
         self.last_span
     }
@@ -189,23 +204,17 @@ impl Spreader {
 
     fn enforce_bound(&mut self, now_ns: u64) {
         let bound = self.hold_bound_ns();
-        let mut released: Option<(u64, u64)> = None;
+        let mut released = false;
         while let Some(&(s, e)) = self.held.front() {
             if self.held.len() <= MAX_HELD && now_ns.saturating_sub(s) <= bound {
                 break;
             }
             self.held.pop_front();
             self.ready.push_back((s, e, Some(0)));
-            released = Some((released.map_or(s, |r| r.0), e));
+            released = true;
         }
-        if let Some((start_ns, end_ns)) = released {
+        if released {
             self.learner.break_chain();
-            // Still for longer than the bound: the device draws (next to) nothing.
-            self.last_span = Some(CoveredSpan {
-                start_ns,
-                end_ns,
-                energy_uj: 0,
-            });
         }
     }
 
