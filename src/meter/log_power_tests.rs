@@ -3,7 +3,7 @@
 use super::*;
 use crate::meter::replay::{ReplayMeter, Trace};
 use crate::meter::sim::SimMeter;
-use crate::meter::Meter;
+use crate::meter::{Meter, MeterKind};
 use crate::sampler::Wake;
 use std::sync::mpsc::Receiver;
 
@@ -201,7 +201,7 @@ fn flags_parse_as_data() {
         panic!("wrong subcommand")
     };
     assert_eq!(a.meters.len(), 2);
-    assert_eq!(a.meters[0], MeterSpec::Sim { watts: 5.0 });
+    assert_eq!(a.meters[0], MeterKind::Sim { watts: 5.0 }.into());
     assert_eq!((a.interval_ms, a.duration_s, a.summary), (20, 1.5, true));
     assert_eq!(a.output, PathBuf::from("out.csv"));
     let defaults = crate::cli::Cli::try_parse_from(["joulegate", "log-power"]).expect("defaults");
