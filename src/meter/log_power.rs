@@ -30,7 +30,7 @@ pub struct LogPowerArgs {
         value_name = "SPEC",
         help = "Meter spec, repeatable: nvml[:0,1|:GPU-uuid], \
                 counter-file:PATH[,unit=uj|mj|j][,wrap=N|wrap-file=PATH], rapl[:ROOT], sim[:WATTS], \
-                replay:PATH. Default: nvml if it initialises"
+                replay:PATH; any may end with ,period_ms=N. Default: nvml if it initialises"
     )]
     pub meters: Vec<MeterSpec>,
     /// Sampling interval in milliseconds (1 to 200).
