@@ -84,6 +84,7 @@ fn measure_cpu_at_20hz(seconds: u64) {
     let config = SamplerConfig {
         interval: Duration::from_millis(50),
         queue: 64,
+        meter_period: None,
     };
     let (sampler, rx) = Sampler::spawn(meters, config, Clock::new()).expect("sampler starts");
     // Let the thread start and take its baseline before the window opens.

@@ -67,7 +67,8 @@ pub struct ServeArgs {
     #[arg(long, env = "JOULEGATE_MAX_BUFFERED_RESPONSE_BYTES", value_name = "N")]
     pub max_buffered_response_bytes: Option<u64>,
     /// Energy meter (repeatable): nvml, nvml:0,1, counter-file:PATH[,unit=..][,wrap=..], rapl, sim[:W],
-    /// replay:PATH. The environment variable separates specs with ';' [default: nvml if it works].
+    /// replay:PATH; any may end with ,period_ms=N (its counter's update period). The environment
+    /// variable separates specs with ';' [default: nvml if it works].
     #[arg(
         long = "meter",
         env = "JOULEGATE_METERS",
@@ -78,6 +79,11 @@ pub struct ServeArgs {
     /// Meter sampling interval, ms (1..=200) [default: 50].
     #[arg(long, env = "JOULEGATE_SAMPLE_INTERVAL_MS", value_name = "MS")]
     pub sample_interval_ms: Option<u64>,
+    /// How often the meters' counters update, ms (1..=60000), for meters whose spec sets no
+    /// period_ms; slower than the sampling interval spreads each update over the intervals it
+    /// covers [default: learned per device].
+    #[arg(long, env = "JOULEGATE_METER_PERIOD_MS", value_name = "MS")]
+    pub meter_period_ms: Option<u64>,
     /// Add stream_options to streaming requests for exact token counts (removed again before the
     /// client sees the response) [default: true].
     #[arg(long, env = "JOULEGATE_INJECT_USAGE", value_name = "BOOL")]

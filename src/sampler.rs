@@ -4,6 +4,12 @@
 //! ([`Sampler`] joins it on drop). It never touches the ledger: ticks go out over a bounded
 //! `sync_channel`, status goes to [`SamplerStatus`] for the admin listener.
 //!
+//! - **Slow meters**: a counter that updates more slowly than it is read (NVML's every 20–100 ms, a
+//!   file another program writes) goes through a per-device [`Spreader`]: its update period is
+//!   learned (or configured: `meter_period_ms`, a spec's `period_ms=N`), and each increment is spread
+//!   over the intervals since the previous change, so ticks carry a smooth timeline, delayed by up to
+//!   one meter period. A tick goes out once every device has finalised its interval; a counter that
+//!   moves at every read is never delayed. A warning says once per device when this happens.
 //! - **Schedule**: deadlines at `t0 + k * interval`; after an overrun the missed deadlines are skipped
 //!   and the next tick simply spans a longer interval, so there is no drift and no burst.
 //! - **Backpressure**: if the consumer's queue is full, the interval is merged into the next tick
@@ -11,7 +17,7 @@
 //!   shutdown one last non-blocking send is tried; a tick that still does not fit is counted as dropped.
 //! - **Failures**: a failed reading makes that device's delta `None` for that tick (and the tick's
 //!   total `None`). Counters keep their last good value, so the next good reading carries the energy of
-//!   the failed intervals: energy is delayed, not lost. Merging follows the same rule: a merged device
+//!   the failed intervals: energy is delayed, not lost (and never spread back into the failed one). Merging follows the same rule: a merged device
 //!   delta is the sum of its known parts, `None` only if every part was unavailable.
 //! - **Time** comes from a [`TimeSource`]: [`ClockTime`] (the shared [`Clock`]) in production, a
 //!   scripted one in tests, so schedules and ticks are tested without sleeping.
@@ -27,10 +33,16 @@ use crate::meter::status::SamplerStatus;
 use crate::meter::{Meter, MeterSet};
 use crate::tick::{DeviceDelta, Tick};
 
+#[cfg(test)]
+pub(crate) mod lumpy;
 mod outbox;
+pub mod period;
+pub mod spread;
 mod time;
 
 pub use outbox::{merge, Outbox};
+pub use period::{Period, PeriodSource};
+pub use spread::{CoveredSpan, Spreader};
 pub use time::{ClockTime, Schedule, TimeSource, Wake};
 
 /// Default sampling interval.
@@ -49,6 +61,8 @@ pub struct SamplerConfig {
     pub interval: Duration,
     /// Capacity of the tick queue (at least 1).
     pub queue: usize,
+    /// Every meter's update period, unless its spec sets one; `None` learns it from the reads.
+    pub meter_period: Option<Duration>,
 }
 
 impl Default for SamplerConfig {
@@ -56,6 +70,7 @@ impl Default for SamplerConfig {
         SamplerConfig {
             interval: DEFAULT_INTERVAL,
             queue: DEFAULT_QUEUE,
+            meter_period: None,
         }
     }
 }
@@ -96,41 +111,72 @@ struct Slot {
     meter: usize,
     device: usize,
     tracker: CounterTracker,
+    spreader: Spreader,
+    /// Whether "slower than the sampler" was said for this device.
+    warned: bool,
 }
 
-/// The sampling logic without the thread: reads every device and turns readings into ticks.
+/// The sampling logic without the thread: reads every device, spreads slow counters' increments
+/// over the intervals they cover ([`Spreader`]) and turns them into ticks.
 pub struct SamplerCore {
     meters: Vec<Box<dyn Meter>>,
     slots: Vec<Slot>,
     labels: Vec<String>,
     status: Arc<SamplerStatus>,
+    interval_ns: u64,
     last_ns: Option<u64>,
 }
 
 impl SamplerCore {
-    /// Takes ownership of the meters; `interval` is only reported in the status.
+    /// Takes ownership of the meters; `interval` is reported in the status and compared with the
+    /// meters' update periods. Periods are learned unless a meter's spec configures one.
     pub fn new(set: MeterSet, interval: Duration) -> Self {
+        Self::with_period(set, interval, None)
+    }
+
+    /// Like [`SamplerCore::new`], with `meter_period` as every meter's update period, unless its
+    /// spec sets its own (`period_ms=N`); `None` learns it.
+    pub fn with_period(set: MeterSet, interval: Duration, meter_period: Option<Duration>) -> Self {
+        let interval_ns = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
+        let all_ns = meter_period
+            .map(|p| u64::try_from(p.as_nanos()).unwrap_or(u64::MAX))
+            .filter(|&p| p > 0);
         let mut slots = Vec::new();
         let mut infos = Vec::new();
         for (m, meter) in set.meters.iter().enumerate() {
             for (d, info) in meter.devices().iter().enumerate() {
+                let mut info = info.clone();
+                info.label = unique_label(&infos, &info.label);
+                let period_ns = info.period_ns.or(all_ns);
+                info.period_ns = period_ns;
+                let warned = match period_ns {
+                    Some(p) if p > interval_ns => {
+                        warn_slow(&info.label, p, interval_ns, "configured");
+                        true
+                    }
+                    _ => false,
+                };
                 slots.push(Slot {
                     meter: m,
                     device: d,
                     tracker: CounterTracker::for_device(info.wrap_uj, info.power_limit_w),
+                    spreader: Spreader::new(period_ns),
+                    warned,
                 });
-                let mut info = info.clone();
-                info.label = unique_label(&infos, &info.label);
                 infos.push(info);
             }
         }
         let labels = infos.iter().map(|i| i.label.clone()).collect();
-        let interval_ns = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
+        let status = Arc::new(SamplerStatus::new(interval_ns, infos, set.unavailable));
+        for (slot, st) in slots.iter().zip(status.devices()) {
+            st.record_period(slot.spreader.period());
+        }
         SamplerCore {
             meters: set.meters,
             slots,
             labels,
-            status: Arc::new(SamplerStatus::new(interval_ns, infos, set.unavailable)),
+            status,
+            interval_ns,
             last_ns: None,
         }
     }
@@ -140,20 +186,22 @@ impl SamplerCore {
         self.status.clone()
     }
 
-    /// One sampling round at `now_ns`. The first call takes the baseline and returns `None`; later
-    /// calls return the tick for `(previous, now_ns]` (with `seq` 0: the sender numbers ticks).
-    pub fn round(&mut self, now_ns: u64) -> Option<Tick> {
+    /// One sampling round at `now_ns`. The first call takes the baseline; later calls read the
+    /// interval `(previous, now_ns]` and return the ticks whose energy is final on every device
+    /// (with `seq` 0: the sender numbers them). A meter whose counter moves at every read yields
+    /// this interval's tick at once; a slower one's intervals come out, spread, once its counter
+    /// has moved past them (at most a bounded time later, see [`spread`]).
+    pub fn round(&mut self, now_ns: u64) -> Vec<Tick> {
         let start_ns = self.last_ns.replace(now_ns);
-        let dt = start_ns.map_or(0, |s| now_ns.saturating_sub(s));
-        let mut devices = Vec::with_capacity(self.slots.len());
-        let mut total: Option<u64> = Some(0);
         for (i, slot) in self.slots.iter_mut().enumerate() {
-            let status = &self.status.devices()[i];
+            let Some(status) = self.status.devices().get(i) else {
+                continue;
+            };
             let read = match self.meters.get_mut(slot.meter) {
                 Some(m) => m.read(slot.device, now_ns),
                 None => Err(crate::meter::ReadError::NoSuchDevice(slot.meter)),
             };
-            let delta = match read {
+            let (delta, ended) = match read {
                 Ok(r) => {
                     let step = slot.tracker.observe(r.energy_uj, now_ns);
                     match step {
@@ -162,39 +210,113 @@ impl SamplerCore {
                         Step::Reset(_) => status.count_reset(),
                         Step::Increase(_) => {}
                     }
-                    if step == Step::Baseline {
-                        // Nothing measured yet for this device (first read, or first good read after
-                        // failing from the start): 0 is exact for a counter we had never seen.
-                        Some(0)
-                    } else {
-                        status.record_ok(step.delta_uj(), dt, r.ended);
-                        Some(step.delta_uj())
+                    if step != Step::Baseline {
+                        status.record_ok(step.delta_uj(), r.ended);
                     }
+                    // A baseline (first read, or first good read after failing from the start)
+                    // measured nothing yet: 0 is exact for a counter we had never seen.
+                    (Some(step.delta_uj()), r.ended)
                 }
                 Err(e) => {
                     status.record_error(&e);
                     tracing::debug!(device = %self.labels[i], error = %e, "meter read failed");
-                    None
+                    (None, false)
                 }
             };
-            total = match (total, delta) {
-                (Some(t), Some(d)) => Some(t.saturating_add(d)),
-                _ => None,
+            let Some(start_ns) = start_ns else { continue };
+            let before = slot.spreader.last_span();
+            slot.spreader.push(start_ns, now_ns, delta);
+            if ended {
+                // Nothing more will come to spread over what is held.
+                slot.spreader.flush();
+            }
+            let span = slot.spreader.last_span();
+            if span != before {
+                if let Some(mw) = span.and_then(|s| s.power_mw()) {
+                    status.record_power_mw(mw);
+                }
+            }
+            let period = slot.spreader.period();
+            status.record_period(period);
+            if !slot.warned && !period.every_read {
+                if let Some(p) = period.ns.filter(|&p| p > self.interval_ns) {
+                    warn_slow(&self.labels[i], p, self.interval_ns, "learned");
+                    slot.warned = true;
+                }
+            }
+        }
+        if start_ns.is_none() {
+            return Vec::new();
+        }
+        if self.slots.is_empty() {
+            return start_ns
+                .map(|s| Tick {
+                    seq: 0,
+                    start_ns: s,
+                    end_ns: now_ns,
+                    delta_uj: Some(0),
+                    devices: Vec::new(),
+                })
+                .into_iter()
+                .collect();
+        }
+        self.ready_ticks()
+    }
+
+    /// Releases every interval still held (shutdown) and returns the remaining ticks.
+    pub fn flush(&mut self) -> Vec<Tick> {
+        for slot in &mut self.slots {
+            slot.spreader.flush();
+        }
+        self.ready_ticks()
+    }
+
+    /// The ticks final on every device. Every spreader is fed the same intervals in the same
+    /// order, so their final queues line up.
+    fn ready_ticks(&mut self) -> Vec<Tick> {
+        let mut ticks = Vec::new();
+        while !self.slots.is_empty() && self.slots.iter().all(|s| s.spreader.has_final()) {
+            let mut devices = Vec::with_capacity(self.slots.len());
+            let mut span = None;
+            let mut total: Option<u64> = Some(0);
+            for (slot, label) in self.slots.iter_mut().zip(&self.labels) {
+                let Some((s, e, delta)) = slot.spreader.pop_final() else {
+                    continue;
+                };
+                span.get_or_insert((s, e));
+                total = match (total, delta) {
+                    (Some(t), Some(d)) => Some(t.saturating_add(d)),
+                    _ => None,
+                };
+                devices.push(DeviceDelta {
+                    device: label.clone(),
+                    delta_uj: delta,
+                });
+            }
+            let Some((start_ns, end_ns)) = span else {
+                break;
             };
-            devices.push(DeviceDelta {
-                device: self.labels[i].clone(),
-                delta_uj: delta,
+            ticks.push(Tick {
+                seq: 0,
+                start_ns,
+                end_ns,
+                delta_uj: total,
+                devices,
             });
         }
-        let start_ns = start_ns?;
-        Some(Tick {
-            seq: 0,
-            start_ns,
-            end_ns: now_ns,
-            delta_uj: total,
-            devices,
-        })
+        ticks
     }
+}
+
+/// Says once per device that its meter is slower than the sampler, and what that means.
+fn warn_slow(label: &str, period_ns: u64, interval_ns: u64, how: &str) {
+    tracing::warn!(
+        device = %label,
+        period_ms = period_ns as f64 / 1e6,
+        interval_ms = interval_ns as f64 / 1e6,
+        "meter updates ({how}) more slowly than it is sampled: each counter increment is spread over \
+         the intervals it covers, so ticks are smooth but delayed by up to one meter period"
+    );
 }
 
 /// `label`, or `label#2`, `label#3`... if devices already use it: ticks and metrics need unique labels
@@ -240,7 +362,7 @@ impl Sampler {
         mut time: T,
     ) -> Result<(Sampler, Receiver<Tick>), SamplerError> {
         config.validate()?;
-        let mut core = SamplerCore::new(set, config.interval);
+        let mut core = SamplerCore::with_period(set, config.interval, config.meter_period);
         let status = core.status();
         let (tx, rx) = std::sync::mpsc::sync_channel(config.queue.max(1));
         let (stop_tx, stop_rx) = std::sync::mpsc::sync_channel::<()>(1);
@@ -257,9 +379,13 @@ impl Sampler {
                     if time.sleep_until(deadline, &stop_rx) == Wake::Stop {
                         break;
                     }
-                    if let Some(tick) = core.round(time.now_ns()) {
+                    for tick in core.round(time.now_ns()) {
                         outbox.offer(tick);
                     }
+                }
+                // Held intervals go out as measured: nothing more will come to spread over them.
+                for tick in core.flush() {
+                    outbox.offer(tick);
                 }
             })?;
         Ok((

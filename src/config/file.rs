@@ -22,6 +22,7 @@ pub struct FileConfig {
     pub max_buffered_response_bytes: Option<u64>,
     pub meters: Option<Vec<String>>,
     pub sample_interval_ms: Option<u64>,
+    pub meter_period_ms: Option<u64>,
     pub inject_usage: Option<bool>,
     pub energy_in_usage: Option<bool>,
     pub absent_include_usage: Option<String>,

@@ -93,6 +93,8 @@ pub struct Config {
     /// Sampler interval.
     #[serde(with = "millis")]
     pub sample_interval: Duration,
+    /// Every meter's counter update period, ms, unless its spec sets one (`None`: learned).
+    pub meter_period_ms: Option<u64>,
     /// Whether to inject `stream_options` for exact streamed counts.
     pub inject_usage: bool,
     /// Whether the final usage chunk of a stream carries an `energy` object.

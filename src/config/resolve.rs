@@ -215,6 +215,23 @@ impl Config {
                 "must be within 1..=200 (at least 5 samples a second)",
             ));
         }
+        let meter_period_ms = match l.pick(
+            &args.meter_period_ms.map(Some),
+            &file.meter_period_ms.map(Some),
+            None,
+            "meter-period-ms",
+            "JOULEGATE_METER_PERIOD_MS",
+        ) {
+            (Some(ms), origin) if !(1..=crate::meter::spec::MAX_PERIOD_MS).contains(&ms) => {
+                return Err(invalid(
+                    "meter_period_ms",
+                    ms,
+                    origin,
+                    "must be within 1..=60000",
+                ));
+            }
+            (ms, _) => ms,
+        };
         let (inject_usage, _) = l.pick(
             &args.inject_usage,
             &file.inject_usage,
@@ -449,6 +466,7 @@ impl Config {
             max_buffered_response_bytes,
             meters,
             sample_interval: Duration::from_millis(interval_ms),
+            meter_period_ms,
             inject_usage,
             energy_in_usage,
             absent_include_usage,
@@ -482,6 +500,7 @@ impl Config {
             max_buffered_response_bytes: Some(self.max_buffered_response_bytes),
             meters: Some(self.meters.iter().map(|m| m.to_string()).collect()),
             sample_interval_ms: Some(self.sample_interval.as_millis() as u64),
+            meter_period_ms: self.meter_period_ms,
             inject_usage: Some(self.inject_usage),
             energy_in_usage: Some(self.energy_in_usage),
             absent_include_usage: Some(

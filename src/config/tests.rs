@@ -140,3 +140,31 @@ fn missing_file_is_reported_with_its_path() {
         .to_string();
     assert!(err.contains("/nonexistent/joulegate.toml"), "{err}");
 }
+
+#[test]
+fn meter_period_is_optional_and_bounded() {
+    assert_eq!(resolve_file("").expect("empty").meter_period_ms, None);
+    let c =
+        resolve_file("meter_period_ms = 100\nmeters = [\"sim:1,period_ms=20\"]").expect("valid");
+    assert_eq!(c.meter_period_ms, Some(100));
+    assert_eq!(c.meters[0].period_ms, Some(20));
+    assert!(c.to_toml().contains("meter_period_ms = 100"));
+    for bad in ["0", "60001"] {
+        let err = resolve_file(&format!("meter_period_ms = {bad}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("meter_period_ms") && err.contains("test.toml"),
+            "{err}"
+        );
+    }
+    let mut a = args();
+    a.meter_period_ms = Some(0);
+    let err = Config::resolve(&a, &FileConfig::default(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("meter-period-ms") || err.contains("meter_period_ms"),
+        "{err}"
+    );
+}

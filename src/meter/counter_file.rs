@@ -223,11 +223,11 @@ mod tests {
         let spec: crate::meter::MeterSpec = format!("counter-file:{},unit=mj", path.display())
             .parse()
             .expect("spec");
-        let crate::meter::MeterSpec::CounterFile {
+        let crate::meter::MeterKind::CounterFile {
             path: p,
             unit,
             wrap,
-        } = spec
+        } = spec.kind
         else {
             panic!("wrong kind")
         };

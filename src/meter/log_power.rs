@@ -4,7 +4,9 @@
 //! per sample, so `replay:FILE` reads a log back as a meter. A first row per device at `time_s = 0`
 //! holds energy 0 and an empty power (no interval yet). `energy_j` is cumulative since the start and
 //! empty for an unavailable sample; `power_w` is the mean power since that device's previous good
-//! sample. Rows of one sample are written and flushed together, and Ctrl-C only sets a flag the writer
+//! sample. A meter slower than the sampling interval is logged through the sampler's spreading, so its
+//! rows show the power over the counter's updates (never 0 W between two of them), each row
+//! written up to one meter period after its time. Rows of one sample are written and flushed together, and Ctrl-C only sets a flag the writer
 //! checks between samples, so the file is a valid CSV at any point.
 
 use std::io::Write;
@@ -28,7 +30,7 @@ pub struct LogPowerArgs {
         value_name = "SPEC",
         help = "Meter spec, repeatable: nvml[:0,1|:GPU-uuid], \
                 counter-file:PATH[,unit=uj|mj|j][,wrap=N|wrap-file=PATH], rapl[:ROOT], sim[:WATTS], \
-                replay:PATH. Default: nvml if it initialises"
+                replay:PATH; any may end with ,period_ms=N. Default: nvml if it initialises"
     )]
     pub meters: Vec<MeterSpec>,
     /// Sampling interval in milliseconds (1 to 200).
@@ -204,6 +206,8 @@ pub fn log<T: TimeSource, W: Write>(
     let config = SamplerConfig {
         interval: opts.interval,
         queue: 1024,
+        // Learned per device, or set per meter with a spec's `period_ms=N`.
+        meter_period: None,
     };
     let (sampler, rx) = Sampler::spawn_with(set, config, time)?;
     let labels: Vec<String> = sampler

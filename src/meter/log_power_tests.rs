@@ -3,7 +3,7 @@
 use super::*;
 use crate::meter::replay::{ReplayMeter, Trace};
 use crate::meter::sim::SimMeter;
-use crate::meter::Meter;
+use crate::meter::{Meter, MeterKind};
 use crate::sampler::Wake;
 use std::sync::mpsc::Receiver;
 
@@ -201,7 +201,7 @@ fn flags_parse_as_data() {
         panic!("wrong subcommand")
     };
     assert_eq!(a.meters.len(), 2);
-    assert_eq!(a.meters[0], MeterSpec::Sim { watts: 5.0 });
+    assert_eq!(a.meters[0], MeterKind::Sim { watts: 5.0 }.into());
     assert_eq!((a.interval_ms, a.duration_s, a.summary), (20, 1.5, true));
     assert_eq!(a.output, PathBuf::from("out.csv"));
     let defaults = crate::cli::Cli::try_parse_from(["joulegate", "log-power"]).expect("defaults");
@@ -222,4 +222,73 @@ fn flags_parse_as_data() {
     assert!(bad.is_err_and(|e| e.to_string().contains("sim power \"-1\"")));
     let help = crate::cli::Cli::try_parse_from(["joulegate", "log-power", "--help"]);
     assert!(help.is_err_and(|e| e.kind() == clap::error::ErrorKind::DisplayHelp));
+}
+
+/// Time that jumps to each deadline and, at each wake, sets the shared counter to a slow counter's
+/// value then. Nothing sleeps.
+struct SlowCounterTime {
+    now: u64,
+    wakes: u32,
+    counter: crate::sampler::lumpy::LumpyCounter,
+    shared: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl TimeSource for SlowCounterTime {
+    fn now_ns(&mut self) -> u64 {
+        self.now
+    }
+    fn sleep_until(&mut self, deadline_ns: u64, _stop: &Receiver<()>) -> Wake {
+        if self.wakes == 0 {
+            return Wake::Stop;
+        }
+        self.wakes -= 1;
+        self.now = self.now.max(deadline_ns);
+        self.shared
+            .store(self.counter.value_at(self.now), Ordering::Release);
+        Wake::Deadline
+    }
+}
+
+#[test]
+fn a_slow_meter_logs_its_power_never_zero_between_updates() {
+    // A 100 ms counter at 300 W with 1 % noise, logged every 50 ms for 3 s.
+    let counter =
+        crate::sampler::lumpy::LumpyCounter::new(300, 100 * MS, 37 * MS, 0.01, 4_000 * MS, 3);
+    let shared = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let set = MeterSet {
+        meters: vec![Box::new(SimMeter::from_shared_counter(
+            "gpu",
+            shared.clone(),
+        ))],
+        unavailable: vec![],
+    };
+    let time = SlowCounterTime {
+        now: 0,
+        wakes: 60,
+        counter,
+        shared,
+    };
+    let opts = LogOptions {
+        interval: Duration::from_millis(50),
+        duration: None,
+    };
+    let mut out = Vec::new();
+    let summary = log(set, opts, time, &AtomicBool::new(false), &mut out).expect("log");
+    let csv = String::from_utf8(out).expect("utf-8");
+    let rows: Vec<(f64, f64)> = csv
+        .lines()
+        .skip(2)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            Some((f[0].parse().ok()?, f[3].parse().ok()?))
+        })
+        .collect();
+    assert_eq!(rows.len(), 60, "every sample logged once");
+    // Once the period is learned (two updates) and before the end (what is still held at stop
+    // goes out as measured), every row shows 300 W within the meter's noise.
+    for &(t, w) in rows.iter().filter(|r| r.0 > 0.3 && r.0 <= 2.9) {
+        assert!((w / 300.0 - 1.0).abs() < 0.015, "{t} s: {w} W");
+    }
+    let idle = summary.idle_power_w.unwrap_or(0.0);
+    assert!((idle / 300.0 - 1.0).abs() < 0.03, "idle estimate {idle} W");
 }

@@ -18,7 +18,7 @@ pub mod status;
 
 use std::path::PathBuf;
 
-pub use spec::{MeterSpec, NvmlSelector, SpecError, Unit, Wrap};
+pub use spec::{MeterKind, MeterSpec, NvmlSelector, SpecError, Unit, Wrap};
 
 /// One cumulative energy reading of one device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +86,10 @@ pub struct DeviceInfo {
     pub power_limit_w: Option<f64>,
     /// The counter's wrap modulus in micro-joules, where known (RAPL `max_energy_range_uj`).
     pub wrap_uj: Option<u64>,
+    /// How often the counter updates, when configured for this meter (a spec's `period_ms=N`);
+    /// `None` lets the sampler learn it. `/stats` reports the period in force per device.
+    #[serde(skip)]
+    pub period_ns: Option<u64>,
 }
 
 impl DeviceInfo {
@@ -100,6 +104,7 @@ impl DeviceInfo {
             nvml_version: None,
             power_limit_w: None,
             wrap_uj: None,
+            period_ns: None,
         }
     }
 }
@@ -145,6 +150,39 @@ pub trait Meter: Send {
     fn devices(&self) -> &[DeviceInfo];
     /// Reads device `index` at about `now_ns` (shared clock). Must not panic on any input.
     fn read(&mut self, index: usize, now_ns: u64) -> Result<Reading, ReadError>;
+}
+
+/// `meter` with every device's update period configured to `period_ns` (a spec's `period_ms=N`):
+/// the sampler then spreads its increments from the first read instead of learning the period.
+pub fn with_period(meter: Box<dyn Meter>, period_ns: u64) -> Box<dyn Meter> {
+    let devices = meter
+        .devices()
+        .iter()
+        .cloned()
+        .map(|mut d| {
+            d.period_ns = Some(period_ns).filter(|&p| p > 0);
+            d
+        })
+        .collect();
+    Box::new(WithPeriod {
+        inner: meter,
+        devices,
+    })
+}
+
+struct WithPeriod {
+    inner: Box<dyn Meter>,
+    devices: Vec<DeviceInfo>,
+}
+
+impl Meter for WithPeriod {
+    fn devices(&self) -> &[DeviceInfo] {
+        &self.devices
+    }
+
+    fn read(&mut self, index: usize, now_ns: u64) -> Result<Reading, ReadError> {
+        self.inner.read(index, now_ns)
+    }
 }
 
 /// A meter that was asked for but cannot measure (library missing, no permission, no RAPL domain).
@@ -218,8 +256,9 @@ pub fn build_meters(specs: &[MeterSpec]) -> Result<MeterSet, BuildError> {
     let mut set = MeterSet::default();
     for spec in specs {
         let text = spec.to_string();
-        match spec {
-            MeterSpec::Nvml(selectors) => match nvml::NvmlMeter::open(selectors) {
+        let before = set.meters.len();
+        match &spec.kind {
+            MeterKind::Nvml(selectors) => match nvml::NvmlMeter::open(selectors) {
                 Ok((meter, partial)) => {
                     set.meters.push(Box::new(meter));
                     set.unavailable.extend(partial);
@@ -229,7 +268,7 @@ pub fn build_meters(specs: &[MeterSpec]) -> Result<MeterSet, BuildError> {
                     reason: e.to_string(),
                 }),
             },
-            MeterSpec::CounterFile { path, unit, wrap } => {
+            MeterKind::CounterFile { path, unit, wrap } => {
                 let meter = counter_file::CounterFileMeter::from_spec(path, *unit, wrap.as_ref())
                     .map_err(|reason| BuildError::WrapFile {
                     spec: text.clone(),
@@ -238,22 +277,42 @@ pub fn build_meters(specs: &[MeterSpec]) -> Result<MeterSet, BuildError> {
                 })?;
                 set.meters.push(Box::new(meter));
             }
-            MeterSpec::Rapl { root } => match rapl::discover(root) {
+            MeterKind::Rapl { root } => match rapl::discover(root) {
                 Ok(meter) => set.meters.push(Box::new(meter)),
                 Err(e) => set.unavailable.push(Unavailable {
                     spec: text,
                     reason: e.to_string(),
                 }),
             },
-            MeterSpec::Sim { watts } => set.meters.push(Box::new(sim::SimMeter::constant(*watts))),
-            MeterSpec::Replay { path } => {
+            MeterKind::Sim { watts } => set.meters.push(Box::new(sim::SimMeter::constant(*watts))),
+            MeterKind::Replay { path } => {
                 let meter = replay::ReplayMeter::open(path)
                     .map_err(|source| BuildError::Replay { spec: text, source })?;
                 set.meters.push(Box::new(meter));
             }
         }
+        if let Some(ms) = spec.period_ms {
+            let ns = ms.saturating_mul(1_000_000);
+            for m in set.meters.iter_mut().skip(before) {
+                let inner = std::mem::replace(m, Box::new(NoDevices));
+                *m = with_period(inner, ns);
+            }
+        }
     }
     Ok(set)
+}
+
+/// A placeholder while a meter is being wrapped; never read.
+struct NoDevices;
+
+impl Meter for NoDevices {
+    fn devices(&self) -> &[DeviceInfo] {
+        &[]
+    }
+
+    fn read(&mut self, index: usize, _now_ns: u64) -> Result<Reading, ReadError> {
+        Err(ReadError::NoSuchDevice(index))
+    }
 }
 
 fn wrap_path(wrap: Option<&Wrap>) -> PathBuf {

@@ -7,6 +7,11 @@
 //! - `rapl[:ROOT]`: the RAPL package domains under a powercap root (default `/sys/class/powercap`).
 //! - `sim[:WATTS]`: synthetic constant power (default 100 W).
 //! - `replay:PATH`: a CSV trace written by `joulegate log-power`.
+//!
+//! Any spec may end with `,period_ms=N` (`nvml:0,period_ms=100`, `sim:300,period_ms=100`,
+//! `nvml,period_ms=20`; for counter files among the other options): how often that meter's counter
+//! updates, N in 1..=60000. The sampler then spreads its increments from the first read instead of
+//! learning the period, and this wins over the `meter_period_ms` setting.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -66,11 +71,33 @@ pub enum Wrap {
     File(PathBuf),
 }
 
-/// A parsed meter spec. In the config file it is the same string as on the command line
-/// (`meters = ["nvml:0", "rapl"]`), hence the string (de)serialisation.
+/// The longest `period_ms` accepted (a minute: slower "meters" are not counters worth sampling).
+pub const MAX_PERIOD_MS: u64 = 60_000;
+
+/// A parsed meter spec: what to read and, optionally, how often its counter updates. In the config
+/// file it is the same string as on the command line (`meters = ["nvml:0", "rapl"]`), hence the
+/// string (de)serialisation.
 #[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(try_from = "String", into = "String")]
-pub enum MeterSpec {
+pub struct MeterSpec {
+    /// What to read.
+    pub kind: MeterKind,
+    /// The counter's update period in milliseconds (`period_ms=N`), if configured.
+    pub period_ms: Option<u64>,
+}
+
+impl From<MeterKind> for MeterSpec {
+    fn from(kind: MeterKind) -> Self {
+        MeterSpec {
+            kind,
+            period_ms: None,
+        }
+    }
+}
+
+/// The kind of meter a spec names, with its kind-specific options.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MeterKind {
     /// NVML GPUs; empty = all visible.
     Nvml(Vec<NvmlSelector>),
     /// A cumulative counter in a file.
@@ -126,6 +153,28 @@ pub enum SpecError {
     /// `sim:` watts is not a finite non-negative number.
     #[error("sim power {0:?} is not a finite, non-negative number of watts")]
     BadWatts(String),
+    /// `period_ms=` is not an integer within 1..=60000.
+    #[error("period_ms {0:?} is not an integer number of milliseconds within 1..=60000")]
+    BadPeriod(String),
+}
+
+/// Parses a `period_ms=` value.
+fn parse_period(v: &str) -> Result<u64, SpecError> {
+    match v.trim().parse::<u64>() {
+        Ok(n) if (1..=MAX_PERIOD_MS).contains(&n) => Ok(n),
+        _ => Err(SpecError::BadPeriod(v.to_owned())),
+    }
+}
+
+/// Takes a trailing `,period_ms=N` (or `:period_ms=N` right after the kind) off `s`.
+fn split_period(s: &str) -> Result<(&str, Option<u64>), SpecError> {
+    let cut = s.rfind([',', ':']);
+    if let Some(i) = cut {
+        if let Some(v) = s[i + 1..].trim().strip_prefix("period_ms=") {
+            return Ok((&s[..i], Some(parse_period(v)?)));
+        }
+    }
+    Ok((s, None))
 }
 
 impl FromStr for MeterSpec {
@@ -136,32 +185,48 @@ impl FromStr for MeterSpec {
         if s.is_empty() {
             return Err(SpecError::Empty);
         }
-        let (kind, rest) = match s.split_once(':') {
-            Some((k, r)) => (k, Some(r)),
-            None => (s, None),
-        };
-        match kind {
-            "nvml" => parse_nvml(rest.unwrap_or("")),
-            "counter-file" => parse_counter_file(rest.unwrap_or("")),
-            "rapl" => Ok(MeterSpec::Rapl {
-                root: PathBuf::from(
-                    rest.filter(|r| !r.is_empty())
-                        .unwrap_or(DEFAULT_POWERCAP_ROOT),
-                ),
-            }),
-            "sim" => parse_sim(rest),
-            "replay" => match rest {
-                Some(p) if !p.is_empty() => Ok(MeterSpec::Replay {
-                    path: PathBuf::from(p),
-                }),
-                _ => Err(SpecError::MissingPath("replay")),
-            },
-            other => Err(SpecError::UnknownKind(other.to_owned())),
+        if let Some(rest) = s.strip_prefix("counter-file:") {
+            // Counter files take `period_ms=` among their options, in any order.
+            let (kind, period_ms) = parse_counter_file(rest)?;
+            return Ok(MeterSpec { kind, period_ms });
         }
+        let (s, period_ms) = split_period(s)?;
+        if s.is_empty() {
+            return Err(SpecError::Empty);
+        }
+        Ok(MeterSpec {
+            kind: parse_kind(s)?,
+            period_ms,
+        })
     }
 }
 
-fn parse_nvml(rest: &str) -> Result<MeterSpec, SpecError> {
+fn parse_kind(s: &str) -> Result<MeterKind, SpecError> {
+    let (kind, rest) = match s.split_once(':') {
+        Some((k, r)) => (k, Some(r)),
+        None => (s, None),
+    };
+    match kind {
+        "nvml" => parse_nvml(rest.unwrap_or("")),
+        "counter-file" => parse_counter_file(rest.unwrap_or("")).map(|(k, _)| k),
+        "rapl" => Ok(MeterKind::Rapl {
+            root: PathBuf::from(
+                rest.filter(|r| !r.is_empty())
+                    .unwrap_or(DEFAULT_POWERCAP_ROOT),
+            ),
+        }),
+        "sim" => parse_sim(rest),
+        "replay" => match rest {
+            Some(p) if !p.is_empty() => Ok(MeterKind::Replay {
+                path: PathBuf::from(p),
+            }),
+            _ => Err(SpecError::MissingPath("replay")),
+        },
+        other => Err(SpecError::UnknownKind(other.to_owned())),
+    }
+}
+
+fn parse_nvml(rest: &str) -> Result<MeterKind, SpecError> {
     let mut selectors = Vec::new();
     for part in rest.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         if let Ok(i) = part.parse::<u32>() {
@@ -172,13 +237,14 @@ fn parse_nvml(rest: &str) -> Result<MeterSpec, SpecError> {
             return Err(SpecError::BadNvmlDevice(part.to_owned()));
         }
     }
-    Ok(MeterSpec::Nvml(selectors))
+    Ok(MeterKind::Nvml(selectors))
 }
 
-fn parse_counter_file(rest: &str) -> Result<MeterSpec, SpecError> {
+fn parse_counter_file(rest: &str) -> Result<(MeterKind, Option<u64>), SpecError> {
     let mut parts: Vec<&str> = rest.split(',').collect();
     let mut unit = None;
     let mut wrap = None;
+    let mut period = None;
     // Options are taken from the right while they look like options, so commas in paths survive.
     while parts.len() > 1 {
         let Some(last) = parts.last().copied() else {
@@ -202,6 +268,11 @@ fn parse_counter_file(rest: &str) -> Result<MeterSpec, SpecError> {
                 Ok(n) if n > 0 => wrap = Some(Wrap::Range(n)),
                 _ => return Err(SpecError::BadWrap(v.to_owned())),
             }
+        } else if let Some(v) = last.strip_prefix("period_ms=") {
+            if period.is_some() {
+                return Err(SpecError::DuplicateOption(last.to_owned()));
+            }
+            period = Some(parse_period(v)?);
         } else if let Some(v) = last.strip_prefix("wrap-file=") {
             if wrap.is_some() {
                 return Err(SpecError::DuplicateOption(last.to_owned()));
@@ -219,14 +290,17 @@ fn parse_counter_file(rest: &str) -> Result<MeterSpec, SpecError> {
     if path.is_empty() {
         return Err(SpecError::MissingPath("counter-file"));
     }
-    Ok(MeterSpec::CounterFile {
-        path: PathBuf::from(path),
-        unit: unit.unwrap_or_default(),
-        wrap,
-    })
+    Ok((
+        MeterKind::CounterFile {
+            path: PathBuf::from(path),
+            unit: unit.unwrap_or_default(),
+            wrap,
+        },
+        period,
+    ))
 }
 
-fn parse_sim(rest: Option<&str>) -> Result<MeterSpec, SpecError> {
+fn parse_sim(rest: Option<&str>) -> Result<MeterKind, SpecError> {
     let watts = match rest {
         None | Some("") => DEFAULT_SIM_WATTS,
         Some(w) => {
@@ -237,7 +311,7 @@ fn parse_sim(rest: Option<&str>) -> Result<MeterSpec, SpecError> {
             }
         }
     };
-    Ok(MeterSpec::Sim { watts })
+    Ok(MeterKind::Sim { watts })
 }
 
 impl TryFrom<String> for MeterSpec {
@@ -256,9 +330,19 @@ impl From<MeterSpec> for String {
 
 impl fmt::Display for MeterSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.kind)?;
+        match self.period_ms {
+            Some(n) => write!(f, ",period_ms={n}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for MeterKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            MeterSpec::Nvml(sel) if sel.is_empty() => f.write_str("nvml"),
-            MeterSpec::Nvml(sel) => {
+            MeterKind::Nvml(sel) if sel.is_empty() => f.write_str("nvml"),
+            MeterKind::Nvml(sel) => {
                 f.write_str("nvml:")?;
                 for (i, s) in sel.iter().enumerate() {
                     if i > 0 {
@@ -271,7 +355,7 @@ impl fmt::Display for MeterSpec {
                 }
                 Ok(())
             }
-            MeterSpec::CounterFile { path, unit, wrap } => {
+            MeterKind::CounterFile { path, unit, wrap } => {
                 write!(f, "counter-file:{}", path.display())?;
                 if *unit != Unit::Microjoules {
                     write!(f, ",unit={}", unit.as_str())?;
@@ -282,12 +366,12 @@ impl fmt::Display for MeterSpec {
                     None => Ok(()),
                 }
             }
-            MeterSpec::Rapl { root } if root.as_os_str() == DEFAULT_POWERCAP_ROOT => {
+            MeterKind::Rapl { root } if root.as_os_str() == DEFAULT_POWERCAP_ROOT => {
                 f.write_str("rapl")
             }
-            MeterSpec::Rapl { root } => write!(f, "rapl:{}", root.display()),
-            MeterSpec::Sim { watts } => write!(f, "sim:{watts}"),
-            MeterSpec::Replay { path } => write!(f, "replay:{}", path.display()),
+            MeterKind::Rapl { root } => write!(f, "rapl:{}", root.display()),
+            MeterKind::Sim { watts } => write!(f, "sim:{watts}"),
+            MeterKind::Replay { path } => write!(f, "replay:{}", path.display()),
         }
     }
 }
@@ -296,23 +380,27 @@ impl fmt::Display for MeterSpec {
 mod tests {
     use super::*;
 
-    fn p(s: &str) -> Result<MeterSpec, SpecError> {
-        s.parse()
+    /// The kind of a spec that configures no period.
+    fn p(s: &str) -> Result<MeterKind, SpecError> {
+        s.parse::<MeterSpec>().map(|m| {
+            assert_eq!(m.period_ms, None);
+            m.kind
+        })
     }
 
     #[test]
     fn nvml_forms() {
-        assert_eq!(p("nvml"), Ok(MeterSpec::Nvml(vec![])));
+        assert_eq!(p("nvml"), Ok(MeterKind::Nvml(vec![])));
         assert_eq!(
             p("nvml:0,1"),
-            Ok(MeterSpec::Nvml(vec![
+            Ok(MeterKind::Nvml(vec![
                 NvmlSelector::Index(0),
                 NvmlSelector::Index(1)
             ]))
         );
         assert_eq!(
             p("nvml:GPU-abc,2"),
-            Ok(MeterSpec::Nvml(vec![
+            Ok(MeterKind::Nvml(vec![
                 NvmlSelector::Uuid("GPU-abc".into()),
                 NvmlSelector::Index(2)
             ]))
@@ -324,7 +412,7 @@ mod tests {
     fn counter_file_options_from_the_right() {
         assert_eq!(
             p("counter-file:/a,b/energy,unit=mj,wrap=1000"),
-            Ok(MeterSpec::CounterFile {
+            Ok(MeterKind::CounterFile {
                 path: "/a,b/energy".into(),
                 unit: Unit::Millijoules,
                 wrap: Some(Wrap::Range(1000)),
@@ -332,7 +420,7 @@ mod tests {
         );
         assert_eq!(
             p("counter-file:/e,wrap-file=/m"),
-            Ok(MeterSpec::CounterFile {
+            Ok(MeterKind::CounterFile {
                 path: "/e".into(),
                 unit: Unit::Microjoules,
                 wrap: Some(Wrap::File("/m".into())),
@@ -366,25 +454,25 @@ mod tests {
 
     #[test]
     fn other_kinds_and_errors() {
-        assert_eq!(p("sim"), Ok(MeterSpec::Sim { watts: 100.0 }));
-        assert_eq!(p("sim:250W"), Ok(MeterSpec::Sim { watts: 250.0 }));
+        assert_eq!(p("sim"), Ok(MeterKind::Sim { watts: 100.0 }));
+        assert_eq!(p("sim:250W"), Ok(MeterKind::Sim { watts: 250.0 }));
         assert_eq!(p("sim:-3"), Err(SpecError::BadWatts("-3".into())));
         assert_eq!(p("sim:NaN"), Err(SpecError::BadWatts("NaN".into())));
         assert_eq!(
             p("rapl"),
-            Ok(MeterSpec::Rapl {
+            Ok(MeterKind::Rapl {
                 root: DEFAULT_POWERCAP_ROOT.into()
             })
         );
         assert_eq!(
             p("rapl:/tmp/pc"),
-            Ok(MeterSpec::Rapl {
+            Ok(MeterKind::Rapl {
                 root: "/tmp/pc".into()
             })
         );
         assert_eq!(
             p("replay:/t.csv"),
-            Ok(MeterSpec::Replay {
+            Ok(MeterKind::Replay {
                 path: "/t.csv".into()
             })
         );
@@ -403,8 +491,8 @@ mod tests {
         assert_eq!(
             f.meters,
             [
-                MeterSpec::Nvml(vec![NvmlSelector::Index(0)]),
-                MeterSpec::Sim { watts: 50.0 }
+                MeterSpec::from(MeterKind::Nvml(vec![NvmlSelector::Index(0)])),
+                MeterKind::Sim { watts: 50.0 }.into()
             ]
         );
         let bad = toml::from_str::<File>(r#"meters = ["nvml:x"]"#)
@@ -415,7 +503,7 @@ mod tests {
             "error names the part"
         );
         assert_eq!(
-            serde_json::to_string(&MeterSpec::Sim { watts: 2.5 })
+            serde_json::to_string(&MeterSpec::from(MeterKind::Sim { watts: 2.5 }))
                 .ok()
                 .as_deref(),
             Some("\"sim:2.5\"")
@@ -433,9 +521,89 @@ mod tests {
             "rapl:/x",
             "sim:12.5",
             "replay:/t.csv",
+            "nvml,period_ms=100",
+            "counter-file:/e,unit=j,period_ms=20",
+            "sim:3,period_ms=250",
         ] {
-            let spec = p(s).expect("valid spec");
-            assert_eq!(p(&spec.to_string()), Ok(spec));
+            let spec: MeterSpec = s.parse().expect("valid spec");
+            assert_eq!(spec.to_string(), s);
+            assert_eq!(spec.to_string().parse::<MeterSpec>(), Ok(spec));
         }
+    }
+
+    #[test]
+    fn any_spec_may_configure_its_period() {
+        let q = |s: &str| s.parse::<MeterSpec>().map(|m| (m.kind, m.period_ms));
+        assert_eq!(
+            q("nvml:0,1,period_ms=100"),
+            Ok((
+                MeterKind::Nvml(vec![NvmlSelector::Index(0), NvmlSelector::Index(1)]),
+                Some(100)
+            ))
+        );
+        assert_eq!(
+            q("nvml:period_ms=20"),
+            Ok((MeterKind::Nvml(vec![]), Some(20)))
+        );
+        assert_eq!(
+            q("nvml,period_ms=20"),
+            Ok((MeterKind::Nvml(vec![]), Some(20)))
+        );
+        assert_eq!(
+            q("sim:300,period_ms=100"),
+            Ok((MeterKind::Sim { watts: 300.0 }, Some(100)))
+        );
+        // Among a counter file's options, in any order; a comma in the path survives.
+        assert_eq!(
+            q("counter-file:/a,b/e,period_ms=100,unit=mj"),
+            Ok((
+                MeterKind::CounterFile {
+                    path: "/a,b/e".into(),
+                    unit: Unit::Millijoules,
+                    wrap: None
+                },
+                Some(100)
+            ))
+        );
+        assert_eq!(
+            q("replay:/t.csv,period_ms=60000"),
+            Ok((
+                MeterKind::Replay {
+                    path: "/t.csv".into()
+                },
+                Some(60_000)
+            ))
+        );
+        for bad in ["0", "60001", "-5", "1.5", "", "x"] {
+            assert_eq!(
+                q(&format!("sim:1,period_ms={bad}")),
+                Err(SpecError::BadPeriod(bad.into())),
+                "{bad}"
+            );
+            assert_eq!(
+                q(&format!("counter-file:/e,period_ms={bad}")),
+                Err(SpecError::BadPeriod(bad.into()))
+            );
+        }
+        assert_eq!(
+            q("counter-file:/e,period_ms=5,period_ms=6"),
+            Err(SpecError::DuplicateOption("period_ms=5".into()))
+        );
+        assert_eq!(q(",period_ms=5"), Err(SpecError::Empty));
+    }
+
+    #[test]
+    fn a_spec_period_reaches_its_devices() {
+        let specs: Vec<MeterSpec> = ["sim:1,period_ms=100", "sim:2"]
+            .iter()
+            .map(|s| s.parse().expect("spec"))
+            .collect();
+        let set = crate::meter::build_meters(&specs).expect("sim builds");
+        let periods: Vec<Option<u64>> = set
+            .meters
+            .iter()
+            .map(|m| m.devices()[0].period_ns)
+            .collect();
+        assert_eq!(periods, [Some(100_000_000), None]);
     }
 }

@@ -5,10 +5,11 @@
 //! descriptions are fixed at start-up; only a device's last error text sits behind a mutex, written on
 //! failures alone.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 
 use super::{DeviceInfo, Unavailable};
+use crate::sampler::{Period, PeriodSource};
 
 /// Live counters of one device.
 #[derive(Debug)]
@@ -22,6 +23,9 @@ pub struct DeviceStatus {
     read_errors: AtomicU64,
     healthy: AtomicBool,
     ended: AtomicBool,
+    period_ns: AtomicU64,
+    period_source: AtomicU8,
+    every_read: AtomicBool,
     last_error: Mutex<Option<String>>,
 }
 
@@ -37,6 +41,9 @@ impl DeviceStatus {
             read_errors: AtomicU64::new(0),
             healthy: AtomicBool::new(false),
             ended: AtomicBool::new(false),
+            period_ns: AtomicU64::new(0),
+            period_source: AtomicU8::new(source_code(PeriodSource::Unknown)),
+            every_read: AtomicBool::new(false),
             last_error: Mutex::new(None),
         }
     }
@@ -46,18 +53,27 @@ impl DeviceStatus {
         &self.info
     }
 
-    /// Records a good interval: `delta_uj` over `dt_ns`, and whether the source has ended.
-    pub(crate) fn record_ok(&self, delta_uj: u64, dt_ns: u64, ended: bool) {
+    /// Records a good reading: its raw increment `delta_uj`, and whether the source has ended.
+    pub(crate) fn record_ok(&self, delta_uj: u64, ended: bool) {
         self.energy_uj.fetch_add(delta_uj, Ordering::Relaxed);
-        if dt_ns > 0 {
-            // uJ / ns = kW; in mW: uJ * 1e6 / ns.
-            let mw = u128::from(delta_uj) * 1_000_000 / u128::from(dt_ns);
-            self.power_mw
-                .store(u64::try_from(mw).unwrap_or(u64::MAX), Ordering::Relaxed);
-            self.has_power.store(true, Ordering::Relaxed);
-        }
         self.ended.store(ended, Ordering::Relaxed);
         self.healthy.store(!ended, Ordering::Relaxed);
+    }
+
+    /// Records the device's current power: the mean over the span its counter's last increment
+    /// covered (a lumpy counter never reads 0 W between two updates).
+    pub(crate) fn record_power_mw(&self, mw: u64) {
+        self.power_mw.store(mw, Ordering::Relaxed);
+        self.has_power.store(true, Ordering::Relaxed);
+    }
+
+    /// Records the update period in force.
+    pub(crate) fn record_period(&self, period: Period) {
+        self.period_ns
+            .store(period.ns.unwrap_or(0), Ordering::Relaxed);
+        self.period_source
+            .store(source_code(period.source), Ordering::Relaxed);
+        self.every_read.store(period.every_read, Ordering::Relaxed);
     }
 
     /// Records the baseline reading (healthy, no energy yet).
@@ -96,6 +112,12 @@ impl DeviceStatus {
                 .then(|| self.power_mw.load(Ordering::Relaxed) as f64 / 1000.0),
             energy_uj,
             energy_joules: energy_uj as f64 / 1e6,
+            update_period_ms: match self.period_ns.load(Ordering::Relaxed) {
+                0 => None,
+                ns => Some(ns as f64 / 1e6),
+            },
+            update_period_source: source_of(self.period_source.load(Ordering::Relaxed)),
+            updates_every_read: self.every_read.load(Ordering::Relaxed),
             resets: self.resets.load(Ordering::Relaxed),
             wraps: self.wraps.load(Ordering::Relaxed),
             read_errors: self.read_errors.load(Ordering::Relaxed),
@@ -103,6 +125,22 @@ impl DeviceStatus {
             ended: self.ended.load(Ordering::Relaxed),
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
         }
+    }
+}
+
+fn source_code(s: PeriodSource) -> u8 {
+    match s {
+        PeriodSource::Unknown => 0,
+        PeriodSource::Learned => 1,
+        PeriodSource::Configured => 2,
+    }
+}
+
+fn source_of(code: u8) -> PeriodSource {
+    match code {
+        1 => PeriodSource::Learned,
+        2 => PeriodSource::Configured,
+        _ => PeriodSource::Unknown,
     }
 }
 
@@ -177,8 +215,17 @@ pub struct DeviceSnapshot {
     /// Name, UUID, method, versions, power limit.
     #[serde(flatten)]
     pub info: DeviceInfo,
-    /// Mean power over the last good interval, watts.
+    /// Mean power over the last covered span, watts: from the read before the counter's last
+    /// change to the read at which it changed (one interval for a counter that moves at every read).
     pub power_w: Option<f64>,
+    /// How often the device's counter updates, milliseconds, once known. With
+    /// `updates_every_read` it is the sampling interval, an upper bound.
+    pub update_period_ms: Option<f64>,
+    /// Where `update_period_ms` comes from: `configured`, `learned` or `unknown`.
+    pub update_period_source: PeriodSource,
+    /// The counter moved at every recent read: its period is at most the sampling interval and
+    /// its ticks are not delayed.
+    pub updates_every_read: bool,
     /// Energy measured since the sampler started, micro-joules.
     pub energy_uj: u64,
     /// The same in joules.

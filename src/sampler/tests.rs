@@ -59,6 +59,7 @@ fn run(
     let cfg = SamplerConfig {
         interval: Duration::from_millis(50),
         queue,
+        meter_period: None,
     };
     let (sampler, rx) = Sampler::spawn_with(set, cfg, time).expect("spawn");
     let status = sampler.status().clone();
@@ -235,8 +236,8 @@ fn duplicate_labels_are_numbered() {
         .map(|d| d.info.label)
         .collect();
     assert_eq!(labels, ["sim", "sim#2", "sim#3"]);
-    assert!(core.round(0).is_none());
-    let tick = core.round(MS).expect("tick");
+    assert!(core.round(0).is_empty());
+    let tick = core.round(MS).pop().expect("tick");
     let ticked: Vec<&str> = tick.devices.iter().map(|d| d.device.as_str()).collect();
     assert_eq!(ticked, ["sim", "sim#2", "sim#3"]);
     assert_eq!(tick.delta_uj, Some(6_000));
@@ -247,6 +248,7 @@ fn intervals_are_validated_and_real_time_stops_promptly() {
     let bad = SamplerConfig {
         interval: Duration::from_millis(250),
         queue: 1,
+        meter_period: None,
     };
     assert!(matches!(
         Sampler::spawn(sim_set(1.0), bad, Clock::new()),
@@ -256,6 +258,7 @@ fn intervals_are_validated_and_real_time_stops_promptly() {
     let cfg = SamplerConfig {
         interval: MAX_INTERVAL,
         queue: 4,
+        meter_period: None,
     };
     let (sampler, _rx) = Sampler::spawn(sim_set(1.0), cfg, Clock::new()).expect("spawn");
     drop(sampler);
@@ -276,14 +279,123 @@ fn a_replay_past_its_end_holds_and_turns_unhealthy() {
         },
         DEFAULT_INTERVAL,
     );
-    assert!(core.round(0).is_none());
+    assert!(core.round(0).is_empty());
     assert_eq!(
-        core.round(100 * MS).and_then(|t| t.delta_uj),
+        core.round(100 * MS).pop().and_then(|t| t.delta_uj),
         Some(10_000_000)
     );
     assert!(core.status().snapshot().devices[0].healthy);
-    assert_eq!(core.round(200 * MS).and_then(|t| t.delta_uj), Some(0));
+    assert_eq!(core.round(200 * MS).pop().and_then(|t| t.delta_uj), Some(0));
     let d = &core.status().snapshot().devices[0];
     assert!(d.ended && !d.healthy);
     assert_eq!(d.energy_uj, 10_000_000);
+}
+
+/// Drives a core by hand over `counter` (read every `interval_ms`) next to a 100 W sim device, for
+/// `secs`; returns the ticks and the device power seen after each round.
+fn lumpy_run(
+    counter: &crate::sampler::lumpy::LumpyCounter,
+    interval_ms: u64,
+    secs: u64,
+    meter_period: Option<Duration>,
+) -> (Vec<Tick>, Vec<Option<f64>>, SamplerCore) {
+    let shared = Arc::new(AtomicU64::new(counter.value_at(0)));
+    let set = MeterSet {
+        meters: vec![
+            Box::new(SimMeter::from_shared_counter("gpu", shared.clone())),
+            Box::new(SimMeter::constant(100.0)),
+        ],
+        unavailable: vec![],
+    };
+    let mut core = SamplerCore::with_period(set, Duration::from_millis(interval_ms), meter_period);
+    let (mut ticks, mut powers) = (Vec::new(), Vec::new());
+    for k in 0..=secs * 1000 / interval_ms {
+        let t = k * interval_ms * MS;
+        shared.store(counter.value_at(t), Ordering::Release);
+        ticks.extend(core.round(t));
+        powers.push(core.status().snapshot().devices[0].power_w);
+    }
+    (ticks, powers, core)
+}
+
+#[test]
+fn a_slow_counter_yields_smooth_ticks_and_never_reads_zero_watts() {
+    use crate::sampler::lumpy::LumpyCounter;
+    // (counter period ms, sampling interval ms): slower, equal, faster, and the reverse.
+    for (p, s) in [(100, 50), (250, 50), (50, 50), (20, 50), (50, 20)] {
+        let c = LumpyCounter::new(300, p * MS, 13 * MS, 0.01, 11_000 * MS, p * 7 + s);
+        let (mut ticks, powers, mut core) = lumpy_run(&c, s, 10, None);
+        let live = ticks.len();
+        ticks.extend(core.flush());
+        assert_eq!(
+            ticks.len() as u64,
+            10_000 / s,
+            "p={p} s={s}: every interval, once"
+        );
+        for (i, t) in ticks.iter().enumerate() {
+            assert_eq!(t.start_ns, i as u64 * s * MS);
+            assert_eq!(t.end_ns, (i as u64 + 1) * s * MS);
+            let sum: u64 = t.devices.iter().filter_map(|d| d.delta_uj).sum();
+            assert_eq!(t.delta_uj, Some(sum));
+        }
+        let gpu: u64 = ticks.iter().filter_map(|t| t.devices[0].delta_uj).sum();
+        assert_eq!(gpu, c.value_at(10_000 * MS), "p={p} s={s}: exact");
+        // Ticks leave at most one meter period (plus one read) after their end.
+        assert!(
+            live as u64 * s + p + s >= 10_000,
+            "p={p} s={s}: {live} ticks live"
+        );
+        let snap = core.status().snapshot();
+        let d = &snap.devices[0];
+        if p > s {
+            assert_eq!(d.update_period_source, PeriodSource::Learned);
+            assert_eq!(d.update_period_ms, Some(p as f64), "p={p} s={s}");
+            assert!(!d.updates_every_read);
+        } else if p < s {
+            assert!(d.updates_every_read, "p={p} s={s}");
+            assert_eq!(d.update_period_ms, Some(s as f64));
+        }
+        // The sim device moves at every read: never delayed, every read.
+        assert!(snap.devices[1].updates_every_read);
+        // Power over the last covered span: never 0 while the counter moves (after the first
+        // update), and near 300 W.
+        for w in powers.iter().skip(((p.max(s) * 3) / s) as usize) {
+            let w = w.unwrap_or(0.0);
+            assert!(w > 0.0, "p={p} s={s}: 0 W between updates");
+            assert!((w / 300.0 - 1.0).abs() < 0.27, "p={p} s={s}: {w} W");
+        }
+    }
+}
+
+#[test]
+fn a_configured_period_applies_unless_the_spec_sets_its_own() {
+    let c = crate::sampler::lumpy::LumpyCounter::new(300, 100 * MS, 0, 0.0, 3_000 * MS, 1);
+    let (ticks, _, core) = lumpy_run(&c, 50, 2, Some(Duration::from_millis(100)));
+    // Known from the start: not even the first update is lumpy.
+    let gpu: Vec<Option<u64>> = ticks.iter().map(|t| t.devices[0].delta_uj).collect();
+    assert!(gpu.iter().all(|d| *d == Some(15_000_000)), "{gpu:?}");
+    let snap = core.status().snapshot();
+    assert_eq!(
+        snap.devices[0].update_period_source,
+        PeriodSource::Configured
+    );
+    assert_eq!(snap.devices[0].update_period_ms, Some(100.0));
+
+    // A spec's own period (here 20 ms) wins over `meter_period` for its devices only.
+    let set = MeterSet {
+        meters: vec![
+            crate::meter::with_period(Box::new(SimMeter::constant(1.0)), 20 * MS),
+            Box::new(SimMeter::constant(2.0)),
+        ],
+        unavailable: vec![],
+    };
+    let core = SamplerCore::with_period(set, DEFAULT_INTERVAL, Some(Duration::from_millis(100)));
+    let periods: Vec<Option<f64>> = core
+        .status()
+        .snapshot()
+        .devices
+        .iter()
+        .map(|d| d.update_period_ms)
+        .collect();
+    assert_eq!(periods, [Some(20.0), Some(100.0)]);
 }

@@ -75,7 +75,7 @@ pub(super) fn energy(s: &AdminState, enc: &mut DescriptorEncoder, x: &Scrape) ->
     family(
         enc,
         "joulegate_power",
-        "Mean power over the device's last good sampling interval.",
+        "Mean power over the span the device's last counter increment covered (the sampling interval for a counter that moves at every read; never 0 between two updates of a slower one).",
         watts(),
         MetricType::Gauge,
         devices
@@ -130,6 +130,17 @@ pub(super) fn meters(s: &AdminState, enc: &mut DescriptorEncoder, x: &Scrape) ->
         devices
             .iter()
             .map(|d| (labels([("device", &d.info.label)]), u64::from(d.healthy))),
+    )?;
+    family(
+        enc,
+        "joulegate_meter_update_period",
+        "How often the device's energy counter updates, configured or learned from the reads (the sampling interval, an upper bound, for a counter that moves at every read); absent while unknown.",
+        Some(Unit::Seconds),
+        MetricType::Gauge,
+        devices.iter().filter_map(|d| {
+            d.update_period_ms
+                .map(|ms| (labels([("device", &d.info.label)]), ms / 1e3))
+        }),
     )?;
     let per_device: [(&str, &str, DeviceCount); 3] = [
         ("joulegate_meter_counter_resets", "Energy counter resets and implausible jumps (the interval is dropped, never negative).", |d| d.resets),

@@ -1,0 +1,267 @@
+//! Spreading a slow counter's increments over the time they cover.
+//!
+//! Owns one device's [`Spreader`]: pure, no clock and no I/O (interval bounds come in as arguments),
+//! so the sampler and a virtual-time bench drive it alike. A counter that updates every 100 ms read
+//! every 50 ms shows nothing at one read and two reads' worth at the next; sent as measured, every
+//! other tick would read 0 W and the next twice the power. Instead, the intervals at which the
+//! counter stood still are *held*, and when it moves, its increment is spread over every interval
+//! since the previous change (the reads at which the counter changed), in proportion to their
+//! length. The result is a smooth energy timeline, delayed by up to one meter period.
+//!
+//! Rules (energy is integer micro-joules and the sum emitted always equals the sum pushed):
+//! - **A counter that moves at every read** is never held: each interval is final as soon as it is
+//!   pushed, exactly as if there were no spreader.
+//! - **Zero increments are held** only when the counter is known to be slower than the reads: its
+//!   configured period exceeds the interval, or (not configured) the [`PeriodLearner`] saw it stand
+//!   still between two changes among the recent reads. A counter that never moved (a device at 0 W)
+//!   is not held.
+//! - **Hold bound**: never more than `max(4 × period, 1 s)` (at most [`MAX_HOLD_NS`]) of intervals,
+//!   nor [`MAX_HELD`] of them. Older held intervals are released *as measured* (0 µJ); the next
+//!   increment is then spread over the intervals still held, and the chain the period is learned
+//!   from is broken (a device that drew nothing for seconds is not a slow meter).
+//! - **Failed reads** (`None`) are a barrier, never spread into: the held intervals before it are
+//!   released as measured (0 µJ), the failed interval stays unavailable (`None`), and the next
+//!   increment, which carries the energy of the gap (the counter kept its last good value), is
+//!   spread only over the intervals after the failure. Energy is delayed, not lost, and an
+//!   unavailable interval never receives energy it was not measured to have.
+//! - [`Spreader::flush`] releases everything held (shutdown, a replay that ended).
+
+use std::collections::VecDeque;
+
+use super::period::{Period, PeriodLearner, PeriodSource};
+
+/// The shortest hold bound.
+pub const MIN_HOLD_NS: u64 = 1_000_000_000;
+/// The longest hold bound, whatever the period.
+pub const MAX_HOLD_NS: u64 = 10_000_000_000;
+/// The most intervals held per device, whatever their length.
+pub const MAX_HELD: usize = 4096;
+
+/// One sampler interval `(start_ns, end_ns]` and its energy in micro-joules (`None`: unavailable).
+pub type Interval = (u64, u64, Option<u64>);
+
+/// The span the counter's last increment covered: from the read at the change before it to the
+/// read at which it changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CoveredSpan {
+    /// Start (exclusive), ns.
+    pub start_ns: u64,
+    /// End (inclusive), ns.
+    pub end_ns: u64,
+    /// The increment, micro-joules.
+    pub energy_uj: u64,
+}
+
+impl CoveredSpan {
+    /// Mean power over the span in milliwatts (`None` for an empty span).
+    pub fn power_mw(&self) -> Option<u64> {
+        let dt = self.end_ns.saturating_sub(self.start_ns);
+        // uJ / ns = kW; in mW: uJ * 1e6 / ns.
+        (dt > 0).then(|| {
+            u64::try_from(u128::from(self.energy_uj) * 1_000_000 / u128::from(dt))
+                .unwrap_or(u64::MAX)
+        })
+    }
+}
+
+/// One device's spreader: push each sampler interval's raw increment, pop them back, in order,
+/// with their final energy.
+#[derive(Clone, Debug)]
+pub struct Spreader {
+    override_ns: Option<u64>,
+    learner: PeriodLearner,
+    held: VecDeque<(u64, u64)>,
+    ready: VecDeque<Interval>,
+    last_span: Option<CoveredSpan>,
+    /// End of the read at which the counter last changed.
+    last_change_ns: Option<u64>,
+}
+
+impl Spreader {
+    /// A spreader for a device whose update period is `period_override_ns` if configured (never
+    /// learned then), or learned from the reads.
+    pub fn new(period_override_ns: Option<u64>) -> Self {
+        Spreader {
+            override_ns: period_override_ns.filter(|&p| p > 0),
+            learner: PeriodLearner::new(),
+            held: VecDeque::new(),
+            ready: VecDeque::new(),
+            last_span: None,
+            last_change_ns: None,
+        }
+    }
+
+    /// Feeds the interval `(start_ns, end_ns]` and its raw (wrap- and reset-corrected) increment,
+    /// `None` when the read failed. Intervals must be pushed in order.
+    pub fn push(&mut self, start_ns: u64, end_ns: u64, delta_uj: Option<u64>) {
+        match delta_uj {
+            None => {
+                self.release_held();
+                self.learner.break_chain();
+                self.ready.push_back((start_ns, end_ns, None));
+            }
+            Some(0) => {
+                self.learner.read(end_ns, false);
+                if self.holds(end_ns.saturating_sub(start_ns)) {
+                    self.held.push_back((start_ns, end_ns));
+                    self.enforce_bound(end_ns);
+                } else {
+                    self.release_held();
+                    self.ready.push_back((start_ns, end_ns, Some(0)));
+                }
+                // The power stays that of the last covered span unless the counter never moved, or
+                // has stood still for longer than any hold: then the device draws (next to) nothing.
+                let still_from = match self.last_change_ns {
+                    None => Some(start_ns),
+                    Some(c) if end_ns.saturating_sub(c) > self.hold_bound_ns() => Some(c),
+                    Some(_) => None,
+                };
+                if let Some(from) = still_from {
+                    self.last_span = Some(CoveredSpan {
+                        start_ns: from,
+                        end_ns,
+                        energy_uj: 0,
+                    });
+                }
+            }
+            Some(d) => {
+                self.learner.read(end_ns, true);
+                let first = self.held.front().map_or(start_ns, |h| h.0);
+                // The power span runs from the previous change even where the intervals between
+                // were released unspread (period not learned yet, a failure, the hold bound).
+                let first = self.last_change_ns.replace(end_ns).unwrap_or(first);
+                self.last_span = Some(CoveredSpan {
+                    start_ns: first,
+                    end_ns,
+                    energy_uj: d,
+                });
+                self.held.push_back((start_ns, end_ns));
+                self.spread_held(d);
+            }
+        }
+    }
+
+    /// The oldest interval whose energy is final, if any.
+    pub fn pop_final(&mut self) -> Option<Interval> {
+        self.ready.pop_front()
+    }
+
+    /// Whether an interval is final and waiting in [`Spreader::pop_final`].
+    pub fn has_final(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    /// Releases every held interval as measured (0 µJ): nothing more will come to spread over them.
+    pub fn flush(&mut self) {
+        if !self.held.is_empty() {
+            self.learner.break_chain();
+        }
+        self.release_held();
+    }
+
+    /// Intervals held, waiting for the counter to move.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The span from the read at the counter's previous change to the read at its last change, and
+    /// that increment: its power is the device's current power. A span of 0 µJ while the counter has
+    /// never moved, or once it has stood still for longer than the hold bound.
+    pub fn last_span(&self) -> Option<CoveredSpan> {
+        self.last_span
+    }
+
+    /// The update period in force: configured, else learned.
+    pub fn period(&self) -> Period {
+        match self.override_ns {
+            Some(ns) => Period {
+                ns: Some(ns),
+                source: PeriodSource::Configured,
+                every_read: false,
+            },
+            None => self.learner.period(),
+        }
+    }
+
+    /// The longest time intervals are held: `max(4 × period, 1 s)`, at most [`MAX_HOLD_NS`].
+    pub fn hold_bound_ns(&self) -> u64 {
+        let p = self.period().ns.unwrap_or(0);
+        p.saturating_mul(4).clamp(MIN_HOLD_NS, MAX_HOLD_NS)
+    }
+
+    fn holds(&self, interval_ns: u64) -> bool {
+        match self.override_ns {
+            Some(p) => p > interval_ns,
+            None => self.learner.stood_still(),
+        }
+    }
+
+    fn release_held(&mut self) {
+        while let Some((s, e)) = self.held.pop_front() {
+            self.ready.push_back((s, e, Some(0)));
+        }
+    }
+
+    fn enforce_bound(&mut self, now_ns: u64) {
+        let bound = self.hold_bound_ns();
+        let mut released = false;
+        while let Some(&(s, e)) = self.held.front() {
+            if self.held.len() <= MAX_HELD && now_ns.saturating_sub(s) <= bound {
+                break;
+            }
+            self.held.pop_front();
+            self.ready.push_back((s, e, Some(0)));
+            released = true;
+        }
+        if released {
+            self.learner.break_chain();
+        }
+    }
+
+    /// Splits `d` over the held intervals in proportion to their length, exactly: interval i gets
+    /// `floor(d·C_i/T) − floor(d·C_{i−1}/T)` with C the cumulative length, which telescopes to `d`.
+    fn spread_held(&mut self, d: u64) {
+        let total: u128 = self
+            .held
+            .iter()
+            .map(|&(s, e)| u128::from(e.saturating_sub(s)))
+            .sum();
+        let n = self.held.len();
+        let (mut cum, mut given) = (0u128, 0u64);
+        for (i, (s, e)) in self.held.drain(..).enumerate() {
+            cum += u128::from(e.saturating_sub(s));
+            let upto = if i + 1 == n || total == 0 {
+                // The last interval (or all of it, when every interval is empty) closes the sum.
+                if i + 1 == n {
+                    d
+                } else {
+                    0
+                }
+            } else {
+                mul_div(d, cum, total)
+            };
+            let share = upto.saturating_sub(given);
+            given = given.max(upto);
+            self.ready.push_back((s, e, Some(share)));
+        }
+    }
+}
+
+/// `d · num / den` for `num <= den`, rounded down, without overflow (both are scaled down together
+/// in the absurd case where the product does not fit 128 bits).
+fn mul_div(d: u64, mut num: u128, mut den: u128) -> u64 {
+    loop {
+        if den == 0 {
+            return d;
+        }
+        if let Some(p) = u128::from(d).checked_mul(num) {
+            return u64::try_from(p / den).unwrap_or(d).min(d);
+        }
+        num >>= 1;
+        den >>= 1;
+    }
+}
+
+#[cfg(test)]
+#[path = "spread_tests.rs"]
+mod tests;

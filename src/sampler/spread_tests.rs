@@ -1,0 +1,257 @@
+//! Spreader tests: hand-fed readings of counters slower and faster than the reads, no timing.
+
+use super::*;
+use crate::sampler::lumpy::LumpyCounter;
+use proptest::prelude::*;
+
+const MS: u64 = 1_000_000;
+
+fn drain(s: &mut Spreader) -> Vec<Interval> {
+    std::iter::from_fn(|| s.pop_final()).collect()
+}
+
+/// Reads `counter` every `interval` ms for `secs` seconds through a learning spreader, returning
+/// every final interval (flushed at the end).
+fn run(counter: &LumpyCounter, interval: u64, secs: u64, period: Option<u64>) -> Vec<Interval> {
+    let mut s = Spreader::new(period.map(|p| p * MS));
+    let mut out = Vec::new();
+    let mut last = counter.value_at(0);
+    for k in 1..=secs * 1000 / interval {
+        let (a, b) = ((k - 1) * interval * MS, k * interval * MS);
+        let v = counter.value_at(b);
+        s.push(a, b, Some(v - last));
+        last = v;
+        out.extend(drain(&mut s));
+        assert!(
+            s.held() as u64 * interval * MS <= s.hold_bound_ns(),
+            "hold bound kept"
+        );
+    }
+    s.flush();
+    out.extend(drain(&mut s));
+    out
+}
+
+fn watts(i: &Interval) -> f64 {
+    i.2.unwrap_or(0) as f64 / (i.1 - i.0) as f64 * 1e3
+}
+
+/// Worst relative error of the power of any tick, and of any run of ticks covering ≥ 1 s,
+/// after the first second (learning) and before the last (released unspread at the end), against
+/// `truth` watts.
+fn errors(ticks: &[Interval], truth: f64) -> (f64, f64) {
+    let end = ticks.last().map_or(0, |t| t.1).saturating_sub(1_000 * MS);
+    let settled: Vec<&Interval> = ticks
+        .iter()
+        .filter(|t| t.0 >= 1_000 * MS && t.1 <= end)
+        .collect();
+    let tick = settled
+        .iter()
+        .map(|t| (watts(t) / truth - 1.0).abs())
+        .fold(0.0, f64::max);
+    let mut window = 0.0f64;
+    for i in 0..settled.len() {
+        let (mut e, mut j) = (0u64, i);
+        while j < settled.len() && settled[j].1 - settled[i].0 < 1_000 * MS {
+            j += 1;
+        }
+        if j == settled.len() {
+            break;
+        }
+        for t in &settled[i..=j] {
+            e += t.2.unwrap_or(0);
+        }
+        let p = e as f64 / (settled[j].1 - settled[i].0) as f64 * 1e3;
+        window = window.max((p / truth - 1.0).abs());
+    }
+    (tick, window)
+}
+
+#[test]
+fn slow_counters_are_spread_into_a_smooth_timeline() {
+    // (counter period ms, phase ms, sampling interval ms, worst tick error, worst 1 s error).
+    let cases = [
+        (100, 0, 50, 0.02, 0.02),
+        (100, 37, 50, 0.02, 0.02),
+        (250, 120, 50, 0.02, 0.02),
+        (50, 10, 50, 0.02, 0.02),
+        // Not a multiple of the interval: spans of 40 and 60 ms each carry one 50 ms update, so a
+        // single tick is off by up to 25 %; any second of them is right.
+        (50, 7, 20, 0.27, 0.03),
+        // Faster than the reads: 2 or 3 updates per read, ±20 % per tick, as without spreading.
+        (20, 3, 50, 0.22, 0.03),
+    ];
+    for (p, phase, s, tick_tol, window_tol) in cases {
+        let c = LumpyCounter::new(300, p * MS, phase * MS, 0.01, 13_000 * MS, p + phase);
+        let ticks = run(&c, s, 12, None);
+        // Same intervals, in order, contiguous, with every micro-joule.
+        assert_eq!(ticks.len() as u64, 12_000 / s, "p={p} s={s}");
+        assert!(ticks.windows(2).all(|w| w[0].1 == w[1].0));
+        let sum: u64 = ticks.iter().filter_map(|t| t.2).sum();
+        assert_eq!(sum, c.value_at(12_000 * MS), "p={p} s={s}: exact");
+        let (tick, window) = errors(&ticks, 300.0);
+        eprintln!("period {p} ms phase {phase} ms, sampled every {s} ms: worst tick {tick:.4}, worst 1 s {window:.4}");
+        assert!(tick <= tick_tol, "p={p} s={s}: tick error {tick}");
+        assert!(window <= window_tol, "p={p} s={s}: 1 s error {window}");
+        assert!(
+            ticks
+                .iter()
+                .filter(|t| t.0 >= 1_000 * MS && t.1 <= 11_000 * MS)
+                .all(|t| t.2 > Some(0)),
+            "p={p} s={s}: no 0 W tick once learned"
+        );
+    }
+}
+
+#[test]
+fn the_period_is_learned_or_configured() {
+    for (p, s) in [(100, 50), (250, 50), (50, 20)] {
+        let c = LumpyCounter::new(300, p * MS, 0, 0.01, 5_000 * MS, 9);
+        let mut sp = Spreader::new(None);
+        let mut last = 0;
+        for k in 1..=4_000 / s {
+            let v = c.value_at(k * s * MS);
+            sp.push((k - 1) * s * MS, k * s * MS, Some(v - last));
+            last = v;
+        }
+        let got = sp.period();
+        assert_eq!(got.source, PeriodSource::Learned);
+        assert!(!got.every_read);
+        assert_eq!(got.ns, Some(p * MS), "p={p} s={s}");
+        assert_eq!(sp.hold_bound_ns(), (4 * p * MS).max(MIN_HOLD_NS));
+    }
+    let conf = Spreader::new(Some(100 * MS));
+    assert_eq!(conf.period().source, PeriodSource::Configured);
+    assert_eq!(conf.period().ns, Some(100 * MS));
+}
+
+#[test]
+fn a_configured_period_holds_from_the_first_read() {
+    let c = LumpyCounter::new(300, 100 * MS, 0, 0.0, 2_000 * MS, 1);
+    let ticks = run(&c, 50, 2, Some(100));
+    // With the period known, not even the first update is lumpy.
+    assert!(ticks.iter().all(|t| t.2 == Some(15_000_000)), "{ticks:?}");
+    // A configured period at or under the interval never holds.
+    let mut fast = Spreader::new(Some(20 * MS));
+    fast.push(0, 50 * MS, Some(0));
+    assert_eq!(fast.pop_final(), Some((0, 50 * MS, Some(0))));
+}
+
+#[test]
+fn a_counter_moving_at_every_read_is_never_delayed() {
+    let mut s = Spreader::new(None);
+    for k in 1..100u64 {
+        let d = 1_000 + k * 7;
+        s.push((k - 1) * 50 * MS, k * 50 * MS, Some(d));
+        assert_eq!(
+            s.pop_final(),
+            Some(((k - 1) * 50 * MS, k * 50 * MS, Some(d)))
+        );
+        assert_eq!(s.pop_final(), None);
+    }
+    assert!(s.period().every_read);
+    // A device at 0 W (the counter never moved) is not held either.
+    let mut idle = Spreader::new(None);
+    idle.push(0, MS, Some(0));
+    assert_eq!(idle.pop_final(), Some((0, MS, Some(0))));
+}
+
+#[test]
+fn failed_reads_are_barriers_never_spread_into() {
+    let mut s = Spreader::new(Some(100 * MS));
+    s.push(0, 50, Some(0));
+    s.push(50, 100, Some(0));
+    s.push(100, 150, None);
+    // Held intervals before the failure are released as measured; the failed one stays unavailable.
+    assert_eq!(
+        drain(&mut s),
+        [(0, 50, Some(0)), (50, 100, Some(0)), (100, 150, None)]
+    );
+    // The next increment (which carries the gap's energy) covers only intervals after the failure.
+    s.push(150, 200, Some(0));
+    s.push(200, 250, Some(900));
+    assert_eq!(
+        drain(&mut s),
+        [(150, 200, Some(450)), (200, 250, Some(450))]
+    );
+}
+
+#[test]
+fn the_hold_bound_releases_as_measured() {
+    let mut s = Spreader::new(Some(100 * MS));
+    // 1 s bound (4 × 100 ms < 1 s): the 21st 50 ms interval pushes the first one out.
+    for k in 0..21u64 {
+        s.push(k * 50 * MS, (k + 1) * 50 * MS, Some(0));
+    }
+    assert_eq!(s.held(), 20);
+    assert_eq!(drain(&mut s), [(0, 50 * MS, Some(0))]);
+    s.push(1_050 * MS, 1_100 * MS, Some(21_000));
+    let rest = drain(&mut s);
+    assert_eq!(rest.len(), 21);
+    assert!(rest.iter().all(|t| t.2 == Some(1_000)));
+    assert_eq!(s.last_span().and_then(|c| c.power_mw()), Some(20));
+}
+
+#[test]
+fn spreading_is_exact_for_uneven_intervals() {
+    let mut s = Spreader::new(Some(1_000));
+    s.push(0, 3, Some(0));
+    s.push(3, 4, Some(0));
+    s.push(4, 4, Some(0)); // empty interval: gets nothing
+    s.push(4, 7, Some(10));
+    let got = drain(&mut s);
+    assert_eq!(
+        got,
+        [
+            (0, 3, Some(4)),
+            (3, 4, Some(1)),
+            (4, 4, Some(0)),
+            (4, 7, Some(5))
+        ]
+    );
+    assert_eq!(
+        s.last_span(),
+        Some(CoveredSpan {
+            start_ns: 0,
+            end_ns: 7,
+            energy_uj: 10
+        })
+    );
+    // Absurd lengths and energies neither panic nor lose a micro-joule.
+    let mut h = Spreader::new(Some(u64::MAX));
+    h.push(0, u64::MAX / 2, Some(0));
+    h.push(u64::MAX / 2, u64::MAX, Some(u64::MAX));
+    let sum: u64 = drain(&mut h).iter().filter_map(|t| t.2).sum();
+    assert_eq!(sum, u64::MAX);
+    assert_eq!(mul_div(7, 5, 0), 7);
+}
+
+proptest! {
+    #[test]
+    fn emitted_energy_equals_pushed_energy_in_order(
+        steps in proptest::collection::vec(
+            (0u64..200 * MS, proptest::option::weighted(0.9, prop_oneof![Just(0u64), 0u64..100_000_000])),
+            0..400,
+        ),
+        period in proptest::option::of(1u64..2_000 * MS),
+    ) {
+        let mut s = Spreader::new(period);
+        let (mut t, mut pushed, mut out) = (0u64, 0u64, Vec::new());
+        let mut spans = Vec::new();
+        for (dt, d) in steps {
+            s.push(t, t + dt, d);
+            spans.push((t, t + dt, d.is_none()));
+            t += dt;
+            pushed += d.unwrap_or(0);
+            out.extend(drain(&mut s));
+            prop_assert!(s.held() <= MAX_HELD);
+        }
+        s.flush();
+        out.extend(drain(&mut s));
+        prop_assert_eq!(out.len(), spans.len());
+        for (o, (a, b, failed)) in out.iter().zip(&spans) {
+            prop_assert_eq!((o.0, o.1, o.2.is_none()), (*a, *b, *failed));
+        }
+        prop_assert_eq!(out.iter().filter_map(|o| o.2).sum::<u64>(), pushed);
+    }
+}
