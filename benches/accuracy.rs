@@ -125,8 +125,18 @@ fn virtual_matrix(full: bool) {
     let cell = |s: joulegate::demo::ErrorStats| format!("{:>5}/{:<5}", pct(s.median), pct(s.p95));
     println!(
         "{:<10} {:>3} {:<13} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>6} {:>6} {:>6}",
-        "model", "ms", "workload", "record", "active", "resp", "resp-strm", "resp-json",
-        "naive", "bias%", "unat%", "books"
+        "model",
+        "ms",
+        "workload",
+        "record",
+        "active",
+        "resp",
+        "resp-strm",
+        "resp-json",
+        "naive",
+        "bias%",
+        "unat%",
+        "books"
     );
     let mut worst = CaseReport::default();
     for mut case in cases {
@@ -153,7 +163,11 @@ fn virtual_matrix(full: bool) {
             cell(r.naive),
             format!("{:+.1}", r.record_bias * 100.0),
             format!("{:.2}", r.unattributed_share * 100.0),
-            if r.books_exact && r.missing_records == 0 { "exact" } else { "MISS" },
+            if r.books_exact && r.missing_records == 0 {
+                "exact"
+            } else {
+                "MISS"
+            },
         );
     }
     println!(

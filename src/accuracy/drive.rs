@@ -120,9 +120,7 @@ impl EnergyClock {
             Some((s, e, pj)) if t <= e => {
                 self.pj + pj * u128::from(t.saturating_sub(s)) / u128::from((e - s).max(1))
             }
-            Some((_, e, pj)) => {
-                self.pj + pj + u128::from(self.idle_mw) * u128::from(t - e)
-            }
+            Some((_, e, pj)) => self.pj + pj + u128::from(self.idle_mw) * u128::from(t - e),
             None => self.pj + u128::from(self.idle_mw) * u128::from(t.saturating_sub(self.at_ns)),
         }
     }
@@ -357,7 +355,9 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
                 if in_flight.is_empty() && drain_deadline == u64::MAX {
                     // Everything retired: a little idle after, then stop.
                     drain_deadline = now + 2 * sample;
-                } else if drain_deadline == u64::MAX && now > arrival_end(&rows, first_at) + 60e9 as u64 {
+                } else if drain_deadline == u64::MAX
+                    && now > arrival_end(&rows, first_at) + 60e9 as u64
+                {
                     break;
                 }
             }

@@ -141,7 +141,8 @@ pub fn report(result: &RunResult) -> CaseReport {
         .iter()
         .filter_map(|r| Some(rel(r.record_uj?, r.truth_uj)))
         .collect();
-    let stats_where = |f: &dyn Fn(&Row) -> Option<f64>| ErrorStats::of(rows.iter().filter_map(|r| f(r)));
+    let stats_where =
+        |f: &dyn Fn(&Row) -> Option<f64>| ErrorStats::of(rows.iter().filter_map(|r| f(r)));
     let t = &result.totals;
     CaseReport {
         record: ErrorStats::of(record.iter().copied()),

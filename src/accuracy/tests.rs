@@ -28,6 +28,9 @@ fn runs_are_reproducible_and_books_exact() {
         // The meter's noise averages out: measured is within 1 % of what the engine drew.
         let measured = a.totals.measured_uj as f64;
         let drawn = a.engine_total_uj as f64;
-        assert!((measured / drawn - 1.0).abs() < 0.01, "{measured} vs {drawn}");
+        assert!(
+            (measured / drawn - 1.0).abs() < 0.01,
+            "{measured} vs {drawn}"
+        );
     }
 }

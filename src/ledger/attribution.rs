@@ -30,7 +30,7 @@
 //! work fell in another part (the toy engine in `accuracy_tests` shows the size of this).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 
 use super::calibration::{CalibrationReport, Calibrator};
 use super::idle::{IdleEstimator, IdleSource};
@@ -38,7 +38,7 @@ use super::settle::union_ns;
 use super::types::{FinalRequest, LedgerTotals, RequestEnergy, TickSummary};
 use super::window::{HeldTick, Item, ItemRef, Window};
 use super::{LedgerConfig, LedgerConfigError, Observation, TickSpan, WorkKind};
-use crate::observe::Outcome;
+use crate::observe::{IdHasher, Outcome};
 
 #[derive(Clone, Debug)]
 pub(super) struct Req {
@@ -60,27 +60,6 @@ pub(super) struct Req {
     pub(super) recent_seq: u64,
     pub(super) recent_uj: u64,
     pub(super) energy: RequestEnergy,
-}
-
-/// Request ids are process-unique integers chosen by us, not by clients, so a multiplicative hash
-/// is enough and much cheaper than SipHash at 10,000 lookups per tick.
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0 ^ (self.0 >> 29)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(u64::from(*b));
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
 }
 
 /// The attribution ledger. See the module documentation for the rules.

@@ -321,9 +321,9 @@ impl Calibrator {
         };
         let trusted = d.fixed
             || n >= d.min_ticks
-            && cond.is_some_and(|c| c <= d.max_condition)
-            && r2.is_some_and(|r| r >= d.min_r2)
-            && fit.is_some_and(|c| c[1] > 0.0 && c[2] > 0.0);
+                && cond.is_some_and(|c| c <= d.max_condition)
+                && r2.is_some_and(|r| r >= d.min_r2)
+                && fit.is_some_and(|c| c[1] > 0.0 && c[2] > 0.0);
         let used = match fit {
             Some(c) if trusted && !d.fixed => (c[1], c[2], c[3]),
             _ => (d.default_alpha_j, d.default_beta_j, d.default_gamma_j),
@@ -366,19 +366,33 @@ mod tests {
         }
     }
 
+    fn work(busy_s: f64, prefill: f64, decode: f64, context: f64) -> TickWork {
+        TickWork {
+            busy_s,
+            prefill,
+            decode,
+            context,
+        }
+    }
+
     #[test]
-    fn recovers_known_weights_and_then_trusts_them() {
+    fn recovers_known_weights_and_static_power_then_trusts_them() {
         let mut c = Calibrator::new(cfg());
         assert!(!c.report().trusted);
         for k in 0..200u32 {
+            let busy = 0.02 + f64::from(k % 4) * 0.01;
             let p = f64::from((k * 37) % 400);
             let d = f64::from((k * 11) % 64 + 1);
-            c.observe(p, d, 0.03 * p + 0.25 * d);
+            let ctx = d * f64::from((k * 13) % 900 + 50);
+            let e = 230.0 * busy + 0.01 * p + 0.006 * d + 0.000_014 * ctx;
+            c.observe(work(busy, p, d, ctx), e);
         }
         let r = c.report();
         assert!(r.trusted, "{r:?}");
-        assert!((r.alpha_j - 0.03).abs() < 1e-6);
-        assert!((r.beta_j - 0.25).abs() < 1e-6);
+        assert!((r.alpha_j - 0.01).abs() < 1e-6, "{r:?}");
+        assert!((r.beta_j - 0.006).abs() < 1e-6, "{r:?}");
+        assert!((r.gamma_j - 0.000_014).abs() < 1e-9, "{r:?}");
+        assert!((r.fitted_static_w.unwrap() - 230.0).abs() < 1e-3, "{r:?}");
         assert_eq!(r.ticks, 50);
     }
 
@@ -388,26 +402,42 @@ mod tests {
         for k in 0..100u32 {
             let p = f64::from(k % 10);
             let d = f64::from(k % 7 + 1);
-            // Energy that falls with prefill: the unconstrained α would be negative.
-            c.observe(p, d, (0.5 * d - 0.2 * p).max(0.0));
+            // Energy that falls with decode: the unconstrained β would be negative.
+            c.observe(work(0.0, p, d, 0.0), (0.5 * p - 0.2 * d).max(0.0));
         }
         let r = c.report();
         assert!(r.fitted_alpha_j.is_some_and(|a| a >= 0.0));
         assert!(r.fitted_beta_j.is_some_and(|b| b >= 0.0));
-        assert!(!r.trusted);
-        assert_eq!(c.weights(), (0.02, 0.3));
+        assert!(!r.trusted, "{r:?}");
+        assert_eq!(c.weights(), (0.01, 0.01, 0.00001));
     }
 
     #[test]
-    fn collinear_inputs_are_not_trusted() {
+    fn collinear_inputs_are_not_trusted_and_bad_samples_ignored() {
         let mut c = Calibrator::new(cfg());
         for k in 1..100u32 {
             let x = f64::from(k);
-            c.observe(x, 2.0 * x, 0.3 * x);
+            c.observe(work(0.0, x, 2.0 * x, 0.0), 0.3 * x);
         }
         assert!(!c.report().trusted);
-        c.observe(f64::NAN, 1.0, 1.0);
-        c.observe(0.0, 0.0, 1.0);
+        c.observe(work(0.0, f64::NAN, 1.0, 0.0), 1.0);
+        c.observe(work(0.0, 0.0, 0.0, 0.0), 1.0);
+        c.observe(work(-1.0, 1.0, 1.0, 0.0), 1.0);
         assert_eq!(c.report().ticks, 50);
+    }
+
+    #[test]
+    fn fixed_weights_are_trusted_and_never_fitted_over() {
+        let mut c = Calibrator::new(CalibrationConfig {
+            fixed: true,
+            default_alpha_j: 0.02,
+            ..cfg()
+        });
+        assert!(c.report().trusted);
+        for k in 0..100u32 {
+            c.observe(work(0.05, f64::from(k), 10.0, 0.0), 1.0);
+        }
+        assert_eq!(c.weights(), (0.02, 0.01, 0.00001));
+        assert!(c.report().trusted);
     }
 }

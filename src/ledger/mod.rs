@@ -198,6 +198,4 @@ impl WorkKind {
 }
 
 #[cfg(test)]
-mod accuracy_tests;
-#[cfg(test)]
 mod tests;

@@ -108,10 +108,18 @@ impl Ledger {
         let steps = self.bounds.len();
         // The time after the last step end belongs to a step whose tokens come in the next
         // tick; its work is most like that of the last step seen, which takes it.
-        let step_of = |bounds: &[u32], t: u32| bounds.partition_point(|&b| b + SAME_STEP_NS < t).min(steps - 1);
+        let step_of = |bounds: &[u32], t: u32| {
+            bounds
+                .partition_point(|&b| b + SAME_STEP_NS < t)
+                .min(steps - 1)
+        };
         let step_span = |bounds: &[u32], j: usize| {
             let lo = if j == 0 { 0 } else { bounds[j - 1] };
-            let hi = if j + 1 == steps { dt32.max(bounds[j]) } else { bounds[j] };
+            let hi = if j + 1 == steps {
+                dt32.max(bounds[j])
+            } else {
+                bounds[j]
+            };
             (lo, hi)
         };
         // Marginal work per step.
@@ -160,7 +168,8 @@ impl Ledger {
                         let (lo, hi) = step_span(&self.bounds, j);
                         let ov = item.hi.min(hi).saturating_sub(item.lo.max(lo));
                         if self.step_work[j] > 0.0 {
-                            sw += f64::from(hi - lo) * (m * f64::from(ov) / len) / self.step_work[j];
+                            sw +=
+                                f64::from(hi - lo) * (m * f64::from(ov) / len) / self.step_work[j];
                         }
                     }
                 }

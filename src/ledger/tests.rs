@@ -44,6 +44,7 @@ impl Script {
             0
         };
         Some(Observation {
+            choices: 1,
             progress: ProgressSnapshot {
                 id: self.id,
                 arrival_ns: self.arrival,

@@ -83,24 +83,3 @@ fn prefill_rate_rises_to_the_fastest_time_to_first_token_and_ignores_short_promp
     // One EWMA step (1/16) from 10,000 towards 50,000.
     assert!((rate - 12_500.0).abs() < 1.0, "{rate}");
 }
-
-#[test]
-fn a_trusted_alpha_gets_back_the_decode_energy_its_prefill_displaced() {
-    let mut l = Ledger::new(cfg()).expect("config");
-    // Untrusted: the defaults (full costs already) are used as they are.
-    l.decode_throughput = 1_000.0;
-    l.prefill_rate = 20_000.0;
-    assert_eq!(l.split_weights(), (0.02, 0.3));
-    for k in 0..200u32 {
-        let p = f64::from((k * 37) % 400);
-        let d = f64::from((k * 11) % 64 + 1);
-        l.calibrator.observe(p, d, 0.01 * p + 0.2 * d);
-    }
-    assert!(l.calibrator.report().trusted);
-    let (alpha, beta) = l.split_weights();
-    assert!((beta - 0.2).abs() < 1e-9, "{beta}");
-    // 1,000 decode tokens/s displaced for 1/20,000 s per prompt token: 0.05 decode tokens.
-    assert!((alpha - (0.01 + 0.2 * 0.05)).abs() < 1e-9, "{alpha}");
-    l.config.prefill_displaces_decode = false;
-    assert!((l.split_weights().0 - 0.01).abs() < 1e-9);
-}
