@@ -43,6 +43,7 @@ fn tick(k: u64) -> Tick {
         end_ns: k * TICK,
         delta_uj: Some(35_000_000),
         devices: Vec::new(),
+        phase: joulegate::tick::TickPhase::Whole,
     }
 }
 

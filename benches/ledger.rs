@@ -56,6 +56,7 @@ fn ledger_apply(c: &mut Criterion) {
         }
         ledger.apply(
             TickSpan {
+                energy_later: false,
                 seq: k,
                 start_ns: end - TICK,
                 end_ns: end,
@@ -116,6 +117,7 @@ fn accounting_tick(c: &mut Criterion) {
             end_ns: end,
             delta_uj: Some(30_000_000),
             devices: Vec::new(),
+            phase: joulegate::tick::TickPhase::Whole,
         });
     };
     for _ in 0..40 {

@@ -30,7 +30,7 @@ use crate::ledger::{
     RequestEnergy, RequestRecord, TickSpan, WorkKind,
 };
 use crate::observe::{Endpoint, InFlight, Outcome, RequestProgress};
-use crate::tick::Tick;
+use crate::tick::{Tick, TickPhase};
 
 /// Settings of the accounting glue.
 #[derive(Clone, Debug, PartialEq)]
@@ -207,6 +207,30 @@ impl Accounting {
     /// tick and tests call it directly.
     pub fn process_tick(&mut self, tick: &Tick) {
         self.last_tick_at_ns = self.clock.now_ns();
+        if tick.phase == TickPhase::Fill {
+            // Energy of intervals announced earlier: no new interval, no new snapshot, unless
+            // part of it lies after every announced one.
+            let fill = self.ledger.fill(tick.start_ns, tick.end_ns, tick.delta_uj);
+            match fill.after {
+                Some((start_ns, end_ns, delta_uj)) => {
+                    let rest = Tick {
+                        start_ns,
+                        end_ns,
+                        delta_uj,
+                        phase: TickPhase::Whole,
+                        ..tick.clone()
+                    };
+                    self.apply_interval(&rest);
+                }
+                None => self.after_ledger(tick),
+            }
+            return;
+        }
+        self.apply_interval(tick);
+    }
+
+    /// A new interval: snapshot, ledger, then publish and retire.
+    fn apply_interval(&mut self, tick: &Tick) {
         self.live.clear();
         self.live.extend(self.in_flight.all());
         self.observations.clear();
@@ -217,7 +241,14 @@ impl Accounting {
                 choices: p.meta.choices.max(1),
             }));
         self.ledger.apply(TickSpan::from(tick), &self.observations);
-        self.publish_rates(tick);
+        self.after_ledger(tick);
+    }
+
+    /// Publishes what the ledger now knows and retires what became final.
+    fn after_ledger(&mut self, tick: &Tick) {
+        if tick.phase != TickPhase::Announce {
+            self.publish_rates(tick);
+        }
         let settled_until = self.ledger.settled_until_ns();
         for (p, e) in self.live.iter().zip(self.ledger.observed_energy()) {
             if let Some(e) = e {

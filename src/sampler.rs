@@ -31,7 +31,7 @@ use crate::clock::Clock;
 use crate::meter::counter::{CounterTracker, Step};
 use crate::meter::status::SamplerStatus;
 use crate::meter::{Meter, MeterSet};
-use crate::tick::{DeviceDelta, Tick};
+use crate::tick::{DeviceDelta, Tick, TickPhase};
 
 #[cfg(test)]
 pub(crate) mod lumpy;
@@ -125,6 +125,8 @@ pub struct SamplerCore {
     status: Arc<SamplerStatus>,
     interval_ns: u64,
     last_ns: Option<u64>,
+    /// End of the newest interval announced before its energy was final.
+    announced_until_ns: u64,
 }
 
 impl SamplerCore {
@@ -178,6 +180,7 @@ impl SamplerCore {
             status,
             interval_ns,
             last_ns: None,
+            announced_until_ns: 0,
         }
     }
 
@@ -256,11 +259,28 @@ impl SamplerCore {
                     end_ns: now_ns,
                     delta_uj: Some(0),
                     devices: Vec::new(),
+                    phase: crate::tick::TickPhase::Whole,
                 })
                 .into_iter()
                 .collect();
         }
-        self.ready_ticks()
+        let mut ticks = self.ready_ticks();
+        if let Some(start_ns) = start_ns {
+            if ticks.last().map_or(true, |t| t.end_ns < now_ns) {
+                // This interval waits for a slow counter: announce it now, so that accounting
+                // reads the requests' progress when it ends; its energy follows as a fill.
+                ticks.push(Tick {
+                    seq: 0,
+                    start_ns,
+                    end_ns: now_ns,
+                    delta_uj: None,
+                    devices: Vec::new(),
+                    phase: TickPhase::Announce,
+                });
+                self.announced_until_ns = now_ns;
+            }
+        }
+        ticks
     }
 
     /// Releases every interval still held (shutdown) and returns the remaining ticks.
@@ -296,12 +316,18 @@ impl SamplerCore {
             let Some((start_ns, end_ns)) = span else {
                 break;
             };
+            let phase = if end_ns <= self.announced_until_ns {
+                TickPhase::Fill
+            } else {
+                TickPhase::Whole
+            };
             ticks.push(Tick {
                 seq: 0,
                 start_ns,
                 end_ns,
                 delta_uj: total,
                 devices,
+                phase,
             });
         }
         ticks

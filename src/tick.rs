@@ -13,6 +13,25 @@ pub struct DeviceDelta {
     pub delta_uj: Option<u64>,
 }
 
+/// Whether a tick carries its interval's energy, announces an interval whose energy comes later,
+/// or brings the energy of intervals announced before.
+///
+/// A meter slower than the sampler moves its counter only every few reads; the sampler spreads
+/// each increment over the intervals it covers (`sampler::spread`), so an interval's energy is
+/// final only once the counter has moved past it. The interval itself is announced at once, so
+/// that accounting reads the requests' progress when the interval ends (where their work
+/// belongs), and its energy follows in a [`TickPhase::Fill`] tick.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TickPhase {
+    /// The interval with its final energy.
+    #[default]
+    Whole,
+    /// The interval ended; its energy follows (`delta_uj` is `None` and means nothing here).
+    Announce,
+    /// The final energy of `(start_ns, end_ns]`, which earlier `Announce` ticks covered.
+    Fill,
+}
+
 /// One sampler interval `(start_ns, end_ns]` on the shared [`crate::clock::Clock`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tick {
@@ -27,4 +46,6 @@ pub struct Tick {
     pub delta_uj: Option<u64>,
     /// Per-device detail.
     pub devices: Vec<DeviceDelta>,
+    /// Whether the energy is here, to come, or for earlier announced intervals.
+    pub phase: TickPhase,
 }

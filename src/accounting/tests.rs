@@ -31,6 +31,7 @@ fn tick(k: u64, uj: Option<u64>) -> Tick {
         end_ns: k * 50 * MS,
         delta_uj: uj,
         devices: Vec::new(),
+        phase: crate::tick::TickPhase::Whole,
     }
 }
 

@@ -13,9 +13,11 @@ use std::sync::Arc;
 use super::workloads::VirtualRequest;
 use crate::accounting::{Accounting, AccountingConfig, AccountingError};
 use crate::clock::Clock;
+use crate::meter::sim::SimMeter;
+use crate::meter::MeterSet;
 use crate::observe::{Endpoint, InFlight, InFlightGuard, Outcome, RequestMeta, RequestProgress};
+use crate::sampler::SamplerCore;
 use crate::sim::engine::{Engine, EngineConfig, Phase, StepReport};
-use crate::tick::{DeviceDelta, Tick};
 
 /// How the meter and sampler behave.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -185,8 +187,20 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
     let mut counter_true_pj = 0u128;
     let mut counter_uj = 0u64;
     let mut counter_carry = 0.0f64;
-    let mut last_read_uj = 0u64;
-    let mut seq = 0u64;
+    // The real sampler core over a meter reading the simulated counter: it learns the counter's
+    // period, spreads its increments and announces intervals as `joulegate serve` does.
+    let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut sampler = SamplerCore::new(
+        MeterSet {
+            meters: vec![Box::new(SimMeter::from_shared_counter(
+                "sim",
+                counter.clone(),
+            ))],
+            unavailable: Vec::new(),
+        },
+        std::time::Duration::from_nanos(sample),
+    );
+    sampler.round(START_NS);
 
     let first_at = START_NS + scenario.warmup_ns;
     let mut order: Vec<usize> = (0..scenario.requests.len()).collect();
@@ -336,20 +350,10 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
             counter_uj += whole as u64;
             next_update += period;
         } else {
-            seq += 1;
-            let delta = counter_uj - last_read_uj;
-            last_read_uj = counter_uj;
-            let tick = Tick {
-                seq,
-                start_ns: now - sample,
-                end_ns: now,
-                delta_uj: Some(delta),
-                devices: vec![DeviceDelta {
-                    device: "sim".into(),
-                    delta_uj: Some(delta),
-                }],
-            };
-            accounting.process_tick(&tick);
+            counter.store(counter_uj, Relaxed);
+            for tick in sampler.round(now) {
+                accounting.process_tick(&tick);
+            }
             next_read += sample;
             if done == scenario.requests.len() && next_arrival == order.len() {
                 if in_flight.is_empty() && drain_deadline == u64::MAX {

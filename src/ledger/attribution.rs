@@ -35,6 +35,7 @@ use std::hash::BuildHasherDefault;
 use super::calibration::{CalibrationReport, Calibrator};
 use super::idle::{IdleEstimator, IdleSource};
 use super::settle::union_ns;
+use super::split::split_uj;
 use super::types::{FinalRequest, LedgerTotals, RequestEnergy, TickSummary};
 use super::window::{HeldTick, Item, ItemRef, Window};
 use super::{LedgerConfig, LedgerConfigError, Observation, TickSpan, WorkKind};
@@ -60,6 +61,20 @@ pub(super) struct Req {
     pub(super) recent_seq: u64,
     pub(super) recent_uj: u64,
     pub(super) energy: RequestEnergy,
+}
+
+/// Ticks a window may hold past the lag bound while an interval waits for a slow meter's energy
+/// (the sampler releases held intervals within 10 s: 200 ticks at the default interval).
+pub const MAX_UNFILLED_EXTRA: usize = 256;
+
+/// What [`Ledger::fill`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fill {
+    /// Ticks settled by it.
+    pub settled: u32,
+    /// The part of the filled span after the newest held tick, with its energy: the caller
+    /// applies it as a tick of its own.
+    pub after: Option<(u64, u64, Option<u64>)>,
 }
 
 /// The attribution ledger. See the module documentation for the rules.
@@ -97,6 +112,8 @@ pub struct Ledger {
     pub(super) price_window: std::collections::VecDeque<(u64, u64, f64)>,
     /// Sums over `price_window`.
     pub(super) price_sums: (u64, u64, f64),
+    /// Arrival of the oldest request whose work may still appear in held ticks (latest tick).
+    pub(super) min_unresolved: u64,
     pub(super) shares: Vec<u64>,
     pub(super) scratch: Vec<(f64, usize)>,
 }
@@ -136,6 +153,7 @@ impl Ledger {
             step_work: Vec::new(),
             price_window: std::collections::VecDeque::new(),
             price_sums: (0, 0, 0.0),
+            min_unresolved: u64::MAX,
             shares: Vec::new(),
             scratch: Vec::new(),
         })
@@ -154,7 +172,12 @@ impl Ledger {
             .max(self.newest_end_ns.min(end_ns));
         self.newest_end_ns = end_ns;
         self.totals.ticks += 1;
-        match tick.delta_uj {
+        let delta_uj = if tick.energy_later {
+            Some(0)
+        } else {
+            tick.delta_uj
+        };
+        match delta_uj {
             Some(e) => {
                 self.totals.measured_uj = self.totals.measured_uj.saturating_add(e);
                 self.totals.pending_uj = self.totals.pending_uj.saturating_add(e);
@@ -165,7 +188,12 @@ impl Ledger {
             seq,
             start_ns,
             end_ns,
-            delta_uj: tick.delta_uj,
+            delta_uj,
+            unfilled_ns: if tick.energy_later {
+                end_ns - start_ns
+            } else {
+                0
+            },
             busy: false,
             busy_ns: 0,
             items: self.spare_items.pop().unwrap_or_default(),
@@ -201,7 +229,7 @@ impl Ledger {
                 } else if !covered {
                     self.partial.push((lo, hi));
                 }
-                if tick.delta_uj.is_some() {
+                if delta_uj.is_some() {
                     req.energy.available_ticks = req.energy.available_ticks.saturating_add(1);
                 } else {
                     req.energy.unavailable_ticks = req.energy.unavailable_ticks.saturating_add(1);
@@ -244,18 +272,124 @@ impl Ledger {
         if self.observed.len() != self.index.len() {
             finalized += self.finish_vanished(seq);
         }
+        self.min_unresolved = min_unresolved;
+        let settled = self.settle_ready();
+        TickSummary { settled, finalized }
+    }
+
+    /// Settles the held ticks that are complete (or forced by the lag bound), oldest first, and
+    /// collects the requests that became final. A tick still waiting for its energy stops
+    /// settlement, unless the window grew [`MAX_UNFILLED_EXTRA`] ticks past the lag bound: its
+    /// energy is then given up for (unavailable; a late fill goes to *unattributed*).
+    fn settle_ready(&mut self) -> u32 {
         let mut settled = 0u32;
         while let Some(front) = self.window.front() {
             let forced = self.window.len() > self.config.settle_ticks;
-            let complete = front.end_ns < min_unresolved && (self.window.len() > 1 || !front.busy);
-            if !(forced || complete) {
+            let complete =
+                front.end_ns < self.min_unresolved && (self.window.len() > 1 || !front.busy);
+            if front.unfilled_ns > 0 {
+                if self.window.len() <= self.config.settle_ticks + MAX_UNFILLED_EXTRA {
+                    break;
+                }
+                if let Some(t) = self.window.front_mut() {
+                    t.unfilled_ns = 0;
+                    if let Some(e) = t.delta_uj.take() {
+                        self.totals.measured_uj -= e.min(self.totals.measured_uj);
+                        self.totals.pending_uj -= e.min(self.totals.pending_uj);
+                    }
+                    self.totals.unavailable_ticks += 1;
+                }
+            } else if !(forced || complete) {
                 break;
             }
             self.settle_front();
             settled += 1;
         }
         self.collect_final();
-        TickSummary { settled, finalized }
+        settled
+    }
+
+    /// The final energy of `(start_ns, end_ns]`, whose intervals were announced earlier
+    /// ([`TickSpan::energy_later`]). It is split over the held intervals it covers in proportion
+    /// to their overlap (exact integers); a part before the held window (already settled or given
+    /// up) counts as measured and *unattributed*; a part after the newest held tick is returned,
+    /// for the caller to apply as a tick of its own. Settles whatever became complete.
+    pub fn fill(&mut self, start_ns: u64, end_ns: u64, delta_uj: Option<u64>) -> Fill {
+        let mut out = Fill::default();
+        if end_ns <= start_ns {
+            return out;
+        }
+        let first_start = self.window.front().map_or(u64::MAX, |t| t.start_ns);
+        let newest = self.newest_end_ns;
+        // Parts: each held pending tick's overlap, then before the window, then after it.
+        self.weights.clear();
+        let mut spans: Vec<(usize, u64)> = Vec::new();
+        for (i, t) in self.window.iter().enumerate() {
+            if t.unfilled_ns == 0 {
+                continue;
+            }
+            let ov = end_ns
+                .min(t.end_ns)
+                .saturating_sub(start_ns.max(t.start_ns));
+            if ov > 0 {
+                spans.push((i, ov));
+                self.weights.push(ov as f64);
+            }
+        }
+        let before = end_ns.min(first_start).saturating_sub(start_ns);
+        let after_from = start_ns.max(newest);
+        let after = end_ns.saturating_sub(after_from);
+        self.weights.push(before as f64);
+        self.weights.push(after as f64);
+        let mut shares = std::mem::take(&mut self.shares);
+        let ok = match delta_uj {
+            Some(e) => split_uj(e, &self.weights, &mut shares, &mut self.scratch),
+            None => false,
+        };
+        if !ok {
+            shares.clear();
+            shares.resize(self.weights.len(), 0);
+            if let Some(e) = delta_uj {
+                // Nothing held covers it and nothing follows: it is measured, and nobody's.
+                self.totals.measured_uj = self.totals.measured_uj.saturating_add(e);
+                self.totals.unattributed_uj = self.totals.unattributed_uj.saturating_add(e);
+                self.shares = shares;
+                return out;
+            }
+        }
+        for (k, &(i, ov)) in spans.iter().enumerate() {
+            let share = shares[k];
+            let Some(t) = self.window.get_mut(i) else {
+                continue;
+            };
+            t.unfilled_ns = t.unfilled_ns.saturating_sub(ov);
+            match (t.delta_uj, delta_uj) {
+                (Some(d), Some(_)) => {
+                    t.delta_uj = Some(d.saturating_add(share));
+                    self.totals.measured_uj = self.totals.measured_uj.saturating_add(share);
+                    self.totals.pending_uj = self.totals.pending_uj.saturating_add(share);
+                }
+                (Some(d), None) => {
+                    // Part of the interval failed to read: the whole interval is unavailable.
+                    t.delta_uj = None;
+                    self.totals.measured_uj -= d.min(self.totals.measured_uj);
+                    self.totals.pending_uj -= d.min(self.totals.pending_uj);
+                    self.totals.unavailable_ticks += 1;
+                }
+                (None, _) => {}
+            }
+        }
+        let n = spans.len();
+        if let Some(&b) = shares.get(n).filter(|&&b| b > 0) {
+            self.totals.measured_uj = self.totals.measured_uj.saturating_add(b);
+            self.totals.unattributed_uj = self.totals.unattributed_uj.saturating_add(b);
+        }
+        if after > 0 {
+            out.after = Some((after_from, end_ns, delta_uj.map(|_| shares[n + 1])));
+        }
+        self.shares = shares;
+        out.settled = self.settle_ready();
+        out
     }
 
     /// The registry's iteration order is stable between ticks apart from insertions and removals,

@@ -148,6 +148,9 @@ pub struct TickSpan {
     pub end_ns: u64,
     /// Micro-joules measured, `None` when unavailable.
     pub delta_uj: Option<u64>,
+    /// Whether the energy comes later, through [`Ledger::fill`] (a slow meter's increment not yet
+    /// spread over this interval); `delta_uj` is then ignored.
+    pub energy_later: bool,
 }
 
 impl From<&crate::tick::Tick> for TickSpan {
@@ -157,6 +160,7 @@ impl From<&crate::tick::Tick> for TickSpan {
             start_ns: t.start_ns,
             end_ns: t.end_ns,
             delta_uj: t.delta_uj,
+            energy_later: t.phase == crate::tick::TickPhase::Announce,
         }
     }
 }

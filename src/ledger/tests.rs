@@ -110,6 +110,7 @@ fn run(
             .collect();
         l.apply(
             TickSpan {
+                energy_later: false,
                 seq: k,
                 start_ns: end - 50 * MS,
                 end_ns: end,
@@ -304,6 +305,7 @@ fn vanished_and_forced_requests_are_final() {
     let obs = [s.at(50 * MS).expect("arrived")];
     l.apply(
         TickSpan {
+            energy_later: false,
             seq: 1,
             start_ns: 0,
             end_ns: 50 * MS,
@@ -319,6 +321,7 @@ fn vanished_and_forced_requests_are_final() {
         .expect("arrived")];
     l.apply(
         TickSpan {
+            energy_later: false,
             seq: 2,
             start_ns: 50 * MS,
             end_ns: 100 * MS,
@@ -329,6 +332,7 @@ fn vanished_and_forced_requests_are_final() {
     for k in 3..10 {
         l.apply(
             TickSpan {
+                energy_later: false,
                 seq: k,
                 start_ns: (k - 1) * 50 * MS,
                 end_ns: k * 50 * MS,
@@ -456,6 +460,7 @@ fn absurd_inputs_never_panic() {
     // Huge energies, a tick that goes back in time, an empty and a zero-length tick.
     l.apply(
         TickSpan {
+            energy_later: false,
             seq: 1,
             start_ns: 0,
             end_ns: 100,
@@ -465,6 +470,7 @@ fn absurd_inputs_never_panic() {
     );
     l.apply(
         TickSpan {
+            energy_later: false,
             seq: 2,
             start_ns: 100,
             end_ns: 50,
@@ -474,6 +480,7 @@ fn absurd_inputs_never_panic() {
     );
     l.apply(
         TickSpan {
+            energy_later: false,
             seq: 3,
             start_ns: 200,
             end_ns: 200,
@@ -483,6 +490,7 @@ fn absurd_inputs_never_panic() {
     );
     l.apply(
         TickSpan {
+            energy_later: false,
             seq: 4,
             start_ns: u64::MAX - 1,
             end_ns: u64::MAX,
@@ -518,6 +526,7 @@ fn prefill_waits_one_tick_for_the_exact_prompt_count() {
     let b = sb.at(50 * MS).expect("arrived");
     l.apply(
         TickSpan {
+            energy_later: false,
             seq: 1,
             start_ns: 0,
             end_ns: 50 * MS,
@@ -531,6 +540,7 @@ fn prefill_waits_one_tick_for_the_exact_prompt_count() {
     );
     l.apply(
         TickSpan {
+            energy_later: false,
             seq: 2,
             start_ns: 50 * MS,
             end_ns: 100 * MS,

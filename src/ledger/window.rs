@@ -67,6 +67,9 @@ pub struct HeldTick {
     pub end_ns: u64,
     /// Energy, `None` when unavailable.
     pub delta_uj: Option<u64>,
+    /// How much of the interval still waits for its energy, ns (a slow meter's ticks are
+    /// announced first and filled later); 0 once the energy is final.
+    pub unfilled_ns: u64,
     /// Whether any model request was in flight during the interval.
     pub busy: bool,
     /// How much of the interval had a model request in flight, ns (the rest is idle time even
@@ -108,6 +111,16 @@ impl Window {
     /// The oldest held tick.
     pub fn front(&self) -> Option<&HeldTick> {
         self.ticks.front()
+    }
+
+    /// The oldest held tick, mutable.
+    pub fn front_mut(&mut self) -> Option<&mut HeldTick> {
+        self.ticks.front_mut()
+    }
+
+    /// The `i`-th held tick (oldest first), mutable.
+    pub fn get_mut(&mut self, i: usize) -> Option<&mut HeldTick> {
+        self.ticks.get_mut(i)
     }
 
     /// The newest held tick.
@@ -240,6 +253,7 @@ mod tests {
                 start_ns: 100 * k,
                 end_ns: 100 * (k + 1),
                 delta_uj: Some(1),
+                unfilled_ns: 0,
                 busy: true,
                 busy_ns: 100,
                 items: Vec::new(),

@@ -31,13 +31,19 @@ pub fn merge(a: Tick, b: Tick) -> Tick {
         end_ns: b.end_ns,
         delta_uj,
         devices,
+        phase: a.phase,
     }
 }
 
-/// The sending side: numbers ticks and merges them while the consumer's queue is full.
+/// Most ticks kept unsent while the consumer is behind: beyond it, fills are merged together and
+/// everything else together (fills first: they belong to intervals announced before).
+const MAX_PENDING: usize = 8;
+
+/// The sending side: numbers ticks and merges them while the consumer's queue is full. Only ticks
+/// of the same phase merge (an announcement never absorbs a fill, see [`crate::tick::TickPhase`]).
 pub struct Outbox {
     tx: Option<SyncSender<Tick>>,
-    pending: Option<Tick>,
+    pending: std::collections::VecDeque<Tick>,
     next_seq: u64,
     status: Arc<SamplerStatus>,
 }
@@ -47,7 +53,7 @@ impl Outbox {
     pub fn new(tx: SyncSender<Tick>, status: Arc<SamplerStatus>) -> Self {
         Outbox {
             tx: Some(tx),
-            pending: None,
+            pending: std::collections::VecDeque::new(),
             next_seq: 1,
             status,
         }
@@ -55,35 +61,62 @@ impl Outbox {
 
     /// Offers a tick without blocking; if the queue is full it waits, merged, for the next offer.
     pub fn offer(&mut self, tick: Tick) {
-        let mut tick = match self.pending.take() {
-            Some(p) => merge(p, tick),
-            None => tick,
-        };
-        let Some(tx) = &self.tx else { return };
-        tick.seq = self.next_seq;
-        match tx.try_send(tick) {
-            Ok(()) => {
-                self.next_seq += 1;
-                self.status.count_tick();
-            }
-            Err(TrySendError::Full(t)) => {
+        match self.pending.pop_back() {
+            Some(p) if p.phase == tick.phase => {
                 self.status.count_merged();
-                self.pending = Some(t);
+                self.pending.push_back(merge(p, tick));
             }
-            // Nobody listens any more: keep sampling for the status, send nothing.
-            Err(TrySendError::Disconnected(_)) => self.tx = None,
+            Some(p) => {
+                self.pending.push_back(p);
+                self.pending.push_back(tick);
+            }
+            None => self.pending.push_back(tick),
+        }
+        if self.pending.len() > MAX_PENDING {
+            let (fills, rest): (Vec<Tick>, Vec<Tick>) = self
+                .pending
+                .drain(..)
+                .partition(|t| t.phase == crate::tick::TickPhase::Fill);
+            for group in [fills, rest] {
+                if let Some(t) = group.into_iter().reduce(merge) {
+                    self.pending.push_back(t);
+                }
+            }
+        }
+        while let Some(mut tick) = self.pending.pop_front() {
+            let Some(tx) = &self.tx else {
+                self.pending.clear();
+                return;
+            };
+            tick.seq = self.next_seq;
+            match tx.try_send(tick) {
+                Ok(()) => {
+                    self.next_seq += 1;
+                    self.status.count_tick();
+                }
+                Err(TrySendError::Full(t)) => {
+                    self.pending.push_front(t);
+                    return;
+                }
+                // Nobody listens any more: keep sampling for the status, send nothing.
+                Err(TrySendError::Disconnected(_)) => self.tx = None,
+            }
         }
     }
 }
 
 impl Drop for Outbox {
     fn drop(&mut self) {
-        if let (Some(tx), Some(mut t)) = (&self.tx, self.pending.take()) {
+        let Some(tx) = &self.tx else { return };
+        while let Some(mut t) = self.pending.pop_front() {
             t.seq = self.next_seq;
             match tx.try_send(t) {
-                Ok(()) => self.status.count_tick(),
+                Ok(()) => {
+                    self.next_seq += 1;
+                    self.status.count_tick();
+                }
                 Err(TrySendError::Full(_)) => self.status.count_dropped(),
-                Err(TrySendError::Disconnected(_)) => {}
+                Err(TrySendError::Disconnected(_)) => return,
             }
         }
     }

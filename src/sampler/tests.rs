@@ -126,6 +126,7 @@ fn a_full_queue_merges_intervals_without_losing_energy() {
             device: "x".into(),
             delta_uj: d,
         }],
+        phase: crate::tick::TickPhase::Whole,
     };
     out.offer(t(0, 1, Some(5)));
     out.offer(t(1, 2, Some(7)));

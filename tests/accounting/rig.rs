@@ -155,6 +155,7 @@ impl Rig {
                 device: "sim".into(),
                 delta_uj: delta,
             }],
+            phase: joulegate::tick::TickPhase::Whole,
         };
         self.acc.process_tick(&tick);
         self.last_end_ns = end;
