@@ -81,7 +81,8 @@ fn without_times(body: &[u8]) -> String {
 }
 
 const CHAT: &str = r#""model":"tiny","messages":[{"role":"user","content":"say something short"}],"max_tokens":5,"stream":true"#;
-const COMPLETION: &str = r#""model":"tiny","prompt":"once upon a time","max_tokens":5,"stream":true"#;
+const COMPLETION: &str =
+    r#""model":"tiny","prompt":"once upon a time","max_tokens":5,"stream":true"#;
 
 /// The streams of the force-usage captures' requests, and a few more.
 fn forced_cases() -> Vec<(&'static str, String)> {
@@ -290,7 +291,11 @@ async fn engine_times_from_metrics_are_the_mocks_true_times() {
         for (name, read, true_ns) in [
             ("queue", progress.queue_ns, truth.queue.as_nanos()),
             ("prefill", progress.prefill_ns, truth.prefill.as_nanos()),
-            ("generation", progress.generation_ns, truth.generation.as_nanos()),
+            (
+                "generation",
+                progress.generation_ns,
+                truth.generation.as_nanos(),
+            ),
         ] {
             assert!(
                 u128::from(read).abs_diff(true_ns) <= 1,

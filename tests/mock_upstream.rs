@@ -104,8 +104,11 @@ fn normalise(v: &mut Value, loose_prompt: bool) {
                     // Per-request metrics: the members and their order are the format, the
                     // values are timing.
                     (
-                        "time_to_first_token_ms" | "generation_time_ms" | "queue_time_ms"
-                        | "mean_itl_ms" | "tokens_per_second",
+                        "time_to_first_token_ms"
+                        | "generation_time_ms"
+                        | "queue_time_ms"
+                        | "mean_itl_ms"
+                        | "tokens_per_second",
                         Value::Number(_),
                     ) => *x = Value::from(0),
                     ("bytes" | "tokens", Value::Array(_)) => *x = Value::Array(vec![]),

@@ -493,16 +493,29 @@ async fn engine_metrics_are_the_true_timing_of_each_response() {
             br#"{"input":"say something short","max_output_tokens":3,"stream":true}"#.to_vec(),
         ),
         ("/v1/chat/completions", chat_body(r#","max_tokens":1"#)),
-        ("/v1/chat/completions", chat_body(r#","max_tokens":3,"n":2"#)),
+        (
+            "/v1/chat/completions",
+            chat_body(r#","max_tokens":3,"n":2"#),
+        ),
         (
             "/v1/chat/completions",
             chat_body(r#","max_tokens":3,"stream":true"#),
         ),
     ];
-    let calls = reqs.into_iter().enumerate().map(|(i, (path, body))| async move {
-        let id = format!("m{i}");
-        call(addr, "POST", path, Some(body), &[("x-request-id", id.as_str())]).await
-    });
+    let calls = reqs
+        .into_iter()
+        .enumerate()
+        .map(|(i, (path, body))| async move {
+            let id = format!("m{i}");
+            call(
+                addr,
+                "POST",
+                path,
+                Some(body),
+                &[("x-request-id", id.as_str())],
+            )
+            .await
+        });
     let resps = futures_join(calls).await;
     assert!(resps.iter().all(|r| r.status == 200));
     let metrics_of = |i: usize| -> Value {
@@ -535,10 +548,20 @@ async fn engine_metrics_are_the_true_timing_of_each_response() {
     ];
     for (i, id) in ids.iter().enumerate() {
         let m = metrics_of(i);
-        let t = h.timing(id).expect("a finished engine response has a timing");
+        let t = h
+            .timing(id)
+            .expect("a finished engine response has a timing");
         assert_eq!(ms_ns(&m["queue_time_ms"]), t.queue.as_nanos(), "{id}");
-        assert_eq!(ms_ns(&m["time_to_first_token_ms"]), t.prefill.as_nanos(), "{id}");
-        assert_eq!(ms_ns(&m["generation_time_ms"]), t.generation.as_nanos(), "{id}");
+        assert_eq!(
+            ms_ns(&m["time_to_first_token_ms"]),
+            t.prefill.as_nanos(),
+            "{id}"
+        );
+        assert_eq!(
+            ms_ns(&m["generation_time_ms"]),
+            t.generation.as_nanos(),
+            "{id}"
+        );
         assert!(t.prefill > std::time::Duration::ZERO, "{id}");
         let tokens = f64::from(t.tokens);
         let gen_ms = m["generation_time_ms"].as_f64().unwrap();
