@@ -94,11 +94,23 @@ fn normalise(v: &mut Value, loose_prompt: bool) {
             for (k, x) in m.iter_mut() {
                 match (k.as_str(), &*x) {
                     ("id" | "item_id", Value::String(_)) => *x = Value::from("ID"),
+                    // Where the captured server kept its model: deployment, not format.
+                    ("root", Value::String(_)) => *x = Value::from("ROOT"),
                     ("created" | "created_at" | "sequence_number", _) => *x = Value::from(0),
                     ("content" | "text" | "delta" | "token", Value::String(_)) => {
                         *x = Value::from("TEXT")
                     }
                     ("logprob", _) => *x = Value::from(0),
+                    // Per-request metrics: the members and their order are the format, the
+                    // values are timing.
+                    (
+                        "time_to_first_token_ms"
+                        | "generation_time_ms"
+                        | "queue_time_ms"
+                        | "mean_itl_ms"
+                        | "tokens_per_second",
+                        Value::Number(_),
+                    ) => *x = Value::from(0),
                     ("bytes" | "tokens", Value::Array(_)) => *x = Value::Array(vec![]),
                     ("prompt_tokens" | "total_tokens", _) if loose_prompt => *x = Value::from(0),
                     _ => normalise(x, loose_prompt),
@@ -146,8 +158,9 @@ fn structure(body: &[u8], sse: bool, loose_prompt: bool) -> Vec<String> {
                     index = i;
                 }
                 // Compact, like pydantic: the bytes are the serialisation of their own parse.
-                // (serde_json's default float parsing is not exact, so log-prob events are skipped.)
-                if !data.contains("\"logprob\"") {
+                // (serde_json's default float parsing is not exact, so log-prob and metrics events
+                // are skipped.)
+                if !data.contains("\"logprob\"") && !data.contains("_ms\":") {
                     assert_eq!(v.to_string(), data, "not compact JSON");
                 }
                 normalise(&mut v, loose_prompt);
@@ -168,19 +181,15 @@ fn structure(body: &[u8], sse: bool, loose_prompt: bool) -> Vec<String> {
         .collect()
 }
 
-async fn check_fixture_dir(dir: &str, details: bool) {
+/// Replays every case of a capture folder against a mock configured like the captured server.
+async fn check_fixture_dir(dir: &str, server: joulegate::sim::MockBuilder) {
     let root = format!("{}/tests/fixtures/{dir}", env!("CARGO_MANIFEST_DIR"));
     let index: Value =
         serde_json::from_str(&std::fs::read_to_string(format!("{root}/index.json")).unwrap())
             .unwrap();
-    let h = mock(
-        MockUpstream::builder()
-            .seed(1)
-            .enable_prompt_tokens_details(details),
-    )
-    .await;
+    let h = mock(server.seed(1)).await;
     let cases = index.as_object().unwrap();
-    assert!(cases.len() >= 20);
+    assert!(cases.len() >= 10);
     for (name, case) in cases {
         let r = &case["request"];
         let body = match &r["body"] {
@@ -278,12 +287,73 @@ async fn check_fixture_dir(dir: &str, details: bool) {
 
 #[tokio::test]
 async fn reproduces_every_vllm_032_fixture() {
-    check_fixture_dir("vllm-0.32", false).await;
+    check_fixture_dir("vllm-0.32", MockUpstream::builder()).await;
 }
 
 #[tokio::test]
 async fn reproduces_every_prompt_tokens_details_fixture() {
-    check_fixture_dir("vllm-0.32-prompt-details", true).await;
+    check_fixture_dir(
+        "vllm-0.32-prompt-details",
+        MockUpstream::builder().enable_prompt_tokens_details(true),
+    )
+    .await;
+}
+
+/// `--enable-per-request-metrics`: `metrics` objects where the captures have them (bodies of one
+/// choice, final usage chunks of one-choice streams, `response.completed`), `null` or nothing
+/// elsewhere, members in vLLM's order.
+#[tokio::test]
+async fn reproduces_every_per_request_metrics_fixture() {
+    check_fixture_dir(
+        "vllm-0.32-per-request-metrics",
+        MockUpstream::builder().enable_per_request_metrics(true),
+    )
+    .await;
+}
+
+/// `--enable-force-include-usage`: usage, continuous, on every stream whatever `stream_options`
+/// say; the `stream_options` without `stream` error unchanged.
+#[tokio::test]
+async fn reproduces_every_force_include_usage_fixture() {
+    check_fixture_dir(
+        "vllm-0.32-force-usage",
+        MockUpstream::builder().enable_force_include_usage(true),
+    )
+    .await;
+}
+
+/// Without the flag the captures of the flagged servers are not reproduced: the comparison sees
+/// the differences these flags make.
+#[tokio::test]
+async fn the_flags_make_the_difference() {
+    for (dir, case) in [
+        ("vllm-0.32-per-request-metrics", "chat-json"),
+        ("vllm-0.32-per-request-metrics", "responses-stream"),
+        ("vllm-0.32-force-usage", "chat-stream-plain"),
+    ] {
+        let root = format!("{}/tests/fixtures/{dir}", env!("CARGO_MANIFEST_DIR"));
+        let index: Value =
+            serde_json::from_str(&std::fs::read_to_string(format!("{root}/index.json")).unwrap())
+                .unwrap();
+        let h = mock(MockUpstream::builder().seed(1)).await;
+        let r = &index[case]["request"];
+        let got = call(
+            h.addr(),
+            "POST",
+            r["path"].as_str().unwrap(),
+            Some(serde_json::to_vec(&r["body"]).unwrap()),
+            &[],
+        )
+        .await;
+        let want = std::fs::read(format!("{root}/{case}.body")).unwrap();
+        let sse = case.contains("stream");
+        assert_ne!(
+            structure(&got.body, sse, false),
+            structure(&want, sse, false),
+            "{dir}/{case}"
+        );
+        h.shutdown().await;
+    }
 }
 
 #[path = "mock_upstream/behaviour.rs"]

@@ -30,6 +30,8 @@ pub struct SharedSemantics {
     force_auto: bool,
     /// How `force_include_usage` became known: [`ForceSource`] as a `u8`.
     force_source: AtomicU8,
+    /// Turns true once forcing is known (configured, or learned), for [`SharedSemantics::force_known`].
+    known: tokio::sync::watch::Sender<bool>,
 }
 
 /// How the proxy knows whether its upstream forces usage on every stream.
@@ -80,7 +82,17 @@ impl SharedSemantics {
             } else {
                 ForceSource::Config as u8
             }),
+            known: tokio::sync::watch::channel(!force_auto).0,
         }
+    }
+
+    /// Resolves once forcing is known: at once when configured, else when the start-up probe or a
+    /// stream told (never, if neither ever does). Lets a caller plan after the probe instead of
+    /// guessing how long it takes.
+    pub async fn force_known(&self) {
+        let mut rx = self.known.subscribe();
+        // The sender lives in `self`, so the wait ends only when the flag turns true.
+        let _ = rx.wait_for(|known| *known).await;
     }
 
     /// The current semantics.
@@ -115,6 +127,7 @@ impl SharedSemantics {
         }
         self.force_source.store(source as u8, Relaxed);
         let before = self.force_include_usage.swap(forced, Relaxed);
+        self.known.send_replace(true);
         if before != forced {
             if forced {
                 tracing::warn!(
@@ -271,6 +284,25 @@ mod tests {
         assert_eq!(api_key(&p), Some(&b"sk-secret"[..]));
         assert_eq!(api_key(&parts(&[("api-key", "k2")])), Some(&b"k2"[..]));
         assert_eq!(api_key(&parts(&[])), None);
+    }
+
+    /// `force_known` resolves at once when configured, and once something is learned under auto.
+    #[tokio::test]
+    async fn forcing_becomes_known_when_configured_or_learned() {
+        let initial = UsageSemantics {
+            absent_include_usage: false,
+            force_include_usage: false,
+        };
+        SharedSemantics::new(initial, false).force_known().await;
+        let auto = std::sync::Arc::new(SharedSemantics::new(initial, true));
+        let waiter = tokio::spawn({
+            let auto = auto.clone();
+            async move { auto.force_known().await }
+        });
+        assert!(auto.learn_forced(true, ForceSource::Probe));
+        waiter.await.unwrap();
+        assert_eq!(auto.force_source(), ForceSource::Probe);
+        assert!(auto.get().force_include_usage);
     }
 
     #[test]

@@ -47,6 +47,14 @@ pub struct MockUpstreamArgs {
     /// Add prompt_tokens_details to usage, like vLLM's --enable-prompt-tokens-details.
     #[arg(long)]
     pub enable_prompt_tokens_details: bool,
+    /// Add the engine's timing of each request (`metrics`) to responses, like vLLM's
+    /// --enable-per-request-metrics (true timings with --engine, fixed ones otherwise).
+    #[arg(long)]
+    pub enable_per_request_metrics: bool,
+    /// Report usage (continuous) on every stream whatever the request says, like vLLM's
+    /// --enable-force-include-usage.
+    #[arg(long)]
+    pub enable_force_include_usage: bool,
 }
 
 /// Runs `mock-upstream` until Ctrl-C.
@@ -82,6 +90,8 @@ pub async fn run_cli(args: MockUpstreamArgs) -> anyhow::Result<()> {
         .model(args.model)
         .max_model_len(args.max_model_len)
         .enable_prompt_tokens_details(args.enable_prompt_tokens_details)
+        .enable_per_request_metrics(args.enable_per_request_metrics)
+        .enable_force_include_usage(args.enable_force_include_usage)
         .spawn(listener)?;
     println!("listening mock-upstream={}", handle.addr());
     tokio::signal::ctrl_c().await?;
@@ -134,6 +144,13 @@ mod tests {
         ])
         .unwrap();
         assert!(a.engine && a.time_scale == 10.0 && a.energy_counter_file.is_some());
+        assert!(!a.enable_per_request_metrics && !a.enable_force_include_usage);
+        let a = parse(&[
+            "--enable-per-request-metrics",
+            "--enable-force-include-usage",
+        ])
+        .unwrap();
+        assert!(a.enable_per_request_metrics && a.enable_force_include_usage);
         // Fixed timing needs both delays and excludes the engine; engine options need --engine.
         assert!(parse(&["--ttft-ms", "5"]).is_err());
         assert!(parse(&["--engine", "--ttft-ms", "5", "--itl-ms", "1"]).is_err());
@@ -143,5 +160,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(help.contains("--energy-counter-file") && help.contains("--ttft-ms"));
+        assert!(
+            help.contains("--enable-per-request-metrics")
+                && help.contains("--enable-force-include-usage")
+        );
     }
 }

@@ -5,11 +5,15 @@
 //! - [`server`]: [`MockUpstream::builder`] → [`MockBuilder::spawn`] → [`MockHandle`] (await requests,
 //!   client disconnects, completions, ground truth).
 //! - [`service`] (routes, headers, ids) and [`stream`] (tokens → SSE/JSON, faults).
-//! - [`wire`], [`wire_json`], [`wire_responses`]: vLLM's bytes; [`endpoints`]: tokenize, metrics;
-//!   [`request`]: vLLM's request reading and errors; [`text`]: the toy tokenizer and seeded text;
-//!   [`faults`]: scripted faults.
+//! - [`wire`], [`wire_json`], [`wire_responses`], [`wire_metrics`]: vLLM's bytes; [`endpoints`]:
+//!   tokenize, metrics; [`request`]: vLLM's request reading and errors; [`text`]: the toy
+//!   tokenizer and seeded text; [`faults`]: scripted faults.
 //! - [`engine`]: the pure batching and energy model; [`runner`]: its real-time driver and the
 //!   energy counter.
+//! - Options of vLLM's server flags: `--enable-prompt-tokens-details`,
+//!   `--enable-per-request-metrics` (responses carry the engine's timing in `metrics`; in engine
+//!   timing the runner's true timing of the request) and `--enable-force-include-usage` (usage,
+//!   continuous, on every chat and completions stream).
 //! - [`workload`]: seeded request plans (steady, bursty, prefill-heavy, decode-heavy, mixed).
 //! - [`cli`]: `joulegate mock-upstream`.
 //!
@@ -29,11 +33,12 @@ pub mod stream;
 pub mod text;
 pub mod wire;
 pub mod wire_json;
+pub mod wire_metrics;
 pub mod wire_responses;
 pub mod workload;
 
 pub use cli::{run_cli, MockUpstreamArgs};
 pub use engine::{CostModel, EngineConfig, Phase};
 pub use faults::Fault;
-pub use runner::RunnerConfig;
+pub use runner::{RequestTiming, RunnerConfig};
 pub use server::{MockBuilder, MockHandle, MockUpstream, RecordedRequest, RequestTruth, Timing};

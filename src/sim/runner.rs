@@ -10,6 +10,12 @@
 //! The counter is `Arc<AtomicU64>` micro-joules (what `SimMeter::from_shared_counter` reads) and may be
 //! mirrored to a file (`<µJ>\n`, rewritten atomically by write + rename) for out-of-process meters.
 //! Within a step the published energy grows linearly over the step; between steps at idle power.
+//!
+//! **Request timing.** The runner also keeps each request's clock on the same timeline: arrival
+//! (when it was submitted), the start of the step in which its prefill started, and the ends of the
+//! steps that produced its first and last tokens ([`RequestTiming`], what vLLM's per-request
+//! `metrics` report). It is written before the step's progress is handed out, so a stream that
+//! receives its last token can read its timing at once.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -20,7 +26,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::engine::{Emit, Engine, EngineConfig, Totals};
+use super::engine::{Emit, Engine, EngineConfig, Phase, Totals};
 
 /// How the runner runs.
 #[derive(Clone, Debug)]
@@ -43,6 +49,45 @@ impl Default for RunnerConfig {
             counter_period: Duration::from_millis(20),
             counter_file: None,
         }
+    }
+}
+
+/// The moments of one request on the runner's timeline.
+#[derive(Clone, Copy, Debug)]
+struct RequestClock {
+    arrival: Instant,
+    scheduled: Option<Instant>,
+    first_token: Option<Instant>,
+    last_token: Option<Instant>,
+    generated: u32,
+}
+
+/// The engine's timing of one request, wall clock, on the runner's timeline (steps last their
+/// simulated duration divided by the time scale), as vLLM's per-request `metrics` report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestTiming {
+    /// Arrival at the engine (submission) → the start of the step in which its prefill started.
+    pub queue: Duration,
+    /// That step's start → the end of the step that produced its first token (the prefill, without
+    /// the queue).
+    pub prefill: Duration,
+    /// The first token → the last token.
+    pub generation: Duration,
+    /// Tokens generated per choice.
+    pub tokens: u32,
+}
+
+impl RequestClock {
+    fn timing(&self) -> Option<RequestTiming> {
+        let scheduled = self.scheduled?;
+        let first = self.first_token?;
+        let last = self.last_token?;
+        Some(RequestTiming {
+            queue: scheduled.saturating_duration_since(self.arrival),
+            prefill: first.saturating_duration_since(scheduled),
+            generation: last.saturating_duration_since(first),
+            tokens: self.generated,
+        })
     }
 }
 
@@ -86,6 +131,7 @@ pub struct EngineShared {
     engine: Mutex<Engine>,
     timeline: Mutex<Timeline>,
     counter: Arc<AtomicU64>,
+    clocks: Mutex<HashMap<u64, RequestClock>>,
     /// Bumped after every step and abort, so waiters can re-check conditions.
     pub changed: watch::Sender<u64>,
 }
@@ -98,6 +144,28 @@ impl EngineShared {
 
     fn timeline(&self) -> MutexGuard<'_, Timeline> {
         self.timeline.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn clocks(&self) -> MutexGuard<'_, HashMap<u64, RequestClock>> {
+        self.clocks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The timing of a request once it produced its last token (or finished with none); `None`
+    /// before that, or for an unknown or forgotten id.
+    pub fn request_timing(&self, id: u64) -> Option<RequestTiming> {
+        self.clocks().get(&id).and_then(RequestClock::timing)
+    }
+
+    /// Drops the records (truth and timing) of a finished or aborted request.
+    pub fn forget(&self, id: u64) {
+        let gone = {
+            let mut engine = self.engine();
+            engine.forget(id);
+            engine.truth(id).is_none()
+        };
+        if gone {
+            self.clocks().remove(&id);
+        }
     }
 
     /// The cumulative counter the publisher advances.
@@ -145,6 +213,8 @@ enum Cmd {
         max_tokens: u32,
         n: u32,
         progress: mpsc::UnboundedSender<Emit>,
+        /// When it was submitted: its arrival at the engine.
+        at: Instant,
     },
     Abort(u64),
 }
@@ -187,6 +257,7 @@ impl EngineClient {
             max_tokens,
             n,
             progress,
+            at: Instant::now(),
         });
     }
 
@@ -217,6 +288,7 @@ pub fn spawn(
             scale,
         }),
         counter: Arc::new(AtomicU64::new(0)),
+        clocks: Mutex::new(HashMap::new()),
         changed: watch::channel(0).0,
     });
     let (tx, rx) = mpsc::unbounded_channel();
@@ -237,8 +309,12 @@ async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut subs: HashMap<u64, mpsc::UnboundedSender<Emit>> = HashMap::new();
+    // Requests submitted but not yet seen scheduled, to stamp the step in which their prefill starts.
+    let mut unscheduled: Vec<u64> = Vec::new();
     let mut next_start = Instant::now();
-    let apply = |cmd: Cmd, subs: &mut HashMap<u64, mpsc::UnboundedSender<Emit>>| {
+    let apply = |cmd: Cmd,
+                 subs: &mut HashMap<u64, mpsc::UnboundedSender<Emit>>,
+                 unscheduled: &mut Vec<u64>| {
         let mut engine = shared.engine();
         match cmd {
             Cmd::Add {
@@ -247,9 +323,21 @@ async fn run(
                 max_tokens,
                 n,
                 progress,
+                at,
             } => {
                 engine.add(id, prompt, max_tokens, n);
                 subs.insert(id, progress);
+                shared.clocks().insert(
+                    id,
+                    RequestClock {
+                        arrival: at,
+                        scheduled: None,
+                        first_token: None,
+                        last_token: None,
+                        generated: 0,
+                    },
+                );
+                unscheduled.push(id);
             }
             Cmd::Abort(id) => {
                 engine.abort(id);
@@ -260,13 +348,13 @@ async fn run(
     };
     loop {
         while let Ok(cmd) = rx.try_recv() {
-            apply(cmd, &mut subs);
+            apply(cmd, &mut subs, &mut unscheduled);
         }
         let has_work = shared.engine().has_work();
         if !has_work {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
-                    Some(cmd) => apply(cmd, &mut subs),
+                    Some(cmd) => apply(cmd, &mut subs, &mut unscheduled),
                     None => return,
                 },
                 _ = stop.wait_for(|s| *s) => return,
@@ -274,11 +362,21 @@ async fn run(
             next_start = next_start.max(Instant::now());
             continue;
         }
-        let report = {
+        let (report, started) = {
             let mut engine = shared.engine();
             let Some(report) = engine.step() else {
                 continue;
             };
+            // Scheduled in this step: no longer waiting (an aborted one never ran).
+            let mut started = Vec::new();
+            unscheduled.retain(|id| match engine.truth(*id).map(|t| t.phase) {
+                Some(Phase::Waiting) => true,
+                Some(Phase::Running | Phase::Finished) => {
+                    started.push(*id);
+                    false
+                }
+                Some(Phase::Aborted) | None => false,
+            });
             let mut tl = shared.timeline();
             // Close the idle gap before this step, then open the step's segment.
             let idle = tl.sim_ns(tl.seg_start, next_start);
@@ -289,7 +387,7 @@ async fn run(
                 energy_uj: report.energy_uj,
             };
             tl.seg_start = next_start;
-            report
+            (report, started)
         };
         let end = next_start + Duration::from_nanos((report.duration_ns as f64 / scale) as u64);
         tokio::select! {
@@ -302,7 +400,25 @@ async fn run(
             tl.seg = Seg::Idle;
             tl.seg_start = end;
         }
+        let step_start = next_start;
         next_start = end;
+        {
+            let mut clocks = shared.clocks();
+            for id in started {
+                if let Some(c) = clocks.get_mut(&id) {
+                    c.scheduled = Some(step_start);
+                }
+            }
+            for e in &report.emitted {
+                if let Some(c) = clocks.get_mut(&e.id) {
+                    if e.generated > c.generated || e.finished {
+                        c.first_token.get_or_insert(end);
+                        c.last_token = Some(end);
+                        c.generated = e.generated;
+                    }
+                }
+            }
+        }
         for e in &report.emitted {
             let delivered = subs.get(&e.id).is_some_and(|s| s.send(*e).is_ok());
             if e.finished || !delivered {

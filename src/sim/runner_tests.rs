@@ -153,3 +153,60 @@ async fn publisher_mirrors_the_counter_to_the_file() {
     assert_eq!(written, client.shared.counter().load(Ordering::Relaxed));
     assert!(written > 0);
 }
+
+/// Each request's timing is its steps on the runner's timeline, to the nanosecond: a request that
+/// waits behind another (one running sequence at a time) queues for exactly the other's steps,
+/// prefills in one step and generates over the rest; forgetting drops the timing with the truth.
+#[tokio::test(start_paused = true)]
+async fn request_timing_is_the_steps_it_spent() {
+    let config = RunnerConfig {
+        engine: EngineConfig {
+            max_running_seqs: 1,
+            ..cfg(20).engine
+        },
+        ..cfg(20)
+    };
+    // The same work on the pure engine gives the step durations.
+    let mut engine = Engine::new(config.engine.clone());
+    engine.add(1, 22, 3, 1);
+    engine.add(2, 40, 4, 1);
+    let mut durations = Vec::new();
+    while let Some(r) = engine.step() {
+        durations.push(Duration::from_nanos(r.duration_ns));
+    }
+    // 3 steps for the first request, then 4 for the second.
+    assert_eq!(durations.len(), 7);
+    let (stop_tx, stop) = watch::channel(false);
+    let (client, tasks) = spawn(config, stop);
+    let mut a = client.submit(1, 22, 3, 1);
+    let mut b = client.submit(2, 40, 4, 1);
+    assert_eq!(client.shared.request_timing(1), None, "not scheduled yet");
+    while a.recv().await.is_some() {}
+    while b.recv().await.is_some() {}
+    let sum = |d: &[Duration]| d.iter().sum::<Duration>();
+    assert_eq!(
+        client.shared.request_timing(1),
+        Some(RequestTiming {
+            queue: Duration::ZERO,
+            prefill: durations[0],
+            generation: sum(&durations[1..3]),
+            tokens: 3,
+        })
+    );
+    assert_eq!(
+        client.shared.request_timing(2),
+        Some(RequestTiming {
+            queue: sum(&durations[..3]),
+            prefill: durations[3],
+            generation: sum(&durations[4..]),
+            tokens: 4,
+        })
+    );
+    client.shared.forget(1);
+    assert_eq!(client.shared.request_timing(1), None);
+    assert!(client.shared.request_timing(2).is_some());
+    stop_tx.send_replace(true);
+    for t in tasks {
+        t.await.unwrap();
+    }
+}

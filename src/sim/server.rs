@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::engine::{EngineConfig, Phase, Totals};
 use super::faults::Fault;
-use super::runner::{self, RunnerConfig};
+use super::runner::{self, RequestTiming, RunnerConfig};
 use super::service::{App, AppState, MockConfig};
 
 /// How fast the mock produces tokens.
@@ -98,6 +98,20 @@ impl MockBuilder {
     /// vLLM's `--enable-prompt-tokens-details` (adds `prompt_tokens_details` to usage).
     pub fn enable_prompt_tokens_details(mut self, on: bool) -> Self {
         self.cfg.prompt_details = on;
+        self
+    }
+    /// vLLM's `--enable-per-request-metrics`: chat, completions and responses bodies carry
+    /// `metrics` (`null` for `n > 1`), and so does a stream's final usage chunk (one choice, usage
+    /// reported) or its `response.completed`. In engine timing the values are the runner's true
+    /// timing of the request ([`MockHandle::timing`]); otherwise fixed plausible values.
+    pub fn enable_per_request_metrics(mut self, on: bool) -> Self {
+        self.cfg.per_request_metrics = on;
+        self
+    }
+    /// vLLM's `--enable-force-include-usage`: every chat and completions stream reports usage,
+    /// continuous usage included, whatever its `stream_options` say.
+    pub fn enable_force_include_usage(mut self, on: bool) -> Self {
+        self.cfg.force_include_usage = on;
         self
     }
     /// Whether `stream_options` without `include_usage` means true. vLLM 0.32: false (the default);
@@ -365,6 +379,17 @@ impl MockHandle {
     /// Ground truth of a response by its id (engine timing only).
     pub fn truth(&self, response_id: &str) -> Option<RequestTruth> {
         self.app.truth(response_id)
+    }
+
+    /// The engine's true timing of a response of one prompt (engine timing only; `None` until its
+    /// last token is out, and for responses of several prompts): what its per-request `metrics`
+    /// report, to the nanosecond.
+    pub fn timing(&self, response_id: &str) -> Option<RequestTiming> {
+        let ids = self.app.state().engine_ids.get(response_id)?.clone();
+        match (ids.as_slice(), &self.app.engine) {
+            ([id], Some(engine)) => engine.shared.request_timing(*id),
+            _ => None,
+        }
     }
 
     /// All ground truths by response id.

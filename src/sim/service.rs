@@ -42,6 +42,10 @@ pub struct MockConfig {
     pub prompt_details: bool,
     /// An absent `include_usage` in `stream_options` means true.
     pub absent_include_usage_is_true: bool,
+    /// `--enable-per-request-metrics`: responses carry `metrics` (the engine's timing).
+    pub per_request_metrics: bool,
+    /// `--enable-force-include-usage`: every chat/completions stream reports usage, continuously.
+    pub force_include_usage: bool,
     /// Default fault.
     pub fault: Option<Fault>,
     /// How many received requests are kept for the handle (older ones are dropped).
@@ -60,6 +64,8 @@ impl Default for MockConfig {
             max_model_len: 2048,
             prompt_details: false,
             absent_include_usage_is_true: false,
+            per_request_metrics: false,
+            force_include_usage: false,
             fault: None,
             record_limit: 10_000,
             truth_limit: 100_000,
@@ -148,10 +154,9 @@ impl App {
                 }
             }
         });
-        if let (Some(engine), false) = (&self.engine, forget.is_empty()) {
-            let mut engine = engine.shared.engine();
+        if let Some(engine) = &self.engine {
             for id in forget {
-                engine.forget(id);
+                engine.shared.forget(id);
             }
         }
     }
@@ -389,10 +394,18 @@ async fn generate(
         max_model_len: app.cfg.max_model_len,
         absent_include_usage_is_true: app.cfg.absent_include_usage_is_true,
     };
-    let req = match request::parse(kind, body, &limits) {
+    let mut req = match request::parse(kind, body, &limits) {
         Ok(r) => r,
         Err(e) => return Ok(error_response(&e)),
     };
+    if app.cfg.force_include_usage
+        && req.stream
+        && matches!(kind, ApiKind::Chat | ApiKind::Completions)
+    {
+        // vLLM applies the flag after validation, whatever `stream_options` said.
+        req.include_usage = true;
+        req.continuous_usage = true;
+    }
     let created = unix_now();
     let key = app.cfg.seed ^ hash_bytes(body);
     let ctx = ChunkCtx {
@@ -424,6 +437,7 @@ async fn generate(
         key,
         fault: fault.unwrap_or_default(),
         response_id,
+        per_request_metrics: app.cfg.per_request_metrics,
     };
     if plan.req.stream {
         let (tx, rx) = mpsc::channel(16);

@@ -12,11 +12,13 @@ use tokio::sync::mpsc;
 use super::engine::Emit;
 use super::faults::{Fault, FaultAction};
 use super::request::{ApiKind, GenRequest};
+use super::runner::RequestTiming;
 use super::server::{BodyError, MockBody, Timing};
 use super::service::{error_response, json_response, status_error, App};
 use super::text::{gen_token, mix, GenToken};
 use super::wire::{self, ChunkCtx, ChunkExtras, DONE};
 use super::wire_json::{self, ChoiceOut};
+use super::wire_metrics::{fixed_timing, RequestMetrics};
 use super::wire_responses::{self as wr, RespCtx};
 
 /// Everything needed to write one response.
@@ -33,6 +35,21 @@ pub struct Plan {
     pub fault: Fault,
     /// The response id.
     pub response_id: String,
+    /// `--enable-per-request-metrics`.
+    pub per_request_metrics: bool,
+}
+
+impl Plan {
+    /// The `metrics` of this response, for a server with per-request metrics: vLLM times only
+    /// responses of one prompt and one choice (`n > 1` gets `null` in a body, nothing in a stream).
+    fn metrics(&self, source: &Source, completion: u64) -> Option<RequestMetrics> {
+        if !self.per_request_metrics || self.req.n != 1 || self.req.prompt_tokens.len() != 1 {
+            return None;
+        }
+        source
+            .timing(self.req.max_tokens)
+            .map(|t| RequestMetrics::from_timing(&t, completion))
+    }
 }
 
 /// Progress of one prompt (`sub`) of a request: tokens per choice so far.
@@ -159,6 +176,18 @@ impl Source {
         }
     }
 
+    /// The timing of a single-prompt request once its last token is out: the engine runner's true
+    /// timing, or [`fixed_timing`] of the configured delays for `tokens` tokens.
+    fn timing(&self, tokens: u32) -> Option<RequestTiming> {
+        match self {
+            Source::Timed { ttft, itl, .. } => Some(fixed_timing(*ttft, *itl, tokens)),
+            Source::Engine { ids, app, .. } => match (ids.as_slice(), &app.engine) {
+                ([id], Some(engine)) => engine.shared.request_timing(*id),
+                _ => None,
+            },
+        }
+    }
+
     /// Stops the engine work of this request (client gone, fault).
     fn abort(&self) {
         if let Source::Engine { ids, app, .. } = self {
@@ -262,13 +291,14 @@ async fn write_stream(plan: &Plan, source: &mut Source, tx: &Tx) -> Result<bool,
         }
     }
     let completion: u64 = gen.iter().map(|&g| u64::from(g) * u64::from(n)).sum();
+    let metrics = plan.metrics(source, completion);
     if let Some(r) = responses {
         let out = wr::closing_events(
             r,
             &text,
-            req.total_prompt_tokens(),
-            completion,
+            (req.total_prompt_tokens(), completion),
             4 + u64::from(sent),
+            metrics.as_ref(),
         );
         send(tx, out).await?;
         return Ok(true);
@@ -279,6 +309,7 @@ async fn write_stream(plan: &Plan, source: &mut Source, tx: &Tx) -> Result<bool,
             req.kind == ApiKind::Chat,
             req.total_prompt_tokens(),
             completion,
+            metrics.as_ref(),
         );
         send(tx, chunk).await?;
     }
@@ -392,13 +423,17 @@ pub async fn collect(
             }
         })
         .collect();
+    let metrics = plan.metrics(&source, completion);
+    let metrics = metrics.as_ref();
     let body = match (req.kind, &plan.resp) {
-        (ApiKind::Chat, _) => wire_json::chat_json(&plan.ctx, &choices, prompt, completion),
+        (ApiKind::Chat, _) => {
+            wire_json::chat_json(&plan.ctx, &choices, prompt, completion, metrics)
+        }
         (ApiKind::Completions, _) => {
-            wire_json::completion_json(&plan.ctx, &choices, prompt, completion)
+            wire_json::completion_json(&plan.ctx, &choices, prompt, completion, metrics)
         }
         (ApiKind::Responses, Some(r)) => {
-            wr::response_object(r, Some((&choices[0].text, prompt, completion)))
+            wr::response_object(r, Some((&choices[0].text, prompt, completion)), metrics)
         }
         _ => {
             let vectors: Vec<Vec<f64>> = (0..subs as u64)

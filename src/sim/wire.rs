@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 
 use super::request::ApiError;
 use super::text::{alternative, GenToken};
+use super::wire_metrics::RequestMetrics;
 
 /// The SSE terminator of chat and completions streams.
 pub const DONE: &str = "data: [DONE]\n\n";
@@ -49,9 +50,20 @@ pub fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
-/// Python's `repr(float)` for the values the mock produces (shortest round-trip, `.0` kept).
+/// Python's `repr(float)`: the shortest round-trip digits, `.0` kept, and an exponent (below 1e-4
+/// and from 1e16, as Rust's `Debug` also switches) with a sign and at least two digits (`1e-05`).
 pub fn py_float(f: f64) -> String {
-    format!("{f:?}")
+    let s = format!("{f:?}");
+    match s.split_once('e') {
+        Some((mantissa, exp)) => {
+            let (sign, digits) = match exp.strip_prefix('-') {
+                Some(d) => ('-', d),
+                None => ('+', exp),
+            };
+            format!("{mantissa}e{sign}{digits:0>2}")
+        }
+        None => s,
+    }
 }
 
 pub(crate) fn head(out: &mut String, c: &ChunkCtx, object: &str) {
@@ -227,8 +239,15 @@ pub fn completion_chunk(c: &ChunkCtx, index: u32, text: &str, x: &ChunkExtras<'_
     s
 }
 
-/// The final `choices: []` usage chunk of a chat (`chat = true`) or completions stream.
-pub fn final_usage_chunk(c: &ChunkCtx, chat: bool, prompt: u64, completion: u64) -> String {
+/// The final `choices: []` usage chunk of a chat (`chat = true`) or completions stream, with the
+/// per-request `metrics` after `system_fingerprint` when given.
+pub fn final_usage_chunk(
+    c: &ChunkCtx,
+    chat: bool,
+    prompt: u64,
+    completion: u64,
+    metrics: Option<&RequestMetrics>,
+) -> String {
     let mut s = String::with_capacity(256);
     s.push_str("data: ");
     head(
@@ -249,8 +268,13 @@ pub fn final_usage_chunk(c: &ChunkCtx, chat: bool, prompt: u64, completion: u64)
             ",\"prompt_tokens_details\":{\"cached_tokens\":0}"
         });
     }
-    s.push('}');
-    tail_fingerprint(&mut s, c, true);
+    s.push_str("},\"system_fingerprint\":");
+    push_json_str(&mut s, &c.fingerprint);
+    if let Some(m) = metrics {
+        s.push_str(",\"metrics\":");
+        m.push_json(&mut s, false);
+    }
+    s.push_str("}\n\n");
     s
 }
 
@@ -356,5 +380,37 @@ mod tests {
         assert_eq!(s, "\"\\b\\u0001\\\"\u{fffd}\"");
         assert_eq!(py_float(0.0), "0.0");
         assert_eq!(py_float(-6.04805326461792), "-6.04805326461792");
+        assert_eq!(py_float(0.00001), "1e-05");
+        assert_eq!(py_float(1.5e-7), "1.5e-07");
+        assert_eq!(py_float(1e16), "1e+16");
+        assert_eq!(py_float(0.0001), "0.0001");
+    }
+
+    /// The final usage chunk of a stream of a server with per-request metrics, byte for byte.
+    #[test]
+    fn final_usage_chunk_with_metrics_matches_the_capture() {
+        let fixture = include_str!(
+            "../../tests/fixtures/vllm-0.32-per-request-metrics/completions-stream-usage-continuous.body"
+        );
+        let events: Vec<&str> = fixture.split_inclusive("\n\n").collect();
+        let c = ChunkCtx {
+            id: "cmpl-8b8cee536e5a108b".into(),
+            created: 1795502478,
+            ..ctx()
+        };
+        let m = RequestMetrics {
+            ttft_ms: 4.139104999921983,
+            generation_ms: 11.778078000133974,
+            queue_ms: 0.013185000170778949,
+            mean_itl_ms: 1.6825825714477105,
+            tokens_per_second: 502.60149675805553,
+        };
+        assert_eq!(
+            final_usage_chunk(&c, false, 6, 8, Some(&m)),
+            events[events.len() - 2]
+        );
+        // Without metrics, the chunk ends at the fingerprint, as before.
+        let without = final_usage_chunk(&c, false, 6, 8, None);
+        assert!(without.ends_with(",\"system_fingerprint\":\"vllm-0.32.0-2479cced\"}\n\n"));
     }
 }

@@ -6,6 +6,18 @@
 use std::fmt::Write as _;
 
 use super::wire::{head, push_json_str, py_float, usage_short, ChunkCtx};
+use super::wire_metrics::RequestMetrics;
+
+/// The closing `"metrics":…}` of a chat or completions body: `null` without per-request metrics
+/// (or for a response vLLM does not time, such as `n > 1`).
+fn metrics_tail(s: &mut String, metrics: Option<&RequestMetrics>) {
+    s.push_str(",\"metrics\":");
+    match metrics {
+        Some(m) => m.push_json(s, true),
+        None => s.push_str("null"),
+    }
+    s.push('}');
+}
 
 fn usage_full(s: &mut String, c: &ChunkCtx, chat: bool, prompt: u64, completion: u64) {
     usage_short(s, prompt, completion);
@@ -26,8 +38,14 @@ pub struct ChoiceOut {
     pub logprobs: Option<String>,
 }
 
-/// A non-streaming chat completion.
-pub fn chat_json(c: &ChunkCtx, choices: &[ChoiceOut], prompt: u64, completion: u64) -> String {
+/// A non-streaming chat completion (`metrics`: see [`RequestMetrics`]; `None` writes `null`).
+pub fn chat_json(
+    c: &ChunkCtx,
+    choices: &[ChoiceOut],
+    prompt: u64,
+    completion: u64,
+    metrics: Option<&RequestMetrics>,
+) -> String {
     let mut s = String::with_capacity(700);
     head(&mut s, c, "chat.completion");
     s.push_str(",\"choices\":[");
@@ -50,16 +68,18 @@ pub fn chat_json(c: &ChunkCtx, choices: &[ChoiceOut], prompt: u64, completion: u
     push_json_str(&mut s, &c.fingerprint);
     s.push_str(",\"usage\":");
     usage_full(&mut s, c, true, prompt, completion);
-    s.push_str(",\"prompt_logprobs\":null,\"prompt_token_ids\":null,\"prompt_text\":null,\"kv_transfer_params\":null,\"ec_transfer_params\":null,\"metrics\":null}");
+    s.push_str(",\"prompt_logprobs\":null,\"prompt_token_ids\":null,\"prompt_text\":null,\"kv_transfer_params\":null,\"ec_transfer_params\":null");
+    metrics_tail(&mut s, metrics);
     s
 }
 
-/// A non-streaming completion.
+/// A non-streaming completion (`metrics` as in [`chat_json`]).
 pub fn completion_json(
     c: &ChunkCtx,
     choices: &[ChoiceOut],
     prompt: u64,
     completion: u64,
+    metrics: Option<&RequestMetrics>,
 ) -> String {
     let mut s = String::with_capacity(600);
     head(&mut s, c, "text_completion");
@@ -80,7 +100,8 @@ pub fn completion_json(
     push_json_str(&mut s, &c.fingerprint);
     s.push_str(",\"usage\":");
     usage_full(&mut s, c, false, prompt, completion);
-    s.push_str(",\"kv_transfer_params\":null,\"ec_transfer_params\":null,\"metrics\":null}");
+    s.push_str(",\"kv_transfer_params\":null,\"ec_transfer_params\":null");
+    metrics_tail(&mut s, metrics);
     s
 }
 

@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 
 use super::wire::{push_json_str, py_float};
+use super::wire_metrics::RequestMetrics;
 
 /// The fields of one `/v1/responses` response.
 #[derive(Clone, Debug)]
@@ -41,8 +42,13 @@ fn item(s: &mut String, c: &RespCtx, text: Option<&str>) {
     s.push_str(",\"type\":\"message\",\"phase\":null}");
 }
 
-/// The response object: in progress (`done = None`) or finished with `(text, input, output tokens)`.
-pub fn response_object(c: &RespCtx, done: Option<(&str, u64, u64)>) -> String {
+/// The response object: in progress (`done = None`) or finished with `(text, input, output tokens)`;
+/// a server with per-request metrics puts `metrics` after `user` (finished responses only).
+pub fn response_object(
+    c: &RespCtx,
+    done: Option<(&str, u64, u64)>,
+    metrics: Option<&RequestMetrics>,
+) -> String {
     let mut s = String::with_capacity(1200);
     s.push_str("{\"id\":");
     push_json_str(&mut s, &c.id);
@@ -81,7 +87,12 @@ pub fn response_object(c: &RespCtx, done: Option<(&str, u64, u64)>) -> String {
         }
         None => s.push_str("null"),
     }
-    s.push_str(",\"user\":null,\"presence_penalty\":0.0,\"frequency_penalty\":0.0,\"kv_transfer_params\":null,\"ec_transfer_params\":null,\"input_messages\":null,\"output_messages\":null}");
+    s.push_str(",\"user\":null");
+    if let (Some(m), Some(_)) = (metrics, done) {
+        s.push_str(",\"metrics\":");
+        m.push_json(&mut s, true);
+    }
+    s.push_str(",\"presence_penalty\":0.0,\"frequency_penalty\":0.0,\"kv_transfer_params\":null,\"ec_transfer_params\":null,\"input_messages\":null,\"output_messages\":null}");
     s
 }
 
@@ -91,7 +102,7 @@ fn event(name: &str, body: &str, seq: u64) -> String {
 
 /// The opening events: created, in_progress, output_item.added, content_part.added (seq 0..=3).
 pub fn opening_events(c: &RespCtx) -> String {
-    let obj = response_object(c, None);
+    let obj = response_object(c, None, None);
     let mut s = event("response.created", &format!("\"response\":{obj}"), 0);
     s.push_str(&event(
         "response.in_progress",
@@ -122,9 +133,15 @@ pub fn delta_event(c: &RespCtx, delta: &str, seq: u64) -> String {
     event("response.output_text.delta", &b, seq)
 }
 
-/// The closing events: output_text.done, content_part.done, output_item.done, completed; `seq` is
-/// the sequence number of the first of them.
-pub fn closing_events(c: &RespCtx, text: &str, input: u64, output: u64, seq: u64) -> String {
+/// The closing events: output_text.done, content_part.done, output_item.done, completed (with the
+/// per-request `metrics`, if any, in its response); `seq` is the sequence number of the first.
+pub fn closing_events(
+    c: &RespCtx,
+    text: &str,
+    (input, output): (u64, u64),
+    seq: u64,
+    metrics: Option<&RequestMetrics>,
+) -> String {
     let mut b = String::from("\"content_index\":0,\"item_id\":");
     push_json_str(&mut b, &c.msg_id);
     b.push_str(",\"logprobs\":[],\"output_index\":0");
@@ -146,7 +163,7 @@ pub fn closing_events(c: &RespCtx, text: &str, input: u64, output: u64, seq: u64
         &format!("\"item\":{it},\"output_index\":0"),
         seq + 2,
     ));
-    let obj = response_object(c, Some((text, input, output)));
+    let obj = response_object(c, Some((text, input, output)), metrics);
     s.push_str(&event(
         "response.completed",
         &format!("\"response\":{obj}"),

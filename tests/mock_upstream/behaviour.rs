@@ -451,3 +451,180 @@ async fn serves_http2_too() {
     assert_eq!(events(&body).len(), 5);
     h.shutdown().await;
 }
+
+/// Milliseconds as vLLM writes them → nanoseconds, as the proxy reads them.
+fn ms_ns(v: &Value) -> u128 {
+    (v.as_f64().unwrap() * 1e6).round() as u128
+}
+
+/// In engine timing, `--enable-per-request-metrics` reports the runner's true timing of each
+/// response (one prompt, one choice): queue, prefill and generation to the nanosecond, mean ITL over
+/// tokens − 1, throughput over prefill plus generation (concurrent requests on one running sequence
+/// may queue; the runner's own tests pin the queue time exactly). `n > 1` is not timed; a stream
+/// reports `metrics` only in its final usage chunk.
+#[tokio::test]
+async fn engine_metrics_are_the_true_timing_of_each_response() {
+    let h = mock(
+        MockUpstream::builder()
+            .timing(Timing::Engine(RunnerConfig {
+                engine: EngineConfig {
+                    max_running_seqs: 1,
+                    ..EngineConfig::default()
+                },
+                time_scale: 50.0,
+                ..RunnerConfig::default()
+            }))
+            .enable_per_request_metrics(true),
+    )
+    .await;
+    let addr = h.addr();
+    let reqs: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "/v1/chat/completions",
+            chat_body(r#","max_tokens":6,"stream":true,"stream_options":{"include_usage":true}"#),
+        ),
+        ("/v1/chat/completions", chat_body(r#","max_tokens":5"#)),
+        (
+            "/v1/completions",
+            br#"{"prompt":"once upon a time","max_tokens":4}"#.to_vec(),
+        ),
+        (
+            "/v1/responses",
+            br#"{"input":"say something short","max_output_tokens":3,"stream":true}"#.to_vec(),
+        ),
+        ("/v1/chat/completions", chat_body(r#","max_tokens":1"#)),
+        (
+            "/v1/chat/completions",
+            chat_body(r#","max_tokens":3,"n":2"#),
+        ),
+        (
+            "/v1/chat/completions",
+            chat_body(r#","max_tokens":3,"stream":true"#),
+        ),
+    ];
+    let calls = reqs
+        .into_iter()
+        .enumerate()
+        .map(|(i, (path, body))| async move {
+            let id = format!("m{i}");
+            call(
+                addr,
+                "POST",
+                path,
+                Some(body),
+                &[("x-request-id", id.as_str())],
+            )
+            .await
+        });
+    let resps = futures_join(calls).await;
+    assert!(resps.iter().all(|r| r.status == 200));
+    let metrics_of = |i: usize| -> Value {
+        let body = &resps[i].body;
+        match serde_json::from_slice::<Value>(body) {
+            Ok(v) => v["metrics"].clone(),
+            Err(_) => {
+                let evs = events(body);
+                let with: Vec<Value> = evs
+                    .iter()
+                    .filter_map(|e| e.split_once("data: ").map(|(_, d)| d))
+                    .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                    .filter_map(|v| {
+                        v.get("metrics")
+                            .or_else(|| v.pointer("/response/metrics"))
+                            .cloned()
+                    })
+                    .collect();
+                assert!(with.len() <= 1, "metrics once, at the end");
+                with.into_iter().next().unwrap_or(Value::Null)
+            }
+        }
+    };
+    let ids = [
+        "chatcmpl-m0",
+        "chatcmpl-m1",
+        "cmpl-m2",
+        "resp_m3",
+        "chatcmpl-m4",
+    ];
+    for (i, id) in ids.iter().enumerate() {
+        let m = metrics_of(i);
+        let t = h
+            .timing(id)
+            .expect("a finished engine response has a timing");
+        assert_eq!(ms_ns(&m["queue_time_ms"]), t.queue.as_nanos(), "{id}");
+        assert_eq!(
+            ms_ns(&m["time_to_first_token_ms"]),
+            t.prefill.as_nanos(),
+            "{id}"
+        );
+        assert_eq!(
+            ms_ns(&m["generation_time_ms"]),
+            t.generation.as_nanos(),
+            "{id}"
+        );
+        assert!(t.prefill > std::time::Duration::ZERO, "{id}");
+        let tokens = f64::from(t.tokens);
+        let gen_ms = m["generation_time_ms"].as_f64().unwrap();
+        let busy_ms = m["time_to_first_token_ms"].as_f64().unwrap() + gen_ms;
+        let itl = m["mean_itl_ms"].as_f64().unwrap();
+        if t.tokens > 1 {
+            assert!((itl - gen_ms / (tokens - 1.0)).abs() < 1e-9, "{id}");
+        } else {
+            assert_eq!((gen_ms, itl), (0.0, 0.0), "{id}");
+        }
+        let tps = m["tokens_per_second"].as_f64().unwrap();
+        assert!((tps - tokens / (busy_ms / 1000.0)).abs() < 1e-6, "{id}");
+        // JSON bodies and responses end the object with speculative_decoding; chunks do not.
+        assert_eq!(m.get("speculative_decoding").is_some(), i != 0, "{id}");
+    }
+    assert_eq!(metrics_of(5), Value::Null, "n = 2 is not timed");
+    assert_eq!(metrics_of(6), Value::Null, "no usage, no metrics");
+    h.shutdown().await;
+}
+
+/// `--enable-force-include-usage`: usage on every chunk and a final usage chunk, whatever the
+/// request said; a request that asked for it gets the same stream as one that did not.
+#[tokio::test]
+async fn forced_usage_ignores_stream_options() {
+    let h = mock(MockUpstream::builder().enable_force_include_usage(true)).await;
+    let mut bodies = Vec::new();
+    for extra in [
+        r#","max_tokens":3,"stream":true"#,
+        r#","max_tokens":3,"stream":true,"stream_options":{"include_usage":false}"#,
+        r#","max_tokens":3,"stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":true}"#,
+    ] {
+        let r = call(
+            h.addr(),
+            "POST",
+            "/v1/chat/completions",
+            Some(chat_body(extra)),
+            &[("x-request-id", "same")],
+        )
+        .await;
+        let evs = events(&r.body);
+        // Role chunk, 3 tokens, usage chunk, [DONE].
+        assert_eq!(evs.len(), 6);
+        for (k, ev) in evs[..5].iter().enumerate() {
+            let v = data(ev);
+            let want = if k < 4 { k } else { 3 };
+            assert_eq!(v["usage"]["completion_tokens"], want, "{extra}: {ev}");
+        }
+        // The text follows the request bytes; everything else is the same.
+        bodies.push(structure(&r.body, true, false));
+    }
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]));
+    // Not streamed: unchanged (no usage forcing outside streams).
+    let r = call(
+        h.addr(),
+        "POST",
+        "/v1/chat/completions",
+        Some(chat_body(r#","max_tokens":3"#)),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&r.body).unwrap()["usage"]["completion_tokens"],
+        3
+    );
+    h.shutdown().await;
+}
