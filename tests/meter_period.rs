@@ -127,7 +127,12 @@ async fn a_100ms_counter_sampled_every_50ms_learns_p_idle_and_never_reads_zero_w
         let t = k * 50 * MS;
         std::fs::write(&path, format!("{}\n", counter.at(t))).expect("write counter");
         for tick in core.round(t0 + t) {
-            // Once the period is learned every tick carries the power of the span it lies in.
+            // Announcements carry no energy (it follows as a fill). Once the period is learned
+            // every energy tick carries the power of the span it lies in.
+            if tick.phase == joulegate::tick::TickPhase::Announce {
+                acc.process_tick(&tick);
+                continue;
+            }
             let w = tick.delta_uj.unwrap_or(0) as f64 * 1e3 / (tick.end_ns - tick.start_ns) as f64;
             if tick.start_ns >= t0 + 1_000 * MS && (w / 300.0 - 1.0).abs() > 0.015 {
                 lumpy_ticks += 1;

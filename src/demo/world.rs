@@ -131,6 +131,8 @@ impl World {
             upstream: Some(mock.url()),
             // The mock is vLLM 0.32: say so rather than probing /version at start-up.
             absent_include_usage: Some("false".into()),
+            // The built-in engine never forces usage: no start-up probe request.
+            upstream_forces_usage: Some("false".into()),
             carbon_intensity_g_per_kwh: opts.carbon_g_per_kwh,
             sample_interval_ms: opts.sample_interval_ms,
             ..ServeArgs::default()

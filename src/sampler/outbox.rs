@@ -62,10 +62,7 @@ impl Outbox {
     /// Offers a tick without blocking; if the queue is full it waits, merged, for the next offer.
     pub fn offer(&mut self, tick: Tick) {
         match self.pending.pop_back() {
-            Some(p) if p.phase == tick.phase => {
-                self.status.count_merged();
-                self.pending.push_back(merge(p, tick));
-            }
+            Some(p) if p.phase == tick.phase => self.pending.push_back(merge(p, tick)),
             Some(p) => {
                 self.pending.push_back(p);
                 self.pending.push_back(tick);
@@ -95,6 +92,7 @@ impl Outbox {
                     self.status.count_tick();
                 }
                 Err(TrySendError::Full(t)) => {
+                    self.status.count_merged();
                     self.pending.push_front(t);
                     return;
                 }

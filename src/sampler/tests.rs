@@ -313,7 +313,12 @@ fn lumpy_run(
     for k in 0..=secs * 1000 / interval_ms {
         let t = k * interval_ms * MS;
         shared.store(counter.value_at(t), Ordering::Release);
-        ticks.extend(core.round(t));
+        // Announcements carry no energy: the energy comes in the whole and fill ticks.
+        ticks.extend(
+            core.round(t)
+                .into_iter()
+                .filter(|t| t.phase != crate::tick::TickPhase::Announce),
+        );
         powers.push(core.status().snapshot().devices[0].power_w);
     }
     (ticks, powers, core)
@@ -399,4 +404,51 @@ fn a_configured_period_applies_unless_the_spec_sets_its_own() {
         .map(|d| d.update_period_ms)
         .collect();
     assert_eq!(periods, [Some(20.0), Some(100.0)]);
+}
+
+#[test]
+fn held_intervals_are_announced_at_once_and_filled_later() {
+    use crate::tick::TickPhase;
+    let c = crate::sampler::lumpy::LumpyCounter::new(300, 100 * MS, 0, 0.0, 3_000 * MS, 1);
+    let shared = Arc::new(AtomicU64::new(c.value_at(0)));
+    let set = MeterSet {
+        meters: vec![Box::new(SimMeter::from_shared_counter(
+            "gpu",
+            shared.clone(),
+        ))],
+        unavailable: vec![],
+    };
+    let mut core = SamplerCore::with_period(
+        set,
+        Duration::from_millis(50),
+        Some(Duration::from_millis(100)),
+    );
+    let mut announced = Vec::new();
+    let mut filled = Vec::new();
+    let mut whole = Vec::new();
+    for k in 0..=40u64 {
+        let t = k * 50 * MS;
+        shared.store(c.value_at(t), Ordering::Release);
+        for tick in core.round(t) {
+            match tick.phase {
+                TickPhase::Announce => {
+                    assert_eq!(tick.end_ns, t, "announced when the interval ends");
+                    announced.push((tick.start_ns, tick.end_ns));
+                }
+                TickPhase::Fill => filled.push((tick.start_ns, tick.end_ns)),
+                // An interval at whose end the counter moved is final at once.
+                TickPhase::Whole => whole.push((tick.start_ns, tick.end_ns)),
+            }
+        }
+    }
+    // Reads between two updates announce their interval; the next update fills it.
+    assert!(announced.len() >= 19, "{announced:?}");
+    assert_eq!(announced[..filled.len()], filled[..]);
+    // Every interval comes with its energy exactly once.
+    let mut all: Vec<_> = filled.iter().chain(&whole).copied().collect();
+    all.sort_unstable();
+    let expected: Vec<_> = (0..all.len() as u64)
+        .map(|k| (k * 50 * MS, (k + 1) * 50 * MS))
+        .collect();
+    assert_eq!(all, expected);
 }
