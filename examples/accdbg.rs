@@ -59,6 +59,7 @@ fn main() {
     );
     let st: u64 = r.rows.iter().map(|x| x.truth_uj).sum();
     let sr: u64 = r.rows.iter().filter_map(|x| x.record_uj).sum();
+    println!("rates {:?}", r.rates);
     println!("sum truth {st} sum record {sr}");
     for x in &r.rows {
         println!("at {:>6}ms p {:>5} o {:>4} n {} s {:>5} truth {:>10} rec {:>10?} prov {:>10?} err {:+.1}%", x.request.at_ns/1_000_000, x.request.prompt, x.request.max_tokens, x.request.n, x.request.stream, x.truth_uj, x.record_uj, x.provisional_uj, (x.record_uj.unwrap_or(0) as f64/x.truth_uj as f64-1.0)*100.0);

@@ -95,6 +95,8 @@ pub struct RunResult {
     pub calibration: crate::ledger::CalibrationReport,
     /// P_idle at the end, mW.
     pub p_idle_mw: Option<u64>,
+    /// The ledger's prefill rate and per-request decode rate at the end, tokens per second.
+    pub rates: (f64, f64),
 }
 
 impl RunResult {
@@ -406,6 +408,10 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
         totals: shared.stats().totals,
         calibration: shared.stats().calibration,
         p_idle_mw: shared.stats().p_idle_mw,
+        rates: (
+            shared.stats().prefill_tokens_per_s,
+            shared.stats().decode_tokens_per_s,
+        ),
         engine_total_uj: (energy.at(energy.at_ns) / 1_000_000) as u64,
     })
 }

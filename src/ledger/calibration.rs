@@ -136,8 +136,12 @@ impl Sums {
 }
 
 /// Solves the normal equations restricted to the terms in `mask` (column-scaled Gaussian
-/// elimination with partial pivoting); `None` when singular.
-fn solve_subset(s: &Sums, mask: u32) -> Option<[f64; K]> {
+/// elimination with partial pivoting), with a weak ridge pull of each marginal term towards
+/// `prior` (a tenth of a percent of its column's weight): directions the data cannot tell apart
+/// (decode and context counts move together) settle near the prior's proportions instead of
+/// swinging to 0 or to the other term. `None` when singular.
+fn solve_subset(s: &Sums, mask: u32, prior: &[f64; K]) -> Option<[f64; K]> {
+    const RIDGE: f64 = 1e-3;
     let idx: Vec<usize> = (0..K).filter(|i| mask & (1 << i) != 0).collect();
     let n = idx.len();
     let scale: Vec<f64> = idx.iter().map(|&i| s.xx[i][i].sqrt()).collect();
@@ -150,6 +154,11 @@ fn solve_subset(s: &Sums, mask: u32) -> Option<[f64; K]> {
             a[r][c] = s.xx[i][j] / (scale[r] * scale[c]);
         }
         a[r][n] = s.xy[i] / scale[r];
+        if i > 0 {
+            // In scaled units the diagonal is 1: the pull is RIDGE × (prior × scale).
+            a[r][r] += RIDGE;
+            a[r][n] += RIDGE * prior[i] * scale[r];
+        }
     }
     for col in 0..n {
         let piv = (col..n).max_by(|&x, &y| a[x][col].abs().total_cmp(&a[y][col].abs()))?;
@@ -296,9 +305,11 @@ impl Calibrator {
 
     fn refit(&mut self) {
         let s = &self.sums;
+        let d = &self.config;
+        let prior = [0.0, d.default_alpha_j, d.default_beta_j, d.default_gamma_j];
         let mut best: Option<([f64; K], u32, f64)> = None;
         for mask in 1u32..(1 << K) {
-            let Some(c) = solve_subset(s, mask) else {
+            let Some(c) = solve_subset(s, mask, &prior) else {
                 continue;
             };
             if c.iter().any(|v| *v < 0.0) {
@@ -310,7 +321,6 @@ impl Calibrator {
             }
         }
         let n = self.window.len();
-        let d = &self.config;
         let (fit, cond, r2) = match best {
             Some((c, mask, sse)) => (
                 Some(c),
@@ -323,7 +333,7 @@ impl Calibrator {
             || n >= d.min_ticks
                 && cond.is_some_and(|c| c <= d.max_condition)
                 && r2.is_some_and(|r| r >= d.min_r2)
-                && fit.is_some_and(|c| c[1] > 0.0 && c[2] > 0.0);
+                && fit.is_some_and(|c| c[1] > 0.0 && (c[2] > 0.0 || c[3] > 0.0));
         let used = match fit {
             Some(c) if trusted && !d.fixed => (c[1], c[2], c[3]),
             _ => (d.default_alpha_j, d.default_beta_j, d.default_gamma_j),

@@ -199,7 +199,7 @@ impl Ledger {
         let (alpha, beta, gamma) = self.calibrator.weights();
         self.marginal.clear();
         let (mut prefill_tokens, mut decode_tokens, mut context_tokens) = (0.0, 0.0, 0.0);
-        let mut provisional = false;
+        let mut provisional_work = 0.0;
         for item in &tick.items {
             let (ip, id, ic) = (
                 f64::from(item.prefill),
@@ -210,7 +210,9 @@ impl Ledger {
             prefill_tokens += ip;
             decode_tokens += id;
             context_tokens += ic;
-            provisional |= item.provisional && (item.prefill > 0.0 || item.decode > 0.0);
+            if item.provisional {
+                provisional_work += alpha * ip + beta * id + gamma * ic;
+            }
         }
         // Idle time inside a busy tick (before the first arrival, after the last end) is idle.
         let idle_part = self
@@ -305,7 +307,11 @@ impl Ledger {
             self.price_sums.1 += active_total;
             self.price_sums.2 += work_uj;
         }
-        if !provisional && self.idle.source() != IdleSource::Unknown {
+        // A tick whose work is mostly estimated would teach the fit its own guesses: it needs
+        // at least 90 % of the tick's work observed.
+        let total_work: f64 = self.marginal.iter().sum();
+        let observed = provisional_work <= 0.1 * total_work;
+        if observed && self.idle.source() != IdleSource::Unknown {
             let active_j = full_e.saturating_sub(self.idle.baseline_uj(dt)) as f64 / 1e6;
             let work = TickWork {
                 busy_s: tick.busy_ns.min(dt) as f64 / 1e9,
@@ -313,6 +319,9 @@ impl Ledger {
                 decode: decode_tokens,
                 context: context_tokens,
             };
+            if std::env::var_os("JG_DUMP").is_some() {
+                eprintln!("DUMP {} {} {} {} {} {}", tick.start_ns, work.busy_s, work.prefill, work.decode, work.context, active_j);
+            }
             self.calibrator.observe(work, active_j);
         }
         true
