@@ -13,6 +13,9 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
+mod settled;
+pub use settled::Settled;
+
 /// What kind of API call a request is, as far as accounting cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Endpoint {
@@ -159,6 +162,9 @@ pub struct RequestProgress {
     pub recent_power_mw: AtomicU64,
     /// Whether energy is measured at all (false when no meter works).
     pub energy_available: AtomicBool,
+    /// Set by accounting once the request is retired (final figures published, record pushed):
+    /// what `response_energy = "settled"` waits for.
+    pub settled: Settled,
 }
 
 impl RequestProgress {
@@ -187,6 +193,7 @@ impl RequestProgress {
             settled_until_ns: AtomicU64::new(0),
             recent_power_mw: AtomicU64::new(0),
             energy_available: AtomicBool::new(true),
+            settled: Settled::default(),
         }
     }
 
