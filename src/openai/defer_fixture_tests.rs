@@ -23,9 +23,11 @@ fn run_deferred(cfg: ObserverConfig, parts: &[&[u8]]) -> (Vec<u8>, usize) {
             panic!("deferred energy must not call the callback")
         });
         match obs.take_energy_split() {
-            Some(at) => {
+            Some(split) => {
                 splits += 1;
-                let (head, tail) = got.split_at(at);
+                assert!(split.event_at <= split.value_at && split.value_at <= got.len());
+                assert!(got[split.event_at..].starts_with(b"data:"), "{split:?}");
+                let (head, tail) = got.split_at(split.value_at);
                 out.extend_from_slice(head);
                 out.extend_from_slice(ENERGY.as_bytes());
                 out.extend_from_slice(tail);

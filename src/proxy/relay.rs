@@ -28,7 +28,7 @@ use super::settle::{figures_after, should_wait, wait, SettleWait};
 use super::BoxError;
 use crate::clock::Clock;
 use crate::observe::{Endpoint, EnergyNow, InFlightGuard, Outcome, RequestProgress};
-use crate::openai::observer::StreamObserver;
+use crate::openai::observer::{EnergySplit, StreamObserver};
 use crate::openai::usage::{MetricsField, UsageTail};
 
 /// What the relay needs to close a request's accounts.
@@ -106,8 +106,9 @@ struct Settling {
 
 /// What goes out once the wait ends.
 enum AfterSettle {
-    /// The final usage chunk from where its `energy` value belongs, and what followed it.
-    UsageChunk(BytesMut),
+    /// The final usage chunk up to where its `energy` value belongs, and from there on with what
+    /// followed it.
+    UsageChunk(Bytes, Bytes),
     /// The trailers, built from the request's `end` (taken at the end of stream) and the
     /// upstream's own trailers.
     Trailers(Box<RequestEnd>, Option<HeaderMap>),
@@ -116,7 +117,9 @@ enum AfterSettle {
 impl std::fmt::Debug for Settling {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.then {
-            AfterSettle::UsageChunk(rest) => write!(f, "Settling(usage chunk, {} bytes)", rest.len()),
+            AfterSettle::UsageChunk(head, rest) => {
+                write!(f, "Settling(usage chunk, {} bytes)", head.len() + rest.len())
+            }
             AfterSettle::Trailers(..) => f.write_str("Settling(trailers)"),
         }
     }
@@ -178,12 +181,14 @@ impl Body for RelayBody {
             if let Some(settling) = this.settling.as_mut() {
                 let settled = ready!(settling.wait.as_mut().poll(cx));
                 match this.settling.take().map(|s| s.then) {
-                    Some(AfterSettle::UsageChunk(rest)) => {
+                    Some(AfterSettle::UsageChunk(head, rest)) => {
                         if let Some(end) = this.end.as_ref() {
                             let figures = end.figures_after(settled);
                             *this.figures = Some(figures);
                             let text = energy_json(&end.public_id, &figures, &end.carbon);
-                            let mut out = BytesMut::with_capacity(text.len() + rest.len());
+                            let mut out =
+                                BytesMut::with_capacity(head.len() + text.len() + rest.len());
+                            out.extend_from_slice(&head);
                             out.extend_from_slice(text.as_bytes());
                             out.extend_from_slice(&rest);
                             return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
@@ -216,14 +221,14 @@ impl Body for RelayBody {
                     Ok(data) => {
                         let (mut out, split) =
                             process(this.observer, this.end, this.usage_tail, data);
-                        if let Some(at) = split {
+                        if let Some(split) = split {
                             out = hold_energy_part(
                                 this.observer,
                                 this.end,
                                 this.settling,
                                 this.figures,
                                 out,
-                                at,
+                                split,
                             );
                         }
                         // Frames the upstream has already delivered go out together: fewer,
@@ -246,14 +251,14 @@ impl Body for RelayBody {
                                     Ok(data) => {
                                         let (mut more, split) =
                                             process(this.observer, this.end, this.usage_tail, data);
-                                        if let Some(at) = split {
+                                        if let Some(split) = split {
                                             more = hold_energy_part(
                                                 this.observer,
                                                 this.end,
                                                 this.settling,
                                                 this.figures,
                                                 more,
-                                                at,
+                                                split,
                                             );
                                         }
                                         if !more.is_empty() {
@@ -400,7 +405,7 @@ fn process(
     end: &Option<RequestEnd>,
     usage_tail: &mut Option<(Endpoint, UsageTail)>,
     data: Bytes,
-) -> (Bytes, Option<usize>) {
+) -> (Bytes, Option<EnergySplit>) {
     let (out, split) = match (observer.as_mut(), end.as_ref()) {
         (Some(observer), Some(end)) => {
             let out = feed(observer, end, data);
@@ -414,10 +419,10 @@ fn process(
     (out, split)
 }
 
-/// Settled mode: `out` holds the final usage chunk, whose `energy` value belongs at `at`. The
+/// Settled mode: `out` holds the final usage chunk, whose `energy` value belongs at `split`. The
 /// request is marked finished now (every token is known: the chunk carries the server's final
-/// usage), so that accounting can settle it while the chunk waits; the bytes before `at` go out
-/// at once, the rest waits in `settling`. Returns what goes out now.
+/// usage), so that accounting can settle it while the chunk waits; the bytes before the chunk go
+/// out at once, the chunk and the rest wait in `settling`. Returns what goes out now.
 ///
 /// Only `[DONE]` should follow the usage chunk. Should the upstream still fail after it (an error
 /// event or a broken body), the request stays `ok`: the first outcome wins, and its record says
@@ -429,12 +434,13 @@ fn hold_energy_part(
     settling: &mut Option<Settling>,
     figures: &mut Option<EnergyNow>,
     out: Bytes,
-    at: usize,
+    split: EnergySplit,
 ) -> Bytes {
     let Some(end) = end.as_ref() else {
         return out;
     };
-    let at = at.min(out.len());
+    let at = split.value_at.min(out.len());
+    let event_at = split.event_at.min(at);
     let wait = end.settle();
     let Some(wait) = wait else {
         // Nothing to wait for (energy not measured): the figure of the moment, at once.
@@ -455,9 +461,9 @@ fn hold_energy_part(
     });
     *settling = Some(Settling {
         wait,
-        then: AfterSettle::UsageChunk(BytesMut::from(&out[at..])),
+        then: AfterSettle::UsageChunk(out.slice(event_at..at), out.slice(at..)),
     });
-    out.slice(..at)
+    out.slice(..event_at)
 }
 
 /// One frame through the observer; the energy callback is what the final usage chunk carries.

@@ -103,6 +103,15 @@ impl ObserverConfig {
     }
 }
 
+/// Where the deferred `energy` object goes, as offsets into the output of one `feed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EnergySplit {
+    /// The final usage chunk's event starts here (everything before it may go out at once).
+    pub event_at: usize,
+    /// The `energy` value belongs here (`event_at <= value_at`).
+    pub value_at: usize,
+}
+
 /// What a finished (or in-progress) stream amounted to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StreamTotals {
@@ -150,8 +159,9 @@ pub struct StreamObserver {
     /// Rewrite mode: a finish chunk held until we know whether the dropped usage chunk's
     /// `system_fingerprint` belongs on it.
     held: Option<Vec<u8>>,
-    /// Deferred energy: where, in the bytes the latest `feed` returned, the `energy` value belongs.
-    energy_split: Option<usize>,
+    /// Deferred energy: where, in the bytes the latest `feed` returned, the final usage chunk starts
+    /// and its `energy` value belongs.
+    energy_split: Option<EnergySplit>,
     line_buf: Vec<Line>,
     data_buf: Vec<u8>,
     layout: ObjectLayout,
@@ -237,7 +247,10 @@ impl StreamObserver {
                 Action::Split(new, at) => {
                     pristine = false;
                     self.flush_held(&mut out);
-                    self.energy_split = Some(out.len() + at);
+                    self.energy_split = Some(EnergySplit {
+                        event_at: out.len(),
+                        value_at: out.len() + at,
+                    });
                     out.extend_from_slice(&new);
                 }
                 Action::Hold(new) => {
@@ -258,9 +271,9 @@ impl StreamObserver {
     }
 
     /// With [`ObserverConfig::defer_energy`]: once, after the `feed` whose output holds the final
-    /// usage chunk, the offset in that output where the `energy` object's JSON text belongs (the
-    /// chunk there reads `"energy":` followed by the rest of the chunk).
-    pub fn take_energy_split(&mut self) -> Option<usize> {
+    /// usage chunk, where in that output the chunk's event starts and where the `energy` object's
+    /// JSON text belongs (the chunk there reads `"energy":` followed by the rest of the chunk).
+    pub fn take_energy_split(&mut self) -> Option<EnergySplit> {
         self.energy_split.take()
     }
 
