@@ -102,7 +102,10 @@ async fn run(period_ms: u64, settled: bool, n: usize, counter: &std::path::Path,
     let config = Config::resolve(&args, &Default::default(), None).expect("config");
     let listeners = Listeners::bind(&config).await.expect("bind");
     let proxy = listeners.proxy.local_addr().expect("addr");
-    let running = App::build(config).expect("app").start(listeners).expect("start");
+    let running = App::build(config)
+        .expect("app")
+        .start(listeners)
+        .expect("start");
     // Warm up: the idle baseline and the calibration see a few requests first.
     for i in 0..CLIENTS {
         one(proxy, i % 2 == 0, i).await;
@@ -170,7 +173,9 @@ fn main() {
             .spawn(listener)
             .expect("mock");
         let upstream = mock.url();
-        println!("{n} streams and {n} JSON answers per row, {CLIENTS} concurrent clients, times in ms");
+        println!(
+            "{n} streams and {n} JSON answers per row, {CLIENTS} concurrent clients, times in ms"
+        );
         for period in [20, 50, 100] {
             for settled in [false, true] {
                 run(period, settled, n, &counter, &upstream).await;

@@ -170,7 +170,9 @@ fn bad_values_stop_start_up_with_key_value_and_origin() {
     assert!(!o.status.success());
     let e = stderr(&o);
     assert!(
-        e.contains("response_energy") && e.contains("exact") && e.contains("provisional or settled"),
+        e.contains("response_energy")
+            && e.contains("exact")
+            && e.contains("provisional or settled"),
         "{e}"
     );
 }
@@ -204,9 +206,18 @@ fn response_energy_keys_in_three_layers() {
     assert_eq!(t["response_energy_max_wait_ms"].as_integer(), Some(20));
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("settled.toml");
-    std::fs::write(&file, "response_energy = \"settled\"\nresponse_energy_max_wait_ms = 0\n").unwrap();
+    std::fs::write(
+        &file,
+        "response_energy = \"settled\"\nresponse_energy_max_wait_ms = 0\n",
+    )
+    .unwrap();
     let o = joulegate(
-        &["serve", "--print-config", "--config", file.to_str().unwrap()],
+        &[
+            "serve",
+            "--print-config",
+            "--config",
+            file.to_str().unwrap(),
+        ],
         &[],
     );
     assert!(!o.status.success());

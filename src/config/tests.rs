@@ -149,7 +149,8 @@ fn response_energy_defaults_and_layers() {
         c.response_energy_max_wait,
         std::time::Duration::from_millis(defaults::RESPONSE_ENERGY_MAX_WAIT_MS)
     );
-    let c = resolve_file("response_energy = \"settled\"\nresponse_energy_max_wait_ms = 250").unwrap();
+    let c =
+        resolve_file("response_energy = \"settled\"\nresponse_energy_max_wait_ms = 250").unwrap();
     assert_eq!(c.response_energy, ResponseEnergy::Settled);
     assert_eq!(c.response_energy_max_wait.as_millis(), 250);
     // The flag (or its environment variable) beats the file.

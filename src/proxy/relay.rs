@@ -118,7 +118,11 @@ impl std::fmt::Debug for Settling {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.then {
             AfterSettle::UsageChunk(head, rest) => {
-                write!(f, "Settling(usage chunk, {} bytes)", head.len() + rest.len())
+                write!(
+                    f,
+                    "Settling(usage chunk, {} bytes)",
+                    head.len() + rest.len()
+                )
             }
             AfterSettle::Trailers(..) => f.write_str("Settling(trailers)"),
         }

@@ -57,7 +57,11 @@ fn settled_rig(max_wait_ms: u64, metering: Metering) -> impl std::future::Future
 
 /// Header or trailer fields equal the record's.
 fn assert_fields_match(h: &HeaderMap, r: &RequestRecord, ctx: &str) {
-    assert_eq!(text(h, "x-energy-request-id").as_deref(), Some(&*r.id), "{ctx}");
+    assert_eq!(
+        text(h, "x-energy-request-id").as_deref(),
+        Some(&*r.id),
+        "{ctx}"
+    );
     assert_eq!(
         text(h, "x-energy-joules"),
         Some(format!("{:.6}", r.energy_joules)),
@@ -89,7 +93,11 @@ fn assert_fields_match(h: &HeaderMap, r: &RequestRecord, ctx: &str) {
 fn assert_object_matches(e: &Value, r: &RequestRecord, ctx: &str) {
     assert_eq!(e["request_id"], r.id, "{ctx}");
     assert_eq!(e["joules"].as_f64(), Some(r.energy_joules), "{ctx}: {e}");
-    assert_eq!(e["active_joules"].as_f64(), Some(r.active_joules), "{ctx}: {e}");
+    assert_eq!(
+        e["active_joules"].as_f64(),
+        Some(r.active_joules),
+        "{ctx}: {e}"
+    );
     assert_eq!(e["prompt_tokens"], r.prompt_tokens, "{ctx}");
     assert_eq!(e["completion_tokens"], r.completion_tokens, "{ctx}");
     assert_eq!(e["status"], r.status.as_str(), "{ctx}");
@@ -119,7 +127,15 @@ fn workload() -> Vec<Case> {
         trailers,
     };
     vec![
-        case("json chat", CHAT, chat_body(""), Via::H1, true, false, false),
+        case(
+            "json chat",
+            CHAT,
+            chat_body(""),
+            Via::H1,
+            true,
+            false,
+            false,
+        ),
         case(
             "json completions",
             "/v1/completions",
@@ -138,7 +154,15 @@ fn workload() -> Vec<Case> {
             false,
             false,
         ),
-        case("stream usage h2", CHAT, chat_body(usage), Via::H2, false, true, true),
+        case(
+            "stream usage h2",
+            CHAT,
+            chat_body(usage),
+            Via::H2,
+            false,
+            true,
+            true,
+        ),
         case(
             "stream no usage h2",
             CHAT,
@@ -148,7 +172,15 @@ fn workload() -> Vec<Case> {
             false,
             true,
         ),
-        case("stream usage h1", CHAT, chat_body(usage), Via::H1, false, true, false),
+        case(
+            "stream usage h1",
+            CHAT,
+            chat_body(usage),
+            Via::H1,
+            false,
+            true,
+            false,
+        ),
         case(
             "stream completions usage h1+TE",
             "/v1/completions",
@@ -313,7 +345,10 @@ async fn a_client_leaving_while_the_usage_chunk_waits_keeps_the_outcome() {
     drop(sender);
     let record = rig.settle(&id);
     assert_eq!(record.status, RecordStatus::Ok, "{record:?}");
-    assert!(record.tokens_exact && record.energy_joules > 0.0, "{record:?}");
+    assert!(
+        record.tokens_exact && record.energy_joules > 0.0,
+        "{record:?}"
+    );
     assert!(progress.settled.is_set());
     // The proxy goes on serving.
     let case = &workload()[0];
