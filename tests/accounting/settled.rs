@@ -1,6 +1,7 @@
 //! `response_energy = "settled"`: the energy-bearing part of every response waits until accounting
 //! has retired the request, so headers, the usage chunk's `energy` object and trailers carry
-//! exactly the record's figures; a tiny wait bound gives the provisional figure as `estimated`;
+//! exactly the record's figures (also the trailers of a JSON answer too large to buffer); a tiny
+//! wait bound gives the provisional figure as `estimated`;
 //! without a meter nothing waits; a client leaving during the wait changes nothing.
 //!
 //! The rig plays the sampler while a response waits ([`Rig::drive`]): the number of ticks a
@@ -356,6 +357,31 @@ async fn a_client_leaving_while_the_usage_chunk_waits_keeps_the_outcome() {
         .drive(exchange(rig.proxy, case.path, case.body.clone(), case.via))
         .await;
     check(&rig, case, &got);
+    rig.assert_conservation();
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn json_answers_too_large_to_buffer_wait_before_their_trailers() {
+    let mut rig = Rig::start(engine_mock(), Metering::Measured, |args| {
+        args.response_energy = Some("settled".into());
+        args.response_energy_max_wait_ms = Some(NEVER_MS);
+        args.max_buffered_response_bytes = Some(16);
+    })
+    .await;
+    let case = Case {
+        label: "large json h2",
+        path: CHAT,
+        body: chat_body(""),
+        via: Via::H2,
+        headers: false,
+        object: false,
+        trailers: true,
+    };
+    let got = rig
+        .drive(exchange(rig.proxy, case.path, case.body.clone(), case.via))
+        .await;
+    check(&rig, &case, &got);
     rig.assert_conservation();
     rig.stop().await;
 }
