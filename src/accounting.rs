@@ -352,6 +352,7 @@ impl Accounting {
         publish(&p, &f.energy, settled_until);
         if p.meta.endpoint == Endpoint::Other {
             self.in_flight.retire(f.id);
+            p.settled.mark();
             return;
         }
         let record = Arc::new(self.record_of(&p, &f.energy));
@@ -380,6 +381,9 @@ impl Accounting {
         // Leave the registry only once the record is in the ring: `/requests/{id}` always finds
         // the request in one or the other.
         self.in_flight.retire(f.id);
+        // Last: a response waiting for settled figures (`response_energy = "settled"`) may go
+        // out now, and a client reading `/requests/{id}` after it finds the final record.
+        p.settled.mark();
     }
 
     fn record_of(&self, p: &RequestProgress, e: &RequestEnergy) -> RequestRecord {

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::accounting::{Accounting, AccountingConfig};
 use crate::admin::{AdminService, AdminState};
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, ResponseEnergy};
 use crate::ledger::LedgerConfig;
 use crate::meter::{build_meters, default_meters, MeterSet};
 use crate::observe::InFlight;
@@ -131,6 +131,8 @@ impl App {
                 pue: config.pue,
             },
             energy_measured: !meters.meters.is_empty(),
+            settle_wait: (config.response_energy == ResponseEnergy::Settled)
+                .then_some(config.response_energy_max_wait),
             upstream_version: Arc::default(),
             facts: Arc::default(),
         });

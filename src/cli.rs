@@ -109,6 +109,20 @@ pub struct ServeArgs {
         value_name = "auto|true|false"
     )]
     pub upstream_forces_usage: Option<String>,
+    /// Energy on responses: provisional (never wait for the sampler; the record under
+    /// /requests/{id} holds the exact figure about a second later) or settled (the energy-bearing
+    /// part of a response waits until the request's figures are final, so they equal the record)
+    /// [default: provisional].
+    #[arg(
+        long,
+        env = "JOULEGATE_RESPONSE_ENERGY",
+        value_name = "provisional|settled"
+    )]
+    pub response_energy: Option<String>,
+    /// Settled mode: longest wait for the final figures, ms; after it the provisional figure goes
+    /// out with status `estimated` (1..=60000) [default: 1000].
+    #[arg(long, env = "JOULEGATE_RESPONSE_ENERGY_MAX_WAIT_MS", value_name = "MS")]
+    pub response_energy_max_wait_ms: Option<u64>,
     /// Bytes of prompt text per token for the arrival estimate [default: 4].
     #[arg(long, env = "JOULEGATE_BYTES_PER_TOKEN", value_name = "X")]
     pub bytes_per_token: Option<f64>,

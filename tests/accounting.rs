@@ -8,6 +8,7 @@
 //! - `shapes`: every shape, byte-identical, forwarded body, exact counts (three upstream setups).
 //! - `energy`: headers, trailers, the `energy` object, no meter, answers too large to buffer.
 //! - `outcomes`: aborted, mid-stream error, upstream 4xx; `forged`: upstream `x-energy-*` dropped.
+//! - `settled`: `response_energy = "settled"`: every response carries its record's figures.
 //! - `live`: the started app's own threads (sampler on the engine counter, `/version` probe).
 
 mod common;
@@ -21,6 +22,8 @@ mod live;
 mod outcomes;
 #[path = "accounting/rig.rs"]
 mod rig;
+#[path = "accounting/settled.rs"]
+mod settled;
 #[path = "accounting/shapes.rs"]
 mod shapes;
 #[path = "accounting/wire.rs"]

@@ -37,6 +37,10 @@ fn every_subcommand_has_help() {
             stdout(&o)
         );
     }
+    let o = joulegate(&["serve", "--help"], &[]);
+    for flag in ["--response-energy", "--response-energy-max-wait-ms"] {
+        assert!(stdout(&o).contains(flag), "serve --help lists {flag}");
+    }
     let o = joulegate(&["--help"], &[]);
     for sub in ["serve", "demo", "log-power", "mock-upstream"] {
         assert!(stdout(&o).contains(sub), "top-level help lists {sub}");
@@ -156,6 +160,70 @@ fn bad_values_stop_start_up_with_key_value_and_origin() {
     let e = stderr(&o);
     assert!(
         e.contains("sample_interval_ms") && e.contains("bad.toml"),
+        "{e}"
+    );
+
+    let o = joulegate(
+        &["serve", "--print-config"],
+        &[("JOULEGATE_RESPONSE_ENERGY", "exact")],
+    );
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("response_energy")
+            && e.contains("exact")
+            && e.contains("provisional or settled"),
+        "{e}"
+    );
+}
+
+#[test]
+fn response_energy_keys_in_three_layers() {
+    let t = printed(&joulegate(&["serve", "--print-config"], &[]));
+    assert_eq!(t["response_energy"].as_str(), Some("provisional"));
+    assert_eq!(t["response_energy_max_wait_ms"].as_integer(), Some(1000));
+    let t = printed(&joulegate(
+        &[
+            "serve",
+            "--print-config",
+            "--response-energy",
+            "settled",
+            "--response-energy-max-wait-ms",
+            "300",
+        ],
+        &[],
+    ));
+    assert_eq!(t["response_energy"].as_str(), Some("settled"));
+    assert_eq!(t["response_energy_max_wait_ms"].as_integer(), Some(300));
+    let t = printed(&joulegate(
+        &["serve", "--print-config"],
+        &[
+            ("JOULEGATE_RESPONSE_ENERGY", "settled"),
+            ("JOULEGATE_RESPONSE_ENERGY_MAX_WAIT_MS", "20"),
+        ],
+    ));
+    assert_eq!(t["response_energy"].as_str(), Some("settled"));
+    assert_eq!(t["response_energy_max_wait_ms"].as_integer(), Some(20));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("settled.toml");
+    std::fs::write(
+        &file,
+        "response_energy = \"settled\"\nresponse_energy_max_wait_ms = 0\n",
+    )
+    .unwrap();
+    let o = joulegate(
+        &[
+            "serve",
+            "--print-config",
+            "--config",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("response_energy_max_wait_ms") && e.contains("settled.toml"),
         "{e}"
     );
 }

@@ -104,6 +104,11 @@ pub struct Config {
     /// Whether the upstream forces usage on every stream (vLLM `--enable-force-include-usage`):
     /// `None` = ask it at start-up and watch streams.
     pub upstream_forces_usage: Option<bool>,
+    /// Whether responses carry provisional figures or wait for settled ones.
+    pub response_energy: ResponseEnergy,
+    /// Settled mode: longest wait for the final figures.
+    #[serde(with = "millis")]
+    pub response_energy_max_wait: Duration,
     /// Bytes of prompt text per token, for arrival estimates.
     pub bytes_per_token: f64,
     /// Grid carbon intensity (g/kWh), if configured.
@@ -138,6 +143,28 @@ pub struct Config {
     pub request_log_files: usize,
 }
 
+/// What energy figure a response carries (`response_energy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResponseEnergy {
+    /// Never wait for the sampler: the figure is the settled energy so far plus an estimate of the
+    /// unsettled rest; the record is exact.
+    Provisional,
+    /// The energy-bearing part of a response (JSON headers; a stream's final usage chunk and
+    /// trailers) waits, bounded, until the request's figures are final.
+    Settled,
+}
+
+impl ResponseEnergy {
+    /// The configuration text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponseEnergy::Provisional => "provisional",
+            ResponseEnergy::Settled => "settled",
+        }
+    }
+}
+
 mod millis {
     use std::time::Duration;
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -161,6 +188,11 @@ pub mod defaults {
     pub const INJECT_USAGE: bool = true;
     pub const ABSENT_INCLUDE_USAGE: &str = "auto";
     pub const UPSTREAM_FORCES_USAGE: &str = "auto";
+    pub const RESPONSE_ENERGY: &str = "provisional";
+    pub const RESPONSE_ENERGY_MAX_WAIT_MS: u64 = 1_000;
+    /// Upper bound of `response_energy_max_wait_ms`: settlement takes a few sampler periods (at
+    /// most 200 ms each); a minute only ever hides a stalled sampler.
+    pub const RESPONSE_ENERGY_MAX_WAIT_MS_LIMIT: u64 = 60_000;
     pub const BYTES_PER_TOKEN: f64 = 4.0;
     pub const PUE: f64 = 1.0;
     pub const PREFILL_JOULES_PER_TOKEN: f64 = 0.02;

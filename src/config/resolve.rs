@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{defaults, Config, ConfigError, FileConfig, Origin, UpstreamUrl};
+use super::{defaults, Config, ConfigError, FileConfig, Origin, ResponseEnergy, UpstreamUrl};
 use crate::cli::ServeArgs;
 use crate::meter::spec::MeterSpec;
 
@@ -286,6 +286,43 @@ impl Config {
                 ))
             }
         };
+        let (response_text, response_origin) = l.pick(
+            &args.response_energy,
+            &file.response_energy,
+            defaults::RESPONSE_ENERGY.into(),
+            "response-energy",
+            "JOULEGATE_RESPONSE_ENERGY",
+        );
+        let response_energy = match response_text.as_str() {
+            "provisional" => ResponseEnergy::Provisional,
+            "settled" => ResponseEnergy::Settled,
+            _ => {
+                return Err(invalid(
+                    "response_energy",
+                    &response_text,
+                    response_origin,
+                    "expected provisional or settled",
+                ))
+            }
+        };
+        let (max_wait_ms, max_wait_origin) = l.pick(
+            &args.response_energy_max_wait_ms,
+            &file.response_energy_max_wait_ms,
+            defaults::RESPONSE_ENERGY_MAX_WAIT_MS,
+            "response-energy-max-wait-ms",
+            "JOULEGATE_RESPONSE_ENERGY_MAX_WAIT_MS",
+        );
+        if !(1..=defaults::RESPONSE_ENERGY_MAX_WAIT_MS_LIMIT).contains(&max_wait_ms) {
+            return Err(invalid(
+                "response_energy_max_wait_ms",
+                max_wait_ms,
+                max_wait_origin,
+                format!(
+                    "must be within 1..={} ms",
+                    defaults::RESPONSE_ENERGY_MAX_WAIT_MS_LIMIT
+                ),
+            ));
+        }
         let (bytes_per_token, bpt_origin) = l.pick(
             &args.bytes_per_token,
             &file.bytes_per_token,
@@ -471,6 +508,8 @@ impl Config {
             energy_in_usage,
             absent_include_usage,
             upstream_forces_usage,
+            response_energy,
+            response_energy_max_wait: Duration::from_millis(max_wait_ms),
             bytes_per_token,
             carbon_intensity_g_per_kwh,
             pue,
@@ -519,6 +558,8 @@ impl Config {
                 }
                 .into(),
             ),
+            response_energy: Some(self.response_energy.as_str().into()),
+            response_energy_max_wait_ms: Some(self.response_energy_max_wait.as_millis() as u64),
             bytes_per_token: Some(self.bytes_per_token),
             carbon_intensity_g_per_kwh: self.carbon_intensity_g_per_kwh,
             pue: Some(self.pue),

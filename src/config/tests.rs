@@ -168,3 +168,58 @@ fn meter_period_is_optional_and_bounded() {
         "{err}"
     );
 }
+
+#[test]
+fn response_energy_defaults_and_layers() {
+    let c = Config::resolve(&args(), &FileConfig::default(), None).unwrap();
+    assert_eq!(c.response_energy, ResponseEnergy::Provisional);
+    assert_eq!(
+        c.response_energy_max_wait,
+        std::time::Duration::from_millis(defaults::RESPONSE_ENERGY_MAX_WAIT_MS)
+    );
+    let c =
+        resolve_file("response_energy = \"settled\"\nresponse_energy_max_wait_ms = 250").unwrap();
+    assert_eq!(c.response_energy, ResponseEnergy::Settled);
+    assert_eq!(c.response_energy_max_wait.as_millis(), 250);
+    // The flag (or its environment variable) beats the file.
+    let path = PathBuf::from("f.toml");
+    let file = FileConfig::parse("response_energy = \"settled\"", &path).unwrap();
+    let mut a = args();
+    a.response_energy = Some("provisional".into());
+    a.response_energy_max_wait_ms = Some(7);
+    let c = Config::resolve(&a, &file, Some(&path)).unwrap();
+    assert_eq!(c.response_energy, ResponseEnergy::Provisional);
+    assert_eq!(c.response_energy_max_wait.as_millis(), 7);
+}
+
+#[test]
+fn response_energy_is_validated() {
+    match resolve_file("response_energy = \"exact\"").unwrap_err() {
+        ConfigError::Invalid {
+            key,
+            value,
+            origin,
+            reason,
+        } => {
+            assert_eq!(key, "response_energy");
+            assert_eq!(value, "exact");
+            assert_eq!(origin, Origin::File(PathBuf::from("test.toml")));
+            assert!(reason.contains("provisional or settled"), "{reason}");
+        }
+        other => panic!("unexpected {other}"),
+    }
+    for bad in [0, defaults::RESPONSE_ENERGY_MAX_WAIT_MS_LIMIT + 1] {
+        let mut a = args();
+        a.response_energy_max_wait_ms = Some(bad);
+        let err = Config::resolve(&a, &FileConfig::default(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("response_energy_max_wait_ms")
+                && err.contains(&bad.to_string())
+                && err.contains("--response-energy-max-wait-ms")
+                && err.contains("JOULEGATE_RESPONSE_ENERGY_MAX_WAIT_MS"),
+            "{err}"
+        );
+    }
+}

@@ -399,10 +399,12 @@ mod tests {
         }
         let r = c.report();
         assert!(r.trusted, "{r:?}");
-        assert!((r.alpha_j - 0.01).abs() < 1e-6, "{r:?}");
-        assert!((r.beta_j - 0.006).abs() < 1e-6, "{r:?}");
-        assert!((r.gamma_j - 0.000_014).abs() < 1e-9, "{r:?}");
-        assert!((r.fitted_static_w.unwrap() - 230.0).abs() < 1e-3, "{r:?}");
+        // Within 2 %: the weak ridge pull towards the defaults is all that is left.
+        let close = |x: f64, truth: f64| (x / truth - 1.0).abs() < 0.02;
+        assert!(close(r.alpha_j, 0.01), "{r:?}");
+        assert!(close(r.beta_j, 0.006), "{r:?}");
+        assert!(close(r.gamma_j, 0.000_014), "{r:?}");
+        assert!(close(r.fitted_static_w.unwrap(), 230.0), "{r:?}");
         assert_eq!(r.ticks, 50);
     }
 

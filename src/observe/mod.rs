@@ -15,6 +15,9 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use dashmap::DashMap;
 
+mod settled;
+pub use settled::Settled;
+
 /// What kind of API call a request is, as far as accounting cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Endpoint {
@@ -163,6 +166,9 @@ pub struct RequestProgress {
     pub recent_power_mw: AtomicU64,
     /// Whether energy is measured at all (false when no meter works).
     pub energy_available: AtomicBool,
+    /// Set by accounting once the request is retired (final figures published, record pushed):
+    /// what `response_energy = "settled"` waits for.
+    pub settled: Settled,
 }
 
 impl RequestProgress {
@@ -192,6 +198,7 @@ impl RequestProgress {
             work_uj: AtomicU64::new(0),
             recent_power_mw: AtomicU64::new(0),
             energy_available: AtomicBool::new(true),
+            settled: Settled::default(),
         }
     }
 

@@ -19,6 +19,8 @@ pub mod sse;
 pub mod usage;
 
 #[cfg(test)]
+mod defer_fixture_tests;
+#[cfg(test)]
 mod fixture_tests;
 #[cfg(test)]
 mod metrics_fixture_tests;

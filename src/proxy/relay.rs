@@ -3,11 +3,17 @@
 //! upstream's. At the upstream's end of stream the request is finished and its energy written as
 //! trailers (when the client accepts them); a wrapper dropped before that (client gone) leaves the
 //! in-flight guard to mark the request aborted. No task, no channel.
+//!
+//! In settled mode (`response_energy = "settled"`) the energy-bearing parts wait here, inside the
+//! wrapper, for the request's settled signal (bounded): the final usage chunk (from where its
+//! `energy` value belongs, with everything after it) and the trailers. Every other frame flows at
+//! once; while a part waits, the upstream is not read (backpressure as usual).
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
@@ -18,10 +24,11 @@ use super::energy::{energy_headers, energy_json, Carbon};
 use super::inspect::{ForceSource, SharedSemantics};
 use super::learned::UpstreamFacts;
 use super::service::record_metrics;
+use super::settle::{figures_after, should_wait, wait, SettleWait};
 use super::BoxError;
 use crate::clock::Clock;
-use crate::observe::{Endpoint, InFlightGuard, Outcome, RequestProgress};
-use crate::openai::observer::StreamObserver;
+use crate::observe::{Endpoint, EnergyNow, InFlightGuard, Outcome, RequestProgress};
+use crate::openai::observer::{EnergySplit, StreamObserver};
 use crate::openai::usage::{MetricsField, UsageTail};
 
 /// What the relay needs to close a request's accounts.
@@ -47,11 +54,78 @@ pub struct RequestEnd {
     pub semantics: Arc<SharedSemantics>,
     /// The request asked for one choice of one prompt (a `"metrics": null` then means "off").
     pub single_choice: bool,
+    /// Settled mode with a meter: the longest wait for the request's final figures.
+    pub settle_wait: Option<Duration>,
 }
 
 impl RequestEnd {
     fn progress(&self) -> &Arc<RequestProgress> {
         self.guard.progress()
+    }
+
+    /// The bounded wait for settled figures, when this request should wait.
+    fn settle(&self) -> Option<SettleWait> {
+        should_wait(self.progress(), self.settle_wait).map(|max| wait(self.progress().clone(), max))
+    }
+
+    /// The figures now, without waiting.
+    fn figures_now(&self) -> EnergyNow {
+        self.progress()
+            .energy_now(self.clock.now_ns(), &self.in_flight.rates)
+    }
+
+    /// The figures after a settle wait (`settled`: it ended before its bound).
+    fn figures_after(&self, settled: bool) -> EnergyNow {
+        figures_after(
+            self.progress(),
+            settled,
+            self.clock.now_ns(),
+            &self.in_flight.rates,
+        )
+    }
+
+    /// The energy trailers, with the upstream's own (minus `x-energy-*`) after them.
+    fn trailers(&self, figures: &EnergyNow, theirs: Option<HeaderMap>) -> HeaderMap {
+        let mut ours = energy_headers(&self.public_id, figures, &self.carbon);
+        if let Some(theirs) = theirs {
+            for (name, value) in theirs.iter() {
+                if !name.as_str().starts_with(super::headers::ENERGY_PREFIX) {
+                    ours.append(name.clone(), value.clone());
+                }
+            }
+        }
+        ours
+    }
+}
+
+/// A response part waiting for settled figures.
+struct Settling {
+    wait: SettleWait,
+    then: AfterSettle,
+}
+
+/// What goes out once the wait ends.
+enum AfterSettle {
+    /// The final usage chunk up to where its `energy` value belongs, and from there on with what
+    /// followed it.
+    UsageChunk(Bytes, Bytes),
+    /// The trailers, built from the request's `end` (taken at the end of stream) and the
+    /// upstream's own trailers.
+    Trailers(Box<RequestEnd>, Option<HeaderMap>),
+}
+
+impl std::fmt::Debug for Settling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.then {
+            AfterSettle::UsageChunk(head, rest) => {
+                write!(
+                    f,
+                    "Settling(usage chunk, {} bytes)",
+                    head.len() + rest.len()
+                )
+            }
+            AfterSettle::Trailers(..) => f.write_str("Settling(trailers)"),
+        }
     }
 }
 
@@ -66,6 +140,9 @@ pin_project! {
         pending_trailers: Option<HeaderMap>,
         stash: Option<Stashed>,
         usage_tail: Option<(Endpoint, UsageTail)>,
+        settling: Option<Settling>,
+        // The figures the energy object carried (settled mode): the trailers repeat them.
+        figures: Option<EnergyNow>,
         done: bool,
     }
 }
@@ -81,6 +158,8 @@ impl RelayBody {
             pending_trailers: None,
             stash: None,
             usage_tail: None,
+            settling: None,
+            figures: None,
             done: false,
         }
     }
@@ -103,6 +182,30 @@ impl Body for RelayBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         loop {
+            if let Some(settling) = this.settling.as_mut() {
+                let settled = ready!(settling.wait.as_mut().poll(cx));
+                match this.settling.take().map(|s| s.then) {
+                    Some(AfterSettle::UsageChunk(head, rest)) => {
+                        if let Some(end) = this.end.as_ref() {
+                            let figures = end.figures_after(settled);
+                            *this.figures = Some(figures);
+                            let text = energy_json(&end.public_id, &figures, &end.carbon);
+                            let mut out =
+                                BytesMut::with_capacity(head.len() + text.len() + rest.len());
+                            out.extend_from_slice(&head);
+                            out.extend_from_slice(text.as_bytes());
+                            out.extend_from_slice(&rest);
+                            return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+                        }
+                    }
+                    Some(AfterSettle::Trailers(end, theirs)) => {
+                        let figures = end.figures_after(settled);
+                        *this.pending_trailers = Some(end.trailers(&figures, theirs));
+                    }
+                    None => {}
+                }
+                continue;
+            }
             if let Some(trailers) = this.pending_trailers.take() {
                 *this.done = true;
                 return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
@@ -120,11 +223,24 @@ impl Body for RelayBody {
             match next {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
-                        let mut out = process(this.observer, this.end, this.usage_tail, data);
+                        let (mut out, split) =
+                            process(this.observer, this.end, this.usage_tail, data);
+                        if let Some(split) = split {
+                            out = hold_energy_part(
+                                this.observer,
+                                this.end,
+                                this.settling,
+                                this.figures,
+                                out,
+                                split,
+                            );
+                        }
                         // Frames the upstream has already delivered go out together: fewer,
                         // larger writes to the client and no added wait (only what is ready now).
                         let mut joined: Option<BytesMut> = None;
-                        while joined.as_ref().map_or(out.len(), |j| j.len()) < COALESCE_MAX_BYTES {
+                        while this.settling.is_none()
+                            && joined.as_ref().map_or(out.len(), |j| j.len()) < COALESCE_MAX_BYTES
+                        {
                             match this.inner.as_mut().poll_frame(cx) {
                                 Poll::Pending => break,
                                 Poll::Ready(None) => {
@@ -137,8 +253,18 @@ impl Body for RelayBody {
                                 }
                                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                                     Ok(data) => {
-                                        let more =
+                                        let (mut more, split) =
                                             process(this.observer, this.end, this.usage_tail, data);
+                                        if let Some(split) = split {
+                                            more = hold_energy_part(
+                                                this.observer,
+                                                this.end,
+                                                this.settling,
+                                                this.figures,
+                                                more,
+                                                split,
+                                            );
+                                        }
                                         if !more.is_empty() {
                                             joined
                                                 .get_or_insert_with(|| BytesMut::from(&out[..]))
@@ -216,24 +342,25 @@ impl Body for RelayBody {
                         } else {
                             Outcome::Ok
                         };
+                        // First writer wins: a stream finished at its final usage chunk (settled
+                        // mode) keeps that outcome.
                         end.guard.finish(outcome);
                         if end.trailers_allowed {
-                            let figures = end
-                                .progress()
-                                .energy_now(end.clock.now_ns(), &end.in_flight.rates);
-                            let mut ours = energy_headers(&end.public_id, &figures, &end.carbon);
-                            if let Some(theirs) = trailers.take() {
-                                for (name, value) in theirs.iter() {
-                                    if !name.as_str().starts_with(super::headers::ENERGY_PREFIX) {
-                                        ours.append(name.clone(), value.clone());
-                                    }
-                                }
+                            let theirs = trailers.take();
+                            if let Some(figures) = *this.figures {
+                                trailers = Some(end.trailers(&figures, theirs));
+                            } else if let Some(wait) = end.settle() {
+                                *this.settling = Some(Settling {
+                                    wait,
+                                    then: AfterSettle::Trailers(Box::new(end), theirs),
+                                });
+                            } else {
+                                trailers = Some(end.trailers(&end.figures_now(), theirs));
                             }
-                            trailers = Some(ours);
                         }
                     }
                     *this.pending_trailers = trailers;
-                    if this.pending_trailers.is_none() {
+                    if this.pending_trailers.is_none() && this.settling.is_none() {
                         *this.done = true;
                     }
                     if !tail.is_empty() {
@@ -275,21 +402,72 @@ impl std::fmt::Debug for Stashed {
     }
 }
 
-/// One data frame through the observer (when there is one) and the usage tail reader.
+/// One data frame through the observer (when there is one) and the usage tail reader. With
+/// deferred energy (settled mode), also where in the output the `energy` value belongs.
 fn process(
     observer: &mut Option<StreamObserver>,
     end: &Option<RequestEnd>,
     usage_tail: &mut Option<(Endpoint, UsageTail)>,
     data: Bytes,
-) -> Bytes {
-    let out = match (observer.as_mut(), end.as_ref()) {
-        (Some(observer), Some(end)) => feed(observer, end, data),
-        _ => data,
+) -> (Bytes, Option<EnergySplit>) {
+    let (out, split) = match (observer.as_mut(), end.as_ref()) {
+        (Some(observer), Some(end)) => {
+            let out = feed(observer, end, data);
+            (out, observer.take_energy_split())
+        }
+        _ => (data, None),
     };
     if let Some((_, tail)) = usage_tail.as_mut() {
         tail.push(&out);
     }
-    out
+    (out, split)
+}
+
+/// Settled mode: `out` holds the final usage chunk, whose `energy` value belongs at `split`. The
+/// request is marked finished now (every token is known: the chunk carries the server's final
+/// usage), so that accounting can settle it while the chunk waits; the bytes before the chunk go
+/// out at once, the chunk and the rest wait in `settling`. Returns what goes out now.
+///
+/// Only `[DONE]` should follow the usage chunk. Should the upstream still fail after it (an error
+/// event or a broken body), the request stays `ok`: the first outcome wins, and its record says
+/// so; its energy is complete either way. A client that leaves during the wait does not change
+/// the outcome either.
+fn hold_energy_part(
+    observer: &Option<StreamObserver>,
+    end: &Option<RequestEnd>,
+    settling: &mut Option<Settling>,
+    figures: &mut Option<EnergyNow>,
+    out: Bytes,
+    split: EnergySplit,
+) -> Bytes {
+    let Some(end) = end.as_ref() else {
+        return out;
+    };
+    let at = split.value_at.min(out.len());
+    let event_at = split.event_at.min(at);
+    let wait = end.settle();
+    let Some(wait) = wait else {
+        // Nothing to wait for (energy not measured): the figure of the moment, at once.
+        let now = end.figures_now();
+        *figures = Some(now);
+        let text = energy_json(&end.public_id, &now, &end.carbon);
+        let mut whole = BytesMut::with_capacity(out.len() + text.len());
+        whole.extend_from_slice(&out[..at]);
+        whole.extend_from_slice(text.as_bytes());
+        whole.extend_from_slice(&out[at..]);
+        return whole.freeze();
+    };
+    let saw_error = observer.as_ref().is_some_and(|o| o.saw_error());
+    end.guard.finish(if end.error_status || saw_error {
+        Outcome::Error
+    } else {
+        Outcome::Ok
+    });
+    *settling = Some(Settling {
+        wait,
+        then: AfterSettle::UsageChunk(out.slice(event_at..at), out.slice(at..)),
+    });
+    out.slice(..event_at)
 }
 
 /// One frame through the observer; the energy callback is what the final usage chunk carries.

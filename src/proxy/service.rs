@@ -1,7 +1,8 @@
 //! The proxy service: one request's phases (pingora's shape): check the request, inspect and
 //! register it when it is model work, send it upstream, filter the response headers, then relay the
-//! body through the observer (streams) or read it whole and add the energy headers (JSON). Errors
-//! become responses in [`super::error::error_response`] only.
+//! body through the observer (streams) or read it whole and add the energy headers (JSON; in
+//! settled mode after the bounded wait for the request's final figures). Errors become responses in
+//! [`super::error::error_response`] only.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,6 +25,7 @@ use super::headers::{
 use super::inspect::{inspect, is_candidate, request_meta, InspectConfig, Inspected};
 use super::learned::UpstreamFacts;
 use super::relay::{RelayBody, RequestEnd};
+use super::settle::{figures_after, should_wait};
 use super::upstream::Upstream;
 use super::{full_body, BoxError, ProxyBody};
 use crate::clock::Clock;
@@ -51,6 +53,9 @@ pub struct ProxyState {
     pub carbon: Carbon,
     /// Whether any meter works; without one every request's energy is `unavailable` from the start.
     pub energy_measured: bool,
+    /// `response_energy = "settled"`: the longest wait for a request's final figures before its
+    /// energy-bearing response part goes out (`None`: provisional figures, never wait).
+    pub settle_wait: Option<std::time::Duration>,
     /// The upstream's version, once its `/version` was read (auto semantics only).
     pub upstream_version: Arc<std::sync::OnceLock<String>>,
     /// What responses told about the upstream (per-request metrics on or off).
@@ -166,14 +171,18 @@ impl ProxyService {
             facts: state.facts.clone(),
             semantics: state.inspect.semantics.clone(),
             single_choice: inspected.view.expected_choices() == 1,
+            settle_wait: state.settle_wait.filter(|_| state.energy_measured),
         };
         if is_event_stream(&parts.headers) {
             progress.progress_visible.store(true, Relaxed);
-            let observer = StreamObserver::new(ObserverConfig::for_request(
+            let mut config = ObserverConfig::for_request(
                 &inspected.view,
                 &inspected.plan,
                 state.inspect.energy_in_usage,
-            ));
+            );
+            // Settled mode: the relay fills the `energy` object in once the request has settled.
+            config.defer_energy = config.add_energy && end.settle_wait.is_some();
+            let observer = StreamObserver::new(config);
             if observer.rewrites() {
                 remove_in_order(&mut parts.headers, &header::CONTENT_LENGTH);
             }
@@ -212,7 +221,21 @@ impl ProxyService {
             } else {
                 Outcome::Ok
             });
-            let figures = progress.energy_now(now, &state.in_flight.rates);
+            let figures = match should_wait(&progress, end.settle_wait) {
+                // Settled mode: the headers are the energy-bearing part, and nothing of the
+                // response has gone out yet. A client that leaves meanwhile drops this future;
+                // the request keeps the outcome set just above.
+                Some(max_wait) => {
+                    let settled = progress.settled.wait_for(max_wait).await;
+                    figures_after(
+                        &progress,
+                        settled,
+                        state.clock.now_ns(),
+                        &state.in_flight.rates,
+                    )
+                }
+                None => progress.energy_now(now, &state.in_flight.rates),
+            };
             parts
                 .headers
                 .extend(energy_headers(&public_id, &figures, &state.carbon));

@@ -35,6 +35,12 @@ pub const TIME_SCALE: f64 = 200.0;
 /// two ticks; the bound only turns a bug into a clear failure instead of a hang).
 const MAX_SETTLE_TICKS: usize = 20;
 
+/// Wall time between the ticks [`Rig::drive`] feeds.
+const DRIVE_PERIOD: Duration = Duration::from_millis(2);
+
+/// Most ticks [`Rig::drive`] feeds before giving up (about ten seconds of wall time).
+const MAX_DRIVEN_TICKS: usize = 5_000;
+
 /// Simulated meter power of the hand-fed ticks: 100 W is 0.1 µJ per ns.
 const TICK_UJ_PER_NS_DIV: u64 = 10;
 
@@ -177,6 +183,27 @@ impl Rig {
             self.tick(true);
         }
         panic!("{public_id} not retired after {MAX_SETTLE_TICKS} ticks");
+    }
+
+    /// The record of `public_id` if accounting has retired it, without ticking.
+    pub fn record(&self, public_id: &str) -> Option<Arc<RequestRecord>> {
+        let key = parse_public_id(public_id).expect("x-energy-request-id is a jg- id");
+        self.acc.shared().record(key)
+    }
+
+    /// Runs `exchange` (a client call whose response waits for settled figures) to its end while
+    /// playing the sampler: a measured tick every [`DRIVE_PERIOD`] of wall time. The period only
+    /// paces the ticks (how many a request needs varies); pass or fail never depends on it, and
+    /// the tick bound only turns a hang into a clear failure.
+    pub async fn drive<F: std::future::Future>(&mut self, exchange: F) -> F::Output {
+        tokio::pin!(exchange);
+        for _ in 0..MAX_DRIVEN_TICKS {
+            tokio::select! {
+                out = &mut exchange => return out,
+                _ = tokio::time::sleep(DRIVE_PERIOD) => self.tick(true),
+            }
+        }
+        panic!("the exchange did not end within {MAX_DRIVEN_TICKS} ticks");
     }
 
     /// Retires the finished request `public_id` without a meter: the accounting timer, called as

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::edit::{add_fingerprint, append_member, bump};
+use super::edit::{add_fingerprint, append_member, append_member_at, bump};
 use super::{StreamObserver, MAX_TRACKED_CHOICES};
 use crate::observe::RequestProgress;
 use crate::openai::inject::StripPolicy;
@@ -190,6 +190,12 @@ impl StreamObserver {
             return ChunkEdit::None;
         }
         self.energy_done = true;
+        if self.cfg.defer_energy {
+            // The relay inserts the object itself once the request has settled: here only its
+            // place is marked (the member's value is left empty).
+            let (json, value_at) = append_member_at(data, layout, "energy", b"");
+            return ChunkEdit::Deferred(json, value_at);
+        }
         let Some(text) = energy() else {
             return ChunkEdit::None;
         };
@@ -210,4 +216,7 @@ pub(super) enum ChunkEdit {
     Json(Vec<u8>, bool),
     /// Held as received.
     HoldUnchanged,
+    /// New data JSON missing the `energy` member's value, which belongs at the offset (deferred
+    /// energy, [`super::ObserverConfig::defer_energy`]).
+    Deferred(Vec<u8>, usize),
 }

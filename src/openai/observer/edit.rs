@@ -20,6 +20,16 @@ pub(super) fn append_member(
     name: &str,
     value: &[u8],
 ) -> Vec<u8> {
+    append_member_at(json, layout, name, value).0
+}
+
+/// [`append_member`], also returning where `value` starts in the result.
+pub(super) fn append_member_at(
+    json: &[u8],
+    layout: &ObjectLayout,
+    name: &str,
+    value: &[u8],
+) -> (Vec<u8>, usize) {
     let (at, comma) = layout.append_point();
     let mut ins = Vec::with_capacity(name.len() + value.len() + 4);
     if comma {
@@ -28,8 +38,9 @@ pub(super) fn append_member(
     ins.push(b'"');
     ins.extend_from_slice(name.as_bytes());
     ins.extend_from_slice(b"\":");
+    let value_at = at + ins.len();
     ins.extend_from_slice(value);
-    splice(json, (at, at), &ins)
+    (splice(json, (at, at), &ins), value_at)
 }
 
 /// The held finish event with the usage chunk's `system_fingerprint` appended to its data (when the
@@ -62,8 +73,14 @@ pub(super) fn add_fingerprint(held: Vec<u8>, usage_chunk: &[u8]) -> Vec<u8> {
 /// otherwise the data lines collapse into one at the first one's position (the client's parser joins
 /// data lines, so it reads the same text).
 pub(super) fn rebuild_event(raw: &[u8], ls: &[Line], json: &[u8]) -> Vec<u8> {
+    rebuild_event_at(raw, ls, json).0
+}
+
+/// [`rebuild_event`], also returning where `json` starts in the event.
+pub(super) fn rebuild_event_at(raw: &[u8], ls: &[Line], json: &[u8]) -> (Vec<u8>, usize) {
     let mut out = Vec::with_capacity(raw.len() + 64);
     let mut wrote = false;
+    let mut json_at = 0;
     for l in ls {
         let whole = raw.get(l.start..l.next).unwrap_or(&[]);
         if l.kind != LineKind::Data {
@@ -75,8 +92,9 @@ pub(super) fn rebuild_event(raw: &[u8], ls: &[Line], json: &[u8]) -> Vec<u8> {
         }
         wrote = true;
         out.extend_from_slice(raw.get(l.start..l.value_start).unwrap_or(&[]));
+        json_at = out.len();
         out.extend_from_slice(json);
         out.extend_from_slice(raw.get(l.end..l.next).unwrap_or(&[]));
     }
-    out
+    (out, json_at)
 }

@@ -22,7 +22,7 @@ mod responses;
 use crate::observe::{Endpoint, RequestProgress};
 use crate::openai::usage::{EngineTimes, MetricsField};
 use chat::ChunkEdit;
-use edit::rebuild_event;
+use edit::{rebuild_event, rebuild_event_at};
 
 /// Choice indices tracked per response; higher indices are folded into the last slot (a bound on
 /// memory for absurd `n`).
@@ -50,6 +50,10 @@ pub struct ObserverConfig {
     /// as "no usage") and the proxy injected nothing: usage in this stream means the upstream forces
     /// it ([`StreamTotals::unasked_usage`]).
     pub detect_forcing: bool,
+    /// Leave the `energy` object's value out of the final usage chunk and report where it belongs
+    /// ([`StreamObserver::take_energy_split`]) instead of calling `energy`: the relay fills it in
+    /// once the request's figures have settled (`response_energy = "settled"`).
+    pub defer_energy: bool,
 }
 
 impl ObserverConfig {
@@ -76,6 +80,7 @@ impl ObserverConfig {
                 && !plan.injected
                 && !plan.client_wants_usage
                 && !view.stream_options.effective(),
+            defer_energy: false,
         }
     }
 
@@ -89,12 +94,22 @@ impl ObserverConfig {
             expected_choices: 0,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             detect_forcing: false,
+            defer_energy: false,
         }
     }
 
     fn rewrites(&self) -> bool {
         self.strip != StripPolicy::Nothing || self.add_energy
     }
+}
+
+/// Where the deferred `energy` object goes, as offsets into the output of one `feed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EnergySplit {
+    /// The final usage chunk's event starts here (everything before it may go out at once).
+    pub event_at: usize,
+    /// The `energy` value belongs here (`event_at <= value_at`).
+    pub value_at: usize,
 }
 
 /// What a finished (or in-progress) stream amounted to.
@@ -144,6 +159,9 @@ pub struct StreamObserver {
     /// Rewrite mode: a finish chunk held until we know whether the dropped usage chunk's
     /// `system_fingerprint` belongs on it.
     held: Option<Vec<u8>>,
+    /// Deferred energy: where, in the bytes the latest `feed` returned, the final usage chunk starts
+    /// and its `energy` value belongs.
+    energy_split: Option<EnergySplit>,
     line_buf: Vec<Line>,
     data_buf: Vec<u8>,
     layout: ObjectLayout,
@@ -155,6 +173,8 @@ enum Action {
     Replace(Vec<u8>),
     Drop,
     Hold(Option<Vec<u8>>),
+    /// Replace, with the deferred energy value belonging at the offset in the new event.
+    Split(Vec<u8>, usize),
 }
 
 impl StreamObserver {
@@ -171,6 +191,7 @@ impl StreamObserver {
             finished_choices: 0,
             energy_done: false,
             held: None,
+            energy_split: None,
             line_buf: Vec::new(),
             data_buf: Vec::new(),
             layout: ObjectLayout::default(),
@@ -223,6 +244,15 @@ impl StreamObserver {
                     out.extend_from_slice(&new);
                 }
                 Action::Drop => pristine = false,
+                Action::Split(new, at) => {
+                    pristine = false;
+                    self.flush_held(&mut out);
+                    self.energy_split = Some(EnergySplit {
+                        event_at: out.len(),
+                        value_at: out.len() + at,
+                    });
+                    out.extend_from_slice(&new);
+                }
                 Action::Hold(new) => {
                     pristine = false;
                     self.flush_held(&mut out);
@@ -238,6 +268,13 @@ impl StreamObserver {
             return chunk;
         }
         Bytes::from(out)
+    }
+
+    /// With [`ObserverConfig::defer_energy`]: once, after the `feed` whose output holds the final
+    /// usage chunk, where in that output the chunk's event starts and where the `energy` object's
+    /// JSON text belongs (the chunk there reads `"energy":` followed by the rest of the chunk).
+    pub fn take_energy_split(&mut self) -> Option<EnergySplit> {
+        self.energy_split.take()
     }
 
     /// Ends the stream: returns what is still held (a held finish chunk, then the bytes of an
@@ -325,6 +362,10 @@ impl StreamObserver {
                         }
                     }
                     ChunkEdit::HoldUnchanged => Action::Hold(None),
+                    ChunkEdit::Deferred(json, value_at) => {
+                        let (ev, json_at) = rebuild_event_at(raw, &line_buf, &json);
+                        Action::Split(ev, json_at + value_at)
+                    }
                 }
             };
             // Keep the buffer for the next event unless one huge event inflated it.
