@@ -52,6 +52,8 @@ pub(super) struct Req {
     pub(super) prefill_placed: bool,
     pub(super) waited_for_prompt: bool,
     pub(super) consumed_completion: u64,
+    /// When the latest token placed so far was seen (0 before the first).
+    pub(super) last_token_seen_ns: u64,
     pub(super) ended: bool,
     pub(super) vanished: bool,
     pub(super) seen_seq: u64,
@@ -429,6 +431,7 @@ impl Ledger {
             prefill_placed: false,
             waited_for_prompt: false,
             consumed_completion: 0,
+            last_token_seen_ns: 0,
             ended: false,
             vanished: false,
             seen_seq: 0,

@@ -13,6 +13,10 @@ use super::split::split_uj;
 use super::types::FinalRequest;
 use super::window::HeldTick;
 
+/// Length of the sub-intervals a tick's energy is split over (see `split_weights`): a little
+/// longer than a decode step of a large batch, so that most hold some work.
+pub const SPLIT_NS: u64 = 10_000_000;
+
 /// Length of the union of `(lo, hi]` intervals, ns (sorts `spans`).
 pub(super) fn union_ns(spans: &mut [(u64, u64)]) -> u64 {
     spans.sort_unstable();
@@ -62,129 +66,65 @@ impl Ledger {
         }
     }
 
-    /// The weights that split a tick's energy `e` (µJ, idle part removed): each item's marginal
-    /// energy (α·prefill + β·decode + γ·context, from the fit) plus its share of the rest, the
-    /// static energy the engine draws for running at all. Static energy follows time: the ticks's
-    /// steps are recovered from the streams' token times (every running sequence's token leaves at
-    /// the end of the same engine step), each step's duration is shared by the work in that step
-    /// in proportion to its marginal energy, as an engine step's energy belongs to its work. A
-    /// request decoding beside a long prefill step thus gets little of that step's time, and all
-    /// of a decode-only step's. Without step marks, or with untrusted weights (their absolute size
-    /// is then meaningless), the whole energy follows the marginal weights.
-    fn split_weights(&mut self, tick: &HeldTick, dt: u64, e: u64) {
+    /// The weights that split a tick's energy `e` (µJ, idle part removed). The tick is cut into
+    /// sub-intervals of about [`SPLIT_NS`]; a meter cannot say how energy varied inside a tick, so
+    /// each sub-interval holds an equal part of it per nanosecond, and that part goes to the work
+    /// placed in the sub-interval in proportion to its marginal energy (α·prefill + β·decode +
+    /// γ·context). Static power follows time this way: a request decoding beside a long prefill
+    /// gets little of the prefill's time, and all of a decode-only stretch's, as an engine step's
+    /// energy belongs to the work in that step. A sub-interval with no work placed in it shares
+    /// its part among the tick's work as a whole.
+    fn split_weights(&mut self, tick: &HeldTick, dt: u64, _e: u64) {
         self.weights.clear();
-        let marginal_uj: f64 = self.marginal.iter().sum::<f64>() * 1e6;
-        let static_uj = e as f64 - marginal_uj;
-        self.bounds.clear();
-        self.bounds.extend(
-            tick.items
-                .iter()
-                .filter(|i| i.step_end && i.decode > 0.0)
-                .map(|i| i.hi),
-        );
-        if !self.config.split_by_steps
-            || !self.calibrator.report().trusted
-            || static_uj <= 0.0
-            || self.bounds.is_empty()
-        {
+        let parts = if self.config.split_by_steps {
+            (dt + SPLIT_NS / 2) / SPLIT_NS
+        } else {
+            1
+        }
+        .clamp(1, 64) as usize;
+        if parts == 1 {
             self.weights.extend_from_slice(&self.marginal);
             return;
         }
-        // Step ends: stream chunks within a millisecond of each other left the same step.
-        const SAME_STEP_NS: u32 = 1_000_000;
-        self.bounds.sort_unstable();
-        let mut merged = 0usize;
-        for k in 0..self.bounds.len() {
-            let b = self.bounds[k];
-            if merged > 0 && b - self.bounds[merged - 1] <= SAME_STEP_NS {
-                self.bounds[merged - 1] = b;
-            } else {
-                self.bounds[merged] = b;
-                merged += 1;
-            }
-        }
-        self.bounds.truncate(merged);
-        let dt32 = u32::try_from(dt).unwrap_or(u32::MAX);
-        let steps = self.bounds.len();
-        // The time after the last step end belongs to a step whose tokens come in the next
-        // tick; its work is most like that of the last step seen, which takes it.
-        let step_of = |bounds: &[u32], t: u32| {
-            bounds
-                .partition_point(|&b| b + SAME_STEP_NS < t)
-                .min(steps - 1)
-        };
-        let step_span = |bounds: &[u32], j: usize| {
-            let lo = if j == 0 { 0 } else { bounds[j - 1] };
-            let hi = if j + 1 == steps {
-                dt32.max(bounds[j])
-            } else {
-                bounds[j]
-            };
-            (lo, hi)
-        };
-        // Marginal work per step.
+        let dt32 = u32::try_from(dt).unwrap_or(u32::MAX).max(1);
+        let part_of = |t: u32| ((u64::from(t) * parts as u64) / u64::from(dt32)).min(parts as u64 - 1) as usize;
+        let edge = |j: usize| ((u64::from(dt32) * j as u64) / parts as u64) as u32;
         self.step_work.clear();
-        self.step_work.resize(steps, 0.0);
+        self.step_work.resize(parts, 0.0);
         for (item, &m) in tick.items.iter().zip(&self.marginal) {
             if m <= 0.0 {
                 continue;
             }
-            if item.step_end || item.lo >= item.hi {
-                self.step_work[step_of(&self.bounds, item.hi)] += m;
+            if item.lo >= item.hi {
+                self.step_work[part_of(item.hi.saturating_sub(1))] += m;
             } else {
                 let len = f64::from(item.hi - item.lo);
-                for j in step_of(&self.bounds, item.lo)..=step_of(&self.bounds, item.hi) {
-                    let (lo, hi) = step_span(&self.bounds, j);
-                    let ov = item.hi.min(hi).saturating_sub(item.lo.max(lo));
+                for j in part_of(item.lo)..=part_of(item.hi - 1) {
+                    let ov = item.hi.min(edge(j + 1)).saturating_sub(item.lo.max(edge(j)));
                     self.step_work[j] += m * f64::from(ov) / len;
                 }
             }
         }
-        // Each item's share of the static time: Σ over its steps of duration × its part of the
-        // step's work. Steps with no work seen spread their time over everyone by marginal.
-        let mut orphan_ns = 0.0;
-        for j in 0..steps {
-            if self.step_work[j] <= 0.0 {
-                let (lo, hi) = step_span(&self.bounds, j);
-                orphan_ns += f64::from(hi - lo);
-            }
-        }
-        let total_marginal: f64 = self.marginal.iter().sum();
-        let mut static_weights_sum = 0.0;
+        let total: f64 = self.marginal.iter().sum();
+        let empty = self.step_work.iter().filter(|w| **w <= 0.0).count() as f64;
         for (item, &m) in tick.items.iter().zip(&self.marginal) {
-            let mut sw = if total_marginal > 0.0 {
-                orphan_ns * m / total_marginal
-            } else {
-                0.0
-            };
+            // Each part holds 1/parts of the energy; empty parts go to everyone by marginal.
+            let mut w = if total > 0.0 { empty * m / total } else { 0.0 };
             if m > 0.0 {
-                if item.step_end || item.lo >= item.hi {
-                    let j = step_of(&self.bounds, item.hi);
-                    let (lo, hi) = step_span(&self.bounds, j);
-                    sw += f64::from(hi - lo) * m / self.step_work[j];
+                if item.lo >= item.hi {
+                    let j = part_of(item.hi.saturating_sub(1));
+                    w += m / self.step_work[j];
                 } else {
                     let len = f64::from(item.hi - item.lo);
-                    for j in step_of(&self.bounds, item.lo)..=step_of(&self.bounds, item.hi) {
-                        let (lo, hi) = step_span(&self.bounds, j);
-                        let ov = item.hi.min(hi).saturating_sub(item.lo.max(lo));
+                    for j in part_of(item.lo)..=part_of(item.hi - 1) {
+                        let ov = item.hi.min(edge(j + 1)).saturating_sub(item.lo.max(edge(j)));
                         if self.step_work[j] > 0.0 {
-                            sw +=
-                                f64::from(hi - lo) * (m * f64::from(ov) / len) / self.step_work[j];
+                            w += m * f64::from(ov) / len / self.step_work[j];
                         }
                     }
                 }
             }
-            self.weights.push(sw);
-            static_weights_sum += sw;
-        }
-        if static_weights_sum <= 0.0 {
-            self.weights.clear();
-            self.weights.extend_from_slice(&self.marginal);
-            return;
-        }
-        let per = static_uj / static_weights_sum;
-        for (w, &m) in self.weights.iter_mut().zip(&self.marginal) {
-            *w = m * 1e6 + *w * per;
+            self.weights.push(w);
         }
     }
 

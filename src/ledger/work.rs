@@ -60,26 +60,34 @@ impl Ledger {
         self.place(slot, from, first_token_ns, item, BeforeWindow::Compress);
     }
 
-    /// Places completion tokens `from..to` (cumulative over choices) observed at `at_ns`.
+    /// Places completion tokens `from..to` (cumulative over choices), the latest of them seen at
+    /// `at_ns`. A snapshot only tells how many tokens came since the last one and when the latest
+    /// did, so they are spread evenly since the previous latest token (one per engine step, at
+    /// the step cadence); the first token is a point.
     pub(super) fn place_decode(&mut self, slot: u32, at_ns: u64, prompt: u64, from: u64, to: u64) {
         if to <= from {
             return;
         }
-        let choices = self
-            .slots
-            .get(slot as usize)
-            .and_then(Option::as_ref)
-            .map_or(1, |r| r.choices);
+        let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let choices = req.choices;
+        let since = req.last_token_seen_ns;
+        req.last_token_seen_ns = at_ns.max(since);
         let item = Item {
             decode: (to - from) as f32,
             context: decode_context(prompt, choices, from, to) as f32,
             step_end: true,
             ..Item::empty(slot)
         };
-        if self.window.place_point(at_ns, item).is_some() {
-            if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
-                req.pending_items = req.pending_items.saturating_add(1);
+        if since == 0 || since >= at_ns {
+            if self.window.place_point(at_ns, item).is_some() {
+                if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+                    req.pending_items = req.pending_items.saturating_add(1);
+                }
             }
+        } else {
+            self.place(slot, since, at_ns, item, BeforeWindow::Compress);
         }
     }
 
