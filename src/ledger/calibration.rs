@@ -39,6 +39,11 @@ pub struct CalibrationConfig {
     /// Use the defaults as known, trusted weights and never fit (for engines whose marginal costs
     /// are known, and for experiments).
     pub fixed: bool,
+    /// Consecutive settled ticks summed into one sample of the fit. A meter's timing and the
+    /// placement of work are only approximate at the scale of a tick; over a longer block the
+    /// misalignment averages out instead of pulling the marginal costs towards zero (errors in
+    /// the regressors) and the static term up.
+    pub block_ticks: usize,
 }
 
 impl Default for CalibrationConfig {
@@ -48,10 +53,14 @@ impl Default for CalibrationConfig {
             default_beta_j: 0.01,
             default_gamma_j: 0.00001,
             window_ticks: 1200,
-            min_ticks: 40,
+            min_ticks: 20,
             max_condition: 1e6,
             min_r2: 0.5,
             fixed: false,
+            block_ticks: std::env::var("JG_BLOCK")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(10),
         }
     }
 }
@@ -97,6 +106,8 @@ pub struct TickWork {
     pub decode: f64,
     /// Context tokens read by those decodes.
     pub context: f64,
+    /// Length of the tick, seconds.
+    pub span_s: f64,
 }
 
 impl TickWork {
@@ -141,7 +152,7 @@ impl Sums {
 /// (decode and context counts move together) settle near the prior's proportions instead of
 /// swinging to 0 or to the other term. `None` when singular.
 fn solve_subset(s: &Sums, mask: u32, prior: &[f64; K]) -> Option<[f64; K]> {
-    const RIDGE: f64 = 1e-3;
+    let ridge = ridge();
     let idx: Vec<usize> = (0..K).filter(|i| mask & (1 << i) != 0).collect();
     let n = idx.len();
     let scale: Vec<f64> = idx.iter().map(|&i| s.xx[i][i].sqrt()).collect();
@@ -156,8 +167,8 @@ fn solve_subset(s: &Sums, mask: u32, prior: &[f64; K]) -> Option<[f64; K]> {
         a[r][n] = s.xy[i] / scale[r];
         if i > 0 {
             // In scaled units the diagonal is 1: the pull is RIDGE × (prior × scale).
-            a[r][r] += RIDGE;
-            a[r][n] += RIDGE * prior[i] * scale[r];
+            a[r][r] += ridge;
+            a[r][n] += ridge * prior[i] * scale[r];
         }
     }
     for col in 0..n {
@@ -180,6 +191,23 @@ fn solve_subset(s: &Sums, mask: u32, prior: &[f64; K]) -> Option<[f64; K]> {
         out[i] = a[r][n] / a[r][r] / scale[r];
     }
     out.iter().all(|v| v.is_finite()).then_some(out)
+}
+
+/// The ridge's penalty of coefficients `c` (every marginal term, in or out of the subset).
+fn ridge_cost(s: &Sums, c: &[f64; K], prior: &[f64; K]) -> f64 {
+    (1..K)
+        .map(|i| ridge() * s.xx[i][i] * (c[i] - prior[i]).powi(2))
+        .sum()
+}
+
+/// Weight of the ridge pull, relative to each term's own column (see `solve_subset`).
+const RIDGE: f64 = 0.05;
+
+fn ridge() -> f64 {
+    std::env::var("JG_RIDGE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(RIDGE)
 }
 
 /// Condition number of the scaled normal matrix of the terms in `mask` (Jacobi eigenvalues).
@@ -239,6 +267,9 @@ pub struct Calibrator {
     sums: Sums,
     since_recompute: usize,
     since_refit: usize,
+    block: ([f64; K], f64, usize),
+    /// Power above idle of recent fully busy ticks, watts (for the static estimate).
+    busy_powers: VecDeque<f64>,
     report: CalibrationReport,
 }
 
@@ -264,6 +295,8 @@ impl Calibrator {
             sums: Sums::default(),
             since_recompute: 0,
             since_refit: 0,
+            block: ([0.0; K], 0.0, 0),
+            busy_powers: VecDeque::new(),
             report,
         }
     }
@@ -278,6 +311,23 @@ impl Calibrator {
         if work.prefill <= 0.0 && work.decode <= 0.0 {
             return;
         }
+        if work.busy_s > 0.0 && work.busy_s >= 0.95 * work.span_s {
+            const BUSY_SAMPLES: usize = 1024;
+            if self.busy_powers.len() == BUSY_SAMPLES {
+                self.busy_powers.pop_front();
+            }
+            self.busy_powers.push_back(active_j / work.busy_s);
+        }
+        let (bx, by, bn) = &mut self.block;
+        for (acc, v) in bx.iter_mut().zip(x) {
+            *acc += v;
+        }
+        *by += active_j;
+        *bn += 1;
+        if *bn < self.config.block_ticks.max(1) {
+            return;
+        }
+        let (x, active_j, _) = std::mem::replace(&mut self.block, ([0.0; K], 0.0, 0));
         let cap = self.config.window_ticks.max(1);
         if self.window.len() == cap {
             if let Some((old, y)) = self.window.pop_front() {
@@ -303,29 +353,64 @@ impl Calibrator {
         }
     }
 
+    /// The engine's power above idle while it runs with the least work: a low quantile of the
+    /// power of fully busy ticks. Fitting it with the marginal costs fails whenever busy time and
+    /// work move together (an engine that idles between prefill-heavy requests): the fit then
+    /// gives prefill's energy to the static term. Estimated apart, it leaves the marginal costs
+    /// to the fit. `None` until enough busy ticks were seen.
+    fn static_estimate(&self) -> Option<f64> {
+        const MIN_SAMPLES: usize = 20;
+        if self.busy_powers.len() < MIN_SAMPLES {
+            return None;
+        }
+        let mut v: Vec<f64> = self.busy_powers.iter().copied().collect();
+        let k = v.len() / 20;
+        let (_, q, _) = v.select_nth_unstable_by(k, f64::total_cmp);
+        Some(q.max(0.0))
+    }
+
     fn refit(&mut self) {
-        let s = &self.sums;
         let d = &self.config;
         let prior = [0.0, d.default_alpha_j, d.default_beta_j, d.default_gamma_j];
+        let static_w = self.static_estimate();
+        let mut s = self.sums;
+        if let Some(st) = static_w {
+            // y' = y − static·busy: the marginal terms fit what is left.
+            s.yy += -2.0 * st * s.xy[0] + st * st * s.xx[0][0];
+            for i in 0..K {
+                s.xy[i] -= st * s.xx[i][0];
+            }
+        }
+        let s = &s;
         let mut best: Option<([f64; K], u32, f64)> = None;
         for mask in 1u32..(1 << K) {
-            let Some(c) = solve_subset(s, mask, &prior) else {
+            if static_w.is_some() && mask & 1 != 0 {
+                continue;
+            }
+            let Some(mut c) = solve_subset(s, mask, &prior) else {
                 continue;
             };
             if c.iter().any(|v| *v < 0.0) {
                 continue;
             }
-            let sse = s.sse(&c);
+            // Compared with the ridge's own cost, so that dropping a term (setting it to 0, far
+            // from its prior) is not free.
+            let sse = s.sse(&c) + ridge_cost(s, &c, &prior);
+            if let Some(st) = static_w {
+                c[0] = st;
+            }
             if best.as_ref().map_or(true, |b| sse < b.2) {
                 best = Some((c, mask, sse));
             }
         }
+        // R² against the whole energy (static included), whichever way static was found.
+        let yy = self.sums.yy;
         let n = self.window.len();
         let (fit, cond, r2) = match best {
             Some((c, mask, sse)) => (
                 Some(c),
                 condition(s, mask),
-                (s.yy > 0.0).then(|| 1.0 - sse / s.yy),
+                (yy > 0.0).then(|| 1.0 - sse / yy),
             ),
             None => (None, None, None),
         };

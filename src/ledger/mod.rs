@@ -62,7 +62,10 @@ pub struct LedgerConfig {
 impl Default for LedgerConfig {
     fn default() -> Self {
         LedgerConfig {
-            settle_ticks: std::env::var("JG_SETTLE").ok().and_then(|v| v.parse().ok()).unwrap_or(20),
+            settle_ticks: std::env::var("JG_SETTLE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(20),
             prefill_tokens_per_s: 10_000.0,
             decode_tokens_per_s: 30.0,
             p_idle_mw: None,

@@ -87,7 +87,9 @@ impl Ledger {
             return;
         }
         let dt32 = u32::try_from(dt).unwrap_or(u32::MAX).max(1);
-        let part_of = |t: u32| ((u64::from(t) * parts as u64) / u64::from(dt32)).min(parts as u64 - 1) as usize;
+        let part_of = |t: u32| {
+            ((u64::from(t) * parts as u64) / u64::from(dt32)).min(parts as u64 - 1) as usize
+        };
         let edge = |j: usize| ((u64::from(dt32) * j as u64) / parts as u64) as u32;
         self.step_work.clear();
         self.step_work.resize(parts, 0.0);
@@ -100,7 +102,10 @@ impl Ledger {
             } else {
                 let len = f64::from(item.hi - item.lo);
                 for j in part_of(item.lo)..=part_of(item.hi - 1) {
-                    let ov = item.hi.min(edge(j + 1)).saturating_sub(item.lo.max(edge(j)));
+                    let ov = item
+                        .hi
+                        .min(edge(j + 1))
+                        .saturating_sub(item.lo.max(edge(j)));
                     self.step_work[j] += m * f64::from(ov) / len;
                 }
             }
@@ -117,7 +122,10 @@ impl Ledger {
                 } else {
                     let len = f64::from(item.hi - item.lo);
                     for j in part_of(item.lo)..=part_of(item.hi - 1) {
-                        let ov = item.hi.min(edge(j + 1)).saturating_sub(item.lo.max(edge(j)));
+                        let ov = item
+                            .hi
+                            .min(edge(j + 1))
+                            .saturating_sub(item.lo.max(edge(j)));
                         if self.step_work[j] > 0.0 {
                             w += m * f64::from(ov) / len / self.step_work[j];
                         }
@@ -258,9 +266,13 @@ impl Ledger {
                 prefill: prefill_tokens,
                 decode: decode_tokens,
                 context: context_tokens,
+                span_s: dt as f64 / 1e9,
             };
             if std::env::var_os("JG_DUMP").is_some() {
-                eprintln!("DUMP {} {} {} {} {} {}", tick.start_ns, work.busy_s, work.prefill, work.decode, work.context, active_j);
+                eprintln!(
+                    "DUMP {} {} {} {} {} {}",
+                    tick.start_ns, work.busy_s, work.prefill, work.decode, work.context, active_j
+                );
             }
             self.calibrator.observe(work, active_j);
         }
