@@ -2,6 +2,10 @@
 //!
 //! Flags of `serve` are all optional here: unset ones fall back to the environment (clap `env`), then
 //! the `--config` file, then defaults, in [`crate::config::Config::resolve`].
+//!
+//! `--log-format` and `-v` are global: accepted before or after any subcommand. `--log-format` is
+//! kept raw here and validated like every config key (by [`crate::config::resolve_log_format`]);
+//! `serve` also reads it from its config file.
 
 use std::path::PathBuf;
 
@@ -14,6 +18,35 @@ pub struct Cli {
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
+    /// Diagnostic log flags, accepted by every subcommand.
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Global flags of the diagnostic logs (stderr). `RUST_LOG`, when set, overrides the level.
+#[derive(Debug, Clone, Default, Args)]
+pub struct LogArgs {
+    /// Log format on stderr: text (coloured only on a terminal without NO_COLOR) or json (one
+    /// object per line); `serve` also reads `log_format` from its config file [default: text].
+    #[arg(
+        long,
+        env = "JOULEGATE_LOG_FORMAT",
+        value_name = "text|json",
+        global = true
+    )]
+    pub log_format: Option<String>,
+    /// More logs: -v info, -vv debug, -vvv trace (demo and log-power log warnings only by default,
+    /// servers info).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+impl Command {
+    /// Whether the command's own output (a table, CSV, progress) is for the terminal, so that its
+    /// logs default to warnings and nothing cuts the output.
+    pub fn quiet_logs(&self) -> bool {
+        matches!(self, Command::Demo(_) | Command::LogPower(_))
+    }
 }
 
 /// The subcommands.
@@ -179,4 +212,8 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub key_salt: Option<String>,
+    /// The global `--log-format` (or `$JOULEGATE_LOG_FORMAT`), copied here by the binary so that it
+    /// takes precedence over the file's `log_format`; not a flag of `serve` itself.
+    #[arg(skip)]
+    pub log_format: Option<String>,
 }

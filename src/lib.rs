@@ -4,7 +4,8 @@
 //! The crate map (see `../shared/DESIGN.md` for the model and STYLE.md for the shape):
 //! - [`app`]: [`app::App`] built from a config, served on caller-bound [`app::Listeners`], drained.
 //! - [`config`]: raw file/env/flag values validated into a typed [`config::Config`].
-//! - [`cli`]: the clap commands (`serve`, `demo`, `log-power`, `mock-upstream`).
+//! - [`cli`]: the clap commands (`serve`, `demo`, `log-power`, `mock-upstream`) and global log flags.
+//! - [`logging`]: diagnostic logs on stderr: text or JSON lines, colour only on a terminal, levels.
 //! - [`proxy`]: the data plane: listener, upstream pool, header rules, the relay body wrapper, errors.
 //! - [`openai`]: pure protocol code (request view, usage injection/removal, incremental SSE, usage).
 //! - [`observe`]: per-request atomics and the in-flight guard, shared by data plane and accounting.
@@ -25,6 +26,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod ledger;
+pub mod logging;
 pub mod meter;
 pub mod observe;
 pub mod openai;

@@ -1,34 +1,73 @@
 //! The binary: parse the command line, start tracing, dispatch. The only place for `anyhow`.
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
 use clap::Parser;
 use joulegate::app::{App, Listeners};
-use joulegate::cli::{Cli, Command, ServeArgs};
-use joulegate::config::Config;
+use joulegate::cli::{Cli, Command, LogArgs, ServeArgs};
+use joulegate::config::{resolve_log_format, Config};
+use joulegate::logging::{self, LogFormat, LogOptions};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let quiet = cli.command.quiet_logs();
+    let log = cli.log;
     match cli.command {
-        Command::Serve(args) => serve(*args),
-        Command::Demo(args) => Ok(runtime()?.block_on(joulegate::demo::run_cli(args))?),
-        Command::LogPower(args) => joulegate::meter::log_power::run(args),
-        Command::MockUpstream(args) => runtime()?.block_on(joulegate::sim::run_cli(args)),
+        Command::Serve(args) => serve(*args, log),
+        Command::Demo(args) => {
+            flag_logs(&log, quiet)?;
+            Ok(runtime()?.block_on(joulegate::demo::run_cli(args))?)
+        }
+        Command::LogPower(args) => {
+            flag_logs(&log, quiet)?;
+            joulegate::meter::log_power::run(args)
+        }
+        Command::MockUpstream(args) => {
+            flag_logs(&log, quiet)?;
+            runtime()?.block_on(joulegate::sim::run_cli(args))
+        }
     }
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// Starts the logs of a command without a config file: `--log-format` or its environment
+/// variable, else text.
+fn flag_logs(log: &LogArgs, quiet: bool) -> anyhow::Result<()> {
+    let format = resolve_log_format(log.log_format.as_deref(), None, None)?;
+    start_logs(format, quiet, log.verbose)
+}
+
+/// Installs the stderr subscriber: `RUST_LOG` if set, else the command's level raised by `-v`;
+/// colour only on a terminal without `NO_COLOR`.
+fn start_logs(format: LogFormat, quiet: bool, verbose: u8) -> anyhow::Result<()> {
+    let options = LogOptions {
+        format,
+        colour: logging::colour_wanted(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ),
+    };
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let (filter, ignored) =
+        logging::filter(logging::default_level(quiet, verbose), rust_log.as_deref());
+    logging::init(&options, filter).context("cannot start the logs")?;
+    if let Some(why) = ignored {
+        tracing::warn!("{why}");
+    }
+    Ok(())
+}
+
+fn serve(mut args: ServeArgs, log: LogArgs) -> anyhow::Result<()> {
+    // `serve` resolves its whole config before the logs start, because the file may set
+    // `log_format`. Resolution logs nothing; its errors reach stderr once, as plain text, through
+    // main's `Result`, whatever the format.
+    args.log_format = log.log_format;
     let config = Config::from_args(&args)?;
     if args.print_config {
         print!("{}", config.to_toml());
         return Ok(());
     }
+    start_logs(config.log_format, false, log.verbose)?;
     let app = App::build(config.clone())?;
     runtime()?.block_on(async move {
         let listeners = Listeners::bind(&config).await?;

@@ -227,3 +227,61 @@ fn response_energy_keys_in_three_layers() {
         "{e}"
     );
 }
+
+#[test]
+fn every_subcommand_accepts_the_global_log_flags() {
+    for sub in ["serve", "demo", "log-power", "mock-upstream"] {
+        let o = joulegate(&[sub, "--help"], &[]);
+        for flag in ["--log-format <text|json>", "--verbose"] {
+            assert!(stdout(&o).contains(flag), "{sub} --help lists {flag}");
+        }
+        // Before or after the subcommand, and as short `-v`.
+        let o = joulegate(&["--log-format", "json", "-vv", sub, "--help"], &[]);
+        assert!(o.status.success(), "{sub}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn log_format_in_three_layers_and_validated() {
+    let t = printed(&joulegate(&["serve", "--print-config"], &[]));
+    assert_eq!(t["log_format"].as_str(), Some("text"), "default");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("logs.toml");
+    std::fs::write(&file, "log_format = \"json\"\n").unwrap();
+    let file = file.to_str().unwrap();
+    let t = printed(&joulegate(
+        &["serve", "--print-config", "--config", file],
+        &[],
+    ));
+    assert_eq!(t["log_format"].as_str(), Some("json"), "file");
+    let t = printed(&joulegate(
+        &["serve", "--print-config", "--config", file],
+        &[("JOULEGATE_LOG_FORMAT", "text")],
+    ));
+    assert_eq!(t["log_format"].as_str(), Some("text"), "env beats file");
+    let t = printed(&joulegate(
+        &["--log-format", "json", "serve", "--print-config"],
+        &[("JOULEGATE_LOG_FORMAT", "text")],
+    ));
+    assert_eq!(t["log_format"].as_str(), Some("json"), "flag beats env");
+
+    let o = joulegate(&["serve", "--print-config", "--log-format", "logfmt"], &[]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("`log_format`")
+            && e.contains("\"logfmt\"")
+            && e.contains("--log-format")
+            && e.contains("text or json"),
+        "{e}"
+    );
+    let bad = dir.path().join("bad-logs.toml");
+    std::fs::write(&bad, "log_format = \"yaml\"\n").unwrap();
+    let o = joulegate(
+        &["serve", "--print-config", "--config", bad.to_str().unwrap()],
+        &[],
+    );
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("\"yaml\"") && e.contains("bad-logs.toml"), "{e}");
+}

@@ -44,6 +44,7 @@ pub struct FileConfig {
     pub request_log: Option<PathBuf>,
     pub request_log_max_bytes: Option<u64>,
     pub request_log_files: Option<u64>,
+    pub log_format: Option<String>,
 }
 
 impl FileConfig {

@@ -5,6 +5,7 @@
 //! Every validation error names the key, the value and where it came from.
 
 mod file;
+mod log_format;
 mod resolve;
 mod upstream;
 
@@ -16,8 +17,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use file::FileConfig;
+pub use log_format::resolve_log_format;
 pub use upstream::UpstreamUrl;
 
+use crate::logging::LogFormat;
 use crate::meter::spec::MeterSpec;
 
 /// Where a raw value came from, for error messages.
@@ -141,6 +144,8 @@ pub struct Config {
     pub request_log_max_bytes: u64,
     /// Rotated files kept.
     pub request_log_files: usize,
+    /// Diagnostic log format on stderr.
+    pub log_format: LogFormat,
 }
 
 /// What energy figure a response carries (`response_energy`).

@@ -488,7 +488,13 @@ impl Config {
                 "JOULEGATE_REQUEST_LOG_FILES",
             ),
         )?;
+        let log_format = super::resolve_log_format(
+            args.log_format.as_deref(),
+            file.log_format.as_deref(),
+            file_path,
+        )?;
         Ok(Config {
+            log_format,
             idle_watts,
             prefill_joules_per_token,
             decode_joules_per_token,
@@ -576,6 +582,7 @@ impl Config {
             request_log: self.request_log.clone(),
             request_log_max_bytes: Some(self.request_log_max_bytes),
             request_log_files: Some(self.request_log_files as u64),
+            log_format: Some(self.log_format.as_str().into()),
         };
         toml::to_string(&mirror).unwrap_or_default()
     }

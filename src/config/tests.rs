@@ -223,3 +223,32 @@ fn response_energy_is_validated() {
         );
     }
 }
+
+#[test]
+fn log_format_layers_and_is_validated() {
+    let c = Config::resolve(&args(), &FileConfig::default(), None).unwrap();
+    assert_eq!(c.log_format, crate::logging::LogFormat::Text);
+    let c = resolve_file("log_format = \"json\"").unwrap();
+    assert_eq!(c.log_format, crate::logging::LogFormat::Json);
+    // The global flag (copied into ServeArgs by the binary) beats the file.
+    let path = PathBuf::from("f.toml");
+    let file = FileConfig::parse("log_format = \"json\"", &path).unwrap();
+    let mut a = args();
+    a.log_format = Some("text".into());
+    let c = Config::resolve(&a, &file, Some(&path)).unwrap();
+    assert_eq!(c.log_format, crate::logging::LogFormat::Text);
+    match resolve_file("log_format = \"logfmt\"").unwrap_err() {
+        ConfigError::Invalid {
+            key,
+            value,
+            origin,
+            reason,
+        } => {
+            assert_eq!(key, "log_format");
+            assert_eq!(value, "logfmt");
+            assert_eq!(origin, Origin::File(PathBuf::from("test.toml")));
+            assert!(reason.contains("text or json"), "{reason}");
+        }
+        other => panic!("unexpected {other}"),
+    }
+}
