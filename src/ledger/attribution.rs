@@ -106,9 +106,7 @@ pub struct Ledger {
     pub(super) weights: Vec<f64>,
     /// Marginal energy (J) of each item of the tick being settled.
     pub(super) marginal: Vec<f64>,
-    /// Step ends inside the tick being settled (offsets, ns).
-    pub(super) bounds: Vec<u32>,
-    /// Marginal work per step of the tick being settled.
+    /// Marginal work per sub-interval of the tick being settled.
     pub(super) step_work: Vec<f64>,
     /// Recent settled busy ticks: (energy attributed, of it active, marginal work), µJ.
     pub(super) price_window: std::collections::VecDeque<(u64, u64, f64)>,
@@ -151,7 +149,6 @@ impl Ledger {
             newest_end_ns: 0,
             weights: Vec::new(),
             marginal: Vec::new(),
-            bounds: Vec::new(),
             step_work: Vec::new(),
             price_window: std::collections::VecDeque::new(),
             price_sums: (0, 0, 0.0),

@@ -57,10 +57,7 @@ impl Default for CalibrationConfig {
             max_condition: 1e6,
             min_r2: 0.5,
             fixed: false,
-            block_ticks: std::env::var("JG_BLOCK")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(10),
+            block_ticks: 10,
         }
     }
 }
@@ -152,7 +149,7 @@ impl Sums {
 /// (decode and context counts move together) settle near the prior's proportions instead of
 /// swinging to 0 or to the other term. `None` when singular.
 fn solve_subset(s: &Sums, mask: u32, prior: &[f64; K]) -> Option<[f64; K]> {
-    let ridge = ridge();
+    let ridge = RIDGE;
     let idx: Vec<usize> = (0..K).filter(|i| mask & (1 << i) != 0).collect();
     let n = idx.len();
     let scale: Vec<f64> = idx.iter().map(|&i| s.xx[i][i].sqrt()).collect();
@@ -196,19 +193,12 @@ fn solve_subset(s: &Sums, mask: u32, prior: &[f64; K]) -> Option<[f64; K]> {
 /// The ridge's penalty of coefficients `c` (every marginal term, in or out of the subset).
 fn ridge_cost(s: &Sums, c: &[f64; K], prior: &[f64; K]) -> f64 {
     (1..K)
-        .map(|i| ridge() * s.xx[i][i] * (c[i] - prior[i]).powi(2))
+        .map(|i| RIDGE * s.xx[i][i] * (c[i] - prior[i]).powi(2))
         .sum()
 }
 
 /// Weight of the ridge pull, relative to each term's own column (see `solve_subset`).
 const RIDGE: f64 = 0.05;
-
-fn ridge() -> f64 {
-    std::env::var("JG_RIDGE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(RIDGE)
-}
 
 /// Condition number of the scaled normal matrix of the terms in `mask` (Jacobi eigenvalues).
 fn condition(s: &Sums, mask: u32) -> Option<f64> {

@@ -268,12 +268,6 @@ impl Ledger {
                 context: context_tokens,
                 span_s: dt as f64 / 1e9,
             };
-            if std::env::var_os("JG_DUMP").is_some() {
-                eprintln!(
-                    "DUMP {} {} {} {} {} {}",
-                    tick.start_ns, work.busy_s, work.prefill, work.decode, work.context, active_j
-                );
-            }
             self.calibrator.observe(work, active_j);
         }
         true

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 
 /// Work of one request placed in one held tick, in tokens, and where in the tick it ran. `f32`
-/// counts and `u32` offsets keep an item at 28 bytes: the window holds one per active request per
+/// counts and `u32` offsets keep an item at 24 bytes: the window holds one per active request per
 /// tick, and token counts need no more precision.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Item {
@@ -28,9 +28,6 @@ pub struct Item {
     pub lo: u32,
     /// See `lo`.
     pub hi: u32,
-    /// Whether the item's tokens were seen at the end of an engine step (a stream's chunk): such
-    /// points mark the steps inside a tick.
-    pub step_end: bool,
     /// Whether this is an estimate for a request whose progress is invisible.
     pub provisional: bool,
 }
@@ -45,7 +42,6 @@ impl Item {
             context: 0.0,
             lo: 0,
             hi: 0,
-            step_end: false,
             provisional: false,
         }
     }

@@ -77,7 +77,6 @@ impl Ledger {
         let item = Item {
             decode: (to - from) as f32,
             context: decode_context(prompt, choices, from, to) as f32,
-            step_end: true,
             ..Item::empty(slot)
         };
         if since == 0 || since >= at_ns {
