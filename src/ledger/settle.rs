@@ -320,7 +320,10 @@ impl Ledger {
                 context: context_tokens,
             };
             if std::env::var_os("JG_DUMP").is_some() {
-                eprintln!("DUMP {} {} {} {} {} {}", tick.start_ns, work.busy_s, work.prefill, work.decode, work.context, active_j);
+                eprintln!(
+                    "DUMP {} {} {} {} {} {}",
+                    tick.start_ns, work.busy_s, work.prefill, work.decode, work.context, active_j
+                );
             }
             self.calibrator.observe(work, active_j);
         }
