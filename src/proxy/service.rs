@@ -1,5 +1,6 @@
 //! The proxy service: one request's phases (pingora's shape): check the request, inspect and
-//! register it when it is model work, send it upstream, filter the response headers, then relay the
+//! register it when it is model work (read whole within the bounds of [`super::bodies`]; a larger
+//! one is registered knowing only its endpoint and streamed through untouched), send it upstream, filter the response headers, then relay the
 //! body through the observer (streams) or read it whole and add the energy headers (JSON; in
 //! settled mode after the bounded wait for the request's final figures). Errors become responses in
 //! [`super::error::error_response`] only.
