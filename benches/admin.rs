@@ -97,6 +97,10 @@ fn state() -> (
         config.upstream_header_timeout,
         config.max_body_bytes,
     );
+    let request_bodies = Arc::new(joulegate::proxy::bodies::InspectBudget::new(
+        config.max_inspect_bytes,
+        config.max_inspect_total_bytes,
+    ));
     let state = Arc::new(AdminState {
         accounting: acc.shared(),
         sampler: None,
@@ -115,6 +119,7 @@ fn state() -> (
             Default::default(),
             true,
         )),
+        request_bodies,
     });
     (state, acc, live)
 }

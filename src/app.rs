@@ -18,6 +18,7 @@ use crate::meter::{build_meters, default_meters, MeterSet};
 use crate::observe::InFlight;
 use crate::openai::request::ViewConfig;
 use crate::openai::semantics::UsageSemantics;
+use crate::proxy::bodies::InspectBudget;
 use crate::proxy::energy::Carbon;
 use crate::proxy::inspect::{ForceSource, InspectConfig, SharedSemantics};
 use crate::proxy::listen::{serve_connections, ConnLimits};
@@ -114,6 +115,10 @@ impl App {
         let state = Arc::new(ProxyState {
             upstream,
             max_body_bytes: config.max_body_bytes,
+            bodies: Arc::new(InspectBudget::new(
+                config.max_inspect_bytes,
+                config.max_inspect_total_bytes,
+            )),
             max_buffered_response_bytes: config.max_buffered_response_bytes,
             in_flight: Arc::new(InFlight::new()),
             clock: Clock::new(),
@@ -243,6 +248,7 @@ impl App {
             upstream_version: state.upstream_version.clone(),
             upstream_facts: state.facts.clone(),
             upstream_semantics: state.inspect.semantics.clone(),
+            request_bodies: state.bodies.clone(),
         });
         let proxy_addr = listeners.proxy.local_addr().ok();
         let admin_addr = listeners.admin.local_addr().ok();

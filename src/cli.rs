@@ -81,9 +81,18 @@ pub struct ServeArgs {
     /// Admin listen address [default: 127.0.0.1:9101].
     #[arg(long, env = "JOULEGATE_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<String>,
-    /// Largest request body accepted, bytes; larger ones get 413 [default: 16777216].
+    /// Hard cap on request bodies, bytes; larger ones get 413. 0 or unset: no cap, as vLLM has
+    /// none [default: none].
     #[arg(long, env = "JOULEGATE_MAX_BODY_BYTES", value_name = "N")]
     pub max_body_bytes: Option<u64>,
+    /// Largest model request read whole to be inspected (and usage injected), bytes; larger ones
+    /// are forwarded as a stream, untouched, and accounted from their response [default: 16777216].
+    #[arg(long, env = "JOULEGATE_MAX_INSPECT_BYTES", value_name = "N")]
+    pub max_inspect_bytes: Option<u64>,
+    /// Most bytes held for inspection across concurrent requests; beyond it requests are streamed
+    /// uninspected, never refused [default: 268435456].
+    #[arg(long, env = "JOULEGATE_MAX_INSPECT_TOTAL_BYTES", value_name = "N")]
+    pub max_inspect_total_bytes: Option<u64>,
     /// Most client connections served at once; further ones wait to be accepted [default: 10000].
     #[arg(long, env = "JOULEGATE_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<u64>,

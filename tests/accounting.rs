@@ -9,6 +9,7 @@
 //! - `energy`: headers, trailers, the `energy` object, no meter, answers too large to buffer.
 //! - `outcomes`: aborted, mid-stream error, upstream 4xx; `forged`: upstream `x-energy-*` dropped.
 //! - `settled`: `response_energy = "settled"`: every response carries its record's figures.
+//! - `large`: bodies past `max_inspect_bytes` stream through untouched and are still accounted.
 //! - `live`: the started app's own threads (sampler on the engine counter, `/version` probe).
 
 mod common;
@@ -16,6 +17,8 @@ mod common;
 mod energy;
 #[path = "accounting/forged.rs"]
 mod forged;
+#[path = "accounting/large.rs"]
+mod large;
 #[path = "accounting/live.rs"]
 mod live;
 #[path = "accounting/outcomes.rs"]

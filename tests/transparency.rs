@@ -354,7 +354,7 @@ async fn the_force_probe_tells_the_two_servers_apart() {
             url,
             std::time::Duration::from_secs(5),
             std::time::Duration::from_secs(5),
-            1 << 20,
+            Some(1 << 20),
         );
         let answer = joulegate::proxy::probe::upstream_forces_usage(&pool).await;
         assert_eq!(answer, Some(forced), "{folder}");

@@ -60,6 +60,8 @@ pub struct AdminState {
     pub upstream_facts: Arc<crate::proxy::learned::UpstreamFacts>,
     /// The upstream's `stream_options` semantics as now known (forced usage), for `/stats`.
     pub upstream_semantics: Arc<crate::proxy::inspect::SharedSemantics>,
+    /// The bytes held to inspect request bodies, and the requests streamed uninspected.
+    pub request_bodies: Arc<crate::proxy::bodies::InspectBudget>,
 }
 
 /// The hyper service of the admin listener.

@@ -129,6 +129,7 @@ pub fn stats(s: &AdminState) -> Value {
             "forces_usage": s.upstream_semantics.get().force_include_usage,
             "forces_usage_known_from": s.upstream_semantics.force_source().as_str(),
         },
+        "request_bodies": s.request_bodies.stats(),
         "started_at": s.clock.rfc3339(0),
         "uptime_s": now_ns as f64 / 1e9,
         "energy_available": energy_available,

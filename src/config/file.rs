@@ -15,6 +15,8 @@ pub struct FileConfig {
     pub upstream: Option<String>,
     pub admin_listen: Option<String>,
     pub max_body_bytes: Option<u64>,
+    pub max_inspect_bytes: Option<u64>,
+    pub max_inspect_total_bytes: Option<u64>,
     pub max_connections: Option<u64>,
     pub connect_timeout_ms: Option<u64>,
     pub upstream_header_timeout_ms: Option<u64>,

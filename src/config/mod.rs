@@ -75,8 +75,14 @@ pub struct Config {
     pub upstream: UpstreamUrl,
     /// Admin listener address.
     pub admin_listen: SocketAddr,
-    /// Largest request body accepted; larger ones get 413.
-    pub max_body_bytes: u64,
+    /// Hard cap on request bodies (413 beyond it); `None` (the default): no cap, as vLLM has none.
+    pub max_body_bytes: Option<u64>,
+    /// Largest model request read whole to be inspected (and possibly injected into); larger
+    /// ones are forwarded as a stream, untouched, and accounted from their response.
+    pub max_inspect_bytes: u64,
+    /// Most bytes held for inspection across all requests at once; a request that would pass it
+    /// is forwarded as a stream, uninspected, rather than refused.
+    pub max_inspect_total_bytes: u64,
     /// Most client connections served at once; further accepts wait.
     pub max_connections: usize,
     /// Upstream TCP connect timeout.
@@ -182,7 +188,10 @@ pub mod defaults {
     pub const LISTEN: &str = "127.0.0.1:9000";
     pub const UPSTREAM: &str = "http://127.0.0.1:8000";
     pub const ADMIN_LISTEN: &str = "127.0.0.1:9101";
-    pub const MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
+    pub const MAX_INSPECT_BYTES: u64 = 16 * 1024 * 1024;
+    pub const MAX_INSPECT_TOTAL_BYTES: u64 = 256 * 1024 * 1024;
+    /// `max_inspect_bytes` is taken from a semaphore in one piece of at most `u32::MAX` permits.
+    pub const MAX_INSPECT_BYTES_LIMIT: u64 = u32::MAX as u64;
     pub const MAX_CONNECTIONS: u64 = 10_000;
     pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
     /// vLLM may queue a request for a long time before answering headers of a non-streaming call.

@@ -129,16 +129,47 @@ impl Config {
         );
         let upstream = UpstreamUrl::parse(&upstream_raw)
             .map_err(|reason| invalid("upstream", &upstream_raw, upstream_origin, reason))?;
-        let max_body_bytes = positive(
-            "max_body_bytes",
-            l.pick(
-                &args.max_body_bytes,
-                &file.max_body_bytes,
-                defaults::MAX_BODY_BYTES,
+        // 0 turns the cap off (so that a flag or variable can undo a file's value).
+        let max_body_bytes = l
+            .pick(
+                &args.max_body_bytes.map(Some),
+                &file.max_body_bytes.map(Some),
+                None,
                 "max-body-bytes",
                 "JOULEGATE_MAX_BODY_BYTES",
-            ),
-        )?;
+            )
+            .0
+            .filter(|&n| n > 0);
+        let (max_inspect_bytes, inspect_origin) = l.pick(
+            &args.max_inspect_bytes,
+            &file.max_inspect_bytes,
+            defaults::MAX_INSPECT_BYTES,
+            "max-inspect-bytes",
+            "JOULEGATE_MAX_INSPECT_BYTES",
+        );
+        if !(1..=defaults::MAX_INSPECT_BYTES_LIMIT).contains(&max_inspect_bytes) {
+            return Err(invalid(
+                "max_inspect_bytes",
+                max_inspect_bytes,
+                inspect_origin,
+                format!("must be within 1..={}", defaults::MAX_INSPECT_BYTES_LIMIT),
+            ));
+        }
+        let (max_inspect_total_bytes, total_origin) = l.pick(
+            &args.max_inspect_total_bytes,
+            &file.max_inspect_total_bytes,
+            defaults::MAX_INSPECT_TOTAL_BYTES,
+            "max-inspect-total-bytes",
+            "JOULEGATE_MAX_INSPECT_TOTAL_BYTES",
+        );
+        if max_inspect_total_bytes < max_inspect_bytes {
+            return Err(invalid(
+                "max_inspect_total_bytes",
+                max_inspect_total_bytes,
+                total_origin,
+                format!("must be at least max_inspect_bytes ({max_inspect_bytes})"),
+            ));
+        }
         let max_connections = positive(
             "max_connections",
             l.pick(
@@ -524,6 +555,8 @@ impl Config {
             upstream,
             admin_listen,
             max_body_bytes,
+            max_inspect_bytes,
+            max_inspect_total_bytes,
             max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
             connect_timeout: Duration::from_millis(connect_timeout_ms),
             upstream_header_timeout: Duration::from_millis(header_timeout_ms),
@@ -537,7 +570,9 @@ impl Config {
             listen: Some(self.listen.to_string()),
             upstream: Some(self.upstream.base()),
             admin_listen: Some(self.admin_listen.to_string()),
-            max_body_bytes: Some(self.max_body_bytes),
+            max_body_bytes: self.max_body_bytes,
+            max_inspect_bytes: Some(self.max_inspect_bytes),
+            max_inspect_total_bytes: Some(self.max_inspect_total_bytes),
             max_connections: Some(self.max_connections as u64),
             connect_timeout_ms: Some(self.connect_timeout.as_millis() as u64),
             upstream_header_timeout_ms: Some(self.upstream_header_timeout.as_millis() as u64),

@@ -19,7 +19,9 @@ fn defaults_apply_when_nothing_is_set() {
     assert_eq!(c.listen.to_string(), defaults::LISTEN);
     assert_eq!(c.admin_listen.to_string(), defaults::ADMIN_LISTEN);
     assert_eq!(c.upstream.authority, "127.0.0.1:8000");
-    assert_eq!(c.max_body_bytes, defaults::MAX_BODY_BYTES);
+    assert_eq!(c.max_body_bytes, None);
+    assert_eq!(c.max_inspect_bytes, defaults::MAX_INSPECT_BYTES);
+    assert_eq!(c.max_inspect_total_bytes, defaults::MAX_INSPECT_TOTAL_BYTES);
 }
 
 #[test]
@@ -118,7 +120,8 @@ fn upstream_validation() {
 #[test]
 fn zero_limits_are_rejected() {
     for key in [
-        "max_body_bytes",
+        "max_inspect_bytes",
+        "max_inspect_total_bytes",
         "max_connections",
         "connect_timeout_ms",
         "upstream_header_timeout_ms",
@@ -126,6 +129,37 @@ fn zero_limits_are_rejected() {
         let err = resolve_file(&format!("{key} = 0")).unwrap_err().to_string();
         assert!(err.contains(key), "{err}");
     }
+}
+
+#[test]
+fn body_bounds() {
+    // The hard cap is off by default and with 0 (vLLM has none).
+    assert_eq!(
+        resolve_file("max_body_bytes = 0").unwrap().max_body_bytes,
+        None
+    );
+    assert_eq!(
+        resolve_file("max_body_bytes = 1024")
+            .unwrap()
+            .max_body_bytes,
+        Some(1024)
+    );
+    let err = resolve_file("max_inspect_bytes = 100\nmax_inspect_total_bytes = 99")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("max_inspect_total_bytes") && err.contains("99"),
+        "{err}"
+    );
+    let err = resolve_file("max_inspect_bytes = 4294967296\nmax_inspect_total_bytes = 8589934592")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("max_inspect_bytes") && err.contains("4294967296"),
+        "{err}"
+    );
+    let c = resolve_file("max_inspect_bytes = 1\nmax_inspect_total_bytes = 1").unwrap();
+    assert_eq!((c.max_inspect_bytes, c.max_inspect_total_bytes), (1, 1));
 }
 
 #[test]

@@ -447,16 +447,19 @@ mod tests {
         CalibrationConfig {
             min_ticks: 20,
             window_ticks: 50,
+            block_ticks: 1,
             ..CalibrationConfig::default()
         }
     }
 
+    /// A tick busy for `busy_s` of twice that: never fully busy, so static power is fitted.
     fn work(busy_s: f64, prefill: f64, decode: f64, context: f64) -> TickWork {
         TickWork {
             busy_s,
             prefill,
             decode,
             context,
+            span_s: 2.0 * busy_s,
         }
     }
 
@@ -474,12 +477,14 @@ mod tests {
         }
         let r = c.report();
         assert!(r.trusted, "{r:?}");
-        // Within 2 %: the weak ridge pull towards the defaults is all that is left.
-        let close = |x: f64, truth: f64| (x / truth - 1.0).abs() < 0.02;
-        assert!(close(r.alpha_j, 0.01), "{r:?}");
-        assert!(close(r.beta_j, 0.006), "{r:?}");
-        assert!(close(r.gamma_j, 0.000_014), "{r:?}");
-        assert!(close(r.fitted_static_w.unwrap(), 230.0), "{r:?}");
+        // The ridge pulls the terms the data tell apart least (decode and context counts move
+        // together) towards the defaults: exact data come back within a few percent for α and
+        // the static power, within 30 % for β and γ.
+        let close = |x: f64, truth: f64, tol: f64| (x / truth - 1.0).abs() < tol;
+        assert!(close(r.alpha_j, 0.01, 0.02), "{r:?}");
+        assert!(close(r.beta_j, 0.006, 0.3), "{r:?}");
+        assert!(close(r.gamma_j, 0.000_014, 0.3), "{r:?}");
+        assert!(close(r.fitted_static_w.unwrap(), 230.0, 0.01), "{r:?}");
         assert_eq!(r.ticks, 50);
     }
 
@@ -526,5 +531,34 @@ mod tests {
         }
         assert_eq!(c.weights(), (0.02, 0.01, 0.00001));
         assert!(c.report().trusted);
+    }
+
+    #[test]
+    fn static_power_comes_from_the_lightest_busy_ticks_and_blocks_sum_ticks() {
+        let mut c = Calibrator::new(CalibrationConfig {
+            block_ticks: 5,
+            ..cfg()
+        });
+        for k in 0..600u32 {
+            // Fully busy ticks whose prefill always comes with busy time: a joint fit could give
+            // prefill's energy to the static term; the lightest ticks pin static at 200 W.
+            let p = f64::from((k * 37) % 400);
+            let d = f64::from((k * 11) % 64 + 1);
+            let w = TickWork {
+                busy_s: 0.05,
+                prefill: p,
+                decode: d,
+                context: 0.0,
+                span_s: 0.05,
+            };
+            c.observe(w, 200.0 * 0.05 + 0.02 * p + 0.001 * d);
+        }
+        let r = c.report();
+        assert_eq!(r.ticks, 50, "600 ticks in blocks of 5, window of 50");
+        let st = r.fitted_static_w.unwrap();
+        // A low quantile of the ticks' power: within 5 % above the true 200 W, and the marginal
+        // cost of prefill within 20 % of 0.02 J.
+        assert!((200.0..210.0).contains(&st), "{r:?}");
+        assert!((r.alpha_j / 0.02 - 1.0).abs() < 0.2, "{r:?}");
     }
 }

@@ -512,6 +512,8 @@ fn prefill_waits_one_tick_for_the_exact_prompt_count() {
             default_beta_j: 1.0,
             ..Default::default()
         },
+        // One split over the whole tick: this test is about where the prompt count goes.
+        split_by_steps: false,
         ..cfg()
     })
     .expect("config");

@@ -45,6 +45,20 @@ pub struct InjectionPlan {
     pub strip: StripPolicy,
 }
 
+impl InjectionPlan {
+    /// Nothing injected and nothing known of what the client asked (a body forwarded uninspected):
+    /// the response reaches the client as the upstream sends it.
+    pub fn nothing() -> InjectionPlan {
+        InjectionPlan {
+            injected: false,
+            client_wants_usage: false,
+            client_wants_continuous: false,
+            body: None,
+            strip: StripPolicy::Nothing,
+        }
+    }
+}
+
 /// Decides whether and how to inject usage options into a request.
 ///
 /// Injection happens only for accountable streaming chat/completions requests whose

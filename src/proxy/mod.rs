@@ -1,5 +1,5 @@
 //! The data plane: accept loops ([`listen`]), the upstream pool ([`upstream`]), header rules
-//! ([`headers`]), the request phase of accounting ([`inspect`]), the per-request service
+//! ([`headers`]), request bodies and the bytes held to inspect them ([`bodies`]), the request phase of accounting ([`inspect`]), the per-request service
 //! ([`service`]), what it learns about the upstream from its answers ([`learned`]) and start-up
 //! questions ([`probe`]), the body wrapper that observes responses ([`relay`]), how energy is written on
 //! responses ([`energy`]), the bounded wait for settled figures ([`settle`]) and the proxy's own
@@ -9,6 +9,7 @@
 //! sampler's internals: the data plane never waits on accounting, except for the opt-in, bounded
 //! wait of `response_energy = "settled"` on a request's own settled signal ([`settle`]).
 
+pub mod bodies;
 pub mod energy;
 pub mod error;
 pub mod headers;

@@ -1,5 +1,6 @@
 //! The proxy service: one request's phases (pingora's shape): check the request, inspect and
-//! register it when it is model work, send it upstream, filter the response headers, then relay the
+//! register it when it is model work (read whole within the bounds of [`super::bodies`]; a larger
+//! one is registered knowing only its endpoint and streamed through untouched), send it upstream, filter the response headers, then relay the
 //! body through the observer (streams) or read it whole and add the energy headers (JSON; in
 //! settled mode after the bounded wait for the request's final figures). Errors become responses in
 //! [`super::error::error_response`] only.
@@ -10,11 +11,11 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, Version};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use super::bodies::{capped, read_for_inspection, Held, InspectBudget, ReadBody};
 use super::energy::{energy_headers, Carbon};
 use super::error::{error_response, ProxyError};
 use super::headers::{
@@ -30,7 +31,9 @@ use super::upstream::Upstream;
 use super::{full_body, BoxError, ProxyBody};
 use crate::clock::Clock;
 use crate::observe::{InFlight, InFlightGuard, Outcome, RequestProgress};
+use crate::openai::inject::InjectionPlan;
 use crate::openai::observer::{ObserverConfig, StreamObserver};
+use crate::openai::request::{endpoint_of, RequestView};
 use crate::openai::usage::{body_metrics, parse_usage, MetricsField};
 
 /// What every request needs, shared by all connections.
@@ -38,8 +41,10 @@ use crate::openai::usage::{body_metrics, parse_usage, MetricsField};
 pub struct ProxyState {
     /// The upstream pool.
     pub upstream: Upstream,
-    /// Largest request body accepted.
-    pub max_body_bytes: u64,
+    /// The hard cap on request bodies (`max_body_bytes`; `None`: none, as vLLM has none).
+    pub max_body_bytes: Option<u64>,
+    /// The inspection bounds (`max_inspect_bytes`, `max_inspect_total_bytes`) and their counters.
+    pub bodies: Arc<InspectBudget>,
     /// Largest non-streaming response read whole to put its energy in headers; larger ones stream
     /// through with the energy in trailers and the record only.
     pub max_buffered_response_bytes: u64,
@@ -84,13 +89,25 @@ impl ProxyService {
         }
     }
 
+    /// Registers a model request in the in-flight registry.
+    fn register(&self, parts: &http::request::Parts, view: &RequestView) -> InFlightGuard {
+        let state = &self.state;
+        let id = state.in_flight.next_id();
+        let meta = request_meta(&state.inspect, id, parts, view, state.clock.now_ns());
+        let guard = state.in_flight.register(meta, state.clock);
+        if !state.energy_measured {
+            guard.progress().energy_available.store(false, Relaxed);
+        }
+        guard
+    }
+
     async fn forward(&self, request: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
         let state = &self.state;
         let (mut parts, body) = request.into_parts();
-        if content_length(&parts.headers).is_some_and(|n| n > state.max_body_bytes) {
-            return Err(ProxyError::BodyTooLarge {
-                limit: state.max_body_bytes,
-            });
+        if let Some(cap) = state.max_body_bytes {
+            if content_length(&parts.headers).is_some_and(|n| n > cap) {
+                return Err(ProxyError::BodyTooLarge { limit: cap });
+            }
         }
         if is_websocket_upgrade(&parts.headers) {
             return Err(ProxyError::UpgradeUnsupported);
@@ -98,42 +115,45 @@ impl ProxyService {
         let trailers_allowed = parts.version == Version::HTTP_2 || accepts_trailers(&parts.headers);
         // An HTTP/1.1 body may only end with trailer fields its head declared.
         let declare_trailers = trailers_allowed && parts.version != Version::HTTP_2;
-        let limit = usize::try_from(state.max_body_bytes).unwrap_or(usize::MAX);
-        let mut accounted: Option<(InFlightGuard, Inspected)> = None;
+        let mut accounted: Option<(InFlightGuard, Accounted)> = None;
         let body: ProxyBody = if is_candidate(&parts.method, parts.uri.path()) {
-            // Model requests are read whole (bounded) to see what they ask for; they are small and
-            // the upstream cannot start before it has the whole JSON anyway.
-            let bytes = read_body(body, limit, state.max_body_bytes).await?;
-            match inspect(&state.inspect, &parts, bytes) {
-                Ok(inspected) => {
-                    if inspected.plan.body.is_some() {
-                        parts.headers.insert(
-                            header::CONTENT_LENGTH,
-                            HeaderValue::from(inspected.body.len()),
-                        );
+            // Model requests that fit the inspection bounds are read whole to see what they ask
+            // for (the upstream cannot start before it has the whole JSON anyway); larger ones
+            // stream through untouched and are accounted from their response.
+            let declared = content_length(&parts.headers);
+            match read_for_inspection(&state.bodies, body, declared, state.max_body_bytes).await? {
+                ReadBody::Whole(bytes, held) => match inspect(&state.inspect, &parts, bytes) {
+                    Ok(inspected) => {
+                        if inspected.plan.body.is_some() {
+                            parts.headers.insert(
+                                header::CONTENT_LENGTH,
+                                HeaderValue::from(inspected.body.len()),
+                            );
+                        }
+                        let Inspected { view, plan, body } = inspected;
+                        let guard = self.register(&parts, &view);
+                        accounted = Some((guard, Accounted { view, plan }));
+                        Held::new(body, held).boxed()
                     }
-                    let id = state.in_flight.next_id();
-                    let meta = request_meta(
-                        &state.inspect,
-                        id,
-                        &parts,
-                        &inspected.view,
-                        state.clock.now_ns(),
-                    );
-                    let guard = state.in_flight.register(meta, state.clock);
-                    if !state.energy_measured {
-                        guard.progress().energy_available.store(false, Relaxed);
+                    Err(bytes) => Held::new(bytes, held).boxed(),
+                },
+                ReadBody::Stream(body, why) => {
+                    tracing::debug!(reason = ?why, "model request streamed uninspected");
+                    if let Some(view) = uninspected_view(&parts) {
+                        let guard = self.register(&parts, &view);
+                        accounted = Some((
+                            guard,
+                            Accounted {
+                                view,
+                                plan: InjectionPlan::nothing(),
+                            },
+                        ));
                     }
-                    let body = full_body(inspected.body.clone());
-                    accounted = Some((guard, inspected));
                     body
                 }
-                Err(bytes) => full_body(bytes),
             }
         } else {
-            Limited::new(body, limit)
-                .map_err(BoxError::from)
-                .boxed_unsync()
+            capped(body, state.max_body_bytes)
         };
         // An `Upgrade: h2c` offer is hop-by-hop and simply declined: the request goes on as HTTP/1.1.
         strip_hop_by_hop(&mut parts.headers);
@@ -170,7 +190,7 @@ impl ProxyService {
             error_status: !parts.status.is_success(),
             facts: state.facts.clone(),
             semantics: state.inspect.semantics.clone(),
-            single_choice: inspected.view.expected_choices() == 1,
+            single_choice: inspected.view.accountable && inspected.view.expected_choices() == 1,
             settle_wait: state.settle_wait.filter(|_| state.energy_measured),
         };
         if is_event_stream(&parts.headers) {
@@ -255,6 +275,26 @@ impl ProxyService {
     }
 }
 
+/// What the response phase needs of an accounted request.
+#[derive(Debug)]
+struct Accounted {
+    /// What the request asked for (opaque when it was streamed uninspected).
+    view: RequestView,
+    /// What was injected.
+    plan: InjectionPlan,
+}
+
+/// The view of a model request forwarded uninspected: only its endpoint is known, and it is
+/// accounted from its response (the counts its usage gives, else those counted from the stream,
+/// `estimated`). `None` for a compressed body, which an inspected request would not account either.
+fn uninspected_view(parts: &http::request::Parts) -> Option<RequestView> {
+    let encoded = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    (!encoded).then(|| RequestView::opaque(endpoint_of(parts.uri.path())))
+}
+
 /// A response's `metrics`: its times go to the request, what it says about the upstream to the
 /// shared facts.
 pub(crate) fn record_metrics(
@@ -271,17 +311,6 @@ pub(crate) fn record_metrics(
 
 fn header_value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
-}
-
-/// Reads a request body whole, bounded: over the limit is a 413, a client failure a 400.
-async fn read_body(body: Incoming, limit: usize, limit_u64: u64) -> Result<Bytes, ProxyError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<LengthLimitError>() => {
-            Err(ProxyError::BodyTooLarge { limit: limit_u64 })
-        }
-        Err(err) => Err(ProxyError::BadRequestBody(err.to_string())),
-    }
 }
 
 impl hyper::service::Service<Request<Incoming>> for ProxyService {

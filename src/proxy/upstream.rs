@@ -17,7 +17,7 @@ pub struct Upstream {
     client: Client<HttpConnector, ProxyBody>,
     base: UpstreamUrl,
     header_timeout: Duration,
-    body_limit: u64,
+    body_limit: Option<u64>,
 }
 
 impl Upstream {
@@ -26,7 +26,7 @@ impl Upstream {
         base: UpstreamUrl,
         connect_timeout: Duration,
         header_timeout: Duration,
-        body_limit: u64,
+        body_limit: Option<u64>,
     ) -> Self {
         let mut connector = HttpConnector::new();
         // Streams are many small writes: Nagle would hold each SSE event back.
@@ -70,12 +70,17 @@ impl Upstream {
     }
 }
 
-/// Request-body failures surface as client errors; a body over the limit is a 413.
-fn classify(err: hyper_util::client::legacy::Error, body_limit: u64) -> ProxyError {
+/// Request-body failures surface as client errors; a body over the hard cap is a 413.
+fn classify(err: hyper_util::client::legacy::Error, body_limit: Option<u64>) -> ProxyError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
     while let Some(e) = source {
+        if let Some(cap) = e.downcast_ref::<super::bodies::CapExceeded>() {
+            return ProxyError::BodyTooLarge { limit: cap.0 };
+        }
         if e.is::<http_body_util::LengthLimitError>() {
-            return ProxyError::BodyTooLarge { limit: body_limit };
+            return ProxyError::BodyTooLarge {
+                limit: body_limit.unwrap_or(0),
+            };
         }
         source = e.source();
     }
