@@ -300,10 +300,7 @@ impl Accounting {
         rates
             .decode_uj_per_token
             .store(to_uj(calibration.beta_j), Relaxed);
-        rates.set_work_pricing(
-            (calibration.alpha_j, calibration.beta_j, calibration.gamma_j),
-            self.ledger.work_price(),
-        );
+        rates.set_token_prices(self.ledger.token_prices());
     }
 
     /// Timer work without ticks: when no tick has come for `tickless_retire_after` (no meter, or
@@ -453,7 +450,14 @@ fn publish(p: &RequestProgress, e: &RequestEnergy, settled_until: u64) {
     p.prefill_uj.store(e.prefill_uj, Relaxed);
     p.decode_uj.store(e.decode_uj, Relaxed);
     p.recent_power_mw.store(e.recent_power_mw, Relaxed);
-    p.work_uj.store(e.work_uj, Relaxed);
+    let t = e.settled_tokens;
+    for (slot, v) in p
+        .settled_tokens
+        .iter()
+        .zip([t.prefill, t.decode, t.context])
+    {
+        slot.store(v, Relaxed);
+    }
     p.settled_until_ns.store(settled_until, Relaxed);
     p.energy_available.store(
         e.coverage() != Coverage::None || e.unavailable_ticks == 0,

@@ -54,6 +54,12 @@ pub(super) struct Req {
     pub(super) consumed_completion: u64,
     /// When the latest token placed so far was seen (0 before the first).
     pub(super) last_token_seen_ns: u64,
+    /// For a request whose progress is invisible: the end of the latest tick in which it waited
+    /// behind an earlier request that had not started (FIFO admission); its estimated work starts
+    /// no earlier (0: never waited).
+    pub(super) queued_until_ns: u64,
+    /// Prompt, decode and context tokens of its work in settled ticks.
+    pub(super) settled_work: [f64; 3],
     pub(super) ended: bool,
     pub(super) vanished: bool,
     pub(super) seen_seq: u64,
@@ -109,11 +115,15 @@ pub struct Ledger {
     /// Marginal work per sub-interval of the tick being settled.
     pub(super) step_work: Vec<f64>,
     /// Recent settled busy ticks: (energy attributed, of it active, marginal work), µJ.
-    pub(super) price_window: std::collections::VecDeque<(u64, u64, f64)>,
+    pub(super) price_window: std::collections::VecDeque<(u64, u64, [f64; 3])>,
     /// Sums over `price_window`.
-    pub(super) price_sums: (u64, u64, f64),
+    pub(super) price_sums: (u64, u64, [f64; 3]),
     /// Arrival of the oldest request whose work may still appear in held ticks (latest tick).
     pub(super) min_unresolved: u64,
+    /// Arrival of the oldest visible request in flight with no first token yet (latest tick):
+    /// engines admit waiting requests in arrival order, so anything that arrived after it waits
+    /// too.
+    pub(super) oldest_unstarted_ns: u64,
     pub(super) shares: Vec<u64>,
     pub(super) scratch: Vec<(f64, usize)>,
 }
@@ -151,8 +161,9 @@ impl Ledger {
             marginal: Vec::new(),
             step_work: Vec::new(),
             price_window: std::collections::VecDeque::new(),
-            price_sums: (0, 0, 0.0),
+            price_sums: (0, 0, [0.0; 3]),
             min_unresolved: u64::MAX,
+            oldest_unstarted_ns: u64::MAX,
             shares: Vec::new(),
             scratch: Vec::new(),
         })
@@ -206,6 +217,18 @@ impl Ledger {
         let mut min_unresolved = u64::MAX;
         let mut finalized = 0u32;
         self.tick_decodes.clear();
+        self.oldest_unstarted_ns = observations
+            .iter()
+            .filter(|o| {
+                let p = &o.progress;
+                o.kind != WorkKind::None
+                    && p.progress_visible
+                    && p.first_token_ns == 0
+                    && p.end_ns == 0
+            })
+            .map(|o| o.progress.arrival_ns)
+            .min()
+            .unwrap_or(u64::MAX);
         for obs in observations {
             let slot = self.find_slot(&mut cursor, obs);
             self.observed.push(slot);
@@ -429,6 +452,8 @@ impl Ledger {
             waited_for_prompt: false,
             consumed_completion: 0,
             last_token_seen_ns: 0,
+            queued_until_ns: 0,
+            settled_work: [0.0; 3],
             ended: false,
             vanished: false,
             seen_seq: 0,
@@ -530,11 +555,21 @@ impl Ledger {
         self.calibrator.report()
     }
 
-    /// The energy per unit of marginal work over the recent settled busy ticks: (total, active)
-    /// micro-joules per micro-joule of work; `None` before any.
-    pub fn work_price(&self) -> Option<(f64, f64)> {
-        let (e, a, w) = self.price_sums;
-        (w > 0.0).then(|| (e as f64 / w, a as f64 / w))
+    /// What the recent settled busy ticks cost per token, with the weights in use now: energy
+    /// per unit of marginal work (ΣE / (α·Σprefill + β·Σdecode + γ·Σcontext)) times each weight.
+    /// Returns (total, active) µJ per (prefill, decode, context) token; `None` before any.
+    pub fn token_prices(&self) -> Option<([f64; 3], [f64; 3])> {
+        let (e, a, [p, d, c]) = self.price_sums;
+        let (alpha, beta, gamma) = self.calibrator.weights();
+        let work = alpha * p + beta * d + gamma * c;
+        if !(work > 0.0) {
+            return None;
+        }
+        let per = |x: u64| {
+            let k = x as f64 / work;
+            [k * alpha, k * beta, k * gamma]
+        };
+        Some((per(e), per(a)))
     }
 
     /// The current prefill-rate and per-request decode-rate estimates, tokens per second.

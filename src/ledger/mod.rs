@@ -28,7 +28,7 @@ pub use attribution::Ledger;
 pub use calibration::{CalibrationConfig, CalibrationReport};
 pub use idle::IdleSource;
 pub use record::{Attribution, RecordStatus, RequestRecord};
-pub use types::{Coverage, FinalRequest, LedgerTotals, RequestEnergy, TickSummary};
+pub use types::{Coverage, FinalRequest, LedgerTotals, RequestEnergy, SettledTokens, TickSummary};
 
 use crate::observe::ProgressSnapshot;
 

@@ -14,6 +14,17 @@ pub enum Coverage {
     None,
 }
 
+/// Work in settled ticks, tokens (rounded down per tick).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SettledTokens {
+    /// Prompt tokens prefilled.
+    pub prefill: u64,
+    /// Completion tokens decoded.
+    pub decode: u64,
+    /// Context tokens read by those decodes.
+    pub context: u64,
+}
+
 /// A request's energy figures so far, micro-joules, as published into its atomics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RequestEnergy {
@@ -27,10 +38,10 @@ pub struct RequestEnergy {
     pub decode_uj: u64,
     /// The request's attributed power in the latest settled tick where it got energy, mW.
     pub recent_power_mw: u64,
-    /// The work its settled energy paid for, in micro-joules of marginal energy
-    /// (α·prefill + β·decode + γ·context at the weights in use when each tick settled): what is
-    /// left of its work on top of this is priced at the system's energy per unit of work.
-    pub work_uj: u64,
+    /// The work its settled energy paid for: prompt tokens prefilled, completion tokens decoded
+    /// and context tokens those decodes read, in settled ticks. What is left of its work on top
+    /// of this is priced at the system's recent energy per token ([`super::Ledger::token_prices`]).
+    pub settled_tokens: SettledTokens,
     /// Measured ticks overlapping the request.
     pub available_ticks: u32,
     /// Unavailable ticks overlapping the request.

@@ -123,6 +123,14 @@ impl Ledger {
                 req.visible = true;
             }
         } else if !visible {
+            if p.arrival_ns > self.oldest_unstarted_ns {
+                // Queued behind a request that has not started: no work yet.
+                if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+                    req.queued_until_ns = end_ns;
+                    req.prov_from_ns = end_ns;
+                }
+                return;
+            }
             self.provisional_work(slot, p, prov_from, end_ns);
             return;
         }
@@ -187,7 +195,12 @@ impl Ledger {
         from_ns: u64,
         end_ns: u64,
     ) {
-        let s0 = Self::work_start_ns(p);
+        let queued_until = self
+            .slots
+            .get(slot as usize)
+            .and_then(Option::as_ref)
+            .map_or(0, |r| r.queued_until_ns);
+        let s0 = Self::work_start_ns(p).max(queued_until);
         let pd = self.prefill_duration_ns(p).max(1);
         let a = from_ns.max(s0);
         if end_ns <= a {

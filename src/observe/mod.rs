@@ -159,8 +159,9 @@ pub struct RequestProgress {
     pub decode_uj: AtomicU64,
     /// The end of the last tick included in the energy figures.
     pub settled_until_ns: AtomicU64,
-    /// The marginal work its settled energy paid for, µJ (see `ledger::RequestEnergy::work_uj`).
-    pub work_uj: AtomicU64,
+    /// Prompt, completion and context tokens of its work in settled ticks (see
+    /// `ledger::RequestEnergy::settled_tokens`).
+    pub settled_tokens: [AtomicU64; 3],
     /// The request's attributed power over its latest tick, milliwatts: used to extend the settled
     /// figure to "now" when a stream ends between ticks.
     pub recent_power_mw: AtomicU64,
@@ -195,7 +196,7 @@ impl RequestProgress {
             prefill_uj: AtomicU64::new(0),
             decode_uj: AtomicU64::new(0),
             settled_until_ns: AtomicU64::new(0),
-            work_uj: AtomicU64::new(0),
+            settled_tokens: Default::default(),
             recent_power_mw: AtomicU64::new(0),
             energy_available: AtomicBool::new(true),
             settled: Settled::default(),
@@ -336,42 +337,31 @@ pub struct SystemRates {
     pub prefill_uj_per_token: AtomicU64,
     /// Active energy per decode token, micro-joules.
     pub decode_uj_per_token: AtomicU64,
-    /// The work weights in use, `f64` bits: α, β (joules per prefill / decode token), γ (joules
-    /// per context token a decode reads). 0 until accounting publishes them.
-    pub work_weights_bits: [AtomicU64; 3],
-    /// Recent energy per unit of marginal work (µJ per µJ of α·prefill + β·decode + γ·context),
-    /// total and active, `f64` bits; 0 until busy ticks settled.
-    pub work_price_bits: [AtomicU64; 2],
+    /// What recent settled work cost per token, `f64` bits of µJ: total energy per prefill,
+    /// decode and context token, then active energy per each. 0 until busy ticks settled.
+    pub token_price_bits: [AtomicU64; 6],
 }
 
 impl SystemRates {
-    /// Publishes the work weights and price (accounting, after each tick).
-    pub fn set_work_pricing(&self, weights: (f64, f64, f64), price: Option<(f64, f64)>) {
-        let w = [weights.0, weights.1, weights.2];
-        for (slot, v) in self.work_weights_bits.iter().zip(w) {
-            slot.store(v.to_bits(), Relaxed);
-        }
-        if let Some((total, active)) = price {
-            self.work_price_bits[0].store(total.to_bits(), Relaxed);
-            self.work_price_bits[1].store(active.to_bits(), Relaxed);
+    /// Publishes the per-token prices (accounting, after each tick).
+    pub fn set_token_prices(&self, prices: Option<([f64; 3], [f64; 3])>) {
+        if let Some((total, active)) = prices {
+            for (slot, v) in self
+                .token_price_bits
+                .iter()
+                .zip(total.iter().chain(&active))
+            {
+                slot.store(v.to_bits(), Relaxed);
+            }
         }
     }
 
-    /// Marginal work of a request's tokens, µJ (`None` until weights are published).
-    pub fn work_uj(&self, prompt: u64, choices: u32, completion: u64) -> Option<f64> {
-        let [a, b, g] = [0, 1, 2].map(|i| f64::from_bits(self.work_weights_bits[i].load(Relaxed)));
-        if !(a > 0.0 || b > 0.0) {
-            return None;
-        }
-        let ctx = decode_context(prompt, choices, 0, completion);
-        Some((a * prompt as f64 + b * completion as f64 + g * ctx) * 1e6)
-    }
-
-    /// Energy per unit of work, total and active (`None` until known).
-    pub fn work_price(&self) -> Option<(f64, f64)> {
-        let t = f64::from_bits(self.work_price_bits[0].load(Relaxed));
-        let a = f64::from_bits(self.work_price_bits[1].load(Relaxed));
-        (t.is_finite() && t > 0.0).then_some((t, a.clamp(0.0, t)))
+    /// Total and active µJ per (prefill, decode, context) token; `None` until known.
+    pub fn token_prices(&self) -> Option<([f64; 3], [f64; 3])> {
+        let v: [f64; 6] =
+            std::array::from_fn(|i| f64::from_bits(self.token_price_bits[i].load(Relaxed)));
+        let ok = v.iter().all(|x| x.is_finite() && *x >= 0.0) && (v[0] > 0.0 || v[1] > 0.0);
+        ok.then(|| ([v[0], v[1], v[2]], [v[3], v[4], v[5]]))
     }
 }
 
@@ -404,15 +394,20 @@ impl RequestProgress {
         let prompt = self.prompt_tokens.load(Relaxed);
         let completion = self.completion_tokens.load(Relaxed);
         let priced = rates
-            .work_price()
-            .zip(rates.work_uj(prompt, self.meta.choices, completion));
-        let (extra, active_extra) = if let (Some(((total_price, active_price), work)), true) =
-            (priced, self.meta.endpoint != Endpoint::Other)
-        {
-            // The request's own work not yet settled, priced at what the recent settled work cost
-            // (static power included): close to what settlement will give it.
-            let left = (work - self.work_uj.load(Relaxed) as f64).max(0.0);
-            ((left * total_price) as u64, (left * active_price) as u64)
+            .token_prices()
+            .filter(|_| self.meta.endpoint != Endpoint::Other);
+        let (extra, active_extra) = if let Some((total, active)) = priced {
+            // The request's own work not yet settled, priced at what recent settled work cost
+            // per token (static power included): close to what settlement will give it.
+            let [sp, sd, sc] = [0, 1, 2].map(|i| self.settled_tokens[i].load(Relaxed) as f64);
+            let context = decode_context(prompt, self.meta.choices, 0, completion);
+            let left = [
+                (prompt as f64 - sp).max(0.0),
+                (completion as f64 - sd).max(0.0),
+                (context - sc).max(0.0),
+            ];
+            let price = |p: [f64; 3]| (0..3).map(|i| left[i] * p[i]).sum::<f64>() as u64;
+            (price(total), price(active))
         } else if power_mw > 0 && settled_until > 0 {
             let dt = now_ns
                 .saturating_sub(settled_until)

@@ -203,15 +203,31 @@ pub(super) fn calibration(enc: &mut DescriptorEncoder, st: &AccountingStats) -> 
     )?;
     gauge(
         enc,
+        "joulegate_calibration_context_joules_per_token",
+        "Weight gamma in use: joules per context token a decode reads.",
+        None,
+        c.gamma_j,
+    )?;
+    if let Some(w) = c.fitted_static_w.filter(|v| v.is_finite()) {
+        gauge(
+            enc,
+            "joulegate_calibration_static_watts",
+            "Power above idle the engine draws while it runs, whatever its work (estimated).",
+            None,
+            w,
+        )?;
+    }
+    gauge(
+        enc,
         "joulegate_calibration_trusted",
-        "1 when the fitted alpha/beta are in use.",
+        "1 when the fitted alpha/beta/gamma are in use.",
         None,
         u64::from(c.trusted),
     )?;
     gauge(
         enc,
         "joulegate_calibration_window_ticks",
-        "Ticks in the calibration window.",
+        "Samples (blocks of ticks) in the calibration window.",
         None,
         c.ticks as u64,
     )?;
@@ -219,7 +235,7 @@ pub(super) fn calibration(enc: &mut DescriptorEncoder, st: &AccountingStats) -> 
         gauge(
             enc,
             "joulegate_calibration_r2",
-            "R squared of the alpha/beta fit.",
+            "R squared of the calibration fit.",
             None,
             r2,
         )?;

@@ -1,0 +1,139 @@
+//! One case of the deterministic accuracy bench, request by request: what the ledger gave each
+//! request (record and response figure) beside the simulated engine's truth, the calibration it
+//! ended with and its rates. For investigating a cell of `cargo bench --bench accuracy`.
+//!
+//! ```sh
+//! cargo run --release --example accuracy_case -- steady          # the 8B model, 50 ms counter
+//! cargo run --release --example accuracy_case -- mixed-long --model 70b-4xh100 --counter-ms 100
+//! cargo run --release --example accuracy_case -- prefill-heavy --requests 100 --metrics
+//! cargo run --release --example accuracy_case -- steady --all-streams --true-weights
+//! ```
+//!
+//! Options: `--model NAME` (`8b-h100`, `70b-4xh100`, `ctx-bound`), `--counter-ms N`,
+//! `--sample-ms N`, `--noise F` (relative, 0.01 = 1 %), `--requests N`, `--seed N`, `--metrics`
+//! (responses carry vLLM's per-request timing), `--all-streams` / `--no-streams` (override the
+//! plan), `--true-weights` (the ledger splits with the engine's own marginal costs instead of
+//! its fit: separates placement error from calibration error).
+
+use joulegate::accounting::AccountingConfig;
+use joulegate::accuracy::{cost_models, drive, report, Case, MeterModel, VirtualWorkload};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let flag = |name: &str| args.iter().any(|a| a == name);
+    let number = |name: &str, default: f64| {
+        value(name)
+            .map(|v| match v.parse::<f64>() {
+                Ok(x) => x,
+                Err(_) => fail(&format!("{name}: not a number: {v}")),
+            })
+            .unwrap_or(default)
+    };
+    let workload_name = args.first().map(String::as_str).unwrap_or("steady");
+    let Some(workload) = VirtualWorkload::ALL
+        .into_iter()
+        .find(|w| w.name() == workload_name)
+    else {
+        let names: Vec<&str> = VirtualWorkload::ALL.iter().map(|w| w.name()).collect();
+        fail(&format!("workload {workload_name:?}: one of {names:?}"));
+    };
+    let model_name = value("--model").unwrap_or_else(|| "8b-h100".into());
+    let Some(model) = cost_models().into_iter().find(|m| m.name == model_name) else {
+        fail(&format!("unknown model {model_name:?}"));
+    };
+    let ms = |x: f64| (x * 1e6) as u64;
+    let case = Case {
+        workload,
+        model,
+        meter: MeterModel {
+            counter_period_ns: ms(number("--counter-ms", 50.0)),
+            sample_interval_ns: ms(number("--sample-ms", 50.0)),
+            noise: number("--noise", 0.01),
+        },
+        requests: number("--requests", 40.0) as usize,
+        seed: number("--seed", 11.0) as u64,
+        per_request_metrics: flag("--metrics"),
+    };
+    let mut config = AccountingConfig::default();
+    if flag("--true-weights") {
+        let c = &case.model.cost;
+        let cal = &mut config.ledger.calibration;
+        cal.fixed = true;
+        cal.default_alpha_j = c.prefill_nj_per_token as f64 / 1e9;
+        cal.default_beta_j = c.decode_nj_per_token as f64 / 1e9;
+        cal.default_gamma_j = c.context_nj_per_token as f64 / 1e9;
+    }
+    let mut scenario = case.scenario();
+    for r in &mut scenario.requests {
+        if flag("--all-streams") {
+            r.stream = true;
+        } else if flag("--no-streams") {
+            r.stream = false;
+        }
+    }
+    let result = match drive::run(&scenario, config) {
+        Ok(r) => r,
+        Err(e) => fail(&format!("cannot run: {e}")),
+    };
+    println!(
+        "{:>7} {:>6} {:>5} {:>2} {:>6} {:>12} {:>12} {:>12} {:>8} {:>8}",
+        "at_ms",
+        "prompt",
+        "out",
+        "n",
+        "stream",
+        "truth_J",
+        "record_J",
+        "response_J",
+        "rec_err",
+        "resp_err"
+    );
+    for r in &result.rows {
+        let j = |uj: Option<u64>| uj.map_or("-".to_owned(), |v| format!("{:.3}", v as f64 / 1e6));
+        let err = |uj: Option<u64>| match uj {
+            Some(v) if r.truth_uj > 0 => {
+                format!("{:+.1}%", (v as f64 / r.truth_uj as f64 - 1.0) * 100.0)
+            }
+            _ => "-".into(),
+        };
+        println!(
+            "{:>7} {:>6} {:>5} {:>2} {:>6} {:>12.3} {:>12} {:>12} {:>8} {:>8}",
+            r.request.at_ns / 1_000_000,
+            r.request.prompt,
+            r.request.max_tokens,
+            r.request.n,
+            r.request.stream,
+            r.truth_uj as f64 / 1e6,
+            j(r.record_uj),
+            j(r.provisional_uj),
+            err(r.record_uj),
+            err(r.provisional_uj),
+        );
+    }
+    let rep = report(&result);
+    let pct = |x: f64| x * 100.0;
+    println!(
+        "\nrecord |error| median {:.1} % p95 {:.1} %; response median {:.1} % p95 {:.1} %; books {}",
+        pct(rep.record.median),
+        pct(rep.record.p95),
+        pct(rep.provisional.median),
+        pct(rep.provisional.p95),
+        if rep.books_exact { "exact" } else { "MISMATCH" }
+    );
+    println!("calibration: {:?}", result.calibration);
+    println!(
+        "P_idle {:?} mW; prefill rate {:.0} tokens/s, per-request decode rate {:.1} tokens/s",
+        result.p_idle_mw, result.rates.0, result.rates.1
+    );
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("accuracy_case: {message}");
+    std::process::exit(2)
+}
