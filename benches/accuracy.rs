@@ -1,13 +1,15 @@
-//! Accuracy bench (DESIGN.md §7): the proxy in front of the simulated engine, whose per-request
-//! energy is known exactly, on several workloads. Per workload it prints the per-request error of
-//! the proxy's attribution against the truth (median, p95, max of |error|), the unattributed
-//! share, whether the books balance exactly, and the error of the naive method (the same total
-//! energy split by completion tokens alone) for comparison. Targets: median <= 5 %, p95 <= 15 %.
+//! Accuracy bench (DESIGN.md §7): every request's attributed energy against the simulated
+//! engine's exact truth, beside the naive split by completion tokens.
 //!
-//! `cargo bench --bench accuracy` runs the full set (about a minute and a half of wall time: the
-//! engine runs in real time so that ticks see realistic step timing). Without `--bench` (as
-//! `cargo test --benches` runs it) it does one tiny run to check the harness. Not a timed test:
-//! the figures depend a little on scheduling, so it prints them and never fails on them.
+//! By default the deterministic matrix (`joulegate::accuracy`): 8 workloads × 3 engine cost models
+//! × 3 counter periods in virtual time through the real accounting, reproducible to the digit, a
+//! few seconds for the whole matrix. `ACCURACY_ONLY`, `ACCURACY_MODELS`, `ACCURACY_PERIODS`,
+//! `ACCURACY_REQUESTS`, `ACCURACY_SEED` select; `ACCURACY_METRICS=1` gives responses vLLM's
+//! per-request `metrics`. `ACCURACY_MODE=realtime` runs the end-to-end set-up instead (mock vLLM
+//! over HTTP, the proxy and its sampler in real time: about a minute and a half; its figures move
+//! a little between runs with scheduling; `ACCURACY_COUNTER_MS`, `ACCURACY_VERBOSE`,
+//! `ACCURACY_JSON_DIR` help there). Without `--bench` (as `cargo test --benches` runs it) it does
+//! a tiny run to check the harness. It prints figures and never fails on them.
 
 use std::time::Duration;
 
