@@ -296,10 +296,10 @@ impl Ledger {
         }
     }
 
-    /// Places the true work of a request whose progress was invisible. With vLLM's queue and
-    /// prefill times the phases are known from its arrival; without them they are anchored at the
-    /// end (a non-streamed answer leaves right after its last token): decode at the estimated
-    /// per-request rate before the end, prefill just before that, never before the arrival.
+    /// Places the true work of a request whose progress was invisible, anchored at its end (a
+    /// non-streamed answer leaves right after its last token): decode over vLLM's generation time
+    /// when its `metrics` said, else at the per-sequence rate the streams show; prefill just before
+    /// that, over vLLM's prefill time or the estimated one; never before the arrival.
     fn place_true_work(&mut self, slot: u32, p: &ProgressSnapshot) {
         let choices = self
             .slots
@@ -309,11 +309,15 @@ impl Ledger {
         let end = p.end_ns;
         let s0 = Self::work_start_ns(p).min(end);
         let pd = self.prefill_duration_ns(p);
-        let (from, ft) = if p.queue_ns > 0 && p.prefill_ns > 0 {
-            (s0, s0.saturating_add(pd).min(end))
+        let (from, ft) = if p.engine_timed && p.generation_ns.saturating_add(p.prefill_ns) > 0 {
+            // vLLM's own times, anchored at the end (the answer leaves right after its last
+            // token): no clock skew between the engine and the proxy to bound.
+            let ft = end.saturating_sub(p.generation_ns).max(p.arrival_ns.min(end));
+            (ft.saturating_sub(p.prefill_ns).max(p.arrival_ns.min(ft)), ft)
         } else {
-            let decode_ns =
-                (p.completion_tokens as f64 / self.decode_rate * 1e9).min(u64::MAX as f64) as u64;
+            // Every choice decodes one token per step, at the per-sequence rate.
+            let per_s = self.decode_rate * f64::from(choices.max(1));
+            let decode_ns = (p.completion_tokens as f64 / per_s * 1e9).min(u64::MAX as f64) as u64;
             let ft = end.saturating_sub(decode_ns).max(s0);
             (ft.saturating_sub(pd).max(s0), ft)
         };
