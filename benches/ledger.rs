@@ -44,6 +44,7 @@ fn ledger_apply(c: &mut Criterion) {
         .map(|id| Observation {
             progress: snapshot(id),
             kind: WorkKind::Generate,
+            choices: 1,
         })
         .collect();
     let mut k = 0u64;

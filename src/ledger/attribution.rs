@@ -562,7 +562,7 @@ impl Ledger {
         let (e, a, [p, d, c]) = self.price_sums;
         let (alpha, beta, gamma) = self.calibrator.weights();
         let work = alpha * p + beta * d + gamma * c;
-        if !(work > 0.0) {
+        if work.is_nan() || work <= 0.0 {
             return None;
         }
         let per = |x: u64| {
