@@ -96,6 +96,26 @@ pub struct ServeArgs {
     /// Most client connections served at once; further ones wait to be accepted [default: 10000].
     #[arg(long, env = "JOULEGATE_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<u64>,
+    /// Admission: most model requests in flight at once; more wait in the queue. 0: no limit
+    /// [default: 0].
+    #[arg(long, env = "JOULEGATE_MAX_INFLIGHT_REQUESTS", value_name = "N")]
+    pub max_inflight_requests: Option<u64>,
+    /// Admission: most tokens in flight at once (prompt estimate + max_tokens of every admitted
+    /// model request); more wait in the queue. 0: no limit [default: 0].
+    #[arg(long, env = "JOULEGATE_MAX_INFLIGHT_TOKENS", value_name = "N")]
+    pub max_inflight_tokens: Option<u64>,
+    /// Admission: most model requests waiting for a slot; beyond it 429 with Retry-After
+    /// (0..=1000000) [default: 1024].
+    #[arg(long, env = "JOULEGATE_MAX_QUEUE", value_name = "N")]
+    pub max_queue: Option<u64>,
+    /// Admission: longest wait in the queue, ms; after it 429 with Retry-After (1..=3600000)
+    /// [default: 30000].
+    #[arg(long, env = "JOULEGATE_QUEUE_TIMEOUT_MS", value_name = "MS")]
+    pub queue_timeout_ms: Option<u64>,
+    /// Admission: completion tokens counted for a request that sets no max_tokens
+    /// [default: 1024].
+    #[arg(long, env = "JOULEGATE_ADMISSION_DEFAULT_MAX_TOKENS", value_name = "N")]
+    pub admission_default_max_tokens: Option<u64>,
     /// Upstream connect timeout, ms (502 after it) [default: 5000].
     #[arg(long, env = "JOULEGATE_CONNECT_TIMEOUT_MS", value_name = "MS")]
     pub connect_timeout_ms: Option<u64>,
