@@ -1,4 +1,4 @@
-//! The command line: `serve`, `demo`, `log-power`, `mock-upstream`.
+//! The command line: `serve`, `demo`, `log-power`, `mock-upstream`, `batch`.
 //!
 //! Flags of `serve` are all optional here: unset ones fall back to the environment (clap `env`), then
 //! the `--config` file, then defaults, in [`crate::config::Config::resolve`].
@@ -45,7 +45,10 @@ impl Command {
     /// Whether the command's own output (a table, CSV, progress) is for the terminal, so that its
     /// logs default to warnings and nothing cuts the output.
     pub fn quiet_logs(&self) -> bool {
-        matches!(self, Command::Demo(_) | Command::LogPower(_))
+        matches!(
+            self,
+            Command::Demo(_) | Command::LogPower(_) | Command::Batch(_)
+        )
     }
 }
 
@@ -61,6 +64,9 @@ pub enum Command {
     LogPower(crate::meter::log_power::LogPowerArgs),
     /// Run the mock vLLM upstream (vLLM's wire format, simulated engine).
     MockUpstream(crate::sim::MockUpstreamArgs),
+    /// Run an OpenAI batch file (JSONL) through joulegate and write OpenAI's batch output shape
+    /// with an energy object per line, then a summary of the job (resumable).
+    Batch(crate::batch::BatchArgs),
 }
 
 /// Flags of `joulegate serve`. Each is also an environment variable and a key in the config file.

@@ -28,7 +28,7 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["serve", "demo", "log-power", "mock-upstream"] {
+    for sub in ["serve", "demo", "log-power", "mock-upstream", "batch"] {
         let o = joulegate(&[sub, "--help"], &[]);
         assert!(o.status.success(), "{sub} --help failed: {}", stderr(&o));
         assert!(
@@ -42,7 +42,7 @@ fn every_subcommand_has_help() {
         assert!(stdout(&o).contains(flag), "serve --help lists {flag}");
     }
     let o = joulegate(&["--help"], &[]);
-    for sub in ["serve", "demo", "log-power", "mock-upstream"] {
+    for sub in ["serve", "demo", "log-power", "mock-upstream", "batch"] {
         assert!(stdout(&o).contains(sub), "top-level help lists {sub}");
     }
 }
@@ -283,7 +283,7 @@ fn admission_keys_in_three_layers() {
 
 #[test]
 fn every_subcommand_accepts_the_global_log_flags() {
-    for sub in ["serve", "demo", "log-power", "mock-upstream"] {
+    for sub in ["serve", "demo", "log-power", "mock-upstream", "batch"] {
         let o = joulegate(&[sub, "--help"], &[]);
         for flag in ["--log-format <text|json>", "--verbose"] {
             assert!(stdout(&o).contains(flag), "{sub} --help lists {flag}");
