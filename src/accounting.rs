@@ -26,8 +26,8 @@ pub use shared::{AccountingShared, AccountingStats, RecordRing, StatusCounts};
 use crate::clock::Clock;
 use crate::ledger::record::{co2_grams, joules};
 use crate::ledger::{
-    Coverage, FinalRequest, Ledger, LedgerConfig, LedgerConfigError, Observation, RecordStatus,
-    RequestEnergy, RequestRecord, TickSpan, WorkKind,
+    Attribution, Coverage, FinalRequest, Ledger, LedgerConfig, LedgerConfigError, Observation,
+    RecordStatus, RequestEnergy, RequestRecord, TickSpan, WorkKind,
 };
 use crate::observe::{Endpoint, InFlight, Outcome, RequestProgress};
 use crate::tick::{Tick, TickPhase};
@@ -373,6 +373,7 @@ impl Accounting {
         let evicted = self.shared.push_record(record.clone());
         self.shared.update_stats(|s| {
             s.requests.add(record.status);
+            s.attribution.add(record.attribution);
             s.prompt_tokens = s.prompt_tokens.saturating_add(record.prompt_tokens);
             s.completion_tokens = s.completion_tokens.saturating_add(record.completion_tokens);
             s.records_evicted += evicted;
@@ -419,6 +420,7 @@ impl Accounting {
                 )
             },
             status: RecordStatus::choose(s.outcome, coverage),
+            attribution: Attribution::of(&s),
             key: m.id,
             arrival_ns: m.arrival_ns,
             end_ns: s.end_ns,

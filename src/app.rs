@@ -171,6 +171,12 @@ fn accounting_config(c: &Config) -> AccountingConfig {
         };
         ledger.calibration.default_alpha_j = c.prefill_joules_per_token;
         ledger.calibration.default_beta_j = c.decode_joules_per_token;
+        ledger.calibration.default_gamma_j = c.context_joules_per_token;
+        // The lag in ticks at the sampler's interval (at least one).
+        let interval = c.sample_interval.as_nanos().max(1);
+        ledger.settle_ticks = usize::try_from(c.settle_lag.as_nanos().div_ceil(interval))
+            .unwrap_or(usize::MAX)
+            .clamp(1, 10_000);
         AccountingConfig {
             ledger,
             record_capacity: c.record_capacity,

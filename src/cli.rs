@@ -188,7 +188,7 @@ pub struct ServeArgs {
     )]
     pub response_energy: Option<String>,
     /// Settled mode: longest wait for the final figures, ms; after it the provisional figure goes
-    /// out with status `estimated` (1..=60000) [default: 1000].
+    /// out with status `estimated` (1..=60000) [default: 4000].
     #[arg(long, env = "JOULEGATE_RESPONSE_ENERGY_MAX_WAIT_MS", value_name = "MS")]
     pub response_energy_max_wait_ms: Option<u64>,
     /// Bytes of prompt text per token for the arrival estimate [default: 4].
@@ -203,12 +203,20 @@ pub struct ServeArgs {
     /// Idle power of the metered devices, W; learned from idle intervals when unset.
     #[arg(long, env = "JOULEGATE_IDLE_WATTS", value_name = "W")]
     pub idle_watts: Option<f64>,
-    /// Energy weight of one prefill token until calibration is trusted, J [default: 0.02].
+    /// Marginal energy of one prefill token until calibration is trusted, J [default: 0.01].
     #[arg(long, env = "JOULEGATE_PREFILL_JOULES_PER_TOKEN", value_name = "J")]
     pub prefill_joules_per_token: Option<f64>,
-    /// Energy weight of one decode token until calibration is trusted, J [default: 0.3].
+    /// Marginal energy of one decode token until calibration is trusted, J [default: 0.01].
     #[arg(long, env = "JOULEGATE_DECODE_JOULES_PER_TOKEN", value_name = "J")]
     pub decode_joules_per_token: Option<f64>,
+    /// Marginal energy of one context token a decode reads, until calibration is trusted, J
+    /// [default: 0.00001].
+    #[arg(long, env = "JOULEGATE_CONTEXT_JOULES_PER_TOKEN", value_name = "J")]
+    pub context_joules_per_token: Option<f64>,
+    /// Longest time a measured interval is held for work that may still appear in it (prefills
+    /// before a stream's first token, non-streamed answers), ms [default: 3000].
+    #[arg(long, env = "JOULEGATE_SETTLE_LAG_MS", value_name = "MS")]
+    pub settle_lag_ms: Option<u64>,
     /// Finished request records kept for /requests (oldest dropped first) [default: 10000].
     #[arg(long, env = "JOULEGATE_RECORD_CAPACITY", value_name = "N")]
     pub record_capacity: Option<u64>,

@@ -278,6 +278,7 @@ mod tests {
             decode_joules: 0.75,
             co2_grams: None,
             status: RecordStatus::Ok,
+            attribution: Default::default(),
             key: i,
             arrival_ns: 0,
             end_ns: 0,

@@ -181,7 +181,7 @@ fn bad_values_stop_start_up_with_key_value_and_origin() {
 fn response_energy_keys_in_three_layers() {
     let t = printed(&joulegate(&["serve", "--print-config"], &[]));
     assert_eq!(t["response_energy"].as_str(), Some("provisional"));
-    assert_eq!(t["response_energy_max_wait_ms"].as_integer(), Some(1000));
+    assert_eq!(t["response_energy_max_wait_ms"].as_integer(), Some(4000));
     let t = printed(&joulegate(
         &[
             "serve",
@@ -337,4 +337,23 @@ fn log_format_in_three_layers_and_validated() {
     assert!(!o.status.success());
     let e = stderr(&o);
     assert!(e.contains("\"yaml\"") && e.contains("bad-logs.toml"), "{e}");
+}
+
+#[test]
+fn attribution_keys_in_three_layers_and_validated() {
+    let t = printed(&joulegate(&["serve", "--print-config"], &[]));
+    assert_eq!(t["settle_lag_ms"].as_integer(), Some(3000));
+    assert_eq!(t["context_joules_per_token"].as_float(), Some(0.00001));
+    let t = printed(&joulegate(
+        &["serve", "--print-config"],
+        &[("JOULEGATE_SETTLE_LAG_MS", "1500")],
+    ));
+    assert_eq!(t["settle_lag_ms"].as_integer(), Some(1500));
+    let o = joulegate(&["serve", "--print-config", "--settle-lag-ms", "5"], &[]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("settle_lag_ms") && e.contains('5') && e.contains("--settle-lag-ms"),
+        "{e}"
+    );
 }

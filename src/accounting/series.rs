@@ -151,6 +151,7 @@ mod tests {
             decode_joules: 0.0,
             co2_grams: None,
             status,
+            attribution: Default::default(),
             key: 0,
             arrival_ns: 0,
             end_ns: 0,

@@ -12,8 +12,32 @@ use serde::Serialize;
 use super::aggregate::Aggregates;
 use crate::ledger::{CalibrationReport, IdleSource, LedgerTotals, RecordStatus, RequestRecord};
 
-/// Counts of finished requests by status.
+/// Counts of finished model requests by how their work was seen.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AttributionCounts {
+    /// `streamed`
+    pub streamed: u64,
+    /// `engine_metrics`
+    pub engine_metrics: u64,
+    /// `estimated`
+    pub estimated: u64,
+}
+
+impl AttributionCounts {
+    /// Counts one more request seen as `a`.
+    pub fn add(&mut self, a: crate::ledger::record::Attribution) {
+        use crate::ledger::record::Attribution;
+        let slot = match a {
+            Attribution::Streamed => &mut self.streamed,
+            Attribution::EngineMetrics => &mut self.engine_metrics,
+            Attribution::Estimated => &mut self.estimated,
+        };
+        *slot = slot.saturating_add(1);
+    }
+}
+
+/// Finished requests by status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StatusCounts {
     /// `ok`
     pub ok: u64,
@@ -52,6 +76,8 @@ pub struct AccountingStats {
     pub completion_tokens: u64,
     /// Finished requests by status.
     pub requests: StatusCounts,
+    /// Finished model requests by how their work was seen.
+    pub attribution: AttributionCounts,
     /// Requests registered and not retired yet.
     pub in_flight: u64,
     /// Idle power, milliwatts, when known.
@@ -81,6 +107,7 @@ impl Default for AccountingStats {
             prompt_tokens: 0,
             completion_tokens: 0,
             requests: StatusCounts::default(),
+            attribution: AttributionCounts::default(),
             in_flight: 0,
             p_idle_mw: None,
             p_idle_source: IdleSource::Unknown,

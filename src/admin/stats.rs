@@ -145,6 +145,7 @@ pub fn stats(s: &AdminState) -> Value {
             "requests": st.requests.ok + st.requests.estimated + st.requests.unavailable
                 + st.requests.aborted + st.requests.error,
             "requests_by_status": st.requests,
+            "requests_by_attribution": st.attribution,
             "prompt_tokens": st.prompt_tokens,
             "completion_tokens": st.completion_tokens,
             "tokens": tokens,

@@ -43,6 +43,8 @@ pub struct FileConfig {
     pub idle_watts: Option<f64>,
     pub prefill_joules_per_token: Option<f64>,
     pub decode_joules_per_token: Option<f64>,
+    pub context_joules_per_token: Option<f64>,
+    pub settle_lag_ms: Option<u64>,
     pub record_capacity: Option<u64>,
     pub max_label_values: Option<u64>,
     pub metrics_per_key: Option<bool>,

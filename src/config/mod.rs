@@ -144,6 +144,10 @@ pub struct Config {
     pub prefill_joules_per_token: f64,
     /// Default decode weight, J/token.
     pub decode_joules_per_token: f64,
+    /// Default context weight, J per context token read by a decode.
+    pub context_joules_per_token: f64,
+    /// Longest time a measured interval is held while work that belongs in it may still appear.
+    pub settle_lag: Duration,
     /// Records kept in the ring.
     pub record_capacity: usize,
     /// Label values kept per dimension.
@@ -224,14 +228,20 @@ pub mod defaults {
     pub const ABSENT_INCLUDE_USAGE: &str = "auto";
     pub const UPSTREAM_FORCES_USAGE: &str = "auto";
     pub const RESPONSE_ENERGY: &str = "provisional";
-    pub const RESPONSE_ENERGY_MAX_WAIT_MS: u64 = 1_000;
+    /// Settled figures wait for the request's last interval to settle: with non-streamed
+    /// requests in flight that is up to the settlement lag (`settle_lag_ms`) after it ended.
+    pub const RESPONSE_ENERGY_MAX_WAIT_MS: u64 = 4_000;
     /// Upper bound of `response_energy_max_wait_ms`: settlement takes a few sampler periods (at
     /// most 200 ms each); a minute only ever hides a stalled sampler.
     pub const RESPONSE_ENERGY_MAX_WAIT_MS_LIMIT: u64 = 60_000;
     pub const BYTES_PER_TOKEN: f64 = 4.0;
     pub const PUE: f64 = 1.0;
-    pub const PREFILL_JOULES_PER_TOKEN: f64 = 0.02;
-    pub const DECODE_JOULES_PER_TOKEN: f64 = 0.3;
+    pub const PREFILL_JOULES_PER_TOKEN: f64 = 0.01;
+    pub const DECODE_JOULES_PER_TOKEN: f64 = 0.01;
+    pub const CONTEXT_JOULES_PER_TOKEN: f64 = 0.000_01;
+    pub const SETTLE_LAG_MS: u64 = 3_000;
+    /// Bounds of `settle_lag_ms`.
+    pub const SETTLE_LAG_MS_RANGE: (u64, u64) = (100, 60_000);
     pub const RECORD_CAPACITY: u64 = 10_000;
     pub const MAX_LABEL_VALUES: u64 = 100;
     pub const REQUEST_LOG_MAX_BYTES: u64 = 64 * 1024 * 1024;

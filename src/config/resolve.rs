@@ -486,6 +486,32 @@ impl Config {
                 "JOULEGATE_DECODE_JOULES_PER_TOKEN",
             ),
         )?;
+        let context_joules_per_token = non_negative(
+            "context_joules_per_token",
+            l.pick(
+                &args.context_joules_per_token,
+                &file.context_joules_per_token,
+                defaults::CONTEXT_JOULES_PER_TOKEN,
+                "context-joules-per-token",
+                "JOULEGATE_CONTEXT_JOULES_PER_TOKEN",
+            ),
+        )?;
+        let (lag_lo, lag_hi) = defaults::SETTLE_LAG_MS_RANGE;
+        let (settle_lag_ms, lag_origin) = l.pick(
+            &args.settle_lag_ms,
+            &file.settle_lag_ms,
+            defaults::SETTLE_LAG_MS,
+            "settle-lag-ms",
+            "JOULEGATE_SETTLE_LAG_MS",
+        );
+        if !(lag_lo..=lag_hi).contains(&settle_lag_ms) {
+            return Err(invalid(
+                "settle_lag_ms",
+                settle_lag_ms,
+                lag_origin,
+                "must be between 100 and 60000 (ms)",
+            ));
+        }
         if prefill_joules_per_token + decode_joules_per_token <= 0.0 {
             return Err(invalid(
                 "decode_joules_per_token",
@@ -586,6 +612,8 @@ impl Config {
             idle_watts,
             prefill_joules_per_token,
             decode_joules_per_token,
+            context_joules_per_token,
+            settle_lag: Duration::from_millis(settle_lag_ms),
             record_capacity: usize::try_from(record_capacity).unwrap_or(usize::MAX),
             max_label_values: usize::try_from(max_label_values).unwrap_or(usize::MAX),
             metrics_per_key,
@@ -676,6 +704,8 @@ impl Config {
             idle_watts: self.idle_watts,
             prefill_joules_per_token: Some(self.prefill_joules_per_token),
             decode_joules_per_token: Some(self.decode_joules_per_token),
+            context_joules_per_token: Some(self.context_joules_per_token),
+            settle_lag_ms: Some(self.settle_lag.as_millis() as u64),
             record_capacity: Some(self.record_capacity as u64),
             max_label_values: Some(self.max_label_values as u64),
             metrics_per_key: Some(self.metrics_per_key),

@@ -27,7 +27,7 @@ mod work;
 pub use attribution::Ledger;
 pub use calibration::{CalibrationConfig, CalibrationReport};
 pub use idle::IdleSource;
-pub use record::{RecordStatus, RequestRecord};
+pub use record::{Attribution, RecordStatus, RequestRecord};
 pub use types::{Coverage, FinalRequest, LedgerTotals, RequestEnergy, TickSummary};
 
 use crate::observe::ProgressSnapshot;

@@ -56,6 +56,44 @@ impl RecordStatus {
     }
 }
 
+/// How a request's work was seen, so users know which figures to trust most.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attribution {
+    /// Its tokens were seen as they came (a stream with continuous usage): work placed where the
+    /// engine did it.
+    Streamed,
+    /// The engine's own timing of it (vLLM's per-request `metrics`: queue, prefill and
+    /// generation times) placed its work.
+    EngineMetrics,
+    /// Neither: its work was placed from estimated rates (a non-streamed answer without
+    /// `metrics`).
+    #[default]
+    Estimated,
+}
+
+impl Attribution {
+    /// How a request was seen, from its final progress.
+    pub fn of(p: &crate::observe::ProgressSnapshot) -> Attribution {
+        if p.progress_visible {
+            Attribution::Streamed
+        } else if p.engine_timed {
+            Attribution::EngineMetrics
+        } else {
+            Attribution::Estimated
+        }
+    }
+
+    /// The wire form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Attribution::Streamed => "streamed",
+            Attribution::EngineMetrics => "engine_metrics",
+            Attribution::Estimated => "estimated",
+        }
+    }
+}
+
 /// One finished request.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RequestRecord {
@@ -95,6 +133,8 @@ pub struct RequestRecord {
     pub co2_grams: Option<f64>,
     /// See [`RecordStatus`].
     pub status: RecordStatus,
+    /// How its work was seen (see [`Attribution`]).
+    pub attribution: Attribution,
     /// Numeric id (not serialised; `/requests/{id}` looks records up by it).
     #[serde(skip)]
     pub key: u64,
@@ -169,6 +209,7 @@ mod tests {
             decode_joules: 1.0,
             co2_grams: None,
             status: RecordStatus::Estimated,
+            attribution: Default::default(),
             key: 1,
             arrival_ns: 0,
             end_ns: 0,
@@ -200,9 +241,11 @@ mod tests {
                 "prefill_joules",
                 "decode_joules",
                 "co2_grams",
-                "status"
+                "status",
+                "attribution"
             ]
         );
         assert_eq!(v["status"], "estimated");
+        assert_eq!(v["attribution"], "estimated");
     }
 }
