@@ -14,8 +14,9 @@
 //! entry removes itself when its future is dropped (a client that leaves while queued). With
 //! admission off no lock is ever taken: a permit only moves the published atomics.
 //!
-//! This module owns no I/O and no clock other than `tokio::time` for the queue timeout; it must
-//! not touch accounting: queued requests are not registered in flight, they do no work.
+//! This module does no I/O; it reads the clock only for the queue timeout (`tokio::time`) and to
+//! time each wait. It must not touch accounting: the service registers a request in flight only
+//! once it is admitted, since queued requests do no work (DESIGN §3).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
