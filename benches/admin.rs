@@ -120,6 +120,9 @@ fn state() -> (
             true,
         )),
         request_bodies,
+        admission: Arc::new(joulegate::proxy::admission::Admission::new(
+            joulegate::proxy::admission::AdmissionConfig::off(),
+        )),
     });
     (state, acc, live)
 }

@@ -18,6 +18,7 @@ use crate::meter::{build_meters, default_meters, MeterSet};
 use crate::observe::InFlight;
 use crate::openai::request::ViewConfig;
 use crate::openai::semantics::UsageSemantics;
+use crate::proxy::admission::{Admission, AdmissionConfig};
 use crate::proxy::bodies::InspectBudget;
 use crate::proxy::energy::Carbon;
 use crate::proxy::inspect::{ForceSource, InspectConfig, SharedSemantics};
@@ -140,6 +141,13 @@ impl App {
                 .then_some(config.response_energy_max_wait),
             upstream_version: Arc::default(),
             facts: Arc::default(),
+            admission: Arc::new(Admission::new(AdmissionConfig {
+                max_inflight_requests: config.max_inflight_requests,
+                max_inflight_tokens: config.max_inflight_tokens,
+                max_queue: config.max_queue,
+                queue_timeout: config.queue_timeout,
+                default_max_tokens: config.admission_default_max_tokens,
+            })),
         });
         App {
             state,
@@ -255,6 +263,7 @@ impl App {
             upstream_facts: state.facts.clone(),
             upstream_semantics: state.inspect.semantics.clone(),
             request_bodies: state.bodies.clone(),
+            admission: state.admission.clone(),
         });
         let proxy_addr = listeners.proxy.local_addr().ok();
         let admin_addr = listeners.admin.local_addr().ok();

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `demo`, `log-power`, `mock-upstream`.
+//! The command line: `serve`, `demo`, `log-power`, `mock-upstream`, `batch`.
 //!
 //! Flags of `serve` are all optional here: unset ones fall back to the environment (clap `env`), then
 //! the `--config` file, then defaults, in [`crate::config::Config::resolve`].
@@ -45,7 +45,10 @@ impl Command {
     /// Whether the command's own output (a table, CSV, progress) is for the terminal, so that its
     /// logs default to warnings and nothing cuts the output.
     pub fn quiet_logs(&self) -> bool {
-        matches!(self, Command::Demo(_) | Command::LogPower(_))
+        matches!(
+            self,
+            Command::Demo(_) | Command::LogPower(_) | Command::Batch(_)
+        )
     }
 }
 
@@ -61,6 +64,9 @@ pub enum Command {
     LogPower(crate::meter::log_power::LogPowerArgs),
     /// Run the mock vLLM upstream (vLLM's wire format, simulated engine).
     MockUpstream(crate::sim::MockUpstreamArgs),
+    /// Run an OpenAI batch file (JSONL) through joulegate and write OpenAI's batch output shape
+    /// with an energy object per line, then a summary of the job (resumable).
+    Batch(crate::batch::BatchArgs),
 }
 
 /// Flags of `joulegate serve`. Each is also an environment variable and a key in the config file.
@@ -96,6 +102,26 @@ pub struct ServeArgs {
     /// Most client connections served at once; further ones wait to be accepted [default: 10000].
     #[arg(long, env = "JOULEGATE_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<u64>,
+    /// Admission: most model requests in flight at once; more wait in the queue. 0: no limit
+    /// [default: 0].
+    #[arg(long, env = "JOULEGATE_MAX_INFLIGHT_REQUESTS", value_name = "N")]
+    pub max_inflight_requests: Option<u64>,
+    /// Admission: most tokens in flight at once (prompt estimate + max_tokens of every admitted
+    /// model request); more wait in the queue. 0: no limit [default: 0].
+    #[arg(long, env = "JOULEGATE_MAX_INFLIGHT_TOKENS", value_name = "N")]
+    pub max_inflight_tokens: Option<u64>,
+    /// Admission: most model requests waiting for a slot; beyond it 429 with Retry-After
+    /// (0..=1000000) [default: 1024].
+    #[arg(long, env = "JOULEGATE_MAX_QUEUE", value_name = "N")]
+    pub max_queue: Option<u64>,
+    /// Admission: longest wait in the queue, ms; after it 429 with Retry-After (1..=3600000)
+    /// [default: 30000].
+    #[arg(long, env = "JOULEGATE_QUEUE_TIMEOUT_MS", value_name = "MS")]
+    pub queue_timeout_ms: Option<u64>,
+    /// Admission: completion tokens counted for a request that sets no max_tokens
+    /// [default: 1024].
+    #[arg(long, env = "JOULEGATE_ADMISSION_DEFAULT_MAX_TOKENS", value_name = "N")]
+    pub admission_default_max_tokens: Option<u64>,
     /// Upstream connect timeout, ms (502 after it) [default: 5000].
     #[arg(long, env = "JOULEGATE_CONNECT_TIMEOUT_MS", value_name = "MS")]
     pub connect_timeout_ms: Option<u64>,

@@ -4,7 +4,7 @@
 //! The crate map (see `../shared/DESIGN.md` for the model and STYLE.md for the shape):
 //! - [`app`]: [`app::App`] built from a config, served on caller-bound [`app::Listeners`], drained.
 //! - [`config`]: raw file/env/flag values validated into a typed [`config::Config`].
-//! - [`cli`]: the clap commands (`serve`, `demo`, `log-power`, `mock-upstream`) and global log flags.
+//! - [`cli`]: the clap commands (`serve`, `demo`, `log-power`, `mock-upstream`, `batch`) and global log flags.
 //! - [`logging`]: diagnostic logs on stderr: text or JSON lines, colour only on a terminal, levels.
 //! - [`proxy`]: the data plane: listener, upstream pool, header rules, the relay body wrapper, errors.
 //! - [`openai`]: pure protocol code (request view, usage injection/removal, incremental SSE, usage).
@@ -14,6 +14,7 @@
 //! - [`ledger`]: pure attribution of each tick's energy; [`accounting`]: the glue thread that feeds it.
 //! - [`admin`]: the second listener (metrics, stats, requests, health); [`request_log`]: the JSONL log.
 //! - [`demo`]: `joulegate demo` (engine, meter and proxy in one process) and the accuracy harness.
+//! - [`batch`]: `joulegate batch` (an OpenAI batch file through joulegate, energy per line and job).
 //! - [`sim`]: the simulated vLLM-like engine and mock upstream used by `demo`, tests and benches.
 #![forbid(unsafe_code)]
 
@@ -21,6 +22,7 @@ pub mod accounting;
 pub mod accuracy;
 pub mod admin;
 pub mod app;
+pub mod batch;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -27,6 +27,10 @@ fn main() -> anyhow::Result<()> {
             flag_logs(&log, quiet)?;
             runtime()?.block_on(joulegate::sim::run_cli(args))
         }
+        Command::Batch(args) => {
+            flag_logs(&log, quiet)?;
+            Ok(runtime()?.block_on(joulegate::batch::run_cli(args))?)
+        }
     }
 }
 

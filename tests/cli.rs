@@ -28,7 +28,7 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["serve", "demo", "log-power", "mock-upstream"] {
+    for sub in ["serve", "demo", "log-power", "mock-upstream", "batch"] {
         let o = joulegate(&[sub, "--help"], &[]);
         assert!(o.status.success(), "{sub} --help failed: {}", stderr(&o));
         assert!(
@@ -42,7 +42,7 @@ fn every_subcommand_has_help() {
         assert!(stdout(&o).contains(flag), "serve --help lists {flag}");
     }
     let o = joulegate(&["--help"], &[]);
-    for sub in ["serve", "demo", "log-power", "mock-upstream"] {
+    for sub in ["serve", "demo", "log-power", "mock-upstream", "batch"] {
         assert!(stdout(&o).contains(sub), "top-level help lists {sub}");
     }
 }
@@ -229,8 +229,61 @@ fn response_energy_keys_in_three_layers() {
 }
 
 #[test]
+fn admission_keys_in_three_layers() {
+    let t = printed(&joulegate(&["serve", "--print-config"], &[]));
+    assert_eq!(t["max_inflight_requests"].as_integer(), Some(0));
+    assert_eq!(t["max_inflight_tokens"].as_integer(), Some(0));
+    assert_eq!(t["max_queue"].as_integer(), Some(1024));
+    assert_eq!(t["queue_timeout_ms"].as_integer(), Some(30000));
+    assert_eq!(t["admission_default_max_tokens"].as_integer(), Some(1024));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("admission.toml");
+    std::fs::write(
+        &file,
+        "max_inflight_requests = 2\nmax_queue = 3\nqueue_timeout_ms = 700\n",
+    )
+    .unwrap();
+    let t = printed(&joulegate(
+        &[
+            "serve",
+            "--print-config",
+            "--config",
+            file.to_str().unwrap(),
+            "--max-inflight-requests",
+            "4",
+        ],
+        &[
+            ("JOULEGATE_MAX_QUEUE", "5"),
+            ("JOULEGATE_MAX_INFLIGHT_TOKENS", "8000"),
+        ],
+    ));
+    // Flag over file; environment over file; file over default.
+    assert_eq!(t["max_inflight_requests"].as_integer(), Some(4));
+    assert_eq!(t["max_queue"].as_integer(), Some(5));
+    assert_eq!(t["max_inflight_tokens"].as_integer(), Some(8000));
+    assert_eq!(t["queue_timeout_ms"].as_integer(), Some(700));
+    let o = joulegate(&["serve", "--print-config", "--queue-timeout-ms", "0"], &[]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("queue_timeout_ms") && e.contains("--queue-timeout-ms"),
+        "{e}"
+    );
+    let o = joulegate(&["serve", "--help"], &[]);
+    for flag in [
+        "--max-inflight-requests",
+        "--max-inflight-tokens",
+        "--max-queue",
+        "--queue-timeout-ms",
+        "--admission-default-max-tokens",
+    ] {
+        assert!(stdout(&o).contains(flag), "serve --help lists {flag}");
+    }
+}
+
+#[test]
 fn every_subcommand_accepts_the_global_log_flags() {
-    for sub in ["serve", "demo", "log-power", "mock-upstream"] {
+    for sub in ["serve", "demo", "log-power", "mock-upstream", "batch"] {
         let o = joulegate(&[sub, "--help"], &[]);
         for flag in ["--log-format <text|json>", "--verbose"] {
             assert!(stdout(&o).contains(flag), "{sub} --help lists {flag}");

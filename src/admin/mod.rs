@@ -62,6 +62,8 @@ pub struct AdminState {
     pub upstream_semantics: Arc<crate::proxy::inspect::SharedSemantics>,
     /// The bytes held to inspect request bodies, and the requests streamed uninspected.
     pub request_bodies: Arc<crate::proxy::bodies::InspectBudget>,
+    /// Admission control: queue, in-flight requests and tokens, rejections (read as atomics).
+    pub admission: Arc<crate::proxy::admission::Admission>,
 }
 
 /// The hyper service of the admin listener.

@@ -1,6 +1,7 @@
 //! `/stats`: one JSON document with the energy books, tokens and ratios, per device, model, key
-//! hash and tag, P_idle, the calibration, meters and their health, uptime, versions and the
-//! effective configuration (secrets are never serialised).
+//! hash and tag, P_idle, the calibration, meters and their health, admission (queue, in-flight
+//! requests and tokens, rejections), uptime, versions and the effective configuration (secrets
+//! are never serialised).
 //!
 //! Owns the document's shape and its derived figures (J/token, tokens/J, mean power, throughput,
 //! carbon). It only reads copies that accounting and the sampler published.
@@ -130,6 +131,7 @@ pub fn stats(s: &AdminState) -> Value {
             "forces_usage_known_from": s.upstream_semantics.force_source().as_str(),
         },
         "request_bodies": s.request_bodies.stats(),
+        "admission": s.admission.stats(),
         "started_at": s.clock.rfc3339(0),
         "uptime_s": now_ns as f64 / 1e9,
         "energy_available": energy_available,

@@ -85,6 +85,17 @@ pub struct Config {
     pub max_inspect_total_bytes: u64,
     /// Most client connections served at once; further accepts wait.
     pub max_connections: usize,
+    /// Admission: most model requests in flight at once (0: no limit).
+    pub max_inflight_requests: u64,
+    /// Admission: most tokens (prompt estimate + completion bound) in flight at once (0: no limit).
+    pub max_inflight_tokens: u64,
+    /// Admission: most model requests waiting for a slot; beyond it 429 at once.
+    pub max_queue: u64,
+    /// Admission: longest wait in the queue before a 429.
+    #[serde(with = "millis")]
+    pub queue_timeout: Duration,
+    /// Admission: the completion bound counted for a generating request that sets no `max_tokens`.
+    pub admission_default_max_tokens: u64,
     /// Upstream TCP connect timeout.
     #[serde(with = "millis")]
     pub connect_timeout: Duration,
@@ -197,6 +208,16 @@ pub mod defaults {
     /// `max_inspect_bytes` is taken from a semaphore in one piece of at most `u32::MAX` permits.
     pub const MAX_INSPECT_BYTES_LIMIT: u64 = u32::MAX as u64;
     pub const MAX_CONNECTIONS: u64 = 10_000;
+    /// Admission is off by default: no in-flight limit.
+    pub const MAX_INFLIGHT_REQUESTS: u64 = 0;
+    pub const MAX_INFLIGHT_TOKENS: u64 = 0;
+    pub const MAX_QUEUE: u64 = 1_024;
+    /// Upper bound of `max_queue` (each waiter holds its request body).
+    pub const MAX_QUEUE_LIMIT: u64 = 1_000_000;
+    pub const QUEUE_TIMEOUT_MS: u64 = 30_000;
+    /// Upper bound of `queue_timeout_ms`: an hour.
+    pub const QUEUE_TIMEOUT_MS_LIMIT: u64 = 3_600_000;
+    pub const ADMISSION_DEFAULT_MAX_TOKENS: u64 = 1_024;
     pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
     /// vLLM may queue a request for a long time before answering headers of a non-streaming call.
     pub const UPSTREAM_HEADER_TIMEOUT_MS: u64 = 600_000;

@@ -180,6 +180,63 @@ impl Config {
                 "JOULEGATE_MAX_CONNECTIONS",
             ),
         )?;
+        let max_inflight_requests = l
+            .pick(
+                &args.max_inflight_requests,
+                &file.max_inflight_requests,
+                defaults::MAX_INFLIGHT_REQUESTS,
+                "max-inflight-requests",
+                "JOULEGATE_MAX_INFLIGHT_REQUESTS",
+            )
+            .0;
+        let max_inflight_tokens = l
+            .pick(
+                &args.max_inflight_tokens,
+                &file.max_inflight_tokens,
+                defaults::MAX_INFLIGHT_TOKENS,
+                "max-inflight-tokens",
+                "JOULEGATE_MAX_INFLIGHT_TOKENS",
+            )
+            .0;
+        let (max_queue, queue_origin) = l.pick(
+            &args.max_queue,
+            &file.max_queue,
+            defaults::MAX_QUEUE,
+            "max-queue",
+            "JOULEGATE_MAX_QUEUE",
+        );
+        if max_queue > defaults::MAX_QUEUE_LIMIT {
+            return Err(invalid(
+                "max_queue",
+                max_queue,
+                queue_origin,
+                format!("must be within 0..={}", defaults::MAX_QUEUE_LIMIT),
+            ));
+        }
+        let (queue_timeout_ms, timeout_origin) = l.pick(
+            &args.queue_timeout_ms,
+            &file.queue_timeout_ms,
+            defaults::QUEUE_TIMEOUT_MS,
+            "queue-timeout-ms",
+            "JOULEGATE_QUEUE_TIMEOUT_MS",
+        );
+        if !(1..=defaults::QUEUE_TIMEOUT_MS_LIMIT).contains(&queue_timeout_ms) {
+            return Err(invalid(
+                "queue_timeout_ms",
+                queue_timeout_ms,
+                timeout_origin,
+                format!("must be within 1..={}", defaults::QUEUE_TIMEOUT_MS_LIMIT),
+            ));
+        }
+        let admission_default_max_tokens = l
+            .pick(
+                &args.admission_default_max_tokens,
+                &file.admission_default_max_tokens,
+                defaults::ADMISSION_DEFAULT_MAX_TOKENS,
+                "admission-default-max-tokens",
+                "JOULEGATE_ADMISSION_DEFAULT_MAX_TOKENS",
+            )
+            .0;
         let connect_timeout_ms = positive(
             "connect_timeout_ms",
             l.pick(
@@ -586,6 +643,11 @@ impl Config {
             max_inspect_bytes,
             max_inspect_total_bytes,
             max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+            max_inflight_requests,
+            max_inflight_tokens,
+            max_queue,
+            queue_timeout: Duration::from_millis(queue_timeout_ms),
+            admission_default_max_tokens,
             connect_timeout: Duration::from_millis(connect_timeout_ms),
             upstream_header_timeout: Duration::from_millis(header_timeout_ms),
             shutdown_grace: Duration::from_millis(shutdown_grace_ms),
@@ -602,6 +664,11 @@ impl Config {
             max_inspect_bytes: Some(self.max_inspect_bytes),
             max_inspect_total_bytes: Some(self.max_inspect_total_bytes),
             max_connections: Some(self.max_connections as u64),
+            max_inflight_requests: Some(self.max_inflight_requests),
+            max_inflight_tokens: Some(self.max_inflight_tokens),
+            max_queue: Some(self.max_queue),
+            queue_timeout_ms: Some(self.queue_timeout.as_millis() as u64),
+            admission_default_max_tokens: Some(self.admission_default_max_tokens),
             connect_timeout_ms: Some(self.connect_timeout.as_millis() as u64),
             upstream_header_timeout_ms: Some(self.upstream_header_timeout.as_millis() as u64),
             shutdown_grace_ms: Some(self.shutdown_grace.as_millis() as u64),

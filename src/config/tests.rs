@@ -132,6 +132,40 @@ fn zero_limits_are_rejected() {
 }
 
 #[test]
+fn admission_is_off_by_default_and_validated() {
+    let c = Config::resolve(&args(), &FileConfig::default(), None).unwrap();
+    assert_eq!((c.max_inflight_requests, c.max_inflight_tokens), (0, 0));
+    assert_eq!(c.max_queue, defaults::MAX_QUEUE);
+    assert_eq!(
+        c.queue_timeout,
+        std::time::Duration::from_millis(defaults::QUEUE_TIMEOUT_MS)
+    );
+    let c = resolve_file(
+        "max_inflight_requests = 4\nmax_inflight_tokens = 9000\nmax_queue = 0\n\
+         queue_timeout_ms = 1\nadmission_default_max_tokens = 64",
+    )
+    .unwrap();
+    assert_eq!((c.max_inflight_requests, c.max_inflight_tokens), (4, 9000));
+    assert_eq!((c.max_queue, c.admission_default_max_tokens), (0, 64));
+    assert_eq!(c.queue_timeout, std::time::Duration::from_millis(1));
+    let again = resolve_file(&c.to_toml()).unwrap();
+    assert_eq!(again.to_toml(), c.to_toml());
+    // One failing case per rule, each naming the key, the value and the file.
+    for (text, key, value) in [
+        ("queue_timeout_ms = 0", "queue_timeout_ms", "0"),
+        ("queue_timeout_ms = 3600001", "queue_timeout_ms", "3600001"),
+        ("max_queue = 1000001", "max_queue", "1000001"),
+    ] {
+        let err = resolve_file(text).unwrap_err().to_string();
+        assert!(
+            err.contains(key) && err.contains(value) && err.contains("test.toml"),
+            "{err}"
+        );
+    }
+    assert!(resolve_file("max_inflight_requests = -1").is_err());
+}
+
+#[test]
 fn body_bounds() {
     // The hard cap is off by default and with 0 (vLLM has none).
     assert_eq!(

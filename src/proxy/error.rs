@@ -39,6 +39,10 @@ pub enum ProxyError {
     /// The proxy is shutting down or overloaded.
     #[error("{0}")]
     Unavailable(String),
+    /// Admission control refused the request (queue full, or no capacity within the queue
+    /// timeout): 429 with `Retry-After`; nothing reached the upstream.
+    #[error(transparent)]
+    Overloaded(#[from] super::admission::Rejected),
 }
 
 impl ProxyError {
@@ -51,6 +55,7 @@ impl ProxyError {
             ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::UpgradeUnsupported => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -61,7 +66,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. }
             | ProxyError::BadRequestBody(_)
             | ProxyError::UpgradeUnsupported => Fault::Downstream,
-            ProxyError::Unavailable(_) => Fault::Internal,
+            ProxyError::Unavailable(_) | ProxyError::Overloaded(_) => Fault::Internal,
         }
     }
 
@@ -74,6 +79,7 @@ impl ProxyError {
             ProxyError::BadRequestBody(_) => "BadRequestError",
             ProxyError::UpgradeUnsupported => "NotImplementedError",
             ProxyError::Unavailable(_) => "ServiceUnavailableError",
+            ProxyError::Overloaded(_) => "RateLimitError",
         }
     }
 }
@@ -95,7 +101,14 @@ pub fn error_response(err: &ProxyError) -> Response<ProxyBody> {
         None,
         status.as_u16(),
     );
-    json_response(status, body)
+    let mut response = json_response(status, body);
+    if let ProxyError::Overloaded(rejected) = err {
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from(rejected.retry_after_s),
+        );
+    }
+    response
 }
 
 #[cfg(test)]
@@ -114,6 +127,23 @@ mod tests {
         assert_eq!(e["type"], "RequestTooLargeError");
         assert!(e["param"].is_null());
         assert!(e["message"].as_str().unwrap().contains("10 bytes"));
+    }
+
+    #[tokio::test]
+    async fn admission_rejections_are_429_with_retry_after() {
+        use crate::proxy::admission::{RejectReason, Rejected};
+        let r = error_response(&ProxyError::Overloaded(Rejected {
+            reason: RejectReason::QueueFull,
+            limit: 4,
+            retry_after_s: 3,
+        }));
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[http::header::RETRY_AFTER], "3");
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["error"]["code"], 429);
+        assert_eq!(v["error"]["type"], "RateLimitError");
+        assert!(v["error"]["message"].as_str().unwrap().contains("queue full"));
     }
 
     #[test]

@@ -2,13 +2,14 @@
 //! ([`headers`]), request bodies and the bytes held to inspect them ([`bodies`]), the request phase of accounting ([`inspect`]), the per-request service
 //! ([`service`]), what it learns about the upstream from its answers ([`learned`]) and start-up
 //! questions ([`probe`]), the body wrapper that observes responses ([`relay`]), how energy is written on
-//! responses ([`energy`]), the bounded wait for settled figures ([`settle`]) and the proxy's own
-//! errors ([`error`]).
+//! responses ([`energy`]), the bounded wait for settled figures ([`settle`]), admission control
+//! of model requests and its queue ([`admission`]) and the proxy's own errors ([`error`]).
 //!
 //! It may use `openai` (protocol) and `observe` (per-request atomics), never the ledger's or the
 //! sampler's internals: the data plane never waits on accounting, except for the opt-in, bounded
 //! wait of `response_energy = "settled"` on a request's own settled signal ([`settle`]).
 
+pub mod admission;
 pub mod bodies;
 pub mod energy;
 pub mod error;

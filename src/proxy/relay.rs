@@ -56,6 +56,9 @@ pub struct RequestEnd {
     pub single_choice: bool,
     /// Settled mode with a meter: the longest wait for the request's final figures.
     pub settle_wait: Option<Duration>,
+    /// The request's admission; given back when the upstream's response ends (or the body is
+    /// dropped), before any wait for settled figures.
+    pub admission: Option<crate::proxy::admission::AdmissionPermit>,
 }
 
 impl RequestEnd {
@@ -336,7 +339,9 @@ impl Body for RelayBody {
                             progress.completion_exact.store(true, Relaxed);
                         }
                     }
-                    if let Some(end) = this.end.take() {
+                    if let Some(mut end) = this.end.take() {
+                        // The upstream is done with it: its capacity is free for the next.
+                        drop(end.admission.take());
                         let outcome = if end.error_status || saw_error {
                             Outcome::Error
                         } else {

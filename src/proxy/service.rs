@@ -15,6 +15,7 @@ use http::{header, HeaderValue, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use super::admission::{Admission, AdmissionPermit};
 use super::bodies::{capped, read_for_inspection, Held, InspectBudget, ReadBody};
 use super::energy::{energy_headers, Carbon};
 use super::error::{error_response, ProxyError};
@@ -65,6 +66,8 @@ pub struct ProxyState {
     pub upstream_version: Arc<std::sync::OnceLock<String>>,
     /// What responses told about the upstream (per-request metrics on or off).
     pub facts: Arc<UpstreamFacts>,
+    /// Admission control of model requests (off by default) and its published figures.
+    pub admission: Arc<Admission>,
 }
 
 /// The hyper service of the proxy listener (a `Clone` struct holding `Arc` state).
@@ -115,7 +118,9 @@ impl ProxyService {
         let trailers_allowed = parts.version == Version::HTTP_2 || accepts_trailers(&parts.headers);
         // An HTTP/1.1 body may only end with trailer fields its head declared.
         let declare_trailers = trailers_allowed && parts.version != Version::HTTP_2;
-        let mut accounted: Option<(InFlightGuard, Accounted)> = None;
+        // A model request the proxy accounts: what it asks for, and a prompt-size floor from its
+        // declared length when it was not read.
+        let mut model_request: Option<(Accounted, u64)> = None;
         let body: ProxyBody = if is_candidate(&parts.method, parts.uri.path()) {
             // Model requests that fit the inspection bounds are read whole to see what they ask
             // for (the upstream cannot start before it has the whole JSON anyway); larger ones
@@ -131,8 +136,7 @@ impl ProxyService {
                             );
                         }
                         let Inspected { view, plan, body } = inspected;
-                        let guard = self.register(&parts, &view);
-                        accounted = Some((guard, Accounted { view, plan }));
+                        model_request = Some((Accounted { view, plan }, 0));
                         Held::new(body, held).boxed()
                     }
                     Err(bytes) => Held::new(bytes, held).boxed(),
@@ -140,13 +144,14 @@ impl ProxyService {
                 ReadBody::Stream(body, why) => {
                     tracing::debug!(reason = ?why, "model request streamed uninspected");
                     if let Some(view) = uninspected_view(&parts) {
-                        let guard = self.register(&parts, &view);
-                        accounted = Some((
-                            guard,
+                        let bytes_per_token = state.inspect.view.bytes_per_token.max(1.0);
+                        let prompt_floor = (declared.unwrap_or(0) as f64 / bytes_per_token) as u64;
+                        model_request = Some((
                             Accounted {
                                 view,
                                 plan: InjectionPlan::nothing(),
                             },
+                            prompt_floor,
                         ));
                     }
                     body
@@ -155,6 +160,20 @@ impl ProxyService {
         } else {
             capped(body, state.max_body_bytes)
         };
+        // Admission comes before registration: a queued request does no work, so accounting
+        // must not see it in flight (DESIGN §3); a refused one never reaches the upstream.
+        let accounted: Option<(InFlightGuard, Accounted, AdmissionPermit)> = match model_request {
+            Some((inspected, prompt_floor)) => {
+                let cost = state
+                    .admission
+                    .config()
+                    .cost(&inspected.view, prompt_floor);
+                let permit = state.admission.admit(cost).await?;
+                let guard = self.register(&parts, &inspected.view);
+                Some((guard, inspected, permit))
+            }
+            None => None,
+        };
         // An `Upgrade: h2c` offer is hop-by-hop and simply declined: the request goes on as HTTP/1.1.
         strip_hop_by_hop(&mut parts.headers);
         parts.uri = state.upstream.uri_for(&parts.uri)?;
@@ -162,7 +181,7 @@ impl ProxyService {
         let response = match state.upstream.send(Request::from_parts(parts, body)).await {
             Ok(response) => response,
             Err(err) => {
-                if let Some((guard, _)) = &accounted {
+                if let Some((guard, _, _)) = &accounted {
                     guard.finish(Outcome::Error);
                 }
                 return Err(err);
@@ -172,7 +191,7 @@ impl ProxyService {
         strip_hop_by_hop(&mut parts.headers);
         strip_energy_headers(&mut parts.headers);
         parts.version = Version::default();
-        let Some((guard, inspected)) = accounted else {
+        let Some((guard, inspected, permit)) = accounted else {
             return Ok(Response::from_parts(
                 parts,
                 body.map_err(BoxError::from).boxed_unsync(),
@@ -180,7 +199,7 @@ impl ProxyService {
         };
         let progress = guard.progress().clone();
         let public_id = progress.meta.public_id();
-        let end = RequestEnd {
+        let mut end = RequestEnd {
             guard,
             clock: state.clock,
             in_flight: state.in_flight.clone(),
@@ -192,6 +211,7 @@ impl ProxyService {
             semantics: state.inspect.semantics.clone(),
             single_choice: inspected.view.accountable && inspected.view.expected_choices() == 1,
             settle_wait: state.settle_wait.filter(|_| state.energy_measured),
+            admission: Some(permit),
         };
         if is_event_stream(&parts.headers) {
             progress.progress_visible.store(true, Relaxed);
@@ -227,6 +247,8 @@ impl ProxyService {
                     )));
                 }
             };
+            // The upstream is done with it: its capacity is free for the next.
+            drop(end.admission.take());
             let now = state.clock.now_ns();
             if let Some(usage) = parse_usage(inspected.view.endpoint, &bytes) {
                 progress.set_prompt_exact(usage.prompt_tokens);

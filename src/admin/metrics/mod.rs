@@ -1,13 +1,14 @@
 //! `/metrics`: the Prometheus (OpenMetrics text) exposition, through the `prometheus-client` crate.
 //!
-//! This file owns the registry and the scrape; the series names and label sets live in `energy`
-//! and `requests`, the encoding helpers in `encode`. The registry is built per admin service from
+//! This file owns the registry and the scrape; the series names and label sets live in `energy`,
+//! `requests` and `admission`, the encoding helpers in `encode`. The registry is built per admin service from
 //! the app's [`AdminState`] (never a global) and holds one [`Collector`] that, at scrape time,
 //! copies what accounting and the sampler already published and encodes it: a scrape never reads a
 //! meter and never touches the data plane. Series names carry their unit; labels are bounded (models,
 //! keys and tags by `max_label_values` with overflow in `other`, per-key and per-tag series only
 //! when configured; devices, endpoints and statuses are fixed sets).
 
+mod admission;
 mod encode;
 mod energy;
 mod requests;
@@ -77,6 +78,7 @@ impl Collector for JoulegateCollector {
         requests::labelled(&self.state, &mut enc, &scrape.aggregates)?;
         energy::meters(&self.state, &mut enc, &scrape)?;
         energy::calibration(&mut enc, &scrape.stats)?;
+        admission::admission(&self.state.admission.stats(), &mut enc)?;
         requests::housekeeping(&self.state, &mut enc, &scrape)
     }
 }

@@ -1,0 +1,82 @@
+//! The admission series of `/metrics`: queue length, admitted in-flight requests and tokens,
+//! admitted and rejected counts (by reason: `queue_full`, `timeout`), clients that left the queue,
+//! and the queue-wait histogram. Published whether or not admission is on. Owns these names.
+
+use std::fmt;
+
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Unit;
+
+use super::encode::{counter, family, gauge, histogram, labels};
+use crate::accounting::series::FixedHistogram;
+use crate::proxy::admission::{AdmissionStats, RejectReason, QUEUE_WAIT_BUCKETS_S};
+
+pub(super) fn admission(a: &AdmissionStats, enc: &mut DescriptorEncoder) -> fmt::Result {
+    gauge(
+        enc,
+        "joulegate_queue_length",
+        "Model requests waiting for admission.",
+        None,
+        a.queue_length,
+    )?;
+    gauge(
+        enc,
+        "joulegate_admission_inflight_requests",
+        "Admitted model requests whose response has not ended.",
+        None,
+        a.inflight_requests,
+    )?;
+    gauge(
+        enc,
+        "joulegate_inflight_tokens",
+        "Tokens of the admitted model requests in flight (prompt estimate + completion bound).",
+        None,
+        a.inflight_tokens,
+    )?;
+    counter(
+        enc,
+        "joulegate_admission_admitted",
+        "Model requests admitted (at once or after waiting).",
+        None,
+        a.admitted,
+    )?;
+    family(
+        enc,
+        "joulegate_admission_rejected",
+        "Model requests refused with 429, by reason (queue_full, timeout).",
+        None,
+        MetricType::Counter,
+        [
+            (RejectReason::QueueFull, a.rejected.queue_full),
+            (RejectReason::Timeout, a.rejected.timeout),
+        ]
+        .into_iter()
+        .map(|(r, n)| (labels([("reason", r.as_str())]), n)),
+    )?;
+    counter(
+        enc,
+        "joulegate_admission_left_queue",
+        "Model requests whose client left while they waited for admission.",
+        None,
+        a.left_queue,
+    )?;
+    let w = &a.queue_wait;
+    let mut counts = w.bucket_counts.clone();
+    counts.resize(QUEUE_WAIT_BUCKETS_S.len() + 1, 0);
+    let h = FixedHistogram {
+        bounds: QUEUE_WAIT_BUCKETS_S.to_vec(),
+        // The buckets are counted one by one without a lock: the count is their sum, so the
+        // exposition stays consistent even mid-update.
+        count: counts.iter().sum(),
+        counts,
+        sum: w.sum_seconds,
+    };
+    histogram(
+        enc,
+        "joulegate_queue_wait",
+        "Time admitted model requests waited for admission (0 when admitted at once; admission on only).",
+        Some(Unit::Seconds),
+        &h,
+    )
+}
