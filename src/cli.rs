@@ -1,4 +1,4 @@
-//! The command line: `serve`, `demo`, `log-power`, `mock-upstream`.
+//! The command line: `serve`, `demo`, `log-power`, `mock-upstream`, `replay`.
 //!
 //! Flags of `serve` are all optional here: unset ones fall back to the environment (clap `env`), then
 //! the `--config` file, then defaults, in [`crate::config::Config::resolve`].
@@ -35,8 +35,8 @@ pub struct LogArgs {
         global = true
     )]
     pub log_format: Option<String>,
-    /// More logs: -v info, -vv debug, -vvv trace (demo and log-power log warnings only by default,
-    /// servers info).
+    /// More logs: -v info, -vv debug, -vvv trace (demo, log-power and replay log warnings only by
+    /// default, servers info).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 }
@@ -45,7 +45,10 @@ impl Command {
     /// Whether the command's own output (a table, CSV, progress) is for the terminal, so that its
     /// logs default to warnings and nothing cuts the output.
     pub fn quiet_logs(&self) -> bool {
-        matches!(self, Command::Demo(_) | Command::LogPower(_))
+        matches!(
+            self,
+            Command::Demo(_) | Command::LogPower(_) | Command::Replay(_)
+        )
     }
 }
 
@@ -61,6 +64,9 @@ pub enum Command {
     LogPower(crate::meter::log_power::LogPowerArgs),
     /// Run the mock vLLM upstream (vLLM's wire format, simulated engine).
     MockUpstream(crate::sim::MockUpstreamArgs),
+    /// Send timed load (a request log, a trace or a synthetic spec) at a proxy, an upstream with
+    /// an in-process proxy, or the simulated engine, and report its energy per tag.
+    Replay(Box<crate::replay::ReplayArgs>),
 }
 
 /// Flags of `joulegate serve`. Each is also an environment variable and a key in the config file.

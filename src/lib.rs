@@ -4,7 +4,7 @@
 //! The crate map (see `../shared/DESIGN.md` for the model and STYLE.md for the shape):
 //! - [`app`]: [`app::App`] built from a config, served on caller-bound [`app::Listeners`], drained.
 //! - [`config`]: raw file/env/flag values validated into a typed [`config::Config`].
-//! - [`cli`]: the clap commands (`serve`, `demo`, `log-power`, `mock-upstream`) and global log flags.
+//! - [`cli`]: the clap commands (`serve`, `demo`, `log-power`, `mock-upstream`, `replay`) and global log flags.
 //! - [`logging`]: diagnostic logs on stderr: text or JSON lines, colour only on a terminal, levels.
 //! - [`proxy`]: the data plane: listener, upstream pool, header rules, the relay body wrapper, errors.
 //! - [`openai`]: pure protocol code (request view, usage injection/removal, incremental SSE, usage).
@@ -14,6 +14,8 @@
 //! - [`ledger`]: pure attribution of each tick's energy; [`accounting`]: the glue thread that feeds it.
 //! - [`admin`]: the second listener (metrics, stats, requests, health); [`request_log`]: the JSONL log.
 //! - [`demo`]: `joulegate demo` (engine, meter and proxy in one process) and the accuracy harness.
+//! - [`replay`]: `joulegate replay`: timed load from a request log, a trace or a synthetic spec,
+//!   with an energy report per tag.
 //! - [`sim`]: the simulated vLLM-like engine and mock upstream used by `demo`, tests and benches.
 #![forbid(unsafe_code)]
 
@@ -31,6 +33,7 @@ pub mod meter;
 pub mod observe;
 pub mod openai;
 pub mod proxy;
+pub mod replay;
 pub mod request_log;
 pub mod sampler;
 pub mod sim;

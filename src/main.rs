@@ -27,6 +27,11 @@ fn main() -> anyhow::Result<()> {
             flag_logs(&log, quiet)?;
             runtime()?.block_on(joulegate::sim::run_cli(args))
         }
+        Command::Replay(args) => {
+            flag_logs(&log, quiet)?;
+            runtime()?.block_on(joulegate::replay::run_cli(*args))?;
+            Ok(())
+        }
     }
 }
 
