@@ -187,15 +187,22 @@ pub async fn drive(
     let mut set = JoinSet::new();
     let mut out = Vec::with_capacity(plan.len());
     let mut interrupted = false;
+    // On a terminal the line is rewritten in place; elsewhere (a log file, CI) one line a second.
+    let (cr, nl) = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        ("\r", "")
+    } else {
+        ("", "\n")
+    };
     let ticker = opts.progress.then(|| {
         let p = progress.clone();
         let total = plan.len();
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(1));
+            let mut every =
+                tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
             loop {
                 every.tick().await;
                 eprint!(
-                    "\rreplay: {:>7.1} s  sent {}/{}  done {}  failed {}   ",
+                    "{cr}replay: {:>7.1} s  sent {}/{}  done {}  failed {}   {nl}",
                     start.elapsed().as_secs_f64(),
                     p.sent.load(Relaxed),
                     total,
@@ -243,7 +250,7 @@ pub async fn drive(
     if let Some(t) = ticker {
         t.abort();
         eprintln!(
-            "\rreplay: {:.1} s, {} sent, {} done, {} failed{}",
+            "{cr}replay: {:.1} s, {} sent, {} done, {} failed{}",
             start.elapsed().as_secs_f64(),
             progress.sent.load(Relaxed),
             progress.done.load(Relaxed),

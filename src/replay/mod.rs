@@ -234,6 +234,9 @@ pub struct ReplayOptions {
     pub admin_token: Option<String>,
     /// Progress line on stderr.
     pub progress: bool,
+    /// `--mock`: before sending, wait at most this long for the proxy to learn P_idle from idle
+    /// ticks (as on a server idle before its first request); zero skips it.
+    pub mock_idle_warmup: Duration,
 }
 
 fn seconds(name: &'static str, x: f64, max: f64) -> Result<Duration, ReplayError> {
@@ -373,6 +376,7 @@ impl ReplayOptions {
             carbon: a.carbon_intensity_g_per_kwh,
             admin_token: a.admin_token.clone(),
             progress: !a.quiet,
+            mock_idle_warmup: WorldOptions::default().idle_warmup,
         })
     }
 
@@ -507,6 +511,7 @@ async fn run_mock(
         time_scale: opts.speed,
         carbon_g_per_kwh: opts.carbon,
         settle_timeout: opts.settle_timeout,
+        idle_warmup: opts.mock_idle_warmup,
         ..WorldOptions::default()
     })
     .await?;
