@@ -30,8 +30,19 @@ fn replay_help_lists_inputs_and_targets() {
     let help = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for flag in [
-        "--log", "--trace", "--rate", "--target", "--admin", "--upstream", "--meter", "--mock",
-        "--speed", "--warmup", "--max-inflight", "--json", "--csv",
+        "--log",
+        "--trace",
+        "--rate",
+        "--target",
+        "--admin",
+        "--upstream",
+        "--meter",
+        "--mock",
+        "--speed",
+        "--warmup",
+        "--max-inflight",
+        "--json",
+        "--csv",
     ] {
         assert!(help.contains(flag), "replay --help lists {flag}");
     }
@@ -42,8 +53,21 @@ fn replay_mock_with_a_tiny_synthetic_spec_runs_end_to_end() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (json, csv) = (dir.path().join("r.json"), dir.path().join("r.csv"));
     let o = Command::new(env!("CARGO_BIN_EXE_joulegate"))
-        .args(["replay", "--mock", "--quiet", "--rate", "20", "--duration", "0.4"])
-        .args(["--prompt-tokens", "uniform:30-60", "--output-tokens", "fixed:6"])
+        .args([
+            "replay",
+            "--mock",
+            "--quiet",
+            "--rate",
+            "20",
+            "--duration",
+            "0.4",
+        ])
+        .args([
+            "--prompt-tokens",
+            "uniform:30-60",
+            "--output-tokens",
+            "fixed:6",
+        ])
         .args(["--speed", "4", "--carbon-intensity-g-per-kwh", "400"])
         .arg("--json")
         .arg(&json)
@@ -60,10 +84,18 @@ fn replay_mock_with_a_tiny_synthetic_spec_runs_end_to_end() {
     assert_eq!(all["requests"].as_u64(), Some(planned), "{v:#}");
     assert_eq!(all["failed"], 0, "{v:#}");
     assert_eq!(all["without_energy"], 0, "{v:#}");
-    assert_eq!(all["completion_tokens"].as_u64(), Some(6 * planned), "{v:#}");
+    assert_eq!(
+        all["completion_tokens"].as_u64(),
+        Some(6 * planned),
+        "{v:#}"
+    );
     assert!(all["joules"].as_f64().expect("joules") > 0.0, "{v:#}");
     assert!(all["co2_grams"].as_f64().is_some(), "{v:#}");
-    assert_eq!(all["ttft"]["count"].as_u64(), Some(planned), "every request streamed");
+    assert_eq!(
+        all["ttft"]["count"].as_u64(),
+        Some(planned),
+        "every request streamed"
+    );
     assert_eq!(v["tags"]["replay"]["requests"].as_u64(), Some(planned));
     assert_eq!(v["truth_errors"]["count"].as_u64(), Some(planned), "{v:#}");
     let rows = std::fs::read_to_string(&csv).expect("csv written");
@@ -90,7 +122,10 @@ async fn proxy(upstream: &MockHandle, log: Option<&Path>) -> Running {
     };
     let config = Config::resolve(&args, &FileConfig::default(), None).expect("config");
     let listeners = Listeners::bind(&config).await.expect("bind");
-    App::build(config).expect("app").start(listeners).expect("start")
+    App::build(config)
+        .expect("app")
+        .start(listeners)
+        .expect("start")
 }
 
 fn at(running: &Running, tag: &str, endpoint: &str, stream: bool) -> ReplayArgs {
@@ -125,7 +160,10 @@ async fn replay(args: &ReplayArgs) -> Report {
 async fn stats(running: &Running) -> Value {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let uri = format!("http://{}/stats", running.admin_addr.expect("admin"));
-    let r = client.get(uri.parse().expect("uri")).await.expect("GET /stats");
+    let r = client
+        .get(uri.parse().expect("uri"))
+        .await
+        .expect("GET /stats");
     let body = r.into_body().collect().await.expect("body").to_bytes();
     serde_json::from_slice(&body).expect("stats JSON")
 }
@@ -188,7 +226,10 @@ async fn replaying_a_served_request_log_matches_the_proxys_stats() {
     let t = &s["totals"];
     assert_eq!(t["requests"].as_u64(), Some(written as u64), "{t:#}");
     assert_eq!(t["prompt_tokens"].as_u64(), Some(r.overall.prompt_tokens));
-    assert_eq!(t["completion_tokens"].as_u64(), Some(r.overall.completion_tokens));
+    assert_eq!(
+        t["completion_tokens"].as_u64(),
+        Some(r.overall.completion_tokens)
+    );
     let attributed = t["attributed_joules"].as_f64().expect("attributed");
     assert!(attributed > 0.0);
     // Records carry joules at µJ resolution: the sums agree to a µJ per request.
@@ -200,9 +241,17 @@ async fn replaying_a_served_request_log_matches_the_proxys_stats() {
     );
     for (tag, g) in &r.tags {
         let row = &s["tags"][tag];
-        assert_eq!(row["requests"].as_u64(), Some(g.requests as u64), "{tag}: {row:#}");
+        assert_eq!(
+            row["requests"].as_u64(),
+            Some(g.requests as u64),
+            "{tag}: {row:#}"
+        );
         let j = row["energy_joules"].as_f64().expect("tag joules");
-        assert!((g.joules - j).abs() <= tolerance, "{tag}: {} vs {j}", g.joules);
+        assert!(
+            (g.joules - j).abs() <= tolerance,
+            "{tag}: {} vs {j}",
+            g.joules
+        );
     }
     second.shutdown();
     second.wait().await;

@@ -4,7 +4,8 @@
 //! distributions), and the request bodies built for them.
 //!
 //! Pure: text in, plan out; no clock, no I/O beyond the caller handing over a reader. A bad line is
-//! an error naming its line number, never skipped silently.
+//! an error naming its line number, never skipped silently; blank lines and lines starting with
+//! `#` (comments) are skipped.
 
 use std::io::BufRead;
 use std::time::Duration;
@@ -121,7 +122,10 @@ fn lines<R: BufRead>(
                 source,
             })
         })
-        .filter(|r| !matches!(r, Ok((_, l)) if l.trim().is_empty()))
+        // Blank lines and `#` comment lines (a header saying what a file holds) are skipped.
+        .filter(
+            |r| !matches!(r, Ok((_, l)) if l.trim().is_empty() || l.trim_start().starts_with('#')),
+        )
 }
 
 fn tokens(line: usize, field: &str, n: u64) -> Result<u32, SourceError> {
@@ -369,7 +373,7 @@ mod tests {
 
     #[test]
     fn trace_reads_mooncake_lines_and_names_bad_ones() {
-        let text = "{\"timestamp\": 250, \"input_length\": 100, \"output_length\": 5, \"hash_ids\": [1]}\n{\"timestamp\": 0, \"input_length\": 10, \"output_length\": 2}\n";
+        let text = "# a comment\n{\"timestamp\": 250, \"input_length\": 100, \"output_length\": 5, \"hash_ids\": [1]}\n{\"timestamp\": 0, \"input_length\": 10, \"output_length\": 2}\n";
         let items = read_trace(text.as_bytes(), "t", Api::Chat, true, Some("x")).expect("reads");
         assert_eq!(items.len(), 2);
         assert_eq!(items[0].at, Duration::ZERO);
@@ -377,13 +381,27 @@ mod tests {
         assert_eq!(items[1].prompt_tokens, 100);
         assert_eq!(items[1].tag.as_deref(), Some("x"));
         for (bad, line) in [
-            ("{\"timestamp\": 0, \"input_length\": 1, \"output_length\": 1}\n{\"timestamp\": 1}\n", 2),
+            ("{\"timestamp\": 0, \"input_length\": 1, \"output_length\": 1}\n# c\n{\"timestamp\": 1}\n", 3),
             ("{\"timestamp\": -5, \"input_length\": 1, \"output_length\": 1}\n", 1),
             ("{\"timestamp\": 0, \"input_length\": 99999999999, \"output_length\": 1}\n", 1),
         ] {
             let e = read_trace(bad.as_bytes(), "t", Api::Chat, true, None).expect_err(bad);
             assert!(matches!(e, SourceError::Line { line: l, .. } if l == line), "{e}");
         }
+    }
+
+    #[test]
+    fn the_example_trace_reads() {
+        let text = include_str!("../../examples/trace.jsonl");
+        let items = read_trace(
+            text.as_bytes(),
+            "examples/trace.jsonl",
+            Api::Chat,
+            true,
+            None,
+        )
+        .expect("the example trace is valid");
+        assert_eq!(items.len(), 24);
     }
 
     #[test]
