@@ -257,3 +257,61 @@ async fn replaying_a_served_request_log_matches_the_proxys_stats() {
     second.wait().await;
     upstream.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_starts_the_proxy_in_process_in_front_of_an_upstream() {
+    let upstream = mock().await;
+    let args = ReplayArgs {
+        rate: Some(40.0),
+        duration: Some(0.2),
+        prompt_tokens: "fixed:40".into(),
+        output_tokens: "fixed:4".into(),
+        seed: 2,
+        upstream: Some(upstream.url()),
+        meters: vec!["sim:300".into()],
+        carbon_intensity_g_per_kwh: Some(400.0),
+        speed: 2.0,
+        max_inflight: 4,
+        endpoint: "chat".into(),
+        tag: "in-process".into(),
+        chars_per_token: 3.0,
+        settle_timeout: 30.0,
+        quiet: true,
+        ..ReplayArgs::default()
+    };
+    let r = replay(&args).await;
+    assert!(r.planned > 0);
+    assert_eq!(r.overall.requests, r.planned);
+    assert_eq!((r.overall.failed, r.unsettled), (0, 0));
+    assert_eq!(r.overall.completion_tokens, 4 * r.planned as u64);
+    assert!(r.outcomes.iter().all(|o| o.settled.is_some()));
+    assert!(
+        r.overall.co2_grams.is_some(),
+        "carbon configured in-process"
+    );
+    upstream.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_before_the_end_reports_what_finished() {
+    let upstream = mock().await;
+    let running = proxy(&upstream, None).await;
+    let mut args = at(&running, "stopped", "chat", true);
+    args.duration = Some(60.0);
+    let opts = ReplayOptions::from_args(&args).expect("valid flags");
+    // The stop is already due: nothing waits for the minute of arrivals.
+    let r = tokio::time::timeout(GUARD, run(&opts, std::future::ready(())))
+        .await
+        .expect("guard")
+        .expect("replay runs");
+    assert!(r.interrupted);
+    assert!(
+        r.planned > 100 && r.overall.requests < r.planned,
+        "{}",
+        r.overall.requests
+    );
+    assert!(r.render().contains("interrupted"));
+    running.shutdown();
+    running.wait().await;
+    upstream.shutdown().await;
+}
