@@ -36,8 +36,8 @@ use crate::config::{Config, FileConfig};
 use crate::demo::{ErrorStats, Sent, World, WorldOptions};
 use crate::observe::parse_public_id;
 
-/// Flags of `joulegate replay`.
-#[derive(Debug, Clone, Default, clap::Args)]
+/// Flags of `joulegate replay`. `Default` gives the command line's defaults (no input, no target).
+#[derive(Debug, Clone, clap::Args)]
 pub struct ReplayArgs {
     /// Replay a request log written by `serve` (`request_log`; JSONL as /requests/{id} serves).
     #[arg(long, value_name = "FILE", group = "input")]
@@ -127,6 +127,40 @@ pub struct ReplayArgs {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+}
+
+impl Default for ReplayArgs {
+    fn default() -> Self {
+        ReplayArgs {
+            log: None,
+            trace: None,
+            rate: None,
+            duration: None,
+            prompt_tokens: "fixed:128".into(),
+            output_tokens: "fixed:64".into(),
+            seed: 1,
+            target: None,
+            admin: None,
+            admin_token: None,
+            upstream: None,
+            meters: Vec::new(),
+            mock: false,
+            speed: 1.0,
+            warmup: 0.0,
+            max_inflight: 256,
+            model: None,
+            force_model: false,
+            endpoint: "chat".into(),
+            no_stream: false,
+            tag: "replay".into(),
+            chars_per_token: 3.0,
+            settle_timeout: 30.0,
+            carbon_intensity_g_per_kwh: None,
+            json: None,
+            csv: None,
+            quiet: false,
+        }
+    }
 }
 
 /// Why replay could not run.

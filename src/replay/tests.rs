@@ -22,6 +22,23 @@ fn synthetic() -> ReplayArgs {
 }
 
 #[test]
+fn default_args_match_the_command_lines_defaults() {
+    use clap::Parser;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        replay: ReplayArgs,
+    }
+    let mut parsed = Cli::try_parse_from(["replay"]).expect("parses").replay;
+    // The only flag with an environment variable; the host's value is not a default.
+    parsed.admin_token = None;
+    assert_eq!(
+        format!("{parsed:?}"),
+        format!("{:?}", ReplayArgs::default())
+    );
+}
+
+#[test]
 fn synthetic_mock_is_valid_and_forces_the_mock_model() {
     let mut a = synthetic();
     a.model = Some("llama".into());
