@@ -1,4 +1,4 @@
-//! The command line: `serve`, `demo`, `log-power`, `mock-upstream`, `batch`.
+//! The command line: `serve`, `demo`, `log-power`, `mock-upstream`, `batch`, `replay`.
 //!
 //! Flags of `serve` are all optional here: unset ones fall back to the environment (clap `env`), then
 //! the `--config` file, then defaults, in [`crate::config::Config::resolve`].
@@ -35,8 +35,8 @@ pub struct LogArgs {
         global = true
     )]
     pub log_format: Option<String>,
-    /// More logs: -v info, -vv debug, -vvv trace (demo and log-power log warnings only by default,
-    /// servers info).
+    /// More logs: -v info, -vv debug, -vvv trace (demo, log-power and replay log warnings only by
+    /// default, servers info).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 }
@@ -48,6 +48,7 @@ impl Command {
         matches!(
             self,
             Command::Demo(_) | Command::LogPower(_) | Command::Batch(_)
+                | Command::Replay(_)
         )
     }
 }
@@ -67,6 +68,9 @@ pub enum Command {
     /// Run an OpenAI batch file (JSONL) through joulegate and write OpenAI's batch output shape
     /// with an energy object per line, then a summary of the job (resumable).
     Batch(crate::batch::BatchArgs),
+    /// Send timed load (a request log, a trace or a synthetic spec) at a proxy, an upstream with
+    /// an in-process proxy, or the simulated engine, and report its energy per tag.
+    Replay(Box<crate::replay::ReplayArgs>),
 }
 
 /// Flags of `joulegate serve`. Each is also an environment variable and a key in the config file.

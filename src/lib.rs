@@ -4,7 +4,7 @@
 //! The crate map (see `../shared/DESIGN.md` for the model and STYLE.md for the shape):
 //! - [`app`]: [`app::App`] built from a config, served on caller-bound [`app::Listeners`], drained.
 //! - [`config`]: raw file/env/flag values validated into a typed [`config::Config`].
-//! - [`cli`]: the clap commands (`serve`, `demo`, `log-power`, `mock-upstream`, `batch`) and global log flags.
+//! - [`cli`]: the clap commands (`serve`, `demo`, `log-power`, `mock-upstream`, `batch`, `replay`) and global log flags.
 //! - [`logging`]: diagnostic logs on stderr: text or JSON lines, colour only on a terminal, levels.
 //! - [`proxy`]: the data plane: listener, upstream pool, header rules, the relay body wrapper, errors.
 //! - [`openai`]: pure protocol code (request view, usage injection/removal, incremental SSE, usage).
@@ -15,6 +15,8 @@
 //! - [`admin`]: the second listener (metrics, stats, requests, health); [`request_log`]: the JSONL log.
 //! - [`demo`]: `joulegate demo` (engine, meter and proxy in one process) and the accuracy harness.
 //! - [`batch`]: `joulegate batch` (an OpenAI batch file through joulegate, energy per line and job).
+//! - [`replay`]: `joulegate replay`: timed load from a request log, a trace or a synthetic spec,
+//!   with an energy report per tag.
 //! - [`sim`]: the simulated vLLM-like engine and mock upstream used by `demo`, tests and benches.
 #![forbid(unsafe_code)]
 
@@ -33,6 +35,7 @@ pub mod meter;
 pub mod observe;
 pub mod openai;
 pub mod proxy;
+pub mod replay;
 pub mod request_log;
 pub mod sampler;
 pub mod sim;

@@ -31,6 +31,11 @@ fn main() -> anyhow::Result<()> {
             flag_logs(&log, quiet)?;
             Ok(runtime()?.block_on(joulegate::batch::run_cli(args))?)
         }
+        Command::Replay(args) => {
+            flag_logs(&log, quiet)?;
+            runtime()?.block_on(joulegate::replay::run_cli(*args))?;
+            Ok(())
+        }
     }
 }
 
