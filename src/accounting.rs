@@ -371,6 +371,10 @@ impl Accounting {
         self.shared.update_stats(|s| {
             s.requests.add(record.status);
             s.attribution.add(record.attribution);
+            if record.end_ns >= record.arrival_ns && record.end_ns > 0 {
+                s.processing
+                    .observe((record.end_ns - record.arrival_ns) as f64 / 1e9);
+            }
             s.prompt_tokens = s.prompt_tokens.saturating_add(record.prompt_tokens);
             s.completion_tokens = s.completion_tokens.saturating_add(record.completion_tokens);
             s.records_evicted += evicted;
@@ -430,7 +434,9 @@ impl Accounting {
         let calibration = self.ledger.calibration();
         let (prefill_rate, decode_rate) = self.ledger.rates();
         let in_flight = self.in_flight.len() as u64;
+        let batch = self.ledger.batch();
         self.shared.update_stats(|s| {
+            s.batch = batch;
             s.totals = totals;
             s.p_idle_mw = p_idle_mw;
             s.p_idle_source = p_idle_source;

@@ -47,8 +47,7 @@ impl Command {
     pub fn quiet_logs(&self) -> bool {
         matches!(
             self,
-            Command::Demo(_) | Command::LogPower(_) | Command::Batch(_)
-                | Command::Replay(_)
+            Command::Demo(_) | Command::LogPower(_) | Command::Batch(_) | Command::Replay(_)
         )
     }
 }

@@ -215,6 +215,27 @@ async fn metrics_stats_requests_and_headers_agree() {
     assert!(m
         .iter()
         .any(|s| s.0 == "joulegate_calibration_decode_joules_per_token"));
+    assert!(m
+        .iter()
+        .any(|s| s.0 == "joulegate_calibration_context_joules_per_token"));
+    // Every finished model request has a duration; the effective batch agrees with /stats.
+    assert_eq!(
+        sum(&m, "joulegate_request_duration_seconds_count", &[]),
+        4.0
+    );
+    let batch = &stats["batch"];
+    assert_eq!(batch["processing_seconds"]["count"], 4);
+    assert_eq!(
+        sum(&m, "joulegate_batch_size_count", &[]),
+        batch["effective"]["count"].as_f64().expect("count")
+    );
+    let by = &stats["totals"]["requests_by_attribution"];
+    assert_eq!(
+        by["streamed"].as_u64().unwrap_or(0)
+            + by["engine_metrics"].as_u64().unwrap_or(0)
+            + by["estimated"].as_u64().unwrap_or(0),
+        4
+    );
 }
 
 #[tokio::test]

@@ -23,7 +23,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 const SSE: &[(&str, &str)] = &[("content-type", "text/event-stream")];
-const STREAM: &[u8] = br#"{"model":"tiny","stream":true,"max_tokens":4,"messages":[{"role":"user","content":"hi"}]}"#;
+const STREAM: &[u8] =
+    br#"{"model":"tiny","stream":true,"max_tokens":4,"messages":[{"role":"user","content":"hi"}]}"#;
 
 /// An upstream whose every stream sends one event, then waits for one permit of the gate.
 async fn gated_streams() -> ScriptedUpstream {
@@ -130,7 +131,9 @@ async fn twenty_slow_streams_with_four_slots_and_four_places_in_the_queue() {
     // the upstream never holds more than four.
     for i in 0..8 {
         upstream.open_gate();
-        let got = guard("a completed stream", done.recv()).await.expect("answer");
+        let got = guard("a completed stream", done.recv())
+            .await
+            .expect("answer");
         assert_eq!(got.status, 200);
         assert!(got.body.ends_with(b"data: [DONE]\n\n"));
         if i < 4 {
@@ -174,11 +177,7 @@ async fn twenty_slow_streams_with_four_slots_and_four_places_in_the_queue() {
     assert_eq!(sum(&m, "joulegate_inflight_tokens", &[]), 0.0);
     assert_eq!(sum(&m, "joulegate_queue_wait_seconds_count", &[]), 8.0);
     assert_eq!(
-        sum(
-            &m,
-            "joulegate_queue_wait_seconds_bucket",
-            &[("le", "+Inf")]
-        ),
+        sum(&m, "joulegate_queue_wait_seconds_bucket", &[("le", "+Inf")]),
         8.0
     );
 }
@@ -203,7 +202,10 @@ async fn a_queue_timeout_is_a_429_and_the_queued_request_never_reaches_the_upstr
     assert_eq!(a["queue_length"], 0);
     assert_eq!(a["left_queue"], 0);
     upstream.open_gate();
-    assert_eq!(guard("the held stream", held).await.expect("task").status, 200);
+    assert_eq!(
+        guard("the held stream", held).await.expect("task").status,
+        200
+    );
     let m = metrics(proxy.admin, None).await;
     assert_eq!(
         sum(
@@ -234,16 +236,28 @@ async fn a_client_that_leaves_while_queued_is_removed_at_once() {
     );
     client.write_all(head.as_bytes()).await.unwrap();
     client.write_all(STREAM).await.unwrap();
-    until(proxy.admin, "the request to queue", |a| a["queue_length"] == 1).await;
+    until(proxy.admin, "the request to queue", |a| {
+        a["queue_length"] == 1
+    })
+    .await;
     drop(client);
-    let a = until(proxy.admin, "the queue to empty", |a| a["queue_length"] == 0).await;
+    let a = until(proxy.admin, "the queue to empty", |a| {
+        a["queue_length"] == 0
+    })
+    .await;
     assert_eq!(a["left_queue"], 1);
     assert_eq!(a["rejected"]["timeout"], 0);
     // It never reached the upstream, and the slot it waited for is still the held stream's.
     assert!(upstream.received.try_recv().is_err());
     upstream.open_gate();
-    assert_eq!(guard("the held stream", held).await.expect("task").status, 200);
-    let a = until(proxy.admin, "the slot to free", |a| a["inflight_requests"] == 0).await;
+    assert_eq!(
+        guard("the held stream", held).await.expect("task").status,
+        200
+    );
+    let a = until(proxy.admin, "the slot to free", |a| {
+        a["inflight_requests"] == 0
+    })
+    .await;
     assert_eq!(a["admitted"], 1);
 }
 
@@ -263,7 +277,13 @@ async fn admission_off_still_publishes_in_flight_figures() {
     assert_eq!(sum(&m, "joulegate_admission_inflight_requests", &[]), 1.0);
     upstream.open_gate();
     assert_eq!(guard("the stream", held).await.expect("task").status, 200);
-    let a = until(proxy.admin, "the slot to free", |a| a["inflight_requests"] == 0).await;
-    assert_eq!((a["admitted"].as_u64(), a["inflight_tokens"].as_u64()), (Some(1), Some(0)));
+    let a = until(proxy.admin, "the slot to free", |a| {
+        a["inflight_requests"] == 0
+    })
+    .await;
+    assert_eq!(
+        (a["admitted"].as_u64(), a["inflight_tokens"].as_u64()),
+        (Some(1), Some(0))
+    );
     assert_eq!(a["queue_wait"]["count"], 0);
 }

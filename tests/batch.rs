@@ -10,7 +10,9 @@ use tokio::net::TcpListener;
 
 async fn mock() -> MockHandle {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
-    MockUpstream::builder().spawn(listener).expect("mock starts")
+    MockUpstream::builder()
+        .spawn(listener)
+        .expect("mock starts")
 }
 
 fn args(input: &std::path::Path, output: &std::path::Path) -> BatchArgs {
@@ -39,8 +41,13 @@ async fn an_in_process_batch_writes_every_line_with_energy_and_resumes() {
     let mut a = args(&input, &output);
     a.upstream = Some(mock.url());
     a.meters = vec!["sim:100".into()];
-    let s = common::guard("the batch", run(&a)).await.expect("batch runs");
-    assert_eq!((s.lines, s.sent, s.skipped, s.succeeded, s.failed), (2, 2, 0, 2, 0));
+    let s = common::guard("the batch", run(&a))
+        .await
+        .expect("batch runs");
+    assert_eq!(
+        (s.lines, s.sent, s.skipped, s.succeeded, s.failed),
+        (2, 2, 0, 2, 0)
+    );
     let out = read_output(&output).unwrap();
     assert_eq!(out.len(), 2);
     for line in &out {
@@ -51,13 +58,18 @@ async fn an_in_process_batch_writes_every_line_with_energy_and_resumes() {
         assert_eq!(r.body["object"], "chat.completion");
         assert!(r.request_id.is_some());
         let e = line.energy.as_ref().expect("energy headers");
-        assert!(e.request_id.as_deref().is_some_and(|id| id.starts_with("jg-")));
+        assert!(e
+            .request_id
+            .as_deref()
+            .is_some_and(|id| id.starts_with("jg-")));
         assert!(e.joules.is_some());
         assert!(e.completion_tokens.is_some_and(|t| t > 0));
     }
     // Resume with the whole file: only the two new custom_ids are sent.
     std::fs::write(&input, EXAMPLE).unwrap();
-    let s = common::guard("the resumed batch", run(&a)).await.expect("batch runs");
+    let s = common::guard("the resumed batch", run(&a))
+        .await
+        .expect("batch runs");
     assert_eq!((s.lines, s.sent, s.skipped, s.succeeded), (4, 2, 2, 4));
     let out = read_output(&output).unwrap();
     let mut ids: Vec<&str> = out.iter().map(|l| l.custom_id.as_str()).collect();
@@ -82,7 +94,9 @@ async fn a_batch_through_a_running_proxy_and_a_bad_input_line() {
     std::fs::write(&input, EXAMPLE).unwrap();
     let mut a = args(&input, &output);
     a.proxy = Some(format!("http://{}/", proxy.addr));
-    let s = common::guard("the batch", run(&a)).await.expect("batch runs");
+    let s = common::guard("the batch", run(&a))
+        .await
+        .expect("batch runs");
     assert_eq!((s.lines, s.succeeded), (4, 4));
     // Energy per line sums to the job's: the summary adds the lines' headers.
     let out = read_output(&output).unwrap();

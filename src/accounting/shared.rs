@@ -65,6 +65,42 @@ impl StatusCounts {
     }
 }
 
+/// Upper bounds of the processing-time histogram, seconds.
+pub const PROCESSING_BUCKETS_S: [f64; 11] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// How long finished model requests took, from arrival at the proxy to the end of the response.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct ProcessingStats {
+    /// Requests per bucket (not cumulative; the last one is above 300 s).
+    pub buckets: [u64; PROCESSING_BUCKETS_S.len() + 1],
+    /// Sum of the durations, seconds.
+    pub sum_seconds: f64,
+    /// Requests counted.
+    pub count: u64,
+    /// Mean over the latest 1024 requests, seconds.
+    pub recent_mean_seconds: f64,
+}
+
+impl ProcessingStats {
+    /// Counts one request of `seconds`.
+    pub fn observe(&mut self, seconds: f64) {
+        if !(seconds.is_finite() && seconds >= 0.0) {
+            return;
+        }
+        let i = PROCESSING_BUCKETS_S.partition_point(|b| *b < seconds);
+        if let Some(c) = self.buckets.get_mut(i) {
+            *c += 1;
+        }
+        self.sum_seconds += seconds;
+        self.count += 1;
+        // An exponential window of about 1024 requests.
+        let w = 1.0 / (self.count.min(1024) as f64);
+        self.recent_mean_seconds += w * (seconds - self.recent_mean_seconds);
+    }
+}
+
 /// A copy of the accounting figures, as `/stats` and `/metrics` read them.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct AccountingStats {
@@ -78,6 +114,10 @@ pub struct AccountingStats {
     pub requests: StatusCounts,
     /// Finished model requests by how their work was seen.
     pub attribution: AttributionCounts,
+    /// The effective batch: requests doing work in each settled busy tick.
+    pub batch: crate::ledger::BatchStats,
+    /// How long finished model requests took.
+    pub processing: ProcessingStats,
     /// Requests registered and not retired yet.
     pub in_flight: u64,
     /// Idle power, milliwatts, when known.
@@ -108,6 +148,8 @@ impl Default for AccountingStats {
             completion_tokens: 0,
             requests: StatusCounts::default(),
             attribution: AttributionCounts::default(),
+            batch: crate::ledger::BatchStats::default(),
+            processing: ProcessingStats::default(),
             in_flight: 0,
             p_idle_mw: None,
             p_idle_source: IdleSource::Unknown,

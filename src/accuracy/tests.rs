@@ -53,7 +53,11 @@ fn attribution_beats_the_naive_split_by_a_margin() {
             ..small(w, 50)
         };
         let r = run_case(&case);
-        assert!(r.books_exact && r.missing_records == 0, "{}: {r:?}", w.name());
+        assert!(
+            r.books_exact && r.missing_records == 0,
+            "{}: {r:?}",
+            w.name()
+        );
         assert!(
             r.record.median <= median && r.record.p95 <= p95,
             "{}: record median {:.3} p95 {:.3}",

@@ -132,6 +132,12 @@ pub fn stats(s: &AdminState) -> Value {
         },
         "request_bodies": s.request_bodies.stats(),
         "admission": s.admission.stats(),
+        "batch": {
+            "effective": st.batch,
+            "effective_buckets": crate::ledger::BATCH_BUCKETS,
+            "processing_seconds": st.processing,
+            "processing_buckets_seconds": crate::accounting::shared::PROCESSING_BUCKETS_S,
+        },
         "started_at": s.clock.rfc3339(0),
         "uptime_s": now_ns as f64 / 1e9,
         "energy_available": energy_available,

@@ -30,8 +30,8 @@ use crate::app::{App, AppError, Listeners};
 use crate::cli::ServeArgs;
 use crate::config::{Config, ConfigError, FileConfig};
 use crate::proxy::headers::ENERGY_TAG;
-use line::{parse_input, Energy, InputLine, LineError, OutputError, OutputLine, OutputResponse};
 pub use line::Summary;
+use line::{parse_input, Energy, InputLine, LineError, OutputError, OutputLine, OutputResponse};
 
 /// Flags of `joulegate batch`.
 #[derive(Debug, Clone, Args)]
@@ -150,9 +150,9 @@ pub async fn run(args: &BatchArgs) -> Result<Summary, BatchError> {
             let config = Config::resolve(&serve, &FileConfig::default(), None)?;
             let listeners = Listeners::bind(&config).await.map_err(BatchError::Bind)?;
             let running = App::build(config)?.start(listeners)?;
-            let addr = running.proxy_addr.ok_or_else(|| {
-                BatchError::Bind(std::io::Error::other("no proxy address"))
-            })?;
+            let addr = running
+                .proxy_addr
+                .ok_or_else(|| BatchError::Bind(std::io::Error::other("no proxy address")))?;
             (format!("http://{addr}"), Some(running))
         }
     };
@@ -205,7 +205,9 @@ async fn send_all(
             let Some(input) = pending.next() else { break };
             next_id += 1;
             let (client, base, tag) = (client.clone(), base.clone(), tag.clone());
-            tasks.spawn(async move { send_one(&client, &base, tag.as_deref(), input, next_id).await });
+            tasks.spawn(
+                async move { send_one(&client, &base, tag.as_deref(), input, next_id).await },
+            );
             summary.sent += 1;
         }
         let Some(joined) = tasks.join_next().await else {

@@ -120,6 +120,9 @@ pub struct Ledger {
     pub(super) price_sums: (u64, u64, [f64; 3]),
     /// Arrival of the oldest request whose work may still appear in held ticks (latest tick).
     pub(super) min_unresolved: u64,
+    /// Requests that did work in each recent settled busy tick, and the running figures.
+    pub(super) batch_window: std::collections::VecDeque<u32>,
+    pub(super) batch: super::types::BatchStats,
     /// Arrival of the oldest visible request in flight with no first token yet (latest tick):
     /// engines admit waiting requests in arrival order, so anything that arrived after it waits
     /// too.
@@ -163,6 +166,8 @@ impl Ledger {
             price_window: std::collections::VecDeque::new(),
             price_sums: (0, 0, [0.0; 3]),
             min_unresolved: u64::MAX,
+            batch_window: std::collections::VecDeque::new(),
+            batch: super::types::BatchStats::default(),
             oldest_unstarted_ns: u64::MAX,
             shares: Vec::new(),
             scratch: Vec::new(),
@@ -570,6 +575,11 @@ impl Ledger {
             [k * alpha, k * beta, k * gamma]
         };
         Some((per(e), per(a)))
+    }
+
+    /// The effective batch: requests that did work in each settled busy tick.
+    pub fn batch(&self) -> super::types::BatchStats {
+        self.batch
     }
 
     /// The current prefill-rate and per-request decode-rate estimates, tokens per second.

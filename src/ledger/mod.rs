@@ -28,7 +28,10 @@ pub use attribution::Ledger;
 pub use calibration::{CalibrationConfig, CalibrationReport};
 pub use idle::IdleSource;
 pub use record::{Attribution, RecordStatus, RequestRecord};
-pub use types::{Coverage, FinalRequest, LedgerTotals, RequestEnergy, SettledTokens, TickSummary};
+pub use types::{
+    BatchStats, Coverage, FinalRequest, LedgerTotals, RequestEnergy, SettledTokens, TickSummary,
+    BATCH_BUCKETS,
+};
 
 use crate::observe::ProgressSnapshot;
 

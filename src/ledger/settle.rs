@@ -199,6 +199,7 @@ impl Ledger {
         };
         let mw_per_uj = 1e6 / dt.max(1) as f64;
         let mut active_total = 0u64;
+        let mut working = 0u32;
         for (k, (item, (share, w))) in tick
             .items
             .iter()
@@ -241,11 +242,17 @@ impl Ledger {
             if req.recent_seq != tick.seq {
                 req.recent_seq = tick.seq;
                 req.recent_uj = 0;
+                if share > 0 {
+                    working += 1;
+                }
             }
             req.recent_uj = req.recent_uj.saturating_add(share);
             en.recent_power_mw = (req.recent_uj as f64 * mw_per_uj) as u64;
         }
         self.totals.active_uj = self.totals.active_uj.saturating_add(active_total);
+        if working > 0 {
+            self.observe_batch(working);
+        }
         if prefill_tokens + decode_tokens > 0.0 {
             // Six seconds of busy ticks at the default interval: long enough not to price a
             // burst at the cost of the lone request that ended the previous one (the accuracy
@@ -288,6 +295,29 @@ impl Ledger {
             self.calibrator.observe(work, active_j);
         }
         true
+    }
+
+    /// One settled busy tick's effective batch into the window and histogram.
+    fn observe_batch(&mut self, n: u32) {
+        use super::types::BATCH_BUCKETS;
+        // A minute of ticks at the default interval.
+        const WINDOW: usize = 1200;
+        if self.batch_window.len() == WINDOW {
+            self.batch_window.pop_front();
+        }
+        self.batch_window.push_back(n);
+        let b = &mut self.batch;
+        let i = BATCH_BUCKETS.partition_point(|x| *x < f64::from(n));
+        if let Some(c) = b.buckets.get_mut(i) {
+            *c += 1;
+        }
+        b.sum = b.sum.saturating_add(u64::from(n));
+        b.count += 1;
+        b.last = u64::from(n);
+        b.window_ticks = self.batch_window.len() as u64;
+        let sum: u64 = self.batch_window.iter().map(|&x| u64::from(x)).sum();
+        b.mean = sum as f64 / self.batch_window.len() as f64;
+        b.max = self.batch_window.iter().copied().max().map_or(0, u64::from);
     }
 
     /// Moves requests that ended and have no held work into the ready list.

@@ -107,3 +107,27 @@ pub struct TickSummary {
     /// Requests that became final (take them with [`Ledger::drain_final`](super::Ledger::drain_final)).
     pub finalized: u32,
 }
+
+/// Upper bounds of the effective-batch histogram (requests doing work in a tick).
+pub const BATCH_BUCKETS: [f64; 11] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+/// The effective batch: how many requests did work in each settled busy tick.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct BatchStats {
+    /// Settled busy ticks in the sliding window (the last minute at the default interval).
+    pub window_ticks: u64,
+    /// Mean over the window.
+    pub mean: f64,
+    /// Largest in the window.
+    pub max: u64,
+    /// In the latest settled busy tick.
+    pub last: u64,
+    /// Ticks per bucket since start (not cumulative; the last one is above 1024).
+    pub buckets: [u64; BATCH_BUCKETS.len() + 1],
+    /// Sum over all settled busy ticks since start.
+    pub sum: u64,
+    /// Settled busy ticks since start.
+    pub count: u64,
+}

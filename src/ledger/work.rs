@@ -312,8 +312,13 @@ impl Ledger {
         let (from, ft) = if p.engine_timed && p.generation_ns.saturating_add(p.prefill_ns) > 0 {
             // vLLM's own times, anchored at the end (the answer leaves right after its last
             // token): no clock skew between the engine and the proxy to bound.
-            let ft = end.saturating_sub(p.generation_ns).max(p.arrival_ns.min(end));
-            (ft.saturating_sub(p.prefill_ns).max(p.arrival_ns.min(ft)), ft)
+            let ft = end
+                .saturating_sub(p.generation_ns)
+                .max(p.arrival_ns.min(end));
+            (
+                ft.saturating_sub(p.prefill_ns).max(p.arrival_ns.min(ft)),
+                ft,
+            )
         } else {
             // Every choice decodes one token per step, at the per-sequence rate.
             let per_s = self.decode_rate * f64::from(choices.max(1));

@@ -87,7 +87,10 @@ async fn the_queue_timeout_rejects_and_leaves_the_queue_empty() {
     let err = a.admit(1).await.expect_err("the slot never frees");
     assert_eq!(err.reason, RejectReason::Timeout);
     let s = a.stats();
-    assert_eq!((s.queue_length, s.rejected.timeout, s.left_queue), (0, 1, 0));
+    assert_eq!(
+        (s.queue_length, s.rejected.timeout, s.left_queue),
+        (0, 1, 0)
+    );
     assert_eq!(s.inflight_requests, 1);
 }
 

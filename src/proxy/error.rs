@@ -143,7 +143,10 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(v["error"]["code"], 429);
         assert_eq!(v["error"]["type"], "RateLimitError");
-        assert!(v["error"]["message"].as_str().unwrap().contains("queue full"));
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("queue full"));
     }
 
     #[test]

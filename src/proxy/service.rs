@@ -164,10 +164,7 @@ impl ProxyService {
         // must not see it in flight (DESIGN §3); a refused one never reaches the upstream.
         let accounted: Option<(InFlightGuard, Accounted, AdmissionPermit)> = match model_request {
             Some((inspected, prompt_floor)) => {
-                let cost = state
-                    .admission
-                    .config()
-                    .cost(&inspected.view, prompt_floor);
+                let cost = state.admission.config().cost(&inspected.view, prompt_floor);
                 let permit = state.admission.admit(cost).await?;
                 let guard = self.register(&parts, &inspected.view);
                 Some((guard, inspected, permit))

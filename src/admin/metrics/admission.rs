@@ -80,3 +80,53 @@ pub(super) fn admission(a: &AdmissionStats, enc: &mut DescriptorEncoder) -> fmt:
         &h,
     )
 }
+
+/// The effective batch (requests doing work in each settled busy tick) and how long finished
+/// model requests took: published whether or not admission is on.
+pub(super) fn batch(
+    enc: &mut DescriptorEncoder,
+    st: &crate::accounting::AccountingStats,
+) -> fmt::Result {
+    let b = &st.batch;
+    let h = FixedHistogram {
+        bounds: crate::ledger::BATCH_BUCKETS.to_vec(),
+        counts: b.buckets.to_vec(),
+        sum: b.sum as f64,
+        count: b.count,
+    };
+    histogram(
+        enc,
+        "joulegate_batch_size",
+        "Requests that did work in each settled busy tick (the effective batch).",
+        None,
+        &h,
+    )?;
+    gauge(
+        enc,
+        "joulegate_batch_size_mean",
+        "Mean effective batch over the last minute of busy ticks.",
+        None,
+        b.mean,
+    )?;
+    gauge(
+        enc,
+        "joulegate_batch_size_max",
+        "Largest effective batch over the last minute of busy ticks.",
+        None,
+        b.max,
+    )?;
+    let p = &st.processing;
+    let h = FixedHistogram {
+        bounds: crate::accounting::shared::PROCESSING_BUCKETS_S.to_vec(),
+        counts: p.buckets.to_vec(),
+        sum: p.sum_seconds,
+        count: p.count,
+    };
+    histogram(
+        enc,
+        "joulegate_request_duration",
+        "Time from a model request's arrival at the proxy to the end of its response.",
+        Some(Unit::Seconds),
+        &h,
+    )
+}

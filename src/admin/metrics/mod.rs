@@ -79,6 +79,7 @@ impl Collector for JoulegateCollector {
         energy::meters(&self.state, &mut enc, &scrape)?;
         energy::calibration(&mut enc, &scrape.stats)?;
         admission::admission(&self.state.admission.stats(), &mut enc)?;
+        admission::batch(&mut enc, &scrape.stats)?;
         requests::housekeeping(&self.state, &mut enc, &scrape)
     }
 }
