@@ -210,10 +210,14 @@ impl DemoReport {
         let c = &self.calibration;
         let _ = writeln!(
             s,
-            "calibration: alpha {:.4} J/prefill token, beta {:.4} J/decode token ({})",
+            "calibration: alpha {:.4} J/prefill token, beta {:.4} J/decode token, gamma {:.7} J/context token ({}){}",
             c.alpha_j,
             c.beta_j,
-            if c.trusted { "fitted" } else { "defaults" }
+            c.gamma_j,
+            if c.trusted { "fitted" } else { "defaults" },
+            c.fitted_static_w
+                .map(|w| format!("; static {w:.0} W above idle"))
+                .unwrap_or_default()
         );
         let _ = writeln!(
             s,
