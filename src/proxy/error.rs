@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use http::{Response, StatusCode};
 
+use super::screen::Refusal;
 use super::{json_response, ProxyBody};
 
 /// Whose fault an error was.
@@ -39,6 +40,10 @@ pub enum ProxyError {
     /// The proxy is shutting down or overloaded.
     #[error("{0}")]
     Unavailable(String),
+    /// The request head was refused by [`super::screen`] (ambiguous framing, a malformed line, too
+    /// large); answered with `Connection: close` and never forwarded.
+    #[error("{}", .0.message())]
+    RefusedHead(Refusal),
 }
 
 impl ProxyError {
@@ -51,6 +56,10 @@ impl ProxyError {
             ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::UpgradeUnsupported => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RefusedHead(r) if r.too_large() => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+            ProxyError::RefusedHead(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -60,7 +69,8 @@ impl ProxyError {
             ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTimeout(_) => Fault::Upstream,
             ProxyError::BodyTooLarge { .. }
             | ProxyError::BadRequestBody(_)
-            | ProxyError::UpgradeUnsupported => Fault::Downstream,
+            | ProxyError::UpgradeUnsupported
+            | ProxyError::RefusedHead(_) => Fault::Downstream,
             ProxyError::Unavailable(_) => Fault::Internal,
         }
     }
@@ -74,6 +84,8 @@ impl ProxyError {
             ProxyError::BadRequestBody(_) => "BadRequestError",
             ProxyError::UpgradeUnsupported => "NotImplementedError",
             ProxyError::Unavailable(_) => "ServiceUnavailableError",
+            ProxyError::RefusedHead(r) if r.too_large() => "RequestHeaderFieldsTooLargeError",
+            ProxyError::RefusedHead(_) => "BadRequestError",
         }
     }
 }
@@ -95,7 +107,16 @@ pub fn error_response(err: &ProxyError) -> Response<ProxyBody> {
         None,
         status.as_u16(),
     );
-    json_response(status, body)
+    let mut response = json_response(status, body);
+    if matches!(err, ProxyError::RefusedHead(_)) {
+        // What follows a refused head on this connection cannot be trusted: hyper closes it after
+        // this response.
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 #[cfg(test)]
@@ -126,5 +147,10 @@ mod tests {
             ProxyError::BadRequestBody("x".into()).fault(),
             Fault::Downstream
         );
+        let r = error_response(&ProxyError::RefusedHead(Refusal::LengthAndChunked));
+        assert_eq!(r.status(), 400);
+        assert_eq!(r.headers()["connection"], "close");
+        let r = error_response(&ProxyError::RefusedHead(Refusal::TooLarge));
+        assert_eq!(r.status(), 431);
     }
 }

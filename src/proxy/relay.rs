@@ -20,6 +20,7 @@ use http::HeaderMap;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use pin_project_lite::pin_project;
 
+use super::idle::IdleBody;
 use super::energy::{energy_headers, energy_json, Carbon};
 use super::inspect::{ForceSource, SharedSemantics};
 use super::learned::UpstreamFacts;
@@ -133,7 +134,7 @@ pin_project! {
     /// A response body relayed from the upstream with observation.
     pub struct RelayBody {
         #[pin]
-        inner: Incoming,
+        inner: IdleBody<Incoming>,
         observer: Option<StreamObserver>,
         end: Option<RequestEnd>,
         upstream_trailers: Option<HeaderMap>,
@@ -149,7 +150,7 @@ pin_project! {
 
 impl RelayBody {
     /// Wraps `inner`; `observer` reads (and, if it was configured so, rewrites) an SSE stream.
-    pub fn new(inner: Incoming, observer: Option<StreamObserver>, end: RequestEnd) -> RelayBody {
+    pub fn new(inner: IdleBody<Incoming>, observer: Option<StreamObserver>, end: RequestEnd) -> RelayBody {
         RelayBody {
             inner,
             observer,
@@ -217,7 +218,7 @@ impl Body for RelayBody {
                 Some(Stashed::End) => None,
                 Some(Stashed::Error(err)) => Some(Err(err)),
                 None => {
-                    ready!(this.inner.as_mut().poll_frame(cx)).map(|r| r.map_err(BoxError::from))
+                    ready!(this.inner.as_mut().poll_frame(cx))
                 }
             };
             match next {
@@ -248,7 +249,7 @@ impl Body for RelayBody {
                                     break;
                                 }
                                 Poll::Ready(Some(Err(err))) => {
-                                    *this.stash = Some(Stashed::Error(err.into()));
+                                    *this.stash = Some(Stashed::Error(err));
                                     break;
                                 }
                                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {

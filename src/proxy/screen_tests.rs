@@ -1,0 +1,195 @@
+//! Unit tests of the request-head screen: what passes unchanged (at every split), what is refused,
+//! and that body framing finds the next pipelined head.
+
+use super::*;
+
+/// Feeds `input` whole and cut at every byte offset; all cuts must give the same output.
+fn screen(input: &[u8]) -> Result<Vec<u8>, FramingError> {
+    let mut whole = Vec::new();
+    let expected = Screen::default().feed(input, &mut whole).map(|()| whole);
+    for at in 0..=input.len() {
+        let mut s = Screen::default();
+        let mut out = Vec::new();
+        let got = s
+            .feed(&input[..at], &mut out)
+            .and_then(|()| s.feed(&input[at..], &mut out))
+            .map(|()| out);
+        assert_eq!(got, expected, "cut at {at}");
+    }
+    expected
+}
+
+fn refused_with(input: &[u8]) -> String {
+    let out = screen(input).expect("no framing error");
+    let text = String::from_utf8_lossy(&out).to_string();
+    let marker = format!("{}: ", crate::proxy::headers::REFUSED_HEAD.as_str());
+    let at = text
+        .find(&marker)
+        .unwrap_or_else(|| panic!("not refused: {text:?}"));
+    assert!(
+        text.ends_with("\r\nconnection: close\r\n\r\n"),
+        "refusal ends the head: {text:?}"
+    );
+    text[at + marker.len()..]
+        .split("\r\n")
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn well_formed_requests_pass_unchanged_with_pipelining() {
+    let pipelined: &[u8] = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nabcd\
+GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n\
+POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nHost: x\r\n\r\n4;ext=1\r\nwxyz\r\n0\r\nT: 1\r\n\r\n\
+GET /last HTTP/1.1\r\nHost: x\r\n\r\n";
+    let out = screen(pipelined).unwrap();
+    // The framing fields move to the end of their head; everything else is byte for byte.
+    let expected: &[u8] = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nabcd\
+GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n\
+POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nwxyz\r\n0\r\nT: 1\r\n\r\n\
+GET /last HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(expected)
+    );
+}
+
+#[test]
+fn a_body_that_looks_like_a_smuggled_head_is_body() {
+    let body = b"GET /admin HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let mut input = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    input.extend_from_slice(body);
+    assert_eq!(screen(&input).unwrap(), input);
+}
+
+#[test]
+fn ambiguous_framing_is_refused() {
+    let cases: &[(&[u8], Refusal)] = &[
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+            Refusal::LengthAndChunked,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n",
+            Refusal::LengthAndChunked,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding:  chunked\r\n\r\n",
+            Refusal::LengthAndChunked,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\n",
+            Refusal::DuplicateLength,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 4\r\ncontent-length: 5\r\n\r\n",
+            Refusal::DuplicateLength,
+        ),
+        (b"POST / HTTP/1.1\r\nContent-Length: 4, 4\r\n\r\n", Refusal::BadLength),
+        (b"POST / HTTP/1.1\r\nContent-Length: +4\r\n\r\n", Refusal::BadLength),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+            Refusal::BadTransferEncoding,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n",
+            Refusal::BadTransferEncoding,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: \x0bchunked\r\n\r\n",
+            Refusal::BadTransferEncoding,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            Refusal::DuplicateTransferEncoding,
+        ),
+        (b"GET / HTTP/1.1\nHost: x\n\n", Refusal::BareLf),
+        (b"GET / HTTP/1.1\r\nHost: x\n\r\n", Refusal::BareLf),
+        (b"GET / HTTP/1.1\r\nHost: x\rY: 1\r\n\r\n", Refusal::BareCr),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n",
+            Refusal::BadHeaderName,
+        ),
+        (b"GET / HTTP/1.1\r\nBad Name: 1\r\n\r\n", Refusal::BadHeaderName),
+        (b"GET / HTTP/1.1\r\nno colon\r\n\r\n", Refusal::BadHeaderName),
+        (b"GET / HTTP/1.1\r\nA: 1\r\n folded\r\n\r\n", Refusal::ObsFold),
+    ];
+    for (input, refusal) in cases {
+        assert_eq!(
+            refused_with(input),
+            refusal.code(),
+            "{}",
+            String::from_utf8_lossy(input)
+        );
+        assert_eq!(Refusal::from_code(refusal.code().as_bytes()), *refusal);
+    }
+}
+
+#[test]
+fn nothing_after_a_refusal_is_passed_on() {
+    let input = b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n";
+    let mut s = Screen::default();
+    let mut out = Vec::new();
+    s.feed(input, &mut out).unwrap();
+    assert!(s.refused());
+    let text = String::from_utf8_lossy(&out);
+    assert!(!text.contains("smuggled"), "{text}");
+    // The framing lines were held back, so hyper never sees them with the marker.
+    assert!(!text.to_ascii_lowercase().contains("content-length"), "{text}");
+}
+
+#[test]
+fn oversized_heads_and_too_many_fields_are_431() {
+    let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
+    big.extend(vec![b'a'; MAX_HEAD_BYTES]);
+    big.extend_from_slice(b"\r\n\r\n");
+    let mut s = Screen::default();
+    let mut out = Vec::new();
+    s.feed(&big, &mut out).unwrap();
+    assert!(s.refused());
+    assert!(out.len() < MAX_HEAD_BYTES, "the held line is dropped");
+    assert!(String::from_utf8_lossy(&out).contains("too-large"));
+    let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+    for i in 0..=MAX_HEADER_LINES {
+        many.extend_from_slice(format!("x-{i}: 1\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    assert_eq!(refused_with(&many), Refusal::TooManyFields.code());
+    assert!(Refusal::TooManyFields.too_large() && !Refusal::BareLf.too_large());
+}
+
+#[test]
+fn http2_preface_and_tunnels_pass_through() {
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\n\n\n";
+    assert_eq!(screen(preface).unwrap(), preface);
+    let tunnel = b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n\x16\x03\x01\n\n";
+    assert_eq!(screen(tunnel).unwrap(), tunnel);
+}
+
+#[test]
+fn broken_chunked_framing_is_an_error() {
+    for body in [
+        &b"zz\r\n"[..],
+        b"4\nabcd\r\n0\r\n\r\n",
+        b"4\r\nabcdX",
+        b"11111111111111111\r\n",
+    ] {
+        let mut input = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        input.extend_from_slice(body);
+        assert_eq!(screen(&input), Err(FramingError), "{body:?}");
+    }
+}
+
+#[test]
+fn leading_empty_lines_and_a_slow_request_line_pass_at_once() {
+    let mut s = Screen::default();
+    let mut out = Vec::new();
+    s.feed(b"\r\nGET /v1/mo", &mut out).unwrap();
+    // hyper sees the start of the request line at once (its header timeout, HTTP/2 detection).
+    assert_eq!(out, b"\r\nGET /v1/mo");
+    s.feed(b"dels HTTP/1.1\r\nHost: x", &mut out).unwrap();
+    assert_eq!(out, b"\r\nGET /v1/models HTTP/1.1\r\n");
+    s.feed(b"\r\n\r\n", &mut out).unwrap();
+    assert_eq!(out, b"\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n");
+}
