@@ -236,6 +236,27 @@ impl Screen {
         self.state == State::Passthrough
     }
 
+    /// How many next bytes pass unscreened (body bytes of known length, or everything after the
+    /// screen stepped aside): the wrapper may read them straight into hyper's buffer.
+    pub fn pass_budget(&self) -> u64 {
+        match self.state {
+            State::Fixed(left) | State::Chunked(Chunk::Data(left)) => left,
+            State::Passthrough => u64::MAX,
+            _ => 0,
+        }
+    }
+
+    /// Accounts for `n` bytes (at most [`Screen::pass_budget`]) that went to hyper directly.
+    pub fn passed(&mut self, n: u64) {
+        self.state = match self.state {
+            State::Fixed(left) if n >= left => State::Start,
+            State::Fixed(left) => State::Fixed(left - n),
+            State::Chunked(Chunk::Data(left)) if n >= left => State::Chunked(Chunk::DataCr),
+            State::Chunked(Chunk::Data(left)) => State::Chunked(Chunk::Data(left - n)),
+            other => other,
+        };
+    }
+
     /// Screens `input`, appending what hyper may see now to `out`.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), FramingError> {
         let mut i = 0;
@@ -561,6 +582,17 @@ impl<T: AsyncRead + Unpin> AsyncRead for Screened<T> {
             }
             if this.screen.passthrough() {
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            // Body bytes of known length go straight to hyper when they cannot run past the body.
+            if buf.remaining() > 0 && this.screen.pass_budget() >= buf.remaining() as u64 {
+                let before = buf.filled().len();
+                std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+                let n = buf.filled().len() - before;
+                if n == 0 {
+                    this.eof = true;
+                }
+                this.screen.passed(n as u64);
+                return Poll::Ready(Ok(()));
             }
             let mut scratch = ReadBuf::new(&mut this.scratch);
             std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut scratch))?;

@@ -182,6 +182,30 @@ fn broken_chunked_framing_is_an_error() {
 }
 
 #[test]
+fn bytes_passed_directly_advance_the_body() {
+    let mut s = Screen::default();
+    let mut out = Vec::new();
+    s.feed(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nab", &mut out)
+        .unwrap();
+    assert_eq!(s.pass_budget(), 8);
+    s.passed(8);
+    assert_eq!(s.pass_budget(), 0);
+    out.clear();
+    // The next head is screened again.
+    s.feed(b"GET / HTTP/1.1\nX: 1\r\n\r\n", &mut out).unwrap();
+    assert!(s.refused());
+    let mut s = Screen::default();
+    s.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", &mut out)
+        .unwrap();
+    assert_eq!(s.pass_budget(), 3);
+    s.passed(3);
+    out.clear();
+    s.feed(b"\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n", &mut out).unwrap();
+    assert_eq!(out, b"\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n");
+    assert!(!s.refused());
+}
+
+#[test]
 fn leading_empty_lines_and_a_slow_request_line_pass_at_once() {
     let mut s = Screen::default();
     let mut out = Vec::new();
