@@ -4,7 +4,9 @@
 //! upstream request is dropped (closing its connection), and the relay records `error`.
 //!
 //! Only the upstream's silence counts: the clock starts when the proxy asks for the next frame
-//! and finds none ready, so a slow client (backpressure) never trips it. One timer per body, reset
+//! and finds none ready, so a slow client (backpressure) never trips it. A consumer that only
+//! looked for more (the relay joining frames that are ready at once) and went on calls
+//! [`IdleBody::rest`], so that its look does not start the clock either. One timer per body, reset
 //! only when it fires early, not per frame.
 
 use std::future::Future;
@@ -48,6 +50,13 @@ impl<B> IdleBody<B> {
             waiting_since: None,
             done: false,
         }
+    }
+}
+
+impl<B> IdleBody<B> {
+    /// The consumer found nothing ready and went on without waiting: the next wait starts afresh.
+    pub fn rest(self: Pin<&mut Self>) {
+        *self.project().waiting_since = None;
     }
 }
 
@@ -120,6 +129,22 @@ mod tests {
         assert!(err.is::<UpstreamIdle>(), "{err}");
         assert!(body.frame().await.is_none());
         drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_consumer_that_went_on_does_not_start_the_clock() {
+        let (mut tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
+        let mut body = Box::pin(IdleBody::new(body, Duration::from_millis(100)));
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(body.as_mut().poll_frame(&mut cx).is_pending());
+        body.as_mut().rest();
+        // The client was slow for longer than the bound; the upstream was never waited on.
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(body.as_mut().poll_frame(&mut cx).is_pending(), "no idle error");
+        tx.send_data(Bytes::from_static(b"a")).await.unwrap();
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "a");
     }
 
     #[tokio::test(start_paused = true)]

@@ -243,7 +243,11 @@ impl Body for RelayBody {
                             && joined.as_ref().map_or(out.len(), |j| j.len()) < COALESCE_MAX_BYTES
                         {
                             match this.inner.as_mut().poll_frame(cx) {
-                                Poll::Pending => break,
+                                Poll::Pending => {
+                                    // Nothing more ready: what is ready goes out, no wait begins.
+                                    this.inner.as_mut().rest();
+                                    break;
+                                }
                                 Poll::Ready(None) => {
                                     *this.stash = Some(Stashed::End);
                                     break;
