@@ -56,6 +56,9 @@ fn a_full_request_log_queue_drops_and_counts_lines_without_blocking() {
     }
     let stats = acc.shared().stats();
     assert_eq!(stats.requests.ok, 5, "every request still has its record");
-    assert_eq!(stats.records_not_logged, 3, "two fit the queue, three were dropped");
+    assert_eq!(
+        stats.records_not_logged, 3,
+        "two fit the queue, three were dropped"
+    );
     assert_eq!(rx.try_iter().count(), 2);
 }

@@ -204,10 +204,7 @@ async fn a_slow_request_head_is_cut_off_by_the_header_read_timeout() {
     guard("the proxy to close a slow client", s.read_to_end(&mut out))
         .await
         .ok();
-    assert!(
-        !String::from_utf8_lossy(&out).contains("200"),
-        "{out:?}"
-    );
+    assert!(!String::from_utf8_lossy(&out).contains("200"), "{out:?}");
     follow_up_is_first(proxy.addr, &mut upstream, "/after").await;
 }
 
@@ -257,7 +254,10 @@ async fn truncated_and_garbage_upstream_bodies() {
         l if l.contains("/truncated") => {
             let mut reply = Reply::fixed(
                 200,
-                &[("content-type", "application/json"), ("content-length", "100")],
+                &[
+                    ("content-type", "application/json"),
+                    ("content-length", "100"),
+                ],
                 b"{\"id\":\"cmpl-1\",\"choi",
             );
             reply.steps.push(Step::Reset);
@@ -319,7 +319,11 @@ async fn a_stream_that_stalls_ends_in_an_error_after_the_idle_timeout() {
         if r.request_line().contains("/after") {
             return Reply::fixed(200, &[], b"ok");
         }
-        Reply::chunked(200, SSE, vec![Step::Write(b"data: {}\n\n".to_vec()), Step::Hold])
+        Reply::chunked(
+            200,
+            SSE,
+            vec![Step::Write(b"data: {}\n\n".to_vec()), Step::Hold],
+        )
     })
     .await;
     let proxy =
@@ -335,7 +339,10 @@ async fn a_stream_that_stalls_ends_in_an_error_after_the_idle_timeout() {
         assert_eq!(response.status(), 200);
         let mut body = response.into_body();
         let first = guard("first event", body.frame()).await.unwrap().unwrap();
-        assert_eq!(first.into_data().unwrap(), Bytes::from_static(b"data: {}\n\n"));
+        assert_eq!(
+            first.into_data().unwrap(),
+            Bytes::from_static(b"data: {}\n\n")
+        );
         // The upstream goes silent: the client's body ends in an error, not a clean end.
         let end = guard("end of body", body.frame()).await;
         assert!(matches!(end, Some(Err(_))), "{path}: {end:?}");
@@ -384,7 +391,11 @@ async fn an_upstream_that_never_reads_the_body_still_answers() {
     let mut buf = [0u8; 1024];
     while !String::from_utf8_lossy(&got).contains("\r\n\r\nno") {
         let n = guard("the early answer", s.read(&mut buf)).await.unwrap();
-        assert!(n > 0, "closed before the answer: {:?}", String::from_utf8_lossy(&got));
+        assert!(
+            n > 0,
+            "closed before the answer: {:?}",
+            String::from_utf8_lossy(&got)
+        );
         got.extend_from_slice(&buf[..n]);
     }
     assert!(got.starts_with(b"HTTP/1.1 413"), "{got:?}");

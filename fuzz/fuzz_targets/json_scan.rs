@@ -20,8 +20,8 @@ fuzz_target!(|text: &[u8]| {
         if let Some(range) = layout.removal_range(i) {
             assert!(range.0 <= range.1 && range.1 <= text.len());
             let removed = splice(text, range, b"");
-            let valid = serde_json::from_slice::<serde_json::Value>(text)
-                .is_ok_and(|v| v.is_object());
+            let valid =
+                serde_json::from_slice::<serde_json::Value>(text).is_ok_and(|v| v.is_object());
             if valid {
                 let after: serde_json::Value =
                     serde_json::from_slice(&removed).expect("still JSON after a removal");

@@ -45,7 +45,12 @@ fn run(cfg: ObserverConfig, pieces: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut energy = || Some(r#"{"joules":1.0}"#.to_string());
     for (i, piece) in pieces.iter().enumerate() {
-        let bytes = observer.feed(Bytes::copy_from_slice(piece), i as u64, &progress, &mut energy);
+        let bytes = observer.feed(
+            Bytes::copy_from_slice(piece),
+            i as u64,
+            &progress,
+            &mut energy,
+        );
         out.extend_from_slice(&bytes);
     }
     out.extend_from_slice(&observer.finish());
@@ -84,6 +89,9 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(whole, run(cfg, &bytewise), "byte by byte");
     }
     if !StreamObserver::new(cfg).rewrites() {
-        assert_eq!(whole, stream, "an observer that does not rewrite changes nothing");
+        assert_eq!(
+            whole, stream,
+            "an observer that does not rewrite changes nothing"
+        );
     }
 });

@@ -102,7 +102,9 @@ fn a_public_admin_listener_needs_a_token_or_an_explicit_allowance() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("admin_listen") && err.contains("admin_token") && err.contains("admin_allow_public"),
+        err.contains("admin_listen")
+            && err.contains("admin_token")
+            && err.contains("admin_allow_public"),
         "{err}"
     );
     assert!(resolve_file("admin_listen = \"0.0.0.0:9101\"\nadmin_token = \"t0ken\"").is_ok());
@@ -135,25 +137,45 @@ fn config_errors_never_echo_secrets() {
     }
     // The error still says where: the key or the line.
     let err = resolve_file("admin_token = 5").unwrap_err().to_string();
-    assert!(err.contains("admin_token") && err.contains("line 1"), "{err}");
-    let err = resolve_file("listen = \"127.0.0.1:0\"\nlisten_typo = 1").unwrap_err().to_string();
-    assert!(err.contains("line 2") && err.contains("listen_typo"), "{err}");
+    assert!(
+        err.contains("admin_token") && err.contains("line 1"),
+        "{err}"
+    );
+    let err = resolve_file("listen = \"127.0.0.1:0\"\nlisten_typo = 1")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("line 2") && err.contains("listen_typo"),
+        "{err}"
+    );
     let mut a = args();
     a.admin_token = Some(format!("{secret} with spaces"));
     let err = Config::resolve(&a, &FileConfig::default(), None)
         .unwrap_err()
         .to_string();
-    assert!(!err.contains(secret) && err.contains("admin_token"), "{err}");
+    assert!(
+        !err.contains(secret) && err.contains("admin_token"),
+        "{err}"
+    );
 }
 
 #[test]
 fn timeouts_resolve_and_zero_is_rejected() {
     let c = resolve_file("upstream_idle_timeout_ms = 1234\nheader_read_timeout_ms = 55").unwrap();
-    assert_eq!(c.upstream_idle_timeout, std::time::Duration::from_millis(1234));
+    assert_eq!(
+        c.upstream_idle_timeout,
+        std::time::Duration::from_millis(1234)
+    );
     assert_eq!(c.header_read_timeout, std::time::Duration::from_millis(55));
     let d = resolve_file("").unwrap();
-    assert_eq!(d.upstream_idle_timeout.as_millis() as u64, defaults::UPSTREAM_IDLE_TIMEOUT_MS);
-    assert_eq!(d.header_read_timeout.as_millis() as u64, defaults::HEADER_READ_TIMEOUT_MS);
+    assert_eq!(
+        d.upstream_idle_timeout.as_millis() as u64,
+        defaults::UPSTREAM_IDLE_TIMEOUT_MS
+    );
+    assert_eq!(
+        d.header_read_timeout.as_millis() as u64,
+        defaults::HEADER_READ_TIMEOUT_MS
+    );
     assert!(!d.admin_allow_public);
 }
 

@@ -141,7 +141,10 @@ mod tests {
         body.as_mut().rest();
         // The client was slow for longer than the bound; the upstream was never waited on.
         tokio::time::advance(Duration::from_millis(500)).await;
-        assert!(body.as_mut().poll_frame(&mut cx).is_pending(), "no idle error");
+        assert!(
+            body.as_mut().poll_frame(&mut cx).is_pending(),
+            "no idle error"
+        );
         tx.send_data(Bytes::from_static(b"a")).await.unwrap();
         let frame = body.frame().await.unwrap().unwrap();
         assert_eq!(frame.into_data().unwrap(), "a");

@@ -20,8 +20,8 @@ use http::HeaderMap;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::idle::IdleBody;
 use super::energy::{energy_headers, energy_json, Carbon};
+use super::idle::IdleBody;
 use super::inspect::{ForceSource, SharedSemantics};
 use super::learned::UpstreamFacts;
 use super::service::record_metrics;
@@ -150,7 +150,11 @@ pin_project! {
 
 impl RelayBody {
     /// Wraps `inner`; `observer` reads (and, if it was configured so, rewrites) an SSE stream.
-    pub fn new(inner: IdleBody<Incoming>, observer: Option<StreamObserver>, end: RequestEnd) -> RelayBody {
+    pub fn new(
+        inner: IdleBody<Incoming>,
+        observer: Option<StreamObserver>,
+        end: RequestEnd,
+    ) -> RelayBody {
         RelayBody {
             inner,
             observer,

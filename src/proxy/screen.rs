@@ -115,9 +115,7 @@ impl Refusal {
             }
             Refusal::DuplicateLength => "request has more than one Content-Length",
             Refusal::BadLength => "request has an invalid Content-Length",
-            Refusal::BadTransferEncoding => {
-                "request Transfer-Encoding must be exactly \"chunked\""
-            }
+            Refusal::BadTransferEncoding => "request Transfer-Encoding must be exactly \"chunked\"",
             Refusal::DuplicateTransferEncoding => "request has more than one Transfer-Encoding",
             Refusal::BareLf => "request head has a line ending without CR",
             Refusal::BareCr => "request head has a CR without LF",
@@ -142,13 +140,22 @@ pub struct FramingError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunk {
     /// Hex digits of a chunk size (`digits` read so far).
-    Size { size: u64, digits: u8 },
+    Size {
+        size: u64,
+        digits: u8,
+    },
     /// Spaces after the size, before `;` or CR.
-    SizeWs { size: u64 },
+    SizeWs {
+        size: u64,
+    },
     /// A chunk extension, up to CR.
-    Ext { size: u64 },
+    Ext {
+        size: u64,
+    },
     /// CR of the size line seen.
-    SizeLf { size: u64 },
+    SizeLf {
+        size: u64,
+    },
     Data(u64),
     DataCr,
     DataLf,
@@ -399,9 +406,7 @@ impl Screen {
             if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
                 return Err(Refusal::BadLength);
             }
-            let n = value
-                .iter()
-                .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            let n = value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
             self.length = Some(n);
             self.framing.extend_from_slice(line);
             self.framing.extend_from_slice(b"\r\n");

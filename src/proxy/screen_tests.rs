@@ -58,7 +58,8 @@ GET /last HTTP/1.1\r\nHost: x\r\n\r\n";
 #[test]
 fn a_body_that_looks_like_a_smuggled_head_is_body() {
     let body = b"GET /admin HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
-    let mut input = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    let mut input =
+        format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
     input.extend_from_slice(body);
     assert_eq!(screen(&input).unwrap(), input);
 }
@@ -86,8 +87,14 @@ fn ambiguous_framing_is_refused() {
             b"POST / HTTP/1.1\r\nContent-Length: 4\r\ncontent-length: 5\r\n\r\n",
             Refusal::DuplicateLength,
         ),
-        (b"POST / HTTP/1.1\r\nContent-Length: 4, 4\r\n\r\n", Refusal::BadLength),
-        (b"POST / HTTP/1.1\r\nContent-Length: +4\r\n\r\n", Refusal::BadLength),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 4, 4\r\n\r\n",
+            Refusal::BadLength,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: +4\r\n\r\n",
+            Refusal::BadLength,
+        ),
         (
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
             Refusal::BadTransferEncoding,
@@ -111,9 +118,18 @@ fn ambiguous_framing_is_refused() {
             b"POST / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n",
             Refusal::BadHeaderName,
         ),
-        (b"GET / HTTP/1.1\r\nBad Name: 1\r\n\r\n", Refusal::BadHeaderName),
-        (b"GET / HTTP/1.1\r\nno colon\r\n\r\n", Refusal::BadHeaderName),
-        (b"GET / HTTP/1.1\r\nA: 1\r\n folded\r\n\r\n", Refusal::ObsFold),
+        (
+            b"GET / HTTP/1.1\r\nBad Name: 1\r\n\r\n",
+            Refusal::BadHeaderName,
+        ),
+        (
+            b"GET / HTTP/1.1\r\nno colon\r\n\r\n",
+            Refusal::BadHeaderName,
+        ),
+        (
+            b"GET / HTTP/1.1\r\nA: 1\r\n folded\r\n\r\n",
+            Refusal::ObsFold,
+        ),
     ];
     for (input, refusal) in cases {
         assert_eq!(
@@ -136,7 +152,10 @@ fn nothing_after_a_refusal_is_passed_on() {
     let text = String::from_utf8_lossy(&out);
     assert!(!text.contains("smuggled"), "{text}");
     // The framing lines were held back, so hyper never sees them with the marker.
-    assert!(!text.to_ascii_lowercase().contains("content-length"), "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("content-length"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -195,12 +214,16 @@ fn bytes_passed_directly_advance_the_body() {
     s.feed(b"GET / HTTP/1.1\nX: 1\r\n\r\n", &mut out).unwrap();
     assert!(s.refused());
     let mut s = Screen::default();
-    s.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", &mut out)
-        .unwrap();
+    s.feed(
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+        &mut out,
+    )
+    .unwrap();
     assert_eq!(s.pass_budget(), 3);
     s.passed(3);
     out.clear();
-    s.feed(b"\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n", &mut out).unwrap();
+    s.feed(b"\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n", &mut out)
+        .unwrap();
     assert_eq!(out, b"\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n");
     assert!(!s.refused());
 }
