@@ -540,11 +540,11 @@ pub struct Screened<T> {
     /// Screened bytes not yet taken by hyper, from `pos`.
     out: Vec<u8>,
     pos: usize,
-    scratch: Box<[u8]>,
     eof: bool,
 }
 
-const SCRATCH: usize = 16 * 1024;
+/// `out` keeps at most this much capacity between reads (it holds a head or one read's bytes).
+const OUT_KEEP: usize = 16 * 1024;
 
 impl<T> Screened<T> {
     /// Wraps a client connection.
@@ -554,7 +554,6 @@ impl<T> Screened<T> {
             screen: Screen::default(),
             out: Vec::new(),
             pos: 0,
-            scratch: vec![0; SCRATCH].into_boxed_slice(),
             eof: false,
         }
     }
@@ -575,10 +574,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for Screened<T> {
                 if this.pos == this.out.len() {
                     this.out.clear();
                     this.pos = 0;
+                    if this.out.capacity() > OUT_KEEP {
+                        this.out = Vec::new();
+                    }
                 }
                 return Poll::Ready(Ok(()));
             }
-            if this.eof {
+            if this.eof || buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
             if this.screen.refused() {
@@ -589,7 +591,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Screened<T> {
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
             // Body bytes of known length go straight to hyper when they cannot run past the body.
-            if buf.remaining() > 0 && this.screen.pass_budget() >= buf.remaining() as u64 {
+            if this.screen.pass_budget() >= buf.remaining() as u64 {
                 let before = buf.filled().len();
                 std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
                 let n = buf.filled().len() - before;
@@ -599,16 +601,17 @@ impl<T: AsyncRead + Unpin> AsyncRead for Screened<T> {
                 this.screen.passed(n as u64);
                 return Poll::Ready(Ok(()));
             }
-            let mut scratch = ReadBuf::new(&mut this.scratch);
-            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut scratch))?;
-            let got = scratch.filled();
-            if got.is_empty() {
+            // Read into hyper's buffer, screen what came, and put back what may pass now (the rest
+            // waits in `out`, or was held back): no buffer of our own per connection.
+            let before = buf.filled().len();
+            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+            if buf.filled().len() == before {
                 this.eof = true;
                 continue;
             }
-            this.screen
-                .feed(got, &mut this.out)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            let screened = this.screen.feed(&buf.filled()[before..], &mut this.out);
+            buf.set_filled(before);
+            screened.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         }
     }
 }

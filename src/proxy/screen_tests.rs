@@ -240,3 +240,61 @@ fn leading_empty_lines_and_a_slow_request_line_pass_at_once() {
     s.feed(b"\r\n\r\n", &mut out).unwrap();
     assert_eq!(out, b"\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n");
 }
+
+/// The wrapper over a socket: whatever the read sizes, hyper reads the screened bytes in order,
+/// a body of known length included (read straight into its buffer), then end of file.
+#[tokio::test]
+async fn the_wrapper_delivers_the_screened_stream_at_any_read_size() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = vec![b'x'; 40_000];
+    let mut input =
+        format!("POST /a HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    input.extend_from_slice(&body);
+    input.extend_from_slice(
+        b"POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\nHost: x\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /c HTTP/1.1\r\n\r\n",
+    );
+    let expected = screen(&input).unwrap();
+    for read_size in [1, 7, 4096, 65536] {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let bytes = input.clone();
+        let writer = tokio::spawn(async move {
+            for piece in bytes.chunks(333) {
+                client.write_all(piece).await.unwrap();
+            }
+        });
+        let mut screened = Screened::new(server);
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; read_size];
+        loop {
+            let n = screened.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        writer.await.unwrap();
+        assert_eq!(got.len(), expected.len(), "read size {read_size}");
+        assert!(got == expected, "read size {read_size}");
+    }
+}
+
+#[tokio::test]
+async fn the_wrapper_stops_reading_after_a_refusal() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client, server) = tokio::io::duplex(1024);
+    client
+        .write_all(b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /x HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut screened = Screened::new(server);
+    let mut buf = vec![0u8; 4096];
+    let n = screened.read(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(
+        text.ends_with("length-and-chunked\r\nconnection: close\r\n\r\n"),
+        "{text}"
+    );
+    // Nothing more is ever read: the next read stays pending.
+    let more = tokio::time::timeout(std::time::Duration::ZERO, screened.read(&mut buf)).await;
+    assert!(more.is_err(), "pending after a refusal");
+}
