@@ -22,7 +22,7 @@ use crate::proxy::admission::{Admission, AdmissionConfig};
 use crate::proxy::bodies::InspectBudget;
 use crate::proxy::energy::Carbon;
 use crate::proxy::inspect::{ForceSource, InspectConfig, SharedSemantics};
-use crate::proxy::listen::{serve_connections, ConnLimits};
+use crate::proxy::listen::{serve_connections, serve_connections_with, ConnLimits, ConnOptions};
 use crate::proxy::probe;
 use crate::proxy::service::{ProxyService, ProxyState};
 use crate::proxy::upstream::Upstream;
@@ -101,7 +101,8 @@ impl App {
             config.connect_timeout,
             config.upstream_header_timeout,
             config.max_body_bytes,
-        );
+        )
+        .with_idle_timeout(config.upstream_idle_timeout);
         let semantics = Arc::new(SharedSemantics::new(
             UsageSemantics {
                 absent_include_usage: config.absent_include_usage.unwrap_or(false),
@@ -276,10 +277,14 @@ impl App {
             max_connections: 64,
             grace: config.shutdown_grace,
         };
-        let proxy = serve_connections(
+        let proxy = serve_connections_with(
             listeners.proxy,
             ProxyService::new(state.clone()),
             limits,
+            ConnOptions {
+                header_read_timeout: config.header_read_timeout,
+                screen_heads: true,
+            },
             stopped(stop_rx.clone()),
         );
         if config.absent_include_usage.is_none() || config.upstream_forces_usage.is_none() {

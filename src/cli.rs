@@ -131,6 +131,17 @@ pub struct ServeArgs {
     /// Longest wait for the upstream's response headers, ms (504 after it) [default: 600000].
     #[arg(long, env = "JOULEGATE_UPSTREAM_HEADER_TIMEOUT_MS", value_name = "MS")]
     pub upstream_header_timeout_ms: Option<u64>,
+    /// Longest silence between two reads of an upstream response body, ms; after it the client's
+    /// response ends in an error [default: 300000].
+    #[arg(long, env = "JOULEGATE_UPSTREAM_IDLE_TIMEOUT_MS", value_name = "MS")]
+    pub upstream_idle_timeout_ms: Option<u64>,
+    /// Longest time a client may take to send a request head, ms; the connection is closed after
+    /// it [default: 30000].
+    #[arg(long, env = "JOULEGATE_HEADER_READ_TIMEOUT_MS", value_name = "MS")]
+    pub header_read_timeout_ms: Option<u64>,
+    /// Allow the admin listener on a non-loopback address without an admin token [default: false].
+    #[arg(long, env = "JOULEGATE_ADMIN_ALLOW_PUBLIC", value_name = "BOOL")]
+    pub admin_allow_public: Option<bool>,
     /// Grace period for in-flight requests after SIGINT/SIGTERM, ms [default: 30000].
     #[arg(long, env = "JOULEGATE_SHUTDOWN_GRACE_MS", value_name = "MS")]
     pub shutdown_grace_ms: Option<u64>,

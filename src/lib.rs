@@ -6,7 +6,8 @@
 //! - [`config`]: raw file/env/flag values validated into a typed [`config::Config`].
 //! - [`cli`]: the clap commands (`serve`, `demo`, `log-power`, `mock-upstream`, `batch`, `replay`) and global log flags.
 //! - [`logging`]: diagnostic logs on stderr: text or JSON lines, colour only on a terminal, levels.
-//! - [`proxy`]: the data plane: listener, upstream pool, header rules, the relay body wrapper, errors.
+//! - [`proxy`]: the data plane: listener, request-head screen, upstream pool, header rules, the relay
+//!   body wrapper and the upstream idle bound, errors.
 //! - [`openai`]: pure protocol code (request view, usage injection/removal, incremental SSE, usage).
 //! - [`observe`]: per-request atomics and the in-flight guard, shared by data plane and accounting.
 //! - [`clock`]: the shared monotonic clock; [`tick`]: the record between sampler and accounting.

@@ -8,6 +8,7 @@
 //! - `shapes`: every shape, byte-identical, forwarded body, exact counts (three upstream setups).
 //! - `energy`: headers, trailers, the `energy` object, no meter, answers too large to buffer.
 //! - `outcomes`: aborted, mid-stream error, upstream 4xx; `forged`: upstream `x-energy-*` dropped.
+//! - `faults`: upstream resets, 5xx, stalls before headers and mid-stream (the idle bound): `error`.
 //! - `settled`: `response_energy = "settled"`: every response carries its record's figures.
 //! - `large`: bodies past `max_inspect_bytes` stream through untouched and are still accounted.
 //! - `live`: the started app's own threads (sampler on the engine counter, `/version` probe).
@@ -15,6 +16,8 @@
 mod common;
 #[path = "accounting/energy.rs"]
 mod energy;
+#[path = "accounting/faults.rs"]
+mod faults;
 #[path = "accounting/forged.rs"]
 mod forged;
 #[path = "accounting/large.rs"]

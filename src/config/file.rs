@@ -25,6 +25,9 @@ pub struct FileConfig {
     pub admission_default_max_tokens: Option<u64>,
     pub connect_timeout_ms: Option<u64>,
     pub upstream_header_timeout_ms: Option<u64>,
+    pub upstream_idle_timeout_ms: Option<u64>,
+    pub header_read_timeout_ms: Option<u64>,
+    pub admin_allow_public: Option<bool>,
     pub shutdown_grace_ms: Option<u64>,
     pub max_buffered_response_bytes: Option<u64>,
     pub meters: Option<Vec<String>>,
@@ -66,11 +69,36 @@ impl FileConfig {
         Self::parse(&text, path)
     }
 
-    /// Parses TOML text attributed to `path` in error messages.
+    /// Parses TOML text attributed to `path` in error messages. The message names the line but
+    /// never quotes the file (the offending line may hold a secret), and says nothing of a value
+    /// given to a secret key.
     pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
         toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: PathBuf::from(path),
-            message: source.to_string(),
+            message: describe(&source, text),
         })
     }
+}
+
+/// Keys whose values are never repeated in an error.
+const SECRET_KEYS: [&str; 2] = ["admin_token", "key_salt"];
+
+/// A parse error without the file's text: toml's message and the line, or, on a line that sets a
+/// secret key, only the key.
+fn describe(err: &toml::de::Error, text: &str) -> String {
+    let Some(span) = err.span() else {
+        return err.message().to_string();
+    };
+    let start = span.start.min(text.len());
+    let line_no = text.as_bytes()[..start]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    let key = line.split('=').next().unwrap_or("").trim();
+    if let Some(secret) = SECRET_KEYS.iter().find(|k| **k == key) {
+        return format!("line {line_no}: invalid value for `{secret}` (not shown: it is a secret)");
+    }
+    format!("line {line_no}: {}", err.message().trim_end())
 }

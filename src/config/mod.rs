@@ -102,6 +102,15 @@ pub struct Config {
     /// Longest wait for the upstream's response headers (a 504 after it).
     #[serde(with = "millis")]
     pub upstream_header_timeout: Duration,
+    /// Longest silence between two reads of an upstream response body; after it the client's
+    /// response ends in an error and the request's record says `error`.
+    #[serde(with = "millis")]
+    pub upstream_idle_timeout: Duration,
+    /// Longest time a client may take to send a complete request head (slowloris bound).
+    #[serde(with = "millis")]
+    pub header_read_timeout: Duration,
+    /// Let the admin listener bind a non-loopback address without `admin_token`.
+    pub admin_allow_public: bool,
     /// How long in-flight requests may run after a shutdown signal.
     #[serde(with = "millis")]
     pub shutdown_grace: Duration,
@@ -221,6 +230,10 @@ pub mod defaults {
     pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
     /// vLLM may queue a request for a long time before answering headers of a non-streaming call.
     pub const UPSTREAM_HEADER_TIMEOUT_MS: u64 = 600_000;
+    /// A stream's tokens may be seconds apart under load; five minutes of silence is a stall.
+    pub const UPSTREAM_IDLE_TIMEOUT_MS: u64 = 300_000;
+    /// hyper's own default.
+    pub const HEADER_READ_TIMEOUT_MS: u64 = 30_000;
     pub const SHUTDOWN_GRACE_MS: u64 = 30_000;
     pub const MAX_BUFFERED_RESPONSE_BYTES: u64 = 8 * 1024 * 1024;
     pub const SAMPLE_INTERVAL_MS: u64 = 50;

@@ -102,16 +102,14 @@ impl Config {
                 "JOULEGATE_LISTEN",
             ),
         )?;
-        let admin_listen = parse_addr(
-            "admin_listen",
-            l.pick(
-                &args.admin_listen,
-                &file.admin_listen,
-                defaults::ADMIN_LISTEN.into(),
-                "admin-listen",
-                "JOULEGATE_ADMIN_LISTEN",
-            ),
-        )?;
+        let (admin_raw, admin_origin) = l.pick(
+            &args.admin_listen,
+            &file.admin_listen,
+            defaults::ADMIN_LISTEN.into(),
+            "admin-listen",
+            "JOULEGATE_ADMIN_LISTEN",
+        );
+        let admin_listen = parse_addr("admin_listen", (admin_raw, admin_origin.clone()))?;
         if listen == admin_listen && listen.port() != 0 {
             return Err(invalid(
                 "admin_listen",
@@ -255,6 +253,26 @@ impl Config {
                 defaults::UPSTREAM_HEADER_TIMEOUT_MS,
                 "upstream-header-timeout-ms",
                 "JOULEGATE_UPSTREAM_HEADER_TIMEOUT_MS",
+            ),
+        )?;
+        let upstream_idle_timeout_ms = positive(
+            "upstream_idle_timeout_ms",
+            l.pick(
+                &args.upstream_idle_timeout_ms,
+                &file.upstream_idle_timeout_ms,
+                defaults::UPSTREAM_IDLE_TIMEOUT_MS,
+                "upstream-idle-timeout-ms",
+                "JOULEGATE_UPSTREAM_IDLE_TIMEOUT_MS",
+            ),
+        )?;
+        let header_read_timeout_ms = positive(
+            "header_read_timeout_ms",
+            l.pick(
+                &args.header_read_timeout_ms,
+                &file.header_read_timeout_ms,
+                defaults::HEADER_READ_TIMEOUT_MS,
+                "header-read-timeout-ms",
+                "JOULEGATE_HEADER_READ_TIMEOUT_MS",
             ),
         )?;
         let (shutdown_grace_ms, _) = l.pick(
@@ -575,6 +593,21 @@ impl Config {
                 "must be non-empty without whitespace",
             ));
         }
+        let (admin_allow_public, _) = l.pick(
+            &args.admin_allow_public,
+            &file.admin_allow_public,
+            false,
+            "admin-allow-public",
+            "JOULEGATE_ADMIN_ALLOW_PUBLIC",
+        );
+        if admin_token.is_none() && !admin_allow_public && !admin_listen.ip().is_loopback() {
+            return Err(invalid(
+                "admin_listen",
+                admin_listen,
+                admin_origin,
+                "a non-loopback admin listener needs `admin_token` (or `admin_allow_public = true` to serve /stats, /metrics and /requests to anyone who can reach it)",
+            ));
+        }
         let (request_log, _) = l.pick(
             &args.request_log.clone().map(Some),
             &file.request_log.clone().map(Some),
@@ -650,6 +683,9 @@ impl Config {
             admission_default_max_tokens,
             connect_timeout: Duration::from_millis(connect_timeout_ms),
             upstream_header_timeout: Duration::from_millis(header_timeout_ms),
+            upstream_idle_timeout: Duration::from_millis(upstream_idle_timeout_ms),
+            header_read_timeout: Duration::from_millis(header_read_timeout_ms),
+            admin_allow_public,
             shutdown_grace: Duration::from_millis(shutdown_grace_ms),
         })
     }
@@ -671,6 +707,9 @@ impl Config {
             admission_default_max_tokens: Some(self.admission_default_max_tokens),
             connect_timeout_ms: Some(self.connect_timeout.as_millis() as u64),
             upstream_header_timeout_ms: Some(self.upstream_header_timeout.as_millis() as u64),
+            upstream_idle_timeout_ms: Some(self.upstream_idle_timeout.as_millis() as u64),
+            header_read_timeout_ms: Some(self.header_read_timeout.as_millis() as u64),
+            admin_allow_public: Some(self.admin_allow_public),
             shutdown_grace_ms: Some(self.shutdown_grace.as_millis() as u64),
             max_buffered_response_bytes: Some(self.max_buffered_response_bytes),
             meters: Some(self.meters.iter().map(|m| m.to_string()).collect()),

@@ -97,6 +97,89 @@ fn bad_admin_listen_flag_names_flag() {
 }
 
 #[test]
+fn a_public_admin_listener_needs_a_token_or_an_explicit_allowance() {
+    let err = resolve_file("admin_listen = \"0.0.0.0:9101\"")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("admin_listen")
+            && err.contains("admin_token")
+            && err.contains("admin_allow_public"),
+        "{err}"
+    );
+    assert!(resolve_file("admin_listen = \"0.0.0.0:9101\"\nadmin_token = \"t0ken\"").is_ok());
+    let open = resolve_file("admin_listen = \"0.0.0.0:9101\"\nadmin_allow_public = true").unwrap();
+    assert!(open.admin_allow_public);
+    // Loopback, v4 or v6, needs neither.
+    assert!(resolve_file("admin_listen = \"[::1]:9101\"").is_ok());
+    let mut a = args();
+    a.admin_listen = Some("10.1.2.3:9101".into());
+    let err = Config::resolve(&a, &FileConfig::default(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("admin-listen"), "names the flag: {err}");
+}
+
+#[test]
+fn config_errors_never_echo_secrets() {
+    let secret = "s3cret-Value";
+    for text in [
+        format!("admin_token = \"{secret} x\""),
+        format!("admin_token = \"{secret}"),
+        format!("admin_token = {secret}"),
+        format!("key_salt = [\"{secret}\"]"),
+        format!("admin_token = \"{secret}\"\nlisten = 5"),
+        format!("admin_token = \"{secret}\"\nbogus_key = 1"),
+    ] {
+        let err = resolve_file(&text).unwrap_err().to_string();
+        assert!(!err.contains(secret), "{text:?} gave {err}");
+        assert!(err.contains("test.toml"), "{err}");
+    }
+    // The error still says where: the key or the line.
+    let err = resolve_file("admin_token = 5").unwrap_err().to_string();
+    assert!(
+        err.contains("admin_token") && err.contains("line 1"),
+        "{err}"
+    );
+    let err = resolve_file("listen = \"127.0.0.1:0\"\nlisten_typo = 1")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("line 2") && err.contains("listen_typo"),
+        "{err}"
+    );
+    let mut a = args();
+    a.admin_token = Some(format!("{secret} with spaces"));
+    let err = Config::resolve(&a, &FileConfig::default(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        !err.contains(secret) && err.contains("admin_token"),
+        "{err}"
+    );
+}
+
+#[test]
+fn timeouts_resolve_and_zero_is_rejected() {
+    let c = resolve_file("upstream_idle_timeout_ms = 1234\nheader_read_timeout_ms = 55").unwrap();
+    assert_eq!(
+        c.upstream_idle_timeout,
+        std::time::Duration::from_millis(1234)
+    );
+    assert_eq!(c.header_read_timeout, std::time::Duration::from_millis(55));
+    let d = resolve_file("").unwrap();
+    assert_eq!(
+        d.upstream_idle_timeout.as_millis() as u64,
+        defaults::UPSTREAM_IDLE_TIMEOUT_MS
+    );
+    assert_eq!(
+        d.header_read_timeout.as_millis() as u64,
+        defaults::HEADER_READ_TIMEOUT_MS
+    );
+    assert!(!d.admin_allow_public);
+}
+
+#[test]
 fn same_listen_and_admin_is_rejected() {
     assert!(resolve_file("listen = \"127.0.0.1:5\"\nadmin_listen = \"127.0.0.1:5\"").is_err());
     // port 0 twice is fine: each gets its own free port
@@ -125,6 +208,8 @@ fn zero_limits_are_rejected() {
         "max_connections",
         "connect_timeout_ms",
         "upstream_header_timeout_ms",
+        "upstream_idle_timeout_ms",
+        "header_read_timeout_ms",
     ] {
         let err = resolve_file(&format!("{key} = 0")).unwrap_err().to_string();
         assert!(err.contains(key), "{err}");

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use http::{Response, StatusCode};
 
+use super::screen::Refusal;
 use super::{json_response, ProxyBody};
 
 /// Whose fault an error was.
@@ -43,6 +44,10 @@ pub enum ProxyError {
     /// timeout): 429 with `Retry-After`; nothing reached the upstream.
     #[error(transparent)]
     Overloaded(#[from] super::admission::Rejected),
+    /// The request head was refused by [`super::screen`] (ambiguous framing, a malformed line, too
+    /// large); answered with `Connection: close` and never forwarded.
+    #[error("{}", .0.message())]
+    RefusedHead(Refusal),
 }
 
 impl ProxyError {
@@ -56,6 +61,10 @@ impl ProxyError {
             ProxyError::UpgradeUnsupported => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::RefusedHead(r) if r.too_large() => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+            ProxyError::RefusedHead(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -65,7 +74,8 @@ impl ProxyError {
             ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTimeout(_) => Fault::Upstream,
             ProxyError::BodyTooLarge { .. }
             | ProxyError::BadRequestBody(_)
-            | ProxyError::UpgradeUnsupported => Fault::Downstream,
+            | ProxyError::UpgradeUnsupported
+            | ProxyError::RefusedHead(_) => Fault::Downstream,
             ProxyError::Unavailable(_) | ProxyError::Overloaded(_) => Fault::Internal,
         }
     }
@@ -80,6 +90,8 @@ impl ProxyError {
             ProxyError::UpgradeUnsupported => "NotImplementedError",
             ProxyError::Unavailable(_) => "ServiceUnavailableError",
             ProxyError::Overloaded(_) => "RateLimitError",
+            ProxyError::RefusedHead(r) if r.too_large() => "RequestHeaderFieldsTooLargeError",
+            ProxyError::RefusedHead(_) => "BadRequestError",
         }
     }
 }
@@ -106,6 +118,14 @@ pub fn error_response(err: &ProxyError) -> Response<ProxyBody> {
         response.headers_mut().insert(
             http::header::RETRY_AFTER,
             http::HeaderValue::from(rejected.retry_after_s),
+        );
+    }
+    if matches!(err, ProxyError::RefusedHead(_)) {
+        // What follows a refused head on this connection cannot be trusted: hyper closes it after
+        // this response.
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
         );
     }
     response
@@ -159,5 +179,10 @@ mod tests {
             ProxyError::BadRequestBody("x".into()).fault(),
             Fault::Downstream
         );
+        let r = error_response(&ProxyError::RefusedHead(Refusal::LengthAndChunked));
+        assert_eq!(r.status(), 400);
+        assert_eq!(r.headers()["connection"], "close");
+        let r = error_response(&ProxyError::RefusedHead(Refusal::TooLarge));
+        assert_eq!(r.status(), 431);
     }
 }

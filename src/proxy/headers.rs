@@ -16,6 +16,9 @@ const HOP_BY_HOP: [&str; 6] = [
 pub const ENERGY_PREFIX: &str = "x-energy-";
 /// The request header a client uses to tag a request (a benchmark run, a batch, a tenant).
 pub const ENERGY_TAG: HeaderName = HeaderName::from_static("x-energy-tag");
+/// The private request header with which [`super::screen`] ends a refused request head (its value
+/// names the [`super::screen::Refusal`]); a request carrying it is answered 400 and never forwarded.
+pub const REFUSED_HEAD: HeaderName = HeaderName::from_static("x-joulegate-refused");
 /// The id under which `/requests/{id}` serves the record.
 pub const ENERGY_REQUEST_ID: HeaderName = HeaderName::from_static("x-energy-request-id");
 /// Total energy of the request, joules.

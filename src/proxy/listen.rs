@@ -1,5 +1,7 @@
 //! Accept loops shared by the proxy and admin listeners: bounded connections, HTTP/1.1 and h2c on
-//! the same port, accept errors backed off (never fatal), graceful drain on shutdown.
+//! the same port, a bounded wait for request heads (slowloris), the request-head screen
+//! ([`super::screen`], proxy listener), accept errors backed off (never fatal), graceful drain on
+//! shutdown.
 //! (hyper-util's `server_graceful.rs` example, mini-redis `server::run`.)
 
 use std::convert::Infallible;
@@ -15,7 +17,22 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use super::screen::Screened;
 use super::BoxError;
+
+/// Runs one connection to its end; its slot is freed then.
+fn spawn_connection<C, E>(connection: C, permit: tokio::sync::OwnedSemaphorePermit)
+where
+    C: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %err, "connection ended with an error");
+        }
+        drop(permit);
+    });
+}
 
 /// How a listener treats its connections.
 #[derive(Debug, Clone, Copy)]
@@ -26,14 +43,56 @@ pub struct ConnLimits {
     pub grace: Duration,
 }
 
+/// Per-connection protocol settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnOptions {
+    /// Longest time a client may take to send a complete HTTP/1 request head (hyper's
+    /// `header_read_timeout`; it also bounds an idle keep-alive connection). After it the
+    /// connection is closed without an answer.
+    pub header_read_timeout: Duration,
+    /// Read HTTP/1 requests through [`super::screen::Screened`] (the proxy listener).
+    pub screen_heads: bool,
+}
+
+impl Default for ConnOptions {
+    /// hyper's default head timeout (30 s), no screen.
+    fn default() -> Self {
+        ConnOptions {
+            header_read_timeout: Duration::from_secs(30),
+            screen_heads: false,
+        }
+    }
+}
+
 const BACKOFF_START: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Serves `service` on `listener` until `shutdown` resolves, then drains within `limits.grace`.
+/// Serves `service` on `listener` until `shutdown` resolves, then drains within `limits.grace`,
+/// with the default [`ConnOptions`].
 pub async fn serve_connections<S, B>(
     listener: TcpListener,
     service: S,
     limits: ConnLimits,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    serve_connections_with(listener, service, limits, ConnOptions::default(), shutdown).await
+}
+
+/// [`serve_connections`] with explicit per-connection options.
+pub async fn serve_connections_with<S, B>(
+    listener: TcpListener,
+    service: S,
+    limits: ConnLimits,
+    options: ConnOptions,
     shutdown: impl Future<Output = ()>,
 ) where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -51,6 +110,7 @@ pub async fn serve_connections<S, B>(
         .http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
+        .header_read_timeout(options.header_read_timeout)
         .auto_date_header(false);
     builder
         .http2()
@@ -88,16 +148,17 @@ pub async fn serve_connections<S, B>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service.clone())
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(error = %err, "connection ended with an error");
-            }
-            drop(permit);
-        });
+        if options.screen_heads {
+            let connection = builder
+                .serve_connection(TokioIo::new(Screened::new(stream)), service.clone())
+                .into_owned();
+            spawn_connection(graceful.watch(connection), permit);
+        } else {
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service.clone())
+                .into_owned();
+            spawn_connection(graceful.watch(connection), permit);
+        }
     }
     drop(listener);
     tokio::select! {

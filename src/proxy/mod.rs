@@ -1,9 +1,11 @@
 //! The data plane: accept loops ([`listen`]), the upstream pool ([`upstream`]), header rules
 //! ([`headers`]), request bodies and the bytes held to inspect them ([`bodies`]), the request phase of accounting ([`inspect`]), the per-request service
-//! ([`service`]), what it learns about the upstream from its answers ([`learned`]) and start-up
-//! questions ([`probe`]), the body wrapper that observes responses ([`relay`]), how energy is written on
-//! responses ([`energy`]), the bounded wait for settled figures ([`settle`]), admission control
-//! of model requests and its queue ([`admission`]) and the proxy's own errors ([`error`]).
+//! ([`service`]), the request-head screen against smuggling ([`screen`]), what it learns about
+//! the upstream from its answers ([`learned`]) and start-up questions ([`probe`]), the body wrapper
+//! that observes responses ([`relay`]) and the upstream idle bound ([`idle`]), how energy is
+//! written on responses ([`energy`]), the bounded wait for settled figures ([`settle`]),
+//! admission control of model requests and its queue ([`admission`]) and the proxy's own errors
+//! ([`error`]).
 //!
 //! It may use `openai` (protocol) and `observe` (per-request atomics), never the ledger's or the
 //! sampler's internals: the data plane never waits on accounting, except for the opt-in, bounded
@@ -14,11 +16,13 @@ pub mod bodies;
 pub mod energy;
 pub mod error;
 pub mod headers;
+pub mod idle;
 pub mod inspect;
 pub mod learned;
 pub mod listen;
 pub mod probe;
 pub mod relay;
+pub mod screen;
 pub mod service;
 pub mod settle;
 pub mod upstream;

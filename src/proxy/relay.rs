@@ -21,6 +21,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use pin_project_lite::pin_project;
 
 use super::energy::{energy_headers, energy_json, Carbon};
+use super::idle::IdleBody;
 use super::inspect::{ForceSource, SharedSemantics};
 use super::learned::UpstreamFacts;
 use super::service::record_metrics;
@@ -136,7 +137,7 @@ pin_project! {
     /// A response body relayed from the upstream with observation.
     pub struct RelayBody {
         #[pin]
-        inner: Incoming,
+        inner: IdleBody<Incoming>,
         observer: Option<StreamObserver>,
         end: Option<RequestEnd>,
         upstream_trailers: Option<HeaderMap>,
@@ -152,7 +153,11 @@ pin_project! {
 
 impl RelayBody {
     /// Wraps `inner`; `observer` reads (and, if it was configured so, rewrites) an SSE stream.
-    pub fn new(inner: Incoming, observer: Option<StreamObserver>, end: RequestEnd) -> RelayBody {
+    pub fn new(
+        inner: IdleBody<Incoming>,
+        observer: Option<StreamObserver>,
+        end: RequestEnd,
+    ) -> RelayBody {
         RelayBody {
             inner,
             observer,
@@ -220,7 +225,7 @@ impl Body for RelayBody {
                 Some(Stashed::End) => None,
                 Some(Stashed::Error(err)) => Some(Err(err)),
                 None => {
-                    ready!(this.inner.as_mut().poll_frame(cx)).map(|r| r.map_err(BoxError::from))
+                    ready!(this.inner.as_mut().poll_frame(cx))
                 }
             };
             match next {
@@ -245,13 +250,17 @@ impl Body for RelayBody {
                             && joined.as_ref().map_or(out.len(), |j| j.len()) < COALESCE_MAX_BYTES
                         {
                             match this.inner.as_mut().poll_frame(cx) {
-                                Poll::Pending => break,
+                                Poll::Pending => {
+                                    // Nothing more ready: what is ready goes out, no wait begins.
+                                    this.inner.as_mut().rest();
+                                    break;
+                                }
                                 Poll::Ready(None) => {
                                     *this.stash = Some(Stashed::End);
                                     break;
                                 }
                                 Poll::Ready(Some(Err(err))) => {
-                                    *this.stash = Some(Stashed::Error(err.into()));
+                                    *this.stash = Some(Stashed::Error(err));
                                     break;
                                 }
                                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {

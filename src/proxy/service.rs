@@ -22,14 +22,16 @@ use super::error::{error_response, ProxyError};
 use super::headers::{
     accepts_trailers, content_length, declare_energy_trailers, is_event_stream,
     is_websocket_upgrade, remove_in_order, strip_energy_headers, strip_hop_by_hop,
-    ENERGY_REQUEST_ID,
+    ENERGY_REQUEST_ID, REFUSED_HEAD,
 };
+use super::idle::{IdleBody, UpstreamIdle};
 use super::inspect::{inspect, is_candidate, request_meta, InspectConfig, Inspected};
 use super::learned::UpstreamFacts;
 use super::relay::{RelayBody, RequestEnd};
+use super::screen::Refusal;
 use super::settle::{figures_after, should_wait};
 use super::upstream::Upstream;
-use super::{full_body, BoxError, ProxyBody};
+use super::{full_body, ProxyBody};
 use crate::clock::Clock;
 use crate::observe::{InFlight, InFlightGuard, Outcome, RequestProgress};
 use crate::openai::inject::InjectionPlan;
@@ -107,6 +109,9 @@ impl ProxyService {
     async fn forward(&self, request: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
         let state = &self.state;
         let (mut parts, body) = request.into_parts();
+        if let Some(code) = parts.headers.get(REFUSED_HEAD) {
+            return Err(ProxyError::RefusedHead(Refusal::from_code(code.as_bytes())));
+        }
         if let Some(cap) = state.max_body_bytes {
             if content_length(&parts.headers).is_some_and(|n| n > cap) {
                 return Err(ProxyError::BodyTooLarge { limit: cap });
@@ -185,14 +190,12 @@ impl ProxyService {
             }
         };
         let (mut parts, body) = response.into_parts();
+        let body = IdleBody::new(body, state.upstream.idle_timeout());
         strip_hop_by_hop(&mut parts.headers);
         strip_energy_headers(&mut parts.headers);
         parts.version = Version::default();
         let Some((guard, inspected, permit)) = accounted else {
-            return Ok(Response::from_parts(
-                parts,
-                body.map_err(BoxError::from).boxed_unsync(),
-            ));
+            return Ok(Response::from_parts(parts, body.boxed_unsync()));
         };
         let progress = guard.progress().clone();
         let public_id = progress.meta.public_id();
@@ -239,6 +242,11 @@ impl ProxyService {
                 Ok(collected) => collected.to_bytes(),
                 Err(err) => {
                     end.guard.finish(Outcome::Error);
+                    if err.is::<UpstreamIdle>() {
+                        return Err(ProxyError::UpstreamTimeout(
+                            state.upstream.idle_timeout().as_millis(),
+                        ));
+                    }
                     return Err(ProxyError::UpstreamUnavailable(format!(
                         "upstream body failed: {err}"
                     )));

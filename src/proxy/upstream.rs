@@ -17,6 +17,7 @@ pub struct Upstream {
     client: Client<HttpConnector, ProxyBody>,
     base: UpstreamUrl,
     header_timeout: Duration,
+    idle_timeout: Duration,
     body_limit: Option<u64>,
 }
 
@@ -42,8 +43,20 @@ impl Upstream {
             client,
             base,
             header_timeout,
+            idle_timeout: Duration::from_millis(crate::config::defaults::UPSTREAM_IDLE_TIMEOUT_MS),
             body_limit,
         }
+    }
+
+    /// Sets the longest silence between two reads of a response body (`upstream_idle_timeout_ms`).
+    pub fn with_idle_timeout(mut self, idle_timeout: Duration) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
+    }
+
+    /// The longest silence between two reads of a response body.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
     }
 
     /// The upstream URI for a client request's path and query.
