@@ -591,9 +591,21 @@ mod tests {
             // only match them, never beat them by the margin. Every fourth tick is nearly idle
             // work, which pins the static estimate.
             let light = k % 4 == 0;
-            let p = if light { 0.0 } else { f64::from((k * 37) % 400) };
-            let d = if light { 1.0 } else { f64::from((k * 11) % 64 + 1) };
-            let ctx = d * if light { 1.0 } else { f64::from((k * 13) % 900 + 50) };
+            let p = if light {
+                0.0
+            } else {
+                f64::from((k * 37) % 400)
+            };
+            let d = if light {
+                1.0
+            } else {
+                f64::from((k * 11) % 64 + 1)
+            };
+            let ctx = d * if light {
+                1.0
+            } else {
+                f64::from((k * 13) % 900 + 50)
+            };
             let w = TickWork {
                 busy_s: 0.05,
                 prefill: p,

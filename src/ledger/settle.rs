@@ -86,11 +86,14 @@ impl Ledger {
             self.weights.extend_from_slice(&self.marginal);
             return;
         }
+        // Parts have equal length `plen` (the last one absorbs the rounding); a part index is a
+        // multiplication, not a division, per item: this runs for every item of every tick.
         let dt32 = u32::try_from(dt).unwrap_or(u32::MAX).max(1);
-        let part_of = |t: u32| {
-            ((u64::from(t) * parts as u64) / u64::from(dt32)).min(parts as u64 - 1) as usize
-        };
-        let edge = |j: usize| ((u64::from(dt32) * j as u64) / parts as u64) as u32;
+        let plen = (dt32 / parts as u32).max(1);
+        let inv_plen = 1.0 / f64::from(plen);
+        let last = parts - 1;
+        let part_of = |t: u32| ((f64::from(t) * inv_plen) as usize).min(last);
+        let edge = |j: usize| if j > last { dt32 } else { plen * j as u32 };
         self.step_work.clear();
         self.step_work.resize(parts, 0.0);
         for (item, &m) in tick.items.iter().zip(&self.marginal) {
@@ -99,35 +102,47 @@ impl Ledger {
             }
             if item.lo >= item.hi {
                 self.step_work[part_of(item.hi.saturating_sub(1))] += m;
-            } else {
-                let len = f64::from(item.hi - item.lo);
-                for j in part_of(item.lo)..=part_of(item.hi - 1) {
-                    let ov = item
-                        .hi
-                        .min(edge(j + 1))
-                        .saturating_sub(item.lo.max(edge(j)));
-                    self.step_work[j] += m * f64::from(ov) / len;
-                }
+                continue;
+            }
+            let (j0, j1) = (part_of(item.lo), part_of(item.hi - 1));
+            if j0 == j1 {
+                self.step_work[j0] += m;
+                continue;
+            }
+            let per_ns = m / f64::from(item.hi - item.lo);
+            for j in j0..=j1 {
+                let ov = item
+                    .hi
+                    .min(edge(j + 1))
+                    .saturating_sub(item.lo.max(edge(j)));
+                self.step_work[j] += per_ns * f64::from(ov);
             }
         }
         let total: f64 = self.marginal.iter().sum();
         let empty = self.step_work.iter().filter(|w| **w <= 0.0).count() as f64;
+        // Each part holds 1/parts of the energy, shared by its work; empty parts go to everyone
+        // by marginal. Inverses once per part, not once per item.
+        for w in &mut self.step_work {
+            *w = if *w > 0.0 { 1.0 / *w } else { 0.0 };
+        }
+        let everyone = if total > 0.0 { empty / total } else { 0.0 };
         for (item, &m) in tick.items.iter().zip(&self.marginal) {
-            // Each part holds 1/parts of the energy; empty parts go to everyone by marginal.
-            let mut w = if total > 0.0 { empty * m / total } else { 0.0 };
+            let mut w = everyone * m;
             if m > 0.0 {
                 if item.lo >= item.hi {
-                    let j = part_of(item.hi.saturating_sub(1));
-                    w += m / self.step_work[j];
+                    w += m * self.step_work[part_of(item.hi.saturating_sub(1))];
                 } else {
-                    let len = f64::from(item.hi - item.lo);
-                    for j in part_of(item.lo)..=part_of(item.hi - 1) {
-                        let ov = item
-                            .hi
-                            .min(edge(j + 1))
-                            .saturating_sub(item.lo.max(edge(j)));
-                        if self.step_work[j] > 0.0 {
-                            w += m * f64::from(ov) / len / self.step_work[j];
+                    let (j0, j1) = (part_of(item.lo), part_of(item.hi - 1));
+                    if j0 == j1 {
+                        w += m * self.step_work[j0];
+                    } else {
+                        let per_ns = m / f64::from(item.hi - item.lo);
+                        for j in j0..=j1 {
+                            let ov = item
+                                .hi
+                                .min(edge(j + 1))
+                                .saturating_sub(item.lo.max(edge(j)));
+                            w += per_ns * f64::from(ov) * self.step_work[j];
                         }
                     }
                 }
