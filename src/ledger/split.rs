@@ -47,10 +47,12 @@ pub fn split_uj(
         .unwrap_or(usize::MAX)
         .min(scratch.len());
     if k < scratch.len() {
+        // The k largest fractions each get one more: which they are matters, not their order.
         scratch.select_nth_unstable_by(k - 1, by_fraction_desc);
         scratch.truncate(k);
+    } else {
+        scratch.sort_unstable_by(by_fraction_desc);
     }
-    scratch.sort_unstable_by(by_fraction_desc);
     let n = scratch.len() as u64;
     let (each, extra) = (rest / n, rest % n);
     for (j, (_, i)) in scratch.iter().enumerate() {
