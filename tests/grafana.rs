@@ -2,7 +2,7 @@
 //! `/metrics` scrape of a proxy that has carried traffic (tagged, sim-metered, settled). The
 //! dashboard is read as JSON (every `expr`, and the `query` of query variables); `rules.yml` line by
 //! line (`record:` and `expr:`), as it keeps one expression per line. Waits poll a condition under a
-//! hang guard; nothing decides pass/fail on time.
+//! hang guard; nothing decides pass/fail on time. The dashboard's `by (...)` labels are checked too.
 
 mod common;
 #[allow(dead_code)]
@@ -161,11 +161,18 @@ async fn every_series_the_dashboard_and_rules_query_is_scraped() {
     for id in &ids {
         finished(proxy.admin, id).await;
     }
-    let scraped: BTreeSet<String> = metrics(proxy.admin, None)
-        .await
-        .into_iter()
-        .map(|s| s.0)
-        .collect();
+    let samples = metrics(proxy.admin, None).await;
+    let scraped: BTreeSet<String> = samples.iter().map(|s| s.0.clone()).collect();
+    // The labels each scraped series carries (`instance` and `job` come from Prometheus).
+    let labels_of = |name: &str| -> BTreeSet<String> {
+        let mut l: BTreeSet<String> = samples
+            .iter()
+            .filter(|s| s.0 == name)
+            .flat_map(|s| s.1.keys().cloned())
+            .collect();
+        l.extend(["instance".to_owned(), "job".to_owned()]);
+        l
+    };
 
     let d: Value = serde_json::from_str(&example("joulegate.json")).expect("dashboard JSON");
     let mut exprs = Vec::new();
@@ -178,6 +185,18 @@ async fn every_series_the_dashboard_and_rules_query_is_scraped() {
             !s.is_empty(),
             "a dashboard query reads a joulegate series: {e}"
         );
+        // Every `by (...)` label is carried by each series the query reads.
+        for grouping in e.split("by (").skip(1) {
+            let list = grouping.split(')').next().unwrap_or("");
+            for label in list.split(',').map(str::trim) {
+                for name in &s {
+                    assert!(
+                        labels_of(name).contains(label),
+                        "{name} has no label {label}: {e}"
+                    );
+                }
+            }
+        }
         wanted.extend(s);
     }
 
