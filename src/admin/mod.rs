@@ -1,13 +1,15 @@
 //! The admin listener, on its own port (never the proxy port: the upstream's own `/metrics` must stay
 //! reachable through the proxy): `/metrics` ([`metrics`]), `/stats` ([`stats`]), `/requests` and
-//! `/requests/{id}` ([`requests`]), `/healthz` and `/readyz` ([`health`]), behind an optional bearer
-//! token ([`auth`]; `/healthz` stays open for liveness probes).
+//! `/requests/{id}` ([`requests`]), `/healthz` and `/readyz` ([`health`]), `/dcgm/metrics` (the
+//! device power and energy in dcgm-exporter's shape, [`dcgm`]), behind an optional bearer token
+//! ([`auth`]; `/healthz` stays open for liveness probes).
 //!
 //! This file owns the routing and the response shapes; errors use the OpenAI error JSON. Everything
 //! is read from [`AdminState`], read-only handles on what accounting and the sampler publish:
 //! nothing here reads a meter or waits on the data plane.
 
 pub mod auth;
+pub mod dcgm;
 pub mod health;
 pub mod metrics;
 pub mod requests;
@@ -150,6 +152,15 @@ impl AdminService {
                     "InternalServerError",
                 ),
             },
+            "/dcgm/metrics" => {
+                let snapshot = s.sampler.as_ref().map(|x| x.snapshot());
+                let mut r = body(StatusCode::OK, Bytes::from(dcgm::render(snapshot.as_ref())));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(dcgm::CONTENT_TYPE),
+                );
+                r
+            }
             "/stats" => json_of(StatusCode::OK, &stats::stats(s)),
             "/requests" | "/requests/" => match requests::ListQuery::parse(request.uri().query()) {
                 Ok(q) => json_of(StatusCode::OK, &requests::list(s, &q)),
