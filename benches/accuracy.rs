@@ -126,12 +126,14 @@ fn virtual_matrix(full: bool) {
     }
     let cell = |s: joulegate::demo::ErrorStats| format!("{:>5}/{:<5}", pct(s.median), pct(s.p95));
     println!(
-        "{:<10} {:>3} {:<13} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>6} {:>6} {:>6}",
+        "{:<10} {:>3} {:<13} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>6} {:>6} {:>6}",
         "model",
         "ms",
         "workload",
         "record",
         "active",
+        "settled",
+        "wait ms",
         "resp",
         "resp-strm",
         "resp-json",
@@ -148,17 +150,21 @@ fn virtual_matrix(full: bool) {
             (&mut worst.record, r.record),
             (&mut worst.record_active, r.record_active),
             (&mut worst.provisional, r.provisional),
+            (&mut worst.settled, r.settled),
         ] {
             w.median = w.median.max(x.median);
             w.p95 = w.p95.max(x.p95);
         }
         println!(
-            "{:<10} {:>3} {:<13} {} {} {} {} {} {} {:>6} {:>6} {:>6}",
+            "{:<10} {:>3} {:<13} {} {} {} {:>5.0}/{:<5.0} {} {} {} {} {:>6} {:>6} {:>6}",
             case.model.name,
             case.meter.counter_period_ns / 1_000_000,
             case.workload.name(),
             cell(r.record),
             cell(r.record_active),
+            cell(r.settled),
+            r.settled_wait_ms.0,
+            r.settled_wait_ms.1,
             cell(r.provisional),
             cell(r.provisional_stream),
             cell(r.provisional_json),
@@ -173,9 +179,10 @@ fn virtual_matrix(full: bool) {
         );
     }
     println!(
-        "worst cell: record {}  active {}  response {}   (median/p95 %; targets: record 3/10, response 5/15)",
+        "worst cell: record {}  active {}  settled {}  response {}   (median/p95 %; targets: record and settled 3/10, response 5/15)",
         cell(worst.record),
         cell(worst.record_active),
+        cell(worst.settled),
         cell(worst.provisional)
     );
 }

@@ -28,7 +28,14 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["serve", "demo", "log-power", "mock-upstream", "batch", "replay"] {
+    for sub in [
+        "serve",
+        "demo",
+        "log-power",
+        "mock-upstream",
+        "batch",
+        "replay",
+    ] {
         let o = joulegate(&[sub, "--help"], &[]);
         assert!(o.status.success(), "{sub} --help failed: {}", stderr(&o));
         assert!(

@@ -80,6 +80,12 @@ pub struct Row {
     pub provisional_active_uj: Option<u64>,
     /// The record's status.
     pub status: Option<crate::ledger::RecordStatus>,
+    /// The figure a response would carry with `response_energy = "settled"`: the record's when
+    /// it was written within the default wait bound after the response ended, else the
+    /// provisional one (`None` for clients that left).
+    pub settled_uj: Option<u64>,
+    /// How long after the response ended its record was written, ns.
+    pub settled_wait_ns: Option<u64>,
 }
 
 /// What a run produced.
@@ -164,6 +170,9 @@ struct Live {
     done: bool,
 }
 
+/// `response_energy_max_wait_ms`'s default, ns.
+const SETTLED_MAX_WAIT_NS: u64 = crate::config::defaults::RESPONSE_ENERGY_MAX_WAIT_MS * 1_000_000;
+
 /// Runs `scenario` through the real accounting. Deterministic: the same scenario gives the same
 /// result.
 pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, AccountingError> {
@@ -232,9 +241,12 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
             provisional_uj: None,
             provisional_active_uj: None,
             status: None,
+            settled_uj: None,
+            settled_wait_ns: None,
         })
         .collect();
     let mut step: Option<(u64, StepReport)> = None;
+    let mut awaiting_record: Vec<(usize, u64, u64)> = Vec::new();
     let mut waiting: Vec<usize> = Vec::new();
     let mut done = 0usize;
     let mut drain_deadline = u64::MAX;
@@ -291,6 +303,7 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
                     l.progress.finish(Outcome::Ok, end);
                     let figures = l.progress.energy_now(end, &in_flight.rates);
                     rows[i].provisional_uj = Some(figures.energy_uj);
+                    awaiting_record.push((i, end, l.progress.meta.id));
                     rows[i].provisional_active_uj = Some(figures.active_uj);
                     l.done = true;
                     l.guard = None;
@@ -355,6 +368,20 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
             counter.store(counter_uj, Relaxed);
             for tick in sampler.round(now) {
                 accounting.process_tick(&tick);
+                // Settled mode: a response waits for its record, at most the default bound.
+                awaiting_record.retain(|&(i, end, id)| {
+                    let Some(rec) = shared.record(id) else {
+                        return true;
+                    };
+                    let wait = now.saturating_sub(end);
+                    rows[i].settled_wait_ns = Some(wait);
+                    rows[i].settled_uj = if wait <= SETTLED_MAX_WAIT_NS {
+                        Some((rec.energy_joules * 1e6).round() as u64)
+                    } else {
+                        rows[i].provisional_uj
+                    };
+                    false
+                });
             }
             next_read += sample;
             if done == scenario.requests.len() && next_arrival == order.len() {

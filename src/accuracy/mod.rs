@@ -102,6 +102,13 @@ pub struct CaseReport {
     pub provisional_json: ErrorStats,
     /// Active figures on responses.
     pub provisional_active: ErrorStats,
+    /// Figures on responses with `response_energy = "settled"` (the record's, when it came within
+    /// the wait bound).
+    pub settled: ErrorStats,
+    /// Of responses, the share whose record came within the wait bound (settled mode).
+    pub settled_in_time: f64,
+    /// How long settled responses waited after their end, p50 and p99, ms.
+    pub settled_wait_ms: (f64, f64),
     /// The naive method: the requests' total true energy split by completion tokens.
     pub naive: ErrorStats,
     /// Whether the books balanced exactly with nothing pending.
@@ -173,6 +180,34 @@ pub fn report(result: &RunResult) -> CaseReport {
                 (naive - r.truth_uj as f64) / r.truth_uj as f64
             })
         }),
+        settled: stats_where(&|r| r.settled_uj.map(|f| rel(f, r.truth_uj))),
+        settled_in_time: {
+            let waited: Vec<u64> = result
+                .rows
+                .iter()
+                .filter_map(|r| r.settled_wait_ns)
+                .collect();
+            let bound = crate::config::defaults::RESPONSE_ENERGY_MAX_WAIT_MS * 1_000_000;
+            if waited.is_empty() {
+                0.0
+            } else {
+                waited.iter().filter(|w| **w <= bound).count() as f64 / waited.len() as f64
+            }
+        },
+        settled_wait_ms: {
+            let mut w: Vec<f64> = result
+                .rows
+                .iter()
+                .filter_map(|r| r.settled_wait_ns.map(|n| n as f64 / 1e6))
+                .collect();
+            w.sort_by(f64::total_cmp);
+            let q = |p: f64| {
+                w.get(((p * w.len() as f64).ceil() as usize).clamp(1, w.len().max(1)) - 1)
+                    .copied()
+                    .unwrap_or(0.0)
+            };
+            (q(0.5), q(0.99))
+        },
         books_exact: result.books_exact(),
         unattributed_share: if t.measured_uj > 0 {
             t.unattributed_uj as f64 / t.measured_uj as f64

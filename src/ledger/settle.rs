@@ -66,7 +66,7 @@ impl Ledger {
         }
     }
 
-    /// The weights that split a tick's energy `e` (µJ, idle part removed). The tick is cut into
+    /// The weights that split a tick's energy (idle part removed). The tick is cut into
     /// sub-intervals of about [`SPLIT_NS`]; a meter cannot say how energy varied inside a tick, so
     /// each sub-interval holds an equal part of it per nanosecond, and that part goes to the work
     /// placed in the sub-interval in proportion to its marginal energy (α·prefill + β·decode +
@@ -74,7 +74,7 @@ impl Ledger {
     /// gets little of the prefill's time, and all of a decode-only stretch's, as an engine step's
     /// energy belongs to the work in that step. A sub-interval with no work placed in it shares
     /// its part among the tick's work as a whole.
-    fn split_weights(&mut self, tick: &HeldTick, dt: u64, _e: u64) {
+    fn split_weights(&mut self, tick: &HeldTick, dt: u64) {
         self.weights.clear();
         let parts = if self.config.split_by_steps {
             (dt + SPLIT_NS / 2) / SPLIT_NS
@@ -186,7 +186,7 @@ impl Ledger {
         let full_e = e;
         let e = e - idle_part;
         let baseline = self.idle.baseline_uj(tick.busy_ns.min(dt)).min(e);
-        self.split_weights(tick, dt, e);
+        self.split_weights(tick, dt);
         if !split_uj(e, &self.weights, &mut self.shares, &mut self.scratch) {
             if tick.busy || !tick.items.is_empty() {
                 self.totals.unattributed_uj = self.totals.unattributed_uj.saturating_add(e);

@@ -1,0 +1,159 @@
+//! The calibration fit on synthetic ticks: recovery, trust rule, static estimate, blocks.
+
+use super::*;
+
+fn cfg() -> CalibrationConfig {
+    CalibrationConfig {
+        min_ticks: 20,
+        window_ticks: 50,
+        block_ticks: 1,
+        ..CalibrationConfig::default()
+    }
+}
+
+/// A tick busy for `busy_s` of twice that: never fully busy, so static power is fitted.
+fn work(busy_s: f64, prefill: f64, decode: f64, context: f64) -> TickWork {
+    TickWork {
+        busy_s,
+        prefill,
+        decode,
+        context,
+        span_s: 2.0 * busy_s,
+    }
+}
+
+#[test]
+fn recovers_known_weights_and_static_power_then_trusts_them() {
+    let mut c = Calibrator::new(cfg());
+    assert!(!c.report().trusted);
+    for k in 0..200u32 {
+        let busy = 0.02 + f64::from(k % 4) * 0.01;
+        let p = f64::from((k * 37) % 400);
+        let d = f64::from((k * 11) % 64 + 1);
+        let ctx = d * f64::from((k * 13) % 900 + 50);
+        let e = 230.0 * busy + 0.01 * p + 0.006 * d + 0.000_014 * ctx;
+        c.observe(work(busy, p, d, ctx), e);
+    }
+    let r = c.report();
+    assert!(r.trusted, "{r:?}");
+    // The ridge pulls the terms the data tell apart least (decode and context counts move
+    // together) towards the defaults: exact data come back within a few percent for α and
+    // the static power, within 30 % for β and γ.
+    let close = |x: f64, truth: f64, tol: f64| (x / truth - 1.0).abs() < tol;
+    assert!(close(r.alpha_j, 0.01, 0.02), "{r:?}");
+    assert!(close(r.beta_j, 0.006, 0.3), "{r:?}");
+    assert!(close(r.gamma_j, 0.000_014, 0.3), "{r:?}");
+    assert!(close(r.fitted_static_w.unwrap(), 230.0, 0.01), "{r:?}");
+    assert_eq!(r.ticks, 50);
+}
+
+#[test]
+fn negative_solution_is_clamped_and_untrusted() {
+    let mut c = Calibrator::new(cfg());
+    for k in 0..100u32 {
+        let p = f64::from(k % 10);
+        let d = f64::from(k % 7 + 1);
+        // Energy that falls with decode: the unconstrained β would be negative.
+        c.observe(work(0.0, p, d, 0.0), (0.5 * p - 0.2 * d).max(0.0));
+    }
+    let r = c.report();
+    assert!(r.fitted_alpha_j.is_some_and(|a| a >= 0.0));
+    assert!(r.fitted_beta_j.is_some_and(|b| b >= 0.0));
+    assert!(!r.trusted, "{r:?}");
+    assert_eq!(c.weights(), (0.01, 0.01, 0.00001));
+}
+
+#[test]
+fn collinear_inputs_are_not_trusted_and_bad_samples_ignored() {
+    let mut c = Calibrator::new(cfg());
+    for k in 1..100u32 {
+        let x = f64::from(k);
+        c.observe(work(0.0, x, 2.0 * x, 0.0), 0.3 * x);
+    }
+    assert!(!c.report().trusted);
+    c.observe(work(0.0, f64::NAN, 1.0, 0.0), 1.0);
+    c.observe(work(0.0, 0.0, 0.0, 0.0), 1.0);
+    c.observe(work(-1.0, 1.0, 1.0, 0.0), 1.0);
+    assert_eq!(c.report().ticks, 50);
+}
+
+#[test]
+fn fixed_weights_are_trusted_and_never_fitted_over() {
+    let mut c = Calibrator::new(CalibrationConfig {
+        fixed: true,
+        default_alpha_j: 0.02,
+        ..cfg()
+    });
+    assert!(c.report().trusted);
+    for k in 0..100u32 {
+        c.observe(work(0.05, f64::from(k), 10.0, 0.0), 1.0);
+    }
+    assert_eq!(c.weights(), (0.02, 0.01, 0.00001));
+    assert!(c.report().trusted);
+}
+
+#[test]
+fn static_power_comes_from_the_lightest_busy_ticks_and_blocks_sum_ticks() {
+    let mut c = Calibrator::new(CalibrationConfig {
+        block_ticks: 5,
+        ..cfg()
+    });
+    for k in 0..600u32 {
+        // Fully busy ticks whose prefill always comes with busy time: a joint fit could give
+        // prefill's energy to the static term; the lightest ticks pin static at 200 W.
+        let p = f64::from((k * 37) % 400);
+        let d = f64::from((k * 11) % 64 + 1);
+        let w = TickWork {
+            busy_s: 0.05,
+            prefill: p,
+            decode: d,
+            context: 0.0,
+            span_s: 0.05,
+        };
+        c.observe(w, 200.0 * 0.05 + 0.02 * p + 0.001 * d);
+    }
+    let r = c.report();
+    assert_eq!(r.ticks, 50, "600 ticks in blocks of 5, window of 50");
+    let st = r.fitted_static_w.unwrap();
+    // A low quantile of the ticks' power: within 5 % above the true 200 W, and the marginal
+    // cost of prefill within 20 % of 0.02 J.
+    assert!((200.0..210.0).contains(&st), "{r:?}");
+    assert!((r.alpha_j / 0.02 - 1.0).abs() < 0.2, "{r:?}");
+}
+
+#[test]
+fn a_fit_no_better_than_the_defaults_proportions_is_not_used() {
+    let mut c = Calibrator::new(cfg());
+    for k in 0..600u32 {
+        // Energy that follows the defaults' proportions (1 : 1 : 0.001) exactly: a fit can
+        // only match them, never beat them by the margin. Every fourth tick is nearly idle
+        // work, which pins the static estimate.
+        let light = k % 4 == 0;
+        let p = if light {
+            0.0
+        } else {
+            f64::from((k * 37) % 400)
+        };
+        let d = if light {
+            1.0
+        } else {
+            f64::from((k * 11) % 64 + 1)
+        };
+        let ctx = d * if light {
+            1.0
+        } else {
+            f64::from((k * 13) % 900 + 50)
+        };
+        let w = TickWork {
+            busy_s: 0.05,
+            prefill: p,
+            decode: d,
+            context: ctx,
+            span_s: 0.05,
+        };
+        c.observe(w, 100.0 * 0.05 + 0.03 * (p + d + 0.001 * ctx));
+    }
+    let r = c.report();
+    assert!(!r.trusted, "{r:?}");
+    assert_eq!(c.weights(), (0.01, 0.01, 0.00001));
+}

@@ -1,0 +1,204 @@
+//! A request's energy as the data plane reports it: the status of the figures, the system rates
+//! accounting publishes after each tick, and [`RequestProgress::energy_now`], which prices a
+//! request's unsettled work from them without waiting for the sampler.
+//!
+//! Owns only arithmetic over atomics; accounting writes them, the data plane reads them.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use super::{Endpoint, RequestProgress};
+
+/// How much to trust a request's energy figure (`x-energy-status`, the record's `status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnergyStatus {
+    /// Measured energy and the server's exact token counts.
+    Ok,
+    /// Measured energy, but token counts (and so the split) partly estimated.
+    Estimated,
+    /// No working meter, or the request's intervals were not measured.
+    Unavailable,
+}
+
+impl EnergyStatus {
+    /// The wire form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnergyStatus::Ok => "ok",
+            EnergyStatus::Estimated => "estimated",
+            EnergyStatus::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// A request's energy as the data plane reports it on a response: computed from the atomics alone,
+/// without waiting for the next tick (DESIGN §4: the last byte must not wait on the sampler).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EnergyNow {
+    /// Total attributed energy, micro-joules.
+    pub energy_uj: u64,
+    /// Active (above idle) energy, micro-joules.
+    pub active_uj: u64,
+    /// Prompt tokens (exact or estimated, see `status`).
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    pub completion_tokens: u64,
+    /// Trust in the figures.
+    pub status: EnergyStatus,
+}
+
+/// System-wide figures accounting publishes after each tick, so the data plane can estimate the
+/// energy of work no tick has settled yet (a request shorter than the settlement lag) without
+/// asking anybody.
+#[derive(Debug, Default)]
+pub struct SystemRates {
+    /// Recent total power of the metered devices, milliwatts (0: unknown).
+    pub power_mw: AtomicU64,
+    /// Idle power, milliwatts (0: unknown).
+    pub idle_mw: AtomicU64,
+    /// Active energy per prefill token, micro-joules (calibrated or configured).
+    pub prefill_uj_per_token: AtomicU64,
+    /// Active energy per decode token, micro-joules.
+    pub decode_uj_per_token: AtomicU64,
+    /// What recent settled work cost per token, `f64` bits of µJ: total energy per prefill,
+    /// decode and context token, then active energy per each. 0 until busy ticks settled.
+    pub token_price_bits: [AtomicU64; 6],
+}
+
+impl SystemRates {
+    /// Publishes the per-token prices (accounting, after each tick).
+    pub fn set_token_prices(&self, prices: Option<([f64; 3], [f64; 3])>) {
+        if let Some((total, active)) = prices {
+            for (slot, v) in self
+                .token_price_bits
+                .iter()
+                .zip(total.iter().chain(&active))
+            {
+                slot.store(v.to_bits(), Relaxed);
+            }
+        }
+    }
+
+    /// Total and active µJ per (prefill, decode, context) token; `None` until known.
+    pub fn token_prices(&self) -> Option<([f64; 3], [f64; 3])> {
+        let v: [f64; 6] =
+            std::array::from_fn(|i| f64::from_bits(self.token_price_bits[i].load(Relaxed)));
+        let ok = v.iter().all(|x| x.is_finite() && *x >= 0.0) && (v[0] > 0.0 || v[1] > 0.0);
+        ok.then(|| ([v[0], v[1], v[2]], [v[3], v[4], v[5]]))
+    }
+}
+
+/// Context tokens read by the decodes that take a request's completion count (summed over its
+/// `choices` sequences) from `from` to `to`: each sequence's next token reads its prompt and the
+/// tokens it generated before (DESIGN.md §3, the γ term).
+pub fn decode_context(prompt: u64, choices: u32, from: u64, to: u64) -> f64 {
+    if to <= from {
+        return 0.0;
+    }
+    let n = f64::from(choices.max(1));
+    let (a, b) = (from as f64 / n, to as f64 / n);
+    n * ((b - a) * prompt as f64 + (b * (b - 1.0) - a * (a - 1.0)) / 2.0)
+}
+
+/// Longest stretch the settled figure is extrapolated over with the request's recent power: beyond
+/// it the sampler is evidently stalled and guessing would be worse than reporting what is settled.
+pub const MAX_EXTRAPOLATION_NS: u64 = 1_000_000_000;
+
+impl RequestProgress {
+    /// The energy so far: what accounting settled, plus the request's tokens not yet in a settled
+    /// interval priced at what recent settled tokens cost ([`SystemRates::token_prices`]). Before
+    /// any busy interval settled (no prices yet), the settled figure is extended to `now_ns` with
+    /// the request's recent power (bounded by [`MAX_EXTRAPOLATION_NS`]), or, with nothing settled,
+    /// estimated from its tokens and the calibrated per-token energy ([`estimate_unsettled`]).
+    pub fn energy_now(&self, now_ns: u64, rates: &SystemRates) -> EnergyNow {
+        let settled = self.energy_uj.load(Relaxed);
+        let active = self.active_uj.load(Relaxed);
+        let settled_until = self.settled_until_ns.load(Relaxed);
+        let power_mw = self.recent_power_mw.load(Relaxed);
+        let prompt = self.prompt_tokens.load(Relaxed);
+        let completion = self.completion_tokens.load(Relaxed);
+        let priced = rates
+            .token_prices()
+            .filter(|_| self.meta.endpoint != Endpoint::Other);
+        let (extra, active_extra) = if let Some((total, active)) = priced {
+            // The request's own work not yet settled, priced at what recent settled work cost
+            // per token (static power included): close to what settlement will give it.
+            let [sp, sd, sc] = [0, 1, 2].map(|i| self.settled_tokens[i].load(Relaxed) as f64);
+            let context = decode_context(prompt, self.meta.choices, 0, completion);
+            let left = [
+                (prompt as f64 - sp).max(0.0),
+                (completion as f64 - sd).max(0.0),
+                (context - sc).max(0.0),
+            ];
+            let price = |p: [f64; 3]| (0..3).map(|i| left[i] * p[i]).sum::<f64>() as u64;
+            (price(total), price(active))
+        } else if power_mw > 0 && settled_until > 0 {
+            let dt = now_ns
+                .saturating_sub(settled_until)
+                .min(MAX_EXTRAPOLATION_NS);
+            // mW x ns = 1e-12 J = 1e-6 uJ
+            let extra = ((u128::from(power_mw) * u128::from(dt)) / 1_000_000) as u64;
+            let active_extra = if settled == 0 {
+                0
+            } else {
+                ((u128::from(extra) * u128::from(active)) / u128::from(settled)) as u64
+            };
+            (extra, active_extra)
+        } else if settled == 0 {
+            let life_ns = now_ns.saturating_sub(self.meta.arrival_ns);
+            estimate_unsettled(
+                self.prompt_tokens.load(Relaxed),
+                self.completion_tokens.load(Relaxed),
+                life_ns,
+                rates,
+            )
+        } else {
+            (0, 0)
+        };
+        let status = if !self.energy_available.load(Relaxed) {
+            EnergyStatus::Unavailable
+        } else if self.prompt_exact.load(Relaxed) && self.completion_exact.load(Relaxed) {
+            EnergyStatus::Ok
+        } else {
+            EnergyStatus::Estimated
+        };
+        EnergyNow {
+            energy_uj: settled.saturating_add(extra),
+            active_uj: active.saturating_add(active_extra),
+            prompt_tokens: self.prompt_tokens.load(Relaxed),
+            completion_tokens: self.completion_tokens.load(Relaxed),
+            status,
+        }
+    }
+}
+
+/// Energy of a request's work that no tick has settled, from the system's per-token active energy
+/// (`a = prefill_uj x prompt + decode_uj x completion`), scaled up by its share of idle power the
+/// way the ledger splits it (`a x P / (P - P_idle)`), and never more than the whole system's power
+/// over the request's life. Returns (total, active) micro-joules; (0, 0) when nothing is known.
+pub fn estimate_unsettled(
+    prompt: u64,
+    completion: u64,
+    life_ns: u64,
+    rates: &SystemRates,
+) -> (u64, u64) {
+    let power = u128::from(rates.power_mw.load(Relaxed));
+    let idle = u128::from(rates.idle_mw.load(Relaxed));
+    let active = u128::from(prompt) * u128::from(rates.prefill_uj_per_token.load(Relaxed))
+        + u128::from(completion) * u128::from(rates.decode_uj_per_token.load(Relaxed));
+    let total = if power > idle {
+        active * power / (power - idle)
+    } else {
+        active
+    };
+    let ceiling = if power > 0 {
+        power * u128::from(life_ns) / 1_000_000
+    } else {
+        total
+    };
+    let total = total.min(ceiling);
+    let active = active.min(total);
+    (
+        u64::try_from(total).unwrap_or(u64::MAX),
+        u64::try_from(active).unwrap_or(u64::MAX),
+    )
+}
