@@ -14,11 +14,9 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use common::*;
-use exposition::{parse_samples, Sample};
+use exposition::{parse_samples, run_python_parser, Sample};
 use serde_json::Value;
 use support::*;
 
@@ -83,49 +81,9 @@ types = {f.name: f.type for f in fams}
 assert types == {"DCGM_FI_DEV_POWER_USAGE": "gauge", "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION": "counter"}, types
 print(json.dumps([[s.name, s.labels, s.value] for f in fams for s in f.samples]))
 "#;
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    let pythons = [venv.to_string_lossy().into_owned(), "python3".to_owned()];
-    let python = pythons.iter().find(|p| {
-        Command::new(p)
-            .args(["-c", "import prometheus_client"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    let Some(python) = python else {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED the real-parser check of /dcgm/metrics: no .venv/bin/python or python3 \
-                 with prometheus_client; the Rust-side checks still run"
-            );
-        });
-        return None;
-    };
-    let mut child = Command::new(python)
-        .args(["-c", SCRIPT])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python starts");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("python ends");
-    assert!(
-        out.status.success(),
-        "the Prometheus parser rejected /dcgm/metrics: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_python_parser(SCRIPT, text, "/dcgm/metrics")?;
     let raw: Vec<(String, BTreeMap<String, String>, Value)> =
-        serde_json::from_slice(&out.stdout).expect("parser output");
+        serde_json::from_slice(&stdout).expect("parser output");
     Some(
         raw.into_iter()
             .map(|(n, l, v)| (n, l, v.as_f64().unwrap_or(f64::NAN)))

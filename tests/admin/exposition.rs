@@ -69,6 +69,21 @@ for parse in (prom, om):
     out.append([[s.name, s.labels, s.value] for f in parse(text) for s in f.samples])
 print(json.dumps(out))
 "#;
+    let stdout = run_python_parser(SCRIPT, text, "/metrics")?;
+    type Raw = Vec<(String, BTreeMap<String, String>, Value)>;
+    let v: [Raw; 2] = serde_json::from_slice(&stdout).expect("parser output");
+    Some(v.map(|samples| {
+        samples
+            .into_iter()
+            .map(|(n, l, v)| (n, l, v.as_f64().unwrap_or(f64::NAN)))
+            .collect()
+    }))
+}
+
+/// Runs `script` (Python with `prometheus_client`) with `text` on its stdin and returns its
+/// stdout; asserts it succeeded (a parser rejected `what` otherwise). `None`, said once per test
+/// binary on stderr, when no `.venv/bin/python` or `python3` with `prometheus_client` exists.
+pub fn run_python_parser(script: &str, text: &str, what: &str) -> Option<Vec<u8>> {
     let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
     let pythons = [venv.to_string_lossy().into_owned(), "python3".to_owned()];
     let python = pythons.iter().find(|p| {
@@ -86,14 +101,14 @@ print(json.dumps(out))
             use std::io::Write;
             let _ = writeln!(
                 std::io::stderr(),
-                "SKIPPED the real-parser check of /metrics: no .venv/bin/python or python3 with \
+                "SKIPPED the real-parser check of {what}: no .venv/bin/python or python3 with \
                  prometheus_client (.ci/run installs it); the Rust-side checks still run"
             );
         });
         return None;
     };
     let mut child = Command::new(python)
-        .args(["-c", SCRIPT])
+        .args(["-c", script])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -109,17 +124,10 @@ print(json.dumps(out))
     let out = child.wait_with_output().expect("python ends");
     assert!(
         out.status.success(),
-        "a real parser rejected /metrics: {}\n{text}",
+        "a real parser rejected {what}: {}\n{text}",
         String::from_utf8_lossy(&out.stderr)
     );
-    type Raw = Vec<(String, BTreeMap<String, String>, Value)>;
-    let v: [Raw; 2] = serde_json::from_slice(&out.stdout).expect("parser output");
-    Some(v.map(|samples| {
-        samples
-            .into_iter()
-            .map(|(n, l, v)| (n, l, v.as_f64().unwrap_or(f64::NAN)))
-            .collect()
-    }))
+    Some(out.stdout)
 }
 
 /// Sum of the samples named `name` whose labels include every `(k, v)` of `filter`.
