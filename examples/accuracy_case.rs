@@ -61,6 +61,11 @@ fn main() {
         per_request_metrics: flag("--metrics"),
     };
     let mut config = AccountingConfig::default();
+    if let Some(t) = value("--settle-ticks") {
+        config.ledger.settle_ticks = t
+            .parse()
+            .unwrap_or_else(|_| fail("--settle-ticks: a count"));
+    }
     if flag("--true-weights") {
         let c = &case.model.cost;
         let cal = &mut config.ledger.calibration;
@@ -82,7 +87,7 @@ fn main() {
         Err(e) => fail(&format!("cannot run: {e}")),
     };
     println!(
-        "{:>7} {:>6} {:>5} {:>2} {:>6} {:>12} {:>12} {:>12} {:>8} {:>8}",
+        "{:>7} {:>6} {:>5} {:>2} {:>6} {:>12} {:>12} {:>12} {:>8} {:>8} {:>10} {:>10}",
         "at_ms",
         "prompt",
         "out",
@@ -92,7 +97,9 @@ fn main() {
         "record_J",
         "response_J",
         "rec_err",
-        "resp_err"
+        "resp_err",
+        "truth_pf_J",
+        "rec_pf_J"
     );
     for r in &result.rows {
         let j = |uj: Option<u64>| uj.map_or("-".to_owned(), |v| format!("{:.3}", v as f64 / 1e6));
@@ -103,7 +110,7 @@ fn main() {
             _ => "-".into(),
         };
         println!(
-            "{:>7} {:>6} {:>5} {:>2} {:>6} {:>12.3} {:>12} {:>12} {:>8} {:>8}",
+            "{:>7} {:>6} {:>5} {:>2} {:>6} {:>12.3} {:>12} {:>12} {:>8} {:>8} {:>10.3} {:>10}",
             r.request.at_ns / 1_000_000,
             r.request.prompt,
             r.request.max_tokens,
@@ -114,6 +121,8 @@ fn main() {
             j(r.provisional_uj),
             err(r.record_uj),
             err(r.provisional_uj),
+            r.truth_prefill_uj as f64 / 1e6,
+            j(r.record_prefill_uj),
         );
     }
     let rep = report(&result);

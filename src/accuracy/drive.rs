@@ -67,12 +67,16 @@ pub struct Row {
     pub truth_uj: u64,
     /// Of it, above idle power.
     pub truth_active_uj: u64,
+    /// Of it, the energy of steps in which it prefilled.
+    pub truth_prefill_uj: u64,
     /// Completion tokens the engine produced (all choices).
     pub completion_tokens: u64,
     /// The final record's energy (`/requests/{id}`), `None` if no record was written.
     pub record_uj: Option<u64>,
     /// The record's active energy.
     pub record_active_uj: Option<u64>,
+    /// The record's prefill energy.
+    pub record_prefill_uj: Option<u64>,
     /// The figure on the response (JSON headers, or a stream's trailers and usage-chunk `energy`):
     /// `None` for clients that left.
     pub provisional_uj: Option<u64>,
@@ -235,9 +239,11 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
             request: *r,
             truth_uj: 0,
             truth_active_uj: 0,
+            truth_prefill_uj: 0,
             completion_tokens: 0,
             record_uj: None,
             record_active_uj: None,
+            record_prefill_uj: None,
             provisional_uj: None,
             provisional_active_uj: None,
             status: None,
@@ -422,11 +428,13 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
         if let Some(t) = engine.truth(l.engine_id) {
             row.truth_uj = t.total_uj();
             row.truth_active_uj = t.active_uj;
+            row.truth_prefill_uj = t.prefill_uj;
             row.completion_tokens = t.completion_tokens;
         }
         if let Some(rec) = shared.record(l.progress.meta.id) {
             row.record_uj = Some((rec.energy_joules * 1e6).round() as u64);
             row.record_active_uj = Some((rec.active_joules * 1e6).round() as u64);
+            row.record_prefill_uj = Some((rec.prefill_joules * 1e6).round() as u64);
             row.status = Some(rec.status);
         }
     }
