@@ -103,6 +103,9 @@ pub struct Accounting {
     last_tick_at_ns: u64,
     live: Vec<Arc<RequestProgress>>,
     observations: Vec<Observation>,
+    /// Reader cursor into the registry's step clock, and the boundaries drained for this tick.
+    step_cursor: u64,
+    step_ends: Vec<u64>,
     finals: Vec<FinalRequest>,
 }
 
@@ -140,6 +143,8 @@ impl Accounting {
             sink: None,
             live: Vec::new(),
             observations: Vec::new(),
+            step_cursor: 0,
+            step_ends: Vec::new(),
             finals: Vec::new(),
         })
     }
@@ -240,6 +245,11 @@ impl Accounting {
                 kind: WorkKind::of(p.meta.endpoint),
                 choices: p.meta.choices.max(1),
             }));
+        self.step_ends.clear();
+        self.in_flight
+            .steps
+            .drain_since(&mut self.step_cursor, &mut self.step_ends);
+        self.ledger.note_steps(&self.step_ends);
         self.ledger.apply(TickSpan::from(tick), &self.observations);
         self.after_ledger(tick);
     }

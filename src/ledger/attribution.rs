@@ -129,6 +129,10 @@ pub struct Ledger {
     pub(super) oldest_unstarted_ns: u64,
     pub(super) shares: Vec<u64>,
     pub(super) scratch: Vec<(f64, usize)>,
+    /// The engine's recent step boundaries.
+    pub(super) steps: super::steps::StepHistory,
+    /// Scratch for [`Ledger::place_by_steps`].
+    pub(super) step_scratch: Vec<u64>,
 }
 
 impl Ledger {
@@ -171,7 +175,15 @@ impl Ledger {
             oldest_unstarted_ns: u64::MAX,
             shares: Vec::new(),
             scratch: Vec::new(),
+            steps: super::steps::StepHistory::default(),
+            step_scratch: Vec::new(),
         })
+    }
+
+    /// Notes engine step boundaries seen since the last call (token arrival times, increasing):
+    /// call before [`Ledger::apply`] with the boundaries up to the tick's end.
+    pub fn note_steps(&mut self, ends: &[u64]) {
+        self.steps.extend(ends);
     }
 
     /// Applies one tick: `observations` are every registered request's progress, read after the

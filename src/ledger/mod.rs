@@ -20,6 +20,7 @@ pub mod idle;
 pub mod record;
 mod settle;
 pub mod split;
+pub mod steps;
 pub mod types;
 pub mod window;
 mod work;

@@ -558,3 +558,104 @@ fn prefill_waits_one_tick_for_the_exact_prompt_count() {
 }
 
 mod rates;
+
+/// Runs ticks 1..=`ticks` of 50 ms over `scripts`, noting the engine step boundaries `steps` as
+/// they fall in each tick, and returns each held tick's decode tokens for request `id`. A request
+/// that never ends and whose progress is invisible keeps every tick held for inspection.
+fn decode_per_tick(scripts: &[Script], steps: &[u64], ticks: u64, id: u64) -> Vec<f32> {
+    let mut l = Ledger::new(LedgerConfig {
+        settle_ticks: 20,
+        ..cfg()
+    })
+    .expect("config");
+    let hold = Script {
+        id: 99,
+        arrival: 0,
+        prompt: 10,
+        visible: false,
+        tokens: Vec::new(),
+        end: None,
+        prefill_ns: 0,
+    };
+    for k in 1..=ticks {
+        let end = k * 50 * MS;
+        let new: Vec<u64> = steps
+            .iter()
+            .copied()
+            .filter(|&t| t <= end && t > end - 50 * MS)
+            .collect();
+        l.note_steps(&new);
+        let obs: Vec<Observation> = scripts
+            .iter()
+            .chain([&hold])
+            .filter_map(|s| s.at(end))
+            .collect();
+        l.apply(
+            TickSpan {
+                energy_later: false,
+                seq: k,
+                start_ns: end - 50 * MS,
+                end_ns: end,
+                delta_uj: Some(1_000),
+            },
+            &obs,
+        );
+        check_books(&l);
+    }
+    assert_eq!(l.window.len() as u64, ticks, "every tick is still held");
+    let slot = l.index[&id];
+    l.window
+        .iter()
+        .map(|t| {
+            t.items
+                .iter()
+                .filter(|i| i.slot == slot)
+                .map(|i| i.decode)
+                .sum()
+        })
+        .collect()
+}
+
+#[test]
+fn a_streams_tokens_are_placed_one_per_engine_step_not_evenly_in_time() {
+    // Two tokens seen at 45 ms, two more by 140 ms; the steps between ended at 105 and 140 ms:
+    // one token ran in the long step (45, 105], one in the short step (105, 140].
+    let s = Script {
+        id: 1,
+        arrival: 0,
+        prompt: 0,
+        visible: true,
+        tokens: vec![40 * MS, 45 * MS, 105 * MS, 140 * MS],
+        end: None,
+        prefill_ns: 0,
+    };
+    let steps = [20 * MS, 40 * MS, 45 * MS, 105 * MS, 140 * MS];
+    let d = decode_per_tick(&[s], &steps, 3, 1);
+    let near = |a: f32, b: f32| (a - b).abs() < 0.01;
+    // Evenly in time over (45, 140] would give 2.105, 1.053 and 0.842.
+    assert!(near(d[0], 2.0 + 5.0 / 60.0), "{d:?}");
+    assert!(near(d[1], 50.0 / 60.0), "{d:?}");
+    assert!(near(d[2], 5.0 / 60.0 + 1.0), "{d:?}");
+}
+
+#[test]
+fn a_non_streamed_answer_is_placed_back_from_its_end_one_token_per_step() {
+    // Arrives at 30 ms, answers 2 tokens at 140 ms. The steps streams showed end at 55 and
+    // 140 ms, so its first token came at 55 ms and its decode ran over (55, 140]; the default
+    // per-sequence rate (30 tokens/s) would have started it at 74 ms.
+    let b = Script {
+        id: 2,
+        arrival: 30 * MS,
+        prompt: 0,
+        visible: false,
+        tokens: vec![55 * MS, 140 * MS],
+        end: Some((140 * MS, Outcome::Ok)),
+        prefill_ns: 0,
+    };
+    let steps = [20 * MS, 40 * MS, 45 * MS, 55 * MS, 140 * MS];
+    let d = decode_per_tick(&[b], &steps, 3, 2);
+    let near = |a: f32, b: f32| (a - b).abs() < 0.01;
+    assert!(near(d[0], 0.0), "{d:?}");
+    assert!(near(d[1], 2.0 * 45.0 / 85.0), "{d:?}");
+    assert!(near(d[2], 2.0 * 40.0 / 85.0), "{d:?}");
+}

@@ -49,6 +49,44 @@ impl Ledger {
         }
     }
 
+    /// Places `item` over `(from, to]` one equal part per engine step seen in it (continuous
+    /// batching advances every running sequence once per step, whatever the step's length), or
+    /// in proportion to time where the steps are unknown or too many to be worth it.
+    pub(super) fn place_by_steps(
+        &mut self,
+        slot: u32,
+        from: u64,
+        to: u64,
+        item: Item,
+        before: BeforeWindow,
+    ) {
+        const MAX_STEPS: usize = 64;
+        let mut ends = std::mem::take(&mut self.step_scratch);
+        ends.clear();
+        if self.steps.covers(from) {
+            ends.extend(self.steps.within(from, to).take(MAX_STEPS + 1));
+        }
+        let m = ends.len();
+        if !(2..=MAX_STEPS).contains(&m) {
+            self.place(slot, from, to, item, before);
+        } else {
+            let f = 1.0 / m as f32;
+            let part = Item {
+                prefill: item.prefill * f,
+                decode: item.decode * f,
+                context: item.context * f,
+                ..item
+            };
+            let mut prev = from;
+            for (j, &e) in ends.iter().enumerate() {
+                let hi = if j + 1 == m { to } else { e };
+                self.place(slot, prev, hi, part, before);
+                prev = hi;
+            }
+        }
+        self.step_scratch = ends;
+    }
+
     pub(super) fn place_prefill(&mut self, slot: u32, p: &ProgressSnapshot, first_token_ns: u64) {
         let pd = self.prefill_duration_ns(p);
         let lower = Self::work_start_ns(p).min(first_token_ns);
@@ -86,7 +124,7 @@ impl Ledger {
                 }
             }
         } else {
-            self.place(slot, since, at_ns, item, BeforeWindow::Compress);
+            self.place_by_steps(slot, since, at_ns, item, BeforeWindow::Compress);
         }
     }
 
@@ -323,7 +361,15 @@ impl Ledger {
             // Every choice decodes one token per step, at the per-sequence rate.
             let per_s = self.decode_rate * f64::from(choices.max(1));
             let decode_ns = (p.completion_tokens as f64 / per_s * 1e9).min(u64::MAX as f64) as u64;
-            let ft = end.saturating_sub(decode_ns).max(s0);
+            let mut ft = end.saturating_sub(decode_ns).max(s0);
+            if self.steps.covers(s0) {
+                // Better: the engine steps streams showed. One token per choice per step, the
+                // last one at the end, so the first came `k` step boundaries back.
+                let k = (p.completion_tokens / u64::from(choices.max(1))).max(1) as usize;
+                if let Some(b) = self.steps.nth_back(end, k, s0) {
+                    ft = b;
+                }
+            }
             (ft.saturating_sub(pd).max(s0), ft)
         };
         if p.prompt_tokens > 0 {
@@ -339,7 +385,7 @@ impl Ledger {
                 context: decode_context(p.prompt_tokens, choices, 0, p.completion_tokens) as f32,
                 ..Item::empty(slot)
             };
-            self.place(slot, ft, end, item, BeforeWindow::Drop);
+            self.place_by_steps(slot, ft, end, item, BeforeWindow::Drop);
         }
     }
 

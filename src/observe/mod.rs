@@ -17,10 +17,12 @@ use dashmap::DashMap;
 
 mod energy;
 mod settled;
+mod steps;
 pub use energy::{
     decode_context, estimate_unsettled, EnergyNow, EnergyStatus, SystemRates, MAX_EXTRAPOLATION_NS,
 };
 pub use settled::Settled;
+pub use steps::{StepClock, SAME_STEP_NS, STEP_RING};
 
 /// What kind of API call a request is, as far as accounting cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -174,6 +176,9 @@ pub struct RequestProgress {
     /// Set by accounting once the request is retired (final figures published, record pushed):
     /// what `response_energy = "settled"` waits for.
     pub settled: Settled,
+    /// Where token arrivals are noted as engine step boundaries (the registry's; none for a
+    /// request built outside a registry).
+    steps: Option<Arc<StepClock>>,
 }
 
 impl RequestProgress {
@@ -204,6 +209,7 @@ impl RequestProgress {
             recent_power_mw: AtomicU64::new(0),
             energy_available: AtomicBool::new(true),
             settled: Settled::default(),
+            steps: None,
         }
     }
 
@@ -225,6 +231,9 @@ impl RequestProgress {
                     .compare_exchange(0, now_ns, Relaxed, Relaxed);
             }
             self.last_token_ns.store(now_ns, Relaxed);
+            if let Some(steps) = &self.steps {
+                steps.observe(now_ns);
+            }
         }
     }
 
@@ -345,6 +354,8 @@ pub struct InFlight {
     next_id: AtomicU64,
     /// System-wide rates accounting publishes for the data plane's estimates.
     pub rates: SystemRates,
+    /// Engine step boundaries seen in token arrivals, drained by accounting.
+    pub steps: Arc<StepClock>,
 }
 
 impl InFlight {
@@ -354,6 +365,7 @@ impl InFlight {
             map: DashMap::with_hasher(BuildHasherDefault::default()),
             next_id: AtomicU64::new(1),
             rates: SystemRates::default(),
+            steps: Arc::new(StepClock::default()),
         }
     }
 
@@ -368,7 +380,9 @@ impl InFlight {
         meta: RequestMeta,
         clock: crate::clock::Clock,
     ) -> InFlightGuard {
-        let progress = Arc::new(RequestProgress::new(meta));
+        let mut progress = RequestProgress::new(meta);
+        progress.steps = Some(self.steps.clone());
+        let progress = Arc::new(progress);
         self.map.insert(progress.meta.id, progress.clone());
         InFlightGuard { progress, clock }
     }

@@ -97,3 +97,26 @@ fn public_ids_round_trip() {
     assert_eq!(parse_public_id(&format_public_id(42)), Some(42));
     assert_eq!(parse_public_id("nope"), None);
 }
+
+#[test]
+fn token_arrivals_of_registered_requests_mark_engine_steps() {
+    let reg = Arc::new(InFlight::new());
+    let a = reg.register(meta(1), Clock::new());
+    let b = reg.register(meta(2), Clock::new());
+    let ms = 1_000_000;
+    // One step's outputs reach both streams within microseconds: one boundary.
+    a.progress().observe_completion(1, 10 * ms);
+    b.progress().observe_completion(1, 10 * ms + 20_000);
+    // A count that does not grow is no token.
+    a.progress().observe_completion(1, 15 * ms);
+    a.progress().observe_completion(2, 30 * ms);
+    b.progress().observe_completion(2, 30 * ms + 5_000);
+    let (mut cursor, mut ends) = (0, Vec::new());
+    reg.steps.drain_since(&mut cursor, &mut ends);
+    assert_eq!(ends, vec![10 * ms, 30 * ms]);
+    // A request built outside a registry notes nothing.
+    RequestProgress::new(meta(3)).observe_completion(5, 50 * ms);
+    ends.clear();
+    reg.steps.drain_since(&mut cursor, &mut ends);
+    assert!(ends.is_empty());
+}
