@@ -5,6 +5,7 @@
   const RECENT = __RECENT_ROWS__;  // finished requests asked for per poll
   const IN_FLIGHT_ROWS = 50;       // in-flight rows shown (the count above them is the total)
   const REFRESH_MS = 1000;
+  const SMOOTH = 5;                // points averaged in the energy-split chart
   const SVG = "http://www.w3.org/2000/svg";
   const COLORS = ["#2f7fd1", "#d1495b", "#2e8b57", "#8e5cc2", "#e0913b", "#00798c", "#b5651d", "#6b7480"];
 
@@ -169,8 +170,10 @@
   function drawSplit(now) {
     const [t0, t1] = window_(now);
     const att = [], idl = [], una = [], mea = [];
+    // Settlement comes in steps (held ticks settle together): a 5-point window keeps the
+    // stacked rates readable without hiding minutes-long trends.
     for (let i = 1; i < points.length; i++) {
-      const a = points[i - 1], b = points[i];
+      const a = points[Math.max(0, i - SMOOTH)], b = points[i];
       const dt = b.t_s - a.t_s;
       if (!(dt > 0)) continue;
       const da = Math.max(0, b.attributed_joules - a.attributed_joules) / dt;
