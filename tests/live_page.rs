@@ -239,7 +239,7 @@ async fn the_live_page_draws_power_and_requests_in_headless_chromium() {
     let statuses = attrs(&dom, "recent-rows", "tr", "data-status");
     assert!(statuses.iter().all(|s| s == "ok"), "{statuses:?}");
     let live = attrs(&dom, "inflight-rows", "tr", "data-id");
-    assert_eq!(live, [held_id.clone()], "the held request is in flight");
+    assert_eq!(live, [held_id], "the held request is in flight");
     let tags: BTreeSet<String> = attrs(&dom, "tags-rows", "tr", "data-name")
         .into_iter()
         .collect();
