@@ -143,7 +143,7 @@
     return [Math.max(first, t1 - capacity, 0), Math.max(t1, first + 10)];
   }
 
-  function drawPower(now) {
+  function drawPower(now, available) {
     const [t0, t1] = window_(now);
     const series = devices.map((name, i) => ({
       label: name, color: COLORS[i % COLORS.length],
@@ -163,11 +163,11 @@
       series.push({ label: "idle", color: "#6b7480", dashed: true, pts: [[t0, idle], [t1, idle]] });
     }
     const drawn = series.filter((s) => !s.dashed).reduce((n, s) => Math.max(n, s.pts.length), 0);
-    chart("power-chart", t0, t1, yMax * 1.1, series, [], "waiting for the first second of ticks…", drawn);
+    chart("power-chart", t0, t1, yMax * 1.1, series, [], available ? "waiting for the first second of ticks…" : "energy unavailable: no working meter (see /stats meters)", drawn);
     legend("power-legend", series.map((s) => [s.dashed ? "idle " + watts(idle) : s.label, s.color, s.dashed]));
   }
 
-  function drawSplit(now) {
+  function drawSplit(now, available) {
     const [t0, t1] = window_(now);
     const att = [], idl = [], una = [], mea = [];
     // Settlement comes in steps (held ticks settle together): a 5-point window keeps the
@@ -195,7 +195,7 @@
       { color: c("--unattributed"), top: una, bottom: idl },
     ];
     const series = [{ label: "measured", color: c("--measured"), pts: mea }];
-    chart("split-chart", t0, t1, yMax * 1.1, series, areas, "waiting for two seconds of ticks…", att.length);
+    chart("split-chart", t0, t1, yMax * 1.1, series, areas, available ? "waiting for two seconds of ticks…" : "energy unavailable: no working meter", att.length);
     legend("split-chart-legend", [["attributed", c("--attributed")], ["idle", c("--idle")], ["unattributed", c("--unattributed")], ["measured", c("--measured")]]);
   }
 
@@ -285,8 +285,8 @@
       ]);
       mergeHistory(hist, stats.uptime_s);
       drawTiles(stats);
-      drawPower(hist.now_s);
-      drawSplit(hist.now_s);
+      drawPower(hist.now_s, stats.energy_available);
+      drawSplit(hist.now_s, stats.energy_available);
       drawRequests(reqs);
       drawGroups("tags-rows", stats.tags);
       drawGroups("models-rows", stats.models);
