@@ -7,6 +7,12 @@
 //! under a short lock. Bounds: [`HISTORY_POINTS`] points (older ones dropped) of at most
 //! [`HISTORY_MAX_DEVICES`] devices (devices beyond it are left out of the per-device power; the
 //! books still count their energy).
+//!
+//! A point is the second in which ticks *arrive*: the energy of a fill (intervals announced
+//! earlier, `TickPhase::Fill`) counts in the second it comes in, divided by the span it covers, so
+//! a device's mean power stays right and only its place may shift by the meter's period. The
+//! books are those accounting has settled by then, so attributed energy trails measured energy by
+//! the settlement lag.
 
 use std::collections::VecDeque;
 
