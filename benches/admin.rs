@@ -1,6 +1,7 @@
-//! Admin scrape cost: `/metrics` rendering, the `/stats` document and a `/requests` page, with every
-//! label table full (100 models, 100 key hashes, 100 tags plus `other`), 10,000 finished records in
-//! the ring and 10,000 requests in flight. A scrape copies what accounting published and encodes
+//! Admin scrape cost: `/metrics` rendering, the `/stats` document, a `/requests` page and one poll
+//! of the live page (`/stats`, `/requests?limit=200`, `/history` whole), with every label table
+//! full (100 models, 100 key hashes, 100 tags plus `other`), 10,000 finished records in the ring,
+//! 10,000 requests in flight and ten minutes of history. A scrape copies what accounting published and encodes
 //! it; this shows what that costs the admin listener (never the data plane).
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use joulegate::accounting::{Accounting, AccountingConfig};
-use joulegate::admin::{metrics, requests, stats, AdminState};
+use joulegate::admin::{history, metrics, requests, stats, AdminState};
 use joulegate::clock::Clock;
 use joulegate::config::Config;
 use joulegate::observe::{Endpoint, InFlight, Outcome, RequestMeta};
@@ -56,7 +57,22 @@ fn state() -> (
     let reg = Arc::new(InFlight::new());
     let clock = Clock::new();
     let mut acc = Accounting::new(AccountingConfig::default(), reg.clone(), clock).expect("config");
-    let mut k = 1;
+    // Ten idle minutes first, one tick a second on one device: a full `/history`.
+    for s in 1..=600u64 {
+        acc.process_tick(&Tick {
+            seq: s,
+            start_ns: (s - 1) * 1_000_000_000,
+            end_ns: s * 1_000_000_000,
+            delta_uj: Some(300_000_000),
+            devices: vec![joulegate::tick::DeviceDelta {
+                device: "gpu0".into(),
+                delta_uj: Some(300_000_000),
+            }],
+            phase: joulegate::tick::TickPhase::Whole,
+        });
+    }
+    const START: u64 = 600_000_000_000 / TICK;
+    let mut k = START + 1;
     let mut id = 1;
     for _ in 0..10 {
         let batch: Vec<_> = (0..1000)
@@ -151,6 +167,27 @@ fn bench(c: &mut Criterion) {
     c.bench_function("admin_requests_100_by_tag_10k_in_flight", |b| {
         b.iter(|| serde_json::to_vec(&requests::list(&state, &q)).expect("serialises"))
     });
+    // What one refresh of the live page costs the admin listener: its three documents.
+    let page = requests::ListQuery {
+        limit: Some(joulegate::admin::live::RECENT_ROWS),
+        tag: None,
+    };
+    let poll = || {
+        [
+            serde_json::to_vec(&stats::stats(&state)).expect("serialises"),
+            serde_json::to_vec(&requests::list(&state, &page)).expect("serialises"),
+            serde_json::to_vec(&history::history(&state, 0)).expect("serialises"),
+        ]
+    };
+    let [s, r, h] = poll();
+    assert_eq!(history::history(&state, 0).points.len(), 600);
+    eprintln!(
+        "live page poll: /stats {} bytes, /requests?limit=200 {} bytes, /history {} bytes",
+        s.len(),
+        r.len(),
+        h.len()
+    );
+    c.bench_function("admin_live_page_poll_10k_in_flight", |b| b.iter(poll));
 }
 
 criterion_group! {

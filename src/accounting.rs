@@ -9,6 +9,7 @@
 //! `unavailable`) so that the registry never grows without bound.
 
 pub mod aggregate;
+pub mod history;
 pub mod series;
 pub mod shared;
 #[cfg(test)]
@@ -21,6 +22,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use aggregate::{Aggregate, Aggregates, LabelTable, RecordEnergy};
+pub use history::{History, HistoryPoint};
 pub use shared::{AccountingShared, AccountingStats, RecordRing, StatusCounts};
 
 use crate::clock::Clock;
@@ -107,6 +109,7 @@ pub struct Accounting {
     step_cursor: u64,
     step_ends: Vec<u64>,
     finals: Vec<FinalRequest>,
+    history: history::HistoryBuilder,
 }
 
 impl Accounting {
@@ -146,6 +149,7 @@ impl Accounting {
             step_cursor: 0,
             step_ends: Vec::new(),
             finals: Vec::new(),
+            history: history::HistoryBuilder::default(),
         })
     }
 
@@ -212,6 +216,11 @@ impl Accounting {
     /// tick and tests call it directly.
     pub fn process_tick(&mut self, tick: &Tick) {
         self.last_tick_at_ns = self.clock.now_ns();
+        // Before the ledger applies it: a tick in a new second closes the previous one with the
+        // books as they stood at its end.
+        if let Some((point, devices)) = self.history.on_tick(tick) {
+            self.shared.push_history(point, devices);
+        }
         if tick.phase == TickPhase::Fill {
             // Energy of intervals announced earlier: no new interval, no new snapshot, unless
             // part of it lies after every announced one.
@@ -438,13 +447,14 @@ impl Accounting {
         }
     }
 
-    fn refresh_stats(&self, last_tick_end_ns: u64) {
+    fn refresh_stats(&mut self, last_tick_end_ns: u64) {
         let totals = self.ledger.totals();
         let (p_idle_mw, p_idle_source) = self.ledger.p_idle();
         let calibration = self.ledger.calibration();
         let (prefill_rate, decode_rate) = self.ledger.rates();
         let in_flight = self.in_flight.len() as u64;
         let batch = self.ledger.batch();
+        self.history.after_tick(totals, p_idle_mw, in_flight);
         self.shared.update_stats(|s| {
             s.batch = batch;
             s.totals = totals;

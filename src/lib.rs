@@ -13,7 +13,7 @@
 //! - [`clock`]: the shared monotonic clock; [`tick`]: the record between sampler and accounting.
 //! - [`meter`]: energy sources (NVML, counter files, simulated, replay); [`sampler`]: the ticking thread.
 //! - [`ledger`]: pure attribution of each tick's energy; [`accounting`]: the glue thread that feeds it.
-//! - [`admin`]: the second listener (metrics, DCGM-shaped device telemetry, stats, requests, health); [`request_log`]: the JSONL log.
+//! - [`admin`]: the second listener (metrics, DCGM-shaped device telemetry, stats, requests, history, health, the live page); [`request_log`]: the JSONL log.
 //! - [`demo`]: `joulegate demo` (engine, meter and proxy in one process) and the accuracy harness.
 //! - [`batch`]: `joulegate batch` (an OpenAI batch file through joulegate, energy per line and job).
 //! - [`replay`]: `joulegate replay`: timed load from a request log, a trace or a synthetic spec,

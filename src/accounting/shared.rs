@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::Serialize;
 
 use super::aggregate::Aggregates;
+use super::history::{History, HistoryPoint};
 use crate::ledger::{CalibrationReport, IdleSource, LedgerTotals, RecordStatus, RequestRecord};
 
 /// Counts of finished model requests by how their work was seen.
@@ -246,6 +247,7 @@ pub struct AccountingShared {
     stats: Mutex<AccountingStats>,
     aggregates: Mutex<Aggregates>,
     ring: Mutex<RecordRing>,
+    history: Mutex<History>,
 }
 
 /// A poisoned lock only means a reader panicked mid-copy; the data is still whole.
@@ -260,6 +262,7 @@ impl AccountingShared {
             stats: Mutex::new(AccountingStats::default()),
             aggregates: Mutex::new(Aggregates::new(max_labels)),
             ring: Mutex::new(RecordRing::new(ring_capacity)),
+            history: Mutex::new(History::default()),
         }
     }
 
@@ -281,6 +284,17 @@ impl AccountingShared {
     /// Up to `limit` newest records, newest first, optionally filtered by tag.
     pub fn recent(&self, limit: usize, tag: Option<&str>) -> Vec<Arc<RequestRecord>> {
         lock(&self.ring).recent(limit, tag)
+    }
+
+    /// The device list and the history points after `after` (all with 0), oldest first.
+    pub fn history_since(&self, after: u64) -> History {
+        lock(&self.history).since(after)
+    }
+
+    pub(super) fn push_history(&self, point: HistoryPoint, devices: Vec<String>) {
+        let mut h = lock(&self.history);
+        h.devices = devices;
+        h.push(point);
     }
 
     pub(super) fn update_stats(&self, f: impl FnOnce(&mut AccountingStats)) {

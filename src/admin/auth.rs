@@ -39,7 +39,23 @@ impl AdminToken {
         if !scheme.eq_ignore_ascii_case(b"bearer ") {
             return false;
         }
-        let given: [u8; 32] = Sha256::digest(rest.trim_ascii()).into();
+        self.matches(rest.trim_ascii())
+    }
+
+    /// Whether a URL query carries `token=<token>` (percent-encoded). Only the live page takes
+    /// it this way (a browser cannot add a header to a navigation); every data route needs the
+    /// header.
+    pub fn allows_query(&self, query: Option<&str>) -> bool {
+        query
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|pair| pair.strip_prefix("token="))
+            .filter_map(super::requests::percent_decode)
+            .any(|t| self.matches(t.as_bytes()))
+    }
+
+    fn matches(&self, given: &[u8]) -> bool {
+        let given: [u8; 32] = Sha256::digest(given).into();
         constant_time_eq(&given, &self.digest)
     }
 }
@@ -76,5 +92,16 @@ mod tests {
         assert!(!t.allows(&with("Bearer")));
         assert!(!t.allows(&HeaderMap::new()));
         assert!(!format!("{t:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn the_query_form_takes_a_percent_encoded_token() {
+        let t = AdminToken::new("a b/c");
+        assert!(t.allows_query(Some("token=a%20b%2Fc")));
+        assert!(t.allows_query(Some("x=1&token=a+b/c")));
+        assert!(!t.allows_query(Some("token=a%20b")));
+        assert!(!t.allows_query(Some("tokens=a%20b%2Fc")));
+        assert!(!t.allows_query(Some("token=%zz")));
+        assert!(!t.allows_query(None));
     }
 }

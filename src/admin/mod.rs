@@ -1,8 +1,9 @@
 //! The admin listener, on its own port (never the proxy port: the upstream's own `/metrics` must stay
 //! reachable through the proxy): `/metrics` ([`metrics`]), `/stats` ([`stats`]), `/requests` and
 //! `/requests/{id}` ([`requests`]), `/healthz` and `/readyz` ([`health`]), `/dcgm/metrics` (the
-//! device power and energy in dcgm-exporter's shape, [`dcgm`]), behind an optional bearer token
-//! ([`auth`]; `/healthz` stays open for liveness probes).
+//! device power and energy in dcgm-exporter's shape, [`dcgm`]), `/history` (the last minutes,
+//! [`history`]) and `/`, the live page that draws them ([`live`]), behind an optional bearer token
+//! ([`auth`]; `/healthz` stays open for liveness probes; the page also takes it as `?token=`).
 //!
 //! This file owns the routing and the response shapes; errors use the OpenAI error JSON. Everything
 //! is read from [`AdminState`], read-only handles on what accounting and the sampler publish:
@@ -11,6 +12,8 @@
 pub mod auth;
 pub mod dcgm;
 pub mod health;
+pub mod history;
+pub mod live;
 pub mod metrics;
 pub mod requests;
 pub mod stats;
@@ -114,7 +117,11 @@ impl AdminService {
         // Liveness stays open for probes; readiness names upstream errors, so it is protected.
         let open = path == "/healthz";
         if let (Some(token), false) = (&self.token, open) {
-            if !token.allows(request.headers()) {
+            // A browser cannot send a header when it navigates: the page (and only the page, which
+            // holds no figures) also takes the token from its query; its script then sends the
+            // header on every data request.
+            let by_query = path == "/" && token.allows_query(request.uri().query());
+            if !(by_query || token.allows(request.headers())) {
                 let mut r = error(
                     StatusCode::UNAUTHORIZED,
                     "missing or wrong admin bearer token",
@@ -127,6 +134,15 @@ impl AdminService {
         }
         let s = &self.state;
         match path {
+            "/" => live::response(),
+            "/history" => match history::parse_since(request.uri().query()) {
+                Ok(since) => json_of(StatusCode::OK, &history::history(s, since)),
+                Err(e) => error(
+                    StatusCode::BAD_REQUEST,
+                    &e.to_string(),
+                    "InvalidRequestError",
+                ),
+            },
             "/healthz" => json(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}")),
             "/readyz" => {
                 let r = health::readiness(s).await;

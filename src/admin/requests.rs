@@ -57,7 +57,7 @@ impl ListQuery {
 }
 
 /// Decodes `%XX` escapes and `+` (form encoding of a space).
-fn percent_decode(s: &str) -> Option<String> {
+pub(super) fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

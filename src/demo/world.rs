@@ -51,6 +51,8 @@ pub struct WorldOptions {
     /// idle ticks, as it would have on a server that was idle before its first request; zero
     /// skips it, and active energy then equals energy until P_idle is known.
     pub idle_warmup: Duration,
+    /// The admin listener's bearer token (`None`: open, as the demo runs on loopback).
+    pub admin_token: Option<String>,
 }
 
 impl Default for WorldOptions {
@@ -64,6 +66,7 @@ impl Default for WorldOptions {
             counter_period: RunnerConfig::default().counter_period,
             settle_timeout: Duration::from_secs(60),
             idle_warmup: Duration::from_secs(3),
+            admin_token: None,
         }
     }
 }
@@ -135,6 +138,7 @@ impl World {
             upstream_forces_usage: Some("false".into()),
             carbon_intensity_g_per_kwh: opts.carbon_g_per_kwh,
             sample_interval_ms: opts.sample_interval_ms,
+            admin_token: opts.admin_token.clone(),
             ..ServeArgs::default()
         };
         let config = Config::resolve(&args, &FileConfig::default(), None)?;
@@ -163,6 +167,11 @@ impl World {
     /// The proxy's address.
     pub fn proxy_addr(&self) -> SocketAddr {
         self.proxy
+    }
+
+    /// The admin listener's address (`/stats`, `/requests`, the live page).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.running.admin_addr
     }
 
     /// The accounting state of the proxy.
