@@ -200,8 +200,21 @@ pub fn stats(s: &AdminState) -> Value {
             "vanished": st.vanished,
         },
         "request_log": s.request_log.as_ref().map(|l| l.counts()),
+        "otel": otel(s, &st),
         "config": c,
     })
+}
+
+/// The OpenTelemetry exporter's counters (null when it is not configured or not built).
+fn otel(s: &AdminState, st: &crate::accounting::AccountingStats) -> Value {
+    #[cfg(feature = "otel")]
+    if let Some(o) = &s.otel {
+        let mut v = serde_json::to_value(o.counts()).unwrap_or(Value::Null);
+        v["records_dropped"] = json!(st.records_not_exported);
+        return v;
+    }
+    let _ = (s, st);
+    Value::Null
 }
 
 #[cfg(test)]
