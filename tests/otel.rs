@@ -17,6 +17,8 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -37,6 +39,8 @@ struct Export {
     content_type: Option<String>,
     test_header: Option<String>,
     body: Value,
+    /// The bytes as received.
+    raw: Bytes,
 }
 
 /// An OTLP/HTTP receiver: decodes each body as JSON, keeps it, answers `status`.
@@ -76,6 +80,7 @@ impl Receiver {
                         let bytes = req.into_body().collect().await?.to_bytes();
                         let body: Value =
                             serde_json::from_slice(&bytes).expect("an OTLP/JSON body");
+                        let raw = bytes;
                         let n = {
                             let mut g = store.lock().expect("lock");
                             g.push(Export {
@@ -83,6 +88,7 @@ impl Receiver {
                                 content_type,
                                 test_header,
                                 body,
+                                raw,
                             });
                             g.len()
                         };
@@ -210,6 +216,78 @@ fn plain(v: &Value) -> Value {
     } else {
         panic!("unexpected AnyValue {v}")
     }
+}
+
+/// Parses every body with the official protobuf JSON parser (`google.protobuf.json_format`, strict:
+/// an unknown field or a wrong type fails) into `ExportLogsServiceRequest` /
+/// `ExportMetricsServiceRequest` from the `opentelemetry-proto` package, and returns how many
+/// log records or metrics each held. `None`, said on stderr, when no `.venv/bin/python` or
+/// `python3` has that package (`pip install opentelemetry-proto`).
+fn proto_counts(exports: &[Export]) -> Option<Vec<u64>> {
+    const SCRIPT: &str = r#"
+import json, sys
+from google.protobuf import json_format
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+for line in sys.stdin:
+    item = json.loads(line)
+    if item["path"] == "/v1/logs":
+        m = json_format.Parse(item["body"], ExportLogsServiceRequest())
+        n = sum(len(s.log_records) for r in m.resource_logs for s in r.scope_logs)
+    else:
+        m = json_format.Parse(item["body"], ExportMetricsServiceRequest())
+        n = sum(len(s.metrics) for r in m.resource_metrics for s in r.scope_metrics)
+    print(n)
+"#;
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let pythons = [venv.to_string_lossy().into_owned(), "python3".to_owned()];
+    let Some(python) = pythons.iter().find(|p| {
+        Command::new(p)
+            .args(["-c", "import opentelemetry.proto, google.protobuf"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }) else {
+        use std::io::Write;
+        // Straight to the stderr handle: a skipped check must be visible in a passing run.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED the protobuf-JSON check: no .venv/bin/python or python3 with \
+             opentelemetry-proto; the Rust-side checks still run"
+        );
+        return None;
+    };
+    let input: String = exports
+        .iter()
+        .map(|e| {
+            let body = String::from_utf8(e.raw.to_vec()).expect("UTF-8 body");
+            format!("{}\n", json!({ "path": e.path, "body": body }))
+        })
+        .collect();
+    let mut child = Command::new(python)
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python starts");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(input.as_bytes()).expect("write");
+    }
+    let out = child.wait_with_output().expect("python ends");
+    assert!(
+        out.status.success(),
+        "the protobuf JSON parser rejected a body: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.parse().expect("a count"))
+            .collect(),
+    )
 }
 
 /// Stops the proxy gracefully, while the receiver still answers: the exporter's final flush
@@ -342,6 +420,20 @@ async fn records_arrive_as_log_records_and_counters_as_metrics() {
     let power = point(&m["joulegate.power"], &[]).expect("power");
     assert!((power - 100.0).abs() < 0.1, "{power}");
     assert_eq!(point(&m["joulegate.otel.records.dropped"], &[]), Some(0.0));
+    // The official protobuf JSON parser reads every body as we do.
+    let all = receiver.all();
+    if let Some(counts) = proto_counts(&all) {
+        let ours: Vec<u64> = all
+            .iter()
+            .map(|e| match e.path.as_str() {
+                "/v1/logs" => e.body["resourceLogs"][0]["scopeLogs"][0]["logRecords"]
+                    .as_array()
+                    .map_or(0, |a| a.len() as u64),
+                _ => metrics_of(e).len() as u64,
+            })
+            .collect();
+        assert_eq!(counts, ours);
+    }
     // Every request said it was JSON and carried the configured header.
     for e in receiver.all() {
         assert_eq!(e.content_type.as_deref(), Some("application/json"));
