@@ -55,7 +55,8 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Which exports a POST belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
-    /// While running: waits up to [`TIMEOUT`], abandoned when the owner stops the exporter.
+    /// While running: waits up to [`TIMEOUT`], and at most [`SHUTDOWN_TIMEOUT`] more once the
+    /// owner stops the exporter.
     Running,
     /// The last flush at stop: waits up to [`SHUTDOWN_TIMEOUT`].
     Final,
@@ -92,7 +93,7 @@ pub enum OtelError {
 enum ExportError {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    #[error("abandoned: the exporter is stopping")]
+    #[error("abandoned: no answer within {SHUTDOWN_TIMEOUT:?} of the exporter's stop")]
     Stopping,
     #[error("{0}")]
     Transport(#[from] hyper_util::client::legacy::Error),
@@ -276,8 +277,8 @@ struct Exporter {
     sources: Sources,
     status: Arc<OtelStatus>,
     runtime: tokio::runtime::Runtime,
-    /// Set when the owner is dropped: a POST under way with the long timeout is abandoned, so
-    /// that stopping never waits for it; the final ones run with the short timeout.
+    /// Set when the owner is dropped: a POST under way is then given at most the short timeout,
+    /// so that stopping never waits out the long one.
     stop: watch::Receiver<bool>,
     /// Whether the last export failed: failures are logged when they start and when they end,
     /// not at every interval.
@@ -373,10 +374,12 @@ impl Exporter {
             };
             let mut stop = self.stop.clone();
             let abandon = async {
-                // Only the running exports are abandoned; the final ones have their own bound.
+                // The final exports have their own bound; a running one gets that bound from
+                // the moment the owner stops the exporter.
                 if phase == Phase::Final || stop.wait_for(|s| *s).await.is_err() {
                     std::future::pending::<()>().await;
                 }
+                tokio::time::sleep(SHUTDOWN_TIMEOUT).await;
             };
             tokio::select! {
                 r = tokio::time::timeout(timeout, exchange) => r.unwrap_or(Err(ExportError::Timeout(timeout))),
@@ -390,3 +393,6 @@ impl Exporter {
         result
     }
 }
+
+#[cfg(test)]
+mod tests;
