@@ -95,6 +95,8 @@ enum ExportError {
     Timeout(Duration),
     #[error("abandoned: no answer within {SHUTDOWN_TIMEOUT:?} of the exporter's stop")]
     Stopping,
+    #[error("not sent: an earlier export failed while stopping")]
+    GaveUp,
     #[error("{0}")]
     Transport(#[from] hyper_util::client::legacy::Error),
     #[error("receiver answered {0}")]
@@ -176,6 +178,7 @@ impl OtelExporter {
         let (stop, stop_rx) = watch::channel(false);
         let exporter = Exporter {
             stop: stop_rx,
+            gave_up: false,
             client: client(),
             config,
             sources,
@@ -238,11 +241,12 @@ fn run(mut ex: Exporter, records: &Receiver<Arc<RequestRecord>>) {
             ex.export_logs(&mut batch, Phase::Running);
         }
         if closed || *ex.stop.borrow() {
-            // What is queued now, at most one queue's worth (the sender may still be feeding).
+            // What is queued, at most one queue's worth: in the app the sender (accounting) is
+            // gone by now, so that is everything; a sender still feeding cannot keep us here.
             let mut left = ex.config.queue.max(MAX_BATCH);
-            loop {
+            while left > 0 {
                 fill(&mut batch, records);
-                if batch.is_empty() || left == 0 {
+                if batch.is_empty() {
                     break;
                 }
                 left = left.saturating_sub(batch.len());
@@ -280,6 +284,10 @@ struct Exporter {
     /// Set when the owner is dropped: a POST under way is then given at most the short timeout,
     /// so that stopping never waits out the long one.
     stop: watch::Receiver<bool>,
+    /// An export failed while stopping: the rest of the final flush is counted as failed without
+    /// being tried, so that a dead receiver holds shutdown up for one short timeout, not one per
+    /// batch.
+    gave_up: bool,
     /// Whether the last export failed: failures are logged when they start and when they end,
     /// not at every interval.
     failing: bool,
@@ -351,6 +359,9 @@ impl Exporter {
 
     fn post(&mut self, path: &str, body: Vec<u8>, phase: Phase) -> Result<(), ExportError> {
         let timeout = phase.timeout();
+        if self.gave_up {
+            return Err(ExportError::GaveUp);
+        }
         let result = self.runtime.block_on(async {
             let uri = format!("{}{}", self.config.endpoint.base(), path);
             let mut req = Request::post(uri).header(http::header::CONTENT_TYPE, "application/json");
@@ -386,6 +397,9 @@ impl Exporter {
                 () = abandon => Err(ExportError::Stopping),
             }
         });
+        if result.is_err() && (phase == Phase::Final || *self.stop.borrow()) {
+            self.gave_up = true;
+        }
         if result.is_ok() && self.failing {
             tracing::info!(endpoint = %self.config.endpoint.base(), "OpenTelemetry export recovered");
             self.failing = false;

@@ -162,3 +162,52 @@ async fn an_unreachable_receiver_counts_failures_and_stops_promptly() {
         }
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_receiver_costs_one_short_wait_at_stop() {
+    // Accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let config = OtelConfig {
+        endpoint: UpstreamUrl::parse(&format!("http://{addr}")).expect("url"),
+        interval: Duration::from_secs(3600),
+        queue: 2000,
+        headers: Vec::new(),
+    };
+    let (tx, rx) = std::sync::mpsc::sync_channel(2000);
+    let n = 3 * MAX_BATCH as u64;
+    for i in 1..=n {
+        tx.send(record(i)).expect("queued");
+    }
+    let sources = Sources {
+        accounting: Arc::new(AccountingShared::new(10, 10)),
+        sampler: None,
+        clock: Clock::new(),
+    };
+    let exporter = OtelExporter::spawn(config, rx, sources).expect("starts");
+    let status = exporter.status().clone();
+    // Stopped while the first full batch waits for an answer (the sender still open: the stop
+    // flag, not a closed channel, ends the thread). That POST gets the short bound, and once it
+    // has failed the rest of the final flush is not tried.
+    tokio::task::spawn_blocking(move || drop(exporter))
+        .await
+        .expect("joined");
+    drop(tx);
+    assert_eq!(
+        status.counts(),
+        OtelCounts {
+            records_failed: n,
+            log_exports_failed: 3,
+            metric_exports_failed: 1,
+            ..OtelCounts::default()
+        }
+    );
+}
