@@ -205,15 +205,23 @@ pub fn stats(s: &AdminState) -> Value {
     })
 }
 
-/// The OpenTelemetry exporter's counters (null when it is not configured or not built).
+/// The OpenTelemetry exporter's counters, with the records its queue could not take (null when
+/// it is not configured).
+#[cfg(feature = "otel")]
 fn otel(s: &AdminState, st: &crate::accounting::AccountingStats) -> Value {
-    #[cfg(feature = "otel")]
-    if let Some(o) = &s.otel {
-        let mut v = serde_json::to_value(o.counts()).unwrap_or(Value::Null);
-        v["records_dropped"] = json!(st.records_not_exported);
-        return v;
+    match &s.otel {
+        Some(o) => {
+            let mut v = serde_json::to_value(o.counts()).unwrap_or(Value::Null);
+            v["records_dropped"] = json!(st.records_not_exported);
+            v
+        }
+        None => Value::Null,
     }
-    let _ = (s, st);
+}
+
+/// Built without the exporter: always null.
+#[cfg(not(feature = "otel"))]
+fn otel(_: &AdminState, _: &crate::accounting::AccountingStats) -> Value {
     Value::Null
 }
 
