@@ -1,6 +1,6 @@
 //! The accounting glue: receives sampler ticks, snapshots the in-flight registry, applies each tick
 //! to the ledger, publishes energy back into the requests' atomics and retires finished, settled
-//! requests into the bounded record ring (and the optional log channel).
+//! requests into the bounded record ring (and the optional log and export channels).
 //!
 //! Owns the accounting thread and the [`AccountingShared`] state readers use. It must not block the
 //! data plane: it only reads the registry and stores into atomics. [`Accounting::process_tick`] and
