@@ -129,6 +129,8 @@ fn state() -> (
         },
         upstream,
         request_log: None,
+        #[cfg(feature = "otel")]
+        otel: None,
         upstream_version: Default::default(),
         upstream_facts: Default::default(),
         upstream_semantics: Arc::new(joulegate::proxy::inspect::SharedSemantics::new(

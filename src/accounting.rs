@@ -1,6 +1,6 @@
 //! The accounting glue: receives sampler ticks, snapshots the in-flight registry, applies each tick
 //! to the ledger, publishes energy back into the requests' atomics and retires finished, settled
-//! requests into the bounded record ring (and the optional log channel).
+//! requests into the bounded record ring (and the optional log and export channels).
 //!
 //! Owns the accounting thread and the [`AccountingShared`] state readers use. It must not block the
 //! data plane: it only reads the registry and stores into atomics. [`Accounting::process_tick`] and
@@ -43,6 +43,9 @@ pub struct AccountingConfig {
     pub record_capacity: usize,
     /// Capacity of the channel handing records to a log writer; 0 disables it.
     pub record_channel_capacity: usize,
+    /// Capacity of the second channel, handing records to an exporter (OpenTelemetry); 0
+    /// disables it. A full channel drops the record and counts it (`records_not_exported`).
+    pub export_channel_capacity: usize,
     /// Distinct label values kept per dimension (model, key, tag); more fold into `other`.
     pub max_labels: usize,
     /// Carbon intensity, g CO2e per kWh; `None` leaves `co2_grams` null.
@@ -61,6 +64,7 @@ impl Default for AccountingConfig {
             ledger: LedgerConfig::default(),
             record_capacity: 10_000,
             record_channel_capacity: 4096,
+            export_channel_capacity: 0,
             max_labels: 100,
             carbon_intensity_g_per_kwh: None,
             pue: 1.0,
@@ -102,6 +106,7 @@ pub struct Accounting {
     clock: Clock,
     shared: Arc<AccountingShared>,
     sink: Option<SyncSender<Arc<RequestRecord>>>,
+    export: Option<SyncSender<Arc<RequestRecord>>>,
     last_tick_at_ns: u64,
     live: Vec<Arc<RequestProgress>>,
     observations: Vec<Observation>,
@@ -144,6 +149,7 @@ impl Accounting {
             last_tick_at_ns: clock.now_ns(),
             clock,
             sink: None,
+            export: None,
             live: Vec::new(),
             observations: Vec::new(),
             step_cursor: 0,
@@ -165,6 +171,18 @@ impl Accounting {
         Some(rx)
     }
 
+    /// Creates the bounded export channel (`export_channel_capacity`, if non-zero) and returns
+    /// its receiving end; offered to like the log channel, its losses count as
+    /// `records_not_exported`.
+    pub fn with_export_channel(&mut self) -> Option<Receiver<Arc<RequestRecord>>> {
+        if self.config.export_channel_capacity == 0 {
+            return None;
+        }
+        let (tx, rx) = mpsc::sync_channel(self.config.export_channel_capacity);
+        self.export = Some(tx);
+        Some(rx)
+    }
+
     /// The state readers use.
     pub fn shared(&self) -> Arc<AccountingShared> {
         self.shared.clone()
@@ -179,6 +197,7 @@ impl Accounting {
     ) -> Result<AccountingHandle, AccountingError> {
         let mut acc = Accounting::new(config, in_flight, clock)?;
         let records = acc.with_log_channel();
+        let exports = acc.with_export_channel();
         let shared = acc.shared();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
@@ -191,6 +210,7 @@ impl Accounting {
             stop,
             thread: Some(thread),
             records,
+            exports,
         })
     }
 
@@ -379,13 +399,16 @@ impl Accounting {
             decode_uj: f.energy.decode_uj,
         };
         self.shared.with_aggregates(|a| a.add(&record, e));
-        let mut not_logged = 0;
-        if let Some(tx) = &self.sink {
-            match tx.try_send(record.clone()) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => not_logged = 1,
-            }
-        }
+        // Offered without blocking: a slow writer or exporter loses records, never stalls us.
+        let offer = |tx: &Option<SyncSender<Arc<RequestRecord>>>| match tx {
+            Some(tx) => match tx.try_send(record.clone()) {
+                Ok(()) => 0,
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => 1,
+            },
+            None => 0,
+        };
+        let not_logged = offer(&self.sink);
+        let not_exported = offer(&self.export);
         let evicted = self.shared.push_record(record.clone());
         self.shared.update_stats(|s| {
             s.requests.add(record.status);
@@ -398,6 +421,7 @@ impl Accounting {
             s.completion_tokens = s.completion_tokens.saturating_add(record.completion_tokens);
             s.records_evicted += evicted;
             s.records_not_logged += not_logged;
+            s.records_not_exported += not_exported;
         });
         // Leave the registry only once the record is in the ring: `/requests/{id}` always finds
         // the request in one or the other.
@@ -498,6 +522,7 @@ pub struct AccountingHandle {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     records: Option<Receiver<Arc<RequestRecord>>>,
+    exports: Option<Receiver<Arc<RequestRecord>>>,
 }
 
 impl AccountingHandle {
@@ -509,6 +534,11 @@ impl AccountingHandle {
     /// Takes the receiving end of the record log channel (once; `None` when disabled or taken).
     pub fn take_record_receiver(&mut self) -> Option<Receiver<Arc<RequestRecord>>> {
         self.records.take()
+    }
+
+    /// Takes the receiving end of the export channel (once; `None` when disabled or taken).
+    pub fn take_export_receiver(&mut self) -> Option<Receiver<Arc<RequestRecord>>> {
+        self.exports.take()
     }
 
     /// Stops the thread and waits for it (at most one `poll_interval`).

@@ -73,6 +73,10 @@ pub enum AppError {
     /// The request log could not be opened or started.
     #[error("request log: {0}")]
     RequestLog(#[from] crate::request_log::RequestLogError),
+    /// The OpenTelemetry exporter could not start.
+    #[cfg(feature = "otel")]
+    #[error("OpenTelemetry: {0}")]
+    Otel(#[from] crate::otel::OtelError),
 }
 
 /// A built application, ready to serve.
@@ -183,6 +187,9 @@ fn accounting_config(c: &Config) -> AccountingConfig {
             record_capacity: c.record_capacity,
             // The request-log writer takes this channel; without one there is no channel at all.
             record_channel_capacity: if c.request_log.is_some() { 4096 } else { 0 },
+            // The OpenTelemetry exporter's queue (`otel_queue`); the config refuses `otel_*`
+            // keys in a build without the exporter, so this is 0 there.
+            export_channel_capacity: c.otel.as_ref().map_or(0, |o| o.queue),
             max_labels: c.max_label_values,
             carbon_intensity_g_per_kwh: c.carbon_intensity_g_per_kwh,
             pue: c.pue,
@@ -251,6 +258,19 @@ impl App {
             )?),
             _ => None,
         };
+        #[cfg(feature = "otel")]
+        let otel = match (&config.otel, accounting.take_export_receiver()) {
+            (Some(otel), Some(records)) => Some(crate::otel::OtelExporter::spawn(
+                otel.clone(),
+                records,
+                crate::otel::Sources {
+                    accounting: accounting.shared(),
+                    sampler: sampler.as_ref().map(|s| s.status().clone()),
+                    clock: state.clock,
+                },
+            )?),
+            _ => None,
+        };
         let admin_state = Arc::new(AdminState {
             accounting: accounting.shared(),
             sampler: sampler.as_ref().map(|s| s.status().clone()),
@@ -260,6 +280,8 @@ impl App {
             config: config.clone(),
             upstream: state.upstream.clone(),
             request_log: request_log.as_ref().map(|l| l.status().clone()),
+            #[cfg(feature = "otel")]
+            otel: otel.as_ref().map(|o| o.status().clone()),
             upstream_version: state.upstream_version.clone(),
             upstream_facts: state.facts.clone(),
             upstream_semantics: state.inspect.semantics.clone(),
@@ -306,6 +328,13 @@ impl App {
             drop(accounting);
             // After accounting: its channel is closed, so the log writes what is queued and stops.
             drop(request_log);
+            // Likewise: the exporter sends what is queued and the final counters, then stops.
+            // Its last POSTs wait on the network (bounded by a short timeout): joined off the
+            // runtime, which may be the one serving the receiver (an in-process collector, tests).
+            #[cfg(feature = "otel")]
+            if let Some(otel) = otel {
+                let _ = tokio::task::spawn_blocking(move || drop(otel)).await;
+            }
             drop(sampler);
         });
         Ok(Running {

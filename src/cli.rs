@@ -261,6 +261,25 @@ pub struct ServeArgs {
     /// Rotated request-log files kept (PATH.1 .. PATH.N) [default: 5].
     #[arg(long, env = "JOULEGATE_REQUEST_LOG_FILES", value_name = "N")]
     pub request_log_files: Option<u64>,
+    /// OTLP/HTTP base URL receiving finished records (/v1/logs) and energy counters (/v1/metrics);
+    /// needs a binary built with `--features otel` [default: none].
+    #[arg(long, env = "JOULEGATE_OTEL_ENDPOINT", value_name = "URL")]
+    pub otel_endpoint: Option<String>,
+    /// Interval of the OpenTelemetry counter export and record flush, ms [default: 5000].
+    #[arg(long, env = "JOULEGATE_OTEL_INTERVAL_MS", value_name = "MS")]
+    pub otel_interval_ms: Option<u64>,
+    /// Finished records waiting for OpenTelemetry export at most; more are dropped and counted
+    /// [default: 4096].
+    #[arg(long, env = "JOULEGATE_OTEL_QUEUE", value_name = "N")]
+    pub otel_queue: Option<u64>,
+    /// Extra headers of the OTLP requests, `name=value,name=value` [default: none].
+    #[arg(
+        long,
+        env = "JOULEGATE_OTEL_HEADERS",
+        value_name = "LIST",
+        hide_env_values = true
+    )]
+    pub otel_headers: Option<String>,
     /// Salt of the API-key hash; set it to keep key hashes stable across restarts [default: random].
     #[arg(
         long,

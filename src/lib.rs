@@ -14,6 +14,7 @@
 //! - [`meter`]: energy sources (NVML, counter files, simulated, replay); [`sampler`]: the ticking thread.
 //! - [`ledger`]: pure attribution of each tick's energy; [`accounting`]: the glue thread that feeds it.
 //! - [`admin`]: the second listener (metrics, DCGM-shaped device telemetry, stats, requests, history, health, the live page); [`request_log`]: the JSONL log.
+//! - `otel` (cargo feature `otel`): records and energy counters exported over OTLP/HTTP.
 //! - [`demo`]: `joulegate demo` (engine, meter and proxy in one process) and the accuracy harness.
 //! - [`batch`]: `joulegate batch` (an OpenAI batch file through joulegate, energy per line and job).
 //! - [`replay`]: `joulegate replay`: timed load from a request log, a trace or a synthetic spec,
@@ -35,6 +36,8 @@ pub mod logging;
 pub mod meter;
 pub mod observe;
 pub mod openai;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod proxy;
 pub mod replay;
 pub mod request_log;

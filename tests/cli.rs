@@ -134,6 +134,26 @@ fn meters_come_from_repeated_flags_or_a_semicolon_list() {
 }
 
 #[test]
+fn otel_keys_need_a_binary_built_with_the_feature() {
+    let o = joulegate(
+        &["serve", "--print-config"],
+        &[("JOULEGATE_OTEL_ENDPOINT", "http://127.0.0.1:4318")],
+    );
+    if cfg!(feature = "otel") {
+        let t = printed(&o);
+        assert_eq!(t["otel_endpoint"].as_str(), Some("http://127.0.0.1:4318"));
+        assert_eq!(t["otel_interval_ms"].as_integer(), Some(5000));
+    } else {
+        assert!(!o.status.success());
+        let e = stderr(&o);
+        assert!(
+            e.contains("otel_endpoint") && e.contains("built without the `otel` feature"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
 fn bad_values_stop_start_up_with_key_value_and_origin() {
     let o = joulegate(&["serve", "--print-config", "--listen", "nowhere"], &[]);
     assert!(!o.status.success());

@@ -93,6 +93,8 @@ async fn a_100ms_counter_sampled_every_50ms_learns_p_idle_and_never_reads_zero_w
         config,
         upstream: state.upstream.clone(),
         request_log: None,
+        #[cfg(feature = "otel")]
+        otel: None,
         upstream_version: state.upstream_version.clone(),
         upstream_facts: state.facts.clone(),
         upstream_semantics: state.inspect.semantics.clone(),

@@ -135,6 +135,8 @@ pub struct AccountingStats {
     pub records_evicted: u64,
     /// Records the log channel could not take (full or closed).
     pub records_not_logged: u64,
+    /// Records the export channel could not take (full or closed).
+    pub records_not_exported: u64,
     /// Requests retired by someone else before accounting settled them.
     pub vanished: u64,
     /// End of the newest tick applied, clock ns.
@@ -171,6 +173,7 @@ impl Default for AccountingStats {
             decode_tokens_per_s: 0.0,
             records_evicted: 0,
             records_not_logged: 0,
+            records_not_exported: 0,
             vanished: 0,
             last_tick_end_ns: 0,
         }

@@ -226,6 +226,43 @@ fn ring_and_labels_stay_bounded() {
 }
 
 #[test]
+fn a_full_export_channel_drops_and_counts_records() {
+    let reg = Arc::new(InFlight::new());
+    let clock = Clock::new();
+    let cfg = AccountingConfig {
+        export_channel_capacity: 1,
+        ..config()
+    };
+    let mut acc = Accounting::new(cfg, reg.clone(), clock).expect("config");
+    let log = acc.with_log_channel().expect("log channel");
+    let exports = acc.with_export_channel().expect("export channel");
+    for id in 1..=3 {
+        let g = reg.register(meta(id, "m", None, Endpoint::Completions), clock);
+        g.progress().finish(Outcome::Ok, 10 * MS);
+    }
+    for k in 1..=6 {
+        acc.process_tick(&tick(k, Some(1)));
+    }
+    assert!(reg.is_empty());
+    let stats = acc.shared().stats();
+    // The export channel held one record; the other two were dropped and counted, while the
+    // (roomier) log channel took all three.
+    assert_eq!(stats.records_not_exported, 2);
+    assert_eq!(stats.records_not_logged, 0);
+    assert_eq!(exports.try_iter().count(), 1);
+    assert_eq!(log.try_iter().count(), 3);
+    // A closed channel counts too: the exporter is gone, nothing blocks.
+    drop(exports);
+    let g = reg.register(meta(4, "m", None, Endpoint::Completions), clock);
+    g.progress().finish(Outcome::Ok, 400 * MS);
+    for k in 7..=20 {
+        acc.process_tick(&tick(k, Some(1)));
+    }
+    assert!(reg.is_empty());
+    assert_eq!(acc.shared().stats().records_not_exported, 3);
+}
+
+#[test]
 fn bad_settings_are_rejected() {
     let reg = Arc::new(InFlight::new());
     let bad = [

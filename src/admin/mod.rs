@@ -59,6 +59,9 @@ pub struct AdminState {
     pub upstream: Upstream,
     /// The request-log writer's counters, when `request_log` is set.
     pub request_log: Option<Arc<RequestLogStatus>>,
+    /// The OpenTelemetry exporter's counters, when `otel_endpoint` is set.
+    #[cfg(feature = "otel")]
+    pub otel: Option<Arc<crate::otel::OtelStatus>>,
     /// The upstream's version, once read from its `/version` (with `absent_include_usage = auto`).
     pub upstream_version: Arc<std::sync::OnceLock<String>>,
     /// What responses told about the upstream (per-request metrics), for `/stats`.

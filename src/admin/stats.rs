@@ -200,8 +200,29 @@ pub fn stats(s: &AdminState) -> Value {
             "vanished": st.vanished,
         },
         "request_log": s.request_log.as_ref().map(|l| l.counts()),
+        "otel": otel(s, &st),
         "config": c,
     })
+}
+
+/// The OpenTelemetry exporter's counters, with the records its queue could not take (null when
+/// it is not configured).
+#[cfg(feature = "otel")]
+fn otel(s: &AdminState, st: &crate::accounting::AccountingStats) -> Value {
+    match &s.otel {
+        Some(o) => {
+            let mut v = serde_json::to_value(o.counts()).unwrap_or(Value::Null);
+            v["records_dropped"] = json!(st.records_not_exported);
+            v
+        }
+        None => Value::Null,
+    }
+}
+
+/// Built without the exporter: always null.
+#[cfg(not(feature = "otel"))]
+fn otel(_: &AdminState, _: &crate::accounting::AccountingStats) -> Value {
+    Value::Null
 }
 
 #[cfg(test)]

@@ -56,6 +56,10 @@ pub struct FileConfig {
     pub request_log: Option<PathBuf>,
     pub request_log_max_bytes: Option<u64>,
     pub request_log_files: Option<u64>,
+    pub otel_endpoint: Option<String>,
+    pub otel_interval_ms: Option<u64>,
+    pub otel_queue: Option<u64>,
+    pub otel_headers: Option<String>,
     pub log_format: Option<String>,
 }
 

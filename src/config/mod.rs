@@ -6,6 +6,7 @@
 
 mod file;
 mod log_format;
+mod otel;
 mod resolve;
 mod upstream;
 
@@ -18,6 +19,7 @@ use serde::Serialize;
 
 pub use file::FileConfig;
 pub use log_format::resolve_log_format;
+pub use otel::{parse_headers as parse_otel_headers, OtelConfig};
 pub use upstream::UpstreamUrl;
 
 use crate::logging::LogFormat;
@@ -174,6 +176,8 @@ pub struct Config {
     pub request_log_max_bytes: u64,
     /// Rotated files kept.
     pub request_log_files: usize,
+    /// OpenTelemetry export (`otel_*` keys; needs the `otel` feature), when `otel_endpoint` is set.
+    pub otel: Option<OtelConfig>,
     /// Diagnostic log format on stderr.
     pub log_format: LogFormat,
 }
@@ -200,7 +204,7 @@ impl ResponseEnergy {
     }
 }
 
-mod millis {
+pub(crate) mod millis {
     use std::time::Duration;
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(d.as_millis() as u64)
@@ -259,6 +263,12 @@ pub mod defaults {
     pub const MAX_LABEL_VALUES: u64 = 100;
     pub const REQUEST_LOG_MAX_BYTES: u64 = 64 * 1024 * 1024;
     pub const REQUEST_LOG_FILES: u64 = 5;
+    pub const OTEL_INTERVAL_MS: u64 = 5_000;
+    /// Bounds of `otel_interval_ms`: from 10 ms (tests) to an hour.
+    pub const OTEL_INTERVAL_MS_RANGE: (u64, u64) = (10, 3_600_000);
+    pub const OTEL_QUEUE: u64 = 4_096;
+    /// Upper bound of `otel_queue` (each queued record is a few hundred bytes).
+    pub const OTEL_QUEUE_LIMIT: u64 = 1_000_000;
 }
 
 #[cfg(test)]

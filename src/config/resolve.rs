@@ -10,12 +10,12 @@ use crate::cli::ServeArgs;
 use crate::meter::spec::MeterSpec;
 
 /// Picks the flag/env value, else the file value, else the default, remembering where it came from.
-struct Layer<'a> {
+pub(super) struct Layer<'a> {
     file_path: Option<&'a PathBuf>,
 }
 
 impl Layer<'_> {
-    fn pick<T: Clone>(
+    pub(super) fn pick<T: Clone>(
         &self,
         flag_value: &Option<T>,
         file_value: &Option<T>,
@@ -33,7 +33,7 @@ impl Layer<'_> {
     }
 }
 
-fn invalid(
+pub(super) fn invalid(
     key: &'static str,
     value: impl ToString,
     origin: Origin,
@@ -635,6 +635,7 @@ impl Config {
                 "JOULEGATE_REQUEST_LOG_FILES",
             ),
         )?;
+        let otel = super::otel::resolve(&l, args, file)?;
         let log_format = super::resolve_log_format(
             args.log_format.as_deref(),
             file.log_format.as_deref(),
@@ -655,6 +656,7 @@ impl Config {
             request_log,
             request_log_max_bytes,
             request_log_files: usize::try_from(request_log_files).unwrap_or(usize::MAX),
+            otel,
             max_buffered_response_bytes,
             meters,
             sample_interval: Duration::from_millis(interval_ms),
@@ -753,6 +755,21 @@ impl Config {
             request_log: self.request_log.clone(),
             request_log_max_bytes: Some(self.request_log_max_bytes),
             request_log_files: Some(self.request_log_files as u64),
+            otel_endpoint: self.otel.as_ref().map(|o| o.endpoint.base()),
+            otel_interval_ms: self.otel.as_ref().map(|o| o.interval.as_millis() as u64),
+            otel_queue: self.otel.as_ref().map(|o| o.queue as u64),
+            // Header values are often credentials: names shown, values never printed.
+            otel_headers: self
+                .otel
+                .as_ref()
+                .filter(|o| !o.headers.is_empty())
+                .map(|o| {
+                    o.headers
+                        .iter()
+                        .map(|(name, _)| format!("{name}=<redacted>"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                }),
             log_format: Some(self.log_format.as_str().into()),
         };
         toml::to_string(&mirror).unwrap_or_default()

@@ -405,3 +405,83 @@ fn log_format_layers_and_is_validated() {
         other => panic!("unexpected {other}"),
     }
 }
+
+#[test]
+fn otel_keys_need_the_feature() {
+    assert!(resolve_file("").expect("defaults").otel.is_none());
+    if cfg!(feature = "otel") {
+        return;
+    }
+    // Without the exporter every `otel_*` key is refused, naming the key and the feature.
+    for (text, key) in [
+        ("otel_endpoint = \"http://127.0.0.1:4318\"", "otel_endpoint"),
+        ("otel_interval_ms = 100", "otel_interval_ms"),
+        ("otel_queue = 5", "otel_queue"),
+        ("otel_headers = \"api-key=s3cret\"", "otel_headers"),
+    ] {
+        let err = resolve_file(text).unwrap_err().to_string();
+        assert!(
+            err.contains(key) && err.contains("built without the `otel` feature"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+    let mut a = args();
+    a.otel_endpoint = Some("http://127.0.0.1:4318".into());
+    let err = Config::resolve(&a, &FileConfig::default(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--otel-endpoint"), "{err}");
+}
+
+#[cfg(feature = "otel")]
+#[test]
+fn otel_keys_resolve_and_are_validated() {
+    let c = resolve_file("otel_endpoint = \"http://collector:4318/otlp/\"").expect("valid");
+    let o = c.otel.as_ref().expect("configured");
+    assert_eq!(o.endpoint.base(), "http://collector:4318/otlp");
+    assert_eq!(
+        o.interval,
+        Duration::from_millis(defaults::OTEL_INTERVAL_MS)
+    );
+    assert_eq!(o.queue as u64, defaults::OTEL_QUEUE);
+    assert!(o.headers.is_empty());
+    let c = resolve_file(
+        "otel_endpoint = \"http://collector:4318\"\notel_headers = \"api-key=s3cret\"\notel_queue = 7",
+    )
+    .expect("valid");
+    let printed = c.to_toml();
+    assert!(
+        !printed.contains("s3cret") && printed.contains("otel_headers = \"api-key=<redacted>\""),
+        "{printed}"
+    );
+    assert_eq!(
+        resolve_file(&printed).expect("round trips").to_toml(),
+        printed
+    );
+    const EP: &str = "otel_endpoint = \"http://collector:4318\"\n";
+    for (text, key) in [
+        (
+            "otel_endpoint = \"https://collector:4318\"".to_owned(),
+            "otel_endpoint",
+        ),
+        (
+            "otel_endpoint = \"collector:4318\"".to_owned(),
+            "otel_endpoint",
+        ),
+        (format!("{EP}otel_interval_ms = 0"), "otel_interval_ms"),
+        (
+            format!("{EP}otel_interval_ms = 3600001"),
+            "otel_interval_ms",
+        ),
+        (format!("{EP}otel_queue = 0"), "otel_queue"),
+        (format!("{EP}otel_queue = 1000001"), "otel_queue"),
+        (format!("{EP}otel_headers = \"s3cret\""), "otel_headers"),
+        // Without an endpoint the other keys would do nothing: refused rather than ignored.
+        ("otel_queue = 5".to_owned(), "otel_queue"),
+    ] {
+        let err = resolve_file(&text).unwrap_err().to_string();
+        assert!(err.contains(key), "{text}: {err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+}

@@ -186,6 +186,39 @@ pub(super) fn housekeeping(s: &AdminState, enc: &mut DescriptorEncoder, x: &Scra
             c.write_errors,
         )?;
     }
+    #[cfg(feature = "otel")]
+    if let Some(otel) = &s.otel {
+        let c = otel.counts();
+        for (name, help, v) in [
+            (
+                "joulegate_otel_records_dropped",
+                "Finished records the OpenTelemetry export queue could not take (it was full).",
+                st.records_not_exported,
+            ),
+            (
+                "joulegate_otel_records_exported",
+                "Finished records the OTLP receiver accepted.",
+                c.records_exported,
+            ),
+            (
+                "joulegate_otel_records_failed",
+                "Finished records lost with a failed OTLP logs export.",
+                c.records_failed,
+            ),
+            (
+                "joulegate_otel_metric_exports",
+                "OTLP metrics exports the receiver accepted.",
+                c.metric_exports,
+            ),
+            (
+                "joulegate_otel_metric_exports_failed",
+                "Failed OTLP metrics exports.",
+                c.metric_exports_failed,
+            ),
+        ] {
+            counter(enc, name, help, None, v)?;
+        }
+    }
     family(
         enc,
         "joulegate_build_info",
