@@ -659,3 +659,43 @@ fn a_non_streamed_answer_is_placed_back_from_its_end_one_token_per_step() {
     assert!(near(d[1], 2.0 * 45.0 / 85.0), "{d:?}");
     assert!(near(d[2], 2.0 * 40.0 / 85.0), "{d:?}");
 }
+
+#[test]
+fn the_decode_rate_is_per_sequence_whatever_the_choices() {
+    let mut l = Ledger::new(cfg()).expect("config");
+    // n = 2: both choices advance every 10 ms, so the count grows by 2 per step: 100 tokens/s
+    // per sequence, the rate at which a non-streamed request's every choice decodes.
+    let tokens: Vec<u64> = (1..=100).flat_map(|i| [i * 10 * MS, i * 10 * MS]).collect();
+    let s = Script {
+        id: 1,
+        arrival: 0,
+        prompt: 10,
+        visible: true,
+        tokens,
+        end: None,
+        prefill_ns: 0,
+    };
+    for k in 1..=20 {
+        let end = k * 50 * MS;
+        let obs: Vec<Observation> = s
+            .at(end)
+            .map(|mut o| {
+                o.choices = 2;
+                o
+            })
+            .into_iter()
+            .collect();
+        l.apply(
+            TickSpan {
+                energy_later: false,
+                seq: k,
+                start_ns: end - 50 * MS,
+                end_ns: end,
+                delta_uj: Some(1_000),
+            },
+            &obs,
+        );
+    }
+    let (_, per_sequence) = l.rates();
+    assert!((per_sequence - 100.0).abs() < 5.0, "{per_sequence}");
+}

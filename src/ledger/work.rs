@@ -204,8 +204,14 @@ impl Ledger {
         // A stream that was decoding before the tick began and is still in flight shows the
         // engine's current per-sequence decode rate (its previous count was read a tick ago).
         if consumed > 0 && p.first_token_ns != 0 && p.first_token_ns <= start_ns {
+            // Per sequence: a stream's count sums its choices, which all advance each step.
+            let choices = self
+                .slots
+                .get(slot as usize)
+                .and_then(Option::as_ref)
+                .map_or(1, |r| u64::from(r.choices.max(1)));
             self.tick_decodes
-                .push(p.completion_tokens.saturating_sub(consumed));
+                .push(p.completion_tokens.saturating_sub(consumed) / choices);
         }
     }
 
@@ -313,7 +319,12 @@ impl Ledger {
                 };
                 self.place_decode(slot, at, p.prompt_tokens, consumed, p.completion_tokens);
             }
-            self.learn_rates(p);
+            let choices = self
+                .slots
+                .get(slot as usize)
+                .and_then(Option::as_ref)
+                .map_or(1, |r| r.choices.max(1));
+            self.learn_rates(p, choices);
         } else {
             // Reconcile: replace the provisional estimate still held by the true counts, spread
             // over the request's life. The part of its life already settled keeps its provisional
@@ -414,8 +425,9 @@ impl Ledger {
         self.prefill_rate += w * (r - self.prefill_rate);
     }
 
-    /// Refines the prefill and decode rate estimates from a finished stream (EWMA, weight 1/16).
-    pub(super) fn learn_rates(&mut self, p: &ProgressSnapshot) {
+    /// Refines the prefill and decode rate estimates from a finished stream of `choices` choices
+    /// (EWMA, weight 1/16). The decode rate is per sequence.
+    pub(super) fn learn_rates(&mut self, p: &ProgressSnapshot, choices: u32) {
         const W: f64 = 1.0 / 16.0;
         if p.prefill_ns > 0 && p.prompt_tokens > 0 {
             let r = p.prompt_tokens as f64 / (p.prefill_ns as f64 / 1e9);
@@ -424,8 +436,9 @@ impl Ledger {
             }
         }
         if p.completion_tokens >= 2 && p.last_token_ns > p.first_token_ns && p.first_token_ns != 0 {
-            let r = (p.completion_tokens - 1) as f64
-                / ((p.last_token_ns - p.first_token_ns) as f64 / 1e9);
+            // The first token of every choice came with the prefill.
+            let per_choice = p.completion_tokens as f64 / f64::from(choices.max(1));
+            let r = (per_choice - 1.0) / ((p.last_token_ns - p.first_token_ns) as f64 / 1e9);
             if r.is_finite() && r > 0.0 {
                 self.decode_rate += W * (r - self.decode_rate);
             }
