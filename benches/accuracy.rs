@@ -5,7 +5,9 @@
 //! × 3 counter periods in virtual time through the real accounting, reproducible to the digit, a
 //! few seconds for the whole matrix. `ACCURACY_ONLY`, `ACCURACY_MODELS`, `ACCURACY_PERIODS`,
 //! `ACCURACY_REQUESTS`, `ACCURACY_SEED` select; `ACCURACY_METRICS=1` gives responses vLLM's
-//! per-request `metrics`. `ACCURACY_MODE=realtime` runs the end-to-end set-up instead (mock vLLM
+//! per-request `metrics`; `ACCURACY_TRUE_WEIGHTS=1` splits with each model's own marginal costs
+//! (what is left is placement error); `ACCURACY_SETTLE_TICKS=N` overrides the settlement lag in
+//! ticks (default 60). `ACCURACY_MODE=realtime` runs the end-to-end set-up instead (mock vLLM
 //! over HTTP, the proxy and its sampler in real time: about a minute and a half; its figures move
 //! a little between runs with scheduling; `ACCURACY_COUNTER_MS`, `ACCURACY_VERBOSE`,
 //! `ACCURACY_JSON_DIR` help there). Without `--bench` (as `cargo test --benches` runs it) it does
@@ -96,7 +98,7 @@ fn env_list(name: &str) -> Option<Vec<String>> {
 /// The deterministic matrix: every workload under every cost model and counter period, in virtual
 /// time through the real accounting.
 fn virtual_matrix(full: bool) {
-    use joulegate::accuracy::{matrix, run_case, CaseReport};
+    use joulegate::accuracy::{matrix, run_case_with, CaseReport};
     let seed = std::env::var("ACCURACY_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -120,6 +122,9 @@ fn virtual_matrix(full: bool) {
         });
     }
     let metrics = std::env::var("ACCURACY_METRICS").as_deref() == Ok("1");
+    // The ledger splits with each model's own marginal costs instead of its fit: what is left is
+    // placement error, so the difference is what the calibration costs.
+    let true_weights = std::env::var("ACCURACY_TRUE_WEIGHTS").as_deref() == Ok("1");
     if !full {
         println!("accuracy: harness check only ({requests} requests per case, two cases)");
         cases.truncate(2);
@@ -145,7 +150,21 @@ fn virtual_matrix(full: bool) {
     let mut worst = CaseReport::default();
     for mut case in cases {
         case.per_request_metrics = metrics;
-        let r = run_case(&case);
+        let mut config = joulegate::accounting::AccountingConfig::default();
+        if let Some(t) = std::env::var("ACCURACY_SETTLE_TICKS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            config.ledger.settle_ticks = t;
+        }
+        if true_weights {
+            let (c, cal) = (&case.model.cost, &mut config.ledger.calibration);
+            cal.fixed = true;
+            cal.default_alpha_j = c.prefill_nj_per_token as f64 / 1e9;
+            cal.default_beta_j = c.decode_nj_per_token as f64 / 1e9;
+            cal.default_gamma_j = c.context_nj_per_token as f64 / 1e9;
+        }
+        let r = run_case_with(&case, config);
         for (w, x) in [
             (&mut worst.record, r.record),
             (&mut worst.record_active, r.record_active),
