@@ -8,7 +8,8 @@
 //! streams and removed, the ledger ticking, energy on every response: headers on JSON, trailers on
 //! streams) and through nginx. Per target it prints throughput, the proxy process's CPU (utime +
 //! stime from `/proc`, all its processes and threads) per request and per event, p50/p99 time to
-//! first byte and to last byte, and the proxy's peak RSS.
+//! first byte and to last byte, and the proxy's peak RSS. Every joulegate response is checked for
+//! its energy (headers or trailers).
 //!
 //! Workloads: (a) 16-token JSON completions on 64 connections, back to back (saturating);
 //! (b) 64 streams of 131 events written by the upstream in one write; (c) 256 streams at 20 ms
@@ -226,7 +227,7 @@ async fn run(w: Workload, name: &'static str, addr: SocketAddr, proxy: Option<&P
     let rss_idle = proxy.map(|p| p.rss());
     let t0 = Instant::now();
     let clients: Vec<_> = (0..w.conns)
-        .map(|_| tokio::spawn(wire::client(addr, w.shape, w.per_conn)))
+        .map(|_| tokio::spawn(wire::client(addr, w.shape, w.per_conn, name == "joulegate")))
         .collect();
     // Peak RSS, sampled while the clients run.
     let mut rss_peak = rss_idle;

@@ -212,8 +212,16 @@ pub struct Timing {
     pub last: Duration,
 }
 
-/// One client connection sending `n` requests of `shape` one after another.
-pub async fn client(addr: SocketAddr, shape: Shape, n: usize) -> std::io::Result<Vec<Timing>> {
+/// One client connection sending `n` requests of `shape` one after another. With `energy`, every
+/// response must carry joulegate's energy (`x-energy-joules` in the head of a JSON response, in
+/// the trailers of a stream): the proxy did its whole accounting.
+pub async fn client(
+    addr: SocketAddr,
+    shape: Shape,
+    n: usize,
+    energy: bool,
+) -> std::io::Result<Vec<Timing>> {
+    let no_energy = || std::io::Error::other("a response without x-energy-joules");
     let mut tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let body: &[u8] = if shape == Shape::Json {
@@ -250,6 +258,9 @@ pub async fn client(addr: SocketAddr, shape: Shape, n: usize) -> std::io::Result
                             .map(|h| h.value)
                     };
                     let chunked = header("transfer-encoding").is_some();
+                    if energy && !chunked && header("x-energy-joules").is_none() {
+                        return Err(no_energy());
+                    }
                     let len = header("content-length")
                         .and_then(|v| std::str::from_utf8(v).ok()?.parse::<usize>().ok())
                         .unwrap_or(0);
@@ -263,10 +274,19 @@ pub async fn client(addr: SocketAddr, shape: Shape, n: usize) -> std::io::Result
             ttfb.get_or_insert_with(|| t0.elapsed());
         };
         if chunked {
-            while !chunked_done(&mut buf)? {
+            let mut trailers = Vec::new();
+            while !chunked_done(&mut buf, &mut trailers)? {
                 if tcp.read_buf(&mut buf).await? == 0 {
                     return Err(std::io::ErrorKind::UnexpectedEof.into());
                 }
+            }
+            let needle = b"x-energy-joules:";
+            if energy
+                && !trailers
+                    .windows(needle.len())
+                    .any(|w| w.eq_ignore_ascii_case(needle))
+            {
+                return Err(no_energy());
             }
         } else {
             loop {
@@ -289,8 +309,9 @@ pub async fn client(addr: SocketAddr, shape: Shape, n: usize) -> std::io::Result
     Ok(out)
 }
 
-/// Consumes whole chunks from `buf`; true once the last chunk and the trailer section are in.
-fn chunked_done(buf: &mut BytesMut) -> std::io::Result<bool> {
+/// Consumes whole chunks from `buf`; true once the last chunk and the trailer section (copied to
+/// `trailers`) are in.
+fn chunked_done(buf: &mut BytesMut, trailers: &mut Vec<u8>) -> std::io::Result<bool> {
     let bad = || std::io::Error::other("bad chunked body");
     loop {
         let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else {
@@ -309,6 +330,7 @@ fn chunked_done(buf: &mut BytesMut) -> std::io::Result<bool> {
             let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else {
                 return Ok(false);
             };
+            trailers.extend_from_slice(&rest[..end]);
             buf.advance(eol + 2 + end + 4);
             return Ok(true);
         }
