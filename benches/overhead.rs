@@ -1,297 +1,48 @@
-//! End-to-end overhead of the proxy on loopback, measured against a direct baseline in the same run.
+//! End-to-end cost of the proxy against nginx, on loopback, in the same run (DESIGN §7).
 //!
-//! `cargo bench --bench overhead` prints, per scenario, direct and proxied:
-//! - time to first byte (response head): p50/p90/p99 and the added p50;
-//! - time to last byte (end of body, trailers included): p50/p99 and the added p99;
-//! - CPU attributable to the proxy per request and per streamed event: the process's CPU time (sum of
-//!   its threads' `/proc/self/task/*/schedstat`, nanosecond resolution) for the proxied run minus the
-//!   direct run. Client and upstream run the same code in both, so the difference is the proxy's.
+//! `cargo bench --bench overhead` starts the built `joulegate serve` binary and, when installed,
+//! nginx 1.22+ as a plain streaming reverse proxy (`proxy_buffering off`, upstream keep-alive),
+//! each pinned to CPU 0 with `taskset`; the load generator (a raw-socket client and a vLLM-shaped
+//! upstream, `overhead/wire.rs`) runs in this process on the other CPUs. Every workload runs
+//! direct (the baseline), through joulegate (accounting in full: a meter, usage injected into
+//! streams and removed, the ledger ticking, energy on every response: headers on JSON, trailers on
+//! streams) and through nginx. Per target it prints throughput, the proxy process's CPU (utime +
+//! stime from `/proc`, all its processes and threads) per request and per event, p50/p99 time to
+//! first byte and to last byte, and the proxy's peak RSS. Every joulegate response is checked for
+//! its energy (headers or trailers).
 //!
-//! Scenarios (all accounted requests: POST /v1/chat/completions with a JSON body, so the proxy reads,
-//! registers and observes them): small JSON responses; SSE streams of 200 continuous-usage events
-//! written as fast as possible (the proxy injected usage options the client did not ask for, so it
-//! also strips usage from every chunk: its most expensive path); and SSE streams paced at 20 ms per
-//! event, 16 at a time (a realistic decode cadence).
+//! Workloads: (a) 16-token JSON completions on 64 connections, back to back (saturating);
+//! (b) 64 streams of 131 events written by the upstream in one write; (c) 256 streams at 20 ms
+//! between events, one write per event; (c') the same with 2,048 streams (memory per stream);
+//! (d) 64 streams at full speed, one write per event.
+//!
+//! `JOULEGATE_BENCH_SCALE` (default 1) multiplies the request counts; `JOULEGATE_BENCH_ONLY=a,b`
+//! picks workloads. `cargo test --benches` runs a tiny version without nginx.
 
-use std::convert::Infallible;
+#[path = "overhead/wire.rs"]
+mod wire;
+
+use std::io::BufRead;
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper_util::rt::TokioIo;
-use joulegate::app::{App, Listeners};
-use joulegate::cli::ServeArgs;
-use joulegate::config::Config;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+use wire::{Shape, Timing, EVENTS};
 
-const JSON: &[u8] = br#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"tiny","choices":[{"index":0,"message":{"role":"assistant","content":"hello there"},"finish_reason":"length"}],"usage":{"prompt_tokens":22,"total_tokens":30,"completion_tokens":8}}"#;
-const EVENTS: usize = 200;
-const PACED_EVENTS: usize = 25;
 const PACE: Duration = Duration::from_millis(20);
 
-type UpBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
-
-fn event(i: usize) -> Bytes {
-    Bytes::from(format!(
-        "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"tiny\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"x\"}},\"logprobs\":null,\"finish_reason\":null,\"token_ids\":null}}],\"usage\":{{\"prompt_tokens\":22,\"total_tokens\":{},\"completion_tokens\":{},\"completion_tokens_details\":null}}}}\n\n",
-        22 + i + 1,
-        i + 1
-    ))
-}
-
-fn sse(body: UpBody) -> Response<UpBody> {
-    Response::builder()
-        .header("content-type", "text/event-stream; charset=utf-8")
-        .body(body)
-        .unwrap()
-}
-
-async fn upstream(listener: TcpListener) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            return;
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                let paced = req.headers().contains_key("x-pace");
-                let body = req
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-                let stream = body.windows(13).any(|w| w == b"\"stream\":true");
-                let response = if paced {
-                    let frames = futures_util::stream::unfold(0usize, |i| async move {
-                        if i > PACED_EVENTS {
-                            return None;
-                        }
-                        tokio::time::sleep(PACE).await;
-                        let data = if i == PACED_EVENTS {
-                            Bytes::from_static(b"data: [DONE]\n\n")
-                        } else {
-                            event(i)
-                        };
-                        Some((Ok::<_, Infallible>(Frame::data(data)), i + 1))
-                    });
-                    sse(StreamBody::new(frames).boxed_unsync())
-                } else if stream {
-                    let frames = (0..EVENTS)
-                        .map(|i| Ok::<_, Infallible>(Frame::data(event(i))))
-                        .chain(std::iter::once(Ok(Frame::data(Bytes::from_static(
-                            b"data: [DONE]\n\n",
-                        )))));
-                    sse(StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync())
-                } else {
-                    Response::builder()
-                        .header("content-type", "application/json")
-                        .body(Full::new(Bytes::from_static(JSON)).boxed_unsync())
-                        .unwrap()
-                };
-                Ok::<_, Infallible>(response)
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
-/// CPU time of the whole process (all threads), nanoseconds.
-fn cpu_ns() -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    tasks
-        .filter_map(|t| t.ok())
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| {
-            s.split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .sum()
-}
-
-#[derive(Default)]
-struct Samples {
-    ttfb: Vec<Duration>,
-    last: Vec<Duration>,
-}
-
-/// One client connection sending `n` requests one after another.
-async fn client_on(
+/// A proxy under test: its address and its processes.
+struct Proxy {
+    name: &'static str,
     addr: SocketAddr,
-    path: &'static str,
-    stream: bool,
-    paced: bool,
-    n: usize,
-) -> Samples {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.set_nodelay(true).unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let body: &'static [u8] = if stream {
-        br#"{"model":"tiny","messages":[{"role":"user","content":"hi"}],"stream":true}"#
-    } else {
-        br#"{"model":"tiny","messages":[{"role":"user","content":"hi"}]}"#
-    };
-    let mut s = Samples::default();
-    for _ in 0..n {
-        let mut req = Request::post(path)
-            .header("host", "bench")
-            .header("content-type", "application/json")
-            .header("te", "trailers");
-        if paced {
-            req = req.header("x-pace", "1");
-        }
-        let req = req.body(Full::new(Bytes::from_static(body))).unwrap();
-        sender.ready().await.unwrap();
-        let t0 = Instant::now();
-        let response = sender.send_request(req).await.unwrap();
-        s.ttfb.push(t0.elapsed());
-        let _ = response.into_body().collect().await.unwrap();
-        s.last.push(t0.elapsed());
-    }
-    s
+    child: Child,
+    _dir: Option<tempfile::TempDir>,
 }
 
-struct Run {
-    s: Samples,
-    cpu_ns: u64,
-}
-
-/// Runs `conns` clients; CPU is this process's plus, for nginx, that of its processes.
-async fn run_on(
-    addr: SocketAddr,
-    path: &'static str,
-    stream: bool,
-    paced: bool,
-    conns: usize,
-    per_conn: usize,
-    nginx: Option<&Nginx>,
-) -> Run {
-    let outside0 = nginx.map(|n| n.cpu_ns()).unwrap_or(0);
-    let cpu0 = cpu_ns();
-    let tasks: Vec<_> = (0..conns)
-        .map(|_| tokio::spawn(client_on(addr, path, stream, paced, per_conn)))
-        .collect();
-    let mut s = Samples::default();
-    for t in tasks {
-        let part = t.await.unwrap();
-        s.ttfb.extend(part.ttfb);
-        s.last.extend(part.last);
-    }
-    s.ttfb.sort();
-    s.last.sort();
-    let outside = nginx.map(|n| n.cpu_ns()).unwrap_or(0) - outside0;
-    Run {
-        s,
-        cpu_ns: cpu_ns() - cpu0 + outside,
-    }
-}
-
-fn pct(v: &[Duration], p: f64) -> f64 {
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i].as_secs_f64() * 1e6
-}
-
-fn report(label: &str, direct: &Run, proxies: &[(&str, &Run)], requests: usize, events: usize) {
-    println!("{label}: {requests} requests");
-    for (name, r) in std::iter::once(("direct", direct)).chain(proxies.iter().copied()) {
-        println!(
-            "  {name:9} ttfb p50 {:8.1} us p90 {:8.1} us p99 {:8.1} us | last byte p50 {:9.1} us p99 {:9.1} us | cpu {:7.1} ms",
-            pct(&r.s.ttfb, 0.5),
-            pct(&r.s.ttfb, 0.9),
-            pct(&r.s.ttfb, 0.99),
-            pct(&r.s.last, 0.5),
-            pct(&r.s.last, 0.99),
-            r.cpu_ns as f64 / 1e6
-        );
-    }
-    for (name, r) in proxies {
-        let extra = r.cpu_ns.saturating_sub(direct.cpu_ns) as f64;
-        print!(
-            "  {name:9} added ttfb p50 {:7.1} us, last byte p50 {:8.1} us p99 {:8.1} us; cpu per request {:6.1} us",
-            pct(&r.s.ttfb, 0.5) - pct(&direct.s.ttfb, 0.5),
-            pct(&r.s.last, 0.5) - pct(&direct.s.last, 0.5),
-            pct(&r.s.last, 0.99) - pct(&direct.s.last, 0.99),
-            extra / requests as f64 / 1e3
-        );
-        if events > 0 {
-            print!(
-                ", per event {:.2} us",
-                extra / (requests * events) as f64 / 1e3
-            );
-        }
-        println!();
-    }
-}
-
-/// nginx configured as a plain streaming reverse proxy (no buffering, upstream keep-alive), the
-/// reference DESIGN §7 compares against. Started only if an `nginx` binary is installed.
-struct Nginx {
-    addr: SocketAddr,
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Nginx {
-    fn start(upstream: SocketAddr) -> Option<Nginx> {
-        let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())?;
-        let dir = tempfile::tempdir().ok()?;
-        // A free port: bind, read, release (a bench, not a test: the tiny race is acceptable).
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let d = dir.path().display();
-        let conf = format!(
-            "worker_processes 1;\ndaemon off;\nmaster_process on;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
-             events {{ worker_connections 4096; }}\n\
-             http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
-             fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
-             upstream up {{ server {upstream}; keepalive 64; keepalive_requests 10000000; }}\n keepalive_requests 10000000;\n\
-             server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://up; proxy_http_version 1.1;\n\
-             proxy_set_header Connection \"\"; proxy_buffering off; proxy_request_buffering off; }} }}\n}}\n"
-        );
-        let conf_path = dir.path().join("nginx.conf");
-        std::fs::write(&conf_path, conf).ok()?;
-        let child = std::process::Command::new(binary)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&conf_path)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .ok()?;
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(addr).is_ok() {
-                return Some(Nginx {
-                    addr,
-                    child,
-                    _dir: dir,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        None
-    }
-
-    /// CPU time of the nginx master and its workers, nanoseconds.
-    fn cpu_ns(&self) -> u64 {
+impl Proxy {
+    /// This process and its direct children (nginx's workers).
+    fn pids(&self) -> Vec<u32> {
         let master = self.child.id();
         let mut pids = vec![master];
         if let Ok(entries) = std::fs::read_dir("/proc") {
@@ -300,153 +51,418 @@ impl Nginx {
                     continue;
                 };
                 let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-                let ppid = stat
-                    .rsplit(')')
-                    .next()
-                    .and_then(|r| r.split_whitespace().nth(1))
-                    .and_then(|v| v.parse::<u32>().ok());
-                if ppid == Some(master) {
+                if stat_field(&stat, 1) == Some(master as u64) {
                     pids.push(pid);
                 }
             }
         }
-        pids.iter()
-            .filter_map(|pid| std::fs::read_dir(format!("/proc/{pid}/task")).ok())
-            .flat_map(|tasks| tasks.flatten())
-            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-            .filter_map(|s| {
-                s.split_whitespace()
-                    .next()
-                    .and_then(|v| v.parse::<u64>().ok())
-            })
+        pids
+    }
+
+    /// utime + stime of all its processes, nanoseconds.
+    fn cpu_ns(&self, tick_ns: u64) -> u64 {
+        self.pids()
+            .iter()
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+            .map(|s| (stat_field(&s, 11).unwrap_or(0) + stat_field(&s, 12).unwrap_or(0)) * tick_ns)
             .sum()
+    }
+
+    /// Resident memory of all its processes, bytes.
+    fn rss(&self) -> u64 {
+        self.pids()
+            .iter()
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+            .filter_map(|s| {
+                let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+                line.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+            .sum::<u64>()
+            * 1024
     }
 }
 
-impl Drop for Nginx {
+impl Drop for Proxy {
     fn drop(&mut self) {
-        // SIGTERM lets the master stop its workers (SIGKILL would orphan them).
-        let stopped = std::process::Command::new("kill")
+        // SIGTERM lets nginx's master stop its workers and joulegate drain.
+        let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !stopped {
-            let _ = self.child.kill();
-        }
+            .status();
         let _ = self.child.wait();
+    }
+}
+
+/// Field `n` (0-based) after the command name of a `/proc/PID/stat` line.
+fn stat_field(stat: &str, n: usize) -> Option<u64> {
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(n)?
+        .parse()
+        .ok()
+}
+
+/// `taskset -c CPU` before `program`, when pinning is possible.
+fn pinned(cpu: Option<&str>, program: &str) -> Command {
+    match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpu).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+fn start_joulegate(upstream: SocketAddr, cpu: Option<&str>) -> Proxy {
+    let mut child = pinned(cpu, env!("CARGO_BIN_EXE_joulegate"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--upstream")
+        .arg(format!("http://{upstream}"))
+        .args(["--meter", "sim:300", "--absent-include-usage", "false"])
+        .args(["--upstream-forces-usage", "false"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start joulegate");
+    let out = child.stdout.take().expect("stdout");
+    let mut addr = None;
+    for line in std::io::BufReader::new(out).lines() {
+        let line = line.expect("joulegate stdout");
+        if let Some(a) = line.strip_prefix("listening proxy=") {
+            addr = Some(a.parse().expect("proxy address"));
+        }
+        if line.starts_with("listening admin=") {
+            break;
+        }
+    }
+    Proxy {
+        name: "joulegate",
+        addr: addr.expect("joulegate printed its address"),
+        child,
+        _dir: None,
+    }
+}
+
+fn start_nginx(upstream: SocketAddr, cpu: Option<&str>) -> Option<Proxy> {
+    let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
+    let dir = tempfile::tempdir().ok()?;
+    // A free port: bind, read, release (a bench, not a test: the tiny race is acceptable).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let d = dir.path().display();
+    let conf = format!(
+        "worker_processes 1;\nworker_rlimit_nofile 20000;\ndaemon off;\nmaster_process on;\n\
+         error_log {d}/error.log;\npid {d}/nginx.pid;\n\
+         events {{ worker_connections 10000; }}\n\
+         http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+         fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+         upstream up {{ server {upstream}; keepalive 4096; keepalive_requests 10000000; }}\n keepalive_requests 10000000;\n\
+         server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://up; proxy_http_version 1.1;\n\
+         proxy_set_header Connection \"\"; proxy_buffering off; proxy_request_buffering off; }} }}\n}}\n"
+    );
+    let conf_path = dir.path().join("nginx.conf");
+    std::fs::write(&conf_path, conf).ok()?;
+    let child = pinned(cpu, binary)
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(&conf_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Some(Proxy {
+                name: "nginx",
+                addr,
+                child,
+                _dir: Some(dir),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// One workload: how the upstream answers, connections, requests per connection.
+#[derive(Clone, Copy)]
+struct Workload {
+    key: &'static str,
+    label: &'static str,
+    shape: Shape,
+    conns: usize,
+    per_conn: usize,
+}
+
+/// One target's run of a workload.
+struct Run {
+    name: &'static str,
+    timings: Vec<Timing>,
+    wall: Duration,
+    cpu_ns: Option<u64>,
+    rss_idle: Option<u64>,
+    rss_peak: Option<u64>,
+}
+
+async fn run(w: Workload, name: &'static str, addr: SocketAddr, proxy: Option<&Proxy>) -> Run {
+    let tick_ns = tick_ns();
+    let cpu0 = proxy.map(|p| p.cpu_ns(tick_ns));
+    let rss_idle = proxy.map(|p| p.rss());
+    let t0 = Instant::now();
+    let clients: Vec<_> = (0..w.conns)
+        .map(|_| tokio::spawn(wire::client(addr, w.shape, w.per_conn, name == "joulegate")))
+        .collect();
+    // Peak RSS, sampled while the clients run.
+    let mut rss_peak = rss_idle;
+    let mut timings = Vec::with_capacity(w.conns * w.per_conn);
+    for c in clients {
+        while !c.is_finished() {
+            if let (Some(p), Some(peak)) = (proxy, rss_peak.as_mut()) {
+                *peak = (*peak).max(p.rss());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        match c.await.expect("client task") {
+            Ok(t) => timings.extend(t),
+            Err(e) => panic!("{name}: client failed: {e}"),
+        }
+    }
+    let wall = t0.elapsed();
+    let cpu_ns = proxy.map(|p| p.cpu_ns(tick_ns) - cpu0.unwrap_or(0));
+    Run {
+        name,
+        timings,
+        wall,
+        cpu_ns,
+        rss_idle,
+        rss_peak,
+    }
+}
+
+/// Nanoseconds per clock tick of `/proc/PID/stat`.
+fn tick_ns() -> u64 {
+    let hz = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(100);
+    1_000_000_000 / hz.max(1)
+}
+
+fn pct(v: &mut [Duration], p: f64) -> f64 {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i].as_secs_f64() * 1e3
+}
+
+fn report(w: &Workload, runs: &mut [Run]) {
+    let requests = w.conns * w.per_conn;
+    let events = if w.shape == Shape::Json { 0 } else { EVENTS };
+    println!("({}) {}: {requests} requests", w.key, w.label);
+    println!(
+        "  {:10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10}",
+        "target",
+        "req/s",
+        "µs/req",
+        "µs/event",
+        "ttfb p50",
+        "ttfb p99",
+        "last p50",
+        "last p99",
+        "RSS MB",
+        "KiB/stream"
+    );
+    let direct_ttfb = runs.first().map(|r| {
+        pct(
+            &mut r.timings.iter().map(|t| t.ttfb).collect::<Vec<_>>(),
+            0.5,
+        )
+    });
+    for r in runs.iter_mut() {
+        let mut ttfb: Vec<_> = r.timings.iter().map(|t| t.ttfb).collect();
+        let mut last: Vec<_> = r.timings.iter().map(|t| t.last).collect();
+        let per_req = r.cpu_ns.map(|c| c as f64 / requests as f64 / 1e3);
+        let per_event = per_req.filter(|_| events > 0).map(|c| c / events as f64);
+        let opt =
+            |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+        let per_stream = match (r.rss_idle, r.rss_peak) {
+            (Some(idle), Some(peak)) if events > 0 => {
+                Some(peak.saturating_sub(idle) as f64 / w.conns as f64 / 1024.0)
+            }
+            _ => None,
+        };
+        println!(
+            "  {:10} {:>9.0} {:>9} {:>9} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>8} {:>10}",
+            r.name,
+            requests as f64 / r.wall.as_secs_f64(),
+            opt(per_req, 2),
+            opt(per_event, 2),
+            pct(&mut ttfb, 0.5),
+            pct(&mut ttfb, 0.99),
+            pct(&mut last, 0.5),
+            pct(&mut last, 0.99),
+            opt(r.rss_peak.map(|b| b as f64 / 1048576.0), 1),
+            opt(per_stream, 2),
+        );
+    }
+    if let Some(base) = direct_ttfb {
+        for r in runs.iter_mut().skip(1) {
+            let mut ttfb: Vec<_> = r.timings.iter().map(|t| t.ttfb).collect();
+            print!(
+                "  {} added ttfb p50 {:.3} ms;",
+                r.name,
+                pct(&mut ttfb, 0.5) - base
+            );
+        }
+        println!();
     }
 }
 
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing and expects a quick run.
     let quick = !std::env::args().any(|a| a == "--bench");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The proxies on CPU 0, the load generator on the others.
+    let (proxy_cpu, load_cpus) = if cpus >= 2 && !quick {
+        (Some("0".to_string()), Some(format!("1-{}", cpus - 1)))
+    } else {
+        (None, None)
+    };
+    if let Some(load) = &load_cpus {
+        let _ = Command::new("taskset")
+            .args(["-a", "-p", "-c", load])
+            .arg(std::process::id().to_string())
+            .stdout(Stdio::null())
+            .status();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads((cpus - 1).max(1))
         .enable_all()
         .build()
-        .unwrap();
+        .expect("runtime");
+    let scale: f64 = std::env::var("JOULEGATE_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    let only = std::env::var("JOULEGATE_BENCH_ONLY").ok();
+    let n = |full: usize| {
+        if quick {
+            1
+        } else {
+            ((full as f64 * scale) as usize).max(1)
+        }
+    };
+    let workloads = [
+        Workload {
+            key: "a",
+            label: "16-token JSON, 64 connections, back to back",
+            shape: Shape::Json,
+            conns: if quick { 4 } else { 64 },
+            per_conn: n(1000),
+        },
+        Workload {
+            key: "b",
+            label: "64 streams x 131 events, upstream writes coalesced",
+            shape: Shape::Burst,
+            conns: if quick { 4 } else { 64 },
+            per_conn: n(40),
+        },
+        Workload {
+            key: "c",
+            label: "256 streams, 20 ms between events, one write per event",
+            shape: Shape::Paced,
+            conns: if quick { 4 } else { 256 },
+            per_conn: n(2),
+        },
+        Workload {
+            key: "c'",
+            label: "2,048 streams, 20 ms between events (memory)",
+            shape: Shape::Paced,
+            conns: if quick { 4 } else { 2048 },
+            per_conn: 1,
+        },
+        Workload {
+            key: "d",
+            label: "64 streams x 131 events at full speed, one write per event",
+            shape: Shape::Each,
+            conns: if quick { 4 } else { 64 },
+            per_conn: n(40),
+        },
+    ];
     runtime.block_on(async move {
-        let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let up_addr = up.local_addr().unwrap();
-        tokio::spawn(upstream(up));
-        let args = ServeArgs {
-            listen: Some("127.0.0.1:0".into()),
-            admin_listen: Some("127.0.0.1:0".into()),
-            upstream: Some(format!("http://{up_addr}")),
-            absent_include_usage: Some("false".into()),
-            upstream_forces_usage: Some("false".into()),
-            meters: vec!["sim:300".into()],
-            ..ServeArgs::default()
+        let up = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let up_addr = up.local_addr().expect("upstream address");
+        tokio::spawn(wire::upstream(
+            up,
+            if quick {
+                Duration::from_millis(1)
+            } else {
+                PACE
+            },
+        ));
+        let joulegate = start_joulegate(up_addr, proxy_cpu.as_deref());
+        let nginx = if quick {
+            None
+        } else {
+            start_nginx(up_addr, proxy_cpu.as_deref())
         };
-        let config = Config::resolve(&args, &Default::default(), None).unwrap();
-        let listeners = Listeners::bind(&config).await.unwrap();
-        let proxy_addr = listeners.proxy.local_addr().unwrap();
-        let app = App::build(config).unwrap();
-        let running = app.start(listeners).unwrap();
-        let nginx = if quick { None } else { Nginx::start(up_addr) };
         if nginx.is_none() && !quick {
             println!(
-                "(nginx not installed: no reference column; `apt-get install nginx-light` adds it)"
+                "(nginx not found: no reference rows; `apt-get install nginx-light` adds them)"
             );
         }
-
-        let (n_json, n_stream, paced_rounds) = if quick { (20, 2, 1) } else { (20_000, 500, 6) };
-        type Scenario = (&'static str, &'static str, bool, bool, usize, usize, usize);
-        let scenarios: [Scenario; 4] = [
-            (
-                "small JSON, accounted, sequential",
-                "/v1/chat/completions",
-                false,
-                false,
-                1,
-                n_json,
-                0,
-            ),
-            (
-                "small JSON on a relayed-only path, sequential",
-                "/v1/not-accounted",
-                false,
-                false,
-                1,
-                n_json,
-                0,
-            ),
-            (
-                "SSE burst of 200 events, usage stripped",
-                "/v1/chat/completions",
-                true,
-                false,
-                1,
-                n_stream,
-                EVENTS + 1,
-            ),
-            (
-                "SSE paced 20 ms x 25 events, 16 concurrent",
-                "/v1/chat/completions",
-                true,
-                true,
-                16,
-                paced_rounds,
-                PACED_EVENTS + 1,
-            ),
-        ];
-        // Warm every path (connection pools, allocator).
-        for addr in [
-            Some(up_addr),
-            Some(proxy_addr),
-            nginx.as_ref().map(|n| n.addr),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            run_on(
-                addr,
-                "/v1/chat/completions",
-                false,
-                false,
-                1,
-                n_json / 10 + 1,
-                None,
-            )
-            .await;
+        if !quick {
+            println!(
+                "proxies pinned to CPU {}, load generator on CPUs {}; times in ms",
+                proxy_cpu.as_deref().unwrap_or("-"),
+                load_cpus.as_deref().unwrap_or("-")
+            );
         }
-        for (label, path, stream, paced, conns, per_conn, events) in scenarios {
-            let direct = run_on(up_addr, path, stream, paced, conns, per_conn, None).await;
-            let ours = run_on(proxy_addr, path, stream, paced, conns, per_conn, None).await;
-            let mut proxies = vec![("joulegate", &ours)];
-            let theirs = match &nginx {
-                Some(n) => {
-                    Some(run_on(n.addr, path, stream, paced, conns, per_conn, Some(n)).await)
-                }
-                None => None,
-            };
-            if let Some(t) = &theirs {
-                proxies.push(("nginx", t));
+        let proxies: Vec<&Proxy> = std::iter::once(&joulegate).chain(nginx.as_ref()).collect();
+        // Warm every path (connection pools, allocators).
+        let warm = Workload {
+            key: "w",
+            label: "warm-up",
+            shape: Shape::Json,
+            conns: 8,
+            per_conn: n(200),
+        };
+        for p in &proxies {
+            run(warm, p.name, p.addr, Some(p)).await;
+        }
+        for w in workloads {
+            if only
+                .as_deref()
+                .is_some_and(|o| !o.split(',').any(|k| k == w.key))
+            {
+                continue;
             }
-            report(label, &direct, &proxies, conns * per_conn, events);
+            let mut runs = vec![run(w, "direct", up_addr, None).await];
+            for p in &proxies {
+                runs.push(run(w, p.name, p.addr, Some(p)).await);
+            }
+            report(&w, &mut runs);
         }
-        running.shutdown();
-        running.wait().await;
     });
 }

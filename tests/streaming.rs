@@ -265,6 +265,57 @@ async fn graceful_shutdown_lets_a_stream_in_flight_finish() {
 }
 
 #[tokio::test]
+async fn events_the_proxy_read_at_once_leave_in_one_write() {
+    // Twenty chunks in one upstream write: hyper's client hands them over one at a time, and the
+    // relay must still send them to the client together (nginx forwards whole read buffers).
+    const N: usize = 20;
+    let mut raw = Vec::new();
+    for i in 0..N {
+        let e = event(i);
+        raw.extend_from_slice(format!("{:x}\r\n", e.len()).as_bytes());
+        raw.extend_from_slice(&e);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    let upstream = ScriptedUpstream::start(move |_| Reply {
+        status: 200,
+        headers: vec![
+            ("content-type".into(), "text/event-stream".into()),
+            ("transfer-encoding".into(), "chunked".into()),
+        ],
+        steps: vec![Step::Gate, Step::Write(raw.clone())],
+        chunked: false,
+    })
+    .await;
+    let proxy = TestProxy::start(upstream.addr).await;
+    let mut sender = h1(proxy.addr).await;
+    let response = guard(
+        "head",
+        sender.send_request(request(
+            "POST",
+            proxy.addr,
+            "/v1/chat/completions",
+            &[],
+            b"{}",
+        )),
+    )
+    .await
+    .unwrap();
+    let mut body = response.into_body();
+    upstream.open_gate();
+    let mut frames = 0;
+    let mut got = Vec::new();
+    while let Some(d) = next_data(&mut body).await {
+        frames += 1;
+        got.extend_from_slice(&d);
+    }
+    let want: Vec<u8> = (0..N).flat_map(event).collect();
+    assert_eq!(got, want);
+    // One chunk from the proxy (two if a read of the client cut it): never one per event.
+    assert!(frames <= 2, "{frames} frames for {N} events read at once");
+}
+
+#[tokio::test]
 async fn upstream_reset_mid_stream_is_not_turned_into_a_clean_end() {
     let upstream = ScriptedUpstream::start(|_| {
         Reply::chunked(200, SSE, vec![Step::Write(event(0)), Step::Reset])

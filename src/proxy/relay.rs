@@ -9,6 +9,7 @@
 //! `energy` value belongs, with everything after it) and the trailers. Every other frame flows at
 //! once; while a part waits, the upstream is not read (backpressure as usual).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -143,6 +144,13 @@ pin_project! {
         upstream_trailers: Option<HeaderMap>,
         pending_trailers: Option<HeaderMap>,
         stash: Option<Stashed>,
+        // Output gathered while the body stepped aside for the upstream connection's task
+        // (see `gather`).
+        gathered: Option<BytesMut>,
+        // Steps aside in a row that brought nothing.
+        empty_steps: u32,
+        // Data went out since this body last returned `Pending`.
+        data_unflushed: bool,
         usage_tail: Option<(Endpoint, UsageTail)>,
         settling: Option<Settling>,
         // The figures the energy object carried (settled mode): the trailers repeat them.
@@ -165,6 +173,9 @@ impl RelayBody {
             upstream_trailers: None,
             pending_trailers: None,
             stash: None,
+            gathered: None,
+            empty_steps: 0,
+            data_unflushed: false,
             usage_tail: None,
             settling: None,
             figures: None,
@@ -221,11 +232,54 @@ impl Body for RelayBody {
             if *this.done {
                 return Poll::Ready(None);
             }
+            if let Some(mut held) = this.gathered.take() {
+                // Back from stepping aside: take what the connection task decoded meanwhile.
+                let found = gather(
+                    this.inner.as_mut(),
+                    cx,
+                    &mut held,
+                    this.observer,
+                    this.end,
+                    this.usage_tail,
+                    this.settling,
+                    this.figures,
+                    this.stash,
+                    this.upstream_trailers,
+                );
+                *this.empty_steps = if found { 0 } else { *this.empty_steps + 1 };
+                if *this.empty_steps < MAX_EMPTY_STEPS
+                    && step_aside(cx, this.settling, this.stash, &held)
+                {
+                    *this.gathered = Some(held);
+                    return Poll::Pending;
+                }
+                if held.is_empty() {
+                    continue;
+                }
+                *this.data_unflushed = true;
+                return Poll::Ready(Some(Ok(Frame::data(held.freeze()))));
+            }
             let next = match this.stash.take() {
                 Some(Stashed::End) => None,
-                Some(Stashed::Error(err)) => Some(Err(err)),
+                Some(Stashed::Error(err)) => {
+                    if std::mem::take(this.data_unflushed) {
+                        // hyper drops what it holds for the client when a body fails: step
+                        // aside once so that the data before the failure is written first.
+                        *this.stash = Some(Stashed::Error(err));
+                        let mut yielded = std::pin::pin!(tokio::task::yield_now());
+                        if yielded.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                        continue;
+                    }
+                    Some(Err(err))
+                }
                 None => {
-                    ready!(this.inner.as_mut().poll_frame(cx))
+                    let next = this.inner.as_mut().poll_frame(cx);
+                    if next.is_pending() {
+                        *this.data_unflushed = false;
+                    }
+                    ready!(next)
                 }
             };
             match next {
@@ -245,61 +299,29 @@ impl Body for RelayBody {
                         }
                         // Frames the upstream has already delivered go out together: fewer,
                         // larger writes to the client and no added wait (only what is ready now).
-                        let mut joined: Option<BytesMut> = None;
-                        while this.settling.is_none()
-                            && joined.as_ref().map_or(out.len(), |j| j.len()) < COALESCE_MAX_BYTES
-                        {
-                            match this.inner.as_mut().poll_frame(cx) {
-                                Poll::Pending => {
-                                    // Nothing more ready: what is ready goes out, no wait begins.
-                                    this.inner.as_mut().rest();
-                                    break;
-                                }
-                                Poll::Ready(None) => {
-                                    *this.stash = Some(Stashed::End);
-                                    break;
-                                }
-                                Poll::Ready(Some(Err(err))) => {
-                                    *this.stash = Some(Stashed::Error(err));
-                                    break;
-                                }
-                                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                                    Ok(data) => {
-                                        let (mut more, split) =
-                                            process(this.observer, this.end, this.usage_tail, data);
-                                        if let Some(split) = split {
-                                            more = hold_energy_part(
-                                                this.observer,
-                                                this.end,
-                                                this.settling,
-                                                this.figures,
-                                                more,
-                                                split,
-                                            );
-                                        }
-                                        if !more.is_empty() {
-                                            joined
-                                                .get_or_insert_with(|| BytesMut::from(&out[..]))
-                                                .extend_from_slice(&more);
-                                        }
-                                    }
-                                    Err(frame) => {
-                                        if let Ok(trailers) = frame.into_trailers() {
-                                            this.upstream_trailers
-                                                .get_or_insert_with(HeaderMap::new)
-                                                .extend(trailers);
-                                        }
-                                    }
-                                },
-                            }
+                        let mut held = BytesMut::from(&out[..]);
+                        gather(
+                            this.inner.as_mut(),
+                            cx,
+                            &mut held,
+                            this.observer,
+                            this.end,
+                            this.usage_tail,
+                            this.settling,
+                            this.figures,
+                            this.stash,
+                            this.upstream_trailers,
+                        );
+                        *this.empty_steps = 0;
+                        if step_aside(cx, this.settling, this.stash, &held) {
+                            *this.gathered = Some(held);
+                            return Poll::Pending;
                         }
-                        if let Some(joined) = joined {
-                            out = joined.freeze();
-                        }
-                        if out.is_empty() {
+                        if held.is_empty() {
                             continue;
                         }
-                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                        *this.data_unflushed = true;
+                        return Poll::Ready(Some(Ok(Frame::data(held.freeze()))));
                     }
                     Err(frame) => {
                         if let Ok(trailers) = frame.into_trailers() {
@@ -400,6 +422,84 @@ impl Body for RelayBody {
 /// Most bytes joined from frames that are ready at once (larger writes would only delay the first
 /// of them behind the processing of the rest).
 const COALESCE_MAX_BYTES: usize = 64 * 1024;
+
+/// Steps aside in a row that may bring nothing before what is gathered goes out. Measured with
+/// hyper 1.12 on tokio's multi-thread runtime: the connection task hands the next chunk over on
+/// the second yield about as often as on the first (it runs after the body's task is polled once
+/// more), rarely later; each empty step costs one poll of this task, never a wait.
+const MAX_EMPTY_STEPS: u32 = 2;
+
+/// Joins to `held` every frame the upstream body has ready now (processed as they come), up to
+/// [`COALESCE_MAX_BYTES`]; an end or error found after them is stashed for the next poll. Returns
+/// whether it found any. Never waits: a body with nothing ready is told it was not waited on.
+#[allow(clippy::too_many_arguments)]
+fn gather(
+    mut inner: Pin<&mut IdleBody<Incoming>>,
+    cx: &mut Context<'_>,
+    held: &mut BytesMut,
+    observer: &mut Option<StreamObserver>,
+    end: &Option<RequestEnd>,
+    usage_tail: &mut Option<(Endpoint, UsageTail)>,
+    settling: &mut Option<Settling>,
+    figures: &mut Option<EnergyNow>,
+    stash: &mut Option<Stashed>,
+    upstream_trailers: &mut Option<HeaderMap>,
+) -> bool {
+    let mut found = false;
+    while settling.is_none() && stash.is_none() && held.len() < COALESCE_MAX_BYTES {
+        match inner.as_mut().poll_frame(cx) {
+            Poll::Pending => {
+                // Nothing more ready: what is ready goes out, no wait begins.
+                inner.as_mut().rest();
+                break;
+            }
+            Poll::Ready(None) => *stash = Some(Stashed::End),
+            Poll::Ready(Some(Err(err))) => *stash = Some(Stashed::Error(err)),
+            Poll::Ready(Some(Ok(frame))) => {
+                found = true;
+                match frame.into_data() {
+                    Ok(data) => {
+                        let (mut more, split) = process(observer, end, usage_tail, data);
+                        if let Some(split) = split {
+                            more = hold_energy_part(observer, end, settling, figures, more, split);
+                        }
+                        held.extend_from_slice(&more);
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            upstream_trailers
+                                .get_or_insert_with(HeaderMap::new)
+                                .extend(trailers);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Whether to step aside once before sending `held`, so that the upstream connection's task can
+/// hand over what it has already read. hyper's client passes a response body from its connection
+/// task one chunk (one SSE event) at a time, each behind a task switch: without this, every event
+/// of a burst the proxy read in one go would leave in its own write to the client. The step is a
+/// yield (the task is queued behind those ready to run, the connection's among them), not a wait:
+/// if nothing more came, `held` goes out on the very next poll.
+fn step_aside(
+    cx: &mut Context<'_>,
+    settling: &Option<Settling>,
+    stash: &Option<Stashed>,
+    held: &BytesMut,
+) -> bool {
+    if settling.is_some() || stash.is_some() || held.is_empty() || held.len() >= COALESCE_MAX_BYTES
+    {
+        return false;
+    }
+    // The first poll of a yield queues this task behind the others; the future is not needed
+    // after it (the wake is already scheduled).
+    let mut yielded = std::pin::pin!(tokio::task::yield_now());
+    yielded.as_mut().poll(cx).is_pending()
+}
 
 /// What a coalescing read found after the data it returned: handled on the next poll.
 enum Stashed {
