@@ -69,6 +69,24 @@ pub(super) struct Req {
     pub(super) recent_seq: u64,
     pub(super) recent_uj: u64,
     pub(super) energy: RequestEnergy,
+    /// Its parts of held ticks' provisional splits: energy, active energy (µJ) and tokens.
+    pub(super) tentative: (u64, u64, [f64; 3]),
+}
+
+impl Req {
+    /// The figures published for the data plane: settled energy plus the held ticks'
+    /// provisional split, with the tokens each paid for (so only the rest is priced per token).
+    pub(super) fn published(&self) -> RequestEnergy {
+        let mut e = self.energy;
+        let (energy, active, tokens) = self.tentative;
+        e.energy_uj = e.energy_uj.saturating_add(energy);
+        e.active_uj = e.active_uj.saturating_add(active);
+        let t = &mut e.settled_tokens;
+        t.prefill = (self.settled_work[0] + tokens[0]) as u64;
+        t.decode = (self.settled_work[1] + tokens[1]) as u64;
+        t.context = (self.settled_work[2] + tokens[2]) as u64;
+        e
+    }
 }
 
 /// Ticks a window may hold past the lag bound while an interval waits for a slow meter's energy
@@ -224,6 +242,7 @@ impl Ledger {
             busy: false,
             busy_ns: 0,
             items: self.spare_items.pop().unwrap_or_default(),
+            tentative: None,
         });
         std::mem::swap(&mut self.observed, &mut self.prev_observed);
         self.observed.clear();
@@ -313,6 +332,9 @@ impl Ledger {
         }
         self.min_unresolved = min_unresolved;
         let settled = self.settle_ready();
+        if self.config.tentative_split {
+            self.split_tentatively();
+        }
         TickSummary { settled, finalized }
     }
 
@@ -480,6 +502,7 @@ impl Ledger {
             recent_seq: 0,
             recent_uj: 0,
             energy: RequestEnergy::default(),
+            tentative: (0, 0, [0.0; 3]),
         };
         let slot = match self.free.pop() {
             Some(s) => {
@@ -526,6 +549,11 @@ impl Ledger {
             for item in tick.items.iter_mut().filter(|i| i.slot == slot) {
                 *item = Item::empty(u32::MAX);
             }
+            for t in tick.tentative.iter_mut().flatten() {
+                if t.slot == slot {
+                    t.slot = u32::MAX;
+                }
+            }
         }
         let req = self.slots.get_mut(slot as usize)?.take()?;
         self.free.push(slot);
@@ -550,7 +578,7 @@ impl Ledger {
             self.slots
                 .get(*s as usize)
                 .and_then(Option::as_ref)
-                .map(|r| r.energy)
+                .map(Req::published)
         })
     }
 

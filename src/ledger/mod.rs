@@ -63,6 +63,9 @@ pub struct LedgerConfig {
     /// Whether a tick's energy is split over ~10 ms sub-intervals, each by the work placed in it
     /// (see `settle`); otherwise over the whole tick at once.
     pub split_by_steps: bool,
+    /// Whether held ticks are split provisionally once their work is in, so that the figures a
+    /// response carries before its ticks settle include its share of them (see `settle`).
+    pub tentative_split: bool,
 }
 
 impl Default for LedgerConfig {
@@ -77,6 +80,7 @@ impl Default for LedgerConfig {
             idle_min_samples: 10,
             calibration: CalibrationConfig::default(),
             split_by_steps: true,
+            tentative_split: true,
         }
     }
 }

@@ -11,7 +11,7 @@ use super::calibration::TickWork;
 use super::idle::IdleSource;
 use super::split::split_uj;
 use super::types::{FinalRequest, SettledTokens};
-use super::window::HeldTick;
+use super::window::{HeldTick, Tentative};
 
 /// Length of the sub-intervals a tick's energy is split over (see `split_weights`): a little
 /// longer than a decode step of a large batch, so that most hold some work.
@@ -42,6 +42,17 @@ impl Ledger {
         };
         self.totals.settled_until_ns = tick.end_ns;
         let dt = tick.end_ns - tick.start_ns;
+        // Its provisional split gives way to the real one.
+        for t in tick.tentative.iter().flatten() {
+            if let Some(req) = self.slots.get_mut(t.slot as usize).and_then(Option::as_mut) {
+                let (e, a, w) = &mut req.tentative;
+                *e = e.saturating_sub(t.energy_uj);
+                *a = a.saturating_sub(t.active_uj);
+                for (x, n) in w.iter_mut().zip(t.tokens) {
+                    *x = (*x - f64::from(n)).max(0.0);
+                }
+            }
+        }
         // When the energy was split, that pass already released each item (one visit per
         // request: at 10,000 requests the visits are cache misses).
         if !self.settle_energy(&tick, dt) {
@@ -75,79 +86,85 @@ impl Ledger {
     /// energy belongs to the work in that step. A sub-interval with no work placed in it shares
     /// its part among the tick's work as a whole.
     fn split_weights(&mut self, tick: &HeldTick, dt: u64) {
-        self.weights.clear();
-        let parts = if self.config.split_by_steps {
-            (dt + SPLIT_NS / 2) / SPLIT_NS
-        } else {
-            1
-        }
-        .clamp(1, 64) as usize;
-        if parts == 1 {
-            self.weights.extend_from_slice(&self.marginal);
-            return;
-        }
-        // Parts have equal length `plen` (the last one absorbs the rounding); a part index is a
-        // multiplication, not a division, per item: this runs for every item of every tick.
-        let dt32 = u32::try_from(dt).unwrap_or(u32::MAX).max(1);
-        let plen = (dt32 / parts as u32).max(1);
-        let inv_plen = 1.0 / f64::from(plen);
-        let last = parts - 1;
-        let part_of = |t: u32| ((f64::from(t) * inv_plen) as usize).min(last);
-        let edge = |j: usize| if j > last { dt32 } else { plen * j as u32 };
-        self.step_work.clear();
-        self.step_work.resize(parts, 0.0);
-        for (item, &m) in tick.items.iter().zip(&self.marginal) {
-            if m <= 0.0 {
+        split_weights(
+            self.config.split_by_steps,
+            &self.marginal,
+            &mut self.step_work,
+            &mut self.weights,
+            tick,
+            dt,
+        );
+    }
+
+    /// Splits the held ticks whose energy is in and whose work is (all but the newest: a
+    /// stream's tokens read at the next tick may still land in it) provisionally, once each, the
+    /// way settlement will with the work placed so far. A response that ends while its ticks are
+    /// held (up to the settlement lag) then carries its share of their measured energy rather
+    /// than its tokens priced at the recent average, which misses whatever made its own ticks
+    /// dearer or cheaper. Looks at most 8 ticks back, so the cost per tick stays one tick's split.
+    pub(super) fn split_tentatively(&mut self) {
+        let n = self.window.len();
+        let (alpha, beta, gamma) = self.calibrator.weights();
+        for i in (n.saturating_sub(9)..n.saturating_sub(1)).rev() {
+            let Some(tick) = self.window.get(i) else {
+                break;
+            };
+            let (Some(e), None, 0) = (tick.delta_uj, &tick.tentative, tick.unfilled_ns) else {
                 continue;
-            }
-            if item.lo >= item.hi {
-                self.step_work[part_of(item.hi.saturating_sub(1))] += m;
-                continue;
-            }
-            let (j0, j1) = (part_of(item.lo), part_of(item.hi - 1));
-            if j0 == j1 {
-                self.step_work[j0] += m;
-                continue;
-            }
-            let per_ns = m / f64::from(item.hi - item.lo);
-            for j in j0..=j1 {
-                let ov = item
-                    .hi
-                    .min(edge(j + 1))
-                    .saturating_sub(item.lo.max(edge(j)));
-                self.step_work[j] += per_ns * f64::from(ov);
-            }
-        }
-        let total: f64 = self.marginal.iter().sum();
-        let empty = self.step_work.iter().filter(|w| **w <= 0.0).count() as f64;
-        // Each part holds 1/parts of the energy, shared by its work; empty parts go to everyone
-        // by marginal. Inverses once per part, not once per item.
-        for w in &mut self.step_work {
-            *w = if *w > 0.0 { 1.0 / *w } else { 0.0 };
-        }
-        let everyone = if total > 0.0 { empty / total } else { 0.0 };
-        for (item, &m) in tick.items.iter().zip(&self.marginal) {
-            let mut w = everyone * m;
-            if m > 0.0 {
-                if item.lo >= item.hi {
-                    w += m * self.step_work[part_of(item.hi.saturating_sub(1))];
+            };
+            let dt = tick.end_ns - tick.start_ns;
+            self.marginal.clear();
+            self.marginal.extend(tick.items.iter().map(|item| {
+                alpha * f64::from(item.prefill)
+                    + beta * f64::from(item.decode)
+                    + gamma * f64::from(item.context)
+            }));
+            let idle_part = self
+                .idle
+                .baseline_uj(dt.saturating_sub(tick.busy_ns))
+                .min(e);
+            let e = e - idle_part;
+            let baseline = self.idle.baseline_uj(tick.busy_ns.min(dt)).min(e);
+            split_weights(
+                self.config.split_by_steps,
+                &self.marginal,
+                &mut self.step_work,
+                &mut self.weights,
+                tick,
+                dt,
+            );
+            let total: f64 = self.weights.iter().sum();
+            let mut parts = Vec::new();
+            if total > 0.0 && total.is_finite() {
+                let active_ratio = if e > 0 {
+                    (e - baseline) as f64 / e as f64
                 } else {
-                    let (j0, j1) = (part_of(item.lo), part_of(item.hi - 1));
-                    if j0 == j1 {
-                        w += m * self.step_work[j0];
-                    } else {
-                        let per_ns = m / f64::from(item.hi - item.lo);
-                        for j in j0..=j1 {
-                            let ov = item
-                                .hi
-                                .min(edge(j + 1))
-                                .saturating_sub(item.lo.max(edge(j)));
-                            w += per_ns * f64::from(ov) * self.step_work[j];
-                        }
+                    0.0
+                };
+                parts.reserve(tick.items.len());
+                for (item, w) in tick.items.iter().zip(&self.weights) {
+                    let share = e as f64 * (w / total);
+                    parts.push(Tentative {
+                        slot: item.slot,
+                        energy_uj: share as u64,
+                        active_uj: (share * active_ratio) as u64,
+                        tokens: [item.prefill, item.decode, item.context],
+                    });
+                }
+            }
+            for t in &parts {
+                if let Some(req) = self.slots.get_mut(t.slot as usize).and_then(Option::as_mut) {
+                    let (e, a, w) = &mut req.tentative;
+                    *e = e.saturating_add(t.energy_uj);
+                    *a = a.saturating_add(t.active_uj);
+                    for (x, n) in w.iter_mut().zip(t.tokens) {
+                        *x += f64::from(n);
                     }
                 }
             }
-            self.weights.push(w);
+            if let Some(tick) = self.window.get_mut(i) {
+                tick.tentative = Some(parts);
+            }
         }
     }
 
@@ -375,5 +392,93 @@ impl Ledger {
             self.settle_front();
         }
         self.collect_final();
+    }
+}
+
+/// See [`Ledger::split_weights`]: `marginal` holds each item's marginal energy; the result, one
+/// weight per item, goes to `weights` (`step_work` is scratch).
+// `j` numbers both a sub-interval's work and its edges (`edge(j)`): an index reads best.
+#[allow(clippy::needless_range_loop)]
+fn split_weights(
+    split_by_steps: bool,
+    marginal: &[f64],
+    step_work: &mut Vec<f64>,
+    weights: &mut Vec<f64>,
+    tick: &HeldTick,
+    dt: u64,
+) {
+    weights.clear();
+    let parts = if split_by_steps {
+        (dt + SPLIT_NS / 2) / SPLIT_NS
+    } else {
+        1
+    }
+    .clamp(1, 64) as usize;
+    if parts == 1 {
+        weights.extend_from_slice(marginal);
+        return;
+    }
+    // Parts have equal length `plen` (the last one absorbs the rounding); a part index is a
+    // multiplication, not a division, per item: this runs for every item of every tick.
+    let dt32 = u32::try_from(dt).unwrap_or(u32::MAX).max(1);
+    let plen = (dt32 / parts as u32).max(1);
+    let inv_plen = 1.0 / f64::from(plen);
+    let last = parts - 1;
+    let part_of = |t: u32| ((f64::from(t) * inv_plen) as usize).min(last);
+    let edge = |j: usize| if j > last { dt32 } else { plen * j as u32 };
+    step_work.clear();
+    step_work.resize(parts, 0.0);
+    for (item, &m) in tick.items.iter().zip(marginal) {
+        if m <= 0.0 {
+            continue;
+        }
+        if item.lo >= item.hi {
+            step_work[part_of(item.hi.saturating_sub(1))] += m;
+            continue;
+        }
+        let (j0, j1) = (part_of(item.lo), part_of(item.hi - 1));
+        if j0 == j1 {
+            step_work[j0] += m;
+            continue;
+        }
+        let per_ns = m / f64::from(item.hi - item.lo);
+        for j in j0..=j1 {
+            let ov = item
+                .hi
+                .min(edge(j + 1))
+                .saturating_sub(item.lo.max(edge(j)));
+            step_work[j] += per_ns * f64::from(ov);
+        }
+    }
+    let total: f64 = marginal.iter().sum();
+    let empty = step_work.iter().filter(|w| **w <= 0.0).count() as f64;
+    // Each part holds 1/parts of the energy, shared by its work; empty parts go to everyone
+    // by marginal. Inverses once per part, not once per item.
+    for w in step_work.iter_mut() {
+        *w = if *w > 0.0 { 1.0 / *w } else { 0.0 };
+    }
+    let everyone = if total > 0.0 { empty / total } else { 0.0 };
+    for (item, &m) in tick.items.iter().zip(marginal) {
+        let mut w = everyone * m;
+        if m > 0.0 {
+            if item.lo >= item.hi {
+                w += m * step_work[part_of(item.hi.saturating_sub(1))];
+            } else {
+                let (j0, j1) = (part_of(item.lo), part_of(item.hi - 1));
+                if j0 == j1 {
+                    w += m * step_work[j0];
+                } else {
+                    let per_ns = m / f64::from(item.hi - item.lo);
+                    for j in j0..=j1 {
+                        let ov = item
+                            .hi
+                            .min(edge(j + 1))
+                            .saturating_sub(item.lo.max(edge(j)));
+                        w += per_ns * f64::from(ov) * step_work[j];
+                    }
+                }
+            }
+        }
+        weights.push(w);
     }
 }

@@ -699,3 +699,71 @@ fn the_decode_rate_is_per_sequence_whatever_the_choices() {
     let (_, per_sequence) = l.rates();
     assert!((per_sequence - 100.0).abs() < 5.0, "{per_sequence}");
 }
+
+/// Runs 4 ticks of a stream beside a request whose progress is invisible (which holds every
+/// tick) and returns the stream's published figures and the ledger's totals.
+fn published_while_held(tentative_split: bool) -> (RequestEnergy, LedgerTotals) {
+    let mut l = Ledger::new(LedgerConfig {
+        settle_ticks: 20,
+        tentative_split,
+        ..cfg()
+    })
+    .expect("config");
+    let s = Script {
+        id: 1,
+        arrival: 0,
+        prompt: 100,
+        visible: true,
+        tokens: (1..=19).map(|i| i * 10 * MS).collect(),
+        end: None,
+        prefill_ns: 0,
+    };
+    let hold = Script {
+        id: 2,
+        arrival: 0,
+        prompt: 100,
+        visible: false,
+        tokens: Vec::new(),
+        end: None,
+        prefill_ns: 0,
+    };
+    let mut published = RequestEnergy::default();
+    for k in 1..=4 {
+        let end = k * 50 * MS;
+        let obs: Vec<Observation> = [&s, &hold].iter().filter_map(|x| x.at(end)).collect();
+        l.apply(
+            TickSpan {
+                energy_later: false,
+                seq: k,
+                start_ns: end - 50 * MS,
+                end_ns: end,
+                delta_uj: Some(10_000),
+            },
+            &obs,
+        );
+        check_books(&l);
+        published = l
+            .observed_energy()
+            .next()
+            .flatten()
+            .expect("stream observed first");
+    }
+    (published, l.totals())
+}
+
+#[test]
+fn a_response_carries_its_share_of_held_ticks_split_provisionally() {
+    let (p, t) = published_while_held(true);
+    // Nothing settled yet: the invisible request holds every tick.
+    assert_eq!(t.attributed_uj, 0, "{t:?}");
+    assert_eq!(t.held_ticks, 4);
+    // Ticks 1-3 (all but the newest) are split provisionally: the stream has most of their
+    // 30,000 µJ (the invisible request's estimate has the rest), and the tokens they paid for
+    // are not priced again.
+    assert!(p.energy_uj > 15_000 && p.energy_uj <= 30_000, "{p:?}");
+    assert_eq!(p.settled_tokens.decode, 15, "{p:?}");
+    assert_eq!(p.settled_tokens.prefill, 100, "{p:?}");
+    // Without the provisional split the figure is only what settled: nothing.
+    let (p, _) = published_while_held(false);
+    assert_eq!((p.energy_uj, p.settled_tokens.decode), (0, 0), "{p:?}");
+}

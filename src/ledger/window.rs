@@ -73,6 +73,23 @@ pub struct HeldTick {
     pub busy_ns: u64,
     /// Work placed so far.
     pub items: Vec<Item>,
+    /// The tick's provisional split, once made (see `Ledger::split_tentatively`): per request
+    /// slot, its energy, active energy and the tokens of its items at the time, µJ; taken back
+    /// when the tick settles.
+    pub tentative: Option<Vec<Tentative>>,
+}
+
+/// One request's part of a held tick's provisional split.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Tentative {
+    /// The request's slot.
+    pub slot: u32,
+    /// Energy, µJ.
+    pub energy_uj: u64,
+    /// Of it, above the idle baseline, µJ.
+    pub active_uj: u64,
+    /// Prompt, decode and context tokens of the items split.
+    pub tokens: [f32; 3],
 }
 
 /// What to do with the part of a span that lies before the oldest held tick.
@@ -112,6 +129,11 @@ impl Window {
     /// The oldest held tick, mutable.
     pub fn front_mut(&mut self) -> Option<&mut HeldTick> {
         self.ticks.front_mut()
+    }
+
+    /// The `i`-th held tick (oldest first).
+    pub fn get(&self, i: usize) -> Option<&HeldTick> {
+        self.ticks.get(i)
     }
 
     /// The `i`-th held tick (oldest first), mutable.
@@ -253,6 +275,7 @@ mod tests {
                 busy: true,
                 busy_ns: 100,
                 items: Vec::new(),
+                tentative: None,
             });
         }
         w
