@@ -66,7 +66,7 @@ struct Args {
     #[arg(long, default_value_t = 30)]
     slow_seconds: u64,
     /// Tokens asked by each slow reader's stream.
-    #[arg(long, default_value_t = 8000)]
+    #[arg(long, default_value_t = 30_000)]
     slow_max_tokens: u32,
     /// The joulegate binary.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/joulegate"))]
@@ -143,7 +143,12 @@ impl Drop for Proc {
 
 impl Proc {
     /// Starts `bin args…` and reads the `listening NAME=ADDR` lines it prints for `names`.
-    fn start(bin: &PathBuf, args: &[&str], log: &str, names: &[&str]) -> Result<(Proc, Vec<SocketAddr>)> {
+    fn start(
+        bin: &PathBuf,
+        args: &[&str],
+        log: &str,
+        names: &[&str],
+    ) -> Result<(Proc, Vec<SocketAddr>)> {
         use std::io::BufRead;
         let log = std::fs::File::create(std::env::temp_dir().join(log))?;
         let mut child = Command::new(bin)
@@ -198,7 +203,11 @@ async fn connect(addr: SocketAddr) -> Result<(SendRequest<Full<Bytes>>, JoinHand
 }
 
 /// Sends one request of `kind` on `conn` (opening it if needed); an abort closes it.
-async fn one(addr: SocketAddr, conn: &mut Option<(SendRequest<Full<Bytes>>, JoinHandle<()>)>, kind: Kind) -> Result<()> {
+async fn one(
+    addr: SocketAddr,
+    conn: &mut Option<(SendRequest<Full<Bytes>>, JoinHandle<()>)>,
+    kind: Kind,
+) -> Result<()> {
     if conn.as_ref().map_or(true, |(s, _)| s.is_closed()) {
         *conn = Some(connect(addr).await?);
     }
@@ -213,7 +222,9 @@ async fn one(addr: SocketAddr, conn: &mut Option<(SendRequest<Full<Bytes>>, Join
     if kind == Kind::Abort {
         req = req.header("x-mock-fault", "stall-after=2");
     }
-    let resp = sender.send_request(req.body(Full::new(Bytes::from_static(body)))?).await?;
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::from_static(body)))?)
+        .await?;
     if resp.status() != 200 {
         bail!("status {}", resp.status());
     }
@@ -234,7 +245,10 @@ async fn one(addr: SocketAddr, conn: &mut Option<(SendRequest<Full<Bytes>>, Join
             let mut body = resp.into_body();
             let mut seen = Vec::new();
             while !seen.windows(9).any(|w| w == b"\"content\"") {
-                let frame = body.frame().await.context("stream ended before a token")??;
+                let frame = body
+                    .frame()
+                    .await
+                    .context("stream ended before a token")??;
                 seen.extend_from_slice(frame.data_ref().map_or(&[][..], |d| &d[..]));
             }
             // Dropping the connection is the abort.
@@ -274,8 +288,16 @@ async fn admin_get(admin: SocketAddr, path: &str) -> Result<Value> {
     let tcp = TcpStream::connect(admin).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     tokio::spawn(conn);
-    let req = http::Request::get(path).header("host", "admin").body(Empty::<Bytes>::new())?;
-    let body = sender.send_request(req).await?.into_body().collect().await?.to_bytes();
+    let req = http::Request::get(path)
+        .header("host", "admin")
+        .body(Empty::<Bytes>::new())?;
+    let body = sender
+        .send_request(req)
+        .await?
+        .into_body()
+        .collect()
+        .await?
+        .to_bytes();
     Ok(serde_json::from_slice(&body)?)
 }
 
@@ -345,11 +367,19 @@ async fn slow_readers(args: &Args, proxy: SocketAddr, pid: u32) -> Result<Slow> 
     drop(socks);
     // Give the proxy a moment to see the disconnects before sampling again.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    Ok(Slow { before, during, after: rss_fds(pid).0, read })
+    Ok(Slow {
+        before,
+        during,
+        after: rss_fds(pid).0,
+        read,
+    })
 }
 
 fn print_table(samples: &[Sample]) {
-    println!("{:>7} {:>9} {:>11} {:>9} {:>10} {:>8}", "t_s", "done", "proxy_KiB", "proxy_fd", "mock_KiB", "mock_fd");
+    println!(
+        "{:>7} {:>9} {:>11} {:>9} {:>10} {:>8}",
+        "t_s", "done", "proxy_KiB", "proxy_fd", "mock_KiB", "mock_fd"
+    );
     for s in samples {
         println!(
             "{:>7.1} {:>9} {:>11} {:>9} {:>10} {:>8}",
@@ -363,7 +393,13 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let (mock, m) = Proc::start(
         &args.bin,
-        &["mock-upstream", "--listen", "127.0.0.1:0", "--max-model-len", "65536"],
+        &[
+            "mock-upstream",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-model-len",
+            "65536",
+        ],
         "soak-mock.log",
         &["mock-upstream"],
     )?;
@@ -371,8 +407,15 @@ async fn main() -> Result<()> {
     let (proxy, p) = Proc::start(
         &args.bin,
         &[
-            "serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--upstream", &upstream,
-            "--meter", "sim:300",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream,
+            "--meter",
+            "sim:300",
         ],
         "soak-proxy.log",
         &["proxy", "admin"],
@@ -450,8 +493,14 @@ async fn main() -> Result<()> {
     let during: Vec<&Sample> = samples[1..samples.len() - 1].iter().collect();
     let half = during.len() / 2;
     let high = |s: &[&Sample], f: fn(&Sample) -> u64| s.iter().map(|x| f(x)).max().unwrap_or(0);
-    let (rss1, rss2) = (high(&during[..half], |s| s.proxy_rss_kib), high(&during[half..], |s| s.proxy_rss_kib));
-    let (fd1, fd2) = (high(&during[..half], |s| s.proxy_fds), high(&during[half..], |s| s.proxy_fds));
+    let (rss1, rss2) = (
+        high(&during[..half], |s| s.proxy_rss_kib),
+        high(&during[half..], |s| s.proxy_rss_kib),
+    );
+    let (fd1, fd2) = (
+        high(&during[..half], |s| s.proxy_fds),
+        high(&during[half..], |s| s.proxy_fds),
+    );
     let rss_flat = during.len() >= 2 && rss2 <= rss1 + (rss1 / 20).max(2048);
     let fds_flat = during.len() >= 2 && fd2 <= fd1 + args.concurrency as u64;
 
@@ -494,7 +543,10 @@ async fn main() -> Result<()> {
             args.requests, duration, r["requests_per_s"].as_f64().unwrap_or(0.0)
         );
         println!("proxy RSS high, first/second half: {rss1}/{rss2} KiB (flat: {rss_flat}); fds {fd1}/{fd2} (flat: {fds_flat})");
-        println!("after settling: proxy {} KiB, {} fds", idle.proxy_rss_kib, idle.proxy_fds);
+        println!(
+            "after settling: proxy {} KiB, {} fds",
+            idle.proxy_rss_kib, idle.proxy_fds
+        );
         if let Some(s) = &r["slow_readers"].as_object() {
             println!("slow readers: {}", Value::Object((*s).clone()));
         }
