@@ -39,6 +39,9 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// lines it adds to a refused head stay within it.
 pub const MAX_HEADER_LINES: usize = 98;
 
+/// Bytes of the request line kept to recognise it (`CONNECT `, the HTTP/2 preface `PRI * HTTP/2.0`).
+const REQUEST_LINE_KEEP: usize = 16;
+
 /// Why a request head was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -306,6 +309,13 @@ impl Screen {
                     };
                 }
                 _ => {
+                    if matches!(self.state, State::RequestLine | State::Headers) {
+                        let n = self.take_run(&input[i..], out);
+                        if n > 0 {
+                            i += n;
+                            continue;
+                        }
+                    }
                     let b = input[i];
                     i += 1;
                     if let Err(refusal) = self.head_byte(b, out) {
@@ -315,6 +325,25 @@ impl Screen {
             }
         }
         Ok(())
+    }
+
+    /// Takes the bytes before the next CR or LF of the request line or a header line at once (as
+    /// [`Screen::head_byte`] would one by one, within [`MAX_HEAD_BYTES`]); returns how many. The
+    /// line ends, and the byte that passes the bound, go through `head_byte`.
+    fn take_run(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
+        let run = memchr::memchr2(b'\r', b'\n', input).unwrap_or(input.len());
+        let take = run.min(MAX_HEAD_BYTES.saturating_sub(self.head_bytes));
+        let bytes = &input[..take];
+        self.head_bytes += take;
+        if self.state == State::Headers {
+            self.line.extend_from_slice(bytes);
+        } else {
+            // Only the start of the request line is kept (the method, the HTTP/2 preface).
+            let keep = REQUEST_LINE_KEEP.saturating_sub(self.line.len()).min(take);
+            self.line.extend_from_slice(&bytes[..keep]);
+            out.extend_from_slice(bytes);
+        }
+        take
     }
 
     /// One byte of a request head.
@@ -341,7 +370,7 @@ impl Screen {
                 b'\n' => return Err(Refusal::BareLf),
                 _ => {
                     // Only the start of the line is needed (the method, the HTTP/2 preface).
-                    if self.line.len() < 16 {
+                    if self.line.len() < REQUEST_LINE_KEEP {
                         self.line.push(b);
                     }
                     out.push(b);

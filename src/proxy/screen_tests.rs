@@ -178,6 +178,86 @@ fn oversized_heads_and_too_many_fields_are_431() {
     assert!(Refusal::TooManyFields.too_large() && !Refusal::BareLf.too_large());
 }
 
+/// Feeds `input` whole, cut at a few offsets around `MAX_HEAD_BYTES` and byte by byte; all must
+/// agree (the screen takes runs of line bytes at once, and the bound must fall on the same byte).
+fn screen_near_bound(input: &[u8]) -> Vec<u8> {
+    let mut whole = Vec::new();
+    Screen::default().feed(input, &mut whole).unwrap();
+    let cuts = [
+        1,
+        17,
+        MAX_HEAD_BYTES - 1,
+        MAX_HEAD_BYTES,
+        MAX_HEAD_BYTES + 1,
+    ];
+    for at in cuts.into_iter().filter(|&at| at <= input.len()) {
+        let mut s = Screen::default();
+        let mut out = Vec::new();
+        s.feed(&input[..at], &mut out).unwrap();
+        s.feed(&input[at..], &mut out).unwrap();
+        assert_eq!(out, whole, "cut at {at}");
+    }
+    let mut s = Screen::default();
+    let mut out = Vec::new();
+    for b in input.chunks(1) {
+        s.feed(b, &mut out).unwrap();
+    }
+    assert_eq!(out, whole, "byte by byte");
+    whole
+}
+
+#[test]
+fn the_head_bound_falls_on_the_same_byte_in_request_and_header_lines() {
+    let marker = format!(
+        "{}: {}\r\nconnection: close\r\n\r\n",
+        crate::proxy::headers::REFUSED_HEAD.as_str(),
+        Refusal::TooLarge.code()
+    );
+    let path = "p".repeat(100);
+    let line = format!("GET /{path} HTTP/1.1\r\n");
+    let same = |out: Vec<u8>, expected: Vec<u8>, what: &str| {
+        assert!(
+            out == expected,
+            "{what}: {} bytes out, {} expected",
+            out.len(),
+            expected.len()
+        );
+    };
+    // A head of exactly MAX_HEAD_BYTES passes unchanged; one byte more is refused at its last
+    // byte, after the complete header line went out.
+    for extra in [0, 1] {
+        let value = "v".repeat(MAX_HEAD_BYTES + extra - line.len() - "X: \r\n\r\n".len());
+        let field = format!("X: {value}\r\n");
+        let head = format!("{line}{field}\r\n").into_bytes();
+        assert_eq!(head.len(), MAX_HEAD_BYTES + extra);
+        let out = screen_near_bound(&head);
+        if extra == 0 {
+            same(out, head, "at the bound");
+        } else {
+            same(
+                out,
+                format!("{line}{field}{marker}").into_bytes(),
+                "one past",
+            );
+        }
+    }
+    // A header line crossing the bound is held and dropped.
+    let head = format!("{line}X: {}\r\n\r\n", "v".repeat(MAX_HEAD_BYTES)).into_bytes();
+    same(
+        screen_near_bound(&head),
+        format!("{line}{marker}").into_bytes(),
+        "long field",
+    );
+    // A request line past the bound: its first MAX_HEAD_BYTES bytes went out, then the marker.
+    let mut long = b"GET /".to_vec();
+    long.resize(MAX_HEAD_BYTES + 10, b'p');
+    long.extend_from_slice(b" HTTP/1.1\r\n\r\n");
+    let mut expected = long[..MAX_HEAD_BYTES].to_vec();
+    expected.extend_from_slice(b"\r\n");
+    expected.extend_from_slice(marker.as_bytes());
+    same(screen_near_bound(&long), expected, "long request line");
+}
+
 #[test]
 fn http2_preface_and_tunnels_pass_through() {
     let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\n\n\n";
