@@ -92,6 +92,21 @@ fn check_books(l: &Ledger) {
     );
 }
 
+/// Applies the 50 ms tick `k` (ending at `k` × 50 ms) with `delta_uj` over `obs`.
+fn apply_50ms(l: &mut Ledger, k: u64, delta_uj: Option<u64>, obs: &[Observation]) {
+    let end = k * 50 * MS;
+    l.apply(
+        TickSpan {
+            energy_later: false,
+            seq: k,
+            start_ns: end - 50 * MS,
+            end_ns: end,
+            delta_uj,
+        },
+        obs,
+    );
+}
+
 /// Runs `ticks` 50 ms ticks of `energy(k)` over the scripts; returns final requests.
 fn run(
     l: &mut Ledger,
@@ -108,16 +123,7 @@ fn run(
             .filter(|s| !done.contains(&s.id))
             .filter_map(|s| s.at(end))
             .collect();
-        l.apply(
-            TickSpan {
-                energy_later: false,
-                seq: k,
-                start_ns: end - 50 * MS,
-                end_ns: end,
-                delta_uj: energy(k),
-            },
-            &obs,
-        );
+        apply_50ms(l, k, energy(k), &obs);
         check_books(l);
         let before = out.len();
         l.drain_final(&mut out);
@@ -590,16 +596,7 @@ fn decode_per_tick(scripts: &[Script], steps: &[u64], ticks: u64, id: u64) -> Ve
             .chain([&hold])
             .filter_map(|s| s.at(end))
             .collect();
-        l.apply(
-            TickSpan {
-                energy_later: false,
-                seq: k,
-                start_ns: end - 50 * MS,
-                end_ns: end,
-                delta_uj: Some(1_000),
-            },
-            &obs,
-        );
+        apply_50ms(&mut l, k, Some(1_000), &obs);
         check_books(&l);
     }
     assert_eq!(l.window.len() as u64, ticks, "every tick is still held");
@@ -685,16 +682,7 @@ fn the_decode_rate_is_per_sequence_whatever_the_choices() {
             })
             .into_iter()
             .collect();
-        l.apply(
-            TickSpan {
-                energy_later: false,
-                seq: k,
-                start_ns: end - 50 * MS,
-                end_ns: end,
-                delta_uj: Some(1_000),
-            },
-            &obs,
-        );
+        apply_50ms(&mut l, k, Some(1_000), &obs);
     }
     let (_, per_sequence) = l.rates();
     assert!((per_sequence - 100.0).abs() < 5.0, "{per_sequence}");
@@ -731,16 +719,7 @@ fn published_while_held(tentative_split: bool) -> (RequestEnergy, LedgerTotals) 
     for k in 1..=4 {
         let end = k * 50 * MS;
         let obs: Vec<Observation> = [&s, &hold].iter().filter_map(|x| x.at(end)).collect();
-        l.apply(
-            TickSpan {
-                energy_later: false,
-                seq: k,
-                start_ns: end - 50 * MS,
-                end_ns: end,
-                delta_uj: Some(10_000),
-            },
-            &obs,
-        );
+        apply_50ms(&mut l, k, Some(10_000), &obs);
         check_books(&l);
         published = l
             .observed_energy()
