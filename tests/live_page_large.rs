@@ -132,6 +132,8 @@ fn state() -> (Arc<AdminState>, Accounting, Vec<InFlightGuard>) {
         config,
         upstream,
         request_log: None,
+        #[cfg(feature = "otel")]
+        otel: None,
         upstream_version: Default::default(),
         upstream_facts: Default::default(),
         upstream_semantics: Arc::new(joulegate::proxy::inspect::SharedSemantics::new(
