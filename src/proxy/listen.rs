@@ -111,6 +111,7 @@ pub async fn serve_connections_with<S, B>(
         .timer(TokioTimer::new())
         .keep_alive(true)
         .header_read_timeout(options.header_read_timeout)
+        .max_buf_size(super::screen::CONNECTION_BUF_BYTES)
         .auto_date_header(false);
     builder
         .http2()

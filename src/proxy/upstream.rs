@@ -38,6 +38,7 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
+            .http1_max_buf_size(super::screen::CONNECTION_BUF_BYTES)
             .build(connector);
         Upstream {
             client,
