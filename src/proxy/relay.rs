@@ -146,7 +146,7 @@ pin_project! {
         stash: Option<Stashed>,
         // Output gathered while the body stepped aside for the upstream connection's task
         // (see `gather`).
-        gathered: Option<BytesMut>,
+        gathered: Option<Held>,
         // Steps aside in a row that brought nothing.
         empty_steps: u32,
         // Data went out since this body last returned `Pending`.
@@ -266,8 +266,7 @@ impl Body for RelayBody {
                         // hyper drops what it holds for the client when a body fails: step
                         // aside once so that the data before the failure is written first.
                         *this.stash = Some(Stashed::Error(err));
-                        let mut yielded = std::pin::pin!(tokio::task::yield_now());
-                        if yielded.as_mut().poll(cx).is_pending() {
+                        if yield_once(cx) {
                             return Poll::Pending;
                         }
                         continue;
@@ -299,7 +298,7 @@ impl Body for RelayBody {
                         }
                         // Frames the upstream has already delivered go out together: fewer,
                         // larger writes to the client and no added wait (only what is ready now).
-                        let mut held = BytesMut::from(&out[..]);
+                        let mut held = Held::new(out);
                         gather(
                             this.inner.as_mut(),
                             cx,
@@ -436,7 +435,7 @@ const MAX_EMPTY_STEPS: u32 = 2;
 fn gather(
     mut inner: Pin<&mut IdleBody<Incoming>>,
     cx: &mut Context<'_>,
-    held: &mut BytesMut,
+    held: &mut Held,
     observer: &mut Option<StreamObserver>,
     end: &Option<RequestEnd>,
     usage_tail: &mut Option<(Endpoint, UsageTail)>,
@@ -463,7 +462,7 @@ fn gather(
                         if let Some(split) = split {
                             more = hold_energy_part(observer, end, settling, figures, more, split);
                         }
-                        held.extend_from_slice(&more);
+                        held.extend(&more);
                     }
                     Err(frame) => {
                         if let Ok(trailers) = frame.into_trailers() {
@@ -489,16 +488,58 @@ fn step_aside(
     cx: &mut Context<'_>,
     settling: &Option<Settling>,
     stash: &Option<Stashed>,
-    held: &BytesMut,
+    held: &Held,
 ) -> bool {
     if settling.is_some() || stash.is_some() || held.is_empty() || held.len() >= COALESCE_MAX_BYTES
     {
         return false;
     }
-    // The first poll of a yield queues this task behind the others; the future is not needed
-    // after it (the wake is already scheduled).
+    yield_once(cx)
+}
+
+/// Queues this task behind the others ready to run (the wake is scheduled at once); `false` if
+/// the runtime declined. The first poll of a yield does that; the future is not needed after it.
+fn yield_once(cx: &mut Context<'_>) -> bool {
     let mut yielded = std::pin::pin!(tokio::task::yield_now());
     yielded.as_mut().poll(cx).is_pending()
+}
+
+/// Output gathered for one client write: the first chunk as it came, copied into a buffer only
+/// when more joins it (most paced events go out alone, with no copy).
+struct Held {
+    first: Bytes,
+    joined: Option<BytesMut>,
+}
+
+impl Held {
+    fn new(first: Bytes) -> Self {
+        Held {
+            first,
+            joined: None,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.joined.as_ref().map_or(self.first.len(), BytesMut::len)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn extend(&mut self, more: &[u8]) {
+        if more.is_empty() {
+            return;
+        }
+        let first = &self.first;
+        self.joined
+            .get_or_insert_with(|| BytesMut::from(&first[..]))
+            .extend_from_slice(more);
+    }
+
+    fn freeze(self) -> Bytes {
+        self.joined.map_or(self.first, BytesMut::freeze)
+    }
 }
 
 /// What a coalescing read found after the data it returned: handled on the next poll.
