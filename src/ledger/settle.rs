@@ -77,25 +77,6 @@ impl Ledger {
         }
     }
 
-    /// The weights that split a tick's energy (idle part removed). The tick is cut into
-    /// sub-intervals of about [`SPLIT_NS`]; a meter cannot say how energy varied inside a tick, so
-    /// each sub-interval holds an equal part of it per nanosecond, and that part goes to the work
-    /// placed in the sub-interval in proportion to its marginal energy (α·prefill + β·decode +
-    /// γ·context). Static power follows time this way: a request decoding beside a long prefill
-    /// gets little of the prefill's time, and all of a decode-only stretch's, as an engine step's
-    /// energy belongs to the work in that step. A sub-interval with no work placed in it shares
-    /// its part among the tick's work as a whole.
-    fn split_weights(&mut self, tick: &HeldTick, dt: u64) {
-        split_weights(
-            self.config.split_by_steps,
-            &self.marginal,
-            &mut self.step_work,
-            &mut self.weights,
-            tick,
-            dt,
-        );
-    }
-
     /// Splits the held ticks whose energy is in and whose work is (all but the newest: a
     /// stream's tokens read at the next tick may still land in it) provisionally, once each, the
     /// way settlement will with the work placed so far. A response that ends while its ticks are
@@ -203,7 +184,14 @@ impl Ledger {
         let full_e = e;
         let e = e - idle_part;
         let baseline = self.idle.baseline_uj(tick.busy_ns.min(dt)).min(e);
-        self.split_weights(tick, dt);
+        split_weights(
+            self.config.split_by_steps,
+            &self.marginal,
+            &mut self.step_work,
+            &mut self.weights,
+            tick,
+            dt,
+        );
         if !split_uj(e, &self.weights, &mut self.shares, &mut self.scratch) {
             if tick.busy || !tick.items.is_empty() {
                 self.totals.unattributed_uj = self.totals.unattributed_uj.saturating_add(e);
@@ -395,8 +383,17 @@ impl Ledger {
     }
 }
 
-/// See [`Ledger::split_weights`]: `marginal` holds each item's marginal energy; the result, one
-/// weight per item, goes to `weights` (`step_work` is scratch).
+/// The weights that split a tick's energy (idle part removed). The tick is cut into
+/// sub-intervals of about [`SPLIT_NS`]; a meter cannot say how energy varied inside a tick, so
+/// each sub-interval holds an equal part of it per nanosecond, and that part goes to the work
+/// placed in the sub-interval in proportion to its marginal energy (α·prefill + β·decode +
+/// γ·context). Static power follows time this way: a request decoding beside a long prefill
+/// gets little of the prefill's time, and all of a decode-only stretch's, as an engine step's
+/// energy belongs to the work in that step. A sub-interval with no work placed in it shares
+/// its part among the tick's work as a whole.
+///
+/// `marginal` holds each item's marginal energy; the result, one weight per item, goes to
+/// `weights` (`step_work` is scratch).
 // `j` numbers both a sub-interval's work and its edges (`edge(j)`): an index reads best.
 #[allow(clippy::needless_range_loop)]
 fn split_weights(

@@ -148,11 +148,12 @@ impl Ledger {
         let Some(req) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
             return;
         };
-        let (visible, prefill_placed, consumed, prov_from) = (
+        let (visible, prefill_placed, consumed, prov_from, choices) = (
             req.visible,
             req.prefill_placed,
             req.consumed_completion,
             req.prov_from_ns,
+            req.choices.max(1),
         );
         if !visible && p.progress_visible {
             // Progress became visible: from now on, observed work replaces the estimate.
@@ -205,13 +206,8 @@ impl Ledger {
         // engine's current per-sequence decode rate (its previous count was read a tick ago).
         if consumed > 0 && p.first_token_ns != 0 && p.first_token_ns <= start_ns {
             // Per sequence: a stream's count sums its choices, which all advance each step.
-            let choices = self
-                .slots
-                .get(slot as usize)
-                .and_then(Option::as_ref)
-                .map_or(1, |r| u64::from(r.choices.max(1)));
             self.tick_decodes
-                .push(p.completion_tokens.saturating_sub(consumed) / choices);
+                .push(p.completion_tokens.saturating_sub(consumed) / u64::from(choices));
         }
     }
 
@@ -293,10 +289,11 @@ impl Ledger {
         let Some(req) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
             return;
         };
-        let (visible, prefill_placed, consumed) = (
+        let (visible, prefill_placed, consumed, choices) = (
             req.visible || p.progress_visible,
             req.prefill_placed,
             req.consumed_completion,
+            req.choices.max(1),
         );
         if visible {
             self.drop_provisional(slot);
@@ -319,11 +316,6 @@ impl Ledger {
                 };
                 self.place_decode(slot, at, p.prompt_tokens, consumed, p.completion_tokens);
             }
-            let choices = self
-                .slots
-                .get(slot as usize)
-                .and_then(Option::as_ref)
-                .map_or(1, |r| r.choices.max(1));
             self.learn_rates(p, choices);
         } else {
             // Reconcile: replace the provisional estimate still held by the true counts, spread
