@@ -1,0 +1,187 @@
+//! Where work lands and what responses carry before settlement: decode tokens one per engine step,
+//! a non-streamed answer counted back over the steps, the per-sequence decode rate, and the
+//! provisional split of held ticks.
+
+use super::*;
+
+/// Runs ticks 1..=`ticks` of 50 ms over `scripts`, noting the engine step boundaries `steps` as
+/// they fall in each tick, and returns each held tick's decode tokens for request `id`. A request
+/// that never ends and whose progress is invisible keeps every tick held for inspection.
+fn decode_per_tick(scripts: &[Script], steps: &[u64], ticks: u64, id: u64) -> Vec<f32> {
+    let mut l = Ledger::new(LedgerConfig {
+        settle_ticks: 20,
+        ..cfg()
+    })
+    .expect("config");
+    let hold = Script {
+        id: 99,
+        arrival: 0,
+        prompt: 10,
+        visible: false,
+        tokens: Vec::new(),
+        end: None,
+        prefill_ns: 0,
+    };
+    for k in 1..=ticks {
+        let end = k * 50 * MS;
+        let new: Vec<u64> = steps
+            .iter()
+            .copied()
+            .filter(|&t| t <= end && t > end - 50 * MS)
+            .collect();
+        l.note_steps(&new);
+        let obs: Vec<Observation> = scripts
+            .iter()
+            .chain([&hold])
+            .filter_map(|s| s.at(end))
+            .collect();
+        apply_50ms(&mut l, k, Some(1_000), &obs);
+        check_books(&l);
+    }
+    assert_eq!(l.window.len() as u64, ticks, "every tick is still held");
+    let slot = l.index[&id];
+    l.window
+        .iter()
+        .map(|t| {
+            t.items
+                .iter()
+                .filter(|i| i.slot == slot)
+                .map(|i| i.decode)
+                .sum()
+        })
+        .collect()
+}
+
+#[test]
+fn a_streams_tokens_are_placed_one_per_engine_step_not_evenly_in_time() {
+    // Two tokens seen at 45 ms, two more by 140 ms; the steps between ended at 105 and 140 ms:
+    // one token ran in the long step (45, 105], one in the short step (105, 140].
+    let s = Script {
+        id: 1,
+        arrival: 0,
+        prompt: 0,
+        visible: true,
+        tokens: vec![40 * MS, 45 * MS, 105 * MS, 140 * MS],
+        end: None,
+        prefill_ns: 0,
+    };
+    let steps = [20 * MS, 40 * MS, 45 * MS, 105 * MS, 140 * MS];
+    let d = decode_per_tick(&[s], &steps, 3, 1);
+    let near = |a: f32, b: f32| (a - b).abs() < 0.01;
+    // Evenly in time over (45, 140] would give 2.105, 1.053 and 0.842.
+    assert!(near(d[0], 2.0 + 5.0 / 60.0), "{d:?}");
+    assert!(near(d[1], 50.0 / 60.0), "{d:?}");
+    assert!(near(d[2], 5.0 / 60.0 + 1.0), "{d:?}");
+}
+
+#[test]
+fn a_non_streamed_answer_is_placed_back_from_its_end_one_token_per_step() {
+    // Arrives at 30 ms, answers 2 tokens at 140 ms. The steps streams showed end at 55 and
+    // 140 ms, so its first token came at 55 ms and its decode ran over (55, 140]; the default
+    // per-sequence rate (30 tokens/s) would have started it at 74 ms.
+    let b = Script {
+        id: 2,
+        arrival: 30 * MS,
+        prompt: 0,
+        visible: false,
+        tokens: vec![55 * MS, 140 * MS],
+        end: Some((140 * MS, Outcome::Ok)),
+        prefill_ns: 0,
+    };
+    let steps = [20 * MS, 40 * MS, 45 * MS, 55 * MS, 140 * MS];
+    let d = decode_per_tick(&[b], &steps, 3, 2);
+    let near = |a: f32, b: f32| (a - b).abs() < 0.01;
+    assert!(near(d[0], 0.0), "{d:?}");
+    assert!(near(d[1], 2.0 * 45.0 / 85.0), "{d:?}");
+    assert!(near(d[2], 2.0 * 40.0 / 85.0), "{d:?}");
+}
+
+#[test]
+fn the_decode_rate_is_per_sequence_whatever_the_choices() {
+    let mut l = Ledger::new(cfg()).expect("config");
+    // n = 2: both choices advance every 10 ms, so the count grows by 2 per step: 100 tokens/s
+    // per sequence, the rate at which a non-streamed request's every choice decodes.
+    let tokens: Vec<u64> = (1..=100).flat_map(|i| [i * 10 * MS, i * 10 * MS]).collect();
+    let s = Script {
+        id: 1,
+        arrival: 0,
+        prompt: 10,
+        visible: true,
+        tokens,
+        end: None,
+        prefill_ns: 0,
+    };
+    for k in 1..=20 {
+        let end = k * 50 * MS;
+        let obs: Vec<Observation> = s
+            .at(end)
+            .map(|mut o| {
+                o.choices = 2;
+                o
+            })
+            .into_iter()
+            .collect();
+        apply_50ms(&mut l, k, Some(1_000), &obs);
+    }
+    let (_, per_sequence) = l.rates();
+    assert!((per_sequence - 100.0).abs() < 5.0, "{per_sequence}");
+}
+
+/// Runs 4 ticks of a stream beside a request whose progress is invisible (which holds every
+/// tick) and returns the stream's published figures and the ledger's totals.
+fn published_while_held(tentative_split: bool) -> (RequestEnergy, LedgerTotals) {
+    let mut l = Ledger::new(LedgerConfig {
+        settle_ticks: 20,
+        tentative_split,
+        ..cfg()
+    })
+    .expect("config");
+    let s = Script {
+        id: 1,
+        arrival: 0,
+        prompt: 100,
+        visible: true,
+        tokens: (1..=19).map(|i| i * 10 * MS).collect(),
+        end: None,
+        prefill_ns: 0,
+    };
+    let hold = Script {
+        id: 2,
+        arrival: 0,
+        prompt: 100,
+        visible: false,
+        tokens: Vec::new(),
+        end: None,
+        prefill_ns: 0,
+    };
+    let mut published = RequestEnergy::default();
+    for k in 1..=4 {
+        let end = k * 50 * MS;
+        let obs: Vec<Observation> = [&s, &hold].iter().filter_map(|x| x.at(end)).collect();
+        apply_50ms(&mut l, k, Some(10_000), &obs);
+        check_books(&l);
+        published = l
+            .observed_energy()
+            .next()
+            .flatten()
+            .expect("stream observed first");
+    }
+    (published, l.totals())
+}
+
+#[test]
+fn a_response_carries_its_share_of_held_ticks_split_provisionally() {
+    let (p, t) = published_while_held(true);
+    // Nothing settled yet: the invisible request holds every tick.
+    assert_eq!(t.attributed_uj, 0, "{t:?}");
+    assert_eq!(t.held_ticks, 4);
+    // Ticks 1-3 (all but the newest) are split provisionally: the stream has most of their
+    // 30,000 µJ (the invisible request's estimate has the rest), and the tokens they paid for
+    // are not priced again.
+    assert!(p.energy_uj > 15_000 && p.energy_uj <= 30_000, "{p:?}");
+    assert_eq!(p.settled_tokens.decode, 15, "{p:?}");
+    assert_eq!(p.settled_tokens.prefill, 100, "{p:?}");
+    // Without the provisional split the figure is only what settled: nothing.
+    let (p, _) = published_while_held(false);
+    assert_eq!((p.energy_uj, p.settled_tokens.decode), (0, 0), "{p:?}");
+}
