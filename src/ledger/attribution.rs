@@ -5,89 +5,42 @@
 //! `attributed + idle + unattributed + pending == measured` (micro-joules, exact at every tick),
 //! and, once nothing is pending, `attributed + idle + unattributed == measured`.
 //! Rules (DESIGN.md §3):
-//! - decode tokens land in the tick of their observation time; a prompt's prefill is spread over the
-//!   interval ending at the first token and lasting the prefill time (vLLM's, else prompt / rate),
-//!   never over the queue wait;
+//! - a stream's decode tokens land one per engine step between its observed tokens (the steps
+//!   token arrivals showed, see `steps`), evenly in time where no steps were seen; a prompt's
+//!   prefill is spread over the interval ending at the first token and lasting the prefill time
+//!   (vLLM's, else prompt / rate), never over the queue wait;
 //! - a tick is held while a request in flight during it may still reveal work there (no first
 //!   token yet, or progress invisible), at most `settle_ticks`; held energy with no work when it
 //!   settles goes to *unattributed* if anything was in flight, else to *idle*;
-//! - requests with invisible progress get provisional work at an estimated rate (the per-request
+//! - requests with invisible progress get provisional work at an estimated rate (the per-sequence
 //!   decode rate follows the median rate of the streams that decoded through each tick, since
 //!   continuous batching advances every running sequence once per step; the prefill rate follows
 //!   vLLM's prefill times or, without them, the upper envelope of `prompt / time to first token`);
 //!   at completion the provisional work still held is replaced by their true counts spread over
-//!   their life (from vLLM's queue and prefill times when known, else anchored at the end: decode
-//!   before it at the learned per-request rate, prefill just before that);
+//!   their life (from vLLM's queue and prefill times when known, else anchored at the end: one
+//!   decode token per step counted back over the steps seen, or at the learned rate, and the
+//!   prefill just before that);
 //! - a busy tick's time outside every request's life (before the first arrival, after the last
-//!   end) is idle: its P_idle share goes to *idle*; the rest is split by work;
+//!   end) is idle: its P_idle share goes to *idle*; the rest is split by work over ~10 ms
+//!   sub-intervals (`settle`);
 //! - a tick settles early once no request that was in flight during it can still reveal work
 //!   there, but the newest busy tick always waits one tick for tokens observed just after it;
+//!   held ticks whose work is in are split provisionally for the figures responses carry;
 //! - unavailable ticks settle nothing (their energy is unknown) and count against the coverage of
 //!   the requests overlapping them (`Partial`, `None`: the record's `estimated` / `unavailable`).
-//!
-//! Known limit: within a tick the split follows the tick's total work, not the engine steps inside
-//! it, so a request alone for part of a tick shares that part's static power with requests whose
-//! work fell in another part (the toy engine in `accuracy_tests` shows the size of this).
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
 use super::calibration::{CalibrationReport, Calibrator};
 use super::idle::{IdleEstimator, IdleSource};
+use super::req::Req;
 use super::settle::union_ns;
 use super::split::split_uj;
 use super::types::{FinalRequest, LedgerTotals, RequestEnergy, TickSummary};
-use super::window::{HeldTick, Item, ItemRef, Window};
+use super::window::{HeldTick, Item, Window};
 use super::{LedgerConfig, LedgerConfigError, Observation, TickSpan, WorkKind};
 use crate::observe::{IdHasher, Outcome};
-
-#[derive(Clone, Debug)]
-pub(super) struct Req {
-    pub(super) id: u64,
-    pub(super) arrival_ns: u64,
-    pub(super) end_ns: u64,
-    pub(super) kind: WorkKind,
-    pub(super) choices: u32,
-    pub(super) visible: bool,
-    pub(super) prefill_placed: bool,
-    pub(super) waited_for_prompt: bool,
-    pub(super) consumed_completion: u64,
-    /// When the latest token placed so far was seen (0 before the first).
-    pub(super) last_token_seen_ns: u64,
-    /// For a request whose progress is invisible: the end of the latest tick in which it waited
-    /// behind an earlier request that had not started (FIFO admission); its estimated work starts
-    /// no earlier (0: never waited).
-    pub(super) queued_until_ns: u64,
-    /// Prompt, decode and context tokens of its work in settled ticks.
-    pub(super) settled_work: [f64; 3],
-    pub(super) ended: bool,
-    pub(super) vanished: bool,
-    pub(super) seen_seq: u64,
-    pub(super) prov_from_ns: u64,
-    pub(super) provisional: Vec<ItemRef>,
-    pub(super) pending_items: u32,
-    pub(super) recent_seq: u64,
-    pub(super) recent_uj: u64,
-    pub(super) energy: RequestEnergy,
-    /// Its parts of held ticks' provisional splits: energy, active energy (µJ) and tokens.
-    pub(super) tentative: (u64, u64, [f64; 3]),
-}
-
-impl Req {
-    /// The figures published for the data plane: settled energy plus the held ticks'
-    /// provisional split, with the tokens each paid for (so only the rest is priced per token).
-    pub(super) fn published(&self) -> RequestEnergy {
-        let mut e = self.energy;
-        let (energy, active, tokens) = self.tentative;
-        e.energy_uj = e.energy_uj.saturating_add(energy);
-        e.active_uj = e.active_uj.saturating_add(active);
-        let t = &mut e.settled_tokens;
-        t.prefill = (self.settled_work[0] + tokens[0]) as u64;
-        t.decode = (self.settled_work[1] + tokens[1]) as u64;
-        t.context = (self.settled_work[2] + tokens[2]) as u64;
-        e
-    }
-}
 
 /// Ticks a window may hold past the lag bound while an interval waits for a slow meter's energy
 /// (the sampler releases held intervals within 10 s: 200 ticks at the default interval).

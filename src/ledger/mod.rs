@@ -18,6 +18,7 @@ pub mod attribution;
 pub mod calibration;
 pub mod idle;
 pub mod record;
+mod req;
 mod settle;
 pub mod split;
 pub mod steps;

@@ -1,0 +1,54 @@
+//! A request's state in the ledger: where its work was placed so far, how it was seen, and its
+//! energy (settled, and its part of held ticks' provisional splits).
+
+use super::types::RequestEnergy;
+use super::window::ItemRef;
+use super::WorkKind;
+
+#[derive(Clone, Debug)]
+pub(super) struct Req {
+    pub(super) id: u64,
+    pub(super) arrival_ns: u64,
+    pub(super) end_ns: u64,
+    pub(super) kind: WorkKind,
+    pub(super) choices: u32,
+    pub(super) visible: bool,
+    pub(super) prefill_placed: bool,
+    pub(super) waited_for_prompt: bool,
+    pub(super) consumed_completion: u64,
+    /// When the latest token placed so far was seen (0 before the first).
+    pub(super) last_token_seen_ns: u64,
+    /// For a request whose progress is invisible: the end of the latest tick in which it waited
+    /// behind an earlier request that had not started (FIFO admission); its estimated work starts
+    /// no earlier (0: never waited).
+    pub(super) queued_until_ns: u64,
+    /// Prompt, decode and context tokens of its work in settled ticks.
+    pub(super) settled_work: [f64; 3],
+    pub(super) ended: bool,
+    pub(super) vanished: bool,
+    pub(super) seen_seq: u64,
+    pub(super) prov_from_ns: u64,
+    pub(super) provisional: Vec<ItemRef>,
+    pub(super) pending_items: u32,
+    pub(super) recent_seq: u64,
+    pub(super) recent_uj: u64,
+    pub(super) energy: RequestEnergy,
+    /// Its parts of held ticks' provisional splits: energy, active energy (µJ) and tokens.
+    pub(super) tentative: (u64, u64, [f64; 3]),
+}
+
+impl Req {
+    /// The figures published for the data plane: settled energy plus the held ticks'
+    /// provisional split, with the tokens each paid for (so only the rest is priced per token).
+    pub(super) fn published(&self) -> RequestEnergy {
+        let mut e = self.energy;
+        let (energy, active, tokens) = self.tentative;
+        e.energy_uj = e.energy_uj.saturating_add(energy);
+        e.active_uj = e.active_uj.saturating_add(active);
+        let t = &mut e.settled_tokens;
+        t.prefill = (self.settled_work[0] + tokens[0]) as u64;
+        t.decode = (self.settled_work[1] + tokens[1]) as u64;
+        t.context = (self.settled_work[2] + tokens[2]) as u64;
+        e
+    }
+}
