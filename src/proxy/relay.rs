@@ -9,7 +9,6 @@
 //! `energy` value belongs, with everything after it) and the trailers. Every other frame flows at
 //! once; while a part waits, the upstream is not read (backpressure as usual).
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -20,6 +19,9 @@ use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use pin_project_lite::pin_project;
+
+mod gather;
+use gather::{gather, step_aside, yield_once, Held, MAX_EMPTY_STEPS};
 
 use super::energy::{energy_headers, energy_json, Carbon};
 use super::idle::IdleBody;
@@ -415,130 +417,6 @@ impl Body for RelayBody {
             Some(o) if o.rewrites() => SizeHint::default(),
             _ => self.inner.size_hint(),
         }
-    }
-}
-
-/// Most bytes joined from frames that are ready at once (larger writes would only delay the first
-/// of them behind the processing of the rest).
-const COALESCE_MAX_BYTES: usize = 64 * 1024;
-
-/// Steps aside in a row that may bring nothing before what is gathered goes out. Measured with
-/// hyper 1.12 on tokio's multi-thread runtime: the connection task hands the next chunk over on
-/// the second yield about as often as on the first (it runs after the body's task is polled once
-/// more), rarely later; each empty step costs one poll of this task, never a wait.
-const MAX_EMPTY_STEPS: u32 = 2;
-
-/// Joins to `held` every frame the upstream body has ready now (processed as they come), up to
-/// [`COALESCE_MAX_BYTES`]; an end or error found after them is stashed for the next poll. Returns
-/// whether it found any. Never waits: a body with nothing ready is told it was not waited on.
-#[allow(clippy::too_many_arguments)]
-fn gather(
-    mut inner: Pin<&mut IdleBody<Incoming>>,
-    cx: &mut Context<'_>,
-    held: &mut Held,
-    observer: &mut Option<StreamObserver>,
-    end: &Option<RequestEnd>,
-    usage_tail: &mut Option<(Endpoint, UsageTail)>,
-    settling: &mut Option<Settling>,
-    figures: &mut Option<EnergyNow>,
-    stash: &mut Option<Stashed>,
-    upstream_trailers: &mut Option<HeaderMap>,
-) -> bool {
-    let mut found = false;
-    while settling.is_none() && stash.is_none() && held.len() < COALESCE_MAX_BYTES {
-        match inner.as_mut().poll_frame(cx) {
-            Poll::Pending => {
-                // Nothing more ready: what is ready goes out, no wait begins.
-                inner.as_mut().rest();
-                break;
-            }
-            Poll::Ready(None) => *stash = Some(Stashed::End),
-            Poll::Ready(Some(Err(err))) => *stash = Some(Stashed::Error(err)),
-            Poll::Ready(Some(Ok(frame))) => {
-                found = true;
-                match frame.into_data() {
-                    Ok(data) => {
-                        let (mut more, split) = process(observer, end, usage_tail, data);
-                        if let Some(split) = split {
-                            more = hold_energy_part(observer, end, settling, figures, more, split);
-                        }
-                        held.extend(&more);
-                    }
-                    Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            upstream_trailers
-                                .get_or_insert_with(HeaderMap::new)
-                                .extend(trailers);
-                        }
-                    }
-                }
-            }
-        }
-    }
-    found
-}
-
-/// Whether to step aside once before sending `held`, so that the upstream connection's task can
-/// hand over what it has already read. hyper's client passes a response body from its connection
-/// task one chunk (one SSE event) at a time, each behind a task switch: without this, every event
-/// of a burst the proxy read in one go would leave in its own write to the client. The step is a
-/// yield (the task is queued behind those ready to run, the connection's among them), not a wait:
-/// if nothing more came, `held` goes out on the very next poll.
-fn step_aside(
-    cx: &mut Context<'_>,
-    settling: &Option<Settling>,
-    stash: &Option<Stashed>,
-    held: &Held,
-) -> bool {
-    if settling.is_some() || stash.is_some() || held.is_empty() || held.len() >= COALESCE_MAX_BYTES
-    {
-        return false;
-    }
-    yield_once(cx)
-}
-
-/// Queues this task behind the others ready to run (the wake is scheduled at once); `false` if
-/// the runtime declined. The first poll of a yield does that; the future is not needed after it.
-fn yield_once(cx: &mut Context<'_>) -> bool {
-    let mut yielded = std::pin::pin!(tokio::task::yield_now());
-    yielded.as_mut().poll(cx).is_pending()
-}
-
-/// Output gathered for one client write: the first chunk as it came, copied into a buffer only
-/// when more joins it (most paced events go out alone, with no copy).
-struct Held {
-    first: Bytes,
-    joined: Option<BytesMut>,
-}
-
-impl Held {
-    fn new(first: Bytes) -> Self {
-        Held {
-            first,
-            joined: None,
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.joined.as_ref().map_or(self.first.len(), BytesMut::len)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn extend(&mut self, more: &[u8]) {
-        if more.is_empty() {
-            return;
-        }
-        let first = &self.first;
-        self.joined
-            .get_or_insert_with(|| BytesMut::from(&first[..]))
-            .extend_from_slice(more);
-    }
-
-    fn freeze(self) -> Bytes {
-        self.joined.map_or(self.first, BytesMut::freeze)
     }
 }
 
