@@ -4,7 +4,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use super::*;
-use crate::observe::RequestMeta;
+use crate::ledger::RecordStatus;
+use crate::observe::{Endpoint, RequestMeta};
 use crate::tick::Tick;
 
 const MS: u64 = 1_000_000;
