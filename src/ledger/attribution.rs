@@ -69,6 +69,8 @@ pub struct Ledger {
     pub(super) partial: Vec<(u64, u64)>,
     pub(super) prev_observed: Vec<u32>,
     pub(super) spare_items: Vec<Vec<Item>>,
+    /// Provisional-split vectors of settled ticks, for reuse (like `spare_items`).
+    pub(super) spare_tentative: Vec<Vec<super::window::Tentative>>,
     pub(super) ready: Vec<FinalRequest>,
     pub(super) totals: LedgerTotals,
     pub(super) idle: IdleEstimator,
@@ -131,6 +133,7 @@ impl Ledger {
             partial: Vec::new(),
             prev_observed: Vec::new(),
             spare_items: Vec::new(),
+            spare_tentative: Vec::new(),
             ready: Vec::new(),
             totals: LedgerTotals::default(),
             seq: 0,

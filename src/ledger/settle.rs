@@ -63,6 +63,12 @@ impl Ledger {
         if self.spare_items.len() < 4 {
             self.spare_items.push(items);
         }
+        if let Some(mut parts) = tick.tentative {
+            parts.clear();
+            if self.spare_tentative.len() < 4 {
+                self.spare_tentative.push(parts);
+            }
+        }
     }
 
     fn release_items(&mut self, tick: &HeldTick) {
@@ -115,7 +121,7 @@ impl Ledger {
                 dt,
             );
             let total: f64 = self.weights.iter().sum();
-            let mut parts = Vec::new();
+            let mut parts = self.spare_tentative.pop().unwrap_or_default();
             if total > 0.0 && total.is_finite() {
                 let active_ratio = if e > 0 {
                     (e - baseline) as f64 / e as f64
