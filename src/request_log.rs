@@ -256,33 +256,9 @@ pub fn rotated(path: &Path, i: usize) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::RecordStatus;
 
     fn record(i: u64) -> Arc<RequestRecord> {
-        Arc::new(RequestRecord {
-            id: crate::observe::format_public_id(i),
-            model: Some("m".into()),
-            endpoint: "chat.completions".into(),
-            key_hash: None,
-            tag: None,
-            stream: false,
-            arrival: "2026-01-01T00:00:00.000000Z".into(),
-            first_token: None,
-            end: None,
-            prompt_tokens: i,
-            completion_tokens: 1,
-            tokens_exact: true,
-            energy_joules: 1.0,
-            active_joules: 0.5,
-            prefill_joules: 0.25,
-            decode_joules: 0.75,
-            co2_grams: None,
-            status: RecordStatus::Ok,
-            attribution: Default::default(),
-            key: i,
-            arrival_ns: 0,
-            end_ns: 0,
-        })
+        Arc::new(RequestRecord::sample(i))
     }
 
     fn lines(path: &Path) -> Vec<serde_json::Value> {

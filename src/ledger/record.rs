@@ -157,6 +157,38 @@ pub fn co2_grams(energy_uj: u64, intensity_g_per_kwh: Option<f64>, pue: f64) -> 
 }
 
 #[cfg(test)]
+impl RequestRecord {
+    /// A finished `ok` record with round figures (prompt tokens `i`, 1 J), for the tests of what
+    /// consumes records (the log writer, the exporter).
+    pub(crate) fn sample(i: u64) -> RequestRecord {
+        RequestRecord {
+            id: crate::observe::format_public_id(i),
+            model: Some("m".into()),
+            endpoint: "chat.completions".into(),
+            key_hash: None,
+            tag: None,
+            stream: false,
+            arrival: "2026-01-01T00:00:00.000000Z".into(),
+            first_token: None,
+            end: None,
+            prompt_tokens: i,
+            completion_tokens: 1,
+            tokens_exact: true,
+            energy_joules: 1.0,
+            active_joules: 0.5,
+            prefill_joules: 0.25,
+            decode_joules: 0.75,
+            co2_grams: None,
+            status: RecordStatus::Ok,
+            attribution: Default::default(),
+            key: i,
+            arrival_ns: 0,
+            end_ns: 0,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::ledger::Coverage;
