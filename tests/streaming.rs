@@ -15,6 +15,20 @@ fn event(i: usize) -> Vec<u8> {
 }
 
 /// Reads the next data frame of a body.
+/// Opens an HTTP/1 connection to the proxy and posts a chat completion; the sender comes back
+/// too, so the connection lives as long as the test holds it.
+async fn post_chat(
+    proxy: std::net::SocketAddr,
+) -> (
+    hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>>,
+    hyper::Response<hyper::body::Incoming>,
+) {
+    let mut sender = h1(proxy).await;
+    let request = request("POST", proxy, "/v1/chat/completions", &[], b"{}");
+    let response = guard("head", sender.send_request(request)).await.unwrap();
+    (sender, response)
+}
+
 async fn next_data(body: &mut hyper::body::Incoming) -> Option<Bytes> {
     loop {
         let frame = guard("next frame", body.frame()).await?.ok()?;
@@ -36,19 +50,7 @@ async fn each_event_reaches_the_client_before_the_upstream_writes_the_next() {
     })
     .await;
     let proxy = TestProxy::start(upstream.addr).await;
-    let mut sender = h1(proxy.addr).await;
-    let response = guard(
-        "head",
-        sender.send_request(request(
-            "POST",
-            proxy.addr,
-            "/v1/chat/completions",
-            &[],
-            b"{}",
-        )),
-    )
-    .await
-    .unwrap();
+    let (_sender, response) = post_chat(proxy.addr).await;
     let mut body = response.into_body();
     for i in 0..5 {
         // The upstream is blocked on its gate: this event can only arrive if the proxy flushed it.
@@ -69,19 +71,7 @@ async fn client_disconnect_closes_the_upstream_request() {
     })
     .await;
     let proxy = TestProxy::start(upstream.addr).await;
-    let mut sender = h1(proxy.addr).await;
-    let response = guard(
-        "head",
-        sender.send_request(request(
-            "POST",
-            proxy.addr,
-            "/v1/chat/completions",
-            &[],
-            b"{}",
-        )),
-    )
-    .await
-    .unwrap();
+    let (sender, response) = post_chat(proxy.addr).await;
     let mut body = response.into_body();
     assert_eq!(next_data(&mut body).await.unwrap(), Bytes::from(event(0)));
     // The client goes away mid-stream while the upstream is idle.
@@ -226,19 +216,7 @@ async fn graceful_shutdown_lets_a_stream_in_flight_finish() {
     })
     .await;
     let mut proxy = TestProxy::start(upstream.addr).await;
-    let mut sender = h1(proxy.addr).await;
-    let response = guard(
-        "head",
-        sender.send_request(request(
-            "POST",
-            proxy.addr,
-            "/v1/chat/completions",
-            &[],
-            b"{}",
-        )),
-    )
-    .await
-    .unwrap();
+    let (_sender, response) = post_chat(proxy.addr).await;
     let mut body = response.into_body();
     assert_eq!(next_data(&mut body).await.unwrap(), Bytes::from(event(0)));
     proxy.shutdown();
@@ -288,19 +266,7 @@ async fn events_the_proxy_read_at_once_leave_in_one_write() {
     })
     .await;
     let proxy = TestProxy::start(upstream.addr).await;
-    let mut sender = h1(proxy.addr).await;
-    let response = guard(
-        "head",
-        sender.send_request(request(
-            "POST",
-            proxy.addr,
-            "/v1/chat/completions",
-            &[],
-            b"{}",
-        )),
-    )
-    .await
-    .unwrap();
+    let (_sender, response) = post_chat(proxy.addr).await;
     let mut body = response.into_body();
     upstream.open_gate();
     let mut frames = 0;
@@ -322,19 +288,7 @@ async fn upstream_reset_mid_stream_is_not_turned_into_a_clean_end() {
     })
     .await;
     let proxy = TestProxy::start(upstream.addr).await;
-    let mut sender = h1(proxy.addr).await;
-    let response = guard(
-        "head",
-        sender.send_request(request(
-            "POST",
-            proxy.addr,
-            "/v1/chat/completions",
-            &[],
-            b"{}",
-        )),
-    )
-    .await
-    .unwrap();
+    let (_sender, response) = post_chat(proxy.addr).await;
     assert_eq!(response.status(), 200);
     let mut body = response.into_body();
     assert_eq!(next_data(&mut body).await.unwrap(), Bytes::from(event(0)));
