@@ -137,8 +137,10 @@ impl Ledger {
         };
         for r in refs {
             if let Some(item) = self.window.item_mut(r) {
+                // All three terms: a context left behind would still weigh γ per token.
                 item.prefill = 0.0;
                 item.decode = 0.0;
+                item.context = 0.0;
             }
         }
     }

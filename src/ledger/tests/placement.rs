@@ -8,6 +8,14 @@ use super::*;
 /// they fall in each tick, and returns each held tick's decode tokens for request `id`. A request
 /// that never ends and whose progress is invisible keeps every tick held for inspection.
 fn decode_per_tick(scripts: &[Script], steps: &[u64], ticks: u64, id: u64) -> Vec<f32> {
+    work_per_tick(scripts, steps, ticks, id)
+        .into_iter()
+        .map(|(decode, _)| decode)
+        .collect()
+}
+
+/// [`decode_per_tick`] with the context tokens beside the decode tokens.
+fn work_per_tick(scripts: &[Script], steps: &[u64], ticks: u64, id: u64) -> Vec<(f32, f32)> {
     let mut l = Ledger::new(LedgerConfig {
         settle_ticks: 20,
         ..cfg()
@@ -46,8 +54,7 @@ fn decode_per_tick(scripts: &[Script], steps: &[u64], ticks: u64, id: u64) -> Ve
             t.items
                 .iter()
                 .filter(|i| i.slot == slot)
-                .map(|i| i.decode)
-                .sum()
+                .fold((0.0, 0.0), |(d, c), i| (d + i.decode, c + i.context))
         })
         .collect()
 }
@@ -94,6 +101,29 @@ fn a_non_streamed_answer_is_placed_back_from_its_end_one_token_per_step() {
     assert!(near(d[0], 0.0), "{d:?}");
     assert!(near(d[1], 2.0 * 45.0 / 85.0), "{d:?}");
     assert!(near(d[2], 2.0 * 40.0 / 85.0), "{d:?}");
+}
+
+#[test]
+fn a_reconciled_answer_keeps_no_provisional_context() {
+    // A non-streamed answer with a 1,000-token prompt is estimated to decode while in flight
+    // (each estimated token reading ~1,000 context tokens), then ends with 2 tokens. Its true
+    // decode reads 1,000 + 1,001 context tokens; the estimate's context must go with the
+    // estimate's tokens, or it keeps weighing γ per token for work that never ran.
+    let b = Script {
+        id: 2,
+        arrival: 0,
+        prompt: 1_000,
+        visible: false,
+        tokens: vec![390 * MS, 400 * MS],
+        end: Some((400 * MS, Outcome::Ok)),
+        prefill_ns: 0,
+    };
+    let steps = [20 * MS, 40 * MS, 60 * MS, 390 * MS, 400 * MS];
+    let w = work_per_tick(&[b], &steps, 8, 2);
+    let decode: f32 = w.iter().map(|x| x.0).sum();
+    let context: f32 = w.iter().map(|x| x.1).sum();
+    assert!((decode - 2.0).abs() < 0.01, "{w:?}");
+    assert!((context - 2_001.0).abs() < 1.0, "{w:?}");
 }
 
 #[test]
