@@ -13,7 +13,8 @@
 //! `--sample-ms N`, `--noise F` (relative, 0.01 = 1 %), `--requests N`, `--seed N`, `--metrics`
 //! (responses carry vLLM's per-request timing), `--all-streams` / `--no-streams` (override the
 //! plan), `--true-weights` (the ledger splits with the engine's own marginal costs instead of
-//! its fit: separates placement error from calibration error).
+//! its fit: separates placement error from calibration error), `--weights α,β,γ` (fixed weights,
+//! joules per token).
 
 use joulegate::accounting::AccountingConfig;
 use joulegate::accuracy::{cost_models, drive, report, Case, MeterModel, VirtualWorkload};
@@ -73,6 +74,16 @@ fn main() {
         cal.default_alpha_j = c.prefill_nj_per_token as f64 / 1e9;
         cal.default_beta_j = c.decode_nj_per_token as f64 / 1e9;
         cal.default_gamma_j = c.context_nj_per_token as f64 / 1e9;
+    }
+    if let Some(w) = value("--weights") {
+        // Fixed α,β,γ (J per token), for experiments on calibration error.
+        let v: Vec<f64> = w.split(',').filter_map(|x| x.parse().ok()).collect();
+        if v.len() != 3 {
+            fail("--weights: α,β,γ in joules per token");
+        }
+        let cal = &mut config.ledger.calibration;
+        cal.fixed = true;
+        (cal.default_alpha_j, cal.default_beta_j, cal.default_gamma_j) = (v[0], v[1], v[2]);
     }
     let mut scenario = case.scenario();
     for r in &mut scenario.requests {
