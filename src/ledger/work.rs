@@ -377,17 +377,46 @@ impl Ledger {
             }
             (ft.saturating_sub(pd).max(s0), ft)
         };
+        // What already settled on the provisional estimate stays; the held part of the true
+        // placement is scaled to the rest of the true work, so that the request's total is its
+        // true count however the estimate was timed (at most 4×: an estimate far too low leaves
+        // some of the work to the settled part's split). Bench: record p95 45.0 -> 43.2 % and
+        // 51.7 -> 50.2 % (two seeds; medians 10.8 -> 10.7, 12.9 -> 12.7).
+        let ws = self.window.front().map_or(end, |t| t.start_ns);
+        let settled = self
+            .slots
+            .get(slot as usize)
+            .and_then(Option::as_ref)
+            .map_or([0.0; 3], |r| r.settled_work);
+        let held = |lo: u64, hi: u64| {
+            if hi <= lo {
+                1.0
+            } else {
+                hi.saturating_sub(lo.max(ws)) as f64 / (hi - lo) as f64
+            }
+        };
+        let scale = |truth: f64, done: f64, frac: f64| -> f32 {
+            if frac <= 0.0 || truth <= 0.0 {
+                return 1.0;
+            }
+            (((truth - done).max(0.0) / (truth * frac)).min(4.0)) as f32
+        };
         if p.prompt_tokens > 0 {
+            let k = scale(p.prompt_tokens as f64, settled[0], held(from, ft));
             let item = Item {
-                prefill: p.prompt_tokens as f32,
+                prefill: p.prompt_tokens as f32 * k,
                 ..Item::empty(slot)
             };
             self.place(slot, from, ft, item, BeforeWindow::Drop);
         }
         if p.completion_tokens > 0 {
+            let ctx = decode_context(p.prompt_tokens, choices, 0, p.completion_tokens);
+            let fr = held(ft, end);
+            let kd = scale(p.completion_tokens as f64, settled[1], fr);
+            let kc = scale(ctx as f64, settled[2], fr);
             let item = Item {
-                decode: p.completion_tokens as f32,
-                context: decode_context(p.prompt_tokens, choices, 0, p.completion_tokens) as f32,
+                decode: p.completion_tokens as f32 * kd,
+                context: ctx as f32 * kc,
                 ..Item::empty(slot)
             };
             self.place_by_steps(slot, ft, end, item, BeforeWindow::Drop);

@@ -127,6 +127,37 @@ fn a_reconciled_answer_keeps_no_provisional_context() {
 }
 
 #[test]
+fn a_reconciled_answer_totals_its_true_work_whatever_settled_on_its_estimate() {
+    // An invisible request decodes 20 tokens in 400 ms (50 tokens/s) under a settlement lag of
+    // 4 ticks: its first 200 ms settle on the provisional estimate (the default 30 tokens/s,
+    // about 6 tokens), the rest holds until it ends. Its final work is its true count: the held
+    // part makes up what the estimate missed instead of adding only its own share (16).
+    let mut l = Ledger::new(cfg()).expect("config");
+    let b = Script {
+        id: 7,
+        arrival: 0,
+        prompt: 100,
+        visible: false,
+        tokens: (1..=20).map(|i| i * 20 * MS).collect(),
+        end: Some((400 * MS, Outcome::Ok)),
+        prefill_ns: 0,
+    };
+    let mut finals = Vec::new();
+    for k in 1..=12 {
+        let obs: Vec<Observation> = b.at(k * 50 * MS).into_iter().collect();
+        apply_50ms(&mut l, k, Some(1_000), &obs);
+        check_books(&l);
+        l.drain_final(&mut finals);
+    }
+    l.flush();
+    l.drain_final(&mut finals);
+    let f = finals.iter().find(|f| f.id == 7).expect("final");
+    let t = f.energy.settled_tokens;
+    assert_eq!(t.prefill, 100, "{t:?}");
+    assert!((19..=20).contains(&t.decode), "{t:?}");
+}
+
+#[test]
 fn the_decode_rate_is_per_sequence_whatever_the_choices() {
     let mut l = Ledger::new(cfg()).expect("config");
     // n = 2: both choices advance every 10 ms, so the count grows by 2 per step: 100 tokens/s
