@@ -120,3 +120,29 @@ fn token_arrivals_of_registered_requests_mark_engine_steps() {
     reg.steps.drain_since(&mut cursor, &mut ends);
     assert!(ends.is_empty());
 }
+
+#[test]
+fn published_work_beyond_the_true_counts_is_taken_back_at_the_same_prices() {
+    // A non-streamed answer's estimate published 100 decode tokens (and their context) worth
+    // 1,000,000 µJ; its usage says 40 tokens. At 10,000 µJ per decode token and 1 µJ per context
+    // token, the 60 tokens it did not decode (and their context) are taken off its figure.
+    let rates = SystemRates::default();
+    rates.set_token_prices(Some(([0.0, 10_000.0, 1.0], [0.0, 10_000.0, 1.0])));
+    let p = RequestProgress::new(RequestMeta {
+        estimated_prompt_tokens: 0,
+        ..meta(1)
+    });
+    p.set_prompt_exact(0);
+    p.observe_completion(40, 1_000);
+    p.energy_uj.store(1_000_000, Relaxed);
+    p.active_uj.store(1_000_000, Relaxed);
+    p.settled_tokens[1].store(100, Relaxed);
+    p.settled_tokens[2].store(decode_context(0, 1, 0, 100) as u64, Relaxed);
+    let context_back = decode_context(0, 1, 0, 100) - decode_context(0, 1, 0, 40);
+    let want = 1_000_000 - 600_000 - context_back as u64;
+    let e = p.energy_now(2_000, &rates);
+    assert_eq!(e.energy_uj, want, "{e:?}");
+    // Never below nothing.
+    p.energy_uj.store(100_000, Relaxed);
+    assert_eq!(p.energy_now(2_000, &rates).energy_uj, 0);
+}
