@@ -38,17 +38,17 @@ fn runs_are_reproducible_and_books_exact() {
 /// A guard against regressions of the ledger, not the targets (those are the bench's): the
 /// harness is deterministic, so these figures are exact for a given ledger, and the bounds sit a
 /// little above what it achieves now (median / p95 of |error|, 40 requests, 8B model, 50 ms
-/// counter; record, then the provisional figure a response carries): steady 9.7 / 15.8 and
-/// 7.4 / 16.0 %, decode-heavy 4.2 / 17.0 and 4.0 / 12.6 %, queueing 8.8 / 32.8 and 9.4 / 45.3 %,
-/// n>1 11.0 / 22.7 and 11.6 / 30.1 %; the naive split by completion tokens gives 24-35 % median,
+/// counter; record, then the provisional figure a response carries): steady 6.1 / 17.5 and
+/// 7.8 / 19.0 %, decode-heavy 3.2 / 9.2 and 3.1 / 12.7 %, queueing 5.6 / 23.5 and 7.6 / 21.0 %,
+/// n>1 6.0 / 18.1 and 12.0 / 25.1 %; the naive split by completion tokens gives 24-35 % median,
 /// 63-111 % p95 on the same requests.
 #[test]
 fn attribution_beats_the_naive_split_by_a_margin() {
     for (w, record, provisional) in [
-        (VirtualWorkload::Steady, (0.12, 0.20), (0.10, 0.20)),
-        (VirtualWorkload::DecodeHeavy, (0.06, 0.21), (0.06, 0.16)),
-        (VirtualWorkload::Queueing, (0.11, 0.40), (0.12, 0.52)),
-        (VirtualWorkload::Choices, (0.14, 0.28), (0.15, 0.36)),
+        (VirtualWorkload::Steady, (0.08, 0.20), (0.10, 0.21)),
+        (VirtualWorkload::DecodeHeavy, (0.05, 0.12), (0.05, 0.15)),
+        (VirtualWorkload::Queueing, (0.08, 0.28), (0.10, 0.25)),
+        (VirtualWorkload::Choices, (0.08, 0.22), (0.14, 0.29)),
     ] {
         let case = Case {
             requests: 40,
