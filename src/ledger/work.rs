@@ -319,6 +319,17 @@ impl Ledger {
                 self.place_decode(slot, at, p.prompt_tokens, consumed, p.completion_tokens);
             }
             self.learn_rates(p, choices);
+        } else if p.outcome == Outcome::Aborted && p.completion_tokens == 0 {
+            // The client left before an answer whose progress was invisible: its true counts
+            // will never come, but the engine worked on it until the abort. The estimate, carried
+            // to the end, is the best account of that work (dropping it kept only the prefill:
+            // aborted non-streamed records were 40-90 % low).
+            let from = self
+                .slots
+                .get(slot as usize)
+                .and_then(Option::as_ref)
+                .map_or(p.end_ns, |r| r.prov_from_ns);
+            self.provisional_work(slot, p, from, p.end_ns);
         } else {
             // Reconcile: replace the provisional estimate still held by the true counts, spread
             // over the request's life. The part of its life already settled keeps its provisional

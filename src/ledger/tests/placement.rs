@@ -158,6 +158,45 @@ fn a_reconciled_answer_totals_its_true_work_whatever_settled_on_its_estimate() {
 }
 
 #[test]
+fn an_invisible_request_aborted_keeps_its_estimated_decode() {
+    // A non-streamed request whose client leaves after 1 s: no usage ever comes, but the engine
+    // prefilled and decoded until the abort. Its record keeps the estimate carried to the abort
+    // (default rates: 10,000 prompt tokens/s, then 30 tokens/s: about 30 tokens), not only the
+    // prefill. Every tick is held until the abort (a long lag), so nothing settled before it.
+    let mut l = Ledger::new(LedgerConfig {
+        settle_ticks: 40,
+        ..cfg()
+    })
+    .expect("config");
+    let b = Script {
+        id: 9,
+        arrival: 0,
+        prompt: 100,
+        visible: false,
+        tokens: Vec::new(),
+        end: Some((1_000 * MS, Outcome::Aborted)),
+        prefill_ns: 0,
+    };
+    let mut finals = Vec::new();
+    for k in 1..=24 {
+        let obs: Vec<Observation> = b.at(k * 50 * MS).into_iter().collect();
+        apply_50ms(&mut l, k, Some(1_000), &obs);
+        check_books(&l);
+        l.drain_final(&mut finals);
+    }
+    l.flush();
+    l.drain_final(&mut finals);
+    let t = finals
+        .iter()
+        .find(|f| f.id == 9)
+        .expect("final")
+        .energy
+        .settled_tokens;
+    assert_eq!(t.prefill, 100, "{t:?}");
+    assert!((25..=31).contains(&t.decode), "{t:?}");
+}
+
+#[test]
 fn the_decode_rate_is_per_sequence_whatever_the_choices() {
     let mut l = Ledger::new(cfg()).expect("config");
     // n = 2: both choices advance every 10 ms, so the count grows by 2 per step: 100 tokens/s
