@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 
 use super::admission::{Admission, AdmissionPermit};
 use super::bodies::{capped, read_for_inspection, Held, InspectBudget, ReadBody};
-use super::energy::{energy_headers, Carbon};
+use super::energy::{insert_energy_headers, Carbon};
 use super::error::{error_response, ProxyError};
 use super::headers::{
     accepts_trailers, content_length, declare_energy_trailers, is_event_stream,
@@ -283,9 +283,7 @@ impl ProxyService {
                 }
                 None => progress.energy_now(now, &state.in_flight.rates),
             };
-            parts
-                .headers
-                .extend(energy_headers(&public_id, &figures, &state.carbon));
+            insert_energy_headers(&mut parts.headers, &public_id, &figures, &state.carbon);
             return Ok(Response::from_parts(parts, full_body(bytes)));
         }
         parts
