@@ -21,7 +21,7 @@ use crate::openai::semantics::UsageSemantics;
 use crate::proxy::admission::{Admission, AdmissionConfig};
 use crate::proxy::bodies::InspectBudget;
 use crate::proxy::energy::Carbon;
-use crate::proxy::inspect::{ForceSource, InspectConfig, SharedSemantics};
+use crate::proxy::inspect::{ForceSource, InspectConfig, KeyHasher, SharedSemantics};
 use crate::proxy::listen::{serve_connections, serve_connections_with, ConnLimits, ConnOptions};
 use crate::proxy::probe;
 use crate::proxy::service::{ProxyService, ProxyState};
@@ -135,7 +135,7 @@ impl App {
                 inject_usage: config.inject_usage,
                 energy_in_usage: config.energy_in_usage,
                 semantics,
-                key_salt,
+                key_hasher: KeyHasher::new(&key_salt),
             },
             carbon: Carbon {
                 intensity_g_per_kwh: config.carbon_intensity_g_per_kwh,

@@ -100,7 +100,7 @@ pub enum ScanError {
 }
 
 /// Nesting bound: deeper documents are refused rather than risk pathological input.
-const MAX_DEPTH: usize = 256;
+pub(crate) const MAX_DEPTH: usize = 256;
 
 /// Bytes that matter when skipping a container: quotes and brackets.
 const STRUCTURAL: [bool; 256] = {

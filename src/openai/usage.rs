@@ -215,17 +215,115 @@ pub fn parse_usage(endpoint: Endpoint, body: &[u8]) -> Option<Usage> {
         }
         Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => {
             let b: BodyView = serde_json::from_slice(body).ok()?;
-            let u = b.usage?;
-            Some(Usage {
-                prompt_tokens: u.prompt_tokens?,
-                completion_tokens: if endpoint == Endpoint::Embeddings {
-                    0
-                } else {
-                    u.completion_tokens.unwrap_or(0)
-                },
-            })
+            usage_of(endpoint, b.usage?)
         }
         Endpoint::Other => None,
+    }
+}
+
+/// The counts of a chat/completions/embeddings `usage` object.
+fn usage_of(endpoint: Endpoint, u: UsageView) -> Option<Usage> {
+    Some(Usage {
+        prompt_tokens: u.prompt_tokens?,
+        completion_tokens: if endpoint == Endpoint::Embeddings {
+            0
+        } else {
+            u.completion_tokens.unwrap_or(0)
+        },
+    })
+}
+
+/// [`parse_usage`] and [`body_metrics`] of one complete JSON response body, equal to calling
+/// both, in one pass where it can: a chat/completions/embeddings body that serde reads whole as an
+/// object with at most one `usage` gives both figures from that read (serde has then validated the
+/// JSON, on which the member scanner of [`body_metrics`] finds the same last `metrics`, provided
+/// the scanner's nesting bound cannot be reached: no more opening brackets than it allows); any
+/// other body takes the two separate reads. The non-streaming path reads every JSON response so.
+pub fn usage_and_metrics(endpoint: Endpoint, body: &[u8]) -> (Option<Usage>, Option<MetricsField>) {
+    let one_pass = matches!(
+        endpoint,
+        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings
+    ) && body.iter().filter(|&&b| b == b'{' || b == b'[').count()
+        <= super::json_scan::MAX_DEPTH;
+    if one_pass {
+        if let Ok(top) = serde_json::from_slice::<TopView>(body) {
+            let usage = top.usage.and_then(|u| usage_of(endpoint, u));
+            return (usage, top.metrics.as_ref().map(metrics_from_value));
+        }
+    }
+    (parse_usage(endpoint, body), body_metrics(body))
+}
+
+/// A whole response body read once for [`usage_and_metrics`]: `usage` as [`BodyView`] reads it
+/// (a duplicate is an error, as in a derived struct), the last `metrics` value, all else skipped.
+/// Only a JSON object is accepted (a derived struct also takes an array).
+struct TopView {
+    usage: Option<UsageView>,
+    metrics: Option<serde_json::Value>,
+}
+
+/// The top-level keys [`TopView`] tells apart (escapes decoded, as serde's derive does).
+enum TopKey {
+    Usage,
+    Metrics,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for TopKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = TopKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TopKey, E> {
+                Ok(match v {
+                    "usage" => TopKey::Usage,
+                    "metrics" => TopKey::Metrics,
+                    _ => TopKey::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(KeyVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for TopView {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TopVisitor;
+        impl<'de> serde::de::Visitor<'de> for TopVisitor {
+            type Value = TopView;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<TopView, A::Error> {
+                let mut usage: Option<Option<UsageView>> = None;
+                let mut metrics = None;
+                while let Some(key) = map.next_key::<TopKey>()? {
+                    match key {
+                        TopKey::Usage => {
+                            if usage.is_some() {
+                                return Err(serde::de::Error::duplicate_field("usage"));
+                            }
+                            usage = Some(map.next_value()?);
+                        }
+                        TopKey::Metrics => metrics = Some(map.next_value()?),
+                        TopKey::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(TopView {
+                    usage: usage.flatten(),
+                    metrics,
+                })
+            }
+        }
+        d.deserialize_map(TopVisitor)
     }
 }
 
@@ -362,6 +460,73 @@ impl BodyAccumulator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one-pass read equals the two reads it replaces, on every captured body and on bodies
+    /// built to tell them apart (duplicates, escapes, arrays, depth, broken JSON).
+    #[test]
+    fn one_pass_equals_the_two_reads() {
+        let mut bodies: Vec<Vec<u8>> = Vec::new();
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+        for dir in std::fs::read_dir(root).unwrap().flatten() {
+            if let Ok(files) = std::fs::read_dir(dir.path()) {
+                for f in files.flatten() {
+                    bodies.push(std::fs::read(f.path()).unwrap());
+                }
+            }
+        }
+        assert!(bodies.len() > 20, "fixtures found: {}", bodies.len());
+        let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        for text in [
+            r#"{"usage":{"prompt_tokens":3,"completion_tokens":4}}"#.to_string(),
+            r#"{"usage":{"prompt_tokens":3},"metrics":null}"#.to_string(),
+            r#"{"usage":{"completion_tokens":3}}"#.to_string(),
+            r#"{"usage":null,"metrics":{"queue_time_ms":1.5,"time_to_first_token_ms":2}}"#
+                .to_string(),
+            r#"{"metrics":{"queue_time_ms":1},"metrics":{"queue_time_ms":2}}"#.to_string(),
+            r#"{"metrics":7,"usage":{"prompt_tokens":1,"completion_tokens":1}}"#.to_string(),
+            r#"{"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":2}}"#.to_string(),
+            r#"{"us\u0061ge":{"prompt_tokens":5,"completion_tokens":6},"m\u0065trics":null}"#
+                .to_string(),
+            r#"{"usage":{"prompt_tokens":-1}}"#.to_string(),
+            r#"{"usage":{"prompt_tokens":1,"prompt_tokens":2}}"#.to_string(),
+            r#"{"usage":"many","metrics":{"generation_time_ms":3}}"#.to_string(),
+            r#"[{"usage":{"prompt_tokens":1,"completion_tokens":2}}]"#.to_string(),
+            r#"{"usage":{"prompt_tokens":1,"completion_tokens":2}} trailing"#.to_string(),
+            r#"{"usage":{"prompt_tokens":1,"completion_tokens":2},"x":tru}"#.to_string(),
+            r#"{"usage":{"prompt_tokens":1,"completion_tokens":2},"metrics":{"queue_time_ms":1}"#
+                .to_string(),
+            format!(
+                r#"{{"metrics":{},"usage":{{"prompt_tokens":1}}}}"#,
+                deep(126)
+            ),
+            format!(
+                r#"{{"metrics":{},"usage":{{"prompt_tokens":1}}}}"#,
+                deep(127)
+            ),
+            format!(r#"{{"x":{},"metrics":null}}"#, deep(200)),
+            format!(r#"{{"x":{},"metrics":null}}"#, deep(300)),
+            String::new(),
+            "null".to_string(),
+        ] {
+            bodies.push(text.into_bytes());
+        }
+        for body in &bodies {
+            for endpoint in [
+                Endpoint::ChatCompletions,
+                Endpoint::Completions,
+                Endpoint::Embeddings,
+                Endpoint::Responses,
+                Endpoint::Other,
+            ] {
+                assert_eq!(
+                    usage_and_metrics(endpoint, body),
+                    (parse_usage(endpoint, body), body_metrics(body)),
+                    "{endpoint:?} {}",
+                    String::from_utf8_lossy(body)
+                );
+            }
+        }
+    }
 
     fn fixture(name: &str) -> Vec<u8> {
         std::fs::read(format!("tests/fixtures/{name}")).unwrap()

@@ -43,6 +43,50 @@ fn per_token(e: &EnergyNow) -> Option<f64> {
     (tokens > 0).then(|| e.energy_uj as f64 / 1e6 / tokens as f64)
 }
 
+/// A header value formatted on the stack: every response carries up to seven of these, and a
+/// `String` per field was a measurable part of the proxy's own CPU per request.
+struct ValueBuf {
+    bytes: [u8; 64],
+    len: usize,
+}
+
+impl ValueBuf {
+    fn new() -> Self {
+        ValueBuf {
+            bytes: [0; 64],
+            len: 0,
+        }
+    }
+
+    /// The header value of what was written (`invalid` if it overflowed, which our figures cannot:
+    /// the longest, `u64::MAX` micro-joules, is 21 bytes; an `f64` with six decimals at most 317).
+    fn value(&self) -> HeaderValue {
+        HeaderValue::from_bytes(&self.bytes[..self.len])
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    }
+}
+
+impl std::fmt::Write for ValueBuf {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let slot = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// `args` formatted as a header value without a heap string.
+fn value_fmt(args: std::fmt::Arguments<'_>) -> HeaderValue {
+    use std::fmt::Write;
+    let mut buf = ValueBuf::new();
+    match buf.write_fmt(args) {
+        Ok(()) => buf.value(),
+        // Longer than the buffer: the heap path, same text.
+        Err(_) => value(&args.to_string()),
+    }
+}
+
 fn value(text: &str) -> HeaderValue {
     // Every text here is ASCII digits, dots, dashes and letters.
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
@@ -51,24 +95,34 @@ fn value(text: &str) -> HeaderValue {
 /// The energy fields as headers (or trailers).
 pub fn energy_headers(request_id: &str, e: &EnergyNow, carbon: &Carbon) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(8);
+    insert_energy_headers(&mut h, request_id, e, carbon);
+    h
+}
+
+/// Inserts the energy fields into `h` (a response's own headers, from which
+/// [`super::headers::strip_energy_headers`] removed any upstream `x-energy-*`), in the order and
+/// with the text of [`energy_headers`].
+pub fn insert_energy_headers(h: &mut HeaderMap, request_id: &str, e: &EnergyNow, carbon: &Carbon) {
+    h.reserve(8);
     h.insert(ENERGY_REQUEST_ID, value(request_id));
     if e.status != EnergyStatus::Unavailable {
-        h.insert(ENERGY_JOULES, value(&joules_text(e.energy_uj)));
-        h.insert(ENERGY_ACTIVE_JOULES, value(&joules_text(e.active_uj)));
+        let (j, uj) = (e.energy_uj / 1_000_000, e.energy_uj % 1_000_000);
+        h.insert(ENERGY_JOULES, value_fmt(format_args!("{j}.{uj:06}")));
+        let (j, uj) = (e.active_uj / 1_000_000, e.active_uj % 1_000_000);
+        h.insert(ENERGY_ACTIVE_JOULES, value_fmt(format_args!("{j}.{uj:06}")));
         if let Some(j) = per_token(e) {
-            h.insert(ENERGY_JOULES_PER_TOKEN, value(&format!("{j:.6}")));
+            h.insert(ENERGY_JOULES_PER_TOKEN, value_fmt(format_args!("{j:.6}")));
         }
         if let Some(g) = carbon.grams(e.energy_uj) {
-            h.insert(ENERGY_CO2_GRAMS, value(&format!("{g:.6}")));
+            h.insert(ENERGY_CO2_GRAMS, value_fmt(format_args!("{g:.6}")));
         }
     }
-    h.insert(ENERGY_PROMPT_TOKENS, value(&e.prompt_tokens.to_string()));
+    h.insert(ENERGY_PROMPT_TOKENS, HeaderValue::from(e.prompt_tokens));
     h.insert(
         ENERGY_COMPLETION_TOKENS,
-        value(&e.completion_tokens.to_string()),
+        HeaderValue::from(e.completion_tokens),
     );
     h.insert(ENERGY_STATUS, HeaderValue::from_static(e.status.as_str()));
-    h
 }
 
 /// The `energy` object added to a stream's final usage chunk (JSON text).
@@ -142,6 +196,39 @@ mod tests {
         assert_eq!(h["x-energy-status"], "ok");
         let co2: f64 = h["x-energy-co2-grams"].to_str().unwrap().parse().unwrap();
         assert!((co2 - 12.345678 / 3.6e6 * 400.0 * 1.2).abs() < 1e-6);
+    }
+
+    #[test]
+    fn stack_formatting_matches_strings() {
+        let carbon = Carbon {
+            intensity_g_per_kwh: Some(1e300),
+            pue: 1e8,
+        };
+        for (uj, active, p, c) in [
+            (0, 0, 0, 0),
+            (1, 0, 1, 0),
+            (12_345_678, 10_000_001, 20, 5),
+            (u64::MAX, u64::MAX, u64::MAX / 4, u64::MAX / 4),
+        ] {
+            let e = EnergyNow {
+                energy_uj: uj,
+                active_uj: active,
+                prompt_tokens: p,
+                completion_tokens: c,
+                status: EnergyStatus::Ok,
+            };
+            let h = energy_headers("jg-1", &e, &carbon);
+            assert_eq!(h["x-energy-joules"], joules_text(uj).as_str());
+            assert_eq!(h["x-energy-active-joules"], joules_text(active).as_str());
+            assert_eq!(h["x-energy-prompt-tokens"], p.to_string().as_str());
+            assert_eq!(h["x-energy-completion-tokens"], c.to_string().as_str());
+            if let Some(j) = per_token(&e) {
+                assert_eq!(h["x-energy-joules-per-token"], format!("{j:.6}").as_str());
+            }
+            // Over 64 bytes (about 1e300 grams): the heap path gives the same text.
+            let g = carbon.grams(uj).unwrap();
+            assert_eq!(h["x-energy-co2-grams"], format!("{g:.6}").as_str());
+        }
     }
 
     #[test]

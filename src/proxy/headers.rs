@@ -1,15 +1,18 @@
 //! Header names and the hop-by-hop rules (RFC 9110 §7.6.1), in one place.
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRAILER, UPGRADE};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
 
-/// Hop-by-hop headers a proxy must not forward (RFC 9110 §7.6.1), besides those named in `Connection`.
-const HOP_BY_HOP: [&str; 6] = [
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "te",
-    "transfer-encoding",
-    "upgrade",
+/// Hop-by-hop headers a proxy must not forward (RFC 9110 §7.6.1), besides those named in
+/// `Connection`. Names, not strings: comparing a standard name is one integer comparison.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    TE,
+    TRANSFER_ENCODING,
+    UPGRADE,
 ];
 
 /// Prefix of the energy headers joulegate adds; any such header from upstream is dropped.
@@ -62,7 +65,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
     retain(headers, |name| {
-        !HOP_BY_HOP.contains(&name.as_str()) && !named.contains(name)
+        !HOP_BY_HOP.contains(name) && !named.contains(name)
     });
 }
 
@@ -105,7 +108,10 @@ fn retain(headers: &mut HeaderMap, keep: impl Fn(&HeaderName) -> bool) {
     if headers.keys().all(&keep) {
         return;
     }
-    let old = std::mem::take(headers);
+    // Sized for what stays, so that refilling it never grows (rehashes) it on the way (an empty
+    // map, growing as before, past hyper's bound on the number of fields).
+    let sized = HeaderMap::try_with_capacity(headers.len()).unwrap_or_default();
+    let old = std::mem::replace(headers, sized);
     let mut current: Option<HeaderName> = None;
     for (name, value) in old {
         // `IntoIter` yields the name only on the first value of each name.

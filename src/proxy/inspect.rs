@@ -155,8 +155,8 @@ pub struct InspectConfig {
     /// Upstream semantics of `stream_options` (shared with the relay, which may learn that the
     /// upstream forces usage).
     pub semantics: Arc<SharedSemantics>,
-    /// Salt of the API-key hash.
-    pub key_salt: Vec<u8>,
+    /// The API-key hash, keyed with the salt.
+    pub key_hasher: KeyHasher,
 }
 
 /// Whether a request may be model work worth buffering and reading.
@@ -204,7 +204,7 @@ pub fn request_meta(
         id,
         model: view.model.clone(),
         endpoint: view.endpoint,
-        key_hash: api_key(parts).map(|k| key_hash(&cfg.key_salt, k)),
+        key_hash: api_key(parts).map(|k| cfg.key_hasher.hash(k)),
         tag: parts.headers.get(ENERGY_TAG).and_then(tag_of),
         stream: view.stream,
         arrival_ns,
@@ -238,14 +238,43 @@ fn api_key(parts: &Parts) -> Option<&[u8]> {
 
 /// A keyed hash of an API key (HMAC-SHA256, first 8 bytes in hex): the key itself is never kept.
 pub fn key_hash(salt: &[u8], key: &[u8]) -> String {
-    let mut mac = match Hmac::<Sha256>::new_from_slice(salt) {
-        Ok(mac) => mac,
-        // HMAC accepts keys of any length; this branch cannot be taken.
-        Err(_) => return String::from("unhashable"),
-    };
-    mac.update(key);
-    let digest = mac.finalize().into_bytes();
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    KeyHasher::new(salt).hash(key)
+}
+
+/// [`key_hash`] under one salt, its HMAC key schedule (two SHA-256 blocks of the four a short key
+/// costs) computed once rather than on every request. Its `Debug` never shows the salt.
+#[derive(Clone)]
+pub struct KeyHasher(Option<Hmac<Sha256>>);
+
+impl KeyHasher {
+    /// The hasher of `salt`.
+    pub fn new(salt: &[u8]) -> Self {
+        // HMAC accepts keys of any length; `None` cannot happen.
+        KeyHasher(Hmac::<Sha256>::new_from_slice(salt).ok())
+    }
+
+    /// The hash of `key`: 16 lowercase hex digits.
+    pub fn hash(&self, key: &[u8]) -> String {
+        let Some(keyed) = &self.0 else {
+            return String::from("unhashable");
+        };
+        let mut mac = keyed.clone();
+        mac.update(key);
+        let digest = mac.finalize().into_bytes();
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = String::with_capacity(16);
+        for b in &digest[..8] {
+            text.push(char::from(HEX[usize::from(b >> 4)]));
+            text.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+        text
+    }
+}
+
+impl std::fmt::Debug for KeyHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyHasher(<redacted>)")
+    }
 }
 
 /// A printable, bounded tag from the header value.
@@ -279,6 +308,20 @@ mod tests {
         assert_eq!(a.len(), 16);
         assert_eq!(a, key_hash(b"salt-1", b"sk-secret"));
         assert_ne!(a, key_hash(b"salt-2", b"sk-secret"));
+        // The reference: HMAC-SHA256 computed afresh, its first 8 bytes formatted one by one.
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"salt-1").unwrap();
+        mac.update(b"sk-secret");
+        let digest = mac.finalize().into_bytes();
+        let reference: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(a, reference);
+        let hasher = KeyHasher::new(b"salt-1");
+        assert_eq!(hasher.hash(b"sk-secret"), a);
+        assert_eq!(
+            hasher.hash(b"sk-secret"),
+            a,
+            "the keyed state is reused, not consumed"
+        );
+        assert!(!format!("{hasher:?}").contains("salt"));
         assert!(!a.contains("secret"));
         let p = parts(&[("authorization", "Bearer sk-secret")]);
         assert_eq!(api_key(&p), Some(&b"sk-secret"[..]));

@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 
 use super::admission::{Admission, AdmissionPermit};
 use super::bodies::{capped, read_for_inspection, Held, InspectBudget, ReadBody};
-use super::energy::{energy_headers, Carbon};
+use super::energy::{insert_energy_headers, Carbon};
 use super::error::{error_response, ProxyError};
 use super::headers::{
     accepts_trailers, content_length, declare_energy_trailers, is_event_stream,
@@ -37,7 +37,7 @@ use crate::observe::{InFlight, InFlightGuard, Outcome, RequestProgress};
 use crate::openai::inject::InjectionPlan;
 use crate::openai::observer::{ObserverConfig, StreamObserver};
 use crate::openai::request::{endpoint_of, RequestView};
-use crate::openai::usage::{body_metrics, parse_usage, MetricsField};
+use crate::openai::usage::{usage_and_metrics, MetricsField};
 
 /// What every request needs, shared by all connections.
 #[derive(Debug)]
@@ -255,12 +255,13 @@ impl ProxyService {
             // The upstream is done with it: its capacity is free for the next.
             drop(end.admission.take());
             let now = state.clock.now_ns();
-            if let Some(usage) = parse_usage(inspected.view.endpoint, &bytes) {
+            let (usage, metrics) = usage_and_metrics(inspected.view.endpoint, &bytes);
+            if let Some(usage) = usage {
                 progress.set_prompt_exact(usage.prompt_tokens);
                 progress.observe_completion(usage.completion_tokens, now);
                 progress.completion_exact.store(true, Relaxed);
             }
-            if let Some(metrics) = body_metrics(&bytes) {
+            if let Some(metrics) = metrics {
                 record_metrics(&state.facts, &progress, metrics, end.single_choice);
             }
             end.guard.finish(if end.error_status {
@@ -283,9 +284,7 @@ impl ProxyService {
                 }
                 None => progress.energy_now(now, &state.in_flight.rates),
             };
-            parts
-                .headers
-                .extend(energy_headers(&public_id, &figures, &state.carbon));
+            insert_energy_headers(&mut parts.headers, &public_id, &figures, &state.carbon);
             return Ok(Response::from_parts(parts, full_body(bytes)));
         }
         parts

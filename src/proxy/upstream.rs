@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -16,6 +17,9 @@ use crate::config::UpstreamUrl;
 pub struct Upstream {
     client: Client<HttpConnector, ProxyBody>,
     base: UpstreamUrl,
+    /// `base.authority` parsed once (`None` if it does not parse alone; then every URI is built
+    /// from text).
+    authority: Option<Authority>,
     header_timeout: Duration,
     idle_timeout: Duration,
     body_limit: Option<u64>,
@@ -40,9 +44,12 @@ impl Upstream {
             .timer(TokioTimer::new())
             .http1_max_buf_size(super::screen::CONNECTION_BUF_BYTES)
             .build(connector);
+        let authority =
+            Authority::from_maybe_shared(bytes::Bytes::from(base.authority.clone())).ok();
         Upstream {
             client,
             base,
+            authority,
             header_timeout,
             idle_timeout: Duration::from_millis(crate::config::defaults::UPSTREAM_IDLE_TIMEOUT_MS),
             body_limit,
@@ -62,6 +69,29 @@ impl Upstream {
 
     /// The upstream URI for a client request's path and query.
     pub fn uri_for(&self, original: &Uri) -> Result<Uri, ProxyError> {
+        // Without a prefix the upstream URI is the request's own path and query behind our
+        // authority: assembled from parts (no text to format and parse again per request).
+        if let (true, Some(authority), Some(pq)) = (
+            self.base.path_prefix.is_empty(),
+            &self.authority,
+            original.path_and_query(),
+        ) {
+            if pq.as_str().starts_with('/') {
+                let mut parts = http::uri::Parts::default();
+                parts.scheme = Some(Scheme::HTTP);
+                parts.authority = Some(authority.clone());
+                parts.path_and_query = Some(pq.clone());
+                if let Ok(uri) = Uri::from_parts(parts) {
+                    return Ok(uri);
+                }
+            }
+        }
+        self.uri_from_text(original)
+    }
+
+    /// [`Upstream::uri_for`] by formatting and parsing the whole URI (a path prefix, or a request
+    /// target that is not a plain path).
+    fn uri_from_text(&self, original: &Uri) -> Result<Uri, ProxyError> {
         let path_and_query = original.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         format!(
             "http://{}{}{}",
@@ -111,4 +141,43 @@ fn describe(err: &dyn std::error::Error) -> String {
         source = e.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(url: &str) -> Upstream {
+        Upstream::new(
+            UpstreamUrl::parse(url).unwrap(),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            None,
+        )
+    }
+
+    #[test]
+    fn assembled_uris_equal_parsed_ones() {
+        let plain = upstream("http://127.0.0.1:8000");
+        let prefixed = upstream("http://vllm.internal/base/");
+        for target in [
+            "/v1/chat/completions",
+            "/",
+            "/v1/models?x=1&y=%20z",
+            "http://client.example/v1/completions?q",
+            "/a//b/../c",
+            "*",
+        ] {
+            let original: Uri = target.parse().unwrap();
+            for u in [&plain, &prefixed] {
+                let fast = u.uri_for(&original).map(|x| x.to_string());
+                let text = u.uri_from_text(&original).map(|x| x.to_string());
+                assert_eq!(fast.ok(), text.ok(), "{target}");
+            }
+        }
+        assert_eq!(
+            plain.uri_for(&"/v1/models?a=b".parse().unwrap()).unwrap(),
+            "http://127.0.0.1:8000/v1/models?a=b"
+        );
+    }
 }
