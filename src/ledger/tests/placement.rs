@@ -126,13 +126,37 @@ fn a_reconciled_answer_keeps_no_provisional_context() {
     assert!((context - 2_001.0).abs() < 1.0, "{w:?}");
 }
 
+/// Runs `script` alone for `ticks` ticks of 50 ms with a settlement lag of `settle_ticks`, settles
+/// everything and returns its final work.
+fn final_work(script: &Script, settle_ticks: usize, ticks: u64) -> SettledTokens {
+    let mut l = Ledger::new(LedgerConfig {
+        settle_ticks,
+        ..cfg()
+    })
+    .expect("config");
+    let mut finals = Vec::new();
+    for k in 1..=ticks {
+        let obs: Vec<Observation> = script.at(k * 50 * MS).into_iter().collect();
+        apply_50ms(&mut l, k, Some(1_000), &obs);
+        check_books(&l);
+        l.drain_final(&mut finals);
+    }
+    l.flush();
+    l.drain_final(&mut finals);
+    finals
+        .iter()
+        .find(|f| f.id == script.id)
+        .expect("final")
+        .energy
+        .settled_tokens
+}
+
 #[test]
 fn a_reconciled_answer_totals_its_true_work_whatever_settled_on_its_estimate() {
     // An invisible request decodes 20 tokens in 400 ms (50 tokens/s) under a settlement lag of
     // 4 ticks: its first 200 ms settle on the provisional estimate (the default 30 tokens/s,
     // about 6 tokens), the rest holds until it ends. Its final work is its true count: the held
     // part makes up what the estimate missed instead of adding only its own share (16).
-    let mut l = Ledger::new(cfg()).expect("config");
     let b = Script {
         id: 7,
         arrival: 0,
@@ -142,17 +166,7 @@ fn a_reconciled_answer_totals_its_true_work_whatever_settled_on_its_estimate() {
         end: Some((400 * MS, Outcome::Ok)),
         prefill_ns: 0,
     };
-    let mut finals = Vec::new();
-    for k in 1..=12 {
-        let obs: Vec<Observation> = b.at(k * 50 * MS).into_iter().collect();
-        apply_50ms(&mut l, k, Some(1_000), &obs);
-        check_books(&l);
-        l.drain_final(&mut finals);
-    }
-    l.flush();
-    l.drain_final(&mut finals);
-    let f = finals.iter().find(|f| f.id == 7).expect("final");
-    let t = f.energy.settled_tokens;
+    let t = final_work(&b, 4, 12);
     assert_eq!(t.prefill, 100, "{t:?}");
     assert!((19..=20).contains(&t.decode), "{t:?}");
 }
@@ -163,11 +177,6 @@ fn an_invisible_request_aborted_keeps_its_estimated_decode() {
     // prefilled and decoded until the abort. Its record keeps the estimate carried to the abort
     // (default rates: 10,000 prompt tokens/s, then 30 tokens/s: about 30 tokens), not only the
     // prefill. Every tick is held until the abort (a long lag), so nothing settled before it.
-    let mut l = Ledger::new(LedgerConfig {
-        settle_ticks: 40,
-        ..cfg()
-    })
-    .expect("config");
     let b = Script {
         id: 9,
         arrival: 0,
@@ -177,21 +186,7 @@ fn an_invisible_request_aborted_keeps_its_estimated_decode() {
         end: Some((1_000 * MS, Outcome::Aborted)),
         prefill_ns: 0,
     };
-    let mut finals = Vec::new();
-    for k in 1..=24 {
-        let obs: Vec<Observation> = b.at(k * 50 * MS).into_iter().collect();
-        apply_50ms(&mut l, k, Some(1_000), &obs);
-        check_books(&l);
-        l.drain_final(&mut finals);
-    }
-    l.flush();
-    l.drain_final(&mut finals);
-    let t = finals
-        .iter()
-        .find(|f| f.id == 9)
-        .expect("final")
-        .energy
-        .settled_tokens;
+    let t = final_work(&b, 40, 24);
     assert_eq!(t.prefill, 100, "{t:?}");
     assert!((25..=31).contains(&t.decode), "{t:?}");
 }
