@@ -424,7 +424,7 @@ impl Ledger {
             let ctx = decode_context(p.prompt_tokens, choices, 0, p.completion_tokens);
             let fr = held(ft, end);
             let kd = scale(p.completion_tokens as f64, settled[1], fr);
-            let kc = scale(ctx as f64, settled[2], fr);
+            let kc = scale(ctx, settled[2], fr);
             let item = Item {
                 decode: p.completion_tokens as f32 * kd,
                 context: ctx as f32 * kc,
