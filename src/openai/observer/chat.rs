@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::edit::{add_fingerprint, append_member, append_member_at, bump};
+use super::fast::{self, Choices, Counts};
 use super::{StreamObserver, MAX_TRACKED_CHOICES};
 use crate::observe::RequestProgress;
 use crate::openai::inject::StripPolicy;
@@ -70,26 +71,35 @@ impl StreamObserver {
             return ChunkEdit::None;
         }
         let member = |i: Option<usize>| i.and_then(|i| layout.members.get(i));
-        let choices: Vec<ChoiceView<'_>> = match member(choices_at) {
-            Some(m) => match serde_json::from_slice(m.value(data)) {
-                Ok(c) => c,
-                Err(_) => {
-                    self.totals.parse_errors += 1;
-                    return ChunkEdit::None;
-                }
+        // The byte-level reading first; serde when the chunk is anything but the plain shape (it
+        // then decides, and reports a parse error where the chunk is not what the views expect).
+        let choices: Choices<'_> = match member(choices_at) {
+            Some(m) => match fast::choices(m.value(data)) {
+                Some(c) => c,
+                None => match serde_json::from_slice::<Vec<ChoiceView<'_>>>(m.value(data)) {
+                    Ok(c) => Choices::from_views(c),
+                    Err(_) => {
+                        self.totals.parse_errors += 1;
+                        return ChunkEdit::None;
+                    }
+                },
             },
-            None => Vec::new(),
+            None => Choices::default(),
         };
-        let usage: Option<UsageView> = match member(usage_at) {
-            Some(m) => match serde_json::from_slice(m.value(data)) {
-                Ok(u) => Some(u),
-                Err(_) => {
-                    self.totals.parse_errors += 1;
-                    return ChunkEdit::None;
-                }
+        let usage: Option<Counts> = match member(usage_at) {
+            Some(m) => match fast::usage(m.value(data)) {
+                Some(u) => Some(u),
+                None => match serde_json::from_slice::<UsageView>(m.value(data)) {
+                    Ok(u) => Some(Counts::from(u)),
+                    Err(_) => {
+                        self.totals.parse_errors += 1;
+                        return ChunkEdit::None;
+                    }
+                },
             },
             None => None,
         };
+        let choices = choices.as_slice();
         if choices.is_empty() {
             let Some(u) = usage else {
                 return ChunkEdit::None;
@@ -110,18 +120,14 @@ impl StreamObserver {
             return self.edit_final_usage(data, layout, energy);
         }
         let mut finished_here = false;
-        for c in &choices {
+        for c in choices {
             let slot = (c.index as usize).min(MAX_TRACKED_CHOICES - 1);
             if let Some(fr) = c.finish_reason.as_deref() {
                 self.push_finish(fr);
                 self.finished_choices += 1;
                 finished_here = true;
             }
-            let output = match &c.delta {
-                Some(d) => d.carries_output(),
-                None => c.text.is_some(),
-            };
-            if output {
+            if c.output {
                 bump(&mut self.chunks_per_choice, slot, |v| *v += 1);
             }
         }

@@ -17,6 +17,7 @@ use super::sse::{lines, Line, LineKind, Piece, Splitter, DEFAULT_MAX_EVENT_BYTES
 
 mod chat;
 mod edit;
+mod fast;
 mod responses;
 
 use crate::observe::{Endpoint, RequestProgress};
@@ -324,33 +325,45 @@ impl StreamObserver {
         lines(raw, &mut line_buf);
         let mut event_name: &[u8] = b"";
         let mut data_lines = 0usize;
-        let mut first_data: Option<Line> = None;
-        self.data_buf.clear();
+        let mut first_data: &[u8] = &[];
         for l in &line_buf {
             match l.kind {
                 LineKind::Event => event_name = raw.get(l.value_start..l.end).unwrap_or(&[]),
                 LineKind::Data => {
-                    if data_lines > 0 {
-                        self.data_buf.push(b'\n');
+                    if data_lines == 0 {
+                        first_data = raw.get(l.value_start..l.end).unwrap_or(&[]);
                     }
                     data_lines += 1;
-                    first_data.get_or_insert(*l);
-                    self.data_buf
-                        .extend_from_slice(raw.get(l.value_start..l.end).unwrap_or(&[]));
                 }
                 _ => {}
             }
         }
+        // One data line (every vLLM event) is read where it lies; several are joined with `\n`.
+        let joined = (data_lines > 1).then(|| {
+            let mut buf = std::mem::take(&mut self.data_buf);
+            buf.clear();
+            for (k, l) in line_buf
+                .iter()
+                .filter(|l| l.kind == LineKind::Data)
+                .enumerate()
+            {
+                if k > 0 {
+                    buf.push(b'\n');
+                }
+                buf.extend_from_slice(raw.get(l.value_start..l.end).unwrap_or(&[]));
+            }
+            buf
+        });
         let action = if data_lines == 0 {
             Action::Forward
         } else {
             self.totals.events += 1;
-            let data = std::mem::take(&mut self.data_buf);
+            let data: &[u8] = joined.as_deref().unwrap_or(first_data);
             let act = if self.cfg.endpoint == Endpoint::Responses {
-                self.on_responses_event(event_name, &data, now_ns, progress);
+                self.on_responses_event(event_name, data, now_ns, progress);
                 Action::Forward
             } else {
-                match self.on_chunk(&data, now_ns, progress, energy) {
+                match self.on_chunk(data, now_ns, progress, energy) {
                     ChunkEdit::None => Action::Forward,
                     ChunkEdit::Drop => Action::Drop,
                     ChunkEdit::Json(json, hold) => {
@@ -369,8 +382,8 @@ impl StreamObserver {
                 }
             };
             // Keep the buffer for the next event unless one huge event inflated it.
-            if data.capacity() <= KEEP_CAPACITY {
-                self.data_buf = data;
+            if let Some(buf) = joined.filter(|b| b.capacity() <= KEEP_CAPACITY) {
+                self.data_buf = buf;
             }
             act
         };
