@@ -9,7 +9,7 @@ use super::fast::{self, Choices, Counts};
 use super::{StreamObserver, MAX_TRACKED_CHOICES};
 use crate::observe::RequestProgress;
 use crate::openai::inject::StripPolicy;
-use crate::openai::json_scan::{scan_object_into, splice, ObjectLayout};
+use crate::openai::json_scan::{scan_object_with, splice, ObjectLayout};
 use crate::openai::usage::{parse_metrics, ChoiceView, UsageView};
 
 impl StreamObserver {
@@ -27,8 +27,24 @@ impl StreamObserver {
         // Locate the few members that matter, then parse only those: ids, model names and
         // vLLM's extra keys are never decoded.
         let mut layout = std::mem::take(&mut self.layout);
-        let edit = match scan_object_into(data, &mut layout) {
-            Ok(()) => self.on_chunk_members(data, &layout, now_ns, progress, energy),
+        // `choices` and `usage` are read by the fast path as the scan reaches them (their bytes
+        // are walked once); a value it declines is skipped by the scan and parsed by serde later.
+        let mut read = Read::default();
+        let scanned = scan_object_with(data, &mut layout, &mut |idx, key, at| match key {
+            b"choices" => {
+                let (c, end) = fast::choices_at(data, at)?;
+                read.choices = Some((idx, c));
+                Some(end)
+            }
+            b"usage" => {
+                let (u, end) = fast::usage_at(data, at)?;
+                read.usage = Some((idx, u));
+                Some(end)
+            }
+            _ => None,
+        });
+        let edit = match scanned {
+            Ok(()) => self.on_chunk_members(data, &layout, read, now_ns, progress, energy),
             Err(_) => {
                 self.totals.parse_errors += 1;
                 ChunkEdit::None
@@ -42,6 +58,7 @@ impl StreamObserver {
         &mut self,
         data: &[u8],
         layout: &ObjectLayout,
+        read: Read<'_>,
         now_ns: u64,
         progress: &RequestProgress,
         energy: &mut dyn FnMut() -> Option<String>,
@@ -74,8 +91,8 @@ impl StreamObserver {
         // The byte-level reading first; serde when the chunk is anything but the plain shape (it
         // then decides, and reports a parse error where the chunk is not what the views expect).
         let choices: Choices<'_> = match member(choices_at) {
-            Some(m) => match fast::choices(m.value(data)) {
-                Some(c) => c,
+            Some(m) => match read.choices.filter(|(i, _)| Some(*i) == choices_at) {
+                Some((_, c)) => c,
                 None => match serde_json::from_slice::<Vec<ChoiceView<'_>>>(m.value(data)) {
                     Ok(c) => Choices::from_views(c),
                     Err(_) => {
@@ -87,8 +104,8 @@ impl StreamObserver {
             None => Choices::default(),
         };
         let usage: Option<Counts> = match member(usage_at) {
-            Some(m) => match fast::usage(m.value(data)) {
-                Some(u) => Some(u),
+            Some(m) => match read.usage.filter(|(i, _)| Some(*i) == usage_at) {
+                Some((_, u)) => Some(u),
                 None => match serde_json::from_slice::<UsageView>(m.value(data)) {
                     Ok(u) => Some(Counts::from(u)),
                     Err(_) => {
@@ -225,4 +242,12 @@ pub(super) enum ChunkEdit {
     /// New data JSON missing the `energy` member's value, which belongs at the offset (deferred
     /// energy, [`super::ObserverConfig::defer_energy`]).
     Deferred(Vec<u8>, usize),
+}
+
+/// What the fast path read during the scan: the member's index and its reading (the last member
+/// of that name it could read).
+#[derive(Default)]
+pub(super) struct Read<'a> {
+    choices: Option<(usize, Choices<'a>)>,
+    usage: Option<(usize, Counts)>,
 }

@@ -85,14 +85,20 @@ impl From<UsageView> for Counts {
 }
 
 /// Reads a `choices` value (the exact bytes of the member's value); `None`: use serde.
+#[cfg(test)]
 pub(super) fn choices(v: &[u8]) -> Option<Choices<'_>> {
-    let mut p = P { t: v, i: 0 };
+    choices_at(v, 0).and_then(|(c, end)| (end == v.len()).then_some(c))
+}
+
+/// Reads the `choices` value that starts at `at` in `t`, and where it ends; `None`: use serde.
+pub(super) fn choices_at(t: &[u8], at: usize) -> Option<(Choices<'_>, usize)> {
+    let mut p = P { t, i: at };
     let mut out = Choices::default();
     p.eat(b'[')?;
     p.ws();
     if p.peek() == Some(b']') {
         p.i += 1;
-        return p.at_end().then_some(out);
+        return Some((out, p.i));
     }
     loop {
         p.ws();
@@ -103,15 +109,21 @@ pub(super) fn choices(v: &[u8]) -> Option<Choices<'_>> {
         p.ws();
         match p.next()? {
             b',' => {}
-            b']' => return p.at_end().then_some(out),
+            b']' => return Some((out, p.i)),
             _ => return None,
         }
     }
 }
 
 /// Reads a `usage` value (the exact bytes of the member's value, not `null`); `None`: use serde.
+#[cfg(test)]
 pub(super) fn usage(v: &[u8]) -> Option<Counts> {
-    let mut p = P { t: v, i: 0 };
+    usage_at(v, 0).and_then(|(u, end)| (end == v.len()).then_some(u))
+}
+
+/// Reads the `usage` value that starts at `at` in `t`, and where it ends; `None`: use serde.
+pub(super) fn usage_at(t: &[u8], at: usize) -> Option<(Counts, usize)> {
+    let mut p = P { t, i: at };
     let mut out = Counts::default();
     let (mut seen_p, mut seen_c) = (false, false);
     p.object(|p, key| {
@@ -132,7 +144,7 @@ pub(super) fn usage(v: &[u8]) -> Option<Counts> {
         }
         Some(())
     })?;
-    p.at_end().then_some(out)
+    Some((out, p.i))
 }
 
 /// A cursor over a value's bytes.
@@ -154,10 +166,6 @@ impl<'a> P<'a> {
 
     fn eat(&mut self, b: u8) -> Option<()> {
         (self.next()? == b).then_some(())
-    }
-
-    fn at_end(&self) -> bool {
-        self.i == self.t.len()
     }
 
     fn ws(&mut self) {
@@ -560,6 +568,60 @@ mod tests {
         }
         // The mutations exercise both paths (not only fallbacks).
         assert!(fast > tried / 20 && fast < tried, "{fast} of {tried}");
+    }
+
+    /// The scan that lets the fast path read `choices` and `usage` finds the same members as the
+    /// plain scan, on every data line of the fixtures and on one-byte mutations of them.
+    #[test]
+    fn reading_during_the_scan_keeps_the_layout() {
+        use crate::openai::json_scan::{scan_object_into, scan_object_with, ObjectLayout};
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let mut lines = Vec::new();
+        for dir in std::fs::read_dir(root).unwrap() {
+            let dir = dir.unwrap().path();
+            for f in std::fs::read_dir(&dir).into_iter().flatten() {
+                let text = std::fs::read(f.unwrap().path()).unwrap();
+                for line in text.split(|&b| b == b'\n') {
+                    if let Some(d) = line.strip_prefix(b"data: ") {
+                        lines.push(d.to_vec());
+                    }
+                }
+            }
+        }
+        assert!(lines.len() > 100);
+        let same = |d: &[u8]| {
+            let (mut a, mut b) = (ObjectLayout::default(), ObjectLayout::default());
+            let ra = scan_object_into(d, &mut a);
+            let mut read = 0;
+            let rb = scan_object_with(d, &mut b, &mut |_, key, at| {
+                let end = match key {
+                    b"choices" => choices_at(d, at)?.1,
+                    b"usage" => usage_at(d, at)?.1,
+                    _ => return None,
+                };
+                read += 1;
+                Some(end)
+            });
+            assert_eq!(ra, rb, "{:?}", String::from_utf8_lossy(d));
+            if ra.is_ok() {
+                assert_eq!(a, b, "{:?}", String::from_utf8_lossy(d));
+            }
+            read
+        };
+        let mut read = 0;
+        lines.sort();
+        lines.dedup();
+        for d in &lines {
+            read += same(d);
+            for at in (0..d.len()).step_by(3) {
+                for &b in b"\"\\{}[],:" {
+                    let mut m = d.clone();
+                    m[at] = b;
+                    same(&m);
+                }
+            }
+        }
+        assert!(read > 100, "{read}");
     }
 
     #[test]
