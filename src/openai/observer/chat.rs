@@ -9,7 +9,7 @@ use super::fast::{self, Choices, Counts};
 use super::{StreamObserver, MAX_TRACKED_CHOICES};
 use crate::observe::RequestProgress;
 use crate::openai::inject::StripPolicy;
-use crate::openai::json_scan::{scan_object_with, splice, ObjectLayout};
+use crate::openai::json_scan::{scan_object_with, ObjectLayout};
 use crate::openai::usage::{parse_metrics, ChoiceView, UsageView};
 
 impl StreamObserver {
@@ -189,7 +189,7 @@ impl StreamObserver {
             _ => None,
         };
         match removal {
-            Some(range) => ChunkEdit::Json(splice(data, range, b""), hold),
+            Some(range) => ChunkEdit::Remove(range, hold),
             None if hold => ChunkEdit::HoldUnchanged,
             None => ChunkEdit::None,
         }
@@ -237,6 +237,8 @@ pub(super) enum ChunkEdit {
     Drop,
     /// New data JSON; `true` when the event must be held (last finish chunk, see `held`).
     Json(Vec<u8>, bool),
+    /// The data with this byte range removed (injected usage); `true`: held, as for `Json`.
+    Remove((usize, usize), bool),
     /// Held as received.
     HoldUnchanged,
     /// New data JSON missing the `energy` member's value, which belongs at the offset (deferred

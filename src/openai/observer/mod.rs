@@ -11,7 +11,7 @@
 use bytes::Bytes;
 
 use super::inject::{InjectionPlan, StripPolicy};
-use super::json_scan::ObjectLayout;
+use super::json_scan::{splice, ObjectLayout};
 use super::request::RequestView;
 use super::sse::{lines, Line, LineKind, Piece, Splitter, DEFAULT_MAX_EVENT_BYTES, KEEP_CAPACITY};
 
@@ -326,12 +326,14 @@ impl StreamObserver {
         let mut event_name: &[u8] = b"";
         let mut data_lines = 0usize;
         let mut first_data: &[u8] = &[];
+        let mut first_data_at = 0usize;
         for l in &line_buf {
             match l.kind {
                 LineKind::Event => event_name = raw.get(l.value_start..l.end).unwrap_or(&[]),
                 LineKind::Data => {
                     if data_lines == 0 {
                         first_data = raw.get(l.value_start..l.end).unwrap_or(&[]);
+                        first_data_at = l.value_start;
                     }
                     data_lines += 1;
                 }
@@ -368,6 +370,20 @@ impl StreamObserver {
                     ChunkEdit::Drop => Action::Drop,
                     ChunkEdit::Json(json, hold) => {
                         let ev = rebuild_event(raw, &line_buf, &json);
+                        if hold {
+                            Action::Hold(Some(ev))
+                        } else {
+                            Action::Replace(ev)
+                        }
+                    }
+                    ChunkEdit::Remove((a, b), hold) => {
+                        // One data line: the data lies in the event, so the range is cut from the
+                        // event directly (the same bytes as rebuilding it around the cut data).
+                        let ev = if joined.is_none() {
+                            splice(raw, (first_data_at + a, first_data_at + b), b"")
+                        } else {
+                            rebuild_event(raw, &line_buf, &splice(data, (a, b), b""))
+                        };
                         if hold {
                             Action::Hold(Some(ev))
                         } else {
