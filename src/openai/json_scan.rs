@@ -214,6 +214,9 @@ pub fn scan_object_into(text: &[u8], layout: &mut ObjectLayout) -> Result<(), Sc
     scan_object_with(text, layout, &mut |_, _, _| None)
 }
 
+/// A reader for [`scan_object_with`]: `(member index, raw key, value start)` to the value's end.
+pub type MemberReader<'r> = dyn FnMut(usize, &[u8], usize) -> Option<usize> + 'r;
+
 /// [`scan_object_into`] with a reader for chosen members: `read(index, raw_key, value_start)` may
 /// read the value itself and return the offset just past it, which the scan then uses instead of
 /// skipping the value (the stream observer reads `choices` and `usage` this way, so their bytes
@@ -222,7 +225,7 @@ pub fn scan_object_into(text: &[u8], layout: &mut ObjectLayout) -> Result<(), Sc
 pub fn scan_object_with(
     text: &[u8],
     layout: &mut ObjectLayout,
-    read: &mut dyn FnMut(usize, &[u8], usize) -> Option<usize>,
+    read: &mut MemberReader<'_>,
 ) -> Result<(), ScanError> {
     layout.members.clear();
     let open = skip_ws(text, 0);
