@@ -126,6 +126,16 @@ fn skip_string(t: &[u8], i: usize) -> Result<usize, ScanError> {
         return Err(ScanError::NotObject);
     }
     let mut j = i + 1;
+    // Most strings (keys, ids, one token of text) are short: a plain loop finds their end sooner
+    // than setting up a vector search.
+    for _ in 0..16 {
+        match t.get(j) {
+            None => return Err(ScanError::Incomplete),
+            Some(b'"') => return Ok(j + 1),
+            Some(b'\\') => j += 2,
+            Some(_) => j += 1,
+        }
+    }
     loop {
         let rest = t.get(j..).ok_or(ScanError::Incomplete)?;
         let k = memchr::memchr2(b'"', b'\\', rest).ok_or(ScanError::Incomplete)?;
@@ -201,6 +211,22 @@ pub fn scan_object(text: &[u8]) -> Result<ObjectLayout, ScanError> {
 /// [`scan_object`] into a reused layout (its member buffer keeps its capacity across calls: the
 /// stream observer scans every event).
 pub fn scan_object_into(text: &[u8], layout: &mut ObjectLayout) -> Result<(), ScanError> {
+    scan_object_with(text, layout, &mut |_, _, _| None)
+}
+
+/// A reader for [`scan_object_with`]: `(member index, raw key, value start)` to the value's end.
+pub type MemberReader<'r> = dyn FnMut(usize, &[u8], usize) -> Option<usize> + 'r;
+
+/// [`scan_object_into`] with a reader for chosen members: `read(index, raw_key, value_start)` may
+/// read the value itself and return the offset just past it, which the scan then uses instead of
+/// skipping the value (the stream observer reads `choices` and `usage` this way, so their bytes
+/// are walked once). The reader must return `Some` only for a complete, valid JSON value starting at
+/// `value_start`: its end is then the one the scan would have found.
+pub fn scan_object_with(
+    text: &[u8],
+    layout: &mut ObjectLayout,
+    read: &mut MemberReader<'_>,
+) -> Result<(), ScanError> {
     layout.members.clear();
     let open = skip_ws(text, 0);
     match text.get(open) {
@@ -224,7 +250,11 @@ pub fn scan_object_into(text: &[u8], layout: &mut ObjectLayout) -> Result<(), Sc
             Some(_) => return Err(ScanError::NotObject),
         }
         let value_start = skip_ws(text, i + 1);
-        let value_end = skip_value(text, value_start)?;
+        let raw_key = text.get(key_start + 1..key_end - 1).unwrap_or(&[]);
+        let value_end = match read(layout.members.len(), raw_key, value_start) {
+            Some(end) => end,
+            None => skip_value(text, value_start)?,
+        };
         layout.members.push(Member {
             key_start,
             key_end,

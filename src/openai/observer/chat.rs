@@ -5,10 +5,11 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::edit::{add_fingerprint, append_member, append_member_at, bump};
+use super::fast::{self, Choices, Counts};
 use super::{StreamObserver, MAX_TRACKED_CHOICES};
 use crate::observe::RequestProgress;
 use crate::openai::inject::StripPolicy;
-use crate::openai::json_scan::{scan_object_into, splice, ObjectLayout};
+use crate::openai::json_scan::{scan_object_with, ObjectLayout};
 use crate::openai::usage::{parse_metrics, ChoiceView, UsageView};
 
 impl StreamObserver {
@@ -26,8 +27,24 @@ impl StreamObserver {
         // Locate the few members that matter, then parse only those: ids, model names and
         // vLLM's extra keys are never decoded.
         let mut layout = std::mem::take(&mut self.layout);
-        let edit = match scan_object_into(data, &mut layout) {
-            Ok(()) => self.on_chunk_members(data, &layout, now_ns, progress, energy),
+        // `choices` and `usage` are read by the fast path as the scan reaches them (their bytes
+        // are walked once); a value it declines is skipped by the scan and parsed by serde later.
+        let mut read = Read::default();
+        let scanned = scan_object_with(data, &mut layout, &mut |idx, key, at| match key {
+            b"choices" => {
+                let (c, end) = fast::choices_at(data, at)?;
+                read.choices = Some((idx, c));
+                Some(end)
+            }
+            b"usage" => {
+                let (u, end) = fast::usage_at(data, at)?;
+                read.usage = Some((idx, u));
+                Some(end)
+            }
+            _ => None,
+        });
+        let edit = match scanned {
+            Ok(()) => self.on_chunk_members(data, &layout, read, now_ns, progress, energy),
             Err(_) => {
                 self.totals.parse_errors += 1;
                 ChunkEdit::None
@@ -41,6 +58,7 @@ impl StreamObserver {
         &mut self,
         data: &[u8],
         layout: &ObjectLayout,
+        read: Read<'_>,
         now_ns: u64,
         progress: &RequestProgress,
         energy: &mut dyn FnMut() -> Option<String>,
@@ -70,26 +88,35 @@ impl StreamObserver {
             return ChunkEdit::None;
         }
         let member = |i: Option<usize>| i.and_then(|i| layout.members.get(i));
-        let choices: Vec<ChoiceView<'_>> = match member(choices_at) {
-            Some(m) => match serde_json::from_slice(m.value(data)) {
-                Ok(c) => c,
-                Err(_) => {
-                    self.totals.parse_errors += 1;
-                    return ChunkEdit::None;
-                }
+        // The byte-level reading first; serde when the chunk is anything but the plain shape (it
+        // then decides, and reports a parse error where the chunk is not what the views expect).
+        let choices: Choices<'_> = match member(choices_at) {
+            Some(m) => match read.choices.filter(|(i, _)| Some(*i) == choices_at) {
+                Some((_, c)) => c,
+                None => match serde_json::from_slice::<Vec<ChoiceView<'_>>>(m.value(data)) {
+                    Ok(c) => Choices::from_views(c),
+                    Err(_) => {
+                        self.totals.parse_errors += 1;
+                        return ChunkEdit::None;
+                    }
+                },
             },
-            None => Vec::new(),
+            None => Choices::default(),
         };
-        let usage: Option<UsageView> = match member(usage_at) {
-            Some(m) => match serde_json::from_slice(m.value(data)) {
-                Ok(u) => Some(u),
-                Err(_) => {
-                    self.totals.parse_errors += 1;
-                    return ChunkEdit::None;
-                }
+        let usage: Option<Counts> = match member(usage_at) {
+            Some(m) => match read.usage.filter(|(i, _)| Some(*i) == usage_at) {
+                Some((_, u)) => Some(u),
+                None => match serde_json::from_slice::<UsageView>(m.value(data)) {
+                    Ok(u) => Some(Counts::from(u)),
+                    Err(_) => {
+                        self.totals.parse_errors += 1;
+                        return ChunkEdit::None;
+                    }
+                },
             },
             None => None,
         };
+        let choices = choices.as_slice();
         if choices.is_empty() {
             let Some(u) = usage else {
                 return ChunkEdit::None;
@@ -110,18 +137,14 @@ impl StreamObserver {
             return self.edit_final_usage(data, layout, energy);
         }
         let mut finished_here = false;
-        for c in &choices {
+        for c in choices {
             let slot = (c.index as usize).min(MAX_TRACKED_CHOICES - 1);
             if let Some(fr) = c.finish_reason.as_deref() {
                 self.push_finish(fr);
                 self.finished_choices += 1;
                 finished_here = true;
             }
-            let output = match &c.delta {
-                Some(d) => d.carries_output(),
-                None => c.text.is_some(),
-            };
-            if output {
+            if c.output {
                 bump(&mut self.chunks_per_choice, slot, |v| *v += 1);
             }
         }
@@ -166,7 +189,7 @@ impl StreamObserver {
             _ => None,
         };
         match removal {
-            Some(range) => ChunkEdit::Json(splice(data, range, b""), hold),
+            Some(range) => ChunkEdit::Remove(range, hold),
             None if hold => ChunkEdit::HoldUnchanged,
             None => ChunkEdit::None,
         }
@@ -214,9 +237,19 @@ pub(super) enum ChunkEdit {
     Drop,
     /// New data JSON; `true` when the event must be held (last finish chunk, see `held`).
     Json(Vec<u8>, bool),
+    /// The data with this byte range removed (injected usage); `true`: held, as for `Json`.
+    Remove((usize, usize), bool),
     /// Held as received.
     HoldUnchanged,
     /// New data JSON missing the `energy` member's value, which belongs at the offset (deferred
     /// energy, [`super::ObserverConfig::defer_energy`]).
     Deferred(Vec<u8>, usize),
+}
+
+/// What the fast path read during the scan: the member's index and its reading (the last member
+/// of that name it could read).
+#[derive(Default)]
+pub(super) struct Read<'a> {
+    choices: Option<(usize, Choices<'a>)>,
+    usage: Option<(usize, Counts)>,
 }

@@ -11,12 +11,13 @@
 use bytes::Bytes;
 
 use super::inject::{InjectionPlan, StripPolicy};
-use super::json_scan::ObjectLayout;
+use super::json_scan::{splice, ObjectLayout};
 use super::request::RequestView;
 use super::sse::{lines, Line, LineKind, Piece, Splitter, DEFAULT_MAX_EVENT_BYTES, KEEP_CAPACITY};
 
 mod chat;
 mod edit;
+mod fast;
 mod responses;
 
 use crate::observe::{Endpoint, RequestProgress};
@@ -324,37 +325,65 @@ impl StreamObserver {
         lines(raw, &mut line_buf);
         let mut event_name: &[u8] = b"";
         let mut data_lines = 0usize;
-        let mut first_data: Option<Line> = None;
-        self.data_buf.clear();
+        let mut first_data: &[u8] = &[];
+        let mut first_data_at = 0usize;
         for l in &line_buf {
             match l.kind {
                 LineKind::Event => event_name = raw.get(l.value_start..l.end).unwrap_or(&[]),
                 LineKind::Data => {
-                    if data_lines > 0 {
-                        self.data_buf.push(b'\n');
+                    if data_lines == 0 {
+                        first_data = raw.get(l.value_start..l.end).unwrap_or(&[]);
+                        first_data_at = l.value_start;
                     }
                     data_lines += 1;
-                    first_data.get_or_insert(*l);
-                    self.data_buf
-                        .extend_from_slice(raw.get(l.value_start..l.end).unwrap_or(&[]));
                 }
                 _ => {}
             }
         }
+        // One data line (every vLLM event) is read where it lies; several are joined with `\n`.
+        let joined = (data_lines > 1).then(|| {
+            let mut buf = std::mem::take(&mut self.data_buf);
+            buf.clear();
+            for (k, l) in line_buf
+                .iter()
+                .filter(|l| l.kind == LineKind::Data)
+                .enumerate()
+            {
+                if k > 0 {
+                    buf.push(b'\n');
+                }
+                buf.extend_from_slice(raw.get(l.value_start..l.end).unwrap_or(&[]));
+            }
+            buf
+        });
         let action = if data_lines == 0 {
             Action::Forward
         } else {
             self.totals.events += 1;
-            let data = std::mem::take(&mut self.data_buf);
+            let data: &[u8] = joined.as_deref().unwrap_or(first_data);
             let act = if self.cfg.endpoint == Endpoint::Responses {
-                self.on_responses_event(event_name, &data, now_ns, progress);
+                self.on_responses_event(event_name, data, now_ns, progress);
                 Action::Forward
             } else {
-                match self.on_chunk(&data, now_ns, progress, energy) {
+                match self.on_chunk(data, now_ns, progress, energy) {
                     ChunkEdit::None => Action::Forward,
                     ChunkEdit::Drop => Action::Drop,
                     ChunkEdit::Json(json, hold) => {
                         let ev = rebuild_event(raw, &line_buf, &json);
+                        if hold {
+                            Action::Hold(Some(ev))
+                        } else {
+                            Action::Replace(ev)
+                        }
+                    }
+                    ChunkEdit::Remove((a, b), hold) => {
+                        // One data line: the data lies in the event, so the range is cut from the
+                        // event directly (the same bytes as rebuilding it around the cut data).
+                        let ev = if joined.is_none() {
+                            splice(raw, (first_data_at + a, first_data_at + b), b"")
+                        } else {
+                            rebuild_event(raw, &line_buf, &splice(data, (a, b), b""))
+                        };
                         if hold {
                             Action::Hold(Some(ev))
                         } else {
@@ -369,8 +398,8 @@ impl StreamObserver {
                 }
             };
             // Keep the buffer for the next event unless one huge event inflated it.
-            if data.capacity() <= KEEP_CAPACITY {
-                self.data_buf = data;
+            if let Some(buf) = joined.filter(|b| b.capacity() <= KEEP_CAPACITY) {
+                self.data_buf = buf;
             }
             act
         };
