@@ -341,6 +341,8 @@ impl Accounting {
             .decode_uj_per_token
             .store(to_uj(calibration.beta_j), Relaxed);
         rates.set_token_prices(self.ledger.token_prices());
+        let (prefill_per_s, decode_per_s) = self.ledger.rates();
+        rates.set_work_rates(prefill_per_s, decode_per_s);
     }
 
     /// Timer work without ticks: when no tick has come for `tickless_retire_after` (no meter, or

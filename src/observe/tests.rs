@@ -146,3 +146,30 @@ fn published_work_beyond_the_true_counts_is_taken_back_at_the_same_prices() {
     p.energy_uj.store(100_000, Relaxed);
     assert_eq!(p.energy_now(2_000, &rates).energy_uj, 0);
 }
+
+#[test]
+fn a_queued_answer_moves_from_its_published_share_to_its_counts_priced_whole() {
+    // 100 prompt tokens at 1,000 tokens/s and 10 tokens at 10 per second: 1.1 s of work. Priced
+    // whole (1,000 µJ per prompt token, 10,000 per decode token) it is 200,000 µJ; its published
+    // share (where its estimate placed it) says 1,000,000 µJ. Answered 1.1 s after arrival, it
+    // keeps the published share; after 4.4 s (three quarters of its life unexplained by its work:
+    // queued, unseen) it carries 0.75 × 200,000 + 0.25 × 1,000,000. A stream keeps its share.
+    let rates = SystemRates::default();
+    rates.set_token_prices(Some(([1_000.0, 10_000.0, 0.0], [1_000.0, 10_000.0, 0.0])));
+    rates.set_work_rates(1_000.0, 10.0);
+    let answer = |visible: bool, life_ns: u64| {
+        let p = RequestProgress::new(meta(1));
+        p.set_prompt_exact(100);
+        p.observe_completion(10, 1_000);
+        p.progress_visible.store(visible, Relaxed);
+        p.completion_exact.store(true, Relaxed);
+        p.energy_uj.store(1_000_000, Relaxed);
+        p.settled_tokens[0].store(100, Relaxed);
+        p.settled_tokens[1].store(10, Relaxed);
+        p.settled_tokens[2].store(decode_context(100, 1, 0, 10) as u64, Relaxed);
+        p.energy_now(p.meta.arrival_ns + life_ns, &rates).energy_uj
+    };
+    assert_eq!(answer(false, 1_100_000_000), 1_000_000);
+    assert_eq!(answer(false, 4_400_000_000), 400_000);
+    assert_eq!(answer(true, 4_400_000_000), 1_000_000);
+}
