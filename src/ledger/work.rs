@@ -406,11 +406,14 @@ impl Ledger {
                 hi.saturating_sub(lo.max(ws)) as f64 / (hi - lo) as f64
             }
         };
+        const MIN_SCALE: f64 = 0.001;
         let scale = |truth: f64, done: f64, frac: f64| -> f32 {
             if frac <= 0.0 || truth <= 0.0 {
                 return 1.0;
             }
-            (((truth - done).max(0.0) / (truth * frac)).min(4.0)) as f32
+            // Never to nothing: a tick where only this request ran would lose its energy to
+            // unattributed (at 0, 2.7 % of the energy of 70B prefill-heavy went there).
+            (((truth - done).max(0.0) / (truth * frac)).clamp(MIN_SCALE, 4.0)) as f32
         };
         if p.prompt_tokens > 0 {
             let k = scale(p.prompt_tokens as f64, settled[0], held(from, ft));

@@ -172,6 +172,33 @@ fn a_reconciled_answer_totals_its_true_work_whatever_settled_on_its_estimate() {
 }
 
 #[test]
+fn a_reconciled_answer_whose_estimate_overshot_still_takes_its_held_ticks() {
+    // Alone for 1 s with 5 tokens (the default estimate says ~25): the settled part already
+    // holds more work than it did, so its held part is scaled down, but never to nothing: the
+    // held ticks' energy is still its own, not unattributed (scaled to nothing, 5 of its 20
+    // ticks went unattributed). One tick still does: the one before its first token as the
+    // default rate places it (833 ms), where its estimate was dropped.
+    let mut l = Ledger::new(cfg()).expect("config");
+    let b = Script {
+        id: 8,
+        arrival: 0,
+        prompt: 100,
+        visible: false,
+        tokens: (1..=5).map(|i| i * 200 * MS).collect(),
+        end: Some((1_000 * MS, Outcome::Ok)),
+        prefill_ns: 0,
+    };
+    for k in 1..=24 {
+        let obs: Vec<Observation> = b.at(k * 50 * MS).into_iter().collect();
+        apply_50ms(&mut l, k, Some(1_000), &obs);
+        check_books(&l);
+    }
+    l.flush();
+    let t = l.totals();
+    assert_eq!(t.unattributed_uj, 1_000, "{t:?}");
+}
+
+#[test]
 fn an_invisible_request_aborted_keeps_its_estimated_decode() {
     // A non-streamed request whose client leaves after 1 s: no usage ever comes, but the engine
     // prefilled and decoded until the abort. Its record keeps the estimate carried to the abort
