@@ -155,6 +155,31 @@ impl IdleEstimator {
             .map(|mw| super::split::mul_div(mw, dt_ns, 1_000_000))
             .unwrap_or(0)
     }
+
+    /// Splits a tick's energy `e` (µJ, `dt_ns` long, `busy_ns` of it with a request in flight):
+    /// the idle part of its time with nothing in flight, which belongs to nobody; the rest, to
+    /// be split by work; and the idle baseline within that rest (what is not active energy).
+    pub fn split_tick(&self, e: u64, dt_ns: u64, busy_ns: u64) -> TickEnergy {
+        let idle_uj = self.baseline_uj(dt_ns.saturating_sub(busy_ns)).min(e);
+        let rest_uj = e - idle_uj;
+        let baseline_uj = self.baseline_uj(busy_ns.min(dt_ns)).min(rest_uj);
+        TickEnergy {
+            idle_uj,
+            rest_uj,
+            baseline_uj,
+        }
+    }
+}
+
+/// A tick's energy as [`IdleEstimator::split_tick`] divides it, µJ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TickEnergy {
+    /// The P_idle share of the tick's time with nothing in flight.
+    pub idle_uj: u64,
+    /// Everything else: split between the requests by work.
+    pub rest_uj: u64,
+    /// Of `rest_uj`, the P_idle share of the busy time (the rest of it is active energy).
+    pub baseline_uj: u64,
 }
 
 #[cfg(test)]

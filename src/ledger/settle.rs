@@ -91,7 +91,7 @@ impl Ledger {
     /// dearer or cheaper. Looks at most 8 ticks back, so the cost per tick stays one tick's split.
     pub(super) fn split_tentatively(&mut self) {
         let n = self.window.len();
-        let (alpha, beta, gamma) = self.calibrator.weights();
+        let weights = self.calibrator.weights();
         for i in (n.saturating_sub(9)..n.saturating_sub(1)).rev() {
             let Some(tick) = self.window.get(i) else {
                 break;
@@ -101,17 +101,10 @@ impl Ledger {
             };
             let dt = tick.end_ns - tick.start_ns;
             self.marginal.clear();
-            self.marginal.extend(tick.items.iter().map(|item| {
-                alpha * f64::from(item.prefill)
-                    + beta * f64::from(item.decode)
-                    + gamma * f64::from(item.context)
-            }));
-            let idle_part = self
-                .idle
-                .baseline_uj(dt.saturating_sub(tick.busy_ns))
-                .min(e);
-            let e = e - idle_part;
-            let baseline = self.idle.baseline_uj(tick.busy_ns.min(dt)).min(e);
+            self.marginal
+                .extend(tick.items.iter().map(|item| item.marginal(weights)));
+            let split = self.idle.split_tick(e, dt, tick.busy_ns);
+            let (e, baseline) = (split.rest_uj, split.baseline_uj);
             split_weights(
                 self.config.split_by_steps,
                 &self.marginal,
@@ -163,33 +156,26 @@ impl Ledger {
             return false;
         };
         self.totals.pending_uj -= e.min(self.totals.pending_uj);
-        let (alpha, beta, gamma) = self.calibrator.weights();
+        let weights = self.calibrator.weights();
+        let alpha = weights.0;
         self.marginal.clear();
         let (mut prefill_tokens, mut decode_tokens, mut context_tokens) = (0.0, 0.0, 0.0);
         let mut provisional_work = 0.0;
         for item in &tick.items {
-            let (ip, id, ic) = (
-                f64::from(item.prefill),
-                f64::from(item.decode),
-                f64::from(item.context),
-            );
-            self.marginal.push(alpha * ip + beta * id + gamma * ic);
-            prefill_tokens += ip;
-            decode_tokens += id;
-            context_tokens += ic;
+            let m = item.marginal(weights);
+            self.marginal.push(m);
+            prefill_tokens += f64::from(item.prefill);
+            decode_tokens += f64::from(item.decode);
+            context_tokens += f64::from(item.context);
             if item.provisional {
-                provisional_work += alpha * ip + beta * id + gamma * ic;
+                provisional_work += m;
             }
         }
         // Idle time inside a busy tick (before the first arrival, after the last end) is idle.
-        let idle_part = self
-            .idle
-            .baseline_uj(dt.saturating_sub(tick.busy_ns))
-            .min(e);
-        self.totals.idle_uj = self.totals.idle_uj.saturating_add(idle_part);
+        let split = self.idle.split_tick(e, dt, tick.busy_ns);
+        self.totals.idle_uj = self.totals.idle_uj.saturating_add(split.idle_uj);
         let full_e = e;
-        let e = e - idle_part;
-        let baseline = self.idle.baseline_uj(tick.busy_ns.min(dt)).min(e);
+        let (e, baseline) = (split.rest_uj, split.baseline_uj);
         split_weights(
             self.config.split_by_steps,
             &self.marginal,

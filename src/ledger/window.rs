@@ -33,6 +33,13 @@ pub struct Item {
 }
 
 impl Item {
+    /// The item's marginal energy at weights `(α, β, γ)`, joules.
+    pub fn marginal(&self, (alpha, beta, gamma): (f64, f64, f64)) -> f64 {
+        alpha * f64::from(self.prefill)
+            + beta * f64::from(self.decode)
+            + gamma * f64::from(self.context)
+    }
+
     /// Work of `slot` with no tokens yet, placed nowhere.
     pub fn empty(slot: u32) -> Item {
         Item {
