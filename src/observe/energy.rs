@@ -121,13 +121,30 @@ pub fn decode_context(prompt: u64, choices: u32, from: u64, to: u64) -> f64 {
 pub const MAX_EXTRAPOLATION_NS: u64 = 1_000_000_000;
 
 impl RequestProgress {
+    /// The share of the request's life so far that its work (`prompt` tokens at the engine's
+    /// prefill rate, `completion` at its per-sequence decode rate) does not explain: time spent
+    /// queued, in 0..=1 (0 while the rates are unknown).
+    fn queued_share(&self, now_ns: u64, rates: &SystemRates, prompt: u64, completion: u64) -> f64 {
+        let Some((prefill_per_s, decode_per_s)) = rates.work_rates() else {
+            return 0.0;
+        };
+        let life_s = now_ns.saturating_sub(self.meta.arrival_ns) as f64 / 1e9;
+        if life_s <= 0.0 {
+            return 0.0;
+        }
+        let per_choice = completion as f64 / f64::from(self.meta.choices.max(1));
+        let work_s = prompt as f64 / prefill_per_s + per_choice / decode_per_s;
+        (1.0 - work_s / life_s).clamp(0.0, 1.0)
+    }
+
     /// The energy so far: what accounting settled, plus the request's tokens not yet in a settled
     /// interval priced at what recent settled tokens cost ([`SystemRates::token_prices`]), and
     /// work published beyond its true counts (an invisible request's estimate) taken back at
-    /// those prices. Before
-    /// any busy interval settled (no prices yet), the settled figure is extended to `now_ns` with
-    /// the request's recent power (bounded by [`MAX_EXTRAPOLATION_NS`]), or, with nothing settled,
-    /// estimated from its tokens and the calibrated per-token energy ([`estimate_unsettled`]).
+    /// those prices; a finished non-streamed answer's figure is mixed with its counts priced whole
+    /// by its queued share. Before any busy interval settled (no prices yet), the settled figure
+    /// is extended to `now_ns` with the request's recent power (bounded by
+    /// [`MAX_EXTRAPOLATION_NS`]), or, with nothing settled, estimated from its tokens and the
+    /// calibrated per-token energy ([`estimate_unsettled`]).
     pub fn energy_now(&self, now_ns: u64, rates: &SystemRates) -> EnergyNow {
         let settled = self.energy_uj.load(Relaxed);
         let active = self.active_uj.load(Relaxed);
@@ -169,19 +186,7 @@ impl RequestProgress {
                 // explain (bench, two seeds: response median / p95 13.1 / 49.1 -> 11.3 / 43.9 %,
                 // prefill-heavy 19-48 / 72-119 -> 7-17 / 37-65 %; mixing by the prefill share
                 // instead, 11.0 / 49.4 %; half and half, 11.8 / 46.1 % but decode-heavy worse).
-                let queued = match rates.work_rates() {
-                    Some((prefill_per_s, decode_per_s)) => {
-                        let life_s = now_ns.saturating_sub(self.meta.arrival_ns) as f64 / 1e9;
-                        let per_choice = completion as f64 / f64::from(self.meta.choices.max(1));
-                        let work_s = prompt as f64 / prefill_per_s + per_choice / decode_per_s;
-                        if life_s > 0.0 {
-                            (1.0 - work_s / life_s).clamp(0.0, 1.0)
-                        } else {
-                            0.0
-                        }
-                    }
-                    None => 0.0,
-                };
+                let queued = self.queued_share(now_ns, rates, prompt, completion);
                 let all = [prompt as f64, completion as f64, context];
                 let whole = |p: [f64; 3]| (0..3).map(|i| all[i] * p[i]).sum::<f64>().max(0.0);
                 let mix = |w: f64, c: u64| (queued * w + (1.0 - queued) * c as f64) as u64;
