@@ -4,17 +4,31 @@
 //! Owns the fit only: a bounded window of settled ticks and a non-negative least-squares fit of
 //! `ΔE_k − P_idle·Δt_k ≈ s·busy_k + α·prefill_k + β·decode_k + γ·context_k` (joules; `busy_k` the
 //! seconds of the tick with a request in flight), solved exactly from running sums: every subset
-//! of the four terms is solved unconstrained on its column-scaled normal equations and the
-//! non-negative solution with the least squared error wins (for four terms that is the NNLS
+//! of the terms is solved unconstrained on its column-scaled normal equations and the
+//! non-negative solution with the least squared error wins (for so few terms that is the NNLS
 //! optimum). The static term takes the energy the engine draws for running at all, so α, β and
 //! γ are the *marginal* costs of work: a tick's energy, static included, is then split in their
 //! proportions, as an engine step's energy belongs to the work in it (DESIGN.md §3).
 //!
-//! Trust rule: at least `min_ticks` samples, R² of the fit at least `min_r2`, a condition number
-//! of the scaled normal matrix of the chosen terms at most `max_condition`, α positive and β or γ
-//! positive, and a fit that explains the data clearly better (20 % less squared error) than the
-//! defaults' proportions at their best scale. Until then the configured defaults are used (γ's default is β / 1000, a context
-//! token costing a thousandth of a decode token).
+//! **β follows α.** A decode token's own cost (its matrix products, the same per token as a
+//! prompt token's) is kept at the defaults' ratio to α: `β = α × default β / default α`, and the
+//! fit finds α and γ. A tick's decode and context counts move together (context ÷ decode is the
+//! batch's mean context, which changes slowly), and in every cost model of the accuracy bench the
+//! context's cost per decode token is as large as or larger than β: fitted freely, β took the
+//! context's energy or gave it back (β off by 2–20×, γ negative or zero, offline on the bench's
+//! own ticks), and γ/β, which decides the split between a long-context and a short-context
+//! request in the same step, was whatever the ridge said. Tied, the fit recovers γ/α within
+//! 1–3× of the truth on those ticks, and the bench's mean error drops (README, "Calibration").
+//!
+//! **The defaults as a prior.** Every marginal term is pulled towards its default with the
+//! weight of [`PRIOR_BLOCKS`] blocks of data, whatever the window holds: the first blocks lean on
+//! the defaults, a full window on the data.
+//!
+//! Trust rule: at least `min_ticks` samples (blocks), R² of the fit at least `min_r2`, a condition
+//! number of the scaled normal matrix of the chosen terms at most `max_condition`, α positive, and
+//! a fit that explains the data clearly better (20 % less squared error) than the defaults'
+//! proportions at their best scale. Until then the configured defaults are used (γ's default is
+//! β / 1000, a context token costing a thousandth of a decode token).
 
 use std::collections::VecDeque;
 
@@ -29,9 +43,9 @@ pub struct CalibrationConfig {
     pub default_beta_j: f64,
     /// Default γ, joules per context token read by a decode.
     pub default_gamma_j: f64,
-    /// Number of recent ticks in the fitting window.
+    /// Number of samples (blocks of `block_ticks` ticks) in the fitting window.
     pub window_ticks: usize,
-    /// Ticks needed before the fit can be trusted.
+    /// Samples (blocks) needed before the fit can be trusted.
     pub min_ticks: usize,
     /// Largest acceptable condition number of the scaled normal matrix.
     pub max_condition: f64,
@@ -54,7 +68,7 @@ impl Default for CalibrationConfig {
             default_beta_j: 0.01,
             default_gamma_j: 0.00001,
             window_ticks: 1200,
-            min_ticks: 20,
+            min_ticks: 5,
             max_condition: 1e6,
             min_r2: 0.5,
             fixed: false,
@@ -145,12 +159,10 @@ impl Sums {
 }
 
 /// Solves the normal equations restricted to the terms in `mask` (column-scaled Gaussian
-/// elimination with partial pivoting), with a weak ridge pull of each marginal term towards
-/// `prior` (a tenth of a percent of its column's weight): directions the data cannot tell apart
-/// (decode and context counts move together) settle near the prior's proportions instead of
-/// swinging to 0 or to the other term. `None` when singular.
-fn solve_subset(s: &Sums, mask: u32, prior: &[f64; K]) -> Option<[f64; K]> {
-    let ridge = RIDGE;
+/// elimination with partial pivoting), with a ridge pull of each marginal term towards `prior`
+/// of weight `ridge` relative to its column's: directions the data cannot tell apart settle near
+/// the prior's proportions instead of swinging to 0 or to another term. `None` when singular.
+fn solve_subset(s: &Sums, mask: u32, prior: &[f64; K], ridge: f64) -> Option<[f64; K]> {
     let idx: Vec<usize> = (0..K).filter(|i| mask & (1 << i) != 0).collect();
     let n = idx.len();
     let scale: Vec<f64> = idx.iter().map(|&i| s.xx[i][i].sqrt()).collect();
@@ -164,7 +176,7 @@ fn solve_subset(s: &Sums, mask: u32, prior: &[f64; K]) -> Option<[f64; K]> {
         }
         a[r][n] = s.xy[i] / scale[r];
         if i > 0 {
-            // In scaled units the diagonal is 1: the pull is RIDGE × (prior × scale).
+            // In scaled units the diagonal is 1: the pull is ridge × (prior × scale).
             a[r][r] += ridge;
             a[r][n] += ridge * prior[i] * scale[r];
         }
@@ -193,14 +205,35 @@ fn solve_subset(s: &Sums, mask: u32, prior: &[f64; K]) -> Option<[f64; K]> {
 }
 
 /// The ridge's penalty of coefficients `c` (every marginal term, in or out of the subset).
-fn ridge_cost(s: &Sums, c: &[f64; K], prior: &[f64; K]) -> f64 {
+fn ridge_cost(s: &Sums, c: &[f64; K], prior: &[f64; K], ridge: f64) -> f64 {
     (1..K)
-        .map(|i| RIDGE * s.xx[i][i] * (c[i] - prior[i]).powi(2))
+        .map(|i| ridge * s.xx[i][i] * (c[i] - prior[i]).powi(2))
         .sum()
 }
 
-/// Weight of the ridge pull, relative to each term's own column (see `solve_subset`).
-const RIDGE: f64 = 0.05;
+/// How many samples (blocks) of data the defaults weigh as, in the fit. Accuracy bench, four
+/// seeds: 1, 2 and 3 blocks give the same mean error within 0.4 points; a pull proportional to
+/// the data instead (5 % of each column's weight, so as strong after ten minutes as after ten
+/// seconds) kept γ near its default.
+pub const PRIOR_BLOCKS: f64 = 2.0;
+
+/// The sums with the decode column folded into the prefill column at `β = kappa × α`: column 1
+/// becomes `prefill + kappa·decode` and column 2 is emptied (no subset with it solves).
+fn tie_decode_to_prefill(s: &Sums, kappa: f64) -> Sums {
+    let mut t = *s;
+    t.xx[1][1] = s.xx[1][1] + 2.0 * kappa * s.xx[1][2] + kappa * kappa * s.xx[2][2];
+    for j in [0, 3] {
+        t.xx[1][j] = s.xx[1][j] + kappa * s.xx[2][j];
+        t.xx[j][1] = t.xx[1][j];
+    }
+    t.xy[1] = s.xy[1] + kappa * s.xy[2];
+    for j in 0..K {
+        t.xx[2][j] = 0.0;
+        t.xx[j][2] = 0.0;
+    }
+    t.xy[2] = 0.0;
+    t
+}
 
 /// Condition number of the scaled normal matrix of the terms in `mask` (Jacobi eigenvalues).
 fn condition(s: &Sums, mask: u32) -> Option<f64> {
@@ -373,7 +406,14 @@ impl Calibrator {
                 s.xy[i] -= st * s.xx[i][0];
             }
         }
-        let s = &s;
+        // β = κ·α (module doc): the fit sees prefill + κ·decode as one column.
+        let kappa = if d.default_alpha_j > 0.0 {
+            d.default_beta_j / d.default_alpha_j
+        } else {
+            1.0
+        };
+        let s = &tie_decode_to_prefill(&s, kappa);
+        let ridge = PRIOR_BLOCKS / self.window.len().max(1) as f64;
         // What the defaults' proportions explain with the best overall scale: a fit must do
         // clearly better than that before it replaces them (a fit from ticks that cannot tell the
         // terms apart does worse than the defaults in the accuracy bench).
@@ -391,16 +431,17 @@ impl Calibrator {
             if static_w.is_some() && mask & 1 != 0 {
                 continue;
             }
-            let Some(mut c) = solve_subset(s, mask, &prior) else {
+            let Some(mut c) = solve_subset(s, mask, &prior, ridge) else {
                 continue;
             };
+            c[2] = kappa * c[1];
             if c.iter().any(|v| *v < 0.0) {
                 continue;
             }
             // Compared with the ridge's own cost, so that dropping a term (setting it to 0, far
             // from its prior) is not free.
             let raw = s.sse(&c);
-            let sse = raw + ridge_cost(s, &c, &prior);
+            let sse = raw + ridge_cost(s, &c, &prior, ridge);
             if let Some(st) = static_w {
                 c[0] = st;
             }
@@ -429,7 +470,7 @@ impl Calibrator {
                 && beats_prior
                 && cond.is_some_and(|c| c <= d.max_condition)
                 && r2.is_some_and(|r| r >= d.min_r2)
-                && fit.is_some_and(|c| c[1] > 0.0 && (c[2] > 0.0 || c[3] > 0.0));
+                && fit.is_some_and(|c| c[1] > 0.0 && c[3] > 0.0);
         let used = match fit {
             Some(c) if trusted && !d.fixed => (c[1], c[2], c[3]),
             _ => (d.default_alpha_j, d.default_beta_j, d.default_gamma_j),

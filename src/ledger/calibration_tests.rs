@@ -22,29 +22,63 @@ fn work(busy_s: f64, prefill: f64, decode: f64, context: f64) -> TickWork {
     }
 }
 
-#[test]
-fn recovers_known_weights_and_static_power_then_trusts_them() {
-    let mut c = Calibrator::new(cfg());
-    assert!(!c.report().trusted);
-    for k in 0..200u32 {
+/// `n` ticks of synthetic work whose energy is `static_w·busy + α·p + β·d + γ·ctx`.
+fn feed(c: &mut Calibrator, n: u32, static_w: f64, alpha: f64, beta: f64, gamma: f64) {
+    for k in 0..n {
         let busy = 0.02 + f64::from(k % 4) * 0.01;
         let p = f64::from((k * 37) % 400);
         let d = f64::from((k * 11) % 64 + 1);
         let ctx = d * f64::from((k * 13) % 900 + 50);
-        let e = 230.0 * busy + 0.01 * p + 0.006 * d + 0.000_014 * ctx;
+        let e = static_w * busy + alpha * p + beta * d + gamma * ctx;
         c.observe(work(busy, p, d, ctx), e);
     }
+}
+
+#[test]
+fn recovers_known_weights_and_static_power_then_trusts_them() {
+    let mut c = Calibrator::new(cfg());
+    assert!(!c.report().trusted);
+    // β at the defaults' ratio to α (1 : 1), as the fit assumes.
+    feed(&mut c, 200, 230.0, 0.01, 0.01, 0.000_014);
     let r = c.report();
     assert!(r.trusted, "{r:?}");
-    // The ridge pulls the terms the data tell apart least (decode and context counts move
-    // together) towards the defaults: exact data come back within a few percent for α and
-    // the static power, within 30 % for β and γ.
     let close = |x: f64, truth: f64, tol: f64| (x / truth - 1.0).abs() < tol;
-    assert!(close(r.alpha_j, 0.01, 0.02), "{r:?}");
-    assert!(close(r.beta_j, 0.006, 0.3), "{r:?}");
-    assert!(close(r.gamma_j, 0.000_014, 0.3), "{r:?}");
+    assert!(close(r.alpha_j, 0.01, 0.01), "{r:?}");
+    assert_eq!(r.beta_j, r.alpha_j, "β follows α at the defaults' ratio");
+    // γ within 5 %: the prior (γ = α / 1000) still weighs as two blocks of the fifty.
+    assert!(close(r.gamma_j, 0.000_014, 0.05), "{r:?}");
     assert!(close(r.fitted_static_w.unwrap(), 230.0, 0.01), "{r:?}");
     assert_eq!(r.ticks, 50);
+}
+
+#[test]
+fn a_decode_cost_off_the_defaults_ratio_moves_alpha_and_gamma_a_little() {
+    // β = 0.6 α where the fit assumes β = α: the decode's own cost is over-weighted, and α and γ
+    // make up for it within 40 % (the price of the tie, which keeps γ from taking or giving up
+    // the decode's energy when decode and context counts move together).
+    let mut c = Calibrator::new(cfg());
+    feed(&mut c, 200, 230.0, 0.01, 0.006, 0.000_014);
+    let r = c.report();
+    assert!(r.trusted, "{r:?}");
+    let close = |x: f64, truth: f64, tol: f64| (x / truth - 1.0).abs() < tol;
+    assert!(close(r.alpha_j, 0.01, 0.05), "{r:?}");
+    assert!(close(r.gamma_j, 0.000_014, 0.4), "{r:?}");
+    assert!(close(r.fitted_static_w.unwrap(), 230.0, 0.01), "{r:?}");
+}
+
+#[test]
+fn a_weak_prior_gives_way_to_the_data() {
+    // The defaults say γ = α / 1000; the data, γ = α / 50. The prior weighs as two blocks
+    // whatever the window holds, so a window of 400 follows the data within 2 % (a pull of a
+    // fixed 5 % of each column's weight left it 10 % short, and in the bench near its default).
+    let mut c = Calibrator::new(CalibrationConfig {
+        window_ticks: 400,
+        ..cfg()
+    });
+    feed(&mut c, 400, 230.0, 0.01, 0.01, 0.000_2);
+    let r = c.report();
+    assert!(r.trusted, "{r:?}");
+    assert!((r.gamma_j / 0.000_2 - 1.0).abs() < 0.02, "{r:?}");
 }
 
 #[test]
@@ -53,7 +87,8 @@ fn negative_solution_is_clamped_and_untrusted() {
     for k in 0..100u32 {
         let p = f64::from(k % 10);
         let d = f64::from(k % 7 + 1);
-        // Energy that falls with decode: the unconstrained β would be negative.
+        // Energy that falls with decode: the unconstrained decode cost would be negative, and
+        // without context there is no γ to fit.
         c.observe(work(0.0, p, d, 0.0), (0.5 * p - 0.2 * d).max(0.0));
     }
     let r = c.report();
@@ -67,10 +102,11 @@ fn negative_solution_is_clamped_and_untrusted() {
 fn collinear_inputs_are_not_trusted_and_bad_samples_ignored() {
     let mut c = Calibrator::new(cfg());
     for k in 1..100u32 {
+        // Decode and context in a fixed ratio, no prefill: α and γ cannot be told apart.
         let x = f64::from(k);
-        c.observe(work(0.0, x, 2.0 * x, 0.0), 0.3 * x);
+        c.observe(work(0.0, 0.0, x, 500.0 * x), 0.3 * x);
     }
-    assert!(!c.report().trusted);
+    assert!(!c.report().trusted, "{:?}", c.report());
     c.observe(work(0.0, f64::NAN, 1.0, 0.0), 1.0);
     c.observe(work(0.0, 0.0, 0.0, 0.0), 1.0);
     c.observe(work(-1.0, 1.0, 1.0, 0.0), 1.0);
@@ -116,9 +152,10 @@ fn static_power_comes_from_the_lightest_busy_ticks_and_blocks_sum_ticks() {
     assert_eq!(r.ticks, 50, "600 ticks in blocks of 5, window of 50");
     let st = r.fitted_static_w.unwrap();
     // A low quantile of the ticks' power: within 5 % above the true 200 W, and the marginal
-    // cost of prefill within 20 % of 0.02 J.
+    // cost of prefill within 25 % of 0.02 J (its decode, at a twentieth of α, is fitted at α).
     assert!((200.0..210.0).contains(&st), "{r:?}");
-    assert!((r.alpha_j / 0.02 - 1.0).abs() < 0.2, "{r:?}");
+    let alpha = r.fitted_alpha_j.unwrap();
+    assert!((alpha / 0.02 - 1.0).abs() < 0.25, "{r:?}");
 }
 
 #[test]
