@@ -194,3 +194,35 @@ fn a_fit_no_better_than_the_defaults_proportions_is_not_used() {
     assert!(!r.trusted, "{r:?}");
     assert_eq!(c.weights(), (0.01, 0.01, 0.00001));
 }
+
+#[test]
+fn the_fit_lowers_a_static_estimate_that_the_lightest_ticks_still_carry_work_in() {
+    // Every busy tick decodes at least 20 sequences with 500+ tokens of context each, so even
+    // the lightest draw ~16 W above the true 190 W static power: the quantile alone overstates
+    // it, and α and γ would lose that energy. The joint fit finds 190 W within 2 % and γ within
+    // 10 % (the prior, two blocks of the 400, pulls it towards α / 1000).
+    let mut c = Calibrator::new(CalibrationConfig {
+        block_ticks: 5,
+        window_ticks: 400,
+        ..cfg()
+    });
+    for k in 0..2000u32 {
+        let p = f64::from((k * 37) % 400);
+        let d = f64::from((k * 11) % 44 + 20);
+        let ctx = d * f64::from((k * 13) % 900 + 500);
+        let w = TickWork {
+            busy_s: 0.05,
+            prefill: p,
+            decode: d,
+            context: ctx,
+            span_s: 0.05,
+        };
+        c.observe(w, 190.0 * 0.05 + 0.01 * (p + d) + 0.000_06 * ctx);
+    }
+    let r = c.report();
+    assert!(r.trusted, "{r:?}");
+    let close = |x: f64, truth: f64, tol: f64| (x / truth - 1.0).abs() < tol;
+    assert!(close(r.fitted_static_w.unwrap(), 190.0, 0.02), "{r:?}");
+    assert!(close(r.alpha_j, 0.01, 0.05), "{r:?}");
+    assert!(close(r.gamma_j, 0.000_06, 0.1), "{r:?}");
+}
