@@ -106,12 +106,32 @@ pub struct Ledger {
     pub(super) steps: super::steps::StepHistory,
     /// Scratch for [`Ledger::place_by_steps`].
     pub(super) step_scratch: Vec<u64>,
+    /// The engine's prefill conveyor (first come, first served).
+    pub(super) prefill_queue: super::queue::PrefillQueue,
+    /// This tick's conveyor events, applied after its observations (see
+    /// [`Ledger::serve_prefill_queue`]): requests new to it, first tokens and ends seen, and the
+    /// requests still waiting for a first token the proxy would see.
+    pub(super) queue_events: QueueEvents,
+}
+
+/// See [`Ledger::queue_events`].
+#[derive(Debug, Default)]
+pub(super) struct QueueEvents {
+    /// (arrival ns, id, slot, prompt tokens).
+    pub(super) new: Vec<(u64, u64, u32, f64)>,
+    /// (first token ns, slot): a first token seen.
+    pub(super) reached: Vec<(u64, u32)>,
+    /// Slots whose invisible request ended.
+    pub(super) passed: Vec<u32>,
+    /// Requests with no first token seen: (slot, snapshot).
+    pub(super) waiting: Vec<(u32, crate::observe::ProgressSnapshot)>,
 }
 
 impl Ledger {
     /// A ledger with validated settings.
     pub fn new(config: LedgerConfig) -> Result<Self, LedgerConfigError> {
         config.validate()?;
+        let prefill_rate = config.prefill_tokens_per_s;
         Ok(Ledger {
             idle: IdleEstimator::new(
                 config.p_idle_mw,
@@ -151,6 +171,8 @@ impl Ledger {
             scratch: Vec::new(),
             steps: super::steps::StepHistory::default(),
             step_scratch: Vec::new(),
+            prefill_queue: super::queue::PrefillQueue::new(prefill_rate),
+            queue_events: QueueEvents::default(),
         })
     }
 
@@ -229,6 +251,13 @@ impl Ledger {
             };
             req.seen_seq = seq;
             let p = obs.progress;
+            if req.queue_place == 0.0 && req.kind != WorkKind::None && !req.ended {
+                // Marked on the conveyor when the tick's new requests are placed in arrival order.
+                req.queue_place = -1.0;
+                self.queue_events
+                    .new
+                    .push((p.arrival_ns, p.id, slot, p.prompt_tokens as f64));
+            }
             let overlaps = p.arrival_ns <= end_ns && (p.end_ns == 0 || p.end_ns > start_ns);
             if req.kind != WorkKind::None && overlaps {
                 busy = true;
@@ -282,6 +311,7 @@ impl Ledger {
                 union_ns(&mut self.partial)
             };
         }
+        self.serve_prefill_queue(start_ns, end_ns);
         self.learn_tick_decode_rate(end_ns - start_ns);
         if self.observed.len() != self.index.len() {
             finalized += self.finish_vanished(seq);
@@ -448,6 +478,10 @@ impl Ledger {
             consumed_completion: 0,
             last_token_seen_ns: 0,
             queued_until_ns: 0,
+            queue_place: 0.0,
+            queue_prompt: 0.0,
+            queue_reported: false,
+            prov_decode_from_ns: 0,
             settled_work: [0.0; 3],
             ended: false,
             vanished: false,

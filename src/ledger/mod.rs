@@ -17,6 +17,7 @@
 pub mod attribution;
 pub mod calibration;
 pub mod idle;
+mod queue;
 pub mod record;
 mod req;
 mod settle;

@@ -22,6 +22,14 @@ pub(super) struct Req {
     /// behind an earlier request that had not started (FIFO admission); its estimated work starts
     /// no earlier (0: never waited).
     pub(super) queued_until_ns: u64,
+    /// Its place on the engine's prefill conveyor (where its prefill ends; 0: not on it yet).
+    pub(super) queue_place: f64,
+    /// The prompt tokens it was put on the conveyor with.
+    pub(super) queue_prompt: f64,
+    /// Whether its first token or end was already reported to the conveyor.
+    pub(super) queue_reported: bool,
+    /// When its estimated prefill ended and its estimated decode began (0: not yet).
+    pub(super) prov_decode_from_ns: u64,
     /// Prompt, decode and context tokens of its work in settled ticks.
     pub(super) settled_work: [f64; 3],
     pub(super) ended: bool,

@@ -150,11 +150,10 @@ impl Ledger {
         let Some(req) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
             return;
         };
-        let (visible, prefill_placed, consumed, prov_from, choices) = (
+        let (visible, prefill_placed, consumed, choices) = (
             req.visible,
             req.prefill_placed,
             req.consumed_completion,
-            req.prov_from_ns,
             req.choices.max(1),
         );
         if !visible && p.progress_visible {
@@ -172,8 +171,15 @@ impl Ledger {
                 }
                 return;
             }
-            self.provisional_work(slot, p, prov_from, end_ns);
+            // Estimated once the tick's conveyor is served (`serve_prefill_queue`).
+            self.queue_events.waiting.push((slot, *p));
             return;
+        }
+        if p.first_token_ns == 0 {
+            // Not started: it holds the engine's estimated progress below its place.
+            self.queue_events.waiting.push((slot, *p));
+        } else {
+            self.report_first_token(slot, p.first_token_ns);
         }
         if !prefill_placed && p.first_token_ns != 0 {
             // The server's prompt count usually comes with the first usage chunk; if this
@@ -228,36 +234,138 @@ impl Ledger {
         }
     }
 
-    /// Estimated work of an invisible request over `(from_ns, end_ns]`: prefill at the prefill
-    /// rate after the (known) queue wait, then decode at the per-request decode rate.
+    /// Notes, once per request, that its first token came at `at_ns` (for the prefill conveyor).
+    fn report_first_token(&mut self, slot: u32, at_ns: u64) {
+        if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+            if !req.queue_reported {
+                req.queue_reported = true;
+                self.queue_events.reached.push((at_ns, slot));
+            }
+        }
+    }
+
+    /// Runs the engine's prefill conveyor over the tick `(start_ns, end_ns]` (see
+    /// [`super::queue`]): places the tick's new requests on it in arrival order, moves it up to
+    /// the first tokens and ends seen, advances it at the saturated throughput (never past a
+    /// visible request still waiting for its first token, never past what arrived), and gives
+    /// each invisible request waiting for its prefill its part of the stretch served (all of it
+    /// to the tick, jumps included) as estimated prefill, then its estimated decode.
+    pub(super) fn serve_prefill_queue(&mut self, start_ns: u64, end_ns: u64) {
+        let mut ev = std::mem::take(&mut self.queue_events);
+        ev.new.sort_unstable_by_key(|e| (e.0, e.1));
+        // An engine with nothing to prefill starts on a new prompt when it arrives, not at the
+        // tick's start.
+        let idle_until = match ev.new.first() {
+            Some(&(arrival, ..)) if self.prefill_queue.is_drained() => {
+                arrival.clamp(start_ns, end_ns)
+            }
+            _ => start_ns,
+        };
+        for &(_, _, slot, prompt) in &ev.new {
+            let place = self.prefill_queue.enqueue(prompt.max(1.0));
+            if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+                req.queue_place = place;
+                req.queue_prompt = prompt.max(1.0);
+            }
+        }
+        let from = self.prefill_queue.served();
+        ev.reached.sort_unstable();
+        for &(at, slot) in &ev.reached {
+            if let Some(r) = self.slots.get(slot as usize).and_then(Option::as_ref) {
+                if r.queue_place > 0.0 {
+                    self.prefill_queue.reached(r.queue_place, at, r.arrival_ns);
+                }
+            }
+        }
+        for &slot in &ev.passed {
+            if let Some(r) = self.slots.get(slot as usize).and_then(Option::as_ref) {
+                if r.queue_place > 0.0 {
+                    self.prefill_queue.passed(r.queue_place);
+                }
+            }
+        }
+        ev.waiting
+            .sort_unstable_by_key(|(_, p)| (p.arrival_ns, p.id));
+        let limit = ev
+            .waiting
+            .iter()
+            .filter_map(|(slot, _)| self.slots.get(*slot as usize)?.as_ref())
+            .filter(|r| r.visible && r.queue_place > 0.0)
+            .map(|r| r.queue_place)
+            .fold(f64::INFINITY, f64::min);
+        let dt = end_ns.saturating_sub(start_ns);
+        let to = if ev.waiting.is_empty() {
+            self.prefill_queue.drained();
+            self.prefill_queue.served()
+        } else {
+            self.prefill_queue
+                .serve(end_ns.saturating_sub(idle_until), limit)
+                .1
+        };
+        for &(slot, ref p) in &ev.waiting {
+            let Some(req) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
+                continue;
+            };
+            if req.visible {
+                continue;
+            }
+            let (place, prompt, prov_from) = (req.queue_place, req.queue_prompt, req.prov_from_ns);
+            let (prefill, done_at) = if place <= 0.0 {
+                // Not on the conveyor (no work kind): as if prefilled on arrival.
+                (0.0, start_ns.max(1))
+            } else {
+                let begin = place - prompt;
+                let prefill = (place.min(to) - begin.max(from)).max(0.0);
+                let done_at = if place > to {
+                    0
+                } else if place <= from || to <= from {
+                    start_ns.max(1)
+                } else {
+                    let f = (place - from) / (to - from);
+                    start_ns + (f * dt as f64) as u64
+                };
+                (prefill, done_at)
+            };
+            self.provisional_work(slot, p, prov_from, end_ns, prefill, done_at);
+        }
+        ev.new.clear();
+        ev.reached.clear();
+        ev.passed.clear();
+        ev.waiting.clear();
+        self.queue_events = ev;
+    }
+
+    /// Estimated work of an invisible request over `(from_ns, end_ns]`: `prefill` prompt tokens
+    /// (its part of the conveyor's stretch), then decode at the per-request decode rate from when
+    /// its estimated prefill ended (`done_at_ns`, 0 if it has not yet; the first such time sticks).
     pub(super) fn provisional_work(
         &mut self,
         slot: u32,
         p: &ProgressSnapshot,
         from_ns: u64,
         end_ns: u64,
+        prefill: f64,
+        done_at_ns: u64,
     ) {
-        let queued_until = self
-            .slots
-            .get(slot as usize)
-            .and_then(Option::as_ref)
-            .map_or(0, |r| r.queued_until_ns);
+        let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if req.prov_decode_from_ns == 0 {
+            req.prov_decode_from_ns = done_at_ns;
+        }
+        let (queued_until, kind, choices, decode_start) = (
+            req.queued_until_ns,
+            req.kind,
+            req.choices,
+            req.prov_decode_from_ns,
+        );
         let s0 = Self::work_start_ns(p).max(queued_until);
-        let pd = self.prefill_duration_ns(p).max(1);
         let a = from_ns.max(s0);
         if end_ns <= a {
             return;
         }
         let overlap = |lo: u64, hi: u64| end_ns.min(hi).saturating_sub(a.max(lo));
-        let prefill =
-            p.prompt_tokens as f64 * overlap(s0, s0.saturating_add(pd)) as f64 / pd as f64;
-        let (kind, choices) = self
-            .slots
-            .get(slot as usize)
-            .and_then(Option::as_ref)
-            .map_or((WorkKind::None, 1), |r| (r.kind, r.choices));
-        let decode_start = s0.saturating_add(pd);
-        let (decode, context) = if kind == WorkKind::Generate {
+        let (decode, context) = if kind == WorkKind::Generate && decode_start != 0 {
             // Every choice decodes at the per-sequence rate.
             let per_ns = self.decode_rate * f64::from(choices) / 1e9;
             let before = per_ns * a.saturating_sub(decode_start) as f64;
@@ -299,6 +407,9 @@ impl Ledger {
         );
         if visible {
             self.drop_provisional(slot);
+            if p.first_token_ns != 0 {
+                self.report_first_token(slot, p.first_token_ns);
+            }
             let no_work = p.completion_tokens == 0 && p.outcome == Outcome::Error;
             if !prefill_placed && !no_work && p.prompt_tokens > 0 {
                 // No first token seen: an abort during prefill (or a stream whose tokens were not
@@ -329,12 +440,14 @@ impl Ledger {
                 .get(slot as usize)
                 .and_then(Option::as_ref)
                 .map_or(p.end_ns, |r| r.prov_from_ns);
-            self.provisional_work(slot, p, from, p.end_ns);
+            // An engine drops a request that is still queued: no more prefill from the conveyor.
+            self.provisional_work(slot, p, from, p.end_ns, 0.0, 0);
         } else {
             // Reconcile: replace the provisional estimate still held by the true counts, spread
             // over the request's life. The part of its life already settled keeps its provisional
             // split.
             self.drop_provisional(slot);
+            self.queue_events.passed.push(slot);
             let no_work = p.completion_tokens == 0 && p.outcome == Outcome::Error;
             if !no_work {
                 self.place_true_work(slot, p);

@@ -307,3 +307,51 @@ fn a_response_carries_its_share_of_held_ticks_split_provisionally() {
     let (p, _) = published_while_held(false);
     assert_eq!((p.energy_uj, p.settled_tokens.decode), (0, 0), "{p:?}");
 }
+
+#[test]
+fn invisible_prompts_are_prefilled_first_come_first_served() {
+    // Two non-streamed requests: A (2,000 prompt tokens) at 0 and B (1,000) at 10 ms. At the
+    // default 10,000 prefill tokens/s the engine works on A until 200 ms and on B from then to
+    // 300 ms; B's estimate used to start at its own arrival, beside A's.
+    let mut l = Ledger::new(LedgerConfig {
+        settle_ticks: 20,
+        ..cfg()
+    })
+    .expect("config");
+    let script = |id, arrival, prompt| Script {
+        id,
+        arrival,
+        prompt,
+        visible: false,
+        tokens: Vec::new(),
+        end: None,
+        prefill_ns: 0,
+    };
+    let (a, b) = (script(1, 0, 2_000), script(2, 10 * MS, 1_000));
+    for k in 1..=8 {
+        let obs: Vec<Observation> = [&a, &b].iter().filter_map(|s| s.at(k * 50 * MS)).collect();
+        apply_50ms(&mut l, k, Some(1_000), &obs);
+        check_books(&l);
+    }
+    let per_tick = |id: u64| -> Vec<f32> {
+        let slot = l.index[&id];
+        l.window
+            .iter()
+            .map(|t| {
+                t.items
+                    .iter()
+                    .filter(|i| i.slot == slot)
+                    .map(|i| i.prefill)
+                    .sum()
+            })
+            .collect()
+    };
+    let (pa, pb) = (per_tick(1), per_tick(2));
+    let near = |x: f32, y: f32| (x - y).abs() < 1.0;
+    for k in 0..4 {
+        assert!(near(pa[k], 500.0), "A: {pa:?}");
+        assert!(near(pb[k], 0.0), "B waits for A: {pb:?}");
+    }
+    assert!(near(pb[4], 500.0) && near(pb[5], 500.0), "B: {pb:?}");
+    assert!(near(pa.iter().sum(), 2_000.0) && near(pb.iter().sum(), 1_000.0));
+}
