@@ -39,19 +39,37 @@ fn snapshot(id: u64) -> ProgressSnapshot {
 }
 
 fn ledger_apply(c: &mut Criterion) {
+    ledger_apply_with(c, "ledger_apply_10k", 0);
+    // Every second request non-streamed and not yet answered: its work is estimated each tick
+    // (the prefill conveyor, then decode at the per-sequence rate).
+    ledger_apply_with(c, "ledger_apply_10k_half_invisible", 2);
+}
+
+/// Ticks over `N` requests in flight; with `invisible_every = k > 0`, every `k`-th one's progress
+/// is invisible (a non-streamed request with no first token).
+fn ledger_apply_with(c: &mut Criterion, name: &str, invisible_every: u64) {
     let mut ledger = Ledger::new(LedgerConfig::default()).expect("default config");
     let mut obs: Vec<Observation> = (1..=N)
-        .map(|id| Observation {
-            progress: snapshot(id),
-            kind: WorkKind::Generate,
-            choices: 1,
+        .map(|id| {
+            let mut progress = snapshot(id);
+            if invisible_every > 0 && id % invisible_every == 0 {
+                progress.progress_visible = false;
+                progress.first_token_ns = 0;
+                progress.last_token_ns = 0;
+                progress.completion_tokens = 0;
+            }
+            Observation {
+                progress,
+                kind: WorkKind::Generate,
+                choices: 1,
+            }
         })
         .collect();
     let mut k = 0u64;
     let mut step = |ledger: &mut Ledger, obs: &mut Vec<Observation>| {
         k += 1;
         let end = k * TICK;
-        for o in obs.iter_mut() {
+        for o in obs.iter_mut().filter(|o| o.progress.progress_visible) {
             o.progress.completion_tokens += 1;
             o.progress.last_token_ns = end - 1;
         }
@@ -70,9 +88,7 @@ fn ledger_apply(c: &mut Criterion) {
     for _ in 0..40 {
         step(&mut ledger, &mut obs);
     }
-    c.bench_function("ledger_apply_10k", |b| {
-        b.iter(|| step(&mut ledger, &mut obs))
-    });
+    c.bench_function(name, |b| b.iter(|| step(&mut ledger, &mut obs)));
     let t = ledger.totals();
     assert_eq!(
         t.attributed_uj + t.idle_uj + t.unattributed_uj + t.pending_uj,
