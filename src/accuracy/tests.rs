@@ -35,6 +35,23 @@ fn runs_are_reproducible_and_books_exact() {
     }
 }
 
+/// The 40-request case of `workload` on the cost model `model` (50 ms counter, seed 11), with
+/// exact books and every record written.
+fn guard_case(model: &str, workload: VirtualWorkload) -> CaseReport {
+    let model = cost_models()
+        .into_iter()
+        .find(|m| m.name == model)
+        .expect("the model is in the matrix");
+    let r = run_case(&Case {
+        requests: 40,
+        seed: 11,
+        model,
+        ..small(workload, 50)
+    });
+    assert!(r.books_exact && r.missing_records == 0, "{r:?}");
+    r
+}
+
 /// The calibration on the context-bound model, where a context token read costs a thirty-third of
 /// a decode token's own work (the defaults say a thousandth): with β tied to α and the defaults a
 /// weak prior, the fit finds the context's cost (40 requests, steady, 50 ms counter: record
@@ -42,18 +59,7 @@ fn runs_are_reproducible_and_books_exact() {
 /// 9.6 / 27.6 and 10.5 / 21.4 %).
 #[test]
 fn the_calibration_finds_a_costly_context() {
-    let model = cost_models()
-        .into_iter()
-        .find(|m| m.name == "ctx-bound")
-        .expect("the context-bound model is in the matrix");
-    let case = Case {
-        requests: 40,
-        seed: 11,
-        model,
-        ..small(VirtualWorkload::Steady, 50)
-    };
-    let r = run_case(&case);
-    assert!(r.books_exact && r.missing_records == 0, "{r:?}");
+    let r = guard_case("ctx-bound", VirtualWorkload::Steady);
     assert!(r.record.median <= 0.08 && r.record.p95 <= 0.27, "{r:?}");
     assert!(
         r.provisional.median <= 0.09 && r.provisional.p95 <= 0.23,
@@ -66,18 +72,7 @@ fn the_calibration_finds_a_costly_context() {
 /// every invisible prompt estimated from its own arrival, 43.5 / 162.6 and 27.4 / 83.6 %.
 #[test]
 fn a_saturated_prefill_queue_is_served_in_arrival_order() {
-    let model = cost_models()
-        .into_iter()
-        .find(|m| m.name == "70b-4xh100")
-        .expect("the 70B model is in the matrix");
-    let case = Case {
-        requests: 40,
-        seed: 11,
-        model,
-        ..small(VirtualWorkload::PrefillHeavy, 50)
-    };
-    let r = run_case(&case);
-    assert!(r.books_exact && r.missing_records == 0, "{r:?}");
+    let r = guard_case("70b-4xh100", VirtualWorkload::PrefillHeavy);
     assert!(r.record.median <= 0.25 && r.record.p95 <= 1.0, "{r:?}");
     assert!(r.provisional.median <= 0.15, "{r:?}");
 }
