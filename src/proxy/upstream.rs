@@ -19,12 +19,13 @@ use crate::config::UpstreamUrl;
 /// It is also the exact size of every read on an upstream connection (hyper's
 /// `read_buf_exact_size`, which bounds the head by the same figure). hyper's adaptive read buffer
 /// doubles after each read that fills it, up to the connection's bound, and the grown buffer stays
-/// with the pooled connection: after a burst of coalesced events (the overhead bench's (b)) the
-/// proxy's RSS stayed about 7 MB higher for 64 connections. The price: the option
-/// replaces hyper's `max_buf_size`, so what an upstream connection may queue of a request body
-/// streamed to a slow upstream is hyper's default bound (about 400 KiB, at most 16 chunks, queued
-/// without a copy) instead of [`super::screen::CONNECTION_BUF_BYTES`].
-pub const MAX_RESPONSE_HEAD_BYTES: usize = 16 * 1024;
+/// with the pooled connection: after bursts of coalesced events (the overhead bench's (b)) the
+/// proxy's RSS stayed 4–5 MB higher for 64 connections. 16 KiB saved a little more memory but cost
+/// CPU per event on those bursts (one more read each); 32 KiB showed no change above the noise.
+/// The price: the option replaces hyper's `max_buf_size`, so what an upstream connection may
+/// queue of a request body streamed to a slow upstream is hyper's default bound (about 400 KiB, at
+/// most 16 chunks, queued without a copy) instead of [`super::screen::CONNECTION_BUF_BYTES`].
+pub const MAX_RESPONSE_HEAD_BYTES: usize = 32 * 1024;
 
 /// A pooled client bound to one upstream.
 #[derive(Clone, Debug)]
