@@ -17,7 +17,8 @@
 //! (d) 64 streams at full speed, one write per event.
 //!
 //! `JOULEGATE_BENCH_SCALE` (default 1) multiplies the request counts; `JOULEGATE_BENCH_ONLY=a,b`
-//! picks workloads. `cargo test --benches` runs a tiny version without nginx.
+//! picks workloads; `JOULEGATE_BENCH_BIN=PATH` runs that joulegate binary instead of the one just
+//! built (to interleave runs of two builds). `cargo test --benches` runs a tiny version without nginx.
 
 #[path = "overhead/wire.rs"]
 mod wire;
@@ -116,7 +117,11 @@ fn pinned(cpu: Option<&str>, program: &str) -> Command {
 }
 
 fn start_joulegate(upstream: SocketAddr, cpu: Option<&str>) -> Proxy {
-    let mut child = pinned(cpu, env!("CARGO_BIN_EXE_joulegate"))
+    // `JOULEGATE_BENCH_BIN` runs another build (an earlier commit's, kept aside) in the same
+    // harness, so that binaries can be compared in interleaved runs.
+    let binary = std::env::var("JOULEGATE_BENCH_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_joulegate").to_string());
+    let mut child = pinned(cpu, &binary)
         .args([
             "serve",
             "--listen",

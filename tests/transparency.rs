@@ -368,3 +368,38 @@ async fn the_force_probe_tells_the_two_servers_apart() {
         assert!(body.get("stream_options").is_none());
     }
 }
+
+#[tokio::test]
+async fn upstream_heads_within_the_bound_pass_and_longer_ones_are_a_502() {
+    let bound = joulegate::proxy::upstream::MAX_RESPONSE_HEAD_BYTES;
+    for (value_len, within) in [(bound - 1024, true), (bound + 1024, false)] {
+        let value = "v".repeat(value_len);
+        let upstream = ScriptedUpstream::start(move |_| {
+            Reply::fixed(
+                200,
+                &[("content-type", "application/json"), ("x-long", &value)],
+                b"{}",
+            )
+        })
+        .await;
+        let proxy = TestProxy::start_with(upstream.addr, no_injection).await;
+        let got = send(
+            proxy.addr,
+            request("POST", proxy.addr, "/v1/anything", &[], b"{}"),
+        )
+        .await;
+        if within {
+            assert_eq!(
+                got.status, 200,
+                "a {value_len}-byte header within the bound"
+            );
+            assert_eq!(got.headers["x-long"].len(), value_len);
+            assert_eq!(got.body, b"{}");
+        } else {
+            assert_eq!(
+                got.status, 502,
+                "a head over the bound is the upstream's fault"
+            );
+        }
+    }
+}

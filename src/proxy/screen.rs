@@ -35,10 +35,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// uvicorn, in front of vLLM, refuses heads over 16 KiB, so this never refuses what vLLM accepts.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
-/// hyper's per-connection buffer bound, on both sides of the proxy (client connections and pooled
-/// upstream ones): what a connection may hold of bytes read but not yet consumed, or written but
-/// not yet taken by the peer. hyper's default (about 400 KiB) made each slow reader cost about
-/// 600 KiB; this keeps room for the largest head the screen lets through, plus a margin.
+/// hyper's per-connection buffer bound on client connections: what one may hold of bytes read but
+/// not yet consumed, or written but not yet taken by the peer. hyper's default (about 400 KiB) made
+/// each slow reader cost about 600 KiB; this keeps room for the largest head the screen lets
+/// through, plus a margin. Upstream connections read in fixed steps instead
+/// ([`crate::proxy::upstream::MAX_RESPONSE_HEAD_BYTES`]).
 pub const CONNECTION_BUF_BYTES: usize = MAX_HEAD_BYTES + 32 * 1024;
 
 /// Most header lines in one head. hyper's own bound is 100; the screen stops at 98 so that the two
