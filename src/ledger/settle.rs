@@ -415,36 +415,52 @@ fn split_weights(
     let last = parts - 1;
     let part_of = |t: u32| ((f64::from(t) * inv_plen) as usize).min(last);
     let edge = |j: usize| if j > last { dt32 } else { plen * j as u32 };
+    // A span over several parts adds its density to the parts it covers whole through a
+    // difference array (`inner`), so each item costs the same however many parts it spans
+    // (provisional estimates span the whole tick).
     step_work.clear();
-    step_work.resize(parts, 0.0);
+    step_work.resize(2 * parts + 1, 0.0);
+    let (work, inner) = step_work.split_at_mut(parts);
+    let plen_f = f64::from(plen);
     for (item, &m) in tick.items.iter().zip(marginal) {
         if m <= 0.0 {
             continue;
         }
         if item.lo >= item.hi {
-            step_work[part_of(item.hi.saturating_sub(1))] += m;
+            work[part_of(item.hi.saturating_sub(1))] += m;
             continue;
         }
         let (j0, j1) = (part_of(item.lo), part_of(item.hi - 1));
         if j0 == j1 {
-            step_work[j0] += m;
+            work[j0] += m;
             continue;
         }
         let per_ns = m / f64::from(item.hi - item.lo);
-        for j in j0..=j1 {
-            let ov = item
-                .hi
-                .min(edge(j + 1))
-                .saturating_sub(item.lo.max(edge(j)));
-            step_work[j] += per_ns * f64::from(ov);
+        work[j0] += per_ns * f64::from(edge(j0 + 1) - item.lo);
+        work[j1] += per_ns * f64::from(item.hi - edge(j1));
+        if j1 > j0 + 1 {
+            // Parts j0+1..j1 are whole and before the last one: `plen` long each.
+            inner[j0 + 1] += per_ns * plen_f;
+            inner[j1] -= per_ns * plen_f;
         }
     }
+    let mut run = 0.0;
+    for j in 0..parts {
+        run += inner[j];
+        work[j] += run;
+    }
+    step_work.truncate(parts);
     let total: f64 = marginal.iter().sum();
     let empty = step_work.iter().filter(|w| **w <= 0.0).count() as f64;
     // Each part holds 1/parts of the energy, shared by its work; empty parts go to everyone
     // by marginal. Inverses once per part, not once per item.
     for w in step_work.iter_mut() {
         *w = if *w > 0.0 { 1.0 / *w } else { 0.0 };
+    }
+    // Prefix sums of the inverses: a span's whole parts in one subtraction.
+    let mut inv_before = [0.0f64; 65];
+    for (j, &x) in step_work.iter().enumerate() {
+        inv_before[j + 1] = inv_before[j] + x;
     }
     let everyone = if total > 0.0 { empty / total } else { 0.0 };
     for (item, &m) in tick.items.iter().zip(marginal) {
@@ -458,12 +474,11 @@ fn split_weights(
                     w += m * step_work[j0];
                 } else {
                     let per_ns = m / f64::from(item.hi - item.lo);
-                    for j in j0..=j1 {
-                        let ov = item
-                            .hi
-                            .min(edge(j + 1))
-                            .saturating_sub(item.lo.max(edge(j)));
-                        w += per_ns * f64::from(ov) * step_work[j];
+                    w += per_ns
+                        * (f64::from(edge(j0 + 1) - item.lo) * step_work[j0]
+                            + f64::from(item.hi - edge(j1)) * step_work[j1]);
+                    if j1 > j0 + 1 {
+                        w += per_ns * plen_f * (inv_before[j1] - inv_before[j0 + 1]);
                     }
                 }
             }
@@ -471,3 +486,7 @@ fn split_weights(
         weights.push(w);
     }
 }
+
+#[cfg(test)]
+#[path = "settle_tests.rs"]
+mod split_tests;
