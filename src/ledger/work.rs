@@ -284,8 +284,7 @@ impl Ledger {
                 }
             }
         }
-        ev.waiting
-            .sort_unstable_by_key(|(_, p)| (p.arrival_ns, p.id));
+        // No sort needed: each request's part follows from its place and the stretch served.
         let limit = ev
             .waiting
             .iter()
