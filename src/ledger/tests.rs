@@ -134,6 +134,26 @@ fn run(
     out
 }
 
+/// A non-streamed request: the engine produced `tokens` at those times, which the proxy only learns
+/// when it ends.
+fn invisible(
+    id: u64,
+    arrival: u64,
+    prompt: u64,
+    tokens: Vec<u64>,
+    end: Option<(u64, Outcome)>,
+) -> Script {
+    Script {
+        id,
+        arrival,
+        prompt,
+        visible: false,
+        tokens,
+        end,
+        prefill_ns: 0,
+    }
+}
+
 fn stream(id: u64, arrival: u64, prompt: u64, first: u64, n: u64, gap: u64) -> Script {
     let tokens: Vec<u64> = (0..n).map(|i| first + i * gap).collect();
     let end = tokens.last().copied().unwrap_or(first) + MS;
@@ -257,15 +277,13 @@ fn invisible_requests_are_reconciled_with_their_true_counts() {
     .expect("config");
     // A non-streaming request and a stream, both for 0..500 ms. The stream makes 10 tokens; the
     // hidden one makes 30 (well above the 30 tok/s estimate), only known at the end.
-    let hidden = Script {
-        id: 1,
-        arrival: 0,
-        prompt: 0,
-        visible: false,
-        tokens: (0..30).map(|i| (i * 16 + 10) * MS).collect(),
-        end: Some((500 * MS, Outcome::Ok)),
-        prefill_ns: 0,
-    };
+    let hidden = invisible(
+        1,
+        0,
+        0,
+        (0..30).map(|i| (i * 16 + 10) * MS).collect(),
+        Some((500 * MS, Outcome::Ok)),
+    );
     let visible = Script {
         end: Some((500 * MS, Outcome::Ok)),
         ..stream(2, 0, 0, 10 * MS, 10, 49 * MS)

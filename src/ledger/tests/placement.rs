@@ -21,15 +21,7 @@ fn work_per_tick(scripts: &[Script], steps: &[u64], ticks: u64, id: u64) -> Vec<
         ..cfg()
     })
     .expect("config");
-    let hold = Script {
-        id: 99,
-        arrival: 0,
-        prompt: 10,
-        visible: false,
-        tokens: Vec::new(),
-        end: None,
-        prefill_ns: 0,
-    };
+    let hold = invisible(99, 0, 10, Vec::new(), None);
     for k in 1..=ticks {
         let end = k * 50 * MS;
         let new: Vec<u64> = steps
@@ -86,15 +78,13 @@ fn a_non_streamed_answer_is_placed_back_from_its_end_one_token_per_step() {
     // Arrives at 30 ms, answers 2 tokens at 140 ms. The steps streams showed end at 55 and
     // 140 ms, so its first token came at 55 ms and its decode ran over (55, 140]; the default
     // per-sequence rate (30 tokens/s) would have started it at 74 ms.
-    let b = Script {
-        id: 2,
-        arrival: 30 * MS,
-        prompt: 0,
-        visible: false,
-        tokens: vec![55 * MS, 140 * MS],
-        end: Some((140 * MS, Outcome::Ok)),
-        prefill_ns: 0,
-    };
+    let b = invisible(
+        2,
+        30 * MS,
+        0,
+        vec![55 * MS, 140 * MS],
+        Some((140 * MS, Outcome::Ok)),
+    );
     let steps = [20 * MS, 40 * MS, 45 * MS, 55 * MS, 140 * MS];
     let d = decode_per_tick(&[b], &steps, 3, 2);
     let near = |a: f32, b: f32| (a - b).abs() < 0.01;
@@ -109,15 +99,13 @@ fn a_reconciled_answer_keeps_no_provisional_context() {
     // (each estimated token reading ~1,000 context tokens), then ends with 2 tokens. Its true
     // decode reads 1,000 + 1,001 context tokens; the estimate's context must go with the
     // estimate's tokens, or it keeps weighing γ per token for work that never ran.
-    let b = Script {
-        id: 2,
-        arrival: 0,
-        prompt: 1_000,
-        visible: false,
-        tokens: vec![390 * MS, 400 * MS],
-        end: Some((400 * MS, Outcome::Ok)),
-        prefill_ns: 0,
-    };
+    let b = invisible(
+        2,
+        0,
+        1_000,
+        vec![390 * MS, 400 * MS],
+        Some((400 * MS, Outcome::Ok)),
+    );
     let steps = [20 * MS, 40 * MS, 60 * MS, 390 * MS, 400 * MS];
     let w = work_per_tick(&[b], &steps, 8, 2);
     let decode: f32 = w.iter().map(|x| x.0).sum();
@@ -157,15 +145,13 @@ fn a_reconciled_answer_totals_its_true_work_whatever_settled_on_its_estimate() {
     // 4 ticks: its first 200 ms settle on the provisional estimate (the default 30 tokens/s,
     // about 6 tokens), the rest holds until it ends. Its final work is its true count: the held
     // part makes up what the estimate missed instead of adding only its own share (16).
-    let b = Script {
-        id: 7,
-        arrival: 0,
-        prompt: 100,
-        visible: false,
-        tokens: (1..=20).map(|i| i * 20 * MS).collect(),
-        end: Some((400 * MS, Outcome::Ok)),
-        prefill_ns: 0,
-    };
+    let b = invisible(
+        7,
+        0,
+        100,
+        (1..=20).map(|i| i * 20 * MS).collect(),
+        Some((400 * MS, Outcome::Ok)),
+    );
     let t = final_work(&b, 4, 12);
     assert_eq!(t.prefill, 100, "{t:?}");
     assert!((19..=20).contains(&t.decode), "{t:?}");
@@ -179,15 +165,13 @@ fn a_reconciled_answer_whose_estimate_overshot_still_takes_its_held_ticks() {
     // ticks went unattributed). One tick still does: the one before its first token as the
     // default rate places it (833 ms), where its estimate was dropped.
     let mut l = Ledger::new(cfg()).expect("config");
-    let b = Script {
-        id: 8,
-        arrival: 0,
-        prompt: 100,
-        visible: false,
-        tokens: (1..=5).map(|i| i * 200 * MS).collect(),
-        end: Some((1_000 * MS, Outcome::Ok)),
-        prefill_ns: 0,
-    };
+    let b = invisible(
+        8,
+        0,
+        100,
+        (1..=5).map(|i| i * 200 * MS).collect(),
+        Some((1_000 * MS, Outcome::Ok)),
+    );
     for k in 1..=24 {
         let obs: Vec<Observation> = b.at(k * 50 * MS).into_iter().collect();
         apply_50ms(&mut l, k, Some(1_000), &obs);
@@ -204,15 +188,7 @@ fn an_invisible_request_aborted_keeps_its_estimated_decode() {
     // prefilled and decoded until the abort. Its record keeps the estimate carried to the abort
     // (default rates: 10,000 prompt tokens/s, then 30 tokens/s: about 30 tokens), not only the
     // prefill. Every tick is held until the abort (a long lag), so nothing settled before it.
-    let b = Script {
-        id: 9,
-        arrival: 0,
-        prompt: 100,
-        visible: false,
-        tokens: Vec::new(),
-        end: Some((1_000 * MS, Outcome::Aborted)),
-        prefill_ns: 0,
-    };
+    let b = invisible(9, 0, 100, Vec::new(), Some((1_000 * MS, Outcome::Aborted)));
     let t = final_work(&b, 40, 24);
     assert_eq!(t.prefill, 100, "{t:?}");
     assert!((25..=31).contains(&t.decode), "{t:?}");
@@ -267,15 +243,7 @@ fn published_while_held(tentative_split: bool) -> (RequestEnergy, LedgerTotals) 
         end: None,
         prefill_ns: 0,
     };
-    let hold = Script {
-        id: 2,
-        arrival: 0,
-        prompt: 100,
-        visible: false,
-        tokens: Vec::new(),
-        end: None,
-        prefill_ns: 0,
-    };
+    let hold = invisible(2, 0, 100, Vec::new(), None);
     let mut published = RequestEnergy::default();
     for k in 1..=4 {
         let end = k * 50 * MS;
@@ -318,16 +286,8 @@ fn invisible_prompts_are_prefilled_first_come_first_served() {
         ..cfg()
     })
     .expect("config");
-    let script = |id, arrival, prompt| Script {
-        id,
-        arrival,
-        prompt,
-        visible: false,
-        tokens: Vec::new(),
-        end: None,
-        prefill_ns: 0,
-    };
-    let (a, b) = (script(1, 0, 2_000), script(2, 10 * MS, 1_000));
+    let a = invisible(1, 0, 2_000, Vec::new(), None);
+    let b = invisible(2, 10 * MS, 1_000, Vec::new(), None);
     for k in 1..=8 {
         let obs: Vec<Observation> = [&a, &b].iter().filter_map(|s| s.at(k * 50 * MS)).collect();
         apply_50ms(&mut l, k, Some(1_000), &obs);

@@ -20,15 +20,7 @@ fn decode_rate_follows_the_streams_batched_with_hidden_requests() {
     .expect("config");
     // Both decode at 200 tokens/s for 2 s (continuous batching: same rate), one of them hidden.
     let tokens: Vec<u64> = (0..400).map(|i| (i * 5 + 3) * MS).collect();
-    let hidden = Script {
-        id: 1,
-        arrival: 0,
-        prompt: 0,
-        visible: false,
-        tokens: tokens.clone(),
-        end: Some((2_000 * MS, Outcome::Ok)),
-        prefill_ns: 0,
-    };
+    let hidden = invisible(1, 0, 0, tokens.clone(), Some((2_000 * MS, Outcome::Ok)));
     let visible = Script {
         id: 2,
         arrival: 0,
