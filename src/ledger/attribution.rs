@@ -252,8 +252,7 @@ impl Ledger {
             req.seen_seq = seq;
             let p = obs.progress;
             if req.queue_place == 0.0 && req.kind != WorkKind::None && !req.ended {
-                // Marked on the conveyor when the tick's new requests are placed in arrival order.
-                req.queue_place = -1.0;
+                // Put on the conveyor after the tick's observations, in arrival order.
                 self.queue_events
                     .new
                     .push((p.arrival_ns, p.id, slot, p.prompt_tokens as f64));

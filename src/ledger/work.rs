@@ -308,24 +308,18 @@ impl Ledger {
             if req.visible {
                 continue;
             }
-            let (place, prompt, prov_from) = (req.queue_place, req.queue_prompt, req.prov_from_ns);
-            let (prefill, done_at) = if place <= 0.0 {
-                // Not on the conveyor (no work kind): as if prefilled on arrival.
-                (0.0, start_ns.max(1))
+            // Every request waiting here was put on the conveyor above or in an earlier tick.
+            let (place, prompt) = (req.queue_place, req.queue_prompt);
+            let prefill = (place.min(to) - (place - prompt).max(from)).max(0.0);
+            let done_at = if place > to {
+                0
+            } else if place <= from || to <= from {
+                start_ns.max(1)
             } else {
-                let begin = place - prompt;
-                let prefill = (place.min(to) - begin.max(from)).max(0.0);
-                let done_at = if place > to {
-                    0
-                } else if place <= from || to <= from {
-                    start_ns.max(1)
-                } else {
-                    let f = (place - from) / (to - from);
-                    start_ns + (f * dt as f64) as u64
-                };
-                (prefill, done_at)
+                let f = (place - from) / (to - from);
+                start_ns + (f * dt as f64) as u64
             };
-            self.provisional_work(slot, p, prov_from, end_ns, prefill, done_at);
+            self.provisional_work(slot, p, end_ns, prefill, done_at);
         }
         ev.new.clear();
         ev.reached.clear();
@@ -334,14 +328,14 @@ impl Ledger {
         self.queue_events = ev;
     }
 
-    /// Estimated work of an invisible request over `(from_ns, end_ns]`: `prefill` prompt tokens
-    /// (its part of the conveyor's stretch), then decode at the per-request decode rate from when
-    /// its estimated prefill ended (`done_at_ns`, 0 if it has not yet; the first such time sticks).
+    /// Estimated work of an invisible request from where its estimate reached so far to `end_ns`:
+    /// `prefill` prompt tokens (its part of the conveyor's stretch), then decode at the
+    /// per-request decode rate from when its estimated prefill ended (`done_at_ns`, 0 if it has
+    /// not yet; the first such time sticks).
     pub(super) fn provisional_work(
         &mut self,
         slot: u32,
         p: &ProgressSnapshot,
-        from_ns: u64,
         end_ns: u64,
         prefill: f64,
         done_at_ns: u64,
@@ -352,7 +346,8 @@ impl Ledger {
         if req.prov_decode_from_ns == 0 {
             req.prov_decode_from_ns = done_at_ns;
         }
-        let (queued_until, kind, choices, decode_start) = (
+        let (from_ns, queued_until, kind, choices, decode_start) = (
+            req.prov_from_ns,
             req.queued_until_ns,
             req.kind,
             req.choices,
@@ -434,13 +429,8 @@ impl Ledger {
             // will never come, but the engine worked on it until the abort. The estimate, carried
             // to the end, is the best account of that work (dropping it kept only the prefill:
             // aborted non-streamed records were 40-90 % low).
-            let from = self
-                .slots
-                .get(slot as usize)
-                .and_then(Option::as_ref)
-                .map_or(p.end_ns, |r| r.prov_from_ns);
             // An engine drops a request that is still queued: no more prefill from the conveyor.
-            self.provisional_work(slot, p, from, p.end_ns, 0.0, 0);
+            self.provisional_work(slot, p, p.end_ns, 0.0, 0);
         } else {
             // Reconcile: replace the provisional estimate still held by the true counts, spread
             // over the request's life. The part of its life already settled keeps its provisional
