@@ -292,14 +292,13 @@ impl Ledger {
             .filter(|r| r.visible && r.queue_place > 0.0)
             .map(|r| r.queue_place)
             .fold(f64::INFINITY, f64::min);
-        let dt = end_ns.saturating_sub(start_ns);
+        // The engine prefilled over (idle_until, end_ns].
+        let busy_ns = end_ns.saturating_sub(idle_until);
         let to = if ev.waiting.is_empty() {
             self.prefill_queue.drained();
             self.prefill_queue.served()
         } else {
-            self.prefill_queue
-                .serve(end_ns.saturating_sub(idle_until), limit)
-                .1
+            self.prefill_queue.serve(busy_ns, limit).1
         };
         for &(slot, ref p) in &ev.waiting {
             let Some(req) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
@@ -317,7 +316,7 @@ impl Ledger {
                 start_ns.max(1)
             } else {
                 let f = (place - from) / (to - from);
-                start_ns + (f * dt as f64) as u64
+                idle_until + (f * busy_ns as f64) as u64
             };
             self.provisional_work(slot, p, end_ns, prefill, done_at);
         }
