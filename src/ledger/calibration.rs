@@ -430,6 +430,10 @@ impl Calibrator {
         let mut best: Option<([f64; K], u32, f64, bool)> = None;
         let mut best_raw_sse = f64::INFINITY;
         for mask in 1u32..(1 << K) {
+            if mask & (1 << 2) != 0 {
+                // The decode column is folded into the prefill one (β = κ·α).
+                continue;
+            }
             // With a static estimate: the marginal terms fitted on what it leaves, or static
             // fitted with them but never above the estimate (the lightest busy ticks still carry
             // work, most of all where context reads cost much: bench, four seeds, records
