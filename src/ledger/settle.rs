@@ -419,7 +419,7 @@ fn split_weights(
     // difference array (`inner`), so each item costs the same however many parts it spans
     // (provisional estimates span the whole tick).
     step_work.clear();
-    step_work.resize(2 * parts + 1, 0.0);
+    step_work.resize(2 * parts, 0.0);
     let (work, inner) = step_work.split_at_mut(parts);
     let plen_f = f64::from(plen);
     for (item, &m) in tick.items.iter().zip(marginal) {

@@ -125,22 +125,12 @@ pub(super) fn usage(v: &[u8]) -> Option<Counts> {
 pub(super) fn usage_at(t: &[u8], at: usize) -> Option<(Counts, usize)> {
     let mut p = P { t, i: at };
     let mut out = Counts::default();
-    let (mut seen_p, mut seen_c) = (false, false);
-    p.object(|p, key| {
-        match key {
-            b"prompt_tokens" => {
-                if std::mem::replace(&mut seen_p, true) {
-                    return None;
-                }
-                out.prompt_tokens = p.opt_u64()?;
-            }
-            b"completion_tokens" => {
-                if std::mem::replace(&mut seen_c, true) {
-                    return None;
-                }
-                out.completion_tokens = p.opt_u64()?;
-            }
-            _ => p.skip_value(0)?,
+    p.fields([b"prompt_tokens", b"completion_tokens"], |p, field| {
+        let count = p.opt_u64()?;
+        if field == 0 {
+            out.prompt_tokens = count;
+        } else {
+            out.completion_tokens = count;
         }
         Some(())
     })?;
@@ -299,6 +289,22 @@ impl<'a> P<'a> {
         }
     }
 
+    /// An object whose members named in `keys` are read by `field` (with the key's index and the
+    /// cursor on the value); other members are skipped. A duplicate of a named member gives up
+    /// (serde rejects it as a duplicate field).
+    fn fields<const N: usize>(
+        &mut self,
+        keys: [&[u8]; N],
+        mut field: impl FnMut(&mut Self, usize) -> Option<()>,
+    ) -> Option<()> {
+        let mut seen = [false; N];
+        self.object(|p, key| match keys.iter().position(|k| *k == key) {
+            Some(i) if std::mem::replace(&mut seen[i], true) => None,
+            Some(i) => field(p, i),
+            None => p.skip_value(0),
+        })
+    }
+
     /// Validates and skips any value, as serde's `IgnoredAny` would.
     fn skip_value(&mut self, depth: usize) -> Option<()> {
         if depth > MAX_FAST_DEPTH {
@@ -400,18 +406,8 @@ impl<'a> P<'a> {
         // `delta` (None: absent or null), its output flag; `text` present.
         let mut delta: Option<bool> = None;
         let mut text = false;
-        let mut seen = [false; 4];
-        self.object(|p, key| {
-            let field = match key {
-                b"index" => 0,
-                b"delta" => 1,
-                b"text" => 2,
-                b"finish_reason" => 3,
-                _ => return p.skip_value(0),
-            };
-            if std::mem::replace(seen.get_mut(field)?, true) {
-                return None;
-            }
+        let keys: [&[u8]; 4] = [b"index", b"delta", b"text", b"finish_reason"];
+        self.fields(keys, |p, field| {
             match field {
                 0 => c.index = p.u64()?,
                 1 => delta = if p.is_null()? { None } else { Some(p.delta()?) },
@@ -433,20 +429,15 @@ impl<'a> P<'a> {
     /// A delta object: whether it carries output (as [`crate::openai::usage::DeltaView`] says).
     fn delta(&mut self) -> Option<bool> {
         // role, content, reasoning_content, reasoning, tool_calls
-        let mut seen = [false; 5];
         let mut some = [false; 5];
-        self.object(|p, key| {
-            let field = match key {
-                b"role" => 0,
-                b"content" => 1,
-                b"reasoning_content" => 2,
-                b"reasoning" => 3,
-                b"tool_calls" => 4,
-                _ => return p.skip_value(0),
-            };
-            if std::mem::replace(seen.get_mut(field)?, true) {
-                return None;
-            }
+        let keys: [&[u8]; 5] = [
+            b"role",
+            b"content",
+            b"reasoning_content",
+            b"reasoning",
+            b"tool_calls",
+        ];
+        self.fields(keys, |p, field| {
             *some.get_mut(field)? = p.present()?;
             Some(())
         })?;
