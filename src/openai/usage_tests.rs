@@ -75,50 +75,22 @@ fn fixture(name: &str) -> Vec<u8> {
 #[test]
 fn json_bodies_from_fixtures() {
     for dir in ["vllm-0.32", "vllm-0.32-prompt-details"] {
-        let u = parse_usage(
-            Endpoint::ChatCompletions,
-            &fixture(&format!("{dir}/chat-json.body")),
-        );
-        assert_eq!(
-            u,
-            Some(Usage {
-                prompt_tokens: 22,
-                completion_tokens: 8
-            })
-        );
-        let u = parse_usage(
-            Endpoint::ChatCompletions,
-            &fixture(&format!("{dir}/chat-json-n2.body")),
-        );
-        assert_eq!(
-            u,
-            Some(Usage {
-                prompt_tokens: 22,
-                completion_tokens: 16
-            })
-        );
-        let u = parse_usage(
-            Endpoint::Completions,
-            &fixture(&format!("{dir}/completions-json.body")),
-        );
-        assert_eq!(
-            u,
-            Some(Usage {
-                prompt_tokens: 6,
-                completion_tokens: 8
-            })
-        );
-        let u = parse_usage(
-            Endpoint::Responses,
-            &fixture(&format!("{dir}/responses-json.body")),
-        );
-        assert_eq!(
-            u,
-            Some(Usage {
-                prompt_tokens: 22,
-                completion_tokens: 8
-            })
-        );
+        for (endpoint, file, prompt_tokens, completion_tokens) in [
+            (Endpoint::ChatCompletions, "chat-json", 22, 8),
+            (Endpoint::ChatCompletions, "chat-json-n2", 22, 16),
+            (Endpoint::Completions, "completions-json", 6, 8),
+            (Endpoint::Responses, "responses-json", 22, 8),
+        ] {
+            let u = parse_usage(endpoint, &fixture(&format!("{dir}/{file}.body")));
+            assert_eq!(
+                u,
+                Some(Usage {
+                    prompt_tokens,
+                    completion_tokens
+                }),
+                "{dir}/{file}"
+            );
+        }
         for err in [
             "error-bad-json",
             "error-unknown-model",
