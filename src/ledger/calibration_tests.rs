@@ -11,6 +11,17 @@ fn cfg() -> CalibrationConfig {
     }
 }
 
+/// A fully busy 50 ms tick.
+fn busy_tick(prefill: f64, decode: f64, context: f64) -> TickWork {
+    TickWork {
+        busy_s: 0.05,
+        prefill,
+        decode,
+        context,
+        span_s: 0.05,
+    }
+}
+
 /// A tick busy for `busy_s` of twice that: never fully busy, so static power is fitted.
 fn work(busy_s: f64, prefill: f64, decode: f64, context: f64) -> TickWork {
     TickWork {
@@ -139,14 +150,7 @@ fn static_power_comes_from_the_lightest_busy_ticks_and_blocks_sum_ticks() {
         // prefill's energy to the static term; the lightest ticks pin static at 200 W.
         let p = f64::from((k * 37) % 400);
         let d = f64::from((k * 11) % 64 + 1);
-        let w = TickWork {
-            busy_s: 0.05,
-            prefill: p,
-            decode: d,
-            context: 0.0,
-            span_s: 0.05,
-        };
-        c.observe(w, 200.0 * 0.05 + 0.02 * p + 0.001 * d);
+        c.observe(busy_tick(p, d, 0.0), 200.0 * 0.05 + 0.02 * p + 0.001 * d);
     }
     let r = c.report();
     assert_eq!(r.ticks, 50, "600 ticks in blocks of 5, window of 50");
@@ -181,14 +185,10 @@ fn a_fit_no_better_than_the_defaults_proportions_is_not_used() {
         } else {
             f64::from((k * 13) % 900 + 50)
         };
-        let w = TickWork {
-            busy_s: 0.05,
-            prefill: p,
-            decode: d,
-            context: ctx,
-            span_s: 0.05,
-        };
-        c.observe(w, 100.0 * 0.05 + 0.03 * (p + d + 0.001 * ctx));
+        c.observe(
+            busy_tick(p, d, ctx),
+            100.0 * 0.05 + 0.03 * (p + d + 0.001 * ctx),
+        );
     }
     let r = c.report();
     assert!(!r.trusted, "{r:?}");
@@ -210,14 +210,10 @@ fn the_fit_lowers_a_static_estimate_that_the_lightest_ticks_still_carry_work_in(
         let p = f64::from((k * 37) % 400);
         let d = f64::from((k * 11) % 44 + 20);
         let ctx = d * f64::from((k * 13) % 900 + 500);
-        let w = TickWork {
-            busy_s: 0.05,
-            prefill: p,
-            decode: d,
-            context: ctx,
-            span_s: 0.05,
-        };
-        c.observe(w, 190.0 * 0.05 + 0.01 * (p + d) + 0.000_06 * ctx);
+        c.observe(
+            busy_tick(p, d, ctx),
+            190.0 * 0.05 + 0.01 * (p + d) + 0.000_06 * ctx,
+        );
     }
     let r = c.report();
     assert!(r.trusted, "{r:?}");
