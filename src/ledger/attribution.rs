@@ -111,20 +111,7 @@ pub struct Ledger {
     /// This tick's conveyor events, applied after its observations (see
     /// [`Ledger::serve_prefill_queue`]): requests new to it, first tokens and ends seen, and the
     /// requests still waiting for a first token the proxy would see.
-    pub(super) queue_events: QueueEvents,
-}
-
-/// See [`Ledger::queue_events`].
-#[derive(Debug, Default)]
-pub(super) struct QueueEvents {
-    /// (arrival ns, id, slot, prompt tokens).
-    pub(super) new: Vec<(u64, u64, u32, f64)>,
-    /// (first token ns, slot): a first token seen.
-    pub(super) reached: Vec<(u64, u32)>,
-    /// Slots whose invisible request ended.
-    pub(super) passed: Vec<u32>,
-    /// Requests with no first token seen: (slot, snapshot).
-    pub(super) waiting: Vec<(u32, crate::observe::ProgressSnapshot)>,
+    pub(super) queue_events: super::queue::QueueEvents,
 }
 
 impl Ledger {
@@ -172,7 +159,7 @@ impl Ledger {
             steps: super::steps::StepHistory::default(),
             step_scratch: Vec::new(),
             prefill_queue: super::queue::PrefillQueue::new(prefill_rate),
-            queue_events: QueueEvents::default(),
+            queue_events: super::queue::QueueEvents::default(),
         })
     }
 

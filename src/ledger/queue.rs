@@ -2,9 +2,10 @@
 //! served (vLLM schedules a waiting request only once the running ones have had their prompt
 //! chunks), so the engine's prefill is one conveyor of prompt tokens in arrival order.
 //!
-//! Owns that conveyor: every request's place on it (the cumulative prompt tokens of all requests
-//! up to and including it, in arrival order), how far the engine is estimated to have got, and the
-//! engine's prefill throughput while saturated. The ledger asks it, tick by tick, which stretch of
+//! Owns that conveyor and the ledger's glue to it (the tick's events, and serving them): every
+//! request's place on it (the cumulative prompt tokens of all requests up to and including it, in
+//! arrival order), how far the engine is estimated to have got, and the engine's prefill
+//! throughput while saturated. The ledger asks it, tick by tick, which stretch of
 //! the conveyor the engine served, and gives each request whose progress is invisible its part of
 //! that stretch as estimated prefill. A stream's first token says exactly how far the engine had
 //! got (the stream's place) at that moment: the estimate is moved up to it, and two such first
@@ -15,6 +16,9 @@
 //! work seconds early, where it settled before the answer ended, and left the ticks where the
 //! engine really prefilled it to the decode work beside it (accuracy bench, 70B prefill-heavy:
 //! decode records 100-300 % high).
+
+use super::attribution::Ledger;
+use crate::observe::ProgressSnapshot;
 
 /// Where the engine is on the conveyor, and how fast it moves.
 #[derive(Debug)]
@@ -105,6 +109,116 @@ impl PrefillQueue {
     #[cfg(test)]
     pub(super) fn rate(&self) -> f64 {
         self.rate
+    }
+}
+
+/// This tick's conveyor events, gathered while the ledger reads the tick's observations and
+/// applied after them by [`Ledger::serve_prefill_queue`].
+#[derive(Debug, Default)]
+pub(super) struct QueueEvents {
+    /// (arrival ns, id, slot, prompt tokens): requests new to the conveyor.
+    pub(super) new: Vec<(u64, u64, u32, f64)>,
+    /// (first token ns, slot): a first token seen.
+    pub(super) reached: Vec<(u64, u32)>,
+    /// Slots whose invisible request ended.
+    pub(super) passed: Vec<u32>,
+    /// Requests with no first token seen: (slot, snapshot).
+    pub(super) waiting: Vec<(u32, ProgressSnapshot)>,
+}
+
+/// The ledger's use of the conveyor.
+impl Ledger {
+    /// Notes, once per request, that its first token came at `at_ns` (for the prefill conveyor).
+    pub(super) fn report_first_token(&mut self, slot: u32, at_ns: u64) {
+        if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+            if !req.queue_reported {
+                req.queue_reported = true;
+                self.queue_events.reached.push((at_ns, slot));
+            }
+        }
+    }
+
+    /// Runs the engine's prefill conveyor over the tick `(start_ns, end_ns]` (see
+    /// [`super::queue`]): places the tick's new requests on it in arrival order, moves it up to
+    /// the first tokens and ends seen, advances it at the saturated throughput (never past a
+    /// visible request still waiting for its first token, never past what arrived), and gives
+    /// each invisible request waiting for its prefill its part of the stretch served (all of it
+    /// to the tick, jumps included) as estimated prefill, then its estimated decode.
+    pub(super) fn serve_prefill_queue(&mut self, start_ns: u64, end_ns: u64) {
+        let mut ev = std::mem::take(&mut self.queue_events);
+        ev.new.sort_unstable_by_key(|e| (e.0, e.1));
+        // An engine with nothing to prefill starts on a new prompt when it arrives, not at the
+        // tick's start.
+        let idle_until = match ev.new.first() {
+            Some(&(arrival, ..)) if self.prefill_queue.is_drained() => {
+                arrival.clamp(start_ns, end_ns)
+            }
+            _ => start_ns,
+        };
+        for &(_, _, slot, prompt) in &ev.new {
+            let place = self.prefill_queue.enqueue(prompt.max(1.0));
+            if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+                req.queue_place = place;
+                req.queue_prompt = prompt.max(1.0);
+            }
+        }
+        let from = self.prefill_queue.served();
+        ev.reached.sort_unstable();
+        for &(at, slot) in &ev.reached {
+            if let Some(r) = self.slots.get(slot as usize).and_then(Option::as_ref) {
+                if r.queue_place > 0.0 {
+                    self.prefill_queue.reached(r.queue_place, at, r.arrival_ns);
+                }
+            }
+        }
+        for &slot in &ev.passed {
+            if let Some(r) = self.slots.get(slot as usize).and_then(Option::as_ref) {
+                if r.queue_place > 0.0 {
+                    self.prefill_queue.passed(r.queue_place);
+                }
+            }
+        }
+        // No sort needed: each request's part follows from its place and the stretch served.
+        let limit = ev
+            .waiting
+            .iter()
+            .filter_map(|(slot, _)| self.slots.get(*slot as usize)?.as_ref())
+            .filter(|r| r.visible && r.queue_place > 0.0)
+            .map(|r| r.queue_place)
+            .fold(f64::INFINITY, f64::min);
+        // The engine prefilled over (idle_until, end_ns].
+        let busy_ns = end_ns.saturating_sub(idle_until);
+        let to = if ev.waiting.is_empty() {
+            self.prefill_queue.drained();
+            self.prefill_queue.served()
+        } else {
+            self.prefill_queue.serve(busy_ns, limit).1
+        };
+        for &(slot, ref p) in &ev.waiting {
+            let Some(req) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
+                continue;
+            };
+            if req.visible {
+                continue;
+            }
+            // Every request waiting here was put on the conveyor above or in an earlier tick.
+            let (place, prompt) = (req.queue_place, req.queue_prompt);
+            let prefill = (place.min(to) - (place - prompt).max(from)).max(0.0);
+            let done_at = if place > to {
+                0
+            } else if place <= from || to <= from {
+                start_ns.max(1)
+            } else {
+                let f = (place - from) / (to - from);
+                idle_until + (f * busy_ns as f64) as u64
+            };
+            self.provisional_work(slot, p, end_ns, prefill, done_at);
+        }
+        ev.new.clear();
+        ev.reached.clear();
+        ev.passed.clear();
+        ev.waiting.clear();
+        self.queue_events = ev;
     }
 }
 
