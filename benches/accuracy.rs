@@ -4,7 +4,8 @@
 //! By default the deterministic matrix (`joulegate::accuracy`): 8 workloads × 3 engine cost models
 //! × 3 counter periods in virtual time through the real accounting, reproducible to the digit, a
 //! few seconds for the whole matrix. `ACCURACY_ONLY`, `ACCURACY_MODELS`, `ACCURACY_PERIODS`,
-//! `ACCURACY_REQUESTS`, `ACCURACY_SEED` select; `ACCURACY_METRICS=1` gives responses vLLM's
+//! `ACCURACY_REQUESTS`, `ACCURACY_SEED` select (`ACCURACY_PERIODS` takes any counter periods in
+//! ms, not only the matrix's: `ACCURACY_PERIODS=1` is a near-ideal counter); `ACCURACY_METRICS=1` gives responses vLLM's
 //! per-request `metrics`; `ACCURACY_TRUE_WEIGHTS=1` splits with each model's own marginal costs
 //! (what is left is placement error); `ACCURACY_SETTLE_TICKS=N` overrides the settlement lag in
 //! ticks (default 60). `ACCURACY_MODE=realtime` runs the end-to-end set-up instead (mock vLLM
@@ -115,11 +116,20 @@ fn virtual_matrix(full: bool) {
         cases.retain(|c| models.iter().any(|o| o == c.model.name));
     }
     if let Some(periods) = env_list("ACCURACY_PERIODS") {
-        cases.retain(|c| {
-            periods
-                .iter()
-                .any(|p| p.parse::<u64>().ok() == Some(c.meter.counter_period_ns / 1_000_000))
-        });
+        // Any periods, not only the matrix's: each (model, workload) once per period listed.
+        let periods: Vec<u64> = periods.iter().filter_map(|p| p.parse().ok()).collect();
+        let first = cases[0].meter.counter_period_ns;
+        cases.retain(|c| c.meter.counter_period_ns == first);
+        cases = periods
+            .iter()
+            .flat_map(|&ms| {
+                cases.iter().map(move |c| {
+                    let mut c = c.clone();
+                    c.meter.counter_period_ns = ms * 1_000_000;
+                    c
+                })
+            })
+            .collect();
     }
     let metrics = std::env::var("ACCURACY_METRICS").as_deref() == Ok("1");
     // The ledger splits with each model's own marginal costs instead of its fit: what is left is

@@ -226,6 +226,26 @@ fn two_streams_split_by_work_with_exact_rounding() {
 }
 
 #[test]
+fn tokens_read_with_the_first_one_are_spread_from_it() {
+    let mut l = Ledger::new(cfg()).expect("config");
+    // A decodes from 5 ms to 45 ms; its first snapshot (at 50 ms) shows all nine tokens. B's
+    // only token came at 8 ms. A's eight later tokens ran over 5..45 ms, not at 45 ms: in the
+    // first 10 ms part, B shares with A's first token and about one more, so it gets about a
+    // third of a fifth of the tick (a point at 45 ms would leave B alone there: 26 %).
+    let a = stream(1, 0, 0, 5 * MS, 9, 5 * MS);
+    let b = stream(2, 0, 0, 8 * MS, 1, 0);
+    let e = 1_000_000;
+    let done = run(&mut l, &[a, b], 8, |k| Some(if k == 1 { e } else { 0 }));
+    assert_eq!(done.len(), 2);
+    let eb = done.iter().find(|f| f.id == 2).expect("B").energy.energy_uj;
+    let want = e / 15;
+    assert!(
+        eb.abs_diff(want) < want / 5,
+        "B got {eb} µJ, want about {want}"
+    );
+}
+
+#[test]
 fn held_energy_waits_for_late_prefill_work() {
     let mut l = Ledger::new(LedgerConfig {
         settle_ticks: 10,

@@ -5,7 +5,7 @@
 //! of its own and never touches energy, only token counts placed in the held window.
 
 use super::attribution::Ledger;
-use super::window::{BeforeWindow, Item, ItemRef};
+use super::window::{BeforeWindow, Item};
 use super::WorkKind;
 use crate::observe::{Outcome, ProgressSnapshot};
 
@@ -34,19 +34,18 @@ impl Ledger {
         item: Item,
         before: BeforeWindow,
     ) {
-        let mut count = 0u32;
-        let mut refs: Vec<ItemRef> = Vec::new();
         let provisional = item.provisional;
+        // The window and the request are disjoint fields: the references go straight into the
+        // request's list, with no vector per call.
+        let mut req = self.slots.get_mut(slot as usize).and_then(Option::as_mut);
         self.window.place_span(from, to, item, before, |r| {
-            count += 1;
-            if provisional {
-                refs.push(r);
+            if let Some(req) = req.as_mut() {
+                req.pending_items = req.pending_items.saturating_add(1);
+                if provisional {
+                    req.provisional.push(r);
+                }
             }
         });
-        if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
-            req.pending_items = req.pending_items.saturating_add(count);
-            req.provisional.extend(refs);
-        }
     }
 
     /// Places `item` over `(from, to]` one equal part per engine step seen in it (continuous
@@ -101,8 +100,17 @@ impl Ledger {
     /// Places completion tokens `from..to` (cumulative over choices), the latest of them seen at
     /// `at_ns`. A snapshot only tells how many tokens came since the last one and when the latest
     /// did, so they are spread evenly since the previous latest token (one per engine step, at
-    /// the step cadence); the first token is a point.
-    pub(super) fn place_decode(&mut self, slot: u32, at_ns: u64, prompt: u64, from: u64, to: u64) {
+    /// the step cadence); the first token is a point at `first_token_ns`, and the tokens that
+    /// came after it in the same snapshot are spread from it.
+    pub(super) fn place_decode(
+        &mut self,
+        slot: u32,
+        at_ns: u64,
+        first_token_ns: u64,
+        prompt: u64,
+        from: u64,
+        to: u64,
+    ) {
         if to <= from {
             return;
         }
@@ -111,6 +119,15 @@ impl Ledger {
         };
         let choices = req.choices;
         let since = req.last_token_seen_ns;
+        if since == 0 && from == 0 && first_token_ns != 0 && first_token_ns < at_ns {
+            // The first token (one per choice) came with the prefill; the ones after it were
+            // decoded step by step until the latest.
+            let first = u64::from(choices.max(1)).min(to);
+            req.last_token_seen_ns = first_token_ns;
+            self.place_decode(slot, first_token_ns, 0, prompt, 0, first);
+            self.place_decode(slot, at_ns, 0, prompt, first, to);
+            return;
+        }
         req.last_token_seen_ns = at_ns.max(since);
         let item = Item {
             decode: (to - from) as f32,
@@ -202,6 +219,7 @@ impl Ledger {
             self.place_decode(
                 slot,
                 p.last_token_ns,
+                p.first_token_ns,
                 p.prompt_tokens,
                 consumed,
                 p.completion_tokens,
@@ -327,7 +345,14 @@ impl Ledger {
                 } else {
                     p.end_ns
                 };
-                self.place_decode(slot, at, p.prompt_tokens, consumed, p.completion_tokens);
+                self.place_decode(
+                    slot,
+                    at,
+                    p.first_token_ns,
+                    p.prompt_tokens,
+                    consumed,
+                    p.completion_tokens,
+                );
             }
             self.learn_rates(p, choices);
         } else if p.outcome == Outcome::Aborted && p.completion_tokens == 0 {
