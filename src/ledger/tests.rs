@@ -246,6 +246,27 @@ fn tokens_read_with_the_first_one_are_spread_from_it() {
 }
 
 #[test]
+fn a_long_invisible_request_holds_references_to_held_ticks_only() {
+    let mut l = Ledger::new(cfg()).expect("config");
+    // Non-streamed, in flight for 2,000 ticks (100 s): an estimate is placed every tick.
+    let s = invisible(1, 0, 100, vec![], None);
+    run(&mut l, &[s], 2_000, |_| Some(1_000));
+    let held = l.window.len();
+    let refs = l
+        .slots
+        .iter()
+        .flatten()
+        .map(|r| r.provisional.len())
+        .max()
+        .expect("the request is tracked");
+    // Bounded by the held window (twice it, as the list is pruned when it would grow).
+    assert!(
+        refs <= 2 * held + 2,
+        "{refs} references for {held} held ticks"
+    );
+}
+
+#[test]
 fn held_energy_waits_for_late_prefill_work() {
     let mut l = Ledger::new(LedgerConfig {
         settle_ticks: 10,

@@ -235,7 +235,12 @@ impl Window {
             BeforeWindow::Compress => to - from,
             BeforeWindow::Drop => full.max(1),
         };
-        let start_idx = self.ticks.partition_point(|t| t.end_ns <= from);
+        // Most spans (this tick's decode, estimates) start in the newest tick: no search.
+        let start_idx = if from >= last.start_ns {
+            self.ticks.len() - 1
+        } else {
+            self.ticks.partition_point(|t| t.end_ns <= from)
+        };
         let mut total_overlap = 0u64;
         for tick in self.ticks.range_mut(start_idx..) {
             if tick.start_ns >= to {

@@ -35,6 +35,7 @@ impl Ledger {
         before: BeforeWindow,
     ) {
         let provisional = item.provisional;
+        let oldest_held = self.window.front().map_or(0, |t| t.seq);
         // The window and the request are disjoint fields: the references go straight into the
         // request's list, with no vector per call.
         let mut req = self.slots.get_mut(slot as usize).and_then(Option::as_mut);
@@ -42,7 +43,14 @@ impl Ledger {
             if let Some(req) = req.as_mut() {
                 req.pending_items = req.pending_items.saturating_add(1);
                 if provisional {
-                    req.provisional.push(r);
+                    let refs = &mut req.provisional;
+                    if refs.len() == refs.capacity() {
+                        // References to settled ticks lead nowhere: drop them before the list
+                        // grows, so it stays bounded by the held window, however long the
+                        // request lives.
+                        refs.retain(|&(seq, _)| seq >= oldest_held);
+                    }
+                    refs.push(r);
                 }
             }
         });
