@@ -235,9 +235,13 @@ impl Window {
             BeforeWindow::Compress => to - from,
             BeforeWindow::Drop => full.max(1),
         };
-        // Most spans (this tick's decode, estimates) start in the newest tick: no search.
+        // Most spans start in the newest tick or the one before (estimates from the newest
+        // tick's start, a stream's tokens since its previous token): look there before searching.
+        let n = self.ticks.len();
         let start_idx = if from >= last.start_ns {
-            self.ticks.len() - 1
+            n - 1
+        } else if n >= 2 && from >= self.ticks[n - 2].start_ns {
+            n - 2
         } else {
             self.ticks.partition_point(|t| t.end_ns <= from)
         };
