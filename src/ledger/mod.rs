@@ -5,7 +5,8 @@
 //! - [`attribution`]: the [`Ledger`] (held window of ticks, work placement, settlement, invariant);
 //! - [`window`]: the held ticks and where each request's work lands in them;
 //! - [`types`]: the figures it publishes (per-request energy, coverage, totals);
-//! - `settle` and `work` (private): settlement and work placement, split from the ledger by concern;
+//! - `settle`, `work`, `queue`, `slots` and `readout` (private): settlement, work placement, the
+//!   prefill conveyor, request slots and the published figures, split from the ledger by concern;
 //! - [`split`]: exact largest-remainder splitting of micro-joules;
 //! - [`idle`]: P_idle, learned from idle ticks or configured;
 //! - [`calibration`]: the online NNLS fit of α, β, γ and the static power;
