@@ -229,7 +229,7 @@ impl Ledger {
             let share = *share;
             let sf = share as f64;
             let m = self.marginal.get(k).copied().unwrap_or(0.0);
-            let prefill = if m > 0.0 && *w > 0.0 {
+            let prefill = if item.prefill > 0.0 && m > 0.0 && *w > 0.0 {
                 // Non-negative, so the truncating cast is the floor (and cheaper than `floor`).
                 (sf * (alpha * f64::from(item.prefill) / m)).clamp(0.0, sf) as u64
             } else {
