@@ -14,10 +14,13 @@
 //! (responses carry vLLM's per-request timing), `--all-streams` / `--no-streams` (override the
 //! plan), `--true-weights` (the ledger splits with the engine's own marginal costs instead of
 //! its fit: separates placement error from calibration error), `--weights α,β,γ` (fixed weights,
-//! joules per token).
+//! joules per token), `--plan "0:543:52:j,0:587:253:s,30:800:40:s:2"` (hand-made requests instead
+//! of the workload's: `at_ms:prompt:max_tokens:s|j[:n]`, `s` a stream, `j` a JSON answer).
 
 use joulegate::accounting::AccountingConfig;
-use joulegate::accuracy::{cost_models, drive, report, Case, MeterModel, VirtualWorkload};
+use joulegate::accuracy::{
+    cost_models, drive, report, Case, MeterModel, VirtualRequest, VirtualWorkload,
+};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -86,6 +89,9 @@ fn main() {
         (cal.default_alpha_j, cal.default_beta_j, cal.default_gamma_j) = (v[0], v[1], v[2]);
     }
     let mut scenario = case.scenario();
+    if let Some(plan) = value("--plan") {
+        scenario.requests = parse_plan(&plan);
+    }
     for r in &mut scenario.requests {
         if flag("--all-streams") {
             r.stream = true;
@@ -151,6 +157,42 @@ fn main() {
         "P_idle {:?} mW; prefill rate {:.0} tokens/s, per-request decode rate {:.1} tokens/s",
         result.p_idle_mw, result.rates.0, result.rates.1
     );
+}
+
+/// `at_ms:prompt:max_tokens:s|j[:n]`, comma-separated: a hand-made plan (`s` streams, `j` is a
+/// JSON answer; `n` choices, 1 if left out).
+fn parse_plan(plan: &str) -> Vec<VirtualRequest> {
+    plan.split(',')
+        .map(|r| {
+            let bad = || -> ! {
+                fail(&format!(
+                    "--plan: {r:?}: want at_ms:prompt:max_tokens:s|j[:n]"
+                ))
+            };
+            let f: Vec<&str> = r.split(':').collect();
+            let num = |i: usize| -> u64 {
+                f.get(i)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| bad())
+            };
+            let clamp = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+            let (at_ms, prompt, max_tokens) = (num(0), num(1), num(2));
+            let stream = match f.get(3) {
+                Some(&"s") => true,
+                Some(&"j") => false,
+                _ => bad(),
+            };
+            let n = if f.len() > 4 { num(4) } else { 1 };
+            VirtualRequest {
+                at_ns: at_ms.saturating_mul(1_000_000),
+                prompt: clamp(prompt),
+                max_tokens: clamp(max_tokens).max(1),
+                n: clamp(n).max(1),
+                stream,
+                abort_after_ns: None,
+            }
+        })
+        .collect()
 }
 
 fn fail(message: &str) -> ! {
