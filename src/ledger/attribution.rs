@@ -208,6 +208,7 @@ impl Ledger {
             busy_ns: 0,
             items: self.spare_items.pop().unwrap_or_default(),
             tentative: None,
+            stale: false,
         });
         std::mem::swap(&mut self.observed, &mut self.prev_observed);
         self.observed.clear();

@@ -86,6 +86,7 @@ fn spans_over_many_parts_weigh_as_the_per_part_loop_says() {
         busy_ns: dt,
         items: items.clone(),
         tentative: None,
+        stale: false,
     };
     let (mut scratch, mut weights) = (Vec::new(), Vec::new());
     split_weights(true, &marginal, &mut scratch, &mut weights, &tick, dt);

@@ -84,6 +84,9 @@ pub struct HeldTick {
     /// slot, its energy, active energy and the tokens of its items at the time, µJ; taken back
     /// when the tick settles.
     pub tentative: Option<Vec<Tentative>>,
+    /// Whether its work changed after its provisional split was made (the split is then made
+    /// again, see `Ledger::split_tentatively`).
+    pub stale: bool,
 }
 
 /// One request's part of a held tick's provisional split.
@@ -177,7 +180,9 @@ impl Window {
     pub fn item_mut(&mut self, r: ItemRef) -> Option<&mut Item> {
         let front = self.ticks.front()?.seq;
         let idx = usize::try_from(r.0.checked_sub(front)?).ok()?;
-        self.ticks.get_mut(idx)?.items.get_mut(r.1 as usize)
+        let tick = self.ticks.get_mut(idx)?;
+        tick.stale |= tick.tentative.is_some();
+        tick.items.get_mut(r.1 as usize)
     }
 
     /// Places `item` in the tick containing `at_ns` (clamped to the window). Returns where it went,
@@ -191,6 +196,7 @@ impl Window {
             self.ticks.partition_point(|t| t.end_ns < at_ns).min(last)
         };
         let tick = self.ticks.get_mut(idx)?;
+        tick.stale |= tick.tentative.is_some();
         let at = offset(at_ns.clamp(tick.start_ns, tick.end_ns), tick.start_ns);
         tick.items.push(Item {
             lo: at,
@@ -255,6 +261,7 @@ impl Window {
                 continue;
             }
             total_overlap += overlap;
+            tick.stale |= tick.tentative.is_some();
             let f = overlap as f64 / denom as f64;
             tick.items.push(Item {
                 prefill: (f64::from(item.prefill) * f) as f32,
@@ -292,6 +299,7 @@ mod tests {
                 busy_ns: 100,
                 items: Vec::new(),
                 tentative: None,
+                stale: false,
             });
         }
         w

@@ -315,3 +315,63 @@ fn invisible_prompts_are_prefilled_first_come_first_served() {
     assert!(near(pb[4], 500.0) && near(pb[5], 500.0), "B: {pb:?}");
     assert!(near(pa.iter().sum(), 2_000.0) && near(pb.iter().sum(), 1_000.0));
 }
+
+#[test]
+fn a_provisional_split_is_made_again_when_its_work_changed() {
+    // A non-streamed answer (B) ends at 140 ms: its true work replaces its estimate in ticks whose
+    // provisional split was already made. Within a tick or two those splits follow the new work,
+    // so a response ending now carries its share of the ticks as they stand.
+    let mut l = Ledger::new(LedgerConfig {
+        settle_ticks: 20,
+        ..cfg()
+    })
+    .expect("config");
+    let a = stream(1, 0, 100, 20 * MS, 40, 10 * MS);
+    let b = invisible(
+        2,
+        0,
+        800,
+        (0..10).map(|i| 40 * MS + i * 10 * MS).collect(),
+        None,
+    );
+    let b = Script {
+        end: Some((140 * MS, Outcome::Ok)),
+        ..b
+    };
+    // Never answered: holds every tick, so the splits stay provisional for inspection.
+    let hold = invisible(3, 0, 10, Vec::new(), None);
+    for k in 1..=6 {
+        let obs: Vec<Observation> = [&a, &b, &hold]
+            .iter()
+            .filter_map(|s| s.at(k * 50 * MS))
+            .collect();
+        apply_50ms(&mut l, k, Some(10_000), &obs);
+        check_books(&l);
+    }
+    let slot_b = l.index[&2];
+    let mut checked = 0;
+    for tick in l.window.iter() {
+        let Some(parts) = &tick.tentative else {
+            continue;
+        };
+        // The tokens the split saw for B are B's tokens there now.
+        let split: f32 = parts
+            .iter()
+            .filter(|t| t.slot == slot_b)
+            .map(|t| t.tokens[0] + t.tokens[1])
+            .sum();
+        let now: f32 = tick
+            .items
+            .iter()
+            .filter(|i| i.slot == slot_b)
+            .map(|i| i.prefill + i.decode)
+            .sum();
+        assert!(
+            (split - now).abs() < 0.5,
+            "tick {}: split saw {split}, now {now}",
+            tick.seq
+        );
+        checked += 1;
+    }
+    assert!(checked >= 3, "{checked} ticks split");
+}
