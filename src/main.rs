@@ -78,7 +78,7 @@ fn serve(mut args: ServeArgs, log: LogArgs) -> anyhow::Result<()> {
     }
     start_logs(config.log_format, false, log.verbose)?;
     let app = App::build(config.clone())?;
-    serve_runtime()?.block_on(async move {
+    runtime()?.block_on(async move {
         let listeners = Listeners::bind(&config).await?;
         let proxy_addr = listeners
             .proxy
@@ -117,21 +117,6 @@ async fn shutdown_signal() {
         () = ctrl_c => {}
         () = term => {}
     }
-}
-
-/// The data plane's runtime: one current-thread runtime when the process may use a single CPU
-/// (`available_parallelism` follows `taskset` and cgroup quotas), where a multi-thread runtime
-/// would be one worker plus its scheduler's machinery (injection queue, stealing, cross-thread
-/// wakes); the multi-thread runtime otherwise. The sampler, accounting and request-log threads
-/// are std threads either way and hand over to async code only through atomics and `Notify`.
-fn serve_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cpus > 1 {
-        return runtime();
-    }
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
