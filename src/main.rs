@@ -78,8 +78,7 @@ fn serve(mut args: ServeArgs, log: LogArgs) -> anyhow::Result<()> {
     }
     start_logs(config.log_format, false, log.verbose)?;
     let app = App::build(config.clone())?;
-    let (runtime, flavour) = serve_runtime()?;
-    runtime.block_on(async move {
+    runtime()?.block_on(async move {
         let listeners = Listeners::bind(&config).await?;
         let proxy_addr = listeners
             .proxy
@@ -92,7 +91,7 @@ fn serve(mut args: ServeArgs, log: LogArgs) -> anyhow::Result<()> {
         // One line per bound address, on stdout, so scripts can find port-0 listeners.
         println!("listening proxy={proxy_addr}");
         println!("listening admin={admin_addr}");
-        tracing::info!(upstream = %config.upstream.base(), runtime = flavour, "joulegate serving");
+        tracing::info!(upstream = %config.upstream.base(), "joulegate serving");
         app.serve(listeners, shutdown_signal()).await?;
         Ok(())
     })
@@ -118,27 +117,6 @@ async fn shutdown_signal() {
         () = ctrl_c => {}
         () = term => {}
     }
-}
-
-/// The data plane's runtime and its name for the start-up log: a current-thread runtime when the
-/// process may use a single CPU (`available_parallelism` follows `taskset` and cgroup quotas), where
-/// a multi-thread runtime would be one worker plus its scheduler's machinery (the injection queue,
-/// the LIFO slot, wakes across threads); the multi-thread runtime otherwise. On one CPU the overhead
-/// bench measured 2-3 µs less CPU per JSON request in three of four batches of interleaved pairs
-/// (none in the fourth) and slightly more per event at full stream speed (issue #10).
-/// Nothing the proxy runs needs a second runtime thread: the sampler, accounting and request-log
-/// threads are std threads that hand over through atomics, std channels and `Notify` (which wakes
-/// a current-thread runtime from any thread), and the only `spawn_blocking` (the OpenTelemetry
-/// exporter's last flush at shutdown) runs on the blocking pool, which both flavours have.
-fn serve_runtime() -> anyhow::Result<(tokio::runtime::Runtime, &'static str)> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cpus > 1 {
-        return Ok((runtime()?, "multi-thread"));
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    Ok((runtime, "current-thread"))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -21,7 +21,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use pin_project_lite::pin_project;
 
 mod gather;
-use gather::{gather, max_empty_steps, step_aside, yield_once, Held};
+use gather::{gather, step_aside, yield_once, Held, MAX_EMPTY_STEPS};
 
 use super::energy::{energy_headers, energy_json, Carbon};
 use super::idle::IdleBody;
@@ -149,9 +149,8 @@ pin_project! {
         // Output gathered while the body stepped aside for the upstream connection's task
         // (see `gather`).
         gathered: Option<Held>,
-        // Steps aside in a row that brought nothing, and how many may (by runtime flavour).
+        // Steps aside in a row that brought nothing.
         empty_steps: u32,
-        max_empty_steps: u32,
         // Data went out since this body last returned `Pending`.
         data_unflushed: bool,
         usage_tail: Option<(Endpoint, UsageTail)>,
@@ -178,7 +177,6 @@ impl RelayBody {
             stash: None,
             gathered: None,
             empty_steps: 0,
-            max_empty_steps: max_empty_steps(),
             data_unflushed: false,
             usage_tail: None,
             settling: None,
@@ -251,7 +249,7 @@ impl Body for RelayBody {
                     this.upstream_trailers,
                 );
                 *this.empty_steps = if found { 0 } else { *this.empty_steps + 1 };
-                if *this.empty_steps < *this.max_empty_steps
+                if *this.empty_steps < MAX_EMPTY_STEPS
                     && step_aside(cx, this.settling, this.stash, &held)
                 {
                     *this.gathered = Some(held);

@@ -21,27 +21,11 @@ use crate::proxy::idle::IdleBody;
 /// of them behind the processing of the rest).
 pub(super) const COALESCE_MAX_BYTES: usize = 64 * 1024;
 
-/// Steps aside in a row that may bring nothing before what is gathered goes out, on tokio's
-/// multi-thread runtime. Measured with hyper 1.12 there: the connection task hands the next chunk
-/// over on the second yield about as often as on the first (it runs after the body's task is polled
-/// once more), rarely later; each empty step costs one poll of this task, never a wait.
+/// Steps aside in a row that may bring nothing before what is gathered goes out. Measured with
+/// hyper 1.12 on tokio's multi-thread runtime: the connection task hands the next chunk over on
+/// the second yield about as often as on the first (it runs after the body's task is polled once
+/// more), rarely later; each empty step costs one poll of this task, never a wait.
 pub(super) const MAX_EMPTY_STEPS: u32 = 2;
-
-/// The same on a current-thread runtime (the proxy's on one CPU), where a woken task waits at the
-/// back of the one queue rather than in the worker's LIFO slot. Measured on the overhead bench's
-/// (d) workload (2026-11-26, interleaved with the multi-thread binary at 2 steps, 2.2-2.9 µs per
-/// event): 1 step 5.8-6.5 µs per event (the writes no longer coalesce); 2 steps higher in 14 of 18
-/// pairs; 3 steps higher in 13 of 19 (median differences 0.00 to +0.27 µs).
-pub(super) const MAX_EMPTY_STEPS_CURRENT_THREAD: u32 = 3;
-
-/// [`MAX_EMPTY_STEPS`] or [`MAX_EMPTY_STEPS_CURRENT_THREAD`] for the runtime this is called on
-/// (outside one, as on the multi-thread runtime).
-pub(super) fn max_empty_steps() -> u32 {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => MAX_EMPTY_STEPS_CURRENT_THREAD,
-        _ => MAX_EMPTY_STEPS,
-    }
-}
 
 /// Joins to `held` every frame the upstream body has ready now (processed as they come), up to
 /// [`COALESCE_MAX_BYTES`]; an end or error found after them is stashed for the next poll. Returns
