@@ -1,12 +1,15 @@
 //! Cost of the streaming token observer per SSE event and per byte: plain chunks and continuous-usage
 //! chunks, observe-only (pass-through) and rewriting (usage removal) modes. Each upstream event is fed
 //! as its own frame, as vLLM flushes them. Events are real vLLM 0.32 chunks from `tests/fixtures/`.
+//! Also the one read of a whole non-streaming JSON body for its `usage` and `metrics`
+//! (`json_body/usage_and_metrics`), which every JSON response takes.
 
 use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use joulegate::observe::{Endpoint, RequestMeta, RequestProgress};
+use joulegate::openai::usage::usage_and_metrics;
 use joulegate::openai::{ObserverConfig, StreamObserver, StripPolicy};
 
 const EVENTS: usize = 1000;
@@ -79,6 +82,20 @@ fn bench(c: &mut Criterion) {
         }
         g.finish();
     }
+    let body = std::fs::read("tests/fixtures/vllm-0.32/chat-json.body").expect("fixture");
+    let mut g = c.benchmark_group("json_body");
+    g.warm_up_time(std::time::Duration::from_millis(500));
+    g.measurement_time(std::time::Duration::from_secs(2));
+    g.sample_size(20);
+    g.bench_function("usage_and_metrics", |b| {
+        b.iter(|| {
+            black_box(usage_and_metrics(
+                Endpoint::ChatCompletions,
+                black_box(&body),
+            ))
+        })
+    });
+    g.finish();
 }
 
 criterion_group!(benches, bench);

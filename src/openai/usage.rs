@@ -243,8 +243,7 @@ pub fn usage_and_metrics(endpoint: Endpoint, body: &[u8]) -> (Option<Usage>, Opt
     let one_pass = matches!(
         endpoint,
         Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings
-    ) && body.iter().filter(|&&b| b == b'{' || b == b'[').count()
-        <= super::json_scan::MAX_DEPTH;
+    ) && within_depth(body);
     if one_pass {
         if let Ok(top) = serde_json::from_slice::<TopView>(body) {
             let usage = top.usage.and_then(|u| usage_of(endpoint, u));
@@ -252,6 +251,16 @@ pub fn usage_and_metrics(endpoint: Endpoint, body: &[u8]) -> (Option<Usage>, Opt
         }
     }
     (parse_usage(endpoint, body), body_metrics(body))
+}
+
+/// Whether `body` has no more opening brackets than [`super::json_scan::MAX_DEPTH`] (so that the
+/// member scanner's nesting bound cannot be reached). memchr's vector search, stopping at the first
+/// bracket past the bound: a byte-wise count of a 700-byte body was ~0.6 % of the proxy's worker
+/// on 16-token JSON responses.
+fn within_depth(body: &[u8]) -> bool {
+    memchr::memchr2_iter(b'{', b'[', body)
+        .nth(super::json_scan::MAX_DEPTH)
+        .is_none()
 }
 
 /// A whole response body read once for [`usage_and_metrics`]: `usage` as [`BodyView`] reads it

@@ -68,6 +68,27 @@ fn one_pass_equals_the_two_reads() {
     }
 }
 
+/// The bracket bound of the one-pass read counts `{` and `[` anywhere, up to and past the bound.
+#[test]
+fn depth_bound_counts_opening_brackets() {
+    let max = crate::openai::json_scan::MAX_DEPTH;
+    let body = |braces: usize, squares: usize| {
+        format!(
+            "{}{}\"x\"]{}",
+            "{".repeat(braces),
+            "[".repeat(squares),
+            "}".repeat(braces)
+        )
+    };
+    assert!(within_depth(b""));
+    assert!(within_depth(b"\"no brackets\""));
+    assert!(within_depth(body(max / 2, max - max / 2).as_bytes()));
+    assert!(!within_depth(body(max / 2, max - max / 2 + 1).as_bytes()));
+    assert!(!within_depth(body(max + 1, 0).as_bytes()));
+    assert!(within_depth(body(0, max).as_bytes()));
+    assert!(!within_depth(body(0, max + 7).as_bytes()));
+}
+
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!("tests/fixtures/{name}")).unwrap()
 }
