@@ -94,19 +94,28 @@ impl Ledger {
     /// way settlement will with the work placed so far. A response that ends while its ticks are
     /// held (up to the settlement lag) then carries its share of their measured energy rather
     /// than its tokens priced at the recent average, which misses whatever made its own ticks
-    /// dearer or cheaper. Looks at most 8 ticks back, so the cost per tick stays one tick's split,
-    /// plus [`RESPLITS_PER_TICK`] splits made again where work changed since.
+    /// dearer or cheaper. Makes first splits at most 8 ticks back, so the cost per tick stays one
+    /// tick's split, plus [`RESPLITS_PER_TICK`] splits made again, newest first anywhere in the
+    /// window, where work changed since (four seeds: responses 9.7 / 40.7 % looking 8 ticks back
+    /// for them, 9.7 / 40.3 % looking over the whole window).
     pub(super) fn split_tentatively(&mut self) {
         let n = self.window.len();
         let weights = self.calibrator.weights();
         let mut resplits = RESPLITS_PER_TICK;
-        for i in (n.saturating_sub(9)..n.saturating_sub(1)).rev() {
-            if resplits > 0
-                && self
-                    .window
-                    .get(i)
-                    .is_some_and(|t| t.stale && t.tentative.is_some())
-            {
+        for i in (0..n.saturating_sub(1)).rev() {
+            let stale = self
+                .window
+                .get(i)
+                .is_some_and(|t| t.stale && t.tentative.is_some());
+            // First splits for the 8 ticks before the newest only; splits made again anywhere
+            // in the window (an answer's true counts land over its whole life).
+            if i + 9 < n && !(stale && resplits > 0) {
+                if resplits == 0 {
+                    break;
+                }
+                continue;
+            }
+            if stale && resplits > 0 {
                 // Work changed after the split (an answer's usage came and its estimate gave way
                 // to its true counts, a stream's tokens since its previous one): take it back and
                 // split again below.
