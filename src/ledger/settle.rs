@@ -14,9 +14,9 @@ use super::types::{FinalRequest, SettledTokens};
 use super::window::{HeldTick, Tentative};
 
 /// Held ticks whose provisional split is made again per tick when their work changed after it
-/// (newest first). Each costs one tick's split; the bench (four seeds) took response figures from
-/// 9.9 / 43.4 % to 9.7 / 40.7 % (median / p95) with one, 9.8 / 40.4 with two, 9.8 / 40.1 with
-/// eight, so one.
+/// (newest first). Each costs one tick's split. The bench (four seeds, looking 8 ticks back) took
+/// response figures from 9.9 / 43.4 % to 9.7 / 40.7 % (median / p95) with one, 9.8 / 40.4 with
+/// two, 9.8 / 40.1 with eight, so one; looking over the whole window, 9.7 / 40.3 %.
 const RESPLITS_PER_TICK: usize = 1;
 
 /// Length of the sub-intervals a tick's energy is split over (see `split_weights`): a little
