@@ -43,22 +43,13 @@ pub(super) fn union_ns(spans: &mut [(u64, u64)]) -> u64 {
 
 impl Ledger {
     pub(super) fn settle_front(&mut self) {
-        let Some(tick) = self.window.pop() else {
+        let Some(mut tick) = self.window.pop() else {
             return;
         };
         self.totals.settled_until_ns = tick.end_ns;
         let dt = tick.end_ns - tick.start_ns;
         // Its provisional split gives way to the real one.
-        for t in tick.tentative.iter().flatten() {
-            if let Some(req) = self.slots.get_mut(t.slot as usize).and_then(Option::as_mut) {
-                let (e, a, w) = &mut req.tentative;
-                *e = e.saturating_sub(t.energy_uj);
-                *a = a.saturating_sub(t.active_uj);
-                for (x, n) in w.iter_mut().zip(t.tokens) {
-                    *x = (*x - f64::from(n)).max(0.0);
-                }
-            }
-        }
+        self.take_back_tentative(tick.tentative.take());
         // When the energy was split, that pass already released each item (one visit per
         // request: at 10,000 requests the visits are cache misses).
         if !self.settle_energy(&tick, dt) {
@@ -69,11 +60,27 @@ impl Ledger {
         if self.spare_items.len() < 4 {
             self.spare_items.push(items);
         }
-        if let Some(mut parts) = tick.tentative {
-            parts.clear();
-            if self.spare_tentative.len() < 4 {
-                self.spare_tentative.push(parts);
+    }
+
+    /// Takes a tick's provisional split back from the requests' published figures (the tick
+    /// settles, or is split again), keeping its vector for reuse.
+    fn take_back_tentative(&mut self, parts: Option<Vec<Tentative>>) {
+        let Some(mut parts) = parts else {
+            return;
+        };
+        for t in &parts {
+            if let Some(req) = self.slots.get_mut(t.slot as usize).and_then(Option::as_mut) {
+                let (e, a, w) = &mut req.tentative;
+                *e = e.saturating_sub(t.energy_uj);
+                *a = a.saturating_sub(t.active_uj);
+                for (x, n) in w.iter_mut().zip(t.tokens) {
+                    *x = (*x - f64::from(n)).max(0.0);
+                }
             }
+        }
+        parts.clear();
+        if self.spare_tentative.len() < 4 {
+            self.spare_tentative.push(parts);
         }
     }
 
@@ -124,17 +131,7 @@ impl Ledger {
                     t.stale = false;
                     t.tentative.take()
                 });
-                for t in parts.iter().flatten() {
-                    if let Some(req) = self.slots.get_mut(t.slot as usize).and_then(Option::as_mut)
-                    {
-                        let (e, a, w) = &mut req.tentative;
-                        *e = e.saturating_sub(t.energy_uj);
-                        *a = a.saturating_sub(t.active_uj);
-                        for (x, n) in w.iter_mut().zip(t.tokens) {
-                            *x = (*x - f64::from(n)).max(0.0);
-                        }
-                    }
-                }
+                self.take_back_tentative(parts);
             }
             let Some(tick) = self.window.get(i) else {
                 break;

@@ -133,6 +133,19 @@ fn run(
     out
 }
 
+/// Per held tick, oldest first: `f` summed over request `id`'s items there.
+fn sum_per_tick<T: std::iter::Sum<T>>(
+    l: &Ledger,
+    id: u64,
+    f: impl Fn(&window::Item) -> T,
+) -> Vec<T> {
+    let slot = l.index[&id];
+    l.window
+        .iter()
+        .map(|t| t.items.iter().filter(|i| i.slot == slot).map(&f).sum())
+        .collect()
+}
+
 /// A non-streamed request: the engine produced `tokens` at those times, which the proxy only learns
 /// when it ends.
 fn invisible(

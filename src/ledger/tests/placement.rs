@@ -39,16 +39,9 @@ fn work_per_tick(scripts: &[Script], steps: &[u64], ticks: u64, id: u64) -> Vec<
         check_books(&l);
     }
     assert_eq!(l.window.len() as u64, ticks, "every tick is still held");
-    let slot = l.index[&id];
-    l.window
-        .iter()
-        .map(|t| {
-            t.items
-                .iter()
-                .filter(|i| i.slot == slot)
-                .fold((0.0, 0.0), |(d, c), i| (d + i.decode, c + i.context))
-        })
-        .collect()
+    let decode = sum_per_tick(&l, id, |i| i.decode);
+    let context = sum_per_tick(&l, id, |i| i.context);
+    decode.into_iter().zip(context).collect()
 }
 
 #[test]
@@ -293,20 +286,10 @@ fn invisible_prompts_are_prefilled_first_come_first_served() {
         apply_50ms(&mut l, k, Some(1_000), &obs);
         check_books(&l);
     }
-    let per_tick = |id: u64| -> Vec<f32> {
-        let slot = l.index[&id];
-        l.window
-            .iter()
-            .map(|t| {
-                t.items
-                    .iter()
-                    .filter(|i| i.slot == slot)
-                    .map(|i| i.prefill)
-                    .sum()
-            })
-            .collect()
-    };
-    let (pa, pb) = (per_tick(1), per_tick(2));
+    let (pa, pb) = (
+        sum_per_tick(&l, 1, |i| i.prefill),
+        sum_per_tick(&l, 2, |i| i.prefill),
+    );
     let near = |x: f32, y: f32| (x - y).abs() < 1.0;
     for k in 0..4 {
         assert!(near(pa[k], 500.0), "A: {pa:?}");
@@ -332,12 +315,8 @@ fn a_provisional_split_is_made_again_when_its_work_changed() {
         0,
         800,
         (0..10).map(|i| 40 * MS + i * 10 * MS).collect(),
-        None,
+        Some((140 * MS, Outcome::Ok)),
     );
-    let b = Script {
-        end: Some((140 * MS, Outcome::Ok)),
-        ..b
-    };
     // Never answered: holds every tick, so the splits stay provisional for inspection.
     let hold = invisible(3, 0, 10, Vec::new(), None);
     for k in 1..=6 {
@@ -349,8 +328,9 @@ fn a_provisional_split_is_made_again_when_its_work_changed() {
         check_books(&l);
     }
     let slot_b = l.index[&2];
+    let now = sum_per_tick(&l, 2, |i| i.prefill + i.decode);
     let mut checked = 0;
-    for tick in l.window.iter() {
+    for (tick, now) in l.window.iter().zip(now) {
         let Some(parts) = &tick.tentative else {
             continue;
         };
@@ -359,12 +339,6 @@ fn a_provisional_split_is_made_again_when_its_work_changed() {
             .iter()
             .filter(|t| t.slot == slot_b)
             .map(|t| t.tokens[0] + t.tokens[1])
-            .sum();
-        let now: f32 = tick
-            .items
-            .iter()
-            .filter(|i| i.slot == slot_b)
-            .map(|i| i.prefill + i.decode)
             .sum();
         assert!(
             (split - now).abs() < 0.5,
