@@ -5,8 +5,9 @@
 //! - [`attribution`]: the [`Ledger`] (held window of ticks, work placement, settlement, invariant);
 //! - [`window`]: the held ticks and where each request's work lands in them;
 //! - [`types`]: the figures it publishes (per-request energy, coverage, totals);
-//! - `settle`, `work`, `queue`, `slots` and `readout` (private): settlement, work placement, the
-//!   prefill conveyor, request slots and the published figures, split from the ledger by concern;
+//! - `settle`, `tentative`, `work`, `rates`, `queue`, `slots` and `readout` (private): settlement,
+//!   the provisional split of held ticks, work placement, rate learning, the prefill conveyor,
+//!   request slots and the published figures, split from the ledger by concern;
 //! - [`split`]: exact largest-remainder splitting of micro-joules;
 //! - [`idle`]: P_idle, learned from idle ticks or configured;
 //! - [`calibration`]: the online NNLS fit of α, β, γ and the static power;
@@ -19,6 +20,7 @@ pub mod attribution;
 pub mod calibration;
 pub mod idle;
 mod queue;
+mod rates;
 mod readout;
 pub mod record;
 mod req;
@@ -26,6 +28,7 @@ mod settle;
 mod slots;
 pub mod split;
 pub mod steps;
+mod tentative;
 pub mod types;
 pub mod window;
 mod work;

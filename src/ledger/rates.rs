@@ -1,0 +1,71 @@
+//! The engine's rates as the ledger learns them: the prefill rate (from vLLM's prefill times, or
+//! the upper envelope of `prompt / time to first token`) and the per-sequence decode rate (from
+//! the streams that decoded through each tick and finished streams), used to place the work of
+//! requests whose progress is invisible.
+//!
+//! Part of the [`Ledger`]'s implementation (split from `work.rs` by concern).
+
+use super::attribution::Ledger;
+use crate::observe::ProgressSnapshot;
+
+impl Ledger {
+    /// Moves the per-request decode rate towards the median rate of the streams that decoded
+    /// through the tick: invisible (non-streamed) requests decode at the same rate as the visible
+    /// ones batched with them, which a rate learned from finished streams lags by seconds.
+    pub(super) fn learn_tick_decode_rate(&mut self, dt_ns: u64) {
+        if self.tick_decodes.is_empty() || dt_ns == 0 {
+            return;
+        }
+        let mid = self.tick_decodes.len() / 2;
+        let (_, median, _) = self.tick_decodes.select_nth_unstable(mid);
+        let r = *median as f64 / (dt_ns as f64 / 1e9);
+        if r.is_finite() && r > 0.0 {
+            self.decode_rate += 0.25 * (r - self.decode_rate);
+        }
+    }
+
+    /// Without vLLM's prefill time, a stream's time to first token bounds its prefill time from
+    /// above (it adds the queue wait and the step in progress at arrival), so `prompt / TTFT`
+    /// bounds the prefill rate from below. The rate follows the upper envelope of those bounds:
+    /// quickly up, slowly down. A rate guessed too low spreads prefill over ticks where it did not
+    /// run, which both misplaces its energy and biases the calibrated α low (errors in the
+    /// regressor); one too high only compresses it towards the first token, where the step that
+    /// finishes a prefill also samples the first token.
+    pub(super) fn learn_prefill_rate(&mut self, p: &ProgressSnapshot) {
+        // Short prompts say more about step latency than about prefill throughput.
+        const MIN_PROMPT: u64 = 128;
+        if p.prefill_ns > 0 || p.prompt_tokens < MIN_PROMPT {
+            return;
+        }
+        let ttft = p.first_token_ns.saturating_sub(Self::work_start_ns(p));
+        if ttft == 0 {
+            return;
+        }
+        let r = p.prompt_tokens as f64 / (ttft as f64 / 1e9);
+        if !(r.is_finite() && r > 0.0) {
+            return;
+        }
+        let w = if r > self.prefill_rate { 0.25 } else { 0.02 };
+        self.prefill_rate += w * (r - self.prefill_rate);
+    }
+
+    /// Refines the prefill and decode rate estimates from a finished stream of `choices` choices
+    /// (EWMA, weight 1/16). The decode rate is per sequence.
+    pub(super) fn learn_rates(&mut self, p: &ProgressSnapshot, choices: u32) {
+        const W: f64 = 1.0 / 16.0;
+        if p.prefill_ns > 0 && p.prompt_tokens > 0 {
+            let r = p.prompt_tokens as f64 / (p.prefill_ns as f64 / 1e9);
+            if r.is_finite() && r > 0.0 {
+                self.prefill_rate += W * (r - self.prefill_rate);
+            }
+        }
+        if p.completion_tokens >= 2 && p.last_token_ns > p.first_token_ns && p.first_token_ns != 0 {
+            // The first token of every choice came with the prefill.
+            let per_choice = p.completion_tokens as f64 / f64::from(choices.max(1));
+            let r = (per_choice - 1.0) / ((p.last_token_ns - p.first_token_ns) as f64 / 1e9);
+            if r.is_finite() && r > 0.0 {
+                self.decode_rate += W * (r - self.decode_rate);
+            }
+        }
+    }
+}
