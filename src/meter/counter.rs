@@ -11,6 +11,13 @@
 //!   restarted from zero inside the interval measured exactly that energy.
 //! - **Failed reading**: the tracker keeps its last good value, so the next good reading's delta covers
 //!   the gap: energy is delayed, not lost (the plausibility bound scales with the elapsed time).
+//!
+//! The bound scales with the time the increment can cover, not with the time since the last read: a
+//! counter that updates more slowly than it is read (NVML's every ~100 ms, read every 10 ms) shows
+//! its whole update at one read, energy accrued since the read *before* its previous change. That
+//! window starts no later than [`MIN_BOUND_WINDOW_NS`] before the read, since the update before the
+//! first change read is unseen. (Measured on an H200: with the bound over the read interval alone,
+//! a 10 ms sampler dropped two thirds of the energy under load as "implausible".)
 
 /// Plausibility ceiling per device when its power limit is unknown: far above any accelerator or CPU
 /// package, yet small enough to reject garbage and 64-bit jumps.
@@ -18,6 +25,9 @@ pub const DEFAULT_MAX_WATTS: u64 = 50_000;
 /// Slack added to the plausibility bound, for coarse counters (1 J resolution files, NVML's ~100 ms
 /// counter updates landing in a short interval).
 pub const BOUND_SLACK_UJ: u64 = 1_000_000;
+/// Shortest window the plausibility bound allows for: a counter's update may carry energy from before
+/// the tracker's first read, and counters update at least this often in practice (NVML ~0.1 s).
+pub const MIN_BOUND_WINDOW_NS: u64 = 1_000_000_000;
 
 /// What one reading did to the counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +59,9 @@ pub struct CounterTracker {
     wrap_uj: Option<u64>,
     max_watts: u64,
     last: Option<(u64, u64)>,
+    /// The read before the counter's last observed change (or the baseline read): the increment
+    /// seen at the next change can have accrued since then, not only since the last read.
+    window_start_ns: u64,
 }
 
 impl CounterTracker {
@@ -59,6 +72,7 @@ impl CounterTracker {
             wrap_uj: wrap_uj.filter(|&w| w > 0),
             max_watts: max_watts.max(1),
             last: None,
+            window_start_ns: 0,
         }
     }
 
@@ -84,9 +98,16 @@ impl CounterTracker {
     /// Feeds a good reading `value` (micro-joules) taken at `at_ns`.
     pub fn observe(&mut self, value: u64, at_ns: u64) -> Step {
         let Some((last, last_ns)) = self.last.replace((value, at_ns)) else {
+            self.window_start_ns = at_ns;
             return Step::Baseline;
         };
-        let bound = self.bound_uj(at_ns.saturating_sub(last_ns));
+        let window_ns = at_ns
+            .saturating_sub(self.window_start_ns)
+            .max(MIN_BOUND_WINDOW_NS);
+        if value != last {
+            self.window_start_ns = last_ns;
+        }
+        let bound = self.bound_uj(window_ns);
         if value >= last {
             let d = value - last;
             return if d <= bound {
@@ -125,8 +146,8 @@ mod tests {
         // Reset to a small value: the post-reset energy is plausible and counted.
         assert_eq!(r.observe(30_000, 100 * MS), Step::Reset(30_000));
         // Reset to a value too large for 100 ms at 100 W (+1 J slack): counted as 0.
-        r.observe(50_000_000, 200 * MS);
-        assert_eq!(r.observe(40_000_000, 300 * MS), Step::Reset(0));
+        r.observe(500_000_000, 200 * MS);
+        assert_eq!(r.observe(400_000_000, 300 * MS), Step::Reset(0));
     }
 
     #[test]
@@ -162,5 +183,50 @@ mod tests {
         assert_eq!(t.bound_uj(1_000 * MS), 2_800_000_000 + BOUND_SLACK_UJ);
         let d = CounterTracker::for_device(None, None);
         assert_eq!(d.bound_uj(1_000 * MS), 50_000_000_000 + BOUND_SLACK_UJ);
+    }
+
+    /// The H200's shape: a 700 W card whose counter updates every 100 ms, read every 10 ms. Each
+    /// update carries 100 ms at full power (70 J), far more than 10 ms could: it is energy since the
+    /// read before the previous change, and must be counted, every time.
+    #[test]
+    fn slow_counter_updates_read_often_are_plausible() {
+        let mut t = CounterTracker::for_device(None, Some(700.0));
+        let mut value = 1_000_000_000_000;
+        assert_eq!(t.observe(value, 0), Step::Baseline);
+        for k in 1..=200u64 {
+            if k % 10 == 3 {
+                value += 70_000_000;
+                assert_eq!(t.observe(value, k * 10 * MS), Step::Increase(70_000_000));
+            } else {
+                assert_eq!(t.observe(value, k * 10 * MS), Step::Increase(0));
+            }
+        }
+    }
+
+    /// A counter file rewritten every 5 s by another program, read every 50 ms: each rewrite covers
+    /// 5 s, and the bound follows it; a jump no device could make in that window still is a reset.
+    #[test]
+    fn the_window_spans_the_time_since_the_previous_change() {
+        let mut t = CounterTracker::new(None, 1_000);
+        t.observe(0, 0);
+        let mut step = Step::Baseline;
+        for k in 1..=100u64 {
+            let value = if k == 100 { 4_000_000_000 } else { 0 };
+            step = t.observe(value, k * 50 * MS);
+        }
+        assert_eq!(step, Step::Increase(4_000_000_000), "800 W over 5 s");
+        for k in 101..=200u64 {
+            let value = if k == 200 {
+                4_000_000_000 + 6_000_000_000
+            } else {
+                4_000_000_000
+            };
+            step = t.observe(value, k * 50 * MS);
+        }
+        assert_eq!(
+            step,
+            Step::Reset(0),
+            "1200 W over 5 s exceeds the 1 kW ceiling"
+        );
     }
 }
