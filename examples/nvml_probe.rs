@@ -7,8 +7,8 @@
 //! cargo run --release --example nvml_probe -- --seconds 30 --poll-us 1000 --csv reads.csv
 //! ```
 //!
-//! Every read is one row of the CSV (`unix_ns,energy_mj,energy_call_ns,instant_mw,instant_call_ns,
-//! average_mw,average_call_ns`), wall-clock time so a load generator in another process can mark its
+//! Every read is one row of the CSV (`unix_ns,energy_mj,energy_call_ns,energy_field_mj,
+//! energy_field_call_ns,instant_mw,instant_call_ns,average_mw,average_call_ns`), wall-clock time so a load generator in another process can mark its
 //! phases on the same clock. The summary on stdout gives call latencies (p50 / p99 / max), the
 //! intervals between counter changes and the size of each change, and energy by the three methods.
 //! `benches/nvml/check.sh` runs it under a known GPU load; see the README ("NVML on real hardware").
@@ -18,7 +18,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nvml_wrapper::enums::device::SampleValue;
 use nvml_wrapper::structs::device::FieldId;
-use nvml_wrapper::sys_exports::field_id::NVML_FI_DEV_POWER_INSTANT;
+use nvml_wrapper::sys_exports::field_id::{
+    NVML_FI_DEV_POWER_INSTANT, NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION,
+};
 use nvml_wrapper::{Device, Nvml};
 
 struct Args {
@@ -26,6 +28,8 @@ struct Args {
     poll_us: u64,
     csv: Option<String>,
     device: u32,
+    /// Which sources to read: `counter`, `field` (the energy field), `instant`, `average`.
+    sources: Vec<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -34,6 +38,9 @@ fn parse_args() -> Result<Args, String> {
         poll_us: 1000,
         csv: None,
         device: 0,
+        sources: ["counter", "field", "instant", "average"]
+            .map(String::from)
+            .to_vec(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -46,10 +53,12 @@ fn parse_args() -> Result<Args, String> {
                 args.poll_us = value()?.parse().map_err(|e| format!("--poll-us: {e}"))?
             }
             "--csv" => args.csv = Some(value()?),
+            "--sources" => args.sources = value()?.split(',').map(String::from).collect(),
             "--device" => args.device = value()?.parse().map_err(|e| format!("--device: {e}"))?,
             other => {
                 return Err(format!(
-                    "unknown flag {other}; flags: --seconds S --poll-us US --csv FILE --device N"
+                    "unknown flag {other}; flags: --seconds S --poll-us US --csv FILE --device N \
+                     --sources counter,field,instant,average"
                 ))
             }
         }
@@ -60,10 +69,10 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-fn instant_mw(device: &Device<'_>) -> Option<u64> {
-    let values = device
-        .field_values_for(&[FieldId(NVML_FI_DEV_POWER_INSTANT)])
-        .ok()?;
+/// One NVML field as an integer (`NVML_FI_DEV_POWER_INSTANT` in mW, `..._TOTAL_ENERGY_CONSUMPTION`
+/// in mJ).
+fn field(device: &Device<'_>, id: u32) -> Option<u64> {
+    let values = device.field_values_for(&[FieldId(id)]).ok()?;
     let sample = values.into_iter().next()?.ok()?;
     match sample.value.ok()? {
         SampleValue::U32(v) => Some(u64::from(v)),
@@ -79,6 +88,8 @@ struct Row {
     unix_ns: u128,
     energy_mj: Option<u64>,
     energy_call_ns: u64,
+    energy_field_mj: Option<u64>,
+    energy_field_call_ns: u64,
     instant_mw: Option<u64>,
     instant_call_ns: u64,
     average_mw: Option<u64>,
@@ -171,13 +182,21 @@ fn main() {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let (energy_mj, energy_call_ns) = timed(|| device.total_energy_consumption().ok());
-        let (instant_mw, instant_call_ns) = timed(|| instant_mw(&device));
-        let (average_mw, average_call_ns) = timed(|| device.power_usage().ok().map(u64::from));
+        let on = |name: &str| args.sources.iter().any(|s| s == name);
+        let (energy_mj, energy_call_ns) =
+            timed(|| on("counter").then(|| device.total_energy_consumption().ok())?);
+        let (energy_field_mj, energy_field_call_ns) =
+            timed(|| on("field").then(|| field(&device, NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION))?);
+        let (instant_mw, instant_call_ns) =
+            timed(|| on("instant").then(|| field(&device, NVML_FI_DEV_POWER_INSTANT))?);
+        let (average_mw, average_call_ns) =
+            timed(|| on("average").then(|| device.power_usage().ok().map(u64::from))?);
         rows.push(Row {
             unix_ns,
             energy_mj,
             energy_call_ns,
+            energy_field_mj,
+            energy_field_call_ns,
             instant_mw,
             instant_call_ns,
             average_mw,
@@ -200,14 +219,16 @@ fn main() {
         let mut out = std::io::BufWriter::new(file);
         let cell = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
         let written = (|| -> std::io::Result<()> {
-            writeln!(out, "unix_ns,energy_mj,energy_call_ns,instant_mw,instant_call_ns,average_mw,average_call_ns")?;
+            writeln!(out, "unix_ns,energy_mj,energy_call_ns,energy_field_mj,energy_field_call_ns,instant_mw,instant_call_ns,average_mw,average_call_ns")?;
             for r in &rows {
                 writeln!(
                     out,
-                    "{},{},{},{},{},{},{}",
+                    "{},{},{},{},{},{},{},{},{}",
                     r.unix_ns,
                     cell(r.energy_mj),
                     r.energy_call_ns,
+                    cell(r.energy_field_mj),
+                    r.energy_field_call_ns,
                     cell(r.instant_mw),
                     r.instant_call_ns,
                     cell(r.average_mw),
@@ -224,11 +245,12 @@ fn main() {
 
     let failed = |f: fn(&Row) -> bool| rows.iter().filter(|r| f(r)).count();
     println!(
-        "reads: {} over {:.1} s (poll {} us); failed: energy {}, instant {}, average {}",
+        "reads: {} over {:.1} s (poll {} us); failed: energy {}, energy field {}, instant {}, average {}",
         rows.len(),
         args.seconds,
         args.poll_us,
         failed(|r| r.energy_mj.is_none()),
+        failed(|r| r.energy_field_mj.is_none()),
         failed(|r| r.instant_mw.is_none()),
         failed(|r| r.average_mw.is_none()),
     );
@@ -236,6 +258,11 @@ fn main() {
     describe(
         "call total_energy_consumption",
         micros(|r| r.energy_call_ns),
+        "us",
+    );
+    describe(
+        "call field TOTAL_ENERGY_CONSUMPTION",
+        micros(|r| r.energy_field_call_ns),
         "us",
     );
     describe(
@@ -267,6 +294,32 @@ fn main() {
         "counter: mJ per change",
         changes.iter().map(|c| c.1 as f64).collect(),
         "mJ",
+    );
+    let mut field_changes: Vec<u128> = Vec::new();
+    let mut last_field = None;
+    for r in &rows {
+        if r.energy_field_mj.is_some() && r.energy_field_mj != last_field {
+            if last_field.is_some() {
+                field_changes.push(r.unix_ns);
+            }
+            last_field = r.energy_field_mj;
+        }
+    }
+    describe(
+        "energy field: ms between changes",
+        field_changes
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as f64 / 1e6)
+            .collect(),
+        "ms",
+    );
+    let same = rows
+        .iter()
+        .filter(|r| r.energy_mj.is_some() && r.energy_mj == r.energy_field_mj)
+        .count();
+    println!(
+        "energy field equal to the counter call in {same} of {} reads",
+        rows.len()
     );
     let mut instant_changes = 0usize;
     let mut last_instant = None;
@@ -300,6 +353,26 @@ fn main() {
             counter_j / span_s,
             (instant_j / counter_j - 1.0) * 100.0,
             (average_j / counter_j - 1.0) * 100.0,
+        );
+    }
+    // CPU time of this process (utime and stime of /proc/self/stat, in clock ticks of 10 ms).
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let (user, system) = (ticks(11) / 100.0, ticks(12) / 100.0);
+        println!(
+            "process CPU: user {user:.2} s, system {system:.2} s = {:.2} % of one core over the run",
+            (user + system) / args.seconds * 100.0,
         );
     }
 }

@@ -148,7 +148,7 @@ pub struct ServeArgs {
     /// Largest non-streaming response read whole to carry energy headers, bytes [default: 8388608].
     #[arg(long, env = "JOULEGATE_MAX_BUFFERED_RESPONSE_BYTES", value_name = "N")]
     pub max_buffered_response_bytes: Option<u64>,
-    /// Energy meter (repeatable): nvml, nvml:0,1, counter-file:PATH[,unit=..][,wrap=..], rapl, sim[:W],
+    /// Energy meter (repeatable): nvml, nvml:0,1[,counter_ms=N], counter-file:PATH[,unit=..][,wrap=..], rapl, sim[:W],
     /// replay:PATH; any may end with ,period_ms=N (its counter's update period). The environment
     /// variable separates specs with ';' [default: nvml if it works].
     #[arg(

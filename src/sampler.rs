@@ -204,7 +204,7 @@ impl SamplerCore {
                 Some(m) => m.read(slot.device, now_ns),
                 None => Err(crate::meter::ReadError::NoSuchDevice(slot.meter)),
             };
-            let (delta, ended) = match read {
+            let (delta, ended, power_mw) = match read {
                 Ok(r) => {
                     let step = slot.tracker.observe(r.energy_uj, now_ns);
                     match step {
@@ -218,17 +218,20 @@ impl SamplerCore {
                     }
                     // A baseline (first read, or first good read after failing from the start)
                     // measured nothing yet: 0 is exact for a counter we had never seen.
-                    (Some(step.delta_uj()), r.ended)
+                    (Some(step.delta_uj()), r.ended, r.power_mw)
                 }
                 Err(e) => {
                     status.record_error(&e);
                     tracing::debug!(device = %self.labels[i], error = %e, "meter read failed");
-                    (None, false)
+                    (None, false, None)
                 }
             };
-            let Some(start_ns) = start_ns else { continue };
+            let Some(start_ns) = start_ns else {
+                slot.spreader.baseline_power(power_mw);
+                continue;
+            };
             let before = slot.spreader.last_span();
-            slot.spreader.push(start_ns, now_ns, delta);
+            slot.spreader.push_shaped(start_ns, now_ns, delta, power_mw);
             if ended {
                 // Nothing more will come to spread over what is held.
                 slot.spreader.flush();

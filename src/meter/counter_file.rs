@@ -106,6 +106,7 @@ impl Meter for CounterFileMeter {
             energy_uj,
             at_ns: now_ns,
             ended: false,
+            power_mw: None,
         })
     }
 }

@@ -28,7 +28,7 @@ pub struct LogPowerArgs {
     #[arg(
         long = "meter",
         value_name = "SPEC",
-        help = "Meter spec, repeatable: nvml[:0,1|:GPU-uuid], \
+        help = "Meter spec, repeatable: nvml[:0,1|:GPU-uuid][,counter_ms=N], \
                 counter-file:PATH[,unit=uj|mj|j][,wrap=N|wrap-file=PATH], rapl[:ROOT], sim[:WATTS], \
                 replay:PATH; any may end with ,period_ms=N. Default: nvml if it initialises"
     )]

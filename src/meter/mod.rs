@@ -30,6 +30,11 @@ pub struct Reading {
     pub at_ns: u64,
     /// The source has no more data and holds its last value (a replay past the end of its trace).
     pub ended: bool,
+    /// Instantaneous power at the read, milliwatts, from a meter that reads its energy counter
+    /// less often than it is sampled (`nvml:...,counter_ms=N`): the sampler spreads each counter
+    /// increment over the intervals it covers in proportion to this power's integral (the
+    /// *shape*), instead of their length. `None` for every other meter.
+    pub power_mw: Option<u64>,
 }
 
 /// How a device's energy is obtained (reported per device in `/stats`).
@@ -258,7 +263,10 @@ pub fn build_meters(specs: &[MeterSpec]) -> Result<MeterSet, BuildError> {
         let text = spec.to_string();
         let before = set.meters.len();
         match &spec.kind {
-            MeterKind::Nvml(selectors) => match nvml::NvmlMeter::open(selectors) {
+            MeterKind::Nvml {
+                selectors,
+                counter_ms,
+            } => match nvml::NvmlMeter::open(selectors, *counter_ms) {
                 Ok((meter, partial)) => {
                     set.meters.push(Box::new(meter));
                     set.unavailable.extend(partial);
@@ -326,7 +334,7 @@ fn wrap_path(wrap: Option<&Wrap>) -> PathBuf {
 /// The returned set's `unavailable` says why energy is unavailable; callers state it once at start-up.
 pub fn default_meters() -> MeterSet {
     let mut set = MeterSet::default();
-    match nvml::NvmlMeter::open(&[]) {
+    match nvml::NvmlMeter::open(&[], None) {
         Ok((meter, partial)) => {
             set.meters.push(Box::new(meter));
             set.unavailable.extend(partial);

@@ -10,6 +10,13 @@
 //! supported, the instantaneous power field `NVML_FI_DEV_POWER_INSTANT` is integrated with the
 //! trapezoid rule between sampler reads. `power_usage` is never used: on Ampere and later it is a
 //! one-second average, which would smear energy across ticks.
+//!
+//! Reading the counter is expensive: on an H200 (driver 580) each call spends ~3 ms of CPU in the
+//! driver, where the instantaneous power field costs microseconds. With `counter_ms=N` the counter is
+//! read at most every N ms and the instantaneous power at every read; each reading carries that power
+//! ([`Reading::power_mw`]) and the sampler spreads the counter's increments in proportion to its
+//! integral, so energy stays the counter's (exact over every counter read) and its timeline within a
+//! read follows the power. Where the power field fails, the counter is read every time.
 
 use std::ffi::OsStr;
 use std::sync::OnceLock;
@@ -124,6 +131,27 @@ impl Integrator {
 struct Gpu {
     handle: Device<'static>,
     integrator: Option<Integrator>,
+    sparse: Option<SparseCounter>,
+}
+
+/// The energy counter read at most every `every_ns` (`counter_ms=N`), its last value reported between.
+#[derive(Debug)]
+struct SparseCounter {
+    every_ns: u64,
+    /// The last counter read: when, and its value in micro-joules.
+    last: Option<(u64, u64)>,
+}
+
+/// Reads due within this much of `counter_ms` are taken: sampler reads land a little after their
+/// deadlines, and waiting for the next one would read every other deadline late.
+const SPARSE_SLACK_NS: u64 = 2_000_000;
+
+impl SparseCounter {
+    fn due(&self, now_ns: u64) -> bool {
+        self.last.map_or(true, |(at, _)| {
+            now_ns.saturating_sub(at).saturating_add(SPARSE_SLACK_NS) >= self.every_ns
+        })
+    }
 }
 
 /// Meters one or more GPUs through NVML.
@@ -143,8 +171,11 @@ impl std::fmt::Debug for NvmlMeter {
 impl NvmlMeter {
     /// Opens the selected GPUs (all visible ones when `selectors` is empty). GPUs that cannot be
     /// metered are returned as [`Unavailable`] entries; if none can, the whole meter is unavailable.
+    /// With `counter_ms`, each GPU's energy counter is read at most that often (see the module
+    /// documentation); GPUs without the counter integrate instantaneous power as always.
     pub fn open(
         selectors: &[NvmlSelector],
+        counter_ms: Option<u64>,
     ) -> Result<(NvmlMeter, Vec<Unavailable>), NvmlUnavailable> {
         let nvml = nvml()?;
         let selectors: Vec<NvmlSelector> = if selectors.is_empty() {
@@ -172,7 +203,17 @@ impl NvmlMeter {
                 NvmlSelector::Uuid(u) => u.clone(),
             };
             match open_one(nvml, sel, &what) {
-                Ok((gpu, mut info)) => {
+                Ok((mut gpu, mut info)) => {
+                    if let (None, Some(ms)) = (&gpu.integrator, counter_ms) {
+                        let every_ns = ms.saturating_mul(1_000_000);
+                        gpu.sparse = Some(SparseCounter {
+                            every_ns,
+                            last: None,
+                        });
+                        // Read this often, the counter moves once per read of it: the sampler
+                        // holds intervals from the first read instead of learning that.
+                        info.period_ns = Some(every_ns);
+                    }
                     info.driver_version = driver.clone();
                     info.nvml_version = version.clone();
                     meter.gpus.push(gpu);
@@ -228,7 +269,14 @@ fn open_one(
         .ok()
         .map(|mw| f64::from(mw) / 1000.0);
     let integrator = (method == Method::NvmlPowerIntegration).then(Integrator::default);
-    Ok((Gpu { handle, integrator }, info))
+    Ok((
+        Gpu {
+            handle,
+            integrator,
+            sparse: None,
+        },
+        info,
+    ))
 }
 
 /// Reads `NVML_FI_DEV_POWER_INSTANT` in milliwatts.
@@ -254,22 +302,38 @@ impl Meter for NvmlMeter {
             .gpus
             .get_mut(index)
             .ok_or(ReadError::NoSuchDevice(index))?;
-        let energy_uj = match &mut gpu.integrator {
-            None => gpu
-                .handle
+        let counter_uj = |handle: &Device<'_>| {
+            handle
                 .total_energy_consumption()
-                .map_err(|e| ReadError::Nvml(e.to_string()))?
-                .saturating_mul(1_000),
-            Some(integ) => {
+                .map(|mj| mj.saturating_mul(1_000))
+                .map_err(|e| ReadError::Nvml(e.to_string()))
+        };
+        let (energy_uj, power_mw) = match (&mut gpu.integrator, &mut gpu.sparse) {
+            (Some(integ), _) => {
                 let mw =
                     instant_power_mw(&gpu.handle).map_err(|e| ReadError::Nvml(e.to_string()))?;
-                integ.add(now_ns, mw)
+                (integ.add(now_ns, mw), None)
+            }
+            (None, None) => (counter_uj(&gpu.handle)?, None),
+            (None, Some(sparse)) => {
+                // No power, no shape: then the counter is read every time, as without counter_ms.
+                let power_mw = instant_power_mw(&gpu.handle).ok();
+                let energy_uj = match sparse.last {
+                    Some((_, value)) if power_mw.is_some() && !sparse.due(now_ns) => value,
+                    _ => {
+                        let value = counter_uj(&gpu.handle)?;
+                        sparse.last = Some((now_ns, value));
+                        value
+                    }
+                };
+                (energy_uj, power_mw)
             }
         };
         Ok(Reading {
             energy_uj,
             at_ns: now_ns,
             ended: false,
+            power_mw,
         })
     }
 }
@@ -282,7 +346,7 @@ mod tests {
     fn fails_cleanly_without_a_driver() {
         // This machine has no libnvidia-ml: every entry point must report, not crash. On a GPU host the
         // same calls succeed, so only the shape of the outcome is checked there.
-        match NvmlMeter::open(&[]) {
+        match NvmlMeter::open(&[], Some(1000)) {
             Err(e) => {
                 let text = e.to_string();
                 assert!(text.starts_with("NVML"), "{text}");

@@ -221,6 +221,7 @@ impl Meter for ReplayMeter {
             energy_uj,
             at_ns: now_ns,
             ended,
+            power_mw: None,
         })
     }
 }
@@ -262,7 +263,8 @@ mod tests {
             Some(Reading {
                 energy_uj: 0,
                 at_ns: t0,
-                ended: false
+                ended: false,
+                power_mw: None,
             })
         );
         assert_eq!(

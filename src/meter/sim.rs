@@ -82,6 +82,7 @@ impl Meter for SimMeter {
             energy_uj,
             at_ns: now_ns,
             ended: false,
+            power_mw: None,
         })
     }
 }

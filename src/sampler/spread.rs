@@ -6,7 +6,10 @@
 //! other tick would read 0 W and the next twice the power. Instead, the intervals at which the
 //! counter stood still are *held*, and when it moves, its increment is spread over every interval
 //! since the previous change (the reads at which the counter changed), in proportion to their
-//! length. The result is a smooth energy timeline, delayed by up to one meter period.
+//! length, or, where the meter gives an instantaneous power at every read (NVML with
+//! `counter_ms=N`), to that power's trapezoid integral over each interval (the *shape*; lengths
+//! again whenever an interval lacks it or every shape is 0). The result is a smooth energy timeline,
+//! delayed by up to one meter period.
 //!
 //! Rules (energy is integer micro-joules and the sum emitted always equals the sum pushed):
 //! - **A counter that moves at every read** is never held: each interval is final as soon as it is
@@ -70,7 +73,11 @@ impl CoveredSpan {
 pub struct Spreader {
     override_ns: Option<u64>,
     learner: PeriodLearner,
-    held: VecDeque<(u64, u64)>,
+    /// Held intervals: start, end and shape (the power's trapezoid integral over the interval, in
+    /// mW·ns, when the reads at both ends carried a power).
+    held: VecDeque<(u64, u64, Option<u128>)>,
+    /// The power of the previous read, if it carried one.
+    last_power_mw: Option<u64>,
     ready: VecDeque<Interval>,
     last_span: Option<CoveredSpan>,
     /// End of the read at which the counter last changed.
@@ -85,6 +92,7 @@ impl Spreader {
             override_ns: period_override_ns.filter(|&p| p > 0),
             learner: PeriodLearner::new(),
             held: VecDeque::new(),
+            last_power_mw: None,
             ready: VecDeque::new(),
             last_span: None,
             last_change_ns: None,
@@ -94,6 +102,25 @@ impl Spreader {
     /// Feeds the interval `(start_ns, end_ns]` and its raw (wrap- and reset-corrected) increment,
     /// `None` when the read failed. Intervals must be pushed in order.
     pub fn push(&mut self, start_ns: u64, end_ns: u64, delta_uj: Option<u64>) {
+        self.push_shaped(start_ns, end_ns, delta_uj, None);
+    }
+
+    /// [`Spreader::push`] with the instantaneous power at the interval's end read, if the meter has
+    /// one: increments are then spread in proportion to the power's integral.
+    pub fn push_shaped(
+        &mut self,
+        start_ns: u64,
+        end_ns: u64,
+        delta_uj: Option<u64>,
+        power_mw: Option<u64>,
+    ) {
+        let shape = match (self.last_power_mw, power_mw) {
+            (Some(a), Some(b)) => Some(
+                (u128::from(a) + u128::from(b)) * u128::from(end_ns.saturating_sub(start_ns)) / 2,
+            ),
+            _ => None,
+        };
+        self.last_power_mw = power_mw;
         match delta_uj {
             None => {
                 self.release_held();
@@ -103,7 +130,7 @@ impl Spreader {
             Some(0) => {
                 self.learner.read(end_ns, false);
                 if self.holds(end_ns.saturating_sub(start_ns)) {
-                    self.held.push_back((start_ns, end_ns));
+                    self.held.push_back((start_ns, end_ns, shape));
                     self.enforce_bound(end_ns);
                 } else {
                     self.release_held();
@@ -135,10 +162,15 @@ impl Spreader {
                     end_ns,
                     energy_uj: d,
                 });
-                self.held.push_back((start_ns, end_ns));
+                self.held.push_back((start_ns, end_ns, shape));
                 self.spread_held(d);
             }
         }
+    }
+
+    /// The power at the baseline read (before any interval), so the first interval has a shape too.
+    pub fn baseline_power(&mut self, power_mw: Option<u64>) {
+        self.last_power_mw = power_mw;
     }
 
     /// The oldest interval whose energy is final, if any.
@@ -197,7 +229,7 @@ impl Spreader {
     }
 
     fn release_held(&mut self) {
-        while let Some((s, e)) = self.held.pop_front() {
+        while let Some((s, e, _)) = self.held.pop_front() {
             self.ready.push_back((s, e, Some(0)));
         }
     }
@@ -205,7 +237,7 @@ impl Spreader {
     fn enforce_bound(&mut self, now_ns: u64) {
         let bound = self.hold_bound_ns();
         let mut released = false;
-        while let Some(&(s, e)) = self.held.front() {
+        while let Some(&(s, e, _)) = self.held.front() {
             if self.held.len() <= MAX_HELD && now_ns.saturating_sub(s) <= bound {
                 break;
             }
@@ -218,18 +250,22 @@ impl Spreader {
         }
     }
 
-    /// Splits `d` over the held intervals in proportion to their length, exactly: interval i gets
-    /// `floor(d·C_i/T) − floor(d·C_{i−1}/T)` with C the cumulative length, which telescopes to `d`.
+    /// Splits `d` over the held intervals in proportion to their shape when every one has one and
+    /// they are not all 0, else to their length, exactly: interval i gets
+    /// `floor(d·C_i/T) − floor(d·C_{i−1}/T)` with C the cumulative weight, which telescopes to `d`.
     fn spread_held(&mut self, d: u64) {
-        let total: u128 = self
-            .held
-            .iter()
-            .map(|&(s, e)| u128::from(e.saturating_sub(s)))
-            .sum();
+        let shaped = self.held.iter().all(|h| h.2.is_some())
+            && self.held.iter().any(|h| h.2.is_some_and(|w| w > 0));
+        let weight = |&(s, e, shape): &(u64, u64, Option<u128>)| match shape {
+            Some(w) if shaped => w,
+            _ => u128::from(e.saturating_sub(s)),
+        };
+        let total: u128 = self.held.iter().map(weight).sum();
         let n = self.held.len();
         let (mut cum, mut given) = (0u128, 0u64);
-        for (i, (s, e)) in self.held.drain(..).enumerate() {
-            cum += u128::from(e.saturating_sub(s));
+        for (i, h) in self.held.drain(..).enumerate() {
+            cum += weight(&h);
+            let (s, e, _) = h;
             let upto = if i + 1 == n || total == 0 {
                 // The last interval (or all of it, when every interval is empty) closes the sum.
                 if i + 1 == n {

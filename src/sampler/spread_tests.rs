@@ -255,3 +255,65 @@ proptest! {
         prop_assert_eq!(out.iter().filter_map(|o| o.2).sum::<u64>(), pushed);
     }
 }
+
+/// A counter read every 1 s (`nvml:...,counter_ms=1000`) with instantaneous power at every 50 ms
+/// read: a second of 100 W then 700 W halves is spread by the power's integral, not by time, and
+/// every micro-joule of the increment lands (the counter stays the truth over the second).
+#[test]
+fn a_sparse_counter_is_spread_by_the_power_shape() {
+    let mut s = Spreader::new(Some(1_000 * MS));
+    let power = |k: u64| if k <= 10 { 100_000 } else { 700_000 };
+    s.baseline_power(Some(power(0)));
+    let mut out = Vec::new();
+    // 400 J in the second: 0.5 s at 100 W (50 J) and 0.5 s at 700 W (350 J).
+    for k in 1..=20u64 {
+        let delta = if k == 20 { 400_000_000 } else { 0 };
+        s.push_shaped((k - 1) * 50 * MS, k * 50 * MS, Some(delta), Some(power(k)));
+        out.extend(drain(&mut s));
+    }
+    assert_eq!(out.len(), 20);
+    assert_eq!(out.iter().map(|i| i.2.unwrap()).sum::<u64>(), 400_000_000);
+    let w: Vec<f64> = out.iter().map(watts).collect();
+    // Shape: trapezoids of 100 W, the step interval at 400 W, then 700 W; scaled by the counter
+    // (400 J) over the integral of the readings (0.5·100 + 0.05·400 + 0.45·700 = 385 J).
+    let scale = 400.0 / 385.0;
+    for (k, watts) in w.iter().enumerate() {
+        let expect = match k {
+            0..=9 => 100.0,
+            10 => 400.0,
+            _ => 700.0,
+        } * scale;
+        assert!(
+            (watts - expect).abs() < 0.01,
+            "interval {k}: {watts} W, expected {expect}"
+        );
+    }
+}
+
+/// An interval without a power reading (a failed power read) makes that increment fall back to
+/// spreading by time; shapes that are all zero do too.
+#[test]
+fn a_missing_or_zero_shape_falls_back_to_time() {
+    let mut s = Spreader::new(Some(200 * MS));
+    s.baseline_power(Some(100_000));
+    s.push_shaped(0, 50 * MS, Some(0), Some(100_000));
+    s.push_shaped(50 * MS, 100 * MS, Some(0), None);
+    s.push_shaped(100 * MS, 150 * MS, Some(0), Some(900_000));
+    s.push_shaped(150 * MS, 200 * MS, Some(40_000_000), Some(900_000));
+    let out = drain(&mut s);
+    assert_eq!(
+        out.iter().map(|i| i.2.unwrap()).collect::<Vec<_>>(),
+        vec![10_000_000; 4]
+    );
+    let mut z = Spreader::new(Some(100 * MS));
+    z.baseline_power(Some(0));
+    z.push_shaped(0, 50 * MS, Some(0), Some(0));
+    z.push_shaped(50 * MS, 100 * MS, Some(8), Some(0));
+    assert_eq!(
+        drain(&mut z)
+            .iter()
+            .map(|i| i.2.unwrap())
+            .collect::<Vec<_>>(),
+        vec![4, 4]
+    );
+}

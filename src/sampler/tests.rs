@@ -452,3 +452,101 @@ fn held_intervals_are_announced_at_once_and_filled_later() {
         .collect();
     assert_eq!(all, expected);
 }
+
+/// NVML with `counter_ms=1000` in miniature: the counter (the truth's integral) is read once a
+/// second, instantaneous power at every 50 ms read. Ticks follow the power within each second
+/// (a 700 W burst stays where it was instead of being smeared over its second), and the energy is
+/// the counter's, exactly.
+#[test]
+fn a_sparse_counter_with_power_gives_ticks_the_power_shape() {
+    use crate::meter::{DeviceInfo, Meter, Method, ReadError, Reading};
+    /// 100 W, with 700 W over [1.225 s, 1.725 s) and [3.025 s, 3.125 s): steps between reads, as
+    /// real ones are.
+    fn watts(t: u64) -> u64 {
+        if (1_225 * MS..1_725 * MS).contains(&t) || (3_025 * MS..3_125 * MS).contains(&t) {
+            700
+        } else {
+            100
+        }
+    }
+    /// Exact energy up to `t`, micro-joules (1 ms steps: the profile changes on whole ms).
+    fn energy_uj(t: u64) -> u64 {
+        (0..t / MS).map(|ms| watts(ms * MS) * 1_000).sum()
+    }
+    struct Sparse {
+        infos: Vec<DeviceInfo>,
+        last_counter: Option<(u64, u64)>,
+    }
+    impl Meter for Sparse {
+        fn devices(&self) -> &[DeviceInfo] {
+            &self.infos
+        }
+        fn read(&mut self, _: usize, now_ns: u64) -> Result<Reading, ReadError> {
+            let due = self
+                .last_counter
+                .map_or(true, |(at, _)| now_ns - at >= 1_000 * MS);
+            if due {
+                self.last_counter = Some((now_ns, energy_uj(now_ns)));
+            }
+            Ok(Reading {
+                energy_uj: self.last_counter.map_or(0, |c| c.1),
+                at_ns: now_ns,
+                ended: false,
+                power_mw: Some(watts(now_ns) * 1_000),
+            })
+        }
+    }
+    let set = MeterSet {
+        meters: vec![Box::new(Sparse {
+            infos: vec![DeviceInfo {
+                // As NVML declares it: the counter moves once per read of it.
+                period_ns: Some(1_000 * MS),
+                ..DeviceInfo::new("gpu", "GPU", Method::NvmlEnergyCounter)
+            }],
+            last_counter: None,
+        })],
+        unavailable: vec![],
+    };
+    let mut core = SamplerCore::with_period(set, Duration::from_millis(50), None);
+    let mut ticks = Vec::new();
+    for k in 0..=100u64 {
+        ticks.extend(
+            core.round(k * 50 * MS)
+                .into_iter()
+                .filter(|t| t.phase != crate::tick::TickPhase::Announce),
+        );
+    }
+    ticks.extend(core.flush());
+    assert_eq!(ticks.len(), 100, "every interval, once");
+    let total: u64 = ticks.iter().filter_map(|t| t.delta_uj).sum();
+    assert_eq!(
+        total,
+        energy_uj(5_000 * MS),
+        "the counter's energy, exactly"
+    );
+    // From the second counter read on (the first second is learning the period), each tick is
+    // within 1 % of the truth: the power read at each end, integrated, is the truth's shape here.
+    for t in ticks
+        .iter()
+        .filter(|t| t.start_ns >= 2_000 * MS && t.end_ns <= 4_000 * MS)
+    {
+        let truth = energy_uj(t.end_ns) - energy_uj(t.start_ns);
+        let got = t.delta_uj.expect("energy");
+        let err = (got as f64 / truth as f64 - 1.0).abs();
+        assert!(
+            err < 0.01,
+            "tick {}..{} ms: {got} uJ vs {truth}",
+            t.start_ns / MS,
+            t.end_ns / MS
+        );
+    }
+    // The burst's second: the 700 W interval gets several times a 100 W one's energy.
+    let at = |ms: u64| {
+        ticks
+            .iter()
+            .find(|t| t.start_ns == ms * MS)
+            .and_then(|t| t.delta_uj)
+            .expect("tick")
+    };
+    assert!(at(1_400) > 5 * at(1_900), "{} vs {}", at(1_400), at(1_900));
+}
