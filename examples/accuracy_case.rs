@@ -152,6 +152,9 @@ fn main() {
         pct(rep.provisional.p95),
         if rep.books_exact { "exact" } else { "MISMATCH" }
     );
+    if !rep.books_exact {
+        println!("totals: {:?}", result.totals);
+    }
     println!("calibration: {:?}", result.calibration);
     println!(
         "P_idle {:?} mW; prefill rate {:.0} tokens/s, per-request decode rate {:.1} tokens/s",

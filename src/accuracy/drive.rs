@@ -256,6 +256,8 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
     let mut waiting: Vec<usize> = Vec::new();
     let mut done = 0usize;
     let mut drain_deadline = u64::MAX;
+    let mut drain_started = u64::MAX;
+    let mut all_done_at = u64::MAX;
 
     loop {
         let step_end = step.as_ref().map_or(u64::MAX, |(end, _)| *end);
@@ -269,7 +271,12 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
             .min(next_update)
             .min(next_read);
         if now >= drain_deadline {
-            break;
+            // Everything retired: stop once the ledger holds nothing (a tick announced before
+            // the counter's last update waits for its fill), within a second of idle.
+            if shared.stats().totals.pending_uj == 0 || now >= drain_started + 1_000_000_000 {
+                break;
+            }
+            drain_deadline = now + sample;
         }
         if now == step_end {
             let (end, report) = step.take().expect("a step is running");
@@ -391,12 +398,15 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
             }
             next_read += sample;
             if done == scenario.requests.len() && next_arrival == order.len() {
+                all_done_at = all_done_at.min(now);
                 if in_flight.is_empty() && drain_deadline == u64::MAX {
                     // Everything retired: a little idle after, then stop.
                     drain_deadline = now + 2 * sample;
-                } else if drain_deadline == u64::MAX
-                    && now > arrival_end(&rows, first_at) + 60e9 as u64
-                {
+                    drain_started = now;
+                } else if drain_deadline == u64::MAX && now > all_done_at + 60e9 as u64 {
+                    // A bound on the wait for accounting to retire the last ones (a queue
+                    // saturated for minutes ends long after the last arrival: bounding from
+                    // there cut the last answer's record off).
                     break;
                 }
             }
@@ -449,9 +459,4 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
         ),
         engine_total_uj: (energy.at(energy.at_ns) / 1_000_000) as u64,
     })
-}
-
-/// The latest arrival of the plan (a bound for the drain).
-fn arrival_end(rows: &[Row], first_at: u64) -> u64 {
-    first_at + rows.iter().map(|r| r.request.at_ns).max().unwrap_or(0)
 }
