@@ -229,6 +229,17 @@ pub fn log<T: TimeSource, W: Write>(
             Err(RecvTimeoutError::Disconnected) => break,
         }
     }
+    // The slowest counter's period, if slower than the samples: its last one is cut short at stop.
+    let tail_ns = sampler
+        .status()
+        .snapshot()
+        .devices
+        .iter()
+        .filter(|d| !d.updates_every_read)
+        .filter_map(|d| d.update_period_ms)
+        .map(|ms| (ms * 1e6) as u64)
+        .max()
+        .unwrap_or(0);
     drop(sampler);
     // Samples already taken are written too, up to the duration.
     for tick in rx.try_iter() {
@@ -236,7 +247,7 @@ pub fn log<T: TimeSource, W: Write>(
             break;
         }
     }
-    Ok(w.summary())
+    Ok(w.summary(tail_ns))
 }
 
 /// CSV rows and running sums.
@@ -246,7 +257,8 @@ struct Writer<W: Write> {
     origin: Option<u64>,
     cum_uj: Vec<u64>,
     last_good_ns: Vec<Option<u64>>,
-    powers: Vec<f64>,
+    /// Each sample's end and mean power (W), for the idle estimate.
+    powers: Vec<(u64, f64)>,
     summary: Summary,
     total_uj: u64,
 }
@@ -318,7 +330,7 @@ impl<W: Write> Writer<W> {
                 self.total_uj = self.total_uj.saturating_add(d);
                 let dt = tick.end_ns.saturating_sub(tick.start_ns);
                 if dt > 0 {
-                    self.powers.push(d as f64 * 1e3 / dt as f64);
+                    self.powers.push((tick.end_ns, d as f64 * 1e3 / dt as f64));
                 }
             }
             None => {
@@ -330,7 +342,9 @@ impl<W: Write> Writer<W> {
         Ok(limit_ns.is_some_and(|l| t >= l))
     }
 
-    fn summary(mut self) -> Summary {
+    /// The summary; samples ending in the last `tail_ns` are left out of the idle estimate (a slow
+    /// counter's last period: at stop, its energy since the last update was never measured).
+    fn summary(mut self, tail_ns: u64) -> Summary {
         let _ = self.out.flush();
         let mut s = self.summary;
         s.energy_j = self.total_uj as f64 / 1e6;
@@ -339,10 +353,17 @@ impl<W: Write> Writer<W> {
         } else {
             0.0
         };
-        self.powers.sort_by(f64::total_cmp);
-        s.idle_power_w = (!self.powers.is_empty()).then(|| {
-            let idx = ((self.powers.len() - 1) as f64 * 0.05).round() as usize;
-            self.powers[idx.min(self.powers.len() - 1)]
+        let last = self.powers.last().map_or(0, |p| p.0);
+        let mut powers: Vec<f64> = self
+            .powers
+            .iter()
+            .filter(|p| p.0.saturating_add(tail_ns) <= last)
+            .map(|p| p.1)
+            .collect();
+        powers.sort_by(f64::total_cmp);
+        s.idle_power_w = (!powers.is_empty()).then(|| {
+            let idx = ((powers.len() - 1) as f64 * 0.05).round() as usize;
+            powers[idx.min(powers.len() - 1)]
         });
         s
     }

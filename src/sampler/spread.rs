@@ -43,6 +43,9 @@ pub const MAX_HELD: usize = 4096;
 /// One sampler interval `(start_ns, end_ns]` and its energy in micro-joules (`None`: unavailable).
 pub type Interval = (u64, u64, Option<u64>);
 
+/// A held interval: `(start_ns, end_ns, shape, energy given so far)`.
+type Held = (u64, u64, Option<u128>, u64);
+
 /// The span the counter's last increment covered: from the read at the change before it to the
 /// read at which it changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,9 +76,13 @@ impl CoveredSpan {
 pub struct Spreader {
     override_ns: Option<u64>,
     learner: PeriodLearner,
-    /// Held intervals: start, end and shape (the power's trapezoid integral over the interval, in
-    /// mW·ns, when the reads at both ends carried a power).
-    held: VecDeque<(u64, u64, Option<u128>)>,
+    /// Held intervals: start, end, shape (the power's trapezoid integral over the interval, in
+    /// mW·ns, when the reads at both ends carried a power) and the energy given to it so far (its
+    /// part before the latest estimated update).
+    held: VecDeque<Held>,
+    /// The estimated time of the counter's latest update: the middle of the interval whose read
+    /// saw it change. Energy before it is given out; the held intervals after it wait.
+    cut_ns: Option<u64>,
     /// The power of the previous read, if it carried one.
     last_power_mw: Option<u64>,
     ready: VecDeque<Interval>,
@@ -92,6 +99,7 @@ impl Spreader {
             override_ns: period_override_ns.filter(|&p| p > 0),
             learner: PeriodLearner::new(),
             held: VecDeque::new(),
+            cut_ns: None,
             last_power_mw: None,
             ready: VecDeque::new(),
             last_span: None,
@@ -130,7 +138,7 @@ impl Spreader {
             Some(0) => {
                 self.learner.read(end_ns, false);
                 if self.holds(end_ns.saturating_sub(start_ns)) {
-                    self.held.push_back((start_ns, end_ns, shape));
+                    self.held.push_back((start_ns, end_ns, shape, 0));
                     self.enforce_bound(end_ns);
                 } else {
                     self.release_held();
@@ -162,8 +170,25 @@ impl Spreader {
                     end_ns,
                     energy_uj: d,
                 });
-                self.held.push_back((start_ns, end_ns, shape));
-                self.spread_held(d);
+                let slow = self.holds(end_ns.saturating_sub(start_ns));
+                self.held.push_back((start_ns, end_ns, shape, 0));
+                if slow {
+                    // The counter changed somewhere in this interval: at its middle, on average.
+                    // The increment is the energy since the previous update, so it goes to
+                    // (previous update, this one]; the rest of this interval waits for the next.
+                    let update_ns = start_ns + (end_ns - start_ns) / 2;
+                    let from = self.cut_ns.unwrap_or(0);
+                    self.spread_held(d, from, update_ns);
+                    self.cut_ns = Some(update_ns);
+                    while self.held.front().is_some_and(|h| h.1 <= update_ns) {
+                        if let Some((s, e, _, given)) = self.held.pop_front() {
+                            self.ready.push_back((s, e, Some(given)));
+                        }
+                    }
+                } else {
+                    self.spread_held(d, 0, end_ns);
+                    self.release_held();
+                }
             }
         }
     }
@@ -228,21 +253,24 @@ impl Spreader {
         }
     }
 
+    /// Releases every held interval with the energy given to it so far; the next increment
+    /// starts a new span.
     fn release_held(&mut self) {
-        while let Some((s, e, _)) = self.held.pop_front() {
-            self.ready.push_back((s, e, Some(0)));
+        while let Some((s, e, _, given)) = self.held.pop_front() {
+            self.ready.push_back((s, e, Some(given)));
         }
+        self.cut_ns = None;
     }
 
     fn enforce_bound(&mut self, now_ns: u64) {
         let bound = self.hold_bound_ns();
         let mut released = false;
-        while let Some(&(s, e, _)) = self.held.front() {
+        while let Some(&(s, e, _, given)) = self.held.front() {
             if self.held.len() <= MAX_HELD && now_ns.saturating_sub(s) <= bound {
                 break;
             }
             self.held.pop_front();
-            self.ready.push_back((s, e, Some(0)));
+            self.ready.push_back((s, e, Some(given)));
             released = true;
         }
         if released {
@@ -250,35 +278,46 @@ impl Spreader {
         }
     }
 
-    /// Splits `d` over the held intervals in proportion to their shape when every one has one and
-    /// they are not all 0, else to their length, exactly: interval i gets
-    /// `floor(d·C_i/T) − floor(d·C_{i−1}/T)` with C the cumulative weight, which telescopes to `d`.
-    fn spread_held(&mut self, d: u64) {
+    /// Gives `d` to the held intervals' parts within `(from_ns, to_ns]`, in proportion to those
+    /// parts' shape when every interval has one and they are not all 0, else to their length,
+    /// exactly: part i gets `floor(d·C_i/T) − floor(d·C_{i−1}/T)` with C the cumulative weight,
+    /// which telescopes to `d`. With no part of positive weight, the newest interval takes it all.
+    fn spread_held(&mut self, d: u64, from_ns: u64, to_ns: u64) {
+        let part = |&(s, e, _, _): &Held| {
+            let len = e.saturating_sub(s);
+            let overlap = e.min(to_ns).saturating_sub(s.max(from_ns));
+            (len, overlap)
+        };
         let shaped = self.held.iter().all(|h| h.2.is_some())
             && self.held.iter().any(|h| h.2.is_some_and(|w| w > 0));
-        let weight = |&(s, e, shape): &(u64, u64, Option<u128>)| match shape {
-            Some(w) if shaped => w,
-            _ => u128::from(e.saturating_sub(s)),
+        let weight = |h: &Held| {
+            let (len, overlap) = part(h);
+            match h.2 {
+                Some(w) if shaped && len > 0 => w * u128::from(overlap) / u128::from(len),
+                _ => u128::from(overlap),
+            }
         };
         let total: u128 = self.held.iter().map(weight).sum();
         let n = self.held.len();
         let (mut cum, mut given) = (0u128, 0u64);
-        for (i, h) in self.held.drain(..).enumerate() {
-            cum += weight(&h);
-            let (s, e, _) = h;
-            let upto = if i + 1 == n || total == 0 {
-                // The last interval (or all of it, when every interval is empty) closes the sum.
+        for (i, h) in self.held.iter_mut().enumerate() {
+            let upto = if total == 0 {
                 if i + 1 == n {
                     d
                 } else {
                     0
                 }
             } else {
-                mul_div(d, cum, total)
+                cum += weight(h);
+                if cum >= total {
+                    d
+                } else {
+                    mul_div(d, cum, total)
+                }
             };
             let share = upto.saturating_sub(given);
             given = given.max(upto);
-            self.ready.push_back((s, e, Some(share)));
+            h.3 = h.3.saturating_add(share);
         }
     }
 }

@@ -129,8 +129,16 @@ fn the_period_is_learned_or_configured() {
 fn a_configured_period_holds_from_the_first_read() {
     let c = LumpyCounter::new(300, 100 * MS, 0, 0.0, 2_000 * MS, 1);
     let ticks = run(&c, 50, 2, Some(100));
-    // With the period known, not even the first update is lumpy.
-    assert!(ticks.iter().all(|t| t.2 == Some(15_000_000)), "{ticks:?}");
+    // With the period known, not even the first updates are lumpy: past the first one (placed
+    // at 75 ms, a read's middle, where it came at 100 ms) every tick holds its 50 ms at 300 W, to
+    // the last, whose second half was never measured.
+    let n = ticks.len();
+    assert!(
+        ticks[2..n - 1].iter().all(|t| t.2 == Some(15_000_000)),
+        "{ticks:?}"
+    );
+    let sum: u64 = ticks.iter().filter_map(|t| t.2).sum();
+    assert_eq!(sum, c.value_at(2_000 * MS));
     // A configured period at or under the interval never holds.
     let mut fast = Spreader::new(Some(20 * MS));
     fast.push(0, 50 * MS, Some(0));
@@ -167,13 +175,14 @@ fn failed_reads_are_barriers_never_spread_into() {
         drain(&mut s),
         [(0, 50, Some(0)), (50, 100, Some(0)), (100, 150, None)]
     );
-    // The next increment (which carries the gap's energy) covers only intervals after the failure.
+    // The next increment (which carries the gap's energy) covers only intervals after the failure,
+    // up to the middle of the interval whose read saw it (the update's estimated time); the rest
+    // of that interval waits for the next increment, or gets nothing at a flush.
     s.push(150, 200, Some(0));
     s.push(200, 250, Some(900));
-    assert_eq!(
-        drain(&mut s),
-        [(150, 200, Some(450)), (200, 250, Some(450))]
-    );
+    assert_eq!(drain(&mut s), [(150, 200, Some(600))]);
+    s.flush();
+    assert_eq!(drain(&mut s), [(200, 250, Some(300))]);
 }
 
 #[test]
@@ -185,11 +194,14 @@ fn the_hold_bound_releases_as_measured() {
     }
     assert_eq!(s.held(), 20);
     assert_eq!(drain(&mut s), [(0, 50 * MS, Some(0))]);
-    s.push(1_050 * MS, 1_100 * MS, Some(21_000));
+    // The update is placed at 1,075 ms: 20 whole intervals and half of the last share it.
+    s.push(1_050 * MS, 1_100 * MS, Some(20_500));
     let rest = drain(&mut s);
-    assert_eq!(rest.len(), 21);
-    assert!(rest.iter().all(|t| t.2 == Some(1_000)));
-    assert_eq!(s.last_span().and_then(|c| c.power_mw()), Some(20));
+    assert_eq!(rest.len(), 20);
+    assert!(rest.iter().all(|t| t.2 == Some(1_000)), "{rest:?}");
+    s.flush();
+    assert_eq!(drain(&mut s), [(1_050 * MS, 1_100 * MS, Some(500))]);
+    assert_eq!(s.last_span().and_then(|c| c.power_mw()), Some(19));
 }
 
 #[test]
@@ -198,17 +210,13 @@ fn spreading_is_exact_for_uneven_intervals() {
     s.push(0, 3, Some(0));
     s.push(3, 4, Some(0));
     s.push(4, 4, Some(0)); // empty interval: gets nothing
+                           // Seen at 7, the update is placed at 5 (the middle of (4, 7], rounded down): (0, 5] shares it
+                           // by length, and (4, 7] waits with its part.
     s.push(4, 7, Some(10));
     let got = drain(&mut s);
-    assert_eq!(
-        got,
-        [
-            (0, 3, Some(4)),
-            (3, 4, Some(1)),
-            (4, 4, Some(0)),
-            (4, 7, Some(5))
-        ]
-    );
+    assert_eq!(got, [(0, 3, Some(6)), (3, 4, Some(2)), (4, 4, Some(0))]);
+    s.flush();
+    assert_eq!(drain(&mut s), [(4, 7, Some(2))]);
     assert_eq!(
         s.last_span(),
         Some(CoveredSpan {
@@ -221,6 +229,7 @@ fn spreading_is_exact_for_uneven_intervals() {
     let mut h = Spreader::new(Some(u64::MAX));
     h.push(0, u64::MAX / 2, Some(0));
     h.push(u64::MAX / 2, u64::MAX, Some(u64::MAX));
+    h.flush();
     let sum: u64 = drain(&mut h).iter().filter_map(|t| t.2).sum();
     assert_eq!(sum, u64::MAX);
     assert_eq!(mul_div(7, 5, 0), 7);
@@ -265,22 +274,25 @@ fn a_sparse_counter_is_spread_by_the_power_shape() {
     let power = |k: u64| if k <= 10 { 100_000 } else { 700_000 };
     s.baseline_power(Some(power(0)));
     let mut out = Vec::new();
-    // 400 J in the second: 0.5 s at 100 W (50 J) and 0.5 s at 700 W (350 J).
     for k in 1..=20u64 {
         let delta = if k == 20 { 400_000_000 } else { 0 };
         s.push_shaped((k - 1) * 50 * MS, k * 50 * MS, Some(delta), Some(power(k)));
         out.extend(drain(&mut s));
     }
-    assert_eq!(out.len(), 20);
+    // The update is placed at 975 ms: the last interval keeps its second half for the next one.
+    assert_eq!(out.len(), 19);
+    s.flush();
+    out.extend(drain(&mut s));
     assert_eq!(out.iter().map(|i| i.2.unwrap()).sum::<u64>(), 400_000_000);
-    let w: Vec<f64> = out.iter().map(watts).collect();
-    // Shape: trapezoids of 100 W, the step interval at 400 W, then 700 W; scaled by the counter
-    // (400 J) over the integral of the readings (0.5·100 + 0.05·400 + 0.45·700 = 385 J).
-    let scale = 400.0 / 385.0;
-    for (k, watts) in w.iter().enumerate() {
+    // Shape: trapezoids of 100 W, the step interval at 400 W, then 700 W (the last one half of
+    // it); scaled by the counter (400 J) over the readings' integral up to 975 ms
+    // (0.5·100 + 0.05·400 + 0.4·700 + 0.025·700 = 367.5 J).
+    let scale = 400.0 / 367.5;
+    for (k, watts) in out.iter().map(watts).enumerate() {
         let expect = match k {
             0..=9 => 100.0,
             10 => 400.0,
+            19 => 350.0,
             _ => 700.0,
         } * scale;
         assert!(
@@ -299,21 +311,26 @@ fn a_missing_or_zero_shape_falls_back_to_time() {
     s.push_shaped(0, 50 * MS, Some(0), Some(100_000));
     s.push_shaped(50 * MS, 100 * MS, Some(0), None);
     s.push_shaped(100 * MS, 150 * MS, Some(0), Some(900_000));
-    s.push_shaped(150 * MS, 200 * MS, Some(40_000_000), Some(900_000));
-    let out = drain(&mut s);
+    s.push_shaped(150 * MS, 200 * MS, Some(35_000_000), Some(900_000));
+    // By time up to the update's estimated time (175 ms): 10 J per whole interval, whatever the
+    // readings said, 5 J in the half that is in.
+    let mut out = drain(&mut s);
+    s.flush();
+    out.extend(drain(&mut s));
     assert_eq!(
         out.iter().map(|i| i.2.unwrap()).collect::<Vec<_>>(),
-        vec![10_000_000; 4]
+        vec![10_000_000, 10_000_000, 10_000_000, 5_000_000]
     );
     let mut z = Spreader::new(Some(100 * MS));
     z.baseline_power(Some(0));
     z.push_shaped(0, 50 * MS, Some(0), Some(0));
-    z.push_shaped(50 * MS, 100 * MS, Some(8), Some(0));
+    z.push_shaped(50 * MS, 100 * MS, Some(9), Some(0));
+    z.flush();
     assert_eq!(
         drain(&mut z)
             .iter()
             .map(|i| i.2.unwrap())
             .collect::<Vec<_>>(),
-        vec![4, 4]
+        vec![6, 3]
     );
 }

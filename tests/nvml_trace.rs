@@ -1,0 +1,193 @@
+//! The sampler against a real GPU's energy counter: 28 s of an H200's NVML counter (read every
+//! ~8 ms under a known load, `tests/fixtures/nvml_h200_energy_counter.csv`) replayed at the
+//! sampler's reads, in virtual time. The ticks must carry the counter's energy exactly and follow
+//! its timeline (constant power between two reads at which it changed) closely: with the counter
+//! read at every sample, and with it read once a second and shaped by instantaneous power
+//! (`nvml:...,counter_ms=1000`).
+
+use std::time::Duration;
+
+use joulegate::meter::{DeviceInfo, Meter, MeterSet, Method, ReadError, Reading};
+use joulegate::sampler::SamplerCore;
+use joulegate::tick::{Tick, TickPhase};
+
+const MS: u64 = 1_000_000;
+
+/// (time ns, counter mJ, instantaneous power mW) per read of the trace.
+fn trace() -> Vec<(u64, u64, u64)> {
+    let text = include_str!("fixtures/nvml_h200_energy_counter.csv");
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("t_us"))
+        .map(|l| {
+            let f: Vec<u64> = l.split(',').map(|x| x.parse().expect("number")).collect();
+            (f[0] * 1_000, f[1], f[2])
+        })
+        .collect()
+}
+
+/// Replays the trace: the counter as it stood at the read's time, read every time or (with
+/// `counter_every_ns`) at most that often, the power then given at every read.
+struct TraceMeter {
+    infos: Vec<DeviceInfo>,
+    rows: Vec<(u64, u64, u64)>,
+    counter_every_ns: Option<u64>,
+    last_counter: Option<(u64, u64)>,
+}
+
+impl TraceMeter {
+    fn at(&self, t: u64) -> (u64, u64) {
+        let i = self.rows.partition_point(|r| r.0 <= t).saturating_sub(1);
+        (self.rows[i].1 * 1_000, self.rows[i].2)
+    }
+}
+
+impl Meter for TraceMeter {
+    fn devices(&self) -> &[DeviceInfo] {
+        &self.infos
+    }
+
+    fn read(&mut self, _: usize, now_ns: u64) -> Result<Reading, ReadError> {
+        let (counter_uj, power_mw) = self.at(now_ns);
+        let Some(every) = self.counter_every_ns else {
+            return Ok(Reading {
+                energy_uj: counter_uj,
+                at_ns: now_ns,
+                ended: false,
+                power_mw: None,
+            });
+        };
+        if self
+            .last_counter
+            .map_or(true, |(at, _)| now_ns - at >= every)
+        {
+            self.last_counter = Some((now_ns, counter_uj));
+        }
+        Ok(Reading {
+            energy_uj: self.last_counter.map_or(0, |c| c.1),
+            at_ns: now_ns,
+            ended: false,
+            power_mw: Some(power_mw),
+        })
+    }
+}
+
+/// The ticks of a 50 ms sampler over the trace, its reads 7 ms out of phase with the trace's start.
+fn ticks(counter_every_ns: Option<u64>) -> Vec<Tick> {
+    ticks_with(counter_every_ns, None)
+}
+
+/// [`ticks`] with every meter's update period set to `meter_period` (1 ns: increments are sent
+/// as measured, never spread).
+fn ticks_with(counter_every_ns: Option<u64>, meter_period: Option<Duration>) -> Vec<Tick> {
+    let rows = trace();
+    let end = rows.last().expect("rows").0;
+    let mut info = DeviceInfo::new("nvml:0", "NVIDIA H200", Method::NvmlEnergyCounter);
+    // As `NvmlMeter` declares a sparse counter: it moves once per read of it.
+    info.period_ns = counter_every_ns;
+    let meter = TraceMeter {
+        infos: vec![info],
+        rows,
+        counter_every_ns,
+        last_counter: None,
+    };
+    let set = MeterSet {
+        meters: vec![Box::new(meter)],
+        unavailable: vec![],
+    };
+    let mut core = SamplerCore::with_period(set, Duration::from_millis(50), meter_period);
+    let mut out = Vec::new();
+    let mut t = 7 * MS;
+    while t <= end {
+        out.extend(
+            core.round(t)
+                .into_iter()
+                .filter(|t| t.phase != TickPhase::Announce),
+        );
+        t += 50 * MS;
+    }
+    out.extend(core.flush());
+    out
+}
+
+/// The counter's own timeline: cumulative µJ at `t`, linear between the reads at which it changed.
+fn truth_uj(t: u64) -> f64 {
+    let rows = trace();
+    let mut points = vec![(rows[0].0, rows[0].1)];
+    for w in rows.windows(2) {
+        if w[1].1 != w[0].1 {
+            points.push((w[1].0, w[1].1));
+        }
+    }
+    let i = points.partition_point(|p| p.0 <= t);
+    let mj = if i == 0 {
+        points[0].1 as f64
+    } else if i == points.len() {
+        points[i - 1].1 as f64
+    } else {
+        let ((a, ea), (b, eb)) = (points[i - 1], points[i]);
+        ea as f64 + (eb - ea) as f64 * (t - a) as f64 / (b - a) as f64
+    };
+    mj * 1_000.0
+}
+
+/// The 95th percentile of the relative error of the ticks' energy over `width_ns` windows (50 ms:
+/// each tick),
+/// between 2 s after the start and 2 s before the end.
+fn p95_error(ticks: &[Tick], width_ns: u64) -> f64 {
+    let (lo, hi) = (2_000 * MS, ticks.last().expect("ticks").end_ns - 2_000 * MS);
+    let mut windows: Vec<(u64, u64, u64)> = Vec::new();
+    for t in ticks.iter().filter(|t| t.start_ns >= lo && t.end_ns <= hi) {
+        let k = (t.start_ns - lo) / width_ns;
+        match windows.last_mut() {
+            Some(w) if (w.0 - lo) / width_ns == k => {
+                w.1 = t.end_ns;
+                w.2 += t.delta_uj.expect("measured");
+            }
+            _ => windows.push((t.start_ns, t.end_ns, t.delta_uj.expect("measured"))),
+        }
+    }
+    let mut errors: Vec<f64> = windows
+        .iter()
+        .map(|&(a, b, e)| (e as f64 / (truth_uj(b) - truth_uj(a)) - 1.0).abs())
+        .collect();
+    errors.sort_by(f64::total_cmp);
+    errors[errors.len() * 95 / 100]
+}
+
+#[test]
+fn ticks_carry_a_real_counter_exactly_and_follow_its_timeline() {
+    let rows = trace();
+    let dense = ticks(None);
+    let sparse = ticks(Some(1_000 * MS));
+    for (name, ticks) in [("dense", &dense), ("sparse", &sparse)] {
+        let sum: u64 = ticks.iter().map(|t| t.delta_uj.expect("measured")).sum();
+        // From the first read (7 ms) to the counter as the last counter read saw it.
+        let first = rows[rows.partition_point(|r| r.0 <= 7 * MS) - 1].1;
+        assert!(sum > 0, "{name}");
+        let last_read = ticks.last().expect("ticks").end_ns;
+        let last = rows[rows.partition_point(|r| r.0 <= last_read) - 1].1;
+        if name == "dense" {
+            assert_eq!(
+                sum,
+                (last - first) * 1_000,
+                "{name}: the counter's energy exactly"
+            );
+        } else {
+            // The sparse counter's last read is up to a second before the end.
+            assert!(sum <= (last - first) * 1_000, "{name}");
+        }
+    }
+    let raw = ticks_with(None, Some(Duration::from_nanos(1)));
+    let e = |t: &[Tick]| [50, 250, 1_000].map(|w| p95_error(t, w * MS));
+    let (d, s, r) = (e(&dense), e(&sparse), e(&raw));
+    eprintln!("p95 error at 50 / 250 / 1000 ms: dense {d:.3?}, sparse {s:.3?}, unspread {r:.3?}");
+    // Measured: dense 0.162 / 0.062 / 0.013 (before the increments were placed at the update's
+    // estimated time rather than at the read that saw it, 0.560 / 0.364 / 0.058: a 25 ms lag),
+    // sparse 1.031 / 0.691 / 0.098, unspread 1.325 / 0.551 / 0.178.
+    assert!(d[0] < 0.25 && d[1] < 0.10 && d[2] < 0.025, "dense: {d:?}");
+    assert!(
+        r[0] > 3.0 * d[0],
+        "spreading matters at the tick: {r:?} vs {d:?}"
+    );
+    assert!(s[2] < 0.15, "sparse, over a second: {s:?}");
+}
