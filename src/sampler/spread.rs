@@ -4,12 +4,16 @@
 //! so the sampler and a virtual-time bench drive it alike. A counter that updates every 100 ms read
 //! every 50 ms shows nothing at one read and two reads' worth at the next; sent as measured, every
 //! other tick would read 0 W and the next twice the power. Instead, the intervals at which the
-//! counter stood still are *held*, and when it moves, its increment is spread over every interval
-//! since the previous change (the reads at which the counter changed), in proportion to their
-//! length, or, where the meter gives an instantaneous power at every read (NVML with
-//! `counter_ms=N`), to that power's trapezoid integral over each interval (the *shape*; lengths
-//! again whenever an interval lacks it or every shape is 0). The result is a smooth energy timeline,
-//! delayed by up to one meter period.
+//! counter stood still are *held*, and when it moves, its increment is spread over the time it
+//! covers: from the counter's previous update to this one, each placed at the middle of the interval
+//! whose read saw it (the update fell somewhere in that interval; placing it at the read lagged the
+//! timeline by half an interval: against a real H200 counter, tick p95 error 56 % instead of 16 %).
+//! The held intervals' parts in that span share it in proportion to their length, or, where the
+//! meter gives an instantaneous power at every read (NVML with `counter_ms=N`), to that power's
+//! trapezoid integral over each part (the *shape*; lengths again whenever an interval lacks it or
+//! every shape is 0). The interval that saw the update keeps its part after the middle for the next
+//! increment, so an interval is final once an update is placed at or after its end. The result is
+//! a smooth energy timeline, delayed by up to one meter period and one interval.
 //!
 //! Rules (energy is integer micro-joules and the sum emitted always equals the sum pushed):
 //! - **A counter that moves at every read** is never held: each interval is final as soon as it is
@@ -19,15 +23,17 @@
 //!   still between two changes among the recent reads. A counter that never moved (a device at 0 W)
 //!   is not held.
 //! - **Hold bound**: never more than `max(4 × period, 1 s)` (at most [`MAX_HOLD_NS`]) of intervals,
-//!   nor [`MAX_HELD`] of them. Older held intervals are released *as measured* (0 µJ); the next
+//!   nor [`MAX_HELD`] of them. Older held intervals are released with what they were given so far
+//!   (0 µJ, or the part before the latest update of the one that saw it); the next
 //!   increment is then spread over the intervals still held, and the chain the period is learned
 //!   from is broken (a device that drew nothing for seconds is not a slow meter).
 //! - **Failed reads** (`None`) are a barrier, never spread into: the held intervals before it are
-//!   released as measured (0 µJ), the failed interval stays unavailable (`None`), and the next
+//!   released with what they were given so far, the failed interval stays unavailable (`None`), and the next
 //!   increment, which carries the energy of the gap (the counter kept its last good value), is
 //!   spread only over the intervals after the failure. Energy is delayed, not lost, and an
 //!   unavailable interval never receives energy it was not measured to have.
-//! - [`Spreader::flush`] releases everything held (shutdown, a replay that ended).
+//! - [`Spreader::flush`] releases everything held with what it was given (shutdown, a replay that
+//!   ended): energy after the last update was never measured.
 
 use std::collections::VecDeque;
 
