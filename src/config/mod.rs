@@ -7,6 +7,7 @@
 mod file;
 mod log_format;
 mod otel;
+mod print;
 mod resolve;
 mod upstream;
 
