@@ -28,9 +28,9 @@
 //!   increment is then spread over the intervals still held, and the chain the period is learned
 //!   from is broken (a device that drew nothing for seconds is not a slow meter).
 //! - **Failed reads** (`None`) are a barrier, never spread into: the held intervals before it are
-//!   released with what they were given so far, the failed interval stays unavailable (`None`), and the next
-//!   increment, which carries the energy of the gap (the counter kept its last good value), is
-//!   spread only over the intervals after the failure. Energy is delayed, not lost, and an
+//!   released with what they were given so far, the failed interval stays unavailable (`None`),
+//!   and the next increment, which carries the energy of the gap (the counter kept its last good
+//!   value), is spread only over the intervals after the failure. Energy is delayed, not lost, and an
 //!   unavailable interval never receives energy it was not measured to have.
 //! - [`Spreader::flush`] releases everything held with what it was given (shutdown, a replay that
 //!   ended): energy after the last update was never measured.
@@ -182,7 +182,7 @@ impl Spreader {
                     // The counter changed somewhere in this interval: at its middle, on average.
                     // The increment is the energy since the previous update, so it goes to
                     // (previous update, this one]; the rest of this interval waits for the next.
-                    let update_ns = start_ns + (end_ns - start_ns) / 2;
+                    let update_ns = start_ns + end_ns.saturating_sub(start_ns) / 2;
                     let from = self.cut_ns.unwrap_or(0);
                     self.spread_held(d, from, update_ns);
                     self.cut_ns = Some(update_ns);
