@@ -283,6 +283,12 @@ impl<W: Write> Writer<W> {
 
     /// Writes one sample; returns whether the duration has been reached.
     fn tick(&mut self, tick: &crate::tick::Tick, limit_ns: Option<u64>) -> std::io::Result<bool> {
+        if tick.phase == crate::tick::TickPhase::Announce {
+            // A slow counter's interval ended and its energy follows in a fill: nothing to log
+            // yet (counted, it read as an unavailable sample: an H200's log at 50 ms said a third
+            // of its samples were).
+            return Ok(false);
+        }
         let origin = match self.origin {
             Some(o) => o,
             None => {

@@ -291,4 +291,6 @@ fn a_slow_meter_logs_its_power_never_zero_between_updates() {
     }
     let idle = summary.idle_power_w.unwrap_or(0.0);
     assert!((idle / 300.0 - 1.0).abs() < 0.03, "idle estimate {idle} W");
+    // Announcements of held intervals are neither samples nor unavailable ones.
+    assert_eq!((summary.samples, summary.unavailable_samples), (60, 0));
 }
