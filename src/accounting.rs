@@ -139,7 +139,7 @@ impl Accounting {
         if config.poll_interval.is_zero() {
             return Err(AccountingError::PollInterval);
         }
-        Ok(Accounting {
+        let accounting = Accounting {
             ledger: Ledger::new(config.ledger.clone())?,
             shared: Arc::new(AccountingShared::new(
                 config.record_capacity,
@@ -157,7 +157,11 @@ impl Accounting {
             step_ends: Vec::new(),
             finals: Vec::new(),
             history: history::HistoryBuilder::default(),
-        })
+        };
+        // Responses that end before the first tick (a slow counter's first fill can take a second)
+        // are priced per token at the configured weights rather than at nothing.
+        accounting.publish_weights();
+        Ok(accounting)
     }
 
     /// Creates the bounded log channel (`record_channel_capacity`, if non-zero) and returns its
@@ -305,6 +309,25 @@ impl Accounting {
         self.refresh_stats(tick.end_ns);
     }
 
+    /// Publishes the per-token active energies in use (fitted when trusted, configured otherwise).
+    fn publish_weights(&self) {
+        let rates = &self.in_flight.rates;
+        let calibration = self.ledger.calibration();
+        let to_uj = |j: f64| {
+            if j.is_finite() && j > 0.0 {
+                (j * 1e6).round() as u64
+            } else {
+                0
+            }
+        };
+        rates
+            .prefill_uj_per_token
+            .store(to_uj(calibration.alpha_j), Relaxed);
+        rates
+            .decode_uj_per_token
+            .store(to_uj(calibration.beta_j), Relaxed);
+    }
+
     /// Publishes the system rates the data plane uses to estimate work no tick has settled yet:
     /// recent total power (an exponential average over ticks, weight 1/4), idle power, and the
     /// per-token active energies in use (fitted when trusted, configured otherwise).
@@ -326,20 +349,7 @@ impl Accounting {
         if let (Some(idle_mw), _) = self.ledger.p_idle() {
             rates.idle_mw.store(idle_mw, Relaxed);
         }
-        let calibration = self.ledger.calibration();
-        let to_uj = |j: f64| {
-            if j.is_finite() && j > 0.0 {
-                (j * 1e6).round() as u64
-            } else {
-                0
-            }
-        };
-        rates
-            .prefill_uj_per_token
-            .store(to_uj(calibration.alpha_j), Relaxed);
-        rates
-            .decode_uj_per_token
-            .store(to_uj(calibration.beta_j), Relaxed);
+        self.publish_weights();
         rates.set_token_prices(self.ledger.token_prices());
         let (prefill_per_s, decode_per_s) = self.ledger.rates();
         rates.set_work_rates(prefill_per_s, decode_per_s);

@@ -368,3 +368,21 @@ proptest::proptest! {
         proptest::prop_assert!((sum - t.attributed_uj as f64 / 1e6).abs() < 1e-6 * (1.0 + sum));
     }
 }
+
+/// A response that ends before the first tick (a slow counter's first fill can take a second)
+/// carries its tokens priced at the configured weights, not 0 J.
+#[test]
+fn a_response_before_the_first_tick_is_priced_per_token() {
+    let reg = Arc::new(InFlight::new());
+    let clock = Clock::new();
+    let _acc = Accounting::new(config(), reg.clone(), clock).expect("config");
+    let guard = reg.register(meta(1, "llama", None, Endpoint::ChatCompletions), clock);
+    let p = guard.progress().clone();
+    p.set_prompt_exact(100);
+    p.observe_completion(20, 30 * MS);
+    p.completion_exact.store(true, Relaxed);
+    let now = p.energy_now(40 * MS, &reg.rates);
+    // Defaults 0.01 J per prompt and per completion token: 1.2 J of active work.
+    assert_eq!(now.active_uj, 1_200_000, "{now:?}");
+    assert!(now.energy_uj >= now.active_uj);
+}
