@@ -109,8 +109,8 @@ fn ticks_with(counter_every_ns: Option<u64>, meter_period: Option<Duration>) -> 
     out
 }
 
-/// The counter's own timeline: cumulative µJ at `t`, linear between the reads at which it changed.
-fn truth_uj(t: u64) -> f64 {
+/// The counter's own timeline: the reads at which it changed, `(time ns, counter mJ)`.
+fn change_points() -> Vec<(u64, u64)> {
     let rows = trace();
     let mut points = vec![(rows[0].0, rows[0].1)];
     for w in rows.windows(2) {
@@ -118,6 +118,11 @@ fn truth_uj(t: u64) -> f64 {
             points.push((w[1].0, w[1].1));
         }
     }
+    points
+}
+
+/// Cumulative µJ at `t` on the counter's timeline, linear between its change points.
+fn truth_uj(points: &[(u64, u64)], t: u64) -> f64 {
     let i = points.partition_point(|p| p.0 <= t);
     let mj = if i == 0 {
         points[0].1 as f64
@@ -146,9 +151,11 @@ fn p95_error(ticks: &[Tick], width_ns: u64) -> f64 {
             _ => windows.push((t.start_ns, t.end_ns, t.delta_uj.expect("measured"))),
         }
     }
+    let points = change_points();
+    let truth = |t| truth_uj(&points, t);
     let mut errors: Vec<f64> = windows
         .iter()
-        .map(|&(a, b, e)| (e as f64 / (truth_uj(b) - truth_uj(a)) - 1.0).abs())
+        .map(|&(a, b, e)| (e as f64 / (truth(b) - truth(a)) - 1.0).abs())
         .collect();
     errors.sort_by(f64::total_cmp);
     errors[errors.len() * 95 / 100]
