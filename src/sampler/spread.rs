@@ -128,9 +128,12 @@ impl Spreader {
         delta_uj: Option<u64>,
         power_mw: Option<u64>,
     ) {
+        // Saturating: a garbage power reading must not overflow (nor panic), only skew the shape.
         let shape = match (self.last_power_mw, power_mw) {
             (Some(a), Some(b)) => Some(
-                (u128::from(a) + u128::from(b)) * u128::from(end_ns.saturating_sub(start_ns)) / 2,
+                (u128::from(a) + u128::from(b))
+                    .saturating_mul(u128::from(end_ns.saturating_sub(start_ns)))
+                    / 2,
             ),
             _ => None,
         };
@@ -299,11 +302,19 @@ impl Spreader {
         let weight = |h: &Held| {
             let (len, overlap) = part(h);
             match h.2 {
-                Some(w) if shaped && len > 0 => w * u128::from(overlap) / u128::from(len),
+                // w · overlap / len without overflow (overlap <= len).
+                Some(w) if shaped && len > 0 => {
+                    w / u128::from(len) * u128::from(overlap)
+                        + w % u128::from(len) * u128::from(overlap) / u128::from(len)
+                }
                 _ => u128::from(overlap),
             }
         };
-        let total: u128 = self.held.iter().map(weight).sum();
+        let total: u128 = self
+            .held
+            .iter()
+            .map(weight)
+            .fold(0u128, u128::saturating_add);
         let n = self.held.len();
         let (mut cum, mut given) = (0u128, 0u64);
         for (i, h) in self.held.iter_mut().enumerate() {
@@ -314,7 +325,7 @@ impl Spreader {
                     0
                 }
             } else {
-                cum += weight(h);
+                cum = cum.saturating_add(weight(h));
                 if cum >= total {
                     d
                 } else {

@@ -334,3 +334,16 @@ fn a_missing_or_zero_shape_falls_back_to_time() {
         vec![6, 3]
     );
 }
+
+/// Garbage powers (the largest a reading can say) neither overflow nor lose a micro-joule.
+#[test]
+fn absurd_powers_neither_panic_nor_lose_energy() {
+    let mut s = Spreader::new(Some(u64::MAX / 4));
+    s.baseline_power(Some(u64::MAX));
+    s.push_shaped(0, u64::MAX / 4, Some(0), Some(u64::MAX));
+    s.push_shaped(u64::MAX / 4, u64::MAX / 2, Some(0), Some(0));
+    s.push_shaped(u64::MAX / 2, u64::MAX, Some(u64::MAX), Some(u64::MAX));
+    s.flush();
+    let sum: u64 = drain(&mut s).iter().filter_map(|t| t.2).sum();
+    assert_eq!(sum, u64::MAX);
+}
