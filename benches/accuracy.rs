@@ -5,7 +5,8 @@
 //! × 3 counter periods in virtual time through the real accounting, reproducible to the digit, a
 //! few seconds for the whole matrix. `ACCURACY_ONLY`, `ACCURACY_MODELS`, `ACCURACY_PERIODS`,
 //! `ACCURACY_REQUESTS`, `ACCURACY_SEED` select (`ACCURACY_PERIODS` takes any counter periods in
-//! ms, not only the matrix's: `ACCURACY_PERIODS=1` is a near-ideal counter); `ACCURACY_METRICS=1` gives responses vLLM's
+//! ms, not only the matrix's: `ACCURACY_PERIODS=1` is a near-ideal counter; `ACCURACY_JITTER_MS`
+//! moves each counter update off its lattice by up to that much); `ACCURACY_METRICS=1` gives responses vLLM's
 //! per-request `metrics`; `ACCURACY_TRUE_WEIGHTS=1` splits with each model's own marginal costs
 //! (what is left is placement error); `ACCURACY_SETTLE_TICKS=N` overrides the settlement lag in
 //! ticks (default 60). `ACCURACY_MODE=realtime` runs the end-to-end set-up instead (mock vLLM
@@ -130,6 +131,15 @@ fn virtual_matrix(full: bool) {
                 })
             })
             .collect();
+    }
+    if let Some(ms) = std::env::var("ACCURACY_JITTER_MS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+    {
+        // Counter updates off their lattice by up to this much (real counters jitter).
+        for c in &mut cases {
+            c.meter.jitter_ns = (ms * 1e6) as u64;
+        }
     }
     let metrics = std::env::var("ACCURACY_METRICS").as_deref() == Ok("1");
     // The ledger splits with each model's own marginal costs instead of its fit: what is left is

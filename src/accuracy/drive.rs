@@ -28,6 +28,9 @@ pub struct MeterModel {
     pub noise: f64,
     /// The sampler's interval, ns.
     pub sample_interval_ns: u64,
+    /// Each counter update comes up to this much before or after its lattice time, ns (uniform;
+    /// an H200's NVML updates came 90–110 ms apart). 0: on the lattice.
+    pub jitter_ns: u64,
 }
 
 impl Default for MeterModel {
@@ -36,6 +39,7 @@ impl Default for MeterModel {
             counter_period_ns: 50_000_000,
             noise: 0.01,
             sample_interval_ns: 50_000_000,
+            jitter_ns: 0,
         }
     }
 }
@@ -197,7 +201,18 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
     let sample = m.sample_interval_ns.max(1);
     let period = m.counter_period_ns.max(1);
     // The counter's lattice is out of phase with the sampler's.
-    let mut next_update = START_NS + (scenario.seed.wrapping_mul(7_919) % period) + 1;
+    let mut lattice = START_NS + (scenario.seed.wrapping_mul(7_919) % period) + 1;
+    // Jitter from its own sequence, so that without it every other draw is unchanged.
+    let mut jitter = Noise(scenario.seed ^ 0x717e);
+    let jitter_ns = m.jitter_ns.min(period / 2 - 1);
+    let mut jittered = |at: u64| {
+        if jitter_ns == 0 {
+            return at;
+        }
+        let j = (jitter.next() * jitter_ns as f64) as i64;
+        at.saturating_add_signed(j)
+    };
+    let mut next_update = jittered(lattice);
     let mut next_read = START_NS + sample;
     let mut counter_true_pj = 0u128;
     let mut counter_uj = 0u64;
@@ -376,7 +391,8 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
             let whole = noisy.max(0.0).floor();
             counter_carry = noisy - whole;
             counter_uj += whole as u64;
-            next_update += period;
+            lattice += period;
+            next_update = jittered(lattice).max(now + 1);
         } else {
             counter.store(counter_uj, Relaxed);
             for tick in sampler.round(now) {
