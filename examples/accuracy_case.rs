@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Options: `--model NAME` (`8b-h100`, `70b-4xh100`, `ctx-bound`), `--counter-ms N`,
-//! `--sample-ms N`, `--noise F` (relative, 0.01 = 1 %), `--requests N`, `--seed N`, `--metrics`
+//! `--sample-ms N`, `--noise F` (relative, 0.01 = 1 %), `--jitter-ms J` (counter updates up to
+//! ±J ms off their lattice), `--requests N`, `--seed N`, `--metrics`
 //! (responses carry vLLM's per-request timing), `--all-streams` / `--no-streams` (override the
 //! plan), `--true-weights` (the ledger splits with the engine's own marginal costs instead of
 //! its fit: separates placement error from calibration error), `--weights α,β,γ` (fixed weights,
@@ -59,6 +60,7 @@ fn main() {
             counter_period_ns: ms(number("--counter-ms", 50.0)),
             sample_interval_ns: ms(number("--sample-ms", 50.0)),
             noise: number("--noise", 0.01),
+            jitter_ns: ms(number("--jitter-ms", 0.0)),
         },
         requests: number("--requests", 40.0) as usize,
         seed: number("--seed", 11.0) as u64,
