@@ -85,6 +85,7 @@ fn measure_cpu_at_20hz(seconds: u64) {
         interval: Duration::from_millis(50),
         queue: 64,
         meter_period: None,
+        align_phase: false,
     };
     let (sampler, rx) = Sampler::spawn(meters, config, Clock::new()).expect("sampler starts");
     // Let the thread start and take its baseline before the window opens.

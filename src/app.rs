@@ -235,6 +235,7 @@ impl App {
             let sampler_config = SamplerConfig {
                 interval: config.sample_interval,
                 meter_period: config.meter_period_ms.map(std::time::Duration::from_millis),
+                align_phase: true,
                 ..SamplerConfig::default()
             };
             let (sampler, rx) = Sampler::spawn(meters, sampler_config, state.clock)?;

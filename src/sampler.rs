@@ -33,6 +33,7 @@ use crate::meter::status::SamplerStatus;
 use crate::meter::{Meter, MeterSet};
 use crate::tick::{DeviceDelta, Tick, TickPhase};
 
+pub mod align;
 #[cfg(test)]
 pub(crate) mod lumpy;
 mod outbox;
@@ -63,6 +64,9 @@ pub struct SamplerConfig {
     pub queue: usize,
     /// Every meter's update period, unless its spec sets one; `None` learns it from the reads.
     pub meter_period: Option<Duration>,
+    /// Before the first read, find when a slow counter updates and start the reads half an
+    /// interval after its updates ([`align`]). `serve` and `log-power` turn it on.
+    pub align_phase: bool,
 }
 
 impl Default for SamplerConfig {
@@ -71,6 +75,8 @@ impl Default for SamplerConfig {
             interval: DEFAULT_INTERVAL,
             queue: DEFAULT_QUEUE,
             meter_period: None,
+            // Off unless asked for: a scripted time source would spend its script on the burst.
+            align_phase: false,
         }
     }
 }
@@ -286,6 +292,35 @@ impl SamplerCore {
         ticks
     }
 
+    /// When a slow counter's update phase is found by a burst of reads ([`align::probe`]), the
+    /// first time half an interval after its updates, waited for here: the read schedule starts
+    /// there. `None` when there is nothing to align to (the schedule keeps its start); `Err` when a
+    /// stop was asked for meanwhile.
+    pub fn align_start(
+        &mut self,
+        time: &mut impl TimeSource,
+        stop: &Receiver<()>,
+    ) -> Result<Option<u64>, align::Stopped> {
+        if self.interval_ns < align::MIN_INTERVAL {
+            // Reads too close together for the burst to place an update within one.
+            return Ok(None);
+        }
+        let Some((device, phase)) = align::probe(&mut self.meters, time, stop, self.interval_ns)?
+        else {
+            return Ok(None);
+        };
+        let start = align::aligned_start(time.now_ns(), phase, self.interval_ns);
+        tracing::info!(
+            device = %self.labels.get(device).map_or("?", String::as_str),
+            update_phase_ms = phase as f64 / 1e6,
+            "reads start half an interval after the meter's counter updates"
+        );
+        if time.sleep_until(start, stop) == Wake::Stop {
+            return Err(align::Stopped);
+        }
+        Ok(Some(start))
+    }
+
     /// Releases every interval still held (shutdown) and returns the remaining ticks.
     pub fn flush(&mut self) -> Vec<Tick> {
         for slot in &mut self.slots {
@@ -397,11 +432,28 @@ impl Sampler {
         let (stop_tx, stop_rx) = std::sync::mpsc::sync_channel::<()>(1);
         let mut outbox = Outbox::new(tx, status.clone());
         let interval = config.interval;
+        let align_phase = config.align_phase;
         let thread = std::thread::Builder::new()
             .name("joulegate-sampler".into())
             .spawn(move || {
-                let t0 = time.now_ns();
-                let _ = core.round(t0);
+                // The baseline first, so that the burst's time is measured too (in the first,
+                // longer interval) and requests served meanwhile have their energy.
+                let base = time.now_ns();
+                let _ = core.round(base);
+                let aligned = if align_phase {
+                    match core.align_start(&mut time, &stop_rx) {
+                        Ok(t) => t,
+                        Err(align::Stopped) => return,
+                    }
+                } else {
+                    None
+                };
+                let t0 = aligned.unwrap_or(base);
+                if aligned.is_some() {
+                    for tick in core.round(t0) {
+                        outbox.offer(tick);
+                    }
+                }
                 let mut schedule = Schedule::new(t0, interval);
                 loop {
                     let deadline = schedule.next_deadline(time.now_ns());

@@ -121,6 +121,8 @@ pub struct LogOptions {
     pub interval: Duration,
     /// Stop after this much time; `None` = until stopped.
     pub duration: Option<Duration>,
+    /// Align the reads with a slow counter's updates first ([`crate::sampler::align`]).
+    pub align_phase: bool,
 }
 
 /// Runs `log-power` from its flags, stopping at the duration or on Ctrl-C.
@@ -171,6 +173,7 @@ pub fn run_until(args: &LogPowerArgs, stop: &AtomicBool) -> Result<Option<Summar
     let opts = LogOptions {
         interval: Duration::from_millis(args.interval_ms),
         duration: (args.duration_s > 0.0).then(|| Duration::from_secs_f64(args.duration_s)),
+        align_phase: true,
     };
     let werr = |source| LogPowerError::Write {
         path: args.output.clone(),
@@ -208,6 +211,7 @@ pub fn log<T: TimeSource, W: Write>(
         queue: 1024,
         // Learned per device, or set per meter with a spec's `period_ms=N`.
         meter_period: None,
+        align_phase: opts.align_phase,
     };
     let (sampler, rx) = Sampler::spawn_with(set, config, time)?;
     let labels: Vec<String> = sampler

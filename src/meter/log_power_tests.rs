@@ -37,6 +37,7 @@ fn sim_log(watts: f64, wakes: u32, duration: Option<Duration>) -> (String, Summa
     let opts = LogOptions {
         interval: Duration::from_millis(50),
         duration,
+        align_phase: false,
     };
     let mut out = Vec::new();
     let stop = AtomicBool::new(false);
@@ -95,6 +96,7 @@ fn unavailable_samples_leave_energy_empty() {
     let opts = LogOptions {
         interval: Duration::from_millis(50),
         duration: None,
+        align_phase: false,
     };
     let mut out = Vec::new();
     let summary = log(
@@ -271,6 +273,7 @@ fn a_slow_meter_logs_its_power_never_zero_between_updates() {
     let opts = LogOptions {
         interval: Duration::from_millis(50),
         duration: None,
+        align_phase: false,
     };
     let mut out = Vec::new();
     let summary = log(set, opts, time, &AtomicBool::new(false), &mut out).expect("log");

@@ -60,6 +60,7 @@ fn run(
         interval: Duration::from_millis(50),
         queue,
         meter_period: None,
+        align_phase: false,
     };
     let (sampler, rx) = Sampler::spawn_with(set, cfg, time).expect("spawn");
     let status = sampler.status().clone();
@@ -250,6 +251,7 @@ fn intervals_are_validated_and_real_time_stops_promptly() {
         interval: Duration::from_millis(250),
         queue: 1,
         meter_period: None,
+        align_phase: false,
     };
     assert!(matches!(
         Sampler::spawn(sim_set(1.0), bad, Clock::new()),
@@ -260,6 +262,7 @@ fn intervals_are_validated_and_real_time_stops_promptly() {
         interval: MAX_INTERVAL,
         queue: 4,
         meter_period: None,
+        align_phase: false,
     };
     let (sampler, _rx) = Sampler::spawn(sim_set(1.0), cfg, Clock::new()).expect("spawn");
     drop(sampler);
