@@ -12,7 +12,7 @@
 //! The burst costs one read per device per step (NVML: ~3–9 ms of CPU each, so ~0.2–0.5 s once),
 //! after the baseline reading: the first interval is that much longer. Intervals under
 //! [`MIN_INTERVAL`] are not aligned.
-//! Only NVML's energy counter and counter files are probed (the others move at every read or are
+//! Only NVML's energy counter, counter files and the simulated engine's counter are probed (the others move at every read or are
 //! read as they are), and only when one of them is there. Devices whose readings carry power (a
 //! sparse counter's shape) are left out, as are counters that moved more often than every 3/4 of
 //! an interval (no one phase against the reads) or fewer than twice (slower than the burst, or
@@ -68,10 +68,15 @@ pub fn probe(
     stop: &Receiver<()>,
     interval_ns: u64,
 ) -> Result<Option<(usize, u64)>, Stopped> {
-    // Only counters that update on their own clock, slowly: NVML's energy counter and counter
-    // files (another program's, or a simulation's). The others move at every read or are read
+    // Only counters that update on their own clock, slowly: NVML's energy counter, counter files
+    // (another program's, or a simulation's) and the simulated engine's shared counter. The others move at every read or are read
     // as they are (RAPL, synthetic power, a replay).
-    let aligned = |m: Method| matches!(m, Method::NvmlEnergyCounter | Method::CounterFile);
+    let aligned = |m: Method| {
+        matches!(
+            m,
+            Method::NvmlEnergyCounter | Method::CounterFile | Method::SharedCounter
+        )
+    };
     if !meters
         .iter()
         .any(|m| m.devices().iter().any(|d| aligned(d.method)))
