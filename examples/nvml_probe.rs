@@ -16,8 +16,6 @@
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use nvml_wrapper::enums::device::SampleValue;
-use nvml_wrapper::structs::device::FieldId;
 use nvml_wrapper::sys_exports::field_id::{
     NVML_FI_DEV_POWER_INSTANT, NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION,
 };
@@ -69,18 +67,9 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// One NVML field as an integer (`NVML_FI_DEV_POWER_INSTANT` in mW, `..._TOTAL_ENERGY_CONSUMPTION`
-/// in mJ).
+/// One NVML field as an integer, as the meter reads it; `None` if the read fails.
 fn field(device: &Device<'_>, id: u32) -> Option<u64> {
-    let values = device.field_values_for(&[FieldId(id)]).ok()?;
-    let sample = values.into_iter().next()?.ok()?;
-    match sample.value.ok()? {
-        SampleValue::U32(v) => Some(u64::from(v)),
-        SampleValue::U64(v) => Some(v),
-        SampleValue::I64(v) => u64::try_from(v).ok(),
-        SampleValue::F64(v) if v.is_finite() && v >= 0.0 => Some(v.round() as u64),
-        SampleValue::F64(_) => None,
-    }
+    joulegate::meter::nvml::field_u64(device, id).ok()
 }
 
 /// One read of all three sources, with the time each call took.

@@ -281,7 +281,13 @@ fn open_one(
 
 /// Reads `NVML_FI_DEV_POWER_INSTANT` in milliwatts.
 fn instant_power_mw(handle: &Device<'_>) -> Result<u64, NvmlError> {
-    let values = handle.field_values_for(&[FieldId(NVML_FI_DEV_POWER_INSTANT)])?;
+    field_u64(handle, NVML_FI_DEV_POWER_INSTANT)
+}
+
+/// One NVML field value as an integer (negative or non-finite values read as 0), e.g.
+/// `NVML_FI_DEV_POWER_INSTANT` in mW or `NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION` in mJ.
+pub fn field_u64(handle: &Device<'_>, id: u32) -> Result<u64, NvmlError> {
+    let values = handle.field_values_for(&[FieldId(id)])?;
     let sample = values.into_iter().next().ok_or(NvmlError::NotSupported)??;
     Ok(match sample.value? {
         SampleValue::U32(v) => u64::from(v),

@@ -1,6 +1,7 @@
 //! Sampler tests: scripted time, no sleeping.
 
 use super::*;
+use crate::clock::Clock;
 use crate::meter::sim::SimMeter;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
