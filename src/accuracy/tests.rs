@@ -68,13 +68,25 @@ fn the_calibration_finds_a_costly_context() {
 }
 
 /// The prefill conveyor on a saturated 70B engine with long prompts, mostly non-streamed (40
-/// requests, 50 ms counter): record 22.3 / 94.1 %, response 13.4 / 83.6 % (median / p95); with
-/// every invisible prompt estimated from its own arrival, 43.5 / 162.6 and 27.4 / 83.6 %.
+/// requests, 50 ms counter): record 19.4 / 55.6 %, response 5.0 / 39.2 % (median / p95); with
+/// every invisible prompt estimated from its own arrival, 43.5 / 162.6 and 27.4 / 83.6 %; with
+/// the conveyor but every answer's prefill re-placed by counting its tokens back over the steps
+/// streams showed, 22.3 / 94.1 and 12.8 / 43.8 %.
 #[test]
 fn a_saturated_prefill_queue_is_served_in_arrival_order() {
     let r = guard_case("70b-4xh100", VirtualWorkload::PrefillHeavy);
-    assert!(r.record.median <= 0.25 && r.record.p95 <= 1.0, "{r:?}");
-    assert!(r.provisional.median <= 0.15, "{r:?}");
+    assert!(r.record.median <= 0.21 && r.record.p95 <= 0.65, "{r:?}");
+    assert!(r.provisional.median <= 0.07, "{r:?}");
+}
+
+/// Where few streams decode, counting an answer's tokens back over the steps streams showed
+/// misses the steps none saw and dates its prefill seconds early; the conveyor's date is kept
+/// then (context-bound prefill-heavy, 40 requests, 50 ms counter: record 22.9 / 42.2 %, against
+/// 33.2 / 134.4 % with the count's date).
+#[test]
+fn an_answer_keeps_the_conveyors_date_when_the_steps_miscount() {
+    let r = guard_case("ctx-bound", VirtualWorkload::PrefillHeavy);
+    assert!(r.record.median <= 0.25 && r.record.p95 <= 0.50, "{r:?}");
 }
 
 /// A guard against regressions of the ledger, not the targets (those are the bench's): the

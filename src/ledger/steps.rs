@@ -41,6 +41,17 @@ impl StepHistory {
         self.ends.get(j).copied().filter(|&e| e > floor)
     }
 
+    /// Durations of the (at most `n`) latest steps that ended at or before `t`, newest first
+    /// (gaps of a second or more, idle time, left out).
+    pub fn durations_before(&self, t: u64, n: usize) -> impl Iterator<Item = u64> + '_ {
+        let i = self.ends.partition_point(|&e| e <= t);
+        let lo = i.saturating_sub(n + 1);
+        (lo + 1..i)
+            .rev()
+            .map(move |j| self.ends[j] - self.ends[j - 1])
+            .filter(|&d| d < 1_000_000_000)
+    }
+
     /// The boundaries in `(lo, hi]`, oldest first.
     pub fn within(&self, lo: u64, hi: u64) -> impl Iterator<Item = u64> + '_ {
         let i = self.ends.partition_point(|&t| t <= lo);
@@ -74,6 +85,10 @@ mod tests {
         assert_eq!(h.nth_back(30, 1, 0), Some(30));
         assert_eq!(h.nth_back(29, 2, 0), Some(10));
         assert_eq!(h.nth_back(30, 3, 10), None);
+        let d: Vec<u64> = h.durations_before(30, 8).collect();
+        assert_eq!(d, vec![10, 10]);
+        assert_eq!(h.durations_before(25, 1).collect::<Vec<_>>(), vec![10]);
+        assert_eq!(h.durations_before(10, 8).count(), 0);
         let many: Vec<u64> = (100..100 + STEP_HISTORY as u64 + 5).collect();
         h.extend(&many);
         assert_eq!(h.len(), STEP_HISTORY);

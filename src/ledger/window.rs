@@ -177,6 +177,13 @@ impl Window {
     }
 
     /// The item stored at `r`, if its tick is still held.
+    pub fn item_ref(&self, r: ItemRef) -> Option<&Item> {
+        let front = self.ticks.front()?.seq;
+        let idx = usize::try_from(r.0.checked_sub(front)?).ok()?;
+        self.ticks.get(idx)?.items.get(r.1 as usize)
+    }
+
+    /// The item `r` refers to, for changing it, if its tick is still held.
     pub fn item_mut(&mut self, r: ItemRef) -> Option<&mut Item> {
         let front = self.ticks.front()?.seq;
         let idx = usize::try_from(r.0.checked_sub(front)?).ok()?;
