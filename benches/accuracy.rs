@@ -11,7 +11,7 @@
 //! (what is left is placement error); `ACCURACY_SETTLE_TICKS=N` overrides the settlement lag in
 //! ticks (default 60). `ACCURACY_MODE=realtime` runs the end-to-end set-up instead (mock vLLM
 //! over HTTP, the proxy and its sampler in real time: about a minute and a half; its figures move
-//! a little between runs with scheduling; `ACCURACY_COUNTER_MS`, `ACCURACY_VERBOSE`,
+//! a little between runs with scheduling; `ACCURACY_COUNTER_MS`, `ACCURACY_MODEL` (a cost model of the matrix), `ACCURACY_VERBOSE`,
 //! `ACCURACY_JSON_DIR` help there). Without `--bench` (as `cargo test --benches` runs it) it does
 //! a tiny run to check the harness. It prints figures and never fails on them.
 
@@ -236,6 +236,17 @@ fn realtime(full: bool) {
             .and_then(|v| v.parse::<u64>().ok())
         {
             opts.counter_period = Duration::from_millis(ms.max(1));
+        }
+        // Another of the matrix's cost models than the default 8B on one H100.
+        if let Ok(name) = std::env::var("ACCURACY_MODEL") {
+            match joulegate::accuracy::cost_models().into_iter().find(|m| m.name == name) {
+                Some(m) => opts.engine.cost = m.cost,
+                None => {
+                    let names: Vec<&str> = joulegate::accuracy::cost_models().iter().map(|m| m.name).collect();
+                    eprintln!("accuracy: ACCURACY_MODEL={name:?}: one of {names:?}");
+                    std::process::exit(2);
+                }
+            }
         }
         (5, opts)
     } else {
