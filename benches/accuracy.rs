@@ -239,10 +239,16 @@ fn realtime(full: bool) {
         }
         // Another of the matrix's cost models than the default 8B on one H100.
         if let Ok(name) = std::env::var("ACCURACY_MODEL") {
-            match joulegate::accuracy::cost_models().into_iter().find(|m| m.name == name) {
+            match joulegate::accuracy::cost_models()
+                .into_iter()
+                .find(|m| m.name == name)
+            {
                 Some(m) => opts.engine.cost = m.cost,
                 None => {
-                    let names: Vec<&str> = joulegate::accuracy::cost_models().iter().map(|m| m.name).collect();
+                    let names: Vec<&str> = joulegate::accuracy::cost_models()
+                        .iter()
+                        .map(|m| m.name)
+                        .collect();
                     eprintln!("accuracy: ACCURACY_MODEL={name:?}: one of {names:?}");
                     std::process::exit(2);
                 }
