@@ -584,5 +584,8 @@ fn an_answer_keeps_the_conveyors_prefill_date_when_the_step_count_jumps_a_gap() 
     // Its prefill runs to the tick ending at 500 ms, the conveyor's date (the count's would stop
     // at 400 ms and leave the ticks after it without work).
     assert_eq!(prefill_ends.last(), Some(&(500 * MS)), "{prefill_ends:?}");
-    assert!(prefill_ends.first() >= Some(&(350 * MS)), "{prefill_ends:?}");
+    assert!(
+        prefill_ends.first() >= Some(&(350 * MS)),
+        "{prefill_ends:?}"
+    );
 }
