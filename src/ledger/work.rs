@@ -426,8 +426,8 @@ impl Ledger {
             self.provisional_work(slot, p, p.end_ns, 0.0, 0);
         } else {
             // Reconcile: replace the provisional estimate still held by the true counts, spread
-            // over the request's life. The part of its life already settled keeps its provisional
-            // split.
+            // over the request's life (its prefill kept where the conveyor put it when that date
+            // is the better one). The part of its life already settled keeps its provisional split.
             self.queue_events.passed.push(slot);
             let no_work = p.completion_tokens == 0 && p.outcome == Outcome::Error;
             if no_work {
@@ -435,7 +435,7 @@ impl Ledger {
             } else {
                 let keep_prefill = self.conveyor_dated_it_later(slot, p, choices);
                 let kept = self.reconcile_estimate(slot, p, keep_prefill);
-                self.place_true_work(slot, p, !kept, true);
+                self.place_true_work(slot, p, !kept);
             }
         }
         self.ended.push(slot);
@@ -485,7 +485,8 @@ impl Ledger {
     /// non-streamed answer leaves right after its last token): decode over vLLM's generation time
     /// when its `metrics` said, else at the per-sequence rate the streams show; prefill just before
     /// that, over vLLM's prefill time or the estimated one; never before the arrival.
-    fn place_true_work(&mut self, slot: u32, p: &ProgressSnapshot, prefill: bool, decode: bool) {
+    /// With `prefill` false its prefill is left out (the conveyor's placement was kept).
+    fn place_true_work(&mut self, slot: u32, p: &ProgressSnapshot, prefill: bool) {
         let choices = self
             .slots
             .get(slot as usize)
@@ -528,7 +529,7 @@ impl Ledger {
             };
             self.place(slot, from, ft, item, BeforeWindow::Drop);
         }
-        if decode && p.completion_tokens > 0 {
+        if p.completion_tokens > 0 {
             let ctx = decode_context(p.prompt_tokens, choices, 0, p.completion_tokens);
             let fr = held(ft, end);
             let kd = scale(p.completion_tokens as f64, settled[1], fr);
