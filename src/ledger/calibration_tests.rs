@@ -167,9 +167,9 @@ fn a_fit_no_better_than_the_defaults_proportions_is_not_used() {
     let mut c = Calibrator::new(cfg());
     for k in 0..600u32 {
         // Energy that follows the defaults' proportions (1 : 1 : 0.001) exactly: a fit can
-        // only match them, never beat them by the margin. Every fourth tick is nearly idle
-        // work, which pins the static estimate.
-        let light = k % 4 == 0;
+        // only match them, never beat them by the margin. Every fourth run of five ticks (a
+        // busy-power span) is nearly idle work, which pins the static estimate.
+        let light = (k / 5) % 4 == 0;
         let p = if light {
             0.0
         } else {
@@ -221,4 +221,21 @@ fn the_fit_lowers_a_static_estimate_that_the_lightest_ticks_still_carry_work_in(
     assert!(close(r.fitted_static_w.unwrap(), 190.0, 0.02), "{r:?}");
     assert!(close(r.alpha_j, 0.01, 0.05), "{r:?}");
     assert!(close(r.gamma_j, 0.000_06, 0.1), "{r:?}");
+}
+
+#[test]
+fn a_lumpy_meter_does_not_pull_the_static_bound_down() {
+    // A 20 ms counter read every 50 ms: ticks get two or three of its increments, so a tick's
+    // energy is 0.8× or 1.2× what the engine drew in it. The engine draws 200 W above idle while
+    // it runs and little per token; the bound is a low quantile of busy power averaged over
+    // spans of ticks, so it stays near 200 W, not at the 160 W of the light ticks.
+    let mut c = Calibrator::new(cfg());
+    for k in 0..400u32 {
+        let p = f64::from((k * 37) % 40);
+        let d = f64::from((k * 11) % 8 + 1);
+        let lump = [0.8, 1.2, 1.2, 0.8, 1.0][(k % 5) as usize];
+        c.observe(busy_tick(p, d, 0.0), lump * (200.0 * 0.05 + 0.01 * (p + d)));
+    }
+    let st = c.static_estimate().expect("enough busy spans");
+    assert!((190.0..215.0).contains(&st), "static bound {st} W");
 }
