@@ -113,7 +113,7 @@ pub struct CalibrationReport {
 /// (a 20 ms counter read every 50 ms gives a tick two or three of them), and a low quantile of
 /// single ticks' power picked that noise: in the real-time demo the bound sat at 172 W above idle
 /// where the engine draws 230 W, and the energy it missed went to α and γ (γ/α fitted at 7× the
-/// engine's). Over 250 ms spans it is 224 W; demo median error 5.5-6.5 % -> 3.8-4.5 %, end to end
+/// engine's). Over 250 ms spans it is 224 W; demo median error 5.5-6.5 % -> 4.0-5.6 %, end to end
 /// 8B 4.0 / 16.7 -> 3.9-4.1 / 15.0-16.6 %, the deterministic matrix unchanged within its noise.
 pub const BUSY_SPAN_TICKS: usize = 5;
 
