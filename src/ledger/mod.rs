@@ -5,9 +5,10 @@
 //! - [`attribution`]: the [`Ledger`] (held window of ticks, work placement, settlement, invariant);
 //! - [`window`]: the held ticks and where each request's work lands in them;
 //! - [`types`]: the figures it publishes (per-request energy, coverage, totals);
-//! - `settle`, `tentative`, `work`, `rates`, `queue`, `slots` and `readout` (private): settlement,
-//!   the provisional split of held ticks, work placement, rate learning, the prefill conveyor,
-//!   request slots and the published figures, split from the ledger by concern;
+//! - `settle`, `tentative`, `work`, `reconcile`, `rates`, `queue`, `slots` and `readout`
+//!   (private): settlement, the provisional split of held ticks, work placement, reconciliation of
+//!   non-streamed answers, rate learning, the prefill conveyor, request slots and the published
+//!   figures, split from the ledger by concern;
 //! - [`split`]: exact largest-remainder splitting of micro-joules;
 //! - [`idle`]: P_idle, learned from idle ticks or configured;
 //! - [`calibration`]: the online NNLS fit of α, β, γ and the static power;
@@ -22,6 +23,7 @@ pub mod idle;
 mod queue;
 mod rates;
 mod readout;
+mod reconcile;
 pub mod record;
 mod req;
 mod settle;

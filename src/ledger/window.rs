@@ -178,15 +178,18 @@ impl Window {
 
     /// The item stored at `r`, if its tick is still held.
     pub fn item_ref(&self, r: ItemRef) -> Option<&Item> {
+        self.ticks.get(self.tick_index(r)?)?.items.get(r.1 as usize)
+    }
+
+    /// Where `r`'s tick is in the window, if still held.
+    fn tick_index(&self, r: ItemRef) -> Option<usize> {
         let front = self.ticks.front()?.seq;
-        let idx = usize::try_from(r.0.checked_sub(front)?).ok()?;
-        self.ticks.get(idx)?.items.get(r.1 as usize)
+        usize::try_from(r.0.checked_sub(front)?).ok()
     }
 
     /// The item `r` refers to, for changing it, if its tick is still held.
     pub fn item_mut(&mut self, r: ItemRef) -> Option<&mut Item> {
-        let front = self.ticks.front()?.seq;
-        let idx = usize::try_from(r.0.checked_sub(front)?).ok()?;
+        let idx = self.tick_index(r)?;
         let tick = self.ticks.get_mut(idx)?;
         tick.stale |= tick.tentative.is_some();
         tick.items.get_mut(r.1 as usize)

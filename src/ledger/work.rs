@@ -1,5 +1,6 @@
-//! Where each request's work lands: prefill spans, decode points, provisional estimates for
-//! requests whose progress is invisible, and their reconciliation at completion.
+//! Where each request's work lands: prefill spans, decode points and provisional estimates for
+//! requests whose progress is invisible (their reconciliation at completion is in
+//! [`super::reconcile`]).
 //!
 //! Part of the [`Ledger`]'s implementation (split from `attribution.rs` by concern); owns no state
 //! of its own and never touches energy, only token counts placed in the held window.
@@ -168,75 +169,6 @@ impl Ledger {
                 item.context = 0.0;
             }
         }
-    }
-
-    /// Takes an invisible request's estimate out of the held ticks at its end. With
-    /// `keep_prefill`, the estimate's prefill stays where the conveyor put it, scaled so that the
-    /// request's prefill (settled and held) is its true prompt: returns whether it did (it needs
-    /// some estimated prefill held, or none left to place). Everything else is zeroed, for the
-    /// true counts to replace.
-    fn reconcile_estimate(&mut self, slot: u32, p: &ProgressSnapshot, keep_prefill: bool) -> bool {
-        let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
-            return false;
-        };
-        let refs = std::mem::take(&mut req.provisional);
-        let left = (p.prompt_tokens as f64 - req.settled_work[0]).max(0.0);
-        let held: f64 = refs
-            .iter()
-            .filter_map(|&r| self.window.item_ref(r))
-            .map(|item| f64::from(item.prefill))
-            .sum();
-        let kept = keep_prefill && (left <= 0.0 || held > 0.0);
-        // As in `place_true_work`: never to nothing, at most 4×.
-        let k = if kept && held > 0.0 {
-            (left / held).clamp(0.001, 4.0) as f32
-        } else {
-            0.0
-        };
-        for r in refs {
-            if let Some(item) = self.window.item_mut(r) {
-                // All three terms: a context left behind would still weigh γ per token.
-                item.prefill *= k;
-                item.decode = 0.0;
-                item.context = 0.0;
-                item.provisional = false;
-            }
-        }
-        kept
-    }
-
-    /// Whether the prefill conveyor dated an invisible request's first token clearly later (by
-    /// more than four median steps) than counting its tokens back over the steps streams showed
-    /// did, with the count's steps longer than the engine's (more than 1.2 median steps each on
-    /// average). The count runs on the steps some stream saw: where few streams decode
-    /// (prefill-heavy traffic), steps none saw are missing, and the count lands seconds early,
-    /// while the conveyor, moved up by every first token, dates a prefill within a step or two.
-    /// Otherwise the count wins: the conveyor does not see a request wait for a sequence slot.
-    /// Accuracy bench, 8 seeds (576 cells): records 10.3 / 39.8 -> 10.0 / 38.6 % (median / p95),
-    /// responses 10.0 / 38.8 -> 9.6 / 37.9 %.
-    fn conveyor_dated_it_later(&self, slot: u32, p: &ProgressSnapshot, choices: u32) -> bool {
-        if p.engine_timed {
-            return false;
-        }
-        let conveyor_ft = self
-            .slots
-            .get(slot as usize)
-            .and_then(Option::as_ref)
-            .map_or(0, |r| r.prov_decode_from_ns);
-        if conveyor_ft == 0 {
-            return false;
-        }
-        let (_, counted_ft) = self.true_work_span(p, choices);
-        let mut steps: Vec<u64> = self.steps.durations_before(p.end_ns, 256).collect();
-        let step = if steps.is_empty() {
-            0
-        } else {
-            let mid = steps.len() / 2;
-            *steps.select_nth_unstable(mid).1
-        };
-        let tokens = (p.completion_tokens / u64::from(choices.max(1))).max(1);
-        let counted_step = p.end_ns.saturating_sub(counted_ft) / tokens;
-        conveyor_ft > counted_ft.saturating_add(4 * step) && 5 * counted_step > 6 * step
     }
 
     /// Work observed while the request is in flight.
@@ -425,18 +357,9 @@ impl Ledger {
             // An engine drops a request that is still queued: no more prefill from the conveyor.
             self.provisional_work(slot, p, p.end_ns, 0.0, 0);
         } else {
-            // Reconcile: replace the provisional estimate still held by the true counts, spread
-            // over the request's life (its prefill kept where the conveyor put it when that date
-            // is the better one). The part of its life already settled keeps its provisional split.
+            // Reconcile: the true counts replace the estimate still held (`super::reconcile`).
             self.queue_events.passed.push(slot);
-            let no_work = p.completion_tokens == 0 && p.outcome == Outcome::Error;
-            if no_work {
-                self.drop_provisional(slot);
-            } else {
-                let keep_prefill = self.conveyor_dated_it_later(slot, p, choices);
-                let kept = self.reconcile_estimate(slot, p, keep_prefill);
-                self.place_true_work(slot, p, !kept);
-            }
+            self.reconcile_invisible(slot, p, choices);
         }
         self.ended.push(slot);
         if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
@@ -445,101 +368,6 @@ impl Ledger {
             req.visible = visible;
             req.prefill_placed = true;
             req.consumed_completion = p.completion_tokens;
-        }
-    }
-
-    /// Where an invisible request's true work ran, anchored at its end: `(prefill start, first
-    /// token)`; its decode runs from the first token to the end.
-    fn true_work_span(&self, p: &ProgressSnapshot, choices: u32) -> (u64, u64) {
-        let end = p.end_ns;
-        let s0 = Self::work_start_ns(p).min(end);
-        let pd = self.prefill_duration_ns(p);
-        if p.engine_timed && p.generation_ns.saturating_add(p.prefill_ns) > 0 {
-            // vLLM's own times, anchored at the end (the answer leaves right after its last
-            // token): no clock skew between the engine and the proxy to bound.
-            let ft = end
-                .saturating_sub(p.generation_ns)
-                .max(p.arrival_ns.min(end));
-            (
-                ft.saturating_sub(p.prefill_ns).max(p.arrival_ns.min(ft)),
-                ft,
-            )
-        } else {
-            // Every choice decodes one token per step, at the per-sequence rate.
-            let per_s = self.decode_rate * f64::from(choices.max(1));
-            let decode_ns = (p.completion_tokens as f64 / per_s * 1e9).min(u64::MAX as f64) as u64;
-            let mut ft = end.saturating_sub(decode_ns).max(s0);
-            if self.steps.covers(s0) {
-                // Better: the engine steps streams showed. One token per choice per step, the
-                // last one at the end, so the first came `k` step boundaries back.
-                let k = (p.completion_tokens / u64::from(choices.max(1))).max(1) as usize;
-                if let Some(b) = self.steps.nth_back(end, k, s0) {
-                    ft = b;
-                }
-            }
-            (ft.saturating_sub(pd).max(s0), ft)
-        }
-    }
-
-    /// Places the true work of a request whose progress was invisible, anchored at its end (a
-    /// non-streamed answer leaves right after its last token): decode over vLLM's generation time
-    /// when its `metrics` said, else at the per-sequence rate the streams show; prefill just before
-    /// that, over vLLM's prefill time or the estimated one; never before the arrival.
-    /// With `prefill` false its prefill is left out (the conveyor's placement was kept).
-    fn place_true_work(&mut self, slot: u32, p: &ProgressSnapshot, prefill: bool) {
-        let choices = self
-            .slots
-            .get(slot as usize)
-            .and_then(Option::as_ref)
-            .map_or(1, |r| r.choices);
-        let end = p.end_ns;
-        let (from, ft) = self.true_work_span(p, choices);
-        // What already settled on the provisional estimate stays; the held part of the true
-        // placement is scaled to the rest of the true work, so that the request's total is its
-        // true count however the estimate was timed (at most 4×: an estimate far too low leaves
-        // some of the work to the settled part's split). Bench: record p95 45.0 -> 43.2 % and
-        // 51.7 -> 50.2 % (two seeds; medians 10.8 -> 10.7, 12.9 -> 12.7).
-        let ws = self.window.front().map_or(end, |t| t.start_ns);
-        let settled = self
-            .slots
-            .get(slot as usize)
-            .and_then(Option::as_ref)
-            .map_or([0.0; 3], |r| r.settled_work);
-        let held = |lo: u64, hi: u64| {
-            if hi <= lo {
-                1.0
-            } else {
-                hi.saturating_sub(lo.max(ws)) as f64 / (hi - lo) as f64
-            }
-        };
-        const MIN_SCALE: f64 = 0.001;
-        let scale = |truth: f64, done: f64, frac: f64| -> f32 {
-            if frac <= 0.0 || truth <= 0.0 {
-                return 1.0;
-            }
-            // Never to nothing: a tick where only this request ran would lose its energy to
-            // unattributed (at 0, 2.7 % of the energy of 70B prefill-heavy went there).
-            (((truth - done).max(0.0) / (truth * frac)).clamp(MIN_SCALE, 4.0)) as f32
-        };
-        if prefill && p.prompt_tokens > 0 {
-            let k = scale(p.prompt_tokens as f64, settled[0], held(from, ft));
-            let item = Item {
-                prefill: p.prompt_tokens as f32 * k,
-                ..Item::empty(slot)
-            };
-            self.place(slot, from, ft, item, BeforeWindow::Drop);
-        }
-        if p.completion_tokens > 0 {
-            let ctx = decode_context(p.prompt_tokens, choices, 0, p.completion_tokens);
-            let fr = held(ft, end);
-            let kd = scale(p.completion_tokens as f64, settled[1], fr);
-            let kc = scale(ctx, settled[2], fr);
-            let item = Item {
-                decode: p.completion_tokens as f32 * kd,
-                context: ctx as f32 * kc,
-                ..Item::empty(slot)
-            };
-            self.place_by_steps(slot, ft, end, item, BeforeWindow::Drop);
         }
     }
 }

@@ -1,0 +1,120 @@
+//! Reconciliation of non-streamed answers when they end: their true counts replace their
+//! estimate, and their prompt keeps the prefill conveyor's date where counting their tokens back
+//! over the steps streams showed misses steps.
+
+use super::*;
+
+#[test]
+fn invisible_requests_are_reconciled_with_their_true_counts() {
+    let mut l = Ledger::new(LedgerConfig {
+        settle_ticks: 40,
+        calibration: CalibrationConfig {
+            default_alpha_j: 1.0,
+            default_beta_j: 1.0,
+            ..Default::default()
+        },
+        ..cfg()
+    })
+    .expect("config");
+    // A non-streaming request and a stream, both for 0..500 ms. The stream makes 10 tokens; the
+    // hidden one makes 30 (well above the 30 tok/s estimate), only known at the end.
+    let hidden = invisible(
+        1,
+        0,
+        0,
+        (0..30).map(|i| (i * 16 + 10) * MS).collect(),
+        Some((500 * MS, Outcome::Ok)),
+    );
+    let visible = Script {
+        end: Some((500 * MS, Outcome::Ok)),
+        ..stream(2, 0, 0, 10 * MS, 10, 49 * MS)
+    };
+    let done = run(&mut l, &[hidden, visible], 12, |_| Some(1_000));
+    let e = |id| {
+        done.iter()
+            .find(|f| f.id == id)
+            .map(|f| f.energy.energy_uj)
+            .unwrap_or(0)
+    };
+    // 10 ticks of 1000 uJ, in the window the whole time: 30:10 work.
+    assert_eq!(e(1) + e(2), 10_000);
+    assert!(e(1).abs_diff(7_500) < 600, "hidden got {}", e(1));
+}
+
+/// A non-streamed answer whose first token the steps streams showed would date too early (the
+/// only stream pauses while the answer decodes, so counting its tokens back over the steps seen
+/// jumps the gap) keeps the prefill conveyor's date for its prompt: its prefill stays over
+/// (300, 500] ms, where the conveyor put it, instead of moving before 400 ms.
+#[test]
+fn an_answer_keeps_the_conveyors_prefill_date_when_the_step_count_jumps_a_gap() {
+    let mut l = Ledger::new(LedgerConfig {
+        settle_ticks: 40,
+        calibration: CalibrationConfig {
+            default_alpha_j: 1.0,
+            default_beta_j: 1.0,
+            fixed: true,
+            ..Default::default()
+        },
+        ..cfg()
+    })
+    .expect("config");
+    // A stream decoding every 10 ms until 400 ms, then another stream's two tokens at 1,000 and
+    // 1,010 ms: the only steps the proxy sees.
+    let a = stream(1, 0, 100, 20 * MS, 39, 10 * MS);
+    let b = stream(2, 990 * MS, 1, 1_000 * MS, 2, 10 * MS);
+    // The answer: 2,000 prompt tokens from 300 ms (200 ms at the default 10,000 tokens/s), three
+    // tokens, the last at 1,020 ms.
+    let hidden = invisible(
+        3,
+        300 * MS,
+        2_000,
+        vec![500 * MS, 760 * MS, 1_020 * MS],
+        Some((1_020 * MS, Outcome::Ok)),
+    );
+    // A one-token answer in flight from 250 ms to past the end keeps the ticks held.
+    let keeper = invisible(
+        4,
+        250 * MS,
+        1,
+        vec![1_400 * MS],
+        Some((1_500 * MS, Outcome::Ok)),
+    );
+    let steps: Vec<u64> = a.tokens.iter().chain(&b.tokens).copied().collect();
+    let scripts = [a, b, hidden, keeper];
+    let mut prefill_ends = Vec::new();
+    for k in 1..=21u64 {
+        let end = k * 50 * MS;
+        let seen: Vec<u64> = steps
+            .iter()
+            .copied()
+            .filter(|&t| t <= end && t > end - 50 * MS)
+            .collect();
+        l.note_steps(&seen);
+        let obs: Vec<Observation> = scripts.iter().filter_map(|s| s.at(end)).collect();
+        apply_50ms(&mut l, k, Some(1_000), &obs);
+        check_books(&l);
+        if k == 21 {
+            // The answer ended in this tick: where its prefill is now held.
+            let per_tick = sum_per_tick(&l, 3, |i| f64::from(i.prefill));
+            let first = l.window.front().map_or(0, |t| t.start_ns);
+            prefill_ends = per_tick
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| **p > 1.0)
+                .map(|(i, _)| first + (i as u64 + 1) * 50 * MS)
+                .collect();
+            let total: f64 = per_tick.iter().sum::<f64>()
+                + l.slots[l.index[&3] as usize]
+                    .as_ref()
+                    .map_or(0.0, |r| r.settled_work[0]);
+            assert!((total - 2_000.0).abs() < 1.0, "prefill {total}");
+        }
+    }
+    // Its prefill runs to the tick ending at 500 ms, the conveyor's date (the count's would stop
+    // at 400 ms and leave the ticks after it without work).
+    assert_eq!(prefill_ends.last(), Some(&(500 * MS)), "{prefill_ends:?}");
+    assert!(
+        prefill_ends.first() >= Some(&(350 * MS)),
+        "{prefill_ends:?}"
+    );
+}
