@@ -286,32 +286,41 @@ fn realtime(full: bool) {
         }
     }
     println!(
-        "{:<14} {:>4} {:>8} {:>8} {:>8} {:>9} {:>10} {:>9} {:>9}  target",
+        "{:<14} {:>4} {:>8} {:>8} {:>8} {:>13} {:>13} {:>13} {:>9} {:>10} {:>9} {:>9}  target",
         "workload",
         "reqs",
         "med %",
         "p95 %",
         "max %",
+        "read med/p95",
+        "json med/p95",
+        "strm med/p95",
         "unattr %",
         "naive med",
         "naive p95",
         "books"
     );
     let mut all = Vec::new();
+    let mut all_read = Vec::new();
     for w in &list {
         match runtime.block_on(run_one(w, &opts)) {
             Ok(r) => {
                 let e = r.errors();
                 let n = r.naive_errors();
                 all.extend(r.rows.iter().filter_map(|x| x.error()));
+                all_read.extend(r.rows.iter().filter_map(|x| x.read_error()));
+                let pair = |s: ErrorStats| format!("{}/{}", pct(s.median), pct(s.p95));
                 let met = e.median <= 0.05 && e.p95 <= 0.15;
                 println!(
-                    "{:<14} {:>4} {:>8} {:>8} {:>8} {:>9} {:>10} {:>9} {:>9}  {}",
+                    "{:<14} {:>4} {:>8} {:>8} {:>8} {:>13} {:>13} {:>13} {:>9} {:>10} {:>9} {:>9}  {}",
                     w.name,
                     e.count,
                     pct(e.median),
                     pct(e.p95),
                     pct(e.max),
+                    pair(r.read_errors()),
+                    pair(r.response_errors(false)),
+                    pair(r.response_errors(true)),
                     format!("{:.2}", r.unattributed_share() * 100.0),
                     pct(n.median),
                     pct(n.p95),
@@ -332,11 +341,13 @@ fn realtime(full: bool) {
         }
     }
     let e = ErrorStats::of(all);
+    let read = ErrorStats::of(all_read);
     println!(
-        "all            {:>4} {:>8} {:>8} {:>8}",
+        "all            {:>4} {:>8} {:>8} {:>8} {:>13}",
         e.count,
         pct(e.median),
         pct(e.p95),
-        pct(e.max)
+        pct(e.max),
+        format!("{}/{}", pct(read.median), pct(read.p95))
     );
 }

@@ -351,6 +351,9 @@ impl Accounting {
         }
         self.publish_weights();
         rates.set_token_prices(self.ledger.token_prices());
+        rates
+            .covered_until_ns
+            .store(self.ledger.covered_until_ns(), Relaxed);
         let (prefill_per_s, decode_per_s) = self.ledger.rates();
         rates.set_work_rates(prefill_per_s, decode_per_s);
     }

@@ -20,6 +20,11 @@ impl Accounting {
             return;
         };
         publish(&p, &f.energy, settled_until);
+        if p.prompt_exact.load(Relaxed) {
+            self.in_flight
+                .rates
+                .learn_prompt_scale(p.body_prompt_estimate, p.prompt_tokens.load(Relaxed));
+        }
         if p.meta.endpoint == Endpoint::Other {
             self.in_flight.retire(f.id);
             p.settled.mark();
@@ -113,6 +118,8 @@ pub(super) fn publish(p: &RequestProgress, e: &RequestEnergy, settled_until: u64
     p.prefill_uj.store(e.prefill_uj, Relaxed);
     p.decode_uj.store(e.decode_uj, Relaxed);
     p.recent_power_mw.store(e.recent_power_mw, Relaxed);
+    p.tentative_own_ppm
+        .store(u64::from(e.tentative_own_ppm), Relaxed);
     let t = e.settled_tokens;
     for (slot, v) in p
         .settled_tokens

@@ -38,6 +38,20 @@ impl DemoRow {
         let t = self.truth.as_ref()?.total_uj();
         (t > 0).then(|| (e as f64 - t as f64) / t as f64)
     }
+
+    /// Signed relative error of the figure the response itself carried (`x-energy-joules`, or a
+    /// stream's usage-chunk `energy`) against the truth; `None` where it carried none.
+    pub fn response_error(&self) -> Option<f64> {
+        let e = self.sent.response_joules?;
+        let t = self.truth.as_ref()?.total_uj();
+        (t > 0).then(|| (e * 1e6 - t as f64) / t as f64)
+    }
+
+    /// The error of the figure a user reads: the response's own where it carried one, else the
+    /// record's (a stream that asked for no usage: its client reads `/requests/{id}`).
+    pub fn read_error(&self) -> Option<f64> {
+        self.response_error().or_else(|| self.error())
+    }
 }
 
 /// Median, 95th percentile and maximum of absolute errors.
@@ -111,6 +125,21 @@ impl DemoReport {
     /// Error statistics of the proxy's per-request energy against the truth.
     pub fn errors(&self) -> ErrorStats {
         ErrorStats::of(self.rows.iter().filter_map(DemoRow::error))
+    }
+
+    /// Error statistics of the figures users read ([`DemoRow::read_error`]).
+    pub fn read_errors(&self) -> ErrorStats {
+        ErrorStats::of(self.rows.iter().filter_map(DemoRow::read_error))
+    }
+
+    /// Error statistics of the figures responses carried, streams (`true`) or JSON (`false`).
+    pub fn response_errors(&self, stream: bool) -> ErrorStats {
+        ErrorStats::of(
+            self.rows
+                .iter()
+                .filter(|r| r.sent.stream == stream)
+                .filter_map(DemoRow::response_error),
+        )
     }
 
     /// Errors of the naive method on the same requests: the same total energy (the truth's sum)
@@ -236,6 +265,17 @@ impl DemoReport {
             n.median * 100.0,
             n.p95 * 100.0
         );
+        let (json, stream) = (self.response_errors(false), self.response_errors(true));
+        let _ = writeln!(
+            s,
+            "figures on the responses themselves (provisional): JSON headers {} responses, median {:.1} %, p95 {:.1} %; stream usage chunks {} responses, median {:.1} %, p95 {:.1} %",
+            json.count,
+            json.median * 100.0,
+            json.p95 * 100.0,
+            stream.count,
+            stream.median * 100.0,
+            stream.p95 * 100.0
+        );
         s
     }
 
@@ -256,6 +296,8 @@ impl DemoReport {
                     "truth_prefill_joules": r.truth.as_ref().map(|t| t.prefill_uj as f64 / 1e6),
                     "truth_decode_joules": r.truth.as_ref().map(|t| t.decode_uj as f64 / 1e6),
                     "error": r.error(),
+                    "response_joules": r.sent.response_joules,
+                    "response_error": r.response_error(),
                 })
             })
             .collect();

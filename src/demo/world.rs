@@ -26,7 +26,7 @@ use crate::config::{Config, FileConfig};
 use crate::meter::sim::SimMeter;
 use crate::meter::MeterSet;
 use crate::observe::parse_public_id;
-use crate::proxy::headers::{ENERGY_REQUEST_ID, ENERGY_TAG};
+use crate::proxy::headers::{ENERGY_JOULES, ENERGY_REQUEST_ID, ENERGY_TAG};
 use crate::sim::workload::PlannedRequest;
 use crate::sim::{EngineConfig, MockHandle, MockUpstream, RunnerConfig, Timing};
 
@@ -88,6 +88,11 @@ pub struct Sent {
     pub record_key: Option<u64>,
     /// The engine's response id (the truth key), predictable from the `X-Request-Id` sent.
     pub response_id: String,
+    /// The energy the response itself carried, J, as a client reads it: `x-energy-joules` on a
+    /// JSON response, the `energy` object of a stream's final usage chunk (streams that asked for
+    /// usage). `None` where the response carried none (a stream without usage: its client reads
+    /// the record).
+    pub response_joules: Option<f64>,
 }
 
 /// The running world.
@@ -198,15 +203,16 @@ impl World {
                     "/v1/completions" => format!("cmpl-{xrid}"),
                     _ => format!("chatcmpl-{xrid}"),
                 };
-                let (http_status, record_key) = send(&client, &uri, &xrid, tag, body).await;
+                let got = send(&client, &uri, &xrid, tag, body).await;
                 Sent {
                     index,
                     path,
                     stream,
                     tag,
-                    http_status,
-                    record_key,
+                    http_status: got.http_status,
+                    record_key: got.record_key,
                     response_id,
+                    response_joules: got.response_joules,
                 }
             }));
         }
@@ -277,31 +283,66 @@ impl World {
 }
 
 /// Posts one request and reads the whole response; returns the status and the proxy's id.
+/// What [`send`] read from one response.
+#[derive(Default)]
+struct Received {
+    http_status: u16,
+    record_key: Option<u64>,
+    response_joules: Option<f64>,
+}
+
 async fn send(
     client: &Client<HttpConnector, Full<Bytes>>,
     uri: &str,
     xrid: &str,
     tag: &str,
     body: Bytes,
-) -> (u16, Option<u64>) {
+) -> Received {
     let request = http::Request::post(uri)
         .header(http::header::CONTENT_TYPE, "application/json")
         .header("x-request-id", xrid)
         .header(ENERGY_TAG, tag)
         .body(Full::new(body));
     let Ok(request) = request else {
-        return (0, None);
+        return Received::default();
     };
     let Ok(response) = client.request(request).await else {
-        return (0, None);
+        return Received::default();
     };
-    let status = response.status().as_u16();
-    let key = response
-        .headers()
-        .get(ENERGY_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_public_id);
+    let mut got = Received {
+        http_status: response.status().as_u16(),
+        record_key: response
+            .headers()
+            .get(ENERGY_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_public_id),
+        response_joules: response
+            .headers()
+            .get(ENERGY_JOULES)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.parse::<f64>().ok()),
+    };
     // Read to the end, as a client does: the request's life (and its energy) ends with the body.
-    let _ = response.into_body().collect().await;
-    (status, key)
+    let Ok(body) = response.into_body().collect().await else {
+        return got;
+    };
+    if got.response_joules.is_none() {
+        got.response_joules = usage_chunk_joules(&body.to_bytes());
+    }
+    got
+}
+
+/// The `energy.joules` of the last SSE event that carries one (a stream's final usage chunk).
+fn usage_chunk_joules(body: &[u8]) -> Option<f64> {
+    body.split(|b| *b == b'\n')
+        .rev()
+        .filter_map(|line| line.strip_prefix(b"data:"))
+        .filter(|data| data.windows(9).any(|w| w == b"\"energy\":"))
+        .find_map(|data| {
+            serde_json::from_slice::<serde_json::Value>(data.trim_ascii())
+                .ok()?
+                .get("energy")?
+                .get("joules")?
+                .as_f64()
+        })
 }

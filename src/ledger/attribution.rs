@@ -56,6 +56,26 @@ pub struct Fill {
     pub after: Option<(u64, u64, Option<u64>)>,
 }
 
+/// What settled busy ticks gave each kind of work (prefill, decode, context tokens): energy and
+/// active energy (µJ, the items' shares divided by their marginal terms) and the tokens, from
+/// which [`Ledger::token_prices`] prices work not settled yet.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct PriceEntry {
+    pub(super) energy: [f64; 3],
+    pub(super) active: [f64; 3],
+    pub(super) tokens: [f64; 3],
+}
+
+impl PriceEntry {
+    pub(super) fn add(&mut self, o: &PriceEntry, sign: f64) {
+        for k in 0..3 {
+            self.energy[k] = (self.energy[k] + sign * o.energy[k]).max(0.0);
+            self.active[k] = (self.active[k] + sign * o.active[k]).max(0.0);
+            self.tokens[k] = (self.tokens[k] + sign * o.tokens[k]).max(0.0);
+        }
+    }
+}
+
 /// The attribution ledger. See the module documentation for the rules.
 #[derive(Debug)]
 pub struct Ledger {
@@ -87,10 +107,10 @@ pub struct Ledger {
     pub(super) marginal: Vec<f64>,
     /// Marginal work per sub-interval of the tick being settled.
     pub(super) step_work: Vec<f64>,
-    /// Recent settled busy ticks: (energy attributed, of it active, marginal work), µJ.
-    pub(super) price_window: std::collections::VecDeque<(u64, u64, [f64; 3])>,
+    /// Recent settled busy ticks: what their split gave each kind of work, and its tokens.
+    pub(super) price_window: std::collections::VecDeque<PriceEntry>,
     /// Sums over `price_window`.
-    pub(super) price_sums: (u64, u64, [f64; 3]),
+    pub(super) price_sums: PriceEntry,
     /// Arrival of the oldest request whose work may still appear in held ticks (latest tick).
     pub(super) min_unresolved: u64,
     /// Requests that did work in each recent settled busy tick, and the running figures.
@@ -149,7 +169,7 @@ impl Ledger {
             marginal: Vec::new(),
             step_work: Vec::new(),
             price_window: std::collections::VecDeque::new(),
-            price_sums: (0, 0, [0.0; 3]),
+            price_sums: PriceEntry::default(),
             min_unresolved: u64::MAX,
             batch_window: std::collections::VecDeque::new(),
             batch: super::types::BatchStats::default(),

@@ -43,6 +43,10 @@ pub(super) struct Req {
     pub(super) energy: RequestEnergy,
     /// Its parts of held ticks' provisional splits: energy, active energy (µJ) and tokens.
     pub(super) tentative: (u64, u64, [f64; 3]),
+    /// Of its provisional energy, the sum over held ticks of its part times its fraction of the
+    /// tick's weight: over the energy, how much of its ticks it is on average (a request alone
+    /// in its ticks: 1), so how little more work placed there would move its share.
+    pub(super) tentative_own: f64,
 }
 
 impl Req {
@@ -57,6 +61,10 @@ impl Req {
         t.prefill = (self.settled_work[0] + tokens[0]) as u64;
         t.decode = (self.settled_work[1] + tokens[1]) as u64;
         t.context = (self.settled_work[2] + tokens[2]) as u64;
+        if energy > 0 {
+            let own = (self.tentative_own / energy as f64).clamp(0.0, 1.0);
+            e.tentative_own_ppm = (own * 1e6) as u32;
+        }
         e
     }
 }

@@ -6,7 +6,7 @@
 //! arithmetic that keeps the books exact: every micro-joule of a settled tick goes to exactly one of
 //! attributed, idle or unattributed.
 
-use super::attribution::Ledger;
+use super::attribution::{Ledger, PriceEntry};
 use super::calibration::TickWork;
 use super::idle::IdleSource;
 use super::split::split_uj;
@@ -129,6 +129,10 @@ impl Ledger {
         };
         let mw_per_uj = 1e6 / dt.max(1) as f64;
         let mut active_total = 0u64;
+        let mut priced = PriceEntry {
+            tokens: [prefill_tokens, decode_tokens, context_tokens],
+            ..PriceEntry::default()
+        };
         let mut working = 0u32;
         for (k, (item, (share, w))) in tick
             .items
@@ -155,6 +159,17 @@ impl Ledger {
             };
             // Rounded (x + 0.5, non-negative): a figure, not part of the exact books.
             let active = ((sf * active_ratio + 0.5) as u64).min(share);
+            if m > 0.0 {
+                let parts = [
+                    weights.0 * f64::from(item.prefill),
+                    weights.1 * f64::from(item.decode),
+                    weights.2 * f64::from(item.context),
+                ];
+                for (kind, part) in parts.iter().enumerate() {
+                    priced.energy[kind] += sf * part / m;
+                    priced.active[kind] += active as f64 * part / m;
+                }
+            }
             req.settled_work[0] += f64::from(item.prefill);
             req.settled_work[1] += f64::from(item.decode);
             req.settled_work[2] += f64::from(item.context);
@@ -188,26 +203,13 @@ impl Ledger {
             // burst at the cost of the lone request that ended the previous one (the accuracy
             // bench, bursty: response median 83 % with 2 s, 30-35 % with 6 s).
             const PRICE_TICKS: usize = 120;
-            let entry = (
-                e,
-                active_total,
-                [prefill_tokens, decode_tokens, context_tokens],
-            );
             if self.price_window.len() == PRICE_TICKS {
-                if let Some((oe, oa, ow)) = self.price_window.pop_front() {
-                    self.price_sums.0 -= oe;
-                    self.price_sums.1 -= oa;
-                    for (s, o) in self.price_sums.2.iter_mut().zip(ow) {
-                        *s = (*s - o).max(0.0);
-                    }
+                if let Some(old) = self.price_window.pop_front() {
+                    self.price_sums.add(&old, -1.0);
                 }
             }
-            self.price_window.push_back(entry);
-            self.price_sums.0 += e;
-            self.price_sums.1 += active_total;
-            for (s, n) in self.price_sums.2.iter_mut().zip(entry.2) {
-                *s += n;
-            }
+            self.price_window.push_back(priced);
+            self.price_sums.add(&priced, 1.0);
         }
         // A tick whose work is mostly estimated would teach the fit its own guesses: it needs
         // at least 90 % of the tick's work observed.

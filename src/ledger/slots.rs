@@ -65,6 +65,7 @@ impl Ledger {
             recent_uj: 0,
             energy: RequestEnergy::default(),
             tentative: (0, 0, [0.0; 3]),
+            tentative_own: 0.0,
         };
         let slot = match self.free.pop() {
             Some(s) => {

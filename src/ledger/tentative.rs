@@ -89,11 +89,13 @@ impl Ledger {
                         energy_uj: share as u64,
                         active_uj: (share * active_ratio) as u64,
                         tokens: [item.prefill, item.decode, item.context],
+                        own_uj: share * (w / total),
                     });
                 }
             }
             for t in &parts {
                 if let Some(req) = self.slots.get_mut(t.slot as usize).and_then(Option::as_mut) {
+                    req.tentative_own += t.own_uj;
                     let (e, a, w) = &mut req.tentative;
                     *e = e.saturating_add(t.energy_uj);
                     *a = a.saturating_add(t.active_uj);
@@ -119,6 +121,7 @@ impl Ledger {
         };
         for t in &parts {
             if let Some(req) = self.slots.get_mut(t.slot as usize).and_then(Option::as_mut) {
+                req.tentative_own = (req.tentative_own - t.own_uj).max(0.0);
                 let (e, a, w) = &mut req.tentative;
                 *e = e.saturating_sub(t.energy_uj);
                 *a = a.saturating_sub(t.active_uj);

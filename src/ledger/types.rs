@@ -42,6 +42,10 @@ pub struct RequestEnergy {
     /// and context tokens those decodes read, in settled ticks. What is left of its work on top
     /// of this is priced at the system's recent energy per token ([`super::Ledger::token_prices`]).
     pub settled_tokens: SettledTokens,
+    /// Over its energy in held ticks split provisionally, its mean fraction of those ticks'
+    /// work, parts per million (0: none): how far its share of their energy would move with
+    /// more or less work of its own placed there.
+    pub tentative_own_ppm: u32,
     /// Measured ticks overlapping the request.
     pub available_ticks: u32,
     /// Unavailable ticks overlapping the request.

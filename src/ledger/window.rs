@@ -100,6 +100,8 @@ pub struct Tentative {
     pub active_uj: u64,
     /// Prompt, decode and context tokens of the items split.
     pub tokens: [f32; 3],
+    /// Its energy times its items' fraction of the tick's weight, µJ (see `Req::tentative_own`).
+    pub own_uj: f64,
 }
 
 /// What to do with the part of a span that lies before the oldest held tick.

@@ -171,6 +171,9 @@ pub struct RequestProgress {
     /// The request's attributed power over its latest tick, milliwatts: used to extend the settled
     /// figure to "now" when a stream ends between ticks.
     pub recent_power_mw: AtomicU64,
+    /// Its mean fraction of the work in the held ticks its provisional energy comes from, parts
+    /// per million (see `ledger::RequestEnergy::tentative_own_ppm`).
+    pub tentative_own_ppm: AtomicU64,
     /// Whether energy is measured at all (false when no meter works).
     pub energy_available: AtomicBool,
     /// Set by accounting once the request is retired (final figures published, record pushed):
@@ -179,6 +182,8 @@ pub struct RequestProgress {
     /// Where token arrivals are noted as engine step boundaries (the registry's; none for a
     /// request built outside a registry).
     steps: Option<Arc<StepClock>>,
+    /// The prompt estimate from the body alone, before the learned scale (what teaches it).
+    pub body_prompt_estimate: u64,
 }
 
 impl RequestProgress {
@@ -207,9 +212,11 @@ impl RequestProgress {
             settled_until_ns: AtomicU64::new(0),
             settled_tokens: Default::default(),
             recent_power_mw: AtomicU64::new(0),
+            tentative_own_ppm: AtomicU64::new(0),
             energy_available: AtomicBool::new(true),
             settled: Settled::default(),
             steps: None,
+            body_prompt_estimate: estimate,
         }
     }
 
@@ -380,7 +387,14 @@ impl InFlight {
         meta: RequestMeta,
         clock: crate::clock::Clock,
     ) -> InFlightGuard {
+        let mut meta = meta;
+        let body_estimate = meta.estimated_prompt_tokens;
+        if body_estimate > 0 {
+            let scaled = (body_estimate as f64 * self.rates.prompt_scale()).round();
+            meta.estimated_prompt_tokens = (scaled as u64).max(1);
+        }
         let mut progress = RequestProgress::new(meta);
+        progress.body_prompt_estimate = body_estimate;
         progress.steps = Some(self.steps.clone());
         let progress = Arc::new(progress);
         self.map.insert(progress.meta.id, progress.clone());

@@ -216,6 +216,7 @@ async fn run_mock(
                     tag: "replay",
                     http_status: o.http_status,
                     record_key: o.request_id.as_deref().and_then(parse_public_id),
+                    response_joules: o.response.joules,
                     response_id: match opts.plan[o.index].api {
                         Api::Chat => format!("chatcmpl-replay-{}", o.index),
                         Api::Completions => format!("cmpl-replay-{}", o.index),
