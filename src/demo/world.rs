@@ -346,3 +346,21 @@ fn usage_chunk_joules(body: &[u8]) -> Option<f64> {
                 .as_f64()
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::usage_chunk_joules;
+
+    #[test]
+    fn a_streams_figure_is_the_energy_of_its_last_usage_chunk() {
+        let body = b"data: {\"choices\":[{\"delta\":{\"content\":\"energy\\\":\"}}]}\n\n\
+data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3},\"energy\":{\"joules\":1.5,\"request_id\":\"jg-1\"}}\n\n\
+data: [DONE]\n\n";
+        assert_eq!(usage_chunk_joules(body), Some(1.5));
+        assert_eq!(
+            usage_chunk_joules(b"data: {\"choices\":[]}\n\ndata: [DONE]\n\n"),
+            None
+        );
+        assert_eq!(usage_chunk_joules(b"data: {\"energy\":\n\n"), None);
+    }
+}

@@ -173,3 +173,79 @@ fn a_queued_answer_moves_from_its_published_share_to_its_counts_priced_whole() {
     assert_eq!(answer(false, 4_400_000_000), 400_000);
     assert_eq!(answer(true, 4_400_000_000), 1_000_000);
 }
+
+#[test]
+fn the_body_estimate_of_a_prompt_is_scaled_by_what_the_server_counted_before() {
+    // Nothing learned: the body's estimate as it is.
+    let reg = Arc::new(InFlight::new());
+    assert_eq!(reg.rates.prompt_scale(), 1.0);
+    let first = reg.register(
+        RequestMeta {
+            estimated_prompt_tokens: 100,
+            ..meta(1)
+        },
+        Clock::new(),
+    );
+    assert_eq!(first.progress().prompt_tokens.load(Relaxed), 100);
+    // The server counted 1.5x the body's estimate, request after request: the first teaches it
+    // whole, later ones move it towards theirs.
+    reg.rates.learn_prompt_scale(100, 150);
+    assert!((reg.rates.prompt_scale() - 1.5).abs() < 1e-9);
+    let next = reg.register(
+        RequestMeta {
+            estimated_prompt_tokens: 200,
+            ..meta(2)
+        },
+        Clock::new(),
+    );
+    assert_eq!(next.progress().prompt_tokens.load(Relaxed), 300);
+    // What teaches it is the body's own estimate, not the scaled one.
+    assert_eq!(next.progress().body_prompt_estimate, 200);
+    // One odd request (a prompt of token ids: the body says 10, the server 1,000) moves it by
+    // at most its weight, and no ratio counts beyond 10x.
+    for _ in 0..40 {
+        reg.rates.learn_prompt_scale(100, 150);
+    }
+    reg.rates.learn_prompt_scale(10, 1_000);
+    let s = reg.rates.prompt_scale();
+    assert!(
+        s > 1.5 && s < 1.5 * (10.0f64 / 1.5).powf(1.0 / 32.0) + 1e-9,
+        "{s}"
+    );
+    // Zero on either side teaches nothing.
+    reg.rates.learn_prompt_scale(0, 10);
+    reg.rates.learn_prompt_scale(10, 0);
+    assert_eq!(reg.rates.prompt_scale(), s);
+}
+
+#[test]
+fn an_answer_alone_in_its_ticks_gains_nothing_there_from_its_true_counts_only_its_tail() {
+    // A non-streamed answer: 10 decode tokens at 10 per second (1 s of decode, prefill
+    // instant at 1e9 tokens/s), published 1,000,000 µJ for the 5 decode tokens its estimate
+    // placed in the ticks covered up to 0.1 s before its end. At 10,000 µJ per decode token:
+    // its last 0.1 s (1 token) is in no tick yet and is priced whole. The 4 other tokens it lacks
+    // lie in covered ticks: alone there, swapping its true counts in changes nothing; with
+    // half of those ticks' work, half of them; with none, all of them.
+    let rates = SystemRates::default();
+    rates.set_token_prices(Some(([0.0, 10_000.0, 0.0], [0.0, 10_000.0, 0.0])));
+    rates.set_work_rates(1e9, 10.0);
+    let answer = |own_ppm: u64| {
+        let p = RequestProgress::new(RequestMeta {
+            estimated_prompt_tokens: 0,
+            ..meta(1)
+        });
+        p.set_prompt_exact(0);
+        p.observe_completion(10, 1_000);
+        p.completion_exact.store(true, Relaxed);
+        p.energy_uj.store(1_000_000, Relaxed);
+        p.active_uj.store(1_000_000, Relaxed);
+        p.settled_tokens[1].store(5, Relaxed);
+        p.tentative_own_ppm.store(own_ppm, Relaxed);
+        let end = p.meta.arrival_ns + 1_000_000_000;
+        rates.covered_until_ns.store(end - 100_000_000, Relaxed);
+        p.energy_now(end, &rates).energy_uj
+    };
+    assert_eq!(answer(1_000_000), 1_010_000);
+    assert_eq!(answer(500_000), 1_030_000);
+    assert_eq!(answer(0), 1_050_000);
+}

@@ -1,6 +1,6 @@
 //! The rate estimates the ledger places invisible work with: the per-request decode rate follows
 //! the streams decoding through each tick, and the prefill rate follows the upper envelope of
-//! `prompt / time to first token`.
+//! `prompt / time to first token`. Also the per-token prices responses use for unsettled work.
 
 use super::*;
 
@@ -74,4 +74,33 @@ fn prefill_rate_rises_to_the_fastest_time_to_first_token_and_ignores_short_promp
     let (rate, _) = l.rates();
     // One EWMA step (1/16) from 10,000 towards 50,000.
     assert!((rate - 12_500.0).abs() < 1.0, "{rate}");
+}
+
+#[test]
+fn a_prompt_token_is_priced_at_what_prefill_got_not_at_decodes_cost() {
+    // One stream: a 2,000-token prompt prefilled in its first tick, then 200 tokens alone at
+    // 10 ms, every tick 1 J. The prefill tick's joule went to 2,000 prompt tokens (and a few
+    // decodes), the other 39 J to ~200 decode tokens: a prompt token cost a few hundredth of a
+    // decode token. One price per unit of work for all (the old way) priced them alike (α = β
+    // by default); each kind's own price, blended with that as a 512-token prior, keeps them
+    // apart by more than 5x.
+    let mut l = Ledger::new(cfg()).expect("config");
+    let s = stream(1, 0, 2_000, 60 * MS, 200, 10 * MS);
+    run(&mut l, &[s], 45, |_| Some(1_000_000));
+    let (total, active) = l.token_prices().expect("busy ticks settled");
+    let (alpha, beta, _) = l.calibrator.weights();
+    assert!(
+        (alpha - beta).abs() < 1e-12,
+        "defaults tie them: {alpha} {beta}"
+    );
+    assert!(total[0] > 0.0 && total[0] * 5.0 < total[1], "{total:?}");
+    assert!(active[0] * 5.0 < active[1], "{active:?}");
+    // What the settled ticks gave all work, priced back, is what they measured (within the
+    // prior's pull): 40 J over the 2,000 prompt and ~200 decode tokens.
+    let priced: f64 = (0..3).map(|i| total[i] * l.price_sums.tokens[i]).sum();
+    let measured: f64 = l.price_sums.energy.iter().sum();
+    assert!(
+        (priced / measured - 1.0).abs() < 0.5,
+        "{priced} vs {measured}"
+    );
 }
