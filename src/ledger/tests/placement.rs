@@ -258,11 +258,11 @@ fn a_response_carries_its_share_of_held_ticks_split_provisionally() {
     // Nothing settled yet: the invisible request holds every tick.
     assert_eq!(t.attributed_uj, 0, "{t:?}");
     assert_eq!(t.held_ticks, 4);
-    // Ticks 1-3 (all but the newest) are split provisionally: the stream has most of their
-    // 30,000 µJ (the invisible request's estimate has the rest), and the tokens they paid for
-    // are not priced again.
-    assert!(p.energy_uj > 15_000 && p.energy_uj <= 30_000, "{p:?}");
-    assert_eq!(p.settled_tokens.decode, 15, "{p:?}");
+    // All four ticks (the newest too) are split provisionally: the stream has most of their
+    // 40,000 µJ (the invisible request's estimate has the rest), and the tokens they paid for
+    // (all 19 it decoded so far) are not priced again.
+    assert!(p.energy_uj > 20_000 && p.energy_uj <= 40_000, "{p:?}");
+    assert_eq!(p.settled_tokens.decode, 19, "{p:?}");
     assert_eq!(p.settled_tokens.prefill, 100, "{p:?}");
     // Without the provisional split the figure is only what settled: nothing.
     let (p, _) = published_while_held(false);
