@@ -199,10 +199,14 @@ impl Ledger {
             self.observe_batch(working);
         }
         if prefill_tokens + decode_tokens > 0.0 {
-            // Six seconds of busy ticks at the default interval: long enough not to price a
-            // burst at the cost of the lone request that ended the previous one (the accuracy
-            // bench, bursty: response median 83 % with 2 s, 30-35 % with 6 s).
-            const PRICE_TICKS: usize = 120;
+            // 24 s of busy ticks at the default interval: long enough not to price a burst at the
+            // cost of the lone request that ended the previous one (the accuracy bench, bursty:
+            // response median 83 % with 2 s, 30-35 % with 6 s), and, priced per kind of work, long
+            // enough to have seen prompts of all sizes (responses, matrix four seeds / real time 8B
+            // 50 ms figures read: 3 s 9.2 / 42.9 and 5.1 / 30.5 %, 6 s 9.0 / 41.0 and 5.0-5.1 /
+            // 30.5-31.8, 12 s 8.8 / 40.4 and 4.6 / 30.4, 24 s 8.8 / 40.3 and 4.6 / 28.0 %; 70B 4.5 /
+            // 22.7 -> 4.8 / 22.2, context-bound 9.9 / 34.6 -> 9.5 / 34.5 %). 480 entries of 72 bytes.
+            const PRICE_TICKS: usize = 480;
             if self.price_window.len() == PRICE_TICKS {
                 if let Some(old) = self.price_window.pop_front() {
                     self.price_sums.add(&old, -1.0);
