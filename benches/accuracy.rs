@@ -82,6 +82,11 @@ fn pct(x: f64) -> String {
     format!("{:.1}", x * 100.0)
 }
 
+/// `median/p95` in %.
+fn pair(s: ErrorStats) -> String {
+    format!("{}/{}", pct(s.median), pct(s.p95))
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     if std::env::var("ACCURACY_MODE").as_deref() == Ok("realtime") {
@@ -309,7 +314,6 @@ fn realtime(full: bool) {
                 let n = r.naive_errors();
                 all.extend(r.rows.iter().filter_map(|x| x.error()));
                 all_read.extend(r.rows.iter().filter_map(|x| x.read_error()));
-                let pair = |s: ErrorStats| format!("{}/{}", pct(s.median), pct(s.p95));
                 let met = e.median <= 0.05 && e.p95 <= 0.15;
                 println!(
                     "{:<14} {:>4} {:>8} {:>8} {:>8} {:>13} {:>13} {:>13} {:>9} {:>10} {:>9} {:>9}  {}",
@@ -348,6 +352,6 @@ fn realtime(full: bool) {
         pct(e.median),
         pct(e.p95),
         pct(e.max),
-        format!("{}/{}", pct(read.median), pct(read.p95))
+        pair(read)
     );
 }

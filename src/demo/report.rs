@@ -34,17 +34,19 @@ impl DemoRow {
 
     /// Signed relative error of the proxy's energy against the truth, `(proxy - truth) / truth`.
     pub fn error(&self) -> Option<f64> {
-        let e = self.energy_uj()?;
-        let t = self.truth.as_ref()?.total_uj();
-        (t > 0).then(|| (e as f64 - t as f64) / t as f64)
+        self.error_of(self.energy_uj()? as f64)
     }
 
     /// Signed relative error of the figure the response itself carried (`x-energy-joules`, or a
     /// stream's usage-chunk `energy`) against the truth; `None` where it carried none.
     pub fn response_error(&self) -> Option<f64> {
-        let e = self.sent.response_joules?;
+        self.error_of(self.sent.response_joules? * 1e6)
+    }
+
+    /// `(uj - truth) / truth`; `None` without a (non-zero) truth.
+    fn error_of(&self, uj: f64) -> Option<f64> {
         let t = self.truth.as_ref()?.total_uj();
-        (t > 0).then(|| (e * 1e6 - t as f64) / t as f64)
+        (t > 0).then(|| (uj - t as f64) / t as f64)
     }
 
     /// The error of the figure a user reads: the response's own where it carried one, else the

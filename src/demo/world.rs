@@ -26,6 +26,7 @@ use crate::config::{Config, FileConfig};
 use crate::meter::sim::SimMeter;
 use crate::meter::MeterSet;
 use crate::observe::parse_public_id;
+use crate::openai::sse::{self, LineKind};
 use crate::proxy::headers::{ENERGY_JOULES, ENERGY_REQUEST_ID, ENERGY_TAG};
 use crate::sim::workload::PlannedRequest;
 use crate::sim::{EngineConfig, MockHandle, MockUpstream, RunnerConfig, Timing};
@@ -282,7 +283,6 @@ impl World {
     }
 }
 
-/// Posts one request and reads the whole response; returns the status and the proxy's id.
 /// What [`send`] read from one response.
 #[derive(Default)]
 struct Received {
@@ -291,6 +291,8 @@ struct Received {
     response_joules: Option<f64>,
 }
 
+/// Posts one request and reads the whole response: its status, the proxy's id and the energy
+/// the response carried.
 async fn send(
     client: &Client<HttpConnector, Full<Bytes>>,
     uri: &str,
@@ -334,12 +336,16 @@ async fn send(
 
 /// The `energy.joules` of the last SSE event that carries one (a stream's final usage chunk).
 fn usage_chunk_joules(body: &[u8]) -> Option<f64> {
-    body.split(|b| *b == b'\n')
+    let mut lines = Vec::new();
+    sse::lines(body, &mut lines);
+    lines
+        .iter()
         .rev()
-        .filter_map(|line| line.strip_prefix(b"data:"))
-        .filter(|data| data.windows(9).any(|w| w == b"\"energy\":"))
+        .filter(|l| l.kind == LineKind::Data)
+        .filter_map(|l| body.get(l.value_start..l.end))
+        .filter(|data| memchr::memmem::find(data, b"\"energy\"").is_some())
         .find_map(|data| {
-            serde_json::from_slice::<serde_json::Value>(data.trim_ascii())
+            serde_json::from_slice::<serde_json::Value>(data)
                 .ok()?
                 .get("energy")?
                 .get("joules")?

@@ -83,6 +83,16 @@ fn cfg() -> LedgerConfig {
     }
 }
 
+/// Calibration defaults pricing a prefill and a decode token alike (α = β = 1 J), so that tests
+/// can compute shares by counting tokens.
+fn unit_weights() -> CalibrationConfig {
+    CalibrationConfig {
+        default_alpha_j: 1.0,
+        default_beta_j: 1.0,
+        ..Default::default()
+    }
+}
+
 fn check_books(l: &Ledger) {
     let t = l.totals();
     assert_eq!(
@@ -220,11 +230,7 @@ fn a_lone_stream_gets_every_busy_joule_and_prefill_lands_before_its_first_token(
 #[test]
 fn two_streams_split_by_work_with_exact_rounding() {
     let mut l = Ledger::new(LedgerConfig {
-        calibration: CalibrationConfig {
-            default_alpha_j: 1.0,
-            default_beta_j: 1.0,
-            ..Default::default()
-        },
+        calibration: unit_weights(),
         ..cfg()
     })
     .expect("config");
@@ -422,11 +428,7 @@ fn bad_settings_are_rejected() {
 #[test]
 fn prefill_waits_one_tick_for_the_exact_prompt_count() {
     let mut l = Ledger::new(LedgerConfig {
-        calibration: CalibrationConfig {
-            default_alpha_j: 1.0,
-            default_beta_j: 1.0,
-            ..Default::default()
-        },
+        calibration: unit_weights(),
         // One split over the whole tick: this test is about where the prompt count goes.
         split_by_steps: false,
         ..cfg()

@@ -177,7 +177,7 @@ impl RequestProgress {
     /// What a finished non-streamed answer's published figure lacks, (total, active) µJ,
     /// signed; `None` while the engine's rates are unknown. Its published work is the
     /// estimate's, placed before its true counts came (`left`: true counts minus the work its
-    /// figure paid for). Work after the newest covered tick ([`SystemRates::covered_until_ns`])
+    /// figure paid for; `(prompt, completion)`: its true counts). Work after the newest covered tick ([`SystemRates::covered_until_ns`])
     /// is in no figure yet: its tokens there (the last of its decode at the per-sequence rate,
     /// then prefill, both squeezed into its life where the rates say its work took longer: a
     /// long prompt's answer, 8B prefill-heavy JSON figures 28.6 / 77.7 -> 23.9 / 65.4 % in one
@@ -192,12 +192,11 @@ impl RequestProgress {
         &self,
         now_ns: u64,
         rates: &SystemRates,
+        (prompt, completion): (u64, u64),
         left: [f64; 3],
         prices: [[f64; 3]; 2],
     ) -> Option<(f64, f64)> {
         let (prefill_per_s, decode_per_s) = rates.work_rates()?;
-        let prompt = self.prompt_tokens.load(Relaxed);
-        let completion = self.completion_tokens.load(Relaxed);
         let covered = rates.covered_until_ns.load(Relaxed);
         let life_s = now_ns.saturating_sub(self.meta.arrival_ns) as f64 / 1e9;
         let tail_s = now_ns.saturating_sub(covered.max(self.meta.arrival_ns)) as f64 / 1e9;
@@ -285,7 +284,13 @@ impl RequestProgress {
                 // prefill-heavy 19-48 / 72-119 -> 7-17 / 37-65 %; mixing by the prefill share
                 // instead, 11.0 / 49.4 %; half and half, 11.8 / 46.1 % but decode-heavy worse).
                 let corrected = self
-                    .reprice_answer(now_ns, rates, left, [total, active_price])
+                    .reprice_answer(
+                        now_ns,
+                        rates,
+                        (prompt, completion),
+                        left,
+                        [total, active_price],
+                    )
                     .map_or(corrected, |(e, a)| (adjust(settled, e), adjust(active, a)));
                 let queued = self.queued_share(now_ns, rates, prompt, completion);
                 let all = [prompt as f64, completion as f64, context];

@@ -178,26 +178,21 @@ fn a_queued_answer_moves_from_its_published_share_to_its_counts_priced_whole() {
 fn the_body_estimate_of_a_prompt_is_scaled_by_what_the_server_counted_before() {
     // Nothing learned: the body's estimate as it is.
     let reg = Arc::new(InFlight::new());
+    let register = |id: u64, estimated_prompt_tokens: u64| {
+        let m = RequestMeta {
+            estimated_prompt_tokens,
+            ..meta(id)
+        };
+        reg.register(m, Clock::new())
+    };
     assert_eq!(reg.rates.prompt_scale(), 1.0);
-    let first = reg.register(
-        RequestMeta {
-            estimated_prompt_tokens: 100,
-            ..meta(1)
-        },
-        Clock::new(),
-    );
+    let first = register(1, 100);
     assert_eq!(first.progress().prompt_tokens.load(Relaxed), 100);
     // The server counted 1.5x the body's estimate, request after request: the first teaches it
     // whole, later ones move it towards theirs.
     reg.rates.learn_prompt_scale(100, 150);
     assert!((reg.rates.prompt_scale() - 1.5).abs() < 1e-9);
-    let next = reg.register(
-        RequestMeta {
-            estimated_prompt_tokens: 200,
-            ..meta(2)
-        },
-        Clock::new(),
-    );
+    let next = register(2, 200);
     assert_eq!(next.progress().prompt_tokens.load(Relaxed), 300);
     // What teaches it is the body's own estimate, not the scaled one.
     assert_eq!(next.progress().body_prompt_estimate, 200);

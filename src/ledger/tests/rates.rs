@@ -10,11 +10,7 @@ fn decode_rate_follows_the_streams_batched_with_hidden_requests() {
     // so what the hidden request gets there is what its provisional rate says.
     let mut l = Ledger::new(LedgerConfig {
         settle_ticks: 2,
-        calibration: CalibrationConfig {
-            default_alpha_j: 1.0,
-            default_beta_j: 1.0,
-            ..Default::default()
-        },
+        calibration: unit_weights(),
         ..cfg()
     })
     .expect("config");

@@ -8,11 +8,7 @@ use super::*;
 fn invisible_requests_are_reconciled_with_their_true_counts() {
     let mut l = Ledger::new(LedgerConfig {
         settle_ticks: 40,
-        calibration: CalibrationConfig {
-            default_alpha_j: 1.0,
-            default_beta_j: 1.0,
-            ..Default::default()
-        },
+        calibration: unit_weights(),
         ..cfg()
     })
     .expect("config");
@@ -50,10 +46,8 @@ fn an_answer_keeps_the_conveyors_prefill_date_when_the_step_count_jumps_a_gap() 
     let mut l = Ledger::new(LedgerConfig {
         settle_ticks: 40,
         calibration: CalibrationConfig {
-            default_alpha_j: 1.0,
-            default_beta_j: 1.0,
             fixed: true,
-            ..Default::default()
+            ..unit_weights()
         },
         ..cfg()
     })
