@@ -1,6 +1,6 @@
-//! The sampler against a real GPU's energy counter: 28 s of an H200's NVML counter (read every
-//! ~8 ms under a known load, `tests/fixtures/nvml_h200_energy_counter.csv`) replayed at the
-//! sampler's reads, in virtual time. The ticks must carry the counter's energy exactly and follow
+//! The sampler against real GPUs' energy counters: 28 s of an H200's and of an H100's NVML
+//! counter (read every ~8-9 ms under the same known load, `tests/fixtures/nvml_h200_energy_counter.csv`
+//! and `nvml_h100_energy_counter.csv`) replayed at the sampler's reads, in virtual time. The ticks must carry the counter's energy exactly and follow
 //! its timeline (constant power between two reads at which it changed) closely: with the counter
 //! read at every sample, and with it read once a second and shaped by instantaneous power
 //! (`nvml:...,counter_ms=1000`).
@@ -13,9 +13,21 @@ use joulegate::tick::{Tick, TickPhase};
 
 const MS: u64 = 1_000_000;
 
-/// (time ns, counter mJ, instantaneous power mW) per read of the trace.
-fn trace() -> Vec<(u64, u64, u64)> {
-    let text = include_str!("fixtures/nvml_h200_energy_counter.csv");
+/// The cards whose counters were recorded.
+#[derive(Clone, Copy, Debug)]
+enum Card {
+    H200,
+    H100,
+}
+
+const CARDS: [Card; 2] = [Card::H200, Card::H100];
+
+/// (time ns, counter mJ, instantaneous power mW) per read of the card's trace.
+fn trace(card: Card) -> Vec<(u64, u64, u64)> {
+    let text = match card {
+        Card::H200 => include_str!("fixtures/nvml_h200_energy_counter.csv"),
+        Card::H100 => include_str!("fixtures/nvml_h100_energy_counter.csv"),
+    };
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.starts_with("t_us"))
         .map(|l| {
@@ -72,8 +84,8 @@ impl Meter for TraceMeter {
 }
 
 /// The ticks of a 50 ms sampler over the trace, its reads 7 ms out of phase with the trace's start.
-fn ticks(counter_every_ns: Option<u64>) -> Vec<Tick> {
-    ticks_with(counter_every_ns, None, Start::At(7 * MS))
+fn ticks(card: Card, counter_every_ns: Option<u64>) -> Vec<Tick> {
+    ticks_with(card, counter_every_ns, None, Start::At(7 * MS))
 }
 
 /// Where the sampler's reads start.
@@ -102,13 +114,14 @@ impl TimeSource for Virtual {
 /// [`ticks`] with every meter's update period set to `meter_period` (1 ns: increments are sent
 /// as measured, never spread), the reads starting as `start` says.
 fn ticks_with(
+    card: Card,
     counter_every_ns: Option<u64>,
     meter_period: Option<Duration>,
     start: Start,
 ) -> Vec<Tick> {
-    let rows = trace();
+    let rows = trace(card);
     let end = rows.last().expect("rows").0;
-    let mut info = DeviceInfo::new("nvml:0", "NVIDIA H200", Method::NvmlEnergyCounter);
+    let mut info = DeviceInfo::new("nvml:0", &format!("{card:?}"), Method::NvmlEnergyCounter);
     // As `NvmlMeter` declares a sparse counter: it moves once per read of it.
     info.period_ns = counter_every_ns;
     let meter = TraceMeter {
@@ -145,8 +158,8 @@ fn ticks_with(
 }
 
 /// The counter's own timeline: the reads at which it changed, `(time ns, counter mJ)`.
-fn change_points() -> Vec<(u64, u64)> {
-    let rows = trace();
+fn change_points(card: Card) -> Vec<(u64, u64)> {
+    let rows = trace(card);
     let mut points = vec![(rows[0].0, rows[0].1)];
     for w in rows.windows(2) {
         if w[1].1 != w[0].1 {
@@ -173,7 +186,7 @@ fn truth_uj(points: &[(u64, u64)], t: u64) -> f64 {
 /// The 95th percentile of the relative error of the ticks' energy over `width_ns` windows (50 ms:
 /// each tick),
 /// between 2 s after the start and 2 s before the end.
-fn p95_error(ticks: &[Tick], width_ns: u64) -> f64 {
+fn p95_error(card: Card, ticks: &[Tick], width_ns: u64) -> f64 {
     let (lo, hi) = (2_000 * MS, ticks.last().expect("ticks").end_ns - 2_000 * MS);
     let mut windows: Vec<(u64, u64, u64)> = Vec::new();
     for t in ticks.iter().filter(|t| t.start_ns >= lo && t.end_ns <= hi) {
@@ -186,7 +199,7 @@ fn p95_error(ticks: &[Tick], width_ns: u64) -> f64 {
             _ => windows.push((t.start_ns, t.end_ns, t.delta_uj.expect("measured"))),
         }
     }
-    let points = change_points();
+    let points = change_points(card);
     let truth = |t| truth_uj(&points, t);
     let mut errors: Vec<f64> = windows
         .iter()
@@ -198,55 +211,76 @@ fn p95_error(ticks: &[Tick], width_ns: u64) -> f64 {
 
 #[test]
 fn ticks_carry_a_real_counter_exactly_and_follow_its_timeline() {
-    let rows = trace();
-    let dense = ticks(None);
-    let sparse = ticks(Some(1_000 * MS));
+    for card in CARDS {
+        carries_exactly_and_follows(card);
+    }
+}
+
+fn carries_exactly_and_follows(card: Card) {
+    let rows = trace(card);
+    let dense = ticks(card, None);
+    let sparse = ticks(card, Some(1_000 * MS));
     for (name, ticks) in [("dense", &dense), ("sparse", &sparse)] {
         let sum: u64 = ticks.iter().map(|t| t.delta_uj.expect("measured")).sum();
         // From the first read (7 ms) to the counter as the last counter read saw it.
         let first = rows[rows.partition_point(|r| r.0 <= 7 * MS) - 1].1;
-        assert!(sum > 0, "{name}");
+        assert!(sum > 0, "{card:?} {name}");
         let last_read = ticks.last().expect("ticks").end_ns;
         let last = rows[rows.partition_point(|r| r.0 <= last_read) - 1].1;
         if name == "dense" {
             assert_eq!(
                 sum,
                 (last - first) * 1_000,
-                "{name}: the counter's energy exactly"
+                "{card:?} {name}: the counter's energy exactly"
             );
         } else {
             // The sparse counter's last read is up to a second before the end.
-            assert!(sum <= (last - first) * 1_000, "{name}");
+            assert!(sum <= (last - first) * 1_000, "{card:?} {name}");
         }
     }
-    let raw = ticks_with(None, Some(Duration::from_nanos(1)), Start::At(7 * MS));
-    let e = |t: &[Tick]| [50, 250, 1_000].map(|w| p95_error(t, w * MS));
+    let raw = ticks_with(card, None, Some(Duration::from_nanos(1)), Start::At(7 * MS));
+    let e = |t: &[Tick]| [50, 250, 1_000].map(|w| p95_error(card, t, w * MS));
     let (d, s, r) = (e(&dense), e(&sparse), e(&raw));
-    eprintln!("p95 error at 50 / 250 / 1000 ms: dense {d:.3?}, sparse {s:.3?}, unspread {r:.3?}");
-    // Measured: dense 0.162 / 0.062 / 0.013 (before the increments were placed at the update's
-    // estimated time rather than at the read that saw it, 0.560 / 0.364 / 0.058: a 25 ms lag),
-    // sparse 1.031 / 0.691 / 0.098, unspread 1.325 / 0.551 / 0.178.
-    assert!(d[0] < 0.25 && d[1] < 0.10 && d[2] < 0.025, "dense: {d:?}");
+    eprintln!(
+        "{card:?}: p95 error at 50 / 250 / 1000 ms: dense {d:.3?}, sparse {s:.3?}, unspread {r:.3?}"
+    );
+    // Measured, H200: dense 0.162 / 0.062 / 0.013 (before the increments were placed at the
+    // update's estimated time rather than at the read that saw it, 0.560 / 0.364 / 0.058: a 25 ms
+    // lag), sparse 1.031 / 0.691 / 0.098, unspread 1.325 / 0.551 / 0.178. H100: dense 0.270 /
+    // 0.097 / 0.027, sparse 1.133 / 0.638 / 0.132, unspread 1.738 / 0.729 / 0.209: reads fixed at
+    // 7 ms land near this counter's updates (started as `serve` starts them, 0.091-0.123 / 0.032-
+    // 0.039 / 0.008-0.009: the test below), so its bounds here are wider.
+    let bound = match card {
+        Card::H200 => [0.25, 0.10, 0.025],
+        Card::H100 => [0.35, 0.13, 0.035],
+    };
+    assert!(
+        d[0] < bound[0] && d[1] < bound[1] && d[2] < bound[2],
+        "{card:?} dense: {d:?}"
+    );
     assert!(
         r[0] > 3.0 * d[0],
-        "spreading matters at the tick: {r:?} vs {d:?}"
+        "{card:?}: spreading matters at the tick: {r:?} vs {d:?}"
     );
-    assert!(s[2] < 0.15, "sparse, over a second: {s:?}");
+    assert!(s[2] < 0.15, "{card:?} sparse, over a second: {s:?}");
 }
 
 /// Wherever the sampler starts against the counter's updates, the start-up burst puts its reads
 /// half an interval after them: the timeline is as good as at the best phase. Started at fixed
-/// times instead, the reads landing on the updates (35 ms here) made it 2–4 times worse.
+/// times instead, the reads landing on the updates (35 ms here, on the H200) made it 2–4 times
+/// worse.
 #[test]
 fn aligned_reads_follow_the_timeline_from_any_start() {
-    let e = |t: &[Tick]| [50, 250, 1_000].map(|w| p95_error(t, w * MS));
-    for from in [0, 10, 20, 30, 35, 40] {
-        let fixed = e(&ticks_with(None, None, Start::At(from * MS + 1)));
-        let aligned = e(&ticks_with(None, None, Start::Aligned(from * MS)));
-        eprintln!("start {from} ms: fixed {fixed:.3?}, aligned {aligned:.3?}");
-        assert!(
-            aligned[0] < 0.25 && aligned[1] < 0.10 && aligned[2] < 0.025,
-            "start {from} ms: {aligned:?}"
-        );
+    for card in CARDS {
+        let e = |t: &[Tick]| [50, 250, 1_000].map(|w| p95_error(card, t, w * MS));
+        for from in [0, 10, 20, 30, 35, 40] {
+            let fixed = e(&ticks_with(card, None, None, Start::At(from * MS + 1)));
+            let aligned = e(&ticks_with(card, None, None, Start::Aligned(from * MS)));
+            eprintln!("{card:?} start {from} ms: fixed {fixed:.3?}, aligned {aligned:.3?}");
+            assert!(
+                aligned[0] < 0.25 && aligned[1] < 0.10 && aligned[2] < 0.025,
+                "{card:?} start {from} ms: {aligned:?}"
+            );
+        }
     }
 }
