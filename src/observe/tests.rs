@@ -214,33 +214,40 @@ fn the_body_estimate_of_a_prompt_is_scaled_by_what_the_server_counted_before() {
 }
 
 #[test]
-fn an_answer_alone_in_its_ticks_gains_nothing_there_from_its_true_counts_only_its_tail() {
-    // A non-streamed answer: 10 decode tokens at 10 per second (1 s of decode, prefill
-    // instant at 1e9 tokens/s), published 1,000,000 µJ for the 5 decode tokens its estimate
-    // placed in the ticks covered up to 0.1 s before its end. At 10,000 µJ per decode token:
-    // its last 0.1 s (1 token) is in no tick yet and is priced whole. The 4 other tokens it lacks
-    // lie in covered ticks: alone there, swapping its true counts in changes nothing; with
-    // half of those ticks' work, half of them; with none, all of them.
+fn an_answer_prices_its_tail_and_its_prompts_shortfall_by_its_share_but_not_its_decodes() {
+    // A non-streamed answer: a 100-token prompt (prefill instant at 1e9 tokens/s) and 10 decode
+    // tokens at 10 per second (1 s of decode), published 1,000,000 µJ for the 60 prompt tokens
+    // and `decoded` decode tokens its estimate placed in the ticks covered up to 0.1 s before
+    // its end. At 1,000 µJ per prompt token and 10,000 per decode token: its last 0.1 s (1
+    // token) is in no tick yet and is priced whole. The 40 prompt tokens it lacks lie in covered
+    // ticks: alone there, swapping its true counts in changes nothing; with half of those ticks'
+    // work, half of them; with none, all of them. Decode tokens lacking there are not priced
+    // (its true decode lands where the estimate's was), decode tokens beyond its true count
+    // are taken back like the prompt's.
     let rates = SystemRates::default();
-    rates.set_token_prices(Some(([0.0, 10_000.0, 0.0], [0.0, 10_000.0, 0.0])));
+    rates.set_token_prices(Some(([1_000.0, 10_000.0, 0.0], [1_000.0, 10_000.0, 0.0])));
     rates.set_work_rates(1e9, 10.0);
-    let answer = |own_ppm: u64| {
+    let answer = |own_ppm: u64, decoded: u64| {
         let p = RequestProgress::new(RequestMeta {
             estimated_prompt_tokens: 0,
             ..meta(1)
         });
-        p.set_prompt_exact(0);
+        p.set_prompt_exact(100);
         p.observe_completion(10, 1_000);
         p.completion_exact.store(true, Relaxed);
         p.energy_uj.store(1_000_000, Relaxed);
         p.active_uj.store(1_000_000, Relaxed);
-        p.settled_tokens[1].store(5, Relaxed);
+        p.settled_tokens[0].store(60, Relaxed);
+        p.settled_tokens[1].store(decoded, Relaxed);
         p.tentative_own_ppm.store(own_ppm, Relaxed);
         let end = p.meta.arrival_ns + 1_000_000_000;
         rates.covered_until_ns.store(end - 100_000_000, Relaxed);
         p.energy_now(end, &rates).energy_uj
     };
-    assert_eq!(answer(1_000_000), 1_010_000);
-    assert_eq!(answer(500_000), 1_030_000);
-    assert_eq!(answer(0), 1_050_000);
+    assert_eq!(answer(1_000_000, 5), 1_010_000);
+    assert_eq!(answer(500_000, 5), 1_030_000);
+    assert_eq!(answer(0, 5), 1_050_000);
+    // 12 published where 10 came: the 3 covered beyond the truth less the tail's 1, taken
+    // back by half with half of the ticks' work.
+    assert_eq!(answer(500_000, 12), 1_000_000 + 10_000 + 20_000 - 15_000);
 }
