@@ -121,7 +121,7 @@ fn ticks_with(
 ) -> Vec<Tick> {
     let rows = trace(card);
     let end = rows.last().expect("rows").0;
-    let mut info = DeviceInfo::new("nvml:0", &format!("{card:?}"), Method::NvmlEnergyCounter);
+    let mut info = DeviceInfo::new("nvml:0", format!("{card:?}"), Method::NvmlEnergyCounter);
     // As `NvmlMeter` declares a sparse counter: it moves once per read of it.
     info.period_ns = counter_every_ns;
     let meter = TraceMeter {
