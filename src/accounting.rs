@@ -272,6 +272,9 @@ impl Accounting {
     fn apply_interval(&mut self, tick: &Tick) {
         self.live.clear();
         self.live.extend(self.in_flight.all());
+        for p in &self.live {
+            self.teach_prompt_scale(p);
+        }
         self.observations.clear();
         self.observations
             .extend(self.live.iter().map(|p| Observation {
