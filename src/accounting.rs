@@ -272,9 +272,6 @@ impl Accounting {
     fn apply_interval(&mut self, tick: &Tick) {
         self.live.clear();
         self.live.extend(self.in_flight.all());
-        for p in &self.live {
-            self.teach_prompt_scale(p);
-        }
         self.observations.clear();
         self.observations
             .extend(self.live.iter().map(|p| Observation {

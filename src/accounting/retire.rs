@@ -14,26 +14,17 @@ use crate::ledger::{
 use crate::observe::{Endpoint, RequestProgress};
 
 impl Accounting {
-    /// Teaches the learned prompt scale a request's exact prompt count, once, as soon as a tick
-    /// sees it (a stream's first usage chunk, an answer's usage): a long prompt answered early
-    /// in a run was priced on the body's estimate alone while the streams before it, which had
-    /// their counts, waited for retirement (settlement, ~3 s) to teach it (real time, mixed: a
-    /// 1,230-token prompt estimated at 456 read 62.6 J against 32.9 J of truth).
-    pub(super) fn teach_prompt_scale(&self, p: &RequestProgress) {
-        if p.prompt_exact.load(Relaxed) && !p.prompt_scale_taught.swap(true, Relaxed) {
-            self.in_flight
-                .rates
-                .learn_prompt_scale(p.body_prompt_estimate, p.prompt_tokens.load(Relaxed));
-        }
-    }
-
     pub(super) fn retire(&mut self, f: &FinalRequest, settled_until: u64) {
         let Some(p) = self.in_flight.get(f.id) else {
             self.shared.update_stats(|s| s.vanished += 1);
             return;
         };
         publish(&p, &f.energy, settled_until);
-        self.teach_prompt_scale(&p);
+        if p.prompt_exact.load(Relaxed) {
+            self.in_flight
+                .rates
+                .learn_prompt_scale(p.body_prompt_estimate, p.prompt_tokens.load(Relaxed));
+        }
         if p.meta.endpoint == Endpoint::Other {
             self.in_flight.retire(f.id);
             p.settled.mark();

@@ -386,27 +386,3 @@ fn a_response_before_the_first_tick_is_priced_per_token() {
     assert_eq!(now.active_uj, 1_200_000, "{now:?}");
     assert!(now.energy_uj >= now.active_uj);
 }
-
-#[test]
-fn a_streams_exact_prompt_teaches_the_prompt_scale_at_the_next_tick_once() {
-    let reg = Arc::new(InFlight::new());
-    let clock = Clock::new();
-    let mut acc = Accounting::new(config(), reg.clone(), clock).expect("config");
-    let guard = reg.register(meta(1, "m", None, Endpoint::ChatCompletions), clock);
-    let p = guard.progress().clone();
-    acc.process_tick(&tick(1, Some(1_000_000)));
-    assert_eq!(reg.rates.prompt_scale(), 1.0, "no exact count yet");
-    // Its body said 100 tokens, the server 200: taught long before the request retires.
-    p.progress_visible.store(true, Relaxed);
-    p.set_prompt_exact(200);
-    acc.process_tick(&tick(2, Some(1_000_000)));
-    assert!((reg.rates.prompt_scale() - 2.0).abs() < 1e-9);
-    assert!(p.prompt_scale_taught.load(Relaxed));
-    // Once only: a second request's 100 -> 100 halves the log-ratio, not a third of it.
-    let second = reg.register(meta(2, "m", None, Endpoint::ChatCompletions), clock);
-    second.progress().set_prompt_exact(100);
-    for k in 3..=6 {
-        acc.process_tick(&tick(k, Some(1_000_000)));
-    }
-    assert!((reg.rates.prompt_scale() - 2f64.sqrt()).abs() < 1e-9);
-}

@@ -184,9 +184,6 @@ pub struct RequestProgress {
     steps: Option<Arc<StepClock>>,
     /// The prompt estimate from the body alone, before the learned scale (what teaches it).
     pub body_prompt_estimate: u64,
-    /// Whether this request's exact prompt count has taught the learned prompt scale (accounting
-    /// teaches it once, at the first tick that sees the count).
-    pub prompt_scale_taught: AtomicBool,
 }
 
 impl RequestProgress {
@@ -220,7 +217,6 @@ impl RequestProgress {
             settled: Settled::default(),
             steps: None,
             body_prompt_estimate: estimate,
-            prompt_scale_taught: AtomicBool::new(false),
         }
     }
 
