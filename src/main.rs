@@ -9,7 +9,36 @@ use joulegate::cli::{Cli, Command, LogArgs, ServeArgs};
 use joulegate::config::{resolve_log_format, Config};
 use joulegate::logging::{self, LogFormat, LogOptions};
 
-fn main() -> anyhow::Result<()> {
+/// Runs the command; an error ends the process with status 1 and its message, causes included,
+/// on one line: a start-up error is the user's to fix (a file, key or flag), and the stack
+/// trace `anyhow` prints for `main`'s error when `RUST_BACKTRACE` is set only buried it.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {}", one_line(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, each cause left out where the message before it
+/// already says it (typed errors here put their source in their own message).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.is_empty() {
+            line = text;
+        } else if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let quiet = cli.command.quiet_logs();
     let log = cli.log;

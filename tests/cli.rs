@@ -384,3 +384,28 @@ fn attribution_keys_in_three_layers_and_validated() {
         "{e}"
     );
 }
+
+/// A start-up error is one line, whatever `RUST_BACKTRACE` says: the message names what to fix,
+/// and a stack trace (what `anyhow` printed for `main`'s error with `RUST_BACKTRACE=1`, as on the
+/// GPU machines) only buried it. Causes appear once.
+#[test]
+fn a_start_up_error_is_one_line_without_a_stack_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let o = joulegate(
+        &["serve", "--config", missing.to_str().unwrap()],
+        &[("RUST_BACKTRACE", "1"), ("RUST_LIB_BACKTRACE", "1")],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    let lines: Vec<&str> = e.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{e}");
+    assert!(
+        lines[0].starts_with("Error: ") && lines[0].contains("missing.toml"),
+        "{e}"
+    );
+    assert!(!e.contains("backtrace") && !e.contains("Caused by"), "{e}");
+    // The OS's reason once, not once per link of the chain.
+    let reason = "No such file or directory";
+    assert_eq!(e.matches(reason).count(), 1, "{e}");
+}
