@@ -64,6 +64,25 @@ impl Ledger {
     /// 9.0 / 41.1, at 512 9.0 / 40.3 %, before 9.6 / 40.2 %). Returns (total, active) µJ per
     /// (prefill, decode, context) token; `None` before any.
     pub fn token_prices(&self) -> Option<([f64; 3], [f64; 3])> {
+        self.token_prices_with(None)
+    }
+
+    /// [`Ledger::token_prices`] with the prior of a prompt token's price at most
+    /// `prefill_prior_cap` µJ (accounting passes the system's recent power over the engine's
+    /// prefill rate: what a prompt token would cost if nothing but prefill drew power). The
+    /// prior, one energy per unit of work for all kinds, is what prices prompts early in a run
+    /// or after a long stretch of decode, and low-batch decode makes it dear: in the real-time
+    /// run (8B, 50 ms counter) the first long prompts were priced at 0.14 J a token against
+    /// ~0.02 J of truth (a 1,230-token prompt answered in 8 tokens read 62-71 J against 33 J;
+    /// mixed workload, JSON figures' p95 141.5 and 70.3 % without a bound, 29.7 and 36.8 %
+    /// with it). Bounding the blended price instead of its prior cut the prompts of short
+    /// prefill-heavy streams too, which settled prices had right (their usage-chunk figures
+    /// 20.9 / 45.5 and 10.2 / 44.5 % against 9.1 / 37.5 and 9.9 / 36.7 % this way, two
+    /// interleaved pairs of runs).
+    pub fn token_prices_with(
+        &self,
+        prefill_prior_cap: Option<f64>,
+    ) -> Option<([f64; 3], [f64; 3])> {
         let s = &self.price_sums;
         let (alpha, beta, gamma) = self.calibrator.weights();
         let weight = [alpha, beta, gamma];
@@ -72,10 +91,18 @@ impl Ledger {
         if work.is_nan() || work <= 0.0 {
             return None;
         }
+        let total: f64 = s.energy.iter().sum();
         let per = |energy: &[f64; 3]| {
-            let k = energy.iter().sum::<f64>() / work;
+            let sum = energy.iter().sum::<f64>();
+            let k = sum / work;
+            // The cap is on total energy; the active prices scale it by their share.
+            let share = if total > 0.0 { sum / total } else { 1.0 };
             std::array::from_fn(|i| {
-                (energy[i] + k * weight[i] * PRIOR_TOKENS[i]) / (s.tokens[i] + PRIOR_TOKENS[i])
+                let mut prior = k * weight[i];
+                if let (0, Some(cap)) = (i, prefill_prior_cap) {
+                    prior = prior.min(cap * share);
+                }
+                (energy[i] + prior * PRIOR_TOKENS[i]) / (s.tokens[i] + PRIOR_TOKENS[i])
             })
         };
         Some((per(&s.energy), per(&s.active)))

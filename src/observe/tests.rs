@@ -251,23 +251,3 @@ fn an_answer_prices_its_tail_and_its_prompts_shortfall_by_its_share_but_not_its_
     // back by half with half of the ticks' work.
     assert_eq!(answer(500_000, 12), 1_000_000 + 10_000 + 20_000 - 15_000);
 }
-
-#[test]
-fn a_prompt_token_is_priced_at_most_at_the_systems_power_over_the_prefill_rate() {
-    let rates = SystemRates::default();
-    rates.set_token_prices(Some((
-        [100_000.0, 50_000.0, 10.0],
-        [80_000.0, 40_000.0, 8.0],
-    )));
-    // No power or rates known yet: as published.
-    assert_eq!(rates.token_prices().unwrap().0[0], 100_000.0);
-    // 300 W at 10,000 prompt tokens a second: 30 mJ a token at most, active scaled alike.
-    rates.power_mw.store(300_000, Relaxed);
-    rates.set_work_rates(10_000.0, 30.0);
-    let (total, active) = rates.token_prices().unwrap();
-    assert_eq!((total[0], active[0]), (30_000.0, 24_000.0));
-    assert_eq!((total[1], total[2], active[1]), (50_000.0, 10.0, 40_000.0));
-    // Below the bound: unchanged.
-    rates.set_work_rates(1_000.0, 30.0);
-    assert_eq!(rates.token_prices().unwrap().0[0], 100_000.0);
-}

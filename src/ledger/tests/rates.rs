@@ -100,3 +100,34 @@ fn a_prompt_token_is_priced_at_what_prefill_got_not_at_decodes_cost() {
         "{priced} vs {measured}"
     );
 }
+
+#[test]
+fn the_prior_of_a_prompt_tokens_price_is_bounded_but_not_what_prefill_got() {
+    // Decode only: no prompt token settled, so the prompt's price is all prior, one energy per
+    // unit of work for all kinds (α = β by default): a decode token's. Bounded, it is the bound.
+    let mut l = Ledger::new(cfg()).expect("config");
+    let s = stream(1, 0, 1, 10 * MS, 200, 10 * MS);
+    run(&mut l, &[s], 45, |_| Some(1_000_000));
+    let (free, _) = l.token_prices().expect("busy ticks settled");
+    let (bounded, active) = l.token_prices_with(Some(100.0)).expect("prices");
+    assert!(free[0] > 10_000.0, "{free:?}");
+    let (e, n) = (l.price_sums.energy[0], l.price_sums.tokens[0]);
+    let expected = (e + 100.0 * 512.0) / (n + 512.0);
+    assert!(
+        n < 10.0 && (bounded[0] - expected).abs() < 1e-6,
+        "{bounded:?} {expected}"
+    );
+    assert!(active[0] <= bounded[0] + 1e-9, "{active:?}");
+    assert_eq!((bounded[1], bounded[2]), (free[1], free[2]));
+    // With prompts settled, the prompt's price is theirs, pulled only by the bounded prior.
+    let mut l = Ledger::new(cfg()).expect("config");
+    let s = stream(1, 0, 20_000, 60 * MS, 200, 10 * MS);
+    run(&mut l, &[s], 45, |_| Some(1_000_000));
+    let (free, _) = l.token_prices().expect("busy ticks settled");
+    let (bounded, _) = l.token_prices_with(Some(1.0)).expect("prices");
+    let settled = l.price_sums.energy[0] / l.price_sums.tokens[0];
+    assert!(
+        bounded[0] < free[0] && bounded[0] > 0.9 * settled,
+        "{bounded:?} {free:?} {settled}"
+    );
+}
