@@ -10,9 +10,9 @@
 //! γ are the *marginal* costs of work: a tick's energy, static included, is then split in their
 //! proportions, as an engine step's energy belongs to the work in it (DESIGN.md §3).
 //!
-//! **β follows α.** A decode token's own cost (its matrix products, the same per token as a
-//! prompt token's) is kept at the defaults' ratio to α: `β = α × default β / default α`, and the
-//! fit finds α and γ. A tick's decode and context counts move together (context ÷ decode is the
+//! **β follows α.** A decode token's own cost (its matrix products, at most a prompt token's
+//! per token) is kept at a fixed ratio to α: `β = κ·α` with κ one of [`KAPPA_STEPS`] times
+//! `default β / default α`, the one that fits best, and the fit finds α and γ. A tick's decode and context counts move together (context ÷ decode is the
 //! batch's mean context, which changes slowly), and in every cost model of the accuracy bench the
 //! context's cost per decode token is as large as or larger than β: fitted freely, β took the
 //! context's energy or gave it back (β off by 2–20×, γ negative or zero, offline on the bench's
@@ -144,6 +144,16 @@ impl TickWork {
         [self.busy_s, self.prefill, self.decode, self.context]
     }
 }
+
+/// The ratios β/α the fit chooses from, as fractions of the defaults' (module doc, "β follows
+/// α"): a decode token's own cost (its share of the matrix products) is at most a prompt
+/// token's, and in the accuracy bench's three engines it is 0.27-0.6 of it. Choosing among
+/// 1/4, 1/2 and 1 (four seeds): records 9.9 / 38.6 -> 9.6 / 37.1 %, responses 8.8 / 39.5 ->
+/// 8.5 / 38.7 % (median / p95); real time, figures read, 8B 4.5 / 27.4 -> 4.3 / 25.9 %, 70B 4.5 /
+/// 23.2 -> 3.7 / 20.5 %, context-bound 9.0 / 31.6 -> 9.2 / 33.0 % (one run each). Allowing 2 as
+/// well made it worse (10.4 / 38.1 % default seed, against 9.8 / 35.0): with decode and context
+/// moving together, a larger β is the context's energy taken, not found.
+pub const KAPPA_STEPS: [f64; 3] = [0.25, 0.5, 1.0];
 
 /// How many samples (blocks) of data the defaults weigh as, in the fit. Accuracy bench, four
 /// seeds: 1, 2 and 3 blocks give the same mean error within 0.4 points; a pull proportional to
@@ -288,13 +298,16 @@ impl Calibrator {
                 s.xy[i] -= st * s.xx[i][0];
             }
         }
-        // β = κ·α (module doc): the fit sees prefill + κ·decode as one column.
+        // β = κ·α (module doc): the fit sees prefill + κ·decode as one column, for each κ of
+        // [`KAPPA_STEPS`] times the defaults' ratio; the least squared error (with the ridge's
+        // cost) chooses.
         let kappa = if d.default_alpha_j > 0.0 {
             d.default_beta_j / d.default_alpha_j
         } else {
             1.0
         };
-        let s = &tie_decode_to_prefill(&s, kappa);
+        let s_untied = s;
+        let s = &tie_decode_to_prefill(&s_untied, kappa);
         let s_raw = &tie_decode_to_prefill(&raw_sums, kappa);
         let ridge = PRIOR_BLOCKS / self.window.len().max(1) as f64;
         // What the defaults' proportions explain with the best overall scale: a fit must do
@@ -310,39 +323,47 @@ impl Calibrator {
         });
         let mut best: Option<([f64; K], u32, f64, bool)> = None;
         let mut best_raw_sse = f64::INFINITY;
-        for mask in 1u32..(1 << K) {
-            if mask & (1 << 2) != 0 {
-                // The decode column is folded into the prefill one (β = κ·α).
-                continue;
-            }
-            // With a static estimate: the marginal terms fitted on what it leaves, or static
-            // fitted with them but never above the estimate (the lightest busy ticks still carry
-            // work, most of all where context reads cost much: bench, four seeds, records
-            // 10.4/40.5 -> 10.2/39.6 %, context-bound queueing 10.0 -> 7.6 % median).
-            let joint_mask = static_w.is_some() && mask & 1 != 0;
-            let sums = if joint_mask { s_raw } else { s };
-            let Some(mut c) = solve_subset(sums, mask, &prior, ridge) else {
-                continue;
-            };
-            c[2] = kappa * c[1];
-            if c.iter().any(|v| *v < 0.0) {
-                continue;
-            }
-            if joint_mask && static_w.is_some_and(|st| c[0] > st) {
-                continue;
-            }
-            // Compared with the ridge's own cost, so that dropping a term (setting it to 0, far
-            // from its prior) is not free.
-            let raw = sums.sse(&c);
-            let sse = raw + ridge_cost(sums, &c, &prior, ridge);
-            if let (Some(st), false) = (static_w, joint_mask) {
-                c[0] = st;
-            }
-            if best.as_ref().map_or(true, |b| sse < b.2) {
-                best = Some((c, mask, sse, joint_mask));
-                best_raw_sse = raw;
+        let mut best_sums = (*s, *s_raw);
+        for kappa in KAPPA_STEPS.map(|f| f * kappa) {
+            let s = &tie_decode_to_prefill(&s_untied, kappa);
+            let s_raw = &tie_decode_to_prefill(&raw_sums, kappa);
+            for mask in 1u32..(1 << K) {
+                if mask & (1 << 2) != 0 {
+                    // The decode column is folded into the prefill one (β = κ·α).
+                    continue;
+                }
+                // With a static estimate: the marginal terms fitted on what it leaves, or static
+                // fitted with them but never above the estimate (the lightest busy ticks still carry
+                // work, most of all where context reads cost much: bench, four seeds, records
+                // 10.4/40.5 -> 10.2/39.6 %, context-bound queueing 10.0 -> 7.6 % median).
+                let joint_mask = static_w.is_some() && mask & 1 != 0;
+                let sums = if joint_mask { s_raw } else { s };
+                let Some(mut c) = solve_subset(sums, mask, &prior, ridge) else {
+                    continue;
+                };
+                c[2] = kappa * c[1];
+                if c.iter().any(|v| *v < 0.0) {
+                    continue;
+                }
+                if joint_mask && static_w.is_some_and(|st| c[0] > st) {
+                    continue;
+                }
+                // Compared with the ridge's own cost, so that dropping a term (setting it to 0, far
+                // from its prior) is not free.
+                let raw = sums.sse(&c);
+                let sse = raw + ridge_cost(sums, &c, &prior, ridge);
+                if let (Some(st), false) = (static_w, joint_mask) {
+                    c[0] = st;
+                }
+                if best.as_ref().map_or(true, |b| sse < b.2) {
+                    best = Some((c, mask, sse, joint_mask));
+                    best_raw_sse = raw;
+                    best_sums = (*s, *s_raw);
+                }
             }
         }
+        let (s_b, s_raw_b) = best_sums;
+        let (s, s_raw) = (&s_b, &s_raw_b);
         // R² against the whole energy (static included), whichever way static was found.
         let yy = self.sums.yy;
         let n = self.window.len();

@@ -64,9 +64,9 @@ fn recovers_known_weights_and_static_power_then_trusts_them() {
 
 #[test]
 fn a_decode_cost_off_the_defaults_ratio_moves_alpha_and_gamma_a_little() {
-    // β = 0.6 α where the fit assumes β = α: the decode's own cost is over-weighted, and α and γ
-    // make up for it within 40 % (the price of the tie, which keeps γ from taking or giving up
-    // the decode's energy when decode and context counts move together).
+    // β = 0.6 α, between the ratios the fit may choose (1/2 and 1): the decode's own cost is off,
+    // and α and γ make up for it within 40 % (the price of the tie, which keeps γ from taking
+    // or giving up the decode's energy when decode and context counts move together).
     let mut c = Calibrator::new(cfg());
     feed(&mut c, 200, 230.0, 0.01, 0.006, 0.000_014);
     let r = c.report();
@@ -238,4 +238,23 @@ fn a_lumpy_meter_does_not_pull_the_static_bound_down() {
     }
     let st = c.static_estimate().expect("enough busy spans");
     assert!((190.0..215.0).contains(&st), "static bound {st} W");
+}
+
+#[test]
+fn the_decode_to_prefill_ratio_is_chosen_from_its_steps() {
+    // β at half α, and at a quarter: the fit picks that ratio among [`KAPPA_STEPS`] and finds
+    // α and γ as if it knew it. At the defaults' ratio it keeps it.
+    let close = |x: f64, truth: f64, tol: f64| (x / truth - 1.0).abs() < tol;
+    for (beta, kappa) in [(0.005, 0.5), (0.0025, 0.25), (0.01, 1.0)] {
+        let mut c = Calibrator::new(cfg());
+        feed(&mut c, 200, 230.0, 0.01, beta, 0.000_014);
+        let r = c.report();
+        assert!(r.trusted, "{r:?}");
+        assert!(
+            close(r.beta_j / r.alpha_j, kappa, 1e-9),
+            "β/α {kappa}: {r:?}"
+        );
+        assert!(close(r.alpha_j, 0.01, 0.01), "{r:?}");
+        assert!(close(r.gamma_j, 0.000_014, 0.05), "{r:?}");
+    }
 }
