@@ -19,7 +19,8 @@ impl Ledger {
             return;
         }
         let span = self.true_work_span(p, choices);
-        let keep_prefill = self.conveyor_dated_it_later(slot, p, choices, span.1);
+        let keep_prefill = self.no_steps_seen_over_it(slot, p)
+            || self.conveyor_dated_it_later(slot, p, choices, span.1);
         let kept = self.reconcile_estimate(slot, p, keep_prefill);
         self.place_true_work(slot, p, choices, span, !kept);
     }
@@ -57,6 +58,34 @@ impl Ledger {
             }
         }
         kept
+    }
+
+    /// Whether no stream showed the engine's steps since the request's work could start (a run's
+    /// first requests), so that counting its tokens back has nothing to count on, while its
+    /// estimate's prefill lies where the conveyor put it in measured ticks. The count then fell
+    /// back to the engine's average rates and placed the prompt later than the engine ran it,
+    /// leaving the ticks it ran in with no work (context-bound prefill-heavy: all of the
+    /// matrix's unattributed energy, the run's first ~400 ms). Unless vLLM timed it.
+    fn no_steps_seen_over_it(&self, slot: u32, p: &ProgressSnapshot) -> bool {
+        if p.engine_timed || self.steps.covers(Self::work_start_ns(p).min(p.end_ns)) {
+            return false;
+        }
+        let Some(req) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
+            return false;
+        };
+        let mut prefill_held = false;
+        for &r in &req.provisional {
+            match self.window.item_ref(r) {
+                Some(item) if item.prefill > 0.0 => {
+                    if !self.window.is_metered(r) {
+                        return false;
+                    }
+                    prefill_held = true;
+                }
+                _ => {}
+            }
+        }
+        prefill_held
     }
 
     /// Whether the prefill conveyor dated an invisible request's first token clearly later (by

@@ -183,6 +183,14 @@ impl Window {
         self.ticks.get(self.tick_index(r)?)?.items.get(r.1 as usize)
     }
 
+    /// Whether `r`'s tick is held and its energy measured (or still to be filled), not
+    /// unavailable.
+    pub fn is_metered(&self, r: ItemRef) -> bool {
+        self.tick_index(r)
+            .and_then(|i| self.ticks.get(i))
+            .is_some_and(|t| t.delta_uj.is_some())
+    }
+
     /// Where `r`'s tick is in the window, if still held.
     fn tick_index(&self, r: ItemRef) -> Option<usize> {
         let front = self.ticks.front()?.seq;

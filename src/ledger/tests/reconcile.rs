@@ -112,3 +112,53 @@ fn an_answer_keeps_the_conveyors_prefill_date_when_the_step_count_jumps_a_gap() 
         "{prefill_ends:?}"
     );
 }
+
+/// Before any stream has shown the engine's steps (a run's first answers), counting an answer's
+/// tokens back has nothing to count on: its prompt keeps the conveyor's date in measured ticks
+/// instead of moving to just before its decode at the engine's average rates, which left the
+/// ticks the engine prefilled it in with no work and their energy unattributed.
+#[test]
+fn an_answer_no_stream_has_dated_keeps_the_conveyors_prefill() {
+    let mut l = Ledger::new(LedgerConfig {
+        settle_ticks: 40,
+        calibration: CalibrationConfig {
+            fixed: true,
+            ..unit_weights()
+        },
+        ..cfg()
+    })
+    .expect("config");
+    // 2,000 prompt tokens from 0 ms (200 ms at the default 10,000 tokens/s), three tokens, the
+    // last at 1,020 ms; a one-token answer keeps the ticks held past its end.
+    let hidden = invisible(
+        1,
+        0,
+        2_000,
+        vec![500 * MS, 760 * MS, 1_020 * MS],
+        Some((1_020 * MS, Outcome::Ok)),
+    );
+    let keeper = invisible(2, 0, 1, vec![1_400 * MS], Some((1_500 * MS, Outcome::Ok)));
+    let scripts = [hidden, keeper];
+    let mut prefill_ends = Vec::new();
+    for k in 1..=21u64 {
+        let end = k * 50 * MS;
+        let obs: Vec<Observation> = scripts.iter().filter_map(|s| s.at(end)).collect();
+        apply_50ms(&mut l, k, Some(1_000), &obs);
+        check_books(&l);
+        if k == 21 {
+            let per_tick = sum_per_tick(&l, 1, |i| f64::from(i.prefill));
+            let first = l.window.front().map_or(0, |t| t.start_ns);
+            prefill_ends = per_tick
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| **p > 1.0)
+                .map(|(i, _)| first + (i as u64 + 1) * 50 * MS)
+                .collect();
+        }
+    }
+    // Its prefill stays in the first ticks (the count at 30 tokens/s would put it at ~720-920 ms).
+    assert!(
+        prefill_ends.last().is_some_and(|&e| e <= 300 * MS),
+        "{prefill_ends:?}"
+    );
+}
