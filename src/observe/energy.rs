@@ -132,31 +132,14 @@ impl SystemRates {
         self.prompt_scale_bits.store(new.to_bits(), Relaxed);
     }
 
-    /// Total and active µJ per (prefill, decode, context) token; `None` until known.
-    ///
-    /// A prompt token is priced at most at the whole system's recent power over the engine's
-    /// recent prefill rate (as if nothing but prefill drew power while it ran). Early in a run
-    /// the prefill price is mostly its prior, one energy per unit of work for all kinds, which
-    /// low-batch decode makes dear: in the real-time run (8B, 50 ms counter) the first long
-    /// prompts were priced at 0.14 J a token against ~0.02 J of truth (a 1,230-token prompt
-    /// answered in 8 tokens read 62-71 J against 33 J). Mixed workload, JSON figures' p95 in
-    /// two interleaved pairs of runs: 141.5 and 70.3 % without the bound, 34.7 and 38.3 % with
-    /// it; the deterministic matrix's responses 9.2 / 38.1 -> 9.2 / 38.0 % (default seed).
+    /// Total and active µJ per (prefill, decode, context) token; `None` until known (the
+    /// prior of the prompt's price is bounded where accounting computes them:
+    /// `Ledger::token_prices_with`).
     pub fn token_prices(&self) -> Option<([f64; 3], [f64; 3])> {
         let v: [f64; 6] =
             std::array::from_fn(|i| f64::from_bits(self.token_price_bits[i].load(Relaxed)));
         let ok = v.iter().all(|x| x.is_finite() && *x >= 0.0) && (v[0] > 0.0 || v[1] > 0.0);
-        let (mut total, mut active) = ok.then(|| ([v[0], v[1], v[2]], [v[3], v[4], v[5]]))?;
-        let power_mw = self.power_mw.load(Relaxed) as f64;
-        if let Some((prefill_per_s, _)) = self.work_rates().filter(|_| power_mw > 0.0) {
-            // mW / (tokens/s) = mJ per token.
-            let bound = power_mw / prefill_per_s * 1000.0;
-            if total[0] > bound {
-                active[0] *= bound / total[0];
-                total[0] = bound;
-            }
-        }
-        Some((total, active))
+        ok.then(|| ([v[0], v[1], v[2]], [v[3], v[4], v[5]]))
     }
 }
 
