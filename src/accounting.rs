@@ -350,17 +350,16 @@ impl Accounting {
             rates.idle_mw.store(idle_mw, Relaxed);
         }
         self.publish_weights();
+        let (prefill_per_s, decode_per_s) = self.ledger.rates();
         // A prompt token's prior price at most the system's recent power over the engine's
         // prefill rate (mW / (tokens/s) = mJ a token): see `Ledger::token_prices_with`.
         let power_mw = rates.power_mw.load(Relaxed) as f64;
-        let (prefill_per_s, _) = self.ledger.rates();
         let cap =
             (power_mw > 0.0 && prefill_per_s > 0.0).then(|| power_mw / prefill_per_s * 1000.0);
         rates.set_token_prices(self.ledger.token_prices_with(cap));
         rates
             .covered_until_ns
             .store(self.ledger.covered_until_ns(), Relaxed);
-        let (prefill_per_s, decode_per_s) = self.ledger.rates();
         rates.set_work_rates(prefill_per_s, decode_per_s);
     }
 

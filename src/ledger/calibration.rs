@@ -12,7 +12,8 @@
 //!
 //! **β follows α.** A decode token's own cost (its matrix products, at most a prompt token's
 //! per token) is kept at a fixed ratio to α: `β = κ·α` with κ one of [`KAPPA_STEPS`] times
-//! `default β / default α`, the one that fits best, and the fit finds α and γ. A tick's decode and context counts move together (context ÷ decode is the
+//! `default β / default α`, the one that fits best, and the fit finds α and γ. A tick's decode
+//! and context counts move together (context ÷ decode is the
 //! batch's mean context, which changes slowly), and in every cost model of the accuracy bench the
 //! context's cost per decode token is as large as or larger than β: fitted freely, β took the
 //! context's energy or gave it back (β off by 2–20×, γ negative or zero, offline on the bench's
@@ -306,9 +307,8 @@ impl Calibrator {
         } else {
             1.0
         };
-        let s_untied = s;
-        let s = &tie_decode_to_prefill(&s_untied, kappa);
-        let s_raw = &tie_decode_to_prefill(&raw_sums, kappa);
+        let untied = s;
+        let s = &tie_decode_to_prefill(&untied, kappa);
         let ridge = PRIOR_BLOCKS / self.window.len().max(1) as f64;
         // What the defaults' proportions explain with the best overall scale: a fit must do
         // clearly better than that before it replaces them (a fit from ticks that cannot tell the
@@ -323,19 +323,20 @@ impl Calibrator {
         });
         let mut best: Option<([f64; K], u32, f64, bool)> = None;
         let mut best_raw_sse = f64::INFINITY;
-        let mut best_sums = (*s, *s_raw);
+        let mut best_kappa = kappa;
         for kappa in KAPPA_STEPS.map(|f| f * kappa) {
-            let s = &tie_decode_to_prefill(&s_untied, kappa);
+            let s = &tie_decode_to_prefill(&untied, kappa);
             let s_raw = &tie_decode_to_prefill(&raw_sums, kappa);
             for mask in 1u32..(1 << K) {
                 if mask & (1 << 2) != 0 {
                     // The decode column is folded into the prefill one (β = κ·α).
                     continue;
                 }
-                // With a static estimate: the marginal terms fitted on what it leaves, or static
-                // fitted with them but never above the estimate (the lightest busy ticks still carry
-                // work, most of all where context reads cost much: bench, four seeds, records
-                // 10.4/40.5 -> 10.2/39.6 %, context-bound queueing 10.0 -> 7.6 % median).
+                // With a static estimate: the marginal terms fitted on what it leaves, or
+                // static fitted with them but never above the estimate (the lightest busy ticks
+                // still carry work, most of all where context reads cost much: bench, four
+                // seeds, records 10.4/40.5 -> 10.2/39.6 %, context-bound queueing 10.0 -> 7.6 %
+                // median).
                 let joint_mask = static_w.is_some() && mask & 1 != 0;
                 let sums = if joint_mask { s_raw } else { s };
                 let Some(mut c) = solve_subset(sums, mask, &prior, ridge) else {
@@ -348,8 +349,8 @@ impl Calibrator {
                 if joint_mask && static_w.is_some_and(|st| c[0] > st) {
                     continue;
                 }
-                // Compared with the ridge's own cost, so that dropping a term (setting it to 0, far
-                // from its prior) is not free.
+                // Compared with the ridge's own cost, so that dropping a term (setting it to 0,
+                // far from its prior) is not free.
                 let raw = sums.sse(&c);
                 let sse = raw + ridge_cost(sums, &c, &prior, ridge);
                 if let (Some(st), false) = (static_w, joint_mask) {
@@ -358,12 +359,13 @@ impl Calibrator {
                 if best.as_ref().map_or(true, |b| sse < b.2) {
                     best = Some((c, mask, sse, joint_mask));
                     best_raw_sse = raw;
-                    best_sums = (*s, *s_raw);
+                    best_kappa = kappa;
                 }
             }
         }
-        let (s_b, s_raw_b) = best_sums;
-        let (s, s_raw) = (&s_b, &s_raw_b);
+        // The chosen κ's sums, for the fit's condition number.
+        let s = &tie_decode_to_prefill(&untied, best_kappa);
+        let s_raw = &tie_decode_to_prefill(&raw_sums, best_kappa);
         // R² against the whole energy (static included), whichever way static was found.
         let yy = self.sums.yy;
         let n = self.window.len();

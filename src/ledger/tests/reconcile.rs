@@ -4,6 +4,17 @@
 
 use super::*;
 
+/// Ends of the held 50 ms ticks where request `id` has more than one prompt token placed.
+fn ends_of_ticks_with_prefill(l: &Ledger, id: u64) -> Vec<u64> {
+    let first = l.window.front().map_or(0, |t| t.start_ns);
+    sum_per_tick(l, id, |i| f64::from(i.prefill))
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| **p > 1.0)
+        .map(|(i, _)| first + (i as u64 + 1) * 50 * MS)
+        .collect()
+}
+
 #[test]
 fn invisible_requests_are_reconciled_with_their_true_counts() {
     let mut l = Ledger::new(LedgerConfig {
@@ -90,13 +101,7 @@ fn an_answer_keeps_the_conveyors_prefill_date_when_the_step_count_jumps_a_gap() 
         if k == 21 {
             // The answer ended in this tick: where its prefill is now held.
             let per_tick = sum_per_tick(&l, 3, |i| f64::from(i.prefill));
-            let first = l.window.front().map_or(0, |t| t.start_ns);
-            prefill_ends = per_tick
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| **p > 1.0)
-                .map(|(i, _)| first + (i as u64 + 1) * 50 * MS)
-                .collect();
+            prefill_ends = ends_of_ticks_with_prefill(&l, 3);
             let total: f64 = per_tick.iter().sum::<f64>()
                 + l.slots[l.index[&3] as usize]
                     .as_ref()
@@ -146,14 +151,7 @@ fn an_answer_no_stream_has_dated_keeps_the_conveyors_prefill() {
         apply_50ms(&mut l, k, Some(1_000), &obs);
         check_books(&l);
         if k == 21 {
-            let per_tick = sum_per_tick(&l, 1, |i| f64::from(i.prefill));
-            let first = l.window.front().map_or(0, |t| t.start_ns);
-            prefill_ends = per_tick
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| **p > 1.0)
-                .map(|(i, _)| first + (i as u64 + 1) * 50 * MS)
-                .collect();
+            prefill_ends = ends_of_ticks_with_prefill(&l, 1);
         }
     }
     // Its prefill stays in the first ticks (the count at 30 tokens/s would put it at ~720-920 ms).
