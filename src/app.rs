@@ -182,6 +182,10 @@ fn accounting_config(c: &Config) -> AccountingConfig {
         ledger.settle_ticks = usize::try_from(c.settle_lag.as_nanos().div_ceil(interval))
             .unwrap_or(usize::MAX)
             .clamp(1, 10_000);
+        ledger.calibration_hold_ticks =
+            usize::try_from(c.calibration_hold.as_nanos().div_ceil(interval))
+                .unwrap_or(usize::MAX)
+                .min(10_000);
         AccountingConfig {
             ledger,
             record_capacity: c.record_capacity,

@@ -383,6 +383,24 @@ fn attribution_keys_in_three_layers_and_validated() {
         e.contains("settle_lag_ms") && e.contains('5') && e.contains("--settle-lag-ms"),
         "{e}"
     );
+    assert_eq!(t["calibration_hold_ms"].as_integer(), Some(10_000));
+    let t = printed(&joulegate(
+        &["serve", "--print-config", "--calibration-hold-ms", "0"],
+        &[],
+    ));
+    assert_eq!(t["calibration_hold_ms"].as_integer(), Some(0));
+    let o = joulegate(
+        &["serve", "--print-config"],
+        &[("JOULEGATE_CALIBRATION_HOLD_MS", "70000")],
+    );
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("calibration_hold_ms")
+            && e.contains("70000")
+            && e.contains("JOULEGATE_CALIBRATION_HOLD_MS"),
+        "{e}"
+    );
 }
 
 /// A start-up error is one line, whatever `RUST_BACKTRACE` says: the message names what to fix,

@@ -40,6 +40,7 @@ fn config() -> AccountingConfig {
     AccountingConfig {
         ledger: LedgerConfig {
             settle_ticks: 3,
+            calibration_hold_ticks: 0,
             p_idle_mw: Some(20_000),
             ..LedgerConfig::default()
         },

@@ -48,6 +48,7 @@ pub struct FileConfig {
     pub decode_joules_per_token: Option<f64>,
     pub context_joules_per_token: Option<f64>,
     pub settle_lag_ms: Option<u64>,
+    pub calibration_hold_ms: Option<u64>,
     pub record_capacity: Option<u64>,
     pub max_label_values: Option<u64>,
     pub metrics_per_key: Option<bool>,

@@ -160,6 +160,8 @@ pub struct Config {
     pub context_joules_per_token: f64,
     /// Longest time a measured interval is held while work that belongs in it may still appear.
     pub settle_lag: Duration,
+    /// How much longer an interval with work is held until the calibration is first trusted.
+    pub calibration_hold: Duration,
     /// Records kept in the ring.
     pub record_capacity: usize,
     /// Label values kept per dimension.
@@ -260,6 +262,10 @@ pub mod defaults {
     pub const SETTLE_LAG_MS: u64 = 3_000;
     /// Bounds of `settle_lag_ms`.
     pub const SETTLE_LAG_MS_RANGE: (u64, u64) = (100, 60_000);
+    /// Until the calibration is first trusted (README, "Calibration"): ten seconds at most.
+    pub const CALIBRATION_HOLD_MS: u64 = 10_000;
+    /// Upper bound of `calibration_hold_ms`.
+    pub const CALIBRATION_HOLD_MS_LIMIT: u64 = 60_000;
     pub const RECORD_CAPACITY: u64 = 10_000;
     pub const MAX_LABEL_VALUES: u64 = 100;
     pub const REQUEST_LOG_MAX_BYTES: u64 = 64 * 1024 * 1024;

@@ -59,6 +59,7 @@ impl Config {
             decode_joules_per_token: Some(self.decode_joules_per_token),
             context_joules_per_token: Some(self.context_joules_per_token),
             settle_lag_ms: Some(self.settle_lag.as_millis() as u64),
+            calibration_hold_ms: Some(self.calibration_hold.as_millis() as u64),
             record_capacity: Some(self.record_capacity as u64),
             max_label_values: Some(self.max_label_values as u64),
             metrics_per_key: Some(self.metrics_per_key),

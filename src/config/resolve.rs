@@ -54,6 +54,7 @@ impl Config {
             decode_joules_per_token: w.decode_joules_per_token,
             context_joules_per_token: w.context_joules_per_token,
             settle_lag: Duration::from_millis(w.settle_lag_ms),
+            calibration_hold: Duration::from_millis(w.calibration_hold_ms),
             record_capacity: usize::try_from(out.record_capacity).unwrap_or(usize::MAX),
             max_label_values: usize::try_from(out.max_label_values).unwrap_or(usize::MAX),
             metrics_per_key: out.metrics_per_key,

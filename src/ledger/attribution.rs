@@ -97,6 +97,8 @@ pub struct Ledger {
     pub(super) calibrator: Calibrator,
     pub(super) seq: u64,
     pub(super) newest_end_ns: u64,
+    /// End of the latest tick with a model request in flight (0: none yet).
+    pub(super) busy_until_ns: u64,
     pub(super) prefill_rate: f64,
     pub(super) decode_rate: f64,
     /// Completion tokens each visible stream that decoded through the whole current tick produced
@@ -165,6 +167,7 @@ impl Ledger {
             totals: LedgerTotals::default(),
             seq: 0,
             newest_end_ns: 0,
+            busy_until_ns: 0,
             weights: Vec::new(),
             marginal: Vec::new(),
             step_work: Vec::new(),
@@ -310,6 +313,9 @@ impl Ledger {
                 }
             }
         }
+        if busy {
+            self.busy_until_ns = self.busy_until_ns.max(end_ns);
+        }
         if let Some(t) = self.window.back_mut() {
             t.busy = busy;
             t.busy_ns = if covered {
@@ -337,12 +343,20 @@ impl Ledger {
     /// energy is then given up for (unavailable; a late fill goes to *unattributed*).
     fn settle_ready(&mut self) -> u32 {
         let mut settled = 0u32;
+        if self.calibration_hold() > 0 {
+            self.freeze_ticks_past_lag();
+        }
+        // Until the calibration is first trusted, ticks with work wait longer (unless complete
+        // and empty): split with the default weights, they would keep the defaults' error.
+        let hold = self.calibration_hold();
+        let lag = self.config.settle_ticks + hold;
         while let Some(front) = self.window.front() {
-            let forced = self.window.len() > self.config.settle_ticks;
-            let complete =
-                front.end_ns < self.min_unresolved && (self.window.len() > 1 || !front.busy);
+            let forced = self.window.len() > lag;
+            let complete = front.end_ns < self.min_unresolved
+                && (self.window.len() > 1 || !front.busy)
+                && (hold == 0 || front.items.is_empty());
             if front.unfilled_ns > 0 {
-                if self.window.len() <= self.config.settle_ticks + MAX_UNFILLED_EXTRA {
+                if self.window.len() <= lag + MAX_UNFILLED_EXTRA {
                     break;
                 }
                 if let Some(t) = self.window.front_mut() {

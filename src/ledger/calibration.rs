@@ -176,6 +176,10 @@ pub struct Calibrator {
     /// The fully busy ticks since the last busy-power sample: joules, seconds, ticks.
     busy_run: (f64, f64, usize),
     report: CalibrationReport,
+    /// Whether a fit was ever trusted (fixed weights count as trusted from the start).
+    trusted_once: bool,
+    /// Ticks with work learned from since the start.
+    ticks_seen: u64,
 }
 
 impl Calibrator {
@@ -203,6 +207,8 @@ impl Calibrator {
             block: ([0.0; K], 0.0, 0),
             busy_powers: VecDeque::new(),
             busy_run: (0.0, 0.0, 0),
+            trusted_once: report.trusted,
+            ticks_seen: 0,
             report,
         }
     }
@@ -217,6 +223,7 @@ impl Calibrator {
         if work.prefill <= 0.0 && work.decode <= 0.0 {
             return;
         }
+        self.ticks_seen += 1;
         if work.busy_s > 0.0 && work.busy_s >= 0.95 * work.span_s {
             const BUSY_SAMPLES: usize = 1024;
             let run = &mut self.busy_run;
@@ -387,6 +394,7 @@ impl Calibrator {
                 && cond.is_some_and(|c| c <= d.max_condition)
                 && r2.is_some_and(|r| r >= d.min_r2)
                 && fit.is_some_and(|c| c[1] > 0.0 && c[3] > 0.0);
+        self.trusted_once |= trusted;
         let used = match fit {
             Some(c) if trusted && !d.fixed => (c[1], c[2], c[3]),
             _ => (d.default_alpha_j, d.default_beta_j, d.default_gamma_j),
@@ -409,6 +417,17 @@ impl Calibrator {
     /// The fit and its quality.
     pub fn report(&self) -> CalibrationReport {
         self.report
+    }
+
+    /// Whether the weights were ever fitted and trusted (or fixed): until then they are the
+    /// defaults, which may be far from the engine's costs.
+    pub fn has_been_trusted(&self) -> bool {
+        self.trusted_once
+    }
+
+    /// How many ticks with work it learned from since the start.
+    pub fn ticks_seen(&self) -> u64 {
+        self.ticks_seen
     }
 
     /// The weights in use: (α, β, γ) in joules per token.

@@ -54,6 +54,12 @@ pub struct LedgerConfig {
     /// most non-streamed answers to end while their ticks are held, so their true work replaces
     /// the estimate there (the accuracy bench: prefill-heavy median 28 % -> 11 % from 1 s to 3 s).
     pub settle_ticks: usize,
+    /// Extra ticks a tick with work may be held past `settle_ticks` until the calibration's fit is
+    /// trusted for the first time (0: never). Ticks split with the default weights keep the
+    /// defaults' error for good; held a little longer, they are split with the first trusted fit.
+    /// The calibration still learns from each at the usual lag. Only before the first trusted fit,
+    /// and only once P_idle is known (without it the fit cannot learn).
+    pub calibration_hold_ticks: usize,
     /// Prefill rate used to place a prompt's prefill when vLLM did not report its prefill time,
     /// tokens per second (refined online from requests that did report it).
     pub prefill_tokens_per_s: f64,
@@ -82,6 +88,7 @@ impl Default for LedgerConfig {
     fn default() -> Self {
         LedgerConfig {
             settle_ticks: 60,
+            calibration_hold_ticks: 200,
             prefill_tokens_per_s: 10_000.0,
             decode_tokens_per_s: 30.0,
             p_idle_mw: None,
@@ -101,6 +108,9 @@ pub enum LedgerConfigError {
     /// `settle_ticks` must be in 1..=10000.
     #[error("settle_ticks must be between 1 and 10000, got {0}")]
     SettleTicks(usize),
+    /// `calibration_hold_ticks` must be at most 10000.
+    #[error("calibration_hold_ticks must be at most 10000, got {0}")]
+    CalibrationHoldTicks(usize),
     /// A rate must be finite and positive.
     #[error("{name} must be a finite positive number, got {value}")]
     Rate {
@@ -122,6 +132,11 @@ impl LedgerConfig {
     pub fn validate(&self) -> Result<(), LedgerConfigError> {
         if self.settle_ticks == 0 || self.settle_ticks > 10_000 {
             return Err(LedgerConfigError::SettleTicks(self.settle_ticks));
+        }
+        if self.calibration_hold_ticks > 10_000 {
+            return Err(LedgerConfigError::CalibrationHoldTicks(
+                self.calibration_hold_ticks,
+            ));
         }
         let rates = [
             ("prefill_tokens_per_s", self.prefill_tokens_per_s),

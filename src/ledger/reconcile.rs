@@ -35,7 +35,7 @@ impl Ledger {
             return false;
         };
         let refs = std::mem::take(&mut req.provisional);
-        let left = (p.prompt_tokens as f64 - req.settled_work[0]).max(0.0);
+        let left = (p.prompt_tokens as f64 - req.done_work()[0]).max(0.0);
         let held: f64 = refs
             .iter()
             .filter_map(|&r| self.window.item_ref(r))
@@ -179,12 +179,12 @@ impl Ledger {
         // true count however the estimate was timed (at most 4×: an estimate far too low leaves
         // some of the work to the settled part's split). Bench: record p95 45.0 -> 43.2 % and
         // 51.7 -> 50.2 % (two seeds; medians 10.8 -> 10.7, 12.9 -> 12.7).
-        let ws = self.window.front().map_or(end, |t| t.start_ns);
+        let ws = self.window.open_front().map_or(end, |t| t.start_ns);
         let settled = self
             .slots
             .get(slot as usize)
             .and_then(Option::as_ref)
-            .map_or([0.0; 3], |r| r.settled_work);
+            .map_or([0.0; 3], |r| r.done_work());
         let held = |lo: u64, hi: u64| {
             if hi <= lo {
                 1.0

@@ -1,8 +1,8 @@
 //! A request's state in the ledger: where its work was placed so far, how it was seen, and its
 //! energy (settled, and its part of held ticks' provisional splits).
 
-use super::types::RequestEnergy;
-use super::window::ItemRef;
+use super::types::{RequestEnergy, SettledTokens};
+use super::window::{Item, ItemRef};
 use super::WorkKind;
 
 #[derive(Clone, Debug)]
@@ -32,6 +32,9 @@ pub(super) struct Req {
     pub(super) prov_decode_from_ns: u64,
     /// Prompt, decode and context tokens of its work in settled ticks.
     pub(super) settled_work: [f64; 3],
+    /// The same in frozen ticks (held for the calibration, their work final; see
+    /// `Window::freeze_next`): done as far as placement goes, not yet settled.
+    pub(super) frozen_work: [f64; 3],
     pub(super) ended: bool,
     pub(super) vanished: bool,
     pub(super) seen_seq: u64,
@@ -50,6 +53,40 @@ pub(super) struct Req {
 }
 
 impl Req {
+    /// Its work whose placement is final: in settled and in frozen ticks.
+    pub(super) fn done_work(&self) -> [f64; 3] {
+        std::array::from_fn(|k| self.settled_work[k] + self.frozen_work[k])
+    }
+
+    /// Counts `item`'s work as settled (`frozen`: it was frozen before, and counted there).
+    pub(super) fn settle_work(&mut self, item: &Item, frozen: bool) {
+        let work = [item.prefill, item.decode, item.context].map(f64::from);
+        for ((s, f), w) in self
+            .settled_work
+            .iter_mut()
+            .zip(self.frozen_work.iter_mut())
+            .zip(work)
+        {
+            *s += w;
+            if frozen {
+                *f = (*f - w).max(0.0);
+            }
+        }
+        self.energy.settled_tokens = SettledTokens {
+            prefill: self.settled_work[0] as u64,
+            decode: self.settled_work[1] as u64,
+            context: self.settled_work[2] as u64,
+        };
+    }
+
+    /// Counts `item`'s work as frozen: final in its place, its energy still to be split.
+    pub(super) fn freeze_work(&mut self, item: &Item) {
+        let work = [item.prefill, item.decode, item.context].map(f64::from);
+        for (f, w) in self.frozen_work.iter_mut().zip(work) {
+            *f += w;
+        }
+    }
+
     /// The figures published for the data plane: settled energy plus the held ticks'
     /// provisional split, with the tokens each paid for (so only the rest is priced per token).
     pub(super) fn published(&self) -> RequestEnergy {

@@ -32,7 +32,19 @@ impl Ledger {
     /// for them, 9.7 / 40.3 % looking over the whole window).
     pub(super) fn split_tentatively(&mut self) {
         let n = self.window.len();
-        let weights = self.calibrator.weights();
+        // Ticks held past the settlement lag for the calibration (`calibration_hold_ticks`):
+        // their work changes no more than a settled tick's, but a stream's prefill placed at its
+        // first token, or an answer's true counts, may have made their split stale after the
+        // lag; settled, the request would have had its share. Split again, every one that is.
+        for i in 0..n.saturating_sub(self.config.settle_ticks) {
+            if self
+                .window
+                .get(i)
+                .is_some_and(|t| t.stale && t.tentative.is_some())
+            {
+                self.split_tick_tentatively(i, true);
+            }
+        }
         let mut resplits = RESPLITS_PER_TICK;
         for i in (0..n).rev() {
             let stale = self
@@ -48,70 +60,79 @@ impl Ledger {
                 continue;
             }
             if stale && resplits > 0 {
-                // Work changed after the split (an answer's usage came and its estimate gave way
-                // to its true counts, a stream's tokens since its previous one): take it back and
-                // split again below.
                 resplits -= 1;
-                let parts = self.window.get_mut(i).and_then(|t| {
-                    t.stale = false;
-                    t.tentative.take()
-                });
-                self.take_back_tentative(parts);
-            }
-            let Some(tick) = self.window.get(i) else {
-                break;
-            };
-            let (Some(e), None, 0) = (tick.delta_uj, &tick.tentative, tick.unfilled_ns) else {
+            } else if stale {
                 continue;
+            }
+            self.split_tick_tentatively(i, stale);
+        }
+    }
+
+    /// Splits held tick `i` provisionally (once its energy is in), taking back its previous
+    /// split first with `again` (work changed after it: an answer's usage came and its estimate
+    /// gave way to its true counts, a stream's tokens since its previous one).
+    fn split_tick_tentatively(&mut self, i: usize, again: bool) {
+        if again {
+            let parts = self.window.get_mut(i).and_then(|t| {
+                t.stale = false;
+                t.tentative.take()
+            });
+            self.take_back_tentative(parts);
+        }
+        let weights = self.calibrator.weights();
+        let Some(tick) = self.window.get(i) else {
+            return;
+        };
+        let (Some(e), None, 0) = (tick.delta_uj, &tick.tentative, tick.unfilled_ns) else {
+            return;
+        };
+        let dt = tick.end_ns - tick.start_ns;
+        self.marginal.clear();
+        self.marginal
+            .extend(tick.items.iter().map(|item| item.marginal(weights)));
+        let split = self.idle.split_tick(e, dt, tick.busy_ns);
+        let (e, baseline) = (split.rest_uj, split.baseline_uj);
+        split_weights(
+            self.config.split_by_steps,
+            &self.marginal,
+            &mut self.step_work,
+            &mut self.weights,
+            tick,
+            dt,
+        );
+        let total: f64 = self.weights.iter().sum();
+        let mut parts = self.spare_tentative.pop().unwrap_or_default();
+        if total > 0.0 && total.is_finite() {
+            let active_ratio = if e > 0 {
+                (e - baseline) as f64 / e as f64
+            } else {
+                0.0
             };
-            let dt = tick.end_ns - tick.start_ns;
-            self.marginal.clear();
-            self.marginal
-                .extend(tick.items.iter().map(|item| item.marginal(weights)));
-            let split = self.idle.split_tick(e, dt, tick.busy_ns);
-            let (e, baseline) = (split.rest_uj, split.baseline_uj);
-            split_weights(
-                self.config.split_by_steps,
-                &self.marginal,
-                &mut self.step_work,
-                &mut self.weights,
-                tick,
-                dt,
-            );
-            let total: f64 = self.weights.iter().sum();
-            let mut parts = self.spare_tentative.pop().unwrap_or_default();
-            if total > 0.0 && total.is_finite() {
-                let active_ratio = if e > 0 {
-                    (e - baseline) as f64 / e as f64
-                } else {
-                    0.0
-                };
-                parts.reserve(tick.items.len());
-                for (item, w) in tick.items.iter().zip(&self.weights) {
-                    let share = e as f64 * (w / total);
-                    parts.push(Tentative {
-                        slot: item.slot,
-                        energy_uj: share as u64,
-                        active_uj: (share * active_ratio) as u64,
-                        tokens: [item.prefill, item.decode, item.context],
-                        own_uj: share * (w / total),
-                    });
+            parts.reserve(tick.items.len());
+            for (item, w) in tick.items.iter().zip(&self.weights) {
+                let share = e as f64 * (w / total);
+                parts.push(Tentative {
+                    slot: item.slot,
+                    energy_uj: share as u64,
+                    active_uj: (share * active_ratio) as u64,
+                    tokens: [item.prefill, item.decode, item.context],
+                    own_uj: share * (w / total),
+                });
+            }
+        }
+        for t in &parts {
+            if let Some(req) = self.slots.get_mut(t.slot as usize).and_then(Option::as_mut) {
+                req.tentative_own += t.own_uj;
+                let (e, a, w) = &mut req.tentative;
+                *e = e.saturating_add(t.energy_uj);
+                *a = a.saturating_add(t.active_uj);
+                for (x, n) in w.iter_mut().zip(t.tokens) {
+                    *x += f64::from(n);
                 }
             }
-            for t in &parts {
-                if let Some(req) = self.slots.get_mut(t.slot as usize).and_then(Option::as_mut) {
-                    req.tentative_own += t.own_uj;
-                    let (e, a, w) = &mut req.tentative;
-                    *e = e.saturating_add(t.energy_uj);
-                    *a = a.saturating_add(t.active_uj);
-                    for (x, n) in w.iter_mut().zip(t.tokens) {
-                        *x += f64::from(n);
-                    }
-                }
-            }
-            if let Some(tick) = self.window.get_mut(i) {
-                tick.tentative = Some(parts);
-            }
+        }
+        if let Some(tick) = self.window.get_mut(i) {
+            tick.tentative = Some(parts);
         }
     }
 

@@ -1,7 +1,7 @@
 //! Ledger behaviour tests: scenarios with hand-computed answers; property tests over random
 //! workloads and tick sequences (conservation exact, no overflow, everything finished settles) are
 //! in `properties`, placement in `placement`, rate learning in `rates`, the reconciliation of
-//! non-streamed answers in `reconcile`.
+//! non-streamed answers in `reconcile`, the hold for the calibration in `hold`.
 
 use super::*;
 use crate::observe::Outcome;
@@ -78,6 +78,9 @@ impl Script {
 fn cfg() -> LedgerConfig {
     LedgerConfig {
         settle_ticks: 4,
+        // Ticks settle at the lag here, however the calibration stands (`calibration_hold`
+        // has tests of its own).
+        calibration_hold_ticks: 0,
         p_idle_mw: Some(0),
         ..LedgerConfig::default()
     }
@@ -474,6 +477,7 @@ fn prefill_waits_one_tick_for_the_exact_prompt_count() {
     assert_eq!(e(1), 1_001);
 }
 
+mod hold;
 mod placement;
 mod properties;
 mod rates;

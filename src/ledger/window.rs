@@ -114,9 +114,14 @@ pub enum BeforeWindow {
 }
 
 /// The held ticks, oldest first.
+///
+/// The oldest `frozen` of them are final in their work, as if settled, and wait only for their
+/// energy to be split (see `LedgerConfig::calibration_hold_ticks`): nothing is placed in them or
+/// changed there any more; to placement they are before the window.
 #[derive(Debug, Default)]
 pub struct Window {
     ticks: VecDeque<HeldTick>,
+    frozen: usize,
 }
 
 /// Where an item was stored, to find it again (reconciliation).
@@ -130,7 +135,23 @@ impl Window {
 
     /// Removes and returns the oldest tick.
     pub fn pop(&mut self) -> Option<HeldTick> {
+        self.frozen = self.frozen.saturating_sub(1);
         self.ticks.pop_front()
+    }
+
+    /// How many of the oldest ticks are frozen.
+    pub fn frozen_len(&self) -> usize {
+        self.frozen
+    }
+
+    /// Freezes the oldest tick not yet frozen (if any): its work is final from now on.
+    pub fn freeze_next(&mut self) {
+        self.frozen = (self.frozen + 1).min(self.ticks.len());
+    }
+
+    /// The oldest tick work can still be placed in.
+    pub fn open_front(&self) -> Option<&HeldTick> {
+        self.ticks.get(self.frozen)
     }
 
     /// The oldest held tick.
@@ -178,9 +199,11 @@ impl Window {
         self.ticks.iter_mut()
     }
 
-    /// The item stored at `r`, if its tick is still held.
+    /// The item stored at `r`, if its tick is still held and not frozen (a frozen tick's work
+    /// is final, as a settled one's).
     pub fn item_ref(&self, r: ItemRef) -> Option<&Item> {
-        self.ticks.get(self.tick_index(r)?)?.items.get(r.1 as usize)
+        let idx = self.tick_index(r).filter(|&i| i >= self.frozen)?;
+        self.ticks.get(idx)?.items.get(r.1 as usize)
     }
 
     /// Whether `r`'s tick is held and its energy measured (or still to be filled), not
@@ -199,7 +222,7 @@ impl Window {
 
     /// The item `r` refers to, for changing it, if its tick is still held.
     pub fn item_mut(&mut self, r: ItemRef) -> Option<&mut Item> {
-        let idx = self.tick_index(r)?;
+        let idx = self.tick_index(r).filter(|&i| i >= self.frozen)?;
         let tick = self.ticks.get_mut(idx)?;
         tick.stale |= tick.tentative.is_some();
         tick.items.get_mut(r.1 as usize)
@@ -213,7 +236,10 @@ impl Window {
         let idx = if self.ticks.get(last).is_some_and(|t| t.start_ns < at_ns) {
             last
         } else {
-            self.ticks.partition_point(|t| t.end_ns < at_ns).min(last)
+            self.ticks
+                .partition_point(|t| t.end_ns < at_ns)
+                .max(self.frozen)
+                .min(last)
         };
         let tick = self.ticks.get_mut(idx)?;
         tick.stale |= tick.tentative.is_some();
@@ -236,7 +262,7 @@ impl Window {
         before: BeforeWindow,
         mut placed: impl FnMut(ItemRef),
     ) {
-        let (Some(first), Some(last)) = (self.ticks.front(), self.ticks.back()) else {
+        let (Some(first), Some(last)) = (self.open_front(), self.ticks.back()) else {
             return;
         };
         let (ws, we) = (first.start_ns, last.end_ns);
@@ -270,7 +296,8 @@ impl Window {
             n - 2
         } else {
             self.ticks.partition_point(|t| t.end_ns <= from)
-        };
+        }
+        .max(self.frozen);
         let mut total_overlap = 0u64;
         for tick in self.ticks.range_mut(start_idx..) {
             if tick.start_ns >= to {

@@ -36,7 +36,8 @@ impl Ledger {
         before: BeforeWindow,
     ) {
         let provisional = item.provisional;
-        let oldest_held = self.window.front().map_or(0, |t| t.seq);
+        // Frozen ticks count as settled here: their items can no longer change.
+        let oldest_held = self.window.open_front().map_or(0, |t| t.seq);
         // The window and the request are disjoint fields: the references go straight into the
         // request's list, with no vector per call.
         let mut req = self.slots.get_mut(slot as usize).and_then(Option::as_mut);

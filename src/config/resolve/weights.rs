@@ -1,5 +1,5 @@
 //! The attribution keys: prompt size estimate, carbon intensity and PUE, the key-hash salt, idle
-//! power, the default energy weights and the settlement lag (`bytes_per_token` .. `settle_lag_ms`).
+//! power, the default energy weights the settlement lag and the hold for the calibration (`bytes_per_token` .. `calibration_hold_ms`).
 
 use super::layer::{invalid, non_negative, Layer};
 use crate::cli::ServeArgs;
@@ -16,6 +16,7 @@ pub(super) struct Weights {
     pub(super) decode_joules_per_token: f64,
     pub(super) context_joules_per_token: f64,
     pub(super) settle_lag_ms: u64,
+    pub(super) calibration_hold_ms: u64,
 }
 
 /// Resolves and validates the attribution model's keys, in the order [`crate::config::Config::resolve`] always did.
@@ -125,6 +126,21 @@ pub(super) fn resolve(
             "must be between 100 and 60000 (ms)",
         ));
     }
+    let (calibration_hold_ms, hold_origin) = l.pick(
+        &args.calibration_hold_ms,
+        &file.calibration_hold_ms,
+        defaults::CALIBRATION_HOLD_MS,
+        "calibration-hold-ms",
+        "JOULEGATE_CALIBRATION_HOLD_MS",
+    );
+    if calibration_hold_ms > defaults::CALIBRATION_HOLD_MS_LIMIT {
+        return Err(invalid(
+            "calibration_hold_ms",
+            calibration_hold_ms,
+            hold_origin,
+            "must be at most 60000 (ms; 0 turns the hold off)",
+        ));
+    }
     if prefill_joules_per_token + decode_joules_per_token <= 0.0 {
         return Err(invalid(
             "decode_joules_per_token",
@@ -146,5 +162,6 @@ pub(super) fn resolve(
         decode_joules_per_token,
         context_joules_per_token,
         settle_lag_ms,
+        calibration_hold_ms,
     })
 }

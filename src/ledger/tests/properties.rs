@@ -43,20 +43,23 @@ proptest! {
     #[test]
     fn conservation_is_exact_and_everything_settles(
         mut scripts in proptest::collection::vec(script_strategy(), 0..25),
-        energies in proptest::collection::vec(proptest::option::weighted(0.9, 0u64..5_000_000_000), 100),
+        energies in proptest::collection::vec(proptest::option::weighted(0.9, 0u64..5_000_000_000), 160),
         settle in 1usize..12,
+        hold in 0usize..40,
         learn_idle in any::<bool>(),
     ) {
         for (i, s) in scripts.iter_mut().enumerate() { s.id = i as u64 + 1; }
         let mut l = Ledger::new(LedgerConfig {
             settle_ticks: settle,
+            calibration_hold_ticks: hold,
             p_idle_mw: if learn_idle { None } else { Some(50_000) },
             idle_min_samples: 2,
             calibration: CalibrationConfig { min_ticks: 5, ..Default::default() },
             ..LedgerConfig::default()
         }).expect("config");
-        // 100 ticks of 50 ms = 5 s; every script ends before 4.5 s.
-        let done = run(&mut l, &scripts, 100, |k| energies[(k - 1) as usize]);
+        // 160 ticks of 50 ms = 8 s; every script ends before 4.5 s, and the lag and the hold
+        // for the calibration are at most 50 ticks together.
+        let done = run(&mut l, &scripts, 160, |k| energies[(k - 1) as usize]);
         let t = l.totals();
         prop_assert_eq!(t.pending_uj, 0);
         prop_assert_eq!(t.attributed_uj + t.idle_uj + t.unattributed_uj, t.measured_uj);
