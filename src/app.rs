@@ -182,10 +182,15 @@ fn accounting_config(c: &Config) -> AccountingConfig {
         ledger.settle_ticks = usize::try_from(c.settle_lag.as_nanos().div_ceil(interval))
             .unwrap_or(usize::MAX)
             .clamp(1, 10_000);
-        ledger.calibration_hold_ticks =
+        // Settled-mode responses wait for their records: a hold would make the first seconds'
+        // responses wait out `response_energy_max_wait_ms` and go out estimated.
+        ledger.calibration_hold_ticks = if c.response_energy == ResponseEnergy::Settled {
+            0
+        } else {
             usize::try_from(c.calibration_hold.as_nanos().div_ceil(interval))
                 .unwrap_or(usize::MAX)
-                .min(10_000);
+                .min(10_000)
+        };
         AccountingConfig {
             ledger,
             record_capacity: c.record_capacity,
@@ -464,4 +469,32 @@ fn random_salt() -> Vec<u8> {
 async fn stopped(mut rx: watch::Receiver<bool>) {
     // A dropped sender also means stop.
     let _ = rx.wait_for(|stop| *stop).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::ServeArgs;
+
+    fn ledger_of(args: ServeArgs) -> LedgerConfig {
+        let config = Config::resolve(&args, &Default::default(), None).expect("valid config");
+        accounting_config(&config).ledger
+    }
+
+    #[test]
+    fn the_hold_for_the_calibration_is_in_ticks_and_off_in_settled_mode() {
+        let args = || ServeArgs {
+            sample_interval_ms: Some(50),
+            settle_lag_ms: Some(3_000),
+            calibration_hold_ms: Some(10_000),
+            ..ServeArgs::default()
+        };
+        let l = ledger_of(args());
+        assert_eq!((l.settle_ticks, l.calibration_hold_ticks), (60, 200));
+        let l = ledger_of(ServeArgs {
+            response_energy: Some("settled".into()),
+            ..args()
+        });
+        assert_eq!((l.settle_ticks, l.calibration_hold_ticks), (60, 0));
+    }
 }

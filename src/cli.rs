@@ -233,7 +233,8 @@ pub struct ServeArgs {
     pub settle_lag_ms: Option<u64>,
     /// How much longer than the settlement lag an interval with work is held until the
     /// calibration of the energy weights is first trusted, so that it is split with fitted
-    /// weights rather than the defaults; 0: never, ms [default: 10000].
+    /// weights rather than the defaults; 0: never; off with `--response-energy settled`, ms
+    /// [default: 10000].
     #[arg(long, env = "JOULEGATE_CALIBRATION_HOLD_MS", value_name = "MS")]
     pub calibration_hold_ms: Option<u64>,
     /// Finished request records kept for /requests (oldest dropped first) [default: 10000].
