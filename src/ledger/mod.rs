@@ -19,6 +19,7 @@
 
 pub mod attribution;
 pub mod calibration;
+mod hold;
 pub mod idle;
 mod queue;
 mod rates;

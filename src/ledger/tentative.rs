@@ -6,7 +6,6 @@
 //! Part of the [`Ledger`]'s implementation (split from `settle.rs` by concern).
 
 use super::attribution::Ledger;
-use super::settle::split_weights;
 use super::window::Tentative;
 
 /// Held ticks whose provisional split is made again per tick when their work changed after it
@@ -83,24 +82,16 @@ impl Ledger {
         let Some(tick) = self.window.get(i) else {
             return;
         };
-        let (Some(e), None, 0) = (tick.delta_uj, &tick.tentative, tick.unfilled_ns) else {
+        let (Some(_), None, 0) = (tick.delta_uj, &tick.tentative, tick.unfilled_ns) else {
             return;
         };
-        let dt = tick.end_ns - tick.start_ns;
-        self.marginal.clear();
-        self.marginal
-            .extend(tick.items.iter().map(|item| item.marginal(weights)));
-        let split = self.idle.split_tick(e, dt, tick.busy_ns);
+        let Some((split, total)) = self.weigh_held_tick(i, weights) else {
+            return;
+        };
         let (e, baseline) = (split.rest_uj, split.baseline_uj);
-        split_weights(
-            self.config.split_by_steps,
-            &self.marginal,
-            &mut self.step_work,
-            &mut self.weights,
-            tick,
-            dt,
-        );
-        let total: f64 = self.weights.iter().sum();
+        let Some(tick) = self.window.get(i) else {
+            return;
+        };
         let mut parts = self.spare_tentative.pop().unwrap_or_default();
         if total > 0.0 && total.is_finite() {
             let active_ratio = if e > 0 {

@@ -1,0 +1,165 @@
+//! What settled ticks teach, and the hold for the calibration: a tick's work and energy go to the
+//! calibration's fit and its energy per kind of work to the recent prices when it settles, or,
+//! while the fit has never been trusted, when it passes the settlement lag: then it is frozen (its
+//! work final, as if settled) and held up to `calibration_hold_ticks` more, so that its energy is
+//! split with the first trusted weights rather than the defaults.
+//!
+//! Part of the [`Ledger`]'s implementation (split from `settle.rs` by concern); touches no
+//! energy of the books.
+
+use super::attribution::{Ledger, PriceEntry};
+use super::calibration::TickWork;
+use super::idle::IdleSource;
+
+/// Nothing in flight for this long releases the ticks held for the calibration
+/// (`Ledger::calibration_hold`), ns.
+pub const HOLD_IDLE_RELEASE_NS: u64 = 1_000_000_000;
+
+impl Ledger {
+    /// What held tick `i` would add to the recent prices if it settled now with `weights` (its
+    /// energy per kind of work, in floating point: a price, not the books).
+    fn price_of_tick(&mut self, i: usize, weights: (f64, f64, f64)) -> Option<PriceEntry> {
+        let (split, total) = self.weigh_held_tick(i, weights)?;
+        if !(total > 0.0 && total.is_finite()) {
+            return None;
+        }
+        let tick = self.window.get(i)?;
+        let rest = split.rest_uj as f64;
+        let active_ratio = if split.rest_uj > 0 {
+            (split.rest_uj - split.baseline_uj) as f64 / rest
+        } else {
+            0.0
+        };
+        let mut priced = PriceEntry::default();
+        for ((item, w), &m) in tick.items.iter().zip(&self.weights).zip(&self.marginal) {
+            let parts = [
+                weights.0 * f64::from(item.prefill),
+                weights.1 * f64::from(item.decode),
+                weights.2 * f64::from(item.context),
+            ];
+            priced.tokens[0] += f64::from(item.prefill);
+            priced.tokens[1] += f64::from(item.decode);
+            priced.tokens[2] += f64::from(item.context);
+            if m <= 0.0 {
+                continue;
+            }
+            let share = rest * w / total;
+            for (kind, part) in parts.iter().enumerate() {
+                priced.energy[kind] += share * part / m;
+                priced.active[kind] += share * active_ratio * part / m;
+            }
+        }
+        Some(priced)
+    }
+
+    /// One settled busy tick's energy and tokens per kind of work into the window of recent
+    /// prices (`Ledger::token_prices`).
+    pub(super) fn learn_prices(&mut self, priced: PriceEntry) {
+        // 24 s of busy ticks at the default interval: long enough not to price a burst at the
+        // cost of the lone request that ended the previous one (the accuracy bench, bursty:
+        // response median 83 % with 2 s, 30-35 % with 6 s), and, priced per kind of work, long
+        // enough to have seen prompts of all sizes (responses, matrix four seeds / real time 8B
+        // 50 ms figures read: 3 s 9.2 / 42.9 and 5.1 / 30.5 %, 6 s 9.0 / 41.0 and 5.0-5.1 /
+        // 30.5-31.8, 12 s 8.8 / 40.4 and 4.6 / 30.4, 24 s 8.8 / 40.3 and 4.6 / 28.0 %; 70B 4.5 /
+        // 22.7 -> 4.8 / 22.2, context-bound 9.9 / 34.6 -> 9.5 / 34.5 %). 480 entries of 72 bytes.
+        const PRICE_TICKS: usize = 480;
+        if self.price_window.len() == PRICE_TICKS {
+            if let Some(old) = self.price_window.pop_front() {
+                self.price_sums.add(&old, -1.0);
+            }
+        }
+        self.price_window.push_back(priced);
+        self.price_sums.add(&priced, 1.0);
+    }
+
+    /// Teaches the calibration one tick: its length and busy time (`times`, ns), its work
+    /// (`tokens`: prefill, decode, context) and its energy `e`. A tick whose work is mostly estimated would teach the fit its own
+    /// guesses: it needs at least 90 % of the tick's work (marginal energy) observed.
+    pub(super) fn learn_from_tick(
+        &mut self,
+        (dt, busy_ns): (u64, u64),
+        e: u64,
+        tokens: [f64; 3],
+        provisional_work: f64,
+        total_work: f64,
+    ) {
+        let observed = provisional_work <= 0.1 * total_work;
+        if observed && self.idle.source() != IdleSource::Unknown {
+            let active_j = e.saturating_sub(self.idle.baseline_uj(dt)) as f64 / 1e6;
+            let work = TickWork {
+                busy_s: busy_ns.min(dt) as f64 / 1e9,
+                prefill: tokens[0],
+                decode: tokens[1],
+                context: tokens[2],
+                span_s: dt as f64 / 1e9,
+            };
+            self.calibrator.observe(work, active_j);
+        }
+    }
+
+    /// How many ticks with work are held past the settlement lag now: while the calibration has
+    /// never been trusted (and can learn: P_idle known), `calibration_hold_ticks`, else none.
+    /// A fit still not trusted after three times as many ticks of work as that (a meter that
+    /// does not follow the load, an engine the terms do not fit) is not waited for any more; nor
+    /// is it while nothing has been in flight for [`HOLD_IDLE_RELEASE_NS`] (traffic paused, or
+    /// one request tried by hand: its record need not wait for traffic that may not come).
+    pub(super) fn calibration_hold(&self) -> usize {
+        let hold = self.config.calibration_hold_ticks;
+        if hold == 0
+            || self.calibrator.has_been_trusted()
+            || self.calibrator.ticks_seen() >= 3 * hold as u64
+            || self.idle.source() == IdleSource::Unknown
+            || self.newest_end_ns.saturating_sub(self.busy_until_ns) >= HOLD_IDLE_RELEASE_NS
+        {
+            0
+        } else {
+            hold
+        }
+    }
+
+    /// While ticks are held for the calibration: freezes every held tick that passed the
+    /// settlement lag (or whose work is complete), oldest first, as settling it would have done
+    /// to its work: the calibration learns from it, its work counts as its requests' settled
+    /// work, and nothing is placed or changed in it any more. Only its energy waits, to be split
+    /// with the first trusted weights. Stops at a tick whose energy is not in.
+    pub(super) fn freeze_ticks_past_lag(&mut self) {
+        let n = self.window.len();
+        let weights = self.calibrator.weights();
+        for i in self.window.frozen_len()..n {
+            let Some(tick) = self.window.get(i) else {
+                break;
+            };
+            let past_lag = i + self.config.settle_ticks < n;
+            let complete = tick.end_ns < self.min_unresolved && i + 1 < n;
+            let (true, Some(e), 0) = (past_lag || complete, tick.delta_uj, tick.unfilled_ns) else {
+                break;
+            };
+            let (mut tokens, mut provisional, mut total) = ([0.0; 3], 0.0, 0.0);
+            for item in &tick.items {
+                let m = item.marginal(weights);
+                total += m;
+                if item.provisional {
+                    provisional += m;
+                }
+                tokens[0] += f64::from(item.prefill);
+                tokens[1] += f64::from(item.decode);
+                tokens[2] += f64::from(item.context);
+                if let Some(req) = self
+                    .slots
+                    .get_mut(item.slot as usize)
+                    .and_then(Option::as_mut)
+                {
+                    req.freeze_work(item);
+                }
+            }
+            if total > 0.0 {
+                let times = (tick.end_ns - tick.start_ns, tick.busy_ns);
+                self.learn_from_tick(times, e, tokens, provisional, total);
+                if let Some(priced) = self.price_of_tick(i, weights) {
+                    self.learn_prices(priced);
+                }
+            }
+            self.window.freeze_next();
+        }
+    }
+}
