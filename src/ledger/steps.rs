@@ -1,17 +1,24 @@
 //! The engine's recent step boundaries, as token arrivals showed them (`observe::StepClock`): the
 //! ledger places decode work one token per step over them, and finds where a non-streamed
-//! answer's first token came by counting its tokens back from its end. Pure data, bounded to
-//! [`STEP_HISTORY`] boundaries.
+//! answer's first token came by counting its tokens back from its end. It also keeps where the
+//! boundaries are complete: a stream decodes one token per engine step, so from one of its
+//! tokens to the next no step went unseen; elsewhere the count may skip steps. Pure data,
+//! bounded to [`STEP_HISTORY`] boundaries and [`COVERED_HISTORY`] stretches.
 
 use std::collections::VecDeque;
 
 /// Boundaries kept: at a 5 ms step, 80 s of history; older ones are dropped first.
 pub const STEP_HISTORY: usize = 16_384;
 
-/// Recent step boundaries, increasing, clock nanoseconds.
+/// Stretches of time kept during which every step was seen.
+pub const COVERED_HISTORY: usize = 4_096;
+
+/// Recent step boundaries, increasing, clock nanoseconds; and the stretches of time in which
+/// they are complete (a stream decoded through them, so no step went unseen).
 #[derive(Debug, Default)]
 pub struct StepHistory {
     ends: VecDeque<u64>,
+    covered: VecDeque<(u64, u64)>,
 }
 
 impl StepHistory {
@@ -58,6 +65,48 @@ impl StepHistory {
         self.ends.range(i..).copied().take_while(move |&t| t <= hi)
     }
 
+    /// Notes that every step in `(lo, hi]` was seen (a stream decoded through it: one token per
+    /// step). Overlapping and touching stretches merge; they come nearly in time order (one per
+    /// stream and read), so the search starts from the newest. The oldest go first past
+    /// [`COVERED_HISTORY`].
+    pub fn cover(&mut self, lo: u64, hi: u64) {
+        if hi <= lo {
+            return;
+        }
+        // The first stretch ending at or after `lo`: it or the ones after may touch `(lo, hi]`.
+        let mut i = self.covered.len();
+        while i > 0 && self.covered[i - 1].1 >= lo {
+            i -= 1;
+        }
+        let (mut a, mut b) = (lo, hi);
+        let mut j = i;
+        while j < self.covered.len() && self.covered[j].0 <= b {
+            a = a.min(self.covered[j].0);
+            b = b.max(self.covered[j].1);
+            j += 1;
+        }
+        self.covered.drain(i..j);
+        self.covered.insert(i, (a, b));
+        if self.covered.len() > COVERED_HISTORY {
+            self.covered.pop_front();
+        }
+    }
+
+    /// The share of `(lo, hi]` in which every step was seen (0 for an empty interval).
+    pub fn coverage(&self, lo: u64, hi: u64) -> f64 {
+        if hi <= lo {
+            return 0.0;
+        }
+        let i = self.covered.partition_point(|&(_, b)| b <= lo);
+        let seen: u64 = self
+            .covered
+            .range(i..)
+            .take_while(|&&(a, _)| a < hi)
+            .map(|&(a, b)| b.min(hi).saturating_sub(a.max(lo)))
+            .sum();
+        seen as f64 / (hi - lo) as f64
+    }
+
     /// Number of boundaries kept.
     pub fn len(&self) -> usize {
         self.ends.len()
@@ -89,6 +138,18 @@ mod tests {
         assert_eq!(d, vec![10, 10]);
         assert_eq!(h.durations_before(25, 1).collect::<Vec<_>>(), vec![10]);
         assert_eq!(h.durations_before(10, 8).count(), 0);
+        h.cover(50, 60);
+        h.cover(20, 30);
+        h.cover(12, 20);
+        h.cover(10, 14);
+        h.cover(55, 58);
+        assert_eq!(h.coverage(10, 30), 1.0);
+        assert_eq!(h.coverage(0, 40), 0.5);
+        assert_eq!(h.coverage(25, 55), 10.0 / 30.0);
+        assert_eq!(h.coverage(30, 50), 0.0);
+        assert_eq!(h.coverage(5, 5), 0.0);
+        h.cover(25, 52);
+        assert_eq!(h.coverage(10, 60), 1.0);
         let many: Vec<u64> = (100..100 + STEP_HISTORY as u64 + 5).collect();
         h.extend(&many);
         assert_eq!(h.len(), STEP_HISTORY);

@@ -151,6 +151,8 @@ impl Ledger {
                 }
             }
         } else {
+            // The stream decoded a token in every step since its previous one: none went unseen.
+            self.steps.cover(since, at_ns);
             self.place_by_steps(slot, since, at_ns, item, BeforeWindow::Compress);
         }
     }

@@ -160,3 +160,68 @@ fn an_answer_no_stream_has_dated_keeps_the_conveyors_prefill() {
         "{prefill_ends:?}"
     );
 }
+
+/// The same gap, seen the other way: counting the answer's three tokens back over the steps seen
+/// lands at ~390 ms, but no stream decoded over most of (390, 1,020] ms, so steps went unseen
+/// there; the answer decodes from the conveyor's first token (500 ms) instead, and its prompt is
+/// spread from the earlier of the two prefill starts to it.
+#[test]
+fn an_answer_counted_over_unseen_steps_decodes_from_the_conveyors_first_token() {
+    let mut l = Ledger::new(LedgerConfig {
+        settle_ticks: 40,
+        calibration: CalibrationConfig {
+            fixed: true,
+            ..unit_weights()
+        },
+        ..cfg()
+    })
+    .expect("config");
+    let a = stream(1, 0, 100, 20 * MS, 38, 10 * MS);
+    let b = stream(2, 990 * MS, 1, 1_000 * MS, 2, 10 * MS);
+    let hidden = invisible(
+        3,
+        300 * MS,
+        2_000,
+        vec![500 * MS, 760 * MS, 1_020 * MS],
+        Some((1_020 * MS, Outcome::Ok)),
+    );
+    let keeper = invisible(
+        4,
+        250 * MS,
+        1,
+        vec![1_400 * MS],
+        Some((1_500 * MS, Outcome::Ok)),
+    );
+    let steps: Vec<u64> = a.tokens.iter().chain(&b.tokens).copied().collect();
+    let scripts = [a, b, hidden, keeper];
+    let mut decode = Vec::new();
+    let mut first = 0;
+    for k in 1..=21u64 {
+        let end = k * 50 * MS;
+        let seen: Vec<u64> = steps
+            .iter()
+            .copied()
+            .filter(|&t| t <= end && t > end - 50 * MS)
+            .collect();
+        l.note_steps(&seen);
+        let obs: Vec<Observation> = scripts.iter().filter_map(|s| s.at(end)).collect();
+        apply_50ms(&mut l, k, Some(1_000), &obs);
+        check_books(&l);
+        if k == 21 {
+            decode = sum_per_tick(&l, 3, |i| f64::from(i.decode));
+            first = l.window.front().map_or(0, |t| t.end_ns);
+        }
+    }
+    let ends = |pred: &dyn Fn(u64) -> bool| -> f64 {
+        decode
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| pred(first + *i as u64 * 50 * MS))
+            .map(|(_, d)| d)
+            .sum()
+    };
+    // Nothing decoded before the conveyor's first token (held from before the count's).
+    assert!(first <= 350 * MS, "{first}");
+    assert!(ends(&|e| e <= 500 * MS) < 1e-3, "{decode:?}");
+    assert!((ends(&|e| e > 500 * MS) - 3.0).abs() < 1e-3, "{decode:?}");
+}
