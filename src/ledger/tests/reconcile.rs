@@ -54,6 +54,30 @@ fn invisible_requests_are_reconciled_with_their_true_counts() {
 /// (300, 500] ms, where the conveyor put it, instead of moving before 400 ms.
 #[test]
 fn an_answer_keeps_the_conveyors_prefill_date_when_the_step_count_jumps_a_gap() {
+    let l = gap_after_its_end();
+    // Its prompt, held or settled, is its true count.
+    let per_tick = sum_per_tick(&l, 3, |i| f64::from(i.prefill));
+    let total: f64 = per_tick.iter().sum::<f64>()
+        + l.slots[l.index[&3] as usize]
+            .as_ref()
+            .map_or(0.0, |r| r.settled_work[0]);
+    assert!((total - 2_000.0).abs() < 1.0, "prefill {total}");
+    // Its prefill runs to the tick ending at 500 ms, the conveyor's date (the count's would stop
+    // at 400 ms and leave the ticks after it without work).
+    let prefill_ends = ends_of_ticks_with_prefill(&l, 3);
+    assert_eq!(prefill_ends.last(), Some(&(500 * MS)), "{prefill_ends:?}");
+    assert!(
+        prefill_ends.first() >= Some(&(350 * MS)),
+        "{prefill_ends:?}"
+    );
+}
+
+/// The scenario of the two tests above and below, run to the tick in which the answer (request
+/// 3) ended: a stream decoding every 10 ms until 390 ms, then another stream's two tokens at
+/// 1,000 and 1,010 ms, the only steps the proxy sees; the answer, 2,000 prompt tokens from
+/// 300 ms (200 ms at the default 10,000 tokens/s), three tokens, the last at 1,020 ms; a
+/// one-token answer in flight from 250 ms to past the end keeps the ticks held.
+fn gap_after_its_end() -> Ledger {
     let mut l = Ledger::new(LedgerConfig {
         settle_ticks: 40,
         calibration: CalibrationConfig {
@@ -63,12 +87,8 @@ fn an_answer_keeps_the_conveyors_prefill_date_when_the_step_count_jumps_a_gap() 
         ..cfg()
     })
     .expect("config");
-    // A stream decoding every 10 ms until 400 ms, then another stream's two tokens at 1,000 and
-    // 1,010 ms: the only steps the proxy sees.
-    let a = stream(1, 0, 100, 20 * MS, 39, 10 * MS);
+    let a = stream(1, 0, 100, 20 * MS, 38, 10 * MS);
     let b = stream(2, 990 * MS, 1, 1_000 * MS, 2, 10 * MS);
-    // The answer: 2,000 prompt tokens from 300 ms (200 ms at the default 10,000 tokens/s), three
-    // tokens, the last at 1,020 ms.
     let hidden = invisible(
         3,
         300 * MS,
@@ -76,7 +96,6 @@ fn an_answer_keeps_the_conveyors_prefill_date_when_the_step_count_jumps_a_gap() 
         vec![500 * MS, 760 * MS, 1_020 * MS],
         Some((1_020 * MS, Outcome::Ok)),
     );
-    // A one-token answer in flight from 250 ms to past the end keeps the ticks held.
     let keeper = invisible(
         4,
         250 * MS,
@@ -86,7 +105,6 @@ fn an_answer_keeps_the_conveyors_prefill_date_when_the_step_count_jumps_a_gap() 
     );
     let steps: Vec<u64> = a.tokens.iter().chain(&b.tokens).copied().collect();
     let scripts = [a, b, hidden, keeper];
-    let mut prefill_ends = Vec::new();
     for k in 1..=21u64 {
         let end = k * 50 * MS;
         let seen: Vec<u64> = steps
@@ -98,24 +116,8 @@ fn an_answer_keeps_the_conveyors_prefill_date_when_the_step_count_jumps_a_gap() 
         let obs: Vec<Observation> = scripts.iter().filter_map(|s| s.at(end)).collect();
         apply_50ms(&mut l, k, Some(1_000), &obs);
         check_books(&l);
-        if k == 21 {
-            // The answer ended in this tick: where its prefill is now held.
-            let per_tick = sum_per_tick(&l, 3, |i| f64::from(i.prefill));
-            prefill_ends = ends_of_ticks_with_prefill(&l, 3);
-            let total: f64 = per_tick.iter().sum::<f64>()
-                + l.slots[l.index[&3] as usize]
-                    .as_ref()
-                    .map_or(0.0, |r| r.settled_work[0]);
-            assert!((total - 2_000.0).abs() < 1.0, "prefill {total}");
-        }
     }
-    // Its prefill runs to the tick ending at 500 ms, the conveyor's date (the count's would stop
-    // at 400 ms and leave the ticks after it without work).
-    assert_eq!(prefill_ends.last(), Some(&(500 * MS)), "{prefill_ends:?}");
-    assert!(
-        prefill_ends.first() >= Some(&(350 * MS)),
-        "{prefill_ends:?}"
-    );
+    l
 }
 
 /// Before any stream has shown the engine's steps (a run's first answers), counting an answer's
@@ -167,51 +169,9 @@ fn an_answer_no_stream_has_dated_keeps_the_conveyors_prefill() {
 /// spread from the earlier of the two prefill starts to it.
 #[test]
 fn an_answer_counted_over_unseen_steps_decodes_from_the_conveyors_first_token() {
-    let mut l = Ledger::new(LedgerConfig {
-        settle_ticks: 40,
-        calibration: CalibrationConfig {
-            fixed: true,
-            ..unit_weights()
-        },
-        ..cfg()
-    })
-    .expect("config");
-    let a = stream(1, 0, 100, 20 * MS, 38, 10 * MS);
-    let b = stream(2, 990 * MS, 1, 1_000 * MS, 2, 10 * MS);
-    let hidden = invisible(
-        3,
-        300 * MS,
-        2_000,
-        vec![500 * MS, 760 * MS, 1_020 * MS],
-        Some((1_020 * MS, Outcome::Ok)),
-    );
-    let keeper = invisible(
-        4,
-        250 * MS,
-        1,
-        vec![1_400 * MS],
-        Some((1_500 * MS, Outcome::Ok)),
-    );
-    let steps: Vec<u64> = a.tokens.iter().chain(&b.tokens).copied().collect();
-    let scripts = [a, b, hidden, keeper];
-    let mut decode = Vec::new();
-    let mut first = 0;
-    for k in 1..=21u64 {
-        let end = k * 50 * MS;
-        let seen: Vec<u64> = steps
-            .iter()
-            .copied()
-            .filter(|&t| t <= end && t > end - 50 * MS)
-            .collect();
-        l.note_steps(&seen);
-        let obs: Vec<Observation> = scripts.iter().filter_map(|s| s.at(end)).collect();
-        apply_50ms(&mut l, k, Some(1_000), &obs);
-        check_books(&l);
-        if k == 21 {
-            decode = sum_per_tick(&l, 3, |i| f64::from(i.decode));
-            first = l.window.front().map_or(0, |t| t.end_ns);
-        }
-    }
+    let l = gap_after_its_end();
+    let decode = sum_per_tick(&l, 3, |i| f64::from(i.decode));
+    let first = l.window.front().map_or(0, |t| t.end_ns);
     let ends = |pred: &dyn Fn(u64) -> bool| -> f64 {
         decode
             .iter()
