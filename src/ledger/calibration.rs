@@ -153,7 +153,12 @@ impl TickWork {
 /// 8.5 / 38.7 % (median / p95); real time, figures read, 8B 4.5 / 27.4 -> 4.3 / 25.9 %, 70B 4.5 /
 /// 23.2 -> 3.7 / 20.5 %, context-bound 9.0 / 31.6 -> 9.2 / 33.0 % (one run each). Allowing 2 as
 /// well made it worse (10.4 / 38.1 % default seed, against 9.8 / 35.0): with decode and context
-/// moving together, a larger β is the context's energy taken, not found.
+/// moving together, a larger β is the context's energy taken, not found. The ratios compete on
+/// the squared error of their best fits alone: with the prior's cost included, the ratio whose α
+/// lay nearest the default α won while the prior still weighed much, 1 : 1 in the context-bound
+/// model's fits where its engine has 1 : 2 (stop 28, four seeds: records 8.7 / 31.7 -> 8.5 /
+/// 31.1 %, responses 8.3 / 37.8 -> 8.2 / 37.4 %; eight seeds 9.0 / 33.5 -> 8.8 / 32.8 and 8.5 /
+/// 37.1 -> 8.4 / 36.8 %; real time within noise).
 pub const KAPPA_STEPS: [f64; 3] = [0.25, 0.5, 1.0];
 
 /// How many samples (blocks) of data the defaults weigh as, in the fit. Accuracy bench, four
@@ -334,6 +339,7 @@ impl Calibrator {
         for kappa in KAPPA_STEPS.map(|f| f * kappa) {
             let s = &tie_decode_to_prefill(&untied, kappa);
             let s_raw = &tie_decode_to_prefill(&raw_sums, kappa);
+            let mut kbest: Option<([f64; K], u32, f64, bool, f64)> = None;
             for mask in 1u32..(1 << K) {
                 if mask & (1 << 2) != 0 {
                     // The decode column is folded into the prefill one (β = κ·α).
@@ -363,7 +369,12 @@ impl Calibrator {
                 if let (Some(st), false) = (static_w, joint_mask) {
                     c[0] = st;
                 }
-                if best.as_ref().map_or(true, |b| sse < b.2) {
+                if kbest.as_ref().map_or(true, |b| sse < b.2) {
+                    kbest = Some((c, mask, sse, joint_mask, raw));
+                }
+            }
+            if let Some((c, mask, sse, joint_mask, raw)) = kbest {
+                if raw < best_raw_sse {
                     best = Some((c, mask, sse, joint_mask));
                     best_raw_sse = raw;
                     best_kappa = kappa;
