@@ -358,6 +358,8 @@ async fn the_flags_make_the_difference() {
 
 #[path = "mock_upstream/behaviour.rs"]
 mod behaviour;
+#[path = "mock_upstream/engine.rs"]
+mod engine;
 
 /// Kills the child process when dropped, even if the test fails.
 struct KillOnDrop(std::process::Child);
