@@ -67,6 +67,27 @@ pub(super) struct PriceEntry {
 }
 
 impl PriceEntry {
+    /// Adds an item's `energy` and `active` energy (its share of a tick), divided among its kinds
+    /// of work in proportion to their marginal energy at `weights`; `m` is the item's marginal
+    /// energy (nothing is added when it is not positive).
+    pub(super) fn add_item(
+        &mut self,
+        item: &Item,
+        weights: (f64, f64, f64),
+        m: f64,
+        (energy, active): (f64, f64),
+    ) {
+        if m <= 0.0 {
+            return;
+        }
+        let t = item.tokens();
+        let parts = [weights.0 * t[0], weights.1 * t[1], weights.2 * t[2]];
+        for (kind, part) in parts.iter().enumerate() {
+            self.energy[kind] += energy * part / m;
+            self.active[kind] += active * part / m;
+        }
+    }
+
     pub(super) fn add(&mut self, o: &PriceEntry, sign: f64) {
         for k in 0..3 {
             self.energy[k] = (self.energy[k] + sign * o.energy[k]).max(0.0);

@@ -32,22 +32,11 @@ impl Ledger {
         };
         let mut priced = PriceEntry::default();
         for ((item, w), &m) in tick.items.iter().zip(&self.weights).zip(&self.marginal) {
-            let parts = [
-                weights.0 * f64::from(item.prefill),
-                weights.1 * f64::from(item.decode),
-                weights.2 * f64::from(item.context),
-            ];
-            priced.tokens[0] += f64::from(item.prefill);
-            priced.tokens[1] += f64::from(item.decode);
-            priced.tokens[2] += f64::from(item.context);
-            if m <= 0.0 {
-                continue;
+            for (t, n) in priced.tokens.iter_mut().zip(item.tokens()) {
+                *t += n;
             }
             let share = rest * w / total;
-            for (kind, part) in parts.iter().enumerate() {
-                priced.energy[kind] += share * part / m;
-                priced.active[kind] += share * active_ratio * part / m;
-            }
+            priced.add_item(item, weights, m, (share, share * active_ratio));
         }
         Some(priced)
     }
@@ -141,9 +130,9 @@ impl Ledger {
                 if item.provisional {
                     provisional += m;
                 }
-                tokens[0] += f64::from(item.prefill);
-                tokens[1] += f64::from(item.decode);
-                tokens[2] += f64::from(item.context);
+                for (t, n) in tokens.iter_mut().zip(item.tokens()) {
+                    *t += n;
+                }
                 if let Some(req) = self
                     .slots
                     .get_mut(item.slot as usize)

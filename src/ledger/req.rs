@@ -60,7 +60,7 @@ impl Req {
 
     /// Counts `item`'s work as settled (`frozen`: it was frozen before, and counted there).
     pub(super) fn settle_work(&mut self, item: &Item, frozen: bool) {
-        let work = [item.prefill, item.decode, item.context].map(f64::from);
+        let work = item.tokens();
         for ((s, f), w) in self
             .settled_work
             .iter_mut()
@@ -81,8 +81,7 @@ impl Req {
 
     /// Counts `item`'s work as frozen: final in its place, its energy still to be split.
     pub(super) fn freeze_work(&mut self, item: &Item) {
-        let work = [item.prefill, item.decode, item.context].map(f64::from);
-        for (f, w) in self.frozen_work.iter_mut().zip(work) {
+        for (f, w) in self.frozen_work.iter_mut().zip(item.tokens()) {
             *f += w;
         }
     }

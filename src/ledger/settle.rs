@@ -186,17 +186,7 @@ impl Ledger {
             };
             // Rounded (x + 0.5, non-negative): a figure, not part of the exact books.
             let active = ((sf * active_ratio + 0.5) as u64).min(share);
-            if m > 0.0 {
-                let parts = [
-                    weights.0 * f64::from(item.prefill),
-                    weights.1 * f64::from(item.decode),
-                    weights.2 * f64::from(item.context),
-                ];
-                for (kind, part) in parts.iter().enumerate() {
-                    priced.energy[kind] += sf * part / m;
-                    priced.active[kind] += active as f64 * part / m;
-                }
-            }
+            priced.add_item(item, weights, m, (sf, active as f64));
             req.settle_work(item, frozen);
             let en = &mut req.energy;
             en.energy_uj = en.energy_uj.saturating_add(share);

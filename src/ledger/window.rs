@@ -40,6 +40,11 @@ impl Item {
             + gamma * f64::from(self.context)
     }
 
+    /// Its prompt, decode and context tokens.
+    pub fn tokens(&self) -> [f64; 3] {
+        [self.prefill, self.decode, self.context].map(f64::from)
+    }
+
     /// Work of `slot` with no tokens yet, placed nowhere.
     pub fn empty(slot: u32) -> Item {
         Item {

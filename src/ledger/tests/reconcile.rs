@@ -15,6 +15,20 @@ fn ends_of_ticks_with_prefill(l: &Ledger, id: u64) -> Vec<u64> {
         .collect()
 }
 
+/// A ledger holding ticks up to 40 (2 s) for late work, splitting at fixed unit weights (a
+/// prompt token and a decode token alike), so that a test can count where work went.
+fn held_for_40_ticks_at_unit_weights() -> Ledger {
+    Ledger::new(LedgerConfig {
+        settle_ticks: 40,
+        calibration: CalibrationConfig {
+            fixed: true,
+            ..unit_weights()
+        },
+        ..cfg()
+    })
+    .expect("config")
+}
+
 #[test]
 fn invisible_requests_are_reconciled_with_their_true_counts() {
     let mut l = Ledger::new(LedgerConfig {
@@ -78,15 +92,7 @@ fn an_answer_keeps_the_conveyors_prefill_date_when_the_step_count_jumps_a_gap() 
 /// 300 ms (200 ms at the default 10,000 tokens/s), three tokens, the last at 1,020 ms; a
 /// one-token answer in flight from 250 ms to past the end keeps the ticks held.
 fn gap_after_its_end() -> Ledger {
-    let mut l = Ledger::new(LedgerConfig {
-        settle_ticks: 40,
-        calibration: CalibrationConfig {
-            fixed: true,
-            ..unit_weights()
-        },
-        ..cfg()
-    })
-    .expect("config");
+    let mut l = held_for_40_ticks_at_unit_weights();
     let a = stream(1, 0, 100, 20 * MS, 38, 10 * MS);
     let b = stream(2, 990 * MS, 1, 1_000 * MS, 2, 10 * MS);
     let hidden = invisible(
@@ -126,15 +132,7 @@ fn gap_after_its_end() -> Ledger {
 /// ticks the engine prefilled it in with no work and their energy unattributed.
 #[test]
 fn an_answer_no_stream_has_dated_keeps_the_conveyors_prefill() {
-    let mut l = Ledger::new(LedgerConfig {
-        settle_ticks: 40,
-        calibration: CalibrationConfig {
-            fixed: true,
-            ..unit_weights()
-        },
-        ..cfg()
-    })
-    .expect("config");
+    let mut l = held_for_40_ticks_at_unit_weights();
     // 2,000 prompt tokens from 0 ms (200 ms at the default 10,000 tokens/s), three tokens, the
     // last at 1,020 ms; a one-token answer keeps the ticks held past its end.
     let hidden = invisible(
