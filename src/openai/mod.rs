@@ -25,6 +25,8 @@ mod fixture_tests;
 #[cfg(test)]
 mod metrics_fixture_tests;
 #[cfg(test)]
+mod odd_stream_tests;
+#[cfg(test)]
 mod request_tests;
 
 pub use inject::{plan_injection, InjectionPlan, StripPolicy};
