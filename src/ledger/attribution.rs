@@ -346,6 +346,7 @@ impl Ledger {
             };
         }
         self.serve_prefill_queue(start_ns, end_ns);
+        self.place_tick_prefills();
         self.learn_tick_decode_rate(end_ns - start_ns);
         if self.observed.len() != self.index.len() {
             finalized += self.finish_vanished(seq);

@@ -19,9 +19,14 @@ impl Ledger {
             return;
         }
         let counted = self.true_work_span(p, choices);
-        let span = self
+        let mut span = self
             .conveyors_span_where_steps_went_unseen(slot, p, counted)
             .unwrap_or(counted);
+        // Not before the engine could have got to it on the prefill conveyor (see
+        // `Ledger::prefill_start_on_the_line`).
+        if let Some(start) = self.prefill_start_on_the_line(slot, span.1) {
+            span.0 = span.0.max(start);
+        }
         let keep_prefill = self.no_steps_seen_over_it(slot, p)
             || self.conveyor_dated_it_later(slot, p, choices, span.1);
         let kept = self.reconcile_estimate(slot, p, keep_prefill);

@@ -99,7 +99,10 @@ impl Ledger {
     pub(super) fn place_prefill(&mut self, slot: u32, p: &ProgressSnapshot, first_token_ns: u64) {
         let pd = self.prefill_duration_ns(p);
         let lower = Self::work_start_ns(p).min(first_token_ns);
-        let from = first_token_ns.saturating_sub(pd).max(lower);
+        let mut from = first_token_ns.saturating_sub(pd).max(lower);
+        if let Some(start) = self.prefill_start_on_the_line(slot, first_token_ns) {
+            from = from.max(start);
+        }
         let item = Item {
             prefill: p.prompt_tokens as f32,
             ..Item::empty(slot)
@@ -220,7 +223,8 @@ impl Ledger {
                 .is_some_and(|r| r.waited_for_prompt);
             if p.prompt_exact || waited {
                 self.learn_prefill_rate(p);
-                self.place_prefill(slot, p, p.first_token_ns);
+                // Placed once the conveyor has every first token of the tick.
+                self.queue_events.prefills.push((slot, *p));
             }
             if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
                 req.prefill_placed = p.prompt_exact || waited;

@@ -356,3 +356,48 @@ fn a_provisional_split_is_made_again_when_its_work_changed() {
     }
     assert!(checked >= 3, "{checked} ticks split");
 }
+
+#[test]
+fn back_to_back_prompts_share_the_time_between_their_first_tokens() {
+    // Eight streams of 2,000-token prompts arrive together; the engine prefills them one after
+    // another at 20,000 tokens/s, a first token every 100 ms. The ledger's prefill rate (10,000
+    // tokens/s to start, learned from `prompt / time to first token`, which counts the wait)
+    // stays far below that, so each prompt spread over `prompt / rate` before its first token
+    // overlapped the one before it by more than half. On the conveyor's line (its throughput
+    // measured between first tokens), the last one runs after its predecessor's first token,
+    // or nearly.
+    let mut l = Ledger::new(LedgerConfig {
+        settle_ticks: 20,
+        ..cfg()
+    })
+    .expect("config");
+    let scripts: Vec<Script> = (0..8)
+        .map(|i| stream(i + 1, i * MS, 2_000, (i + 1) * 100 * MS, 1, MS))
+        .collect();
+    // Keeps every tick held for inspection (see `work_per_tick`).
+    let hold = invisible(99, 0, 10, Vec::new(), None);
+    for k in 1..=17 {
+        let obs: Vec<Observation> = scripts
+            .iter()
+            .chain([&hold])
+            .filter_map(|s| s.at(k * 50 * MS))
+            .collect();
+        apply_50ms(&mut l, k, Some(1_000), &obs);
+        check_books(&l);
+    }
+    let last = sum_per_tick(&l, 8, |i| i.prefill);
+    let near = |x: f32, y: f32| (x - y).abs() < 1.0;
+    assert!(near(last.iter().sum(), 2_000.0), "{last:?}");
+    // Its first token came at the end of tick 16 (800 ms), its predecessor's at the end of 14.
+    let before_predecessor: f32 = last[..14].iter().sum();
+    assert!(before_predecessor < 300.0, "{last:?}");
+    // Every prompt is still placed whole, before its own first token.
+    for id in 1..=8u64 {
+        let p = sum_per_tick(&l, id, |i| i.prefill);
+        assert!(near(p.iter().sum(), 2_000.0), "{id}: {p:?}");
+        assert!(
+            p[2 * id as usize..].iter().all(|&x| x == 0.0),
+            "{id}: {p:?}"
+        );
+    }
+}
