@@ -26,12 +26,19 @@
 //! must hold the proxy's memory (sampled each second) while the mock could send far more. They
 //! are dropped (aborted) before the books are checked.
 //!
+//! The load (the mix and its workers) is in `soak/load.rs`, the two processes and their samples
+//! in `soak/procs.rs`.
+//!
 //! Run: `cargo build --release && nice -n 10 cargo run --release --example soak --
 //! [--requests 1000000] [--concurrency 64] [--slow-readers 256] [--json]`.
 
+#[path = "soak/load.rs"]
+mod load;
+#[path = "soak/procs.rs"]
+mod procs;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,13 +46,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Parser;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::client::conn::http1::SendRequest;
+use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::task::JoinHandle;
+
+use load::{worker, Counts};
+use procs::{print_table, rss_fds, Proc, Sample};
 
 /// Options of the soak run.
 #[derive(Parser, Debug)]
@@ -74,213 +82,6 @@ struct Args {
     /// Print one JSON object instead of tables.
     #[arg(long)]
     json: bool,
-}
-
-/// What one request in the mix is.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    ChatJson,
-    CompletionJson,
-    StreamUsage,
-    StreamPlain,
-    Abort,
-}
-
-impl Kind {
-    /// The fixed mix of twenty.
-    fn of(i: u64) -> Kind {
-        match i % 20 {
-            0..=8 if i % 2 == 0 => Kind::ChatJson,
-            0..=8 => Kind::CompletionJson,
-            9..=12 => Kind::StreamUsage,
-            13..=17 => Kind::StreamPlain,
-            _ => Kind::Abort,
-        }
-    }
-
-    fn request(self) -> (&'static str, &'static [u8]) {
-        const CHAT: &str = "/v1/chat/completions";
-        const COMPLETIONS: &str = "/v1/completions";
-        match self {
-            Kind::ChatJson => (CHAT, br#"{"model":"tiny","messages":[{"role":"user","content":"soak"}],"max_tokens":8}"#),
-            Kind::CompletionJson => (COMPLETIONS, br#"{"model":"tiny","prompt":"soak","max_tokens":8}"#),
-            Kind::StreamUsage => (CHAT, br#"{"model":"tiny","messages":[{"role":"user","content":"soak"}],"max_tokens":8,"stream":true,"stream_options":{"include_usage":true}}"#),
-            Kind::StreamPlain => (COMPLETIONS, br#"{"model":"tiny","prompt":"soak","max_tokens":8,"stream":true}"#),
-            Kind::Abort => (CHAT, br#"{"model":"tiny","messages":[{"role":"user","content":"soak"}],"max_tokens":8,"stream":true}"#),
-        }
-    }
-}
-
-/// Counts shared by the workers.
-#[derive(Default)]
-struct Counts {
-    done: AtomicU64,
-    answered: AtomicU64,
-    aborted: AtomicU64,
-    failed: AtomicU64,
-}
-
-/// One sample of both processes.
-#[derive(Clone, Copy, Debug)]
-struct Sample {
-    t_s: f64,
-    done: u64,
-    proxy_rss_kib: u64,
-    proxy_fds: u64,
-    mock_rss_kib: u64,
-    mock_fds: u64,
-}
-
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    /// Starts `bin args…` and reads the `listening NAME=ADDR` lines it prints for `names`.
-    fn start(
-        bin: &PathBuf,
-        args: &[&str],
-        log: &str,
-        names: &[&str],
-    ) -> Result<(Proc, Vec<SocketAddr>)> {
-        use std::io::BufRead;
-        let log = std::fs::File::create(std::env::temp_dir().join(log))?;
-        let mut child = Command::new(bin)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {} (cargo build --release first)", bin.display()))?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let proc = Proc(child);
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        let mut addrs = Vec::new();
-        for name in names {
-            let prefix = format!("listening {name}=");
-            let addr = loop {
-                let line = lines.next().context("process ended before listening")??;
-                if let Some(a) = line.strip_prefix(&prefix) {
-                    break a.trim().parse::<SocketAddr>()?;
-                }
-            };
-            addrs.push(addr);
-        }
-        Ok((proc, addrs))
-    }
-
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-/// `VmRSS` of a process, KiB, and how many descriptors it has open.
-fn rss_fds(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64);
-    (rss, fds)
-}
-
-async fn connect(addr: SocketAddr) -> Result<(SendRequest<Full<Bytes>>, JoinHandle<()>)> {
-    let tcp = TcpStream::connect(addr).await?;
-    tcp.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    let task = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok((sender, task))
-}
-
-/// Sends one request of `kind` on `conn` (opening it if needed); an abort closes it.
-async fn one(
-    addr: SocketAddr,
-    conn: &mut Option<(SendRequest<Full<Bytes>>, JoinHandle<()>)>,
-    kind: Kind,
-) -> Result<()> {
-    if conn.as_ref().map_or(true, |(s, _)| s.is_closed()) {
-        *conn = Some(connect(addr).await?);
-    }
-    let Some((sender, _)) = conn.as_mut() else {
-        bail!("no connection");
-    };
-    sender.ready().await?;
-    let (path, body) = kind.request();
-    let mut req = http::Request::post(path)
-        .header("host", "soak")
-        .header("content-type", "application/json");
-    if kind == Kind::Abort {
-        req = req.header("x-mock-fault", "stall-after=2");
-    }
-    let resp = sender
-        .send_request(req.body(Full::new(Bytes::from_static(body)))?)
-        .await?;
-    if resp.status() != 200 {
-        bail!("status {}", resp.status());
-    }
-    match kind {
-        Kind::ChatJson | Kind::CompletionJson => {
-            if !resp.headers().contains_key("x-energy-status") {
-                bail!("no x-energy-status");
-            }
-            resp.into_body().collect().await?;
-        }
-        Kind::StreamUsage | Kind::StreamPlain => {
-            let all = resp.into_body().collect().await?.to_bytes();
-            if !all.ends_with(b"data: [DONE]\n\n") {
-                bail!("stream without [DONE]");
-            }
-        }
-        Kind::Abort => {
-            let mut body = resp.into_body();
-            let mut seen = Vec::new();
-            while !seen.windows(9).any(|w| w == b"\"content\"") {
-                let frame = body
-                    .frame()
-                    .await
-                    .context("stream ended before a token")??;
-                seen.extend_from_slice(frame.data_ref().map_or(&[][..], |d| &d[..]));
-            }
-            // Dropping the connection is the abort.
-            if let Some((_, task)) = conn.take() {
-                task.abort();
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn worker(addr: SocketAddr, next: Arc<AtomicU64>, total: u64, counts: Arc<Counts>) {
-    let mut conn = None;
-    loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        if i >= total {
-            return;
-        }
-        let kind = Kind::of(i);
-        match one(addr, &mut conn, kind).await {
-            Ok(()) if kind == Kind::Abort => counts.aborted.fetch_add(1, Ordering::Relaxed),
-            Ok(()) => counts.answered.fetch_add(1, Ordering::Relaxed),
-            Err(e) => {
-                if counts.failed.fetch_add(1, Ordering::Relaxed) < 5 {
-                    eprintln!("request {i} failed: {e:#}");
-                }
-                conn = None;
-                0
-            }
-        };
-        counts.done.fetch_add(1, Ordering::Relaxed);
-    }
 }
 
 /// GET `path` from the admin listener, as JSON.
@@ -373,19 +174,6 @@ async fn slow_readers(args: &Args, proxy: SocketAddr, pid: u32) -> Result<Slow> 
         after: rss_fds(pid).0,
         read,
     })
-}
-
-fn print_table(samples: &[Sample]) {
-    println!(
-        "{:>7} {:>9} {:>11} {:>9} {:>10} {:>8}",
-        "t_s", "done", "proxy_KiB", "proxy_fd", "mock_KiB", "mock_fd"
-    );
-    for s in samples {
-        println!(
-            "{:>7.1} {:>9} {:>11} {:>9} {:>10} {:>8}",
-            s.t_s, s.done, s.proxy_rss_kib, s.proxy_fds, s.mock_rss_kib, s.mock_fds
-        );
-    }
 }
 
 #[tokio::main]

@@ -3,17 +3,24 @@
 //! `/metrics`, `/stats`, `/requests` and the response headers agree; auth on and off; bounded
 //! labels; the request log written and rotated; `/readyz`; in-flight requests.
 //! Nothing here decides pass/fail on time: waits poll a condition under a hang guard.
+//!
+//! - here: `/metrics`, `/stats`, `/requests` and the headers agree; bounded labels.
+//! - `access`: auth on and off, errors in the OpenAI shape, `/healthz` and `/readyz`.
+//! - `records`: the request log written and rotated; in-flight requests.
+//! - `exposition`: the `/metrics` readers; `support`: the upstream, requests and waits.
 
+#[path = "admin/access.rs"]
+mod access;
 mod common;
 #[path = "admin/exposition.rs"]
 mod exposition;
+#[path = "admin/records.rs"]
+mod records;
 #[path = "admin/support.rs"]
 mod support;
 
 use common::*;
 use exposition::{close, sum};
-use http_body_util::BodyExt;
-use serde_json::Value;
 use support::*;
 
 #[tokio::test]
@@ -239,111 +246,6 @@ async fn metrics_stats_requests_and_headers_agree() {
 }
 
 #[tokio::test]
-async fn auth_errors_and_health() {
-    let upstream = vllm().await;
-    let proxy = TestProxy::start_with(upstream.addr, |a| {
-        with_sim(a);
-        a.admin_token = Some("t0ken-of-admin".into());
-        a.metrics_per_tag = Some(false);
-    })
-    .await;
-    first_tick(proxy.admin, Some("t0ken-of-admin")).await;
-    let got = chat(proxy.addr, Some("hidden-tag"), None).await;
-    let id = header(&got, "x-energy-request-id");
-    for token in [None, Some("wrong"), Some("t0ken-of-admi")] {
-        let got = admin_get(proxy.admin, "/stats", token).await;
-        assert_eq!(got.status, 401);
-        assert_eq!(header(&got, "www-authenticate"), "Bearer");
-        let e: Value = serde_json::from_slice(&got.body).expect("error JSON");
-        assert_eq!(e["error"]["code"], 401);
-        assert!(e["error"]["message"].is_string() && e["error"]["type"].is_string());
-    }
-    for path in ["/stats", "/requests", "/metrics"] {
-        assert_eq!(
-            admin_get(proxy.admin, path, Some("t0ken-of-admin"))
-                .await
-                .status,
-            200,
-            "{path}"
-        );
-    }
-    guard("the tagged request to be retired", async {
-        loop {
-            let got = admin_get(
-                proxy.admin,
-                &format!("/requests/{id}"),
-                Some("t0ken-of-admin"),
-            )
-            .await;
-            let v: Value = serde_json::from_slice(&got.body).expect("JSON");
-            if v.get("state").is_none() && got.status == 200 {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    let m = metrics(proxy.admin, Some("t0ken-of-admin")).await;
-    assert_eq!(sum(&m, "joulegate_requests_total", &[]), 1.0);
-    assert!(
-        m.iter().all(|s| !s.0.starts_with("joulegate_tag_")),
-        "per-tag series off when metrics_per_tag = false"
-    );
-    assert_eq!(sum(&m, "joulegate_energy_available", &[]), 1.0);
-    let stats = admin_get(proxy.admin, "/stats", Some("t0ken-of-admin")).await;
-    assert!(
-        !String::from_utf8_lossy(&stats.body).contains("t0ken-of-admin"),
-        "the token is never shown"
-    );
-    // Liveness stays open; readiness (it names upstream errors) is protected.
-    assert_eq!(admin_get(proxy.admin, "/healthz", None).await.status, 200);
-    assert_eq!(admin_get(proxy.admin, "/readyz", None).await.status, 401);
-    let ready = admin_get(proxy.admin, "/readyz", Some("t0ken-of-admin")).await;
-    assert_eq!(ready.status, 200);
-    let r: Value = serde_json::from_slice(&ready.body).expect("JSON");
-    assert_eq!(
-        (r["ready"].as_bool(), r["meters"].as_str()),
-        (Some(true), Some("initialised"))
-    );
-    // Errors in the OpenAI shape.
-    let t = Some("t0ken-of-admin");
-    for (path, status) in [
-        ("/nope", 404),
-        ("/requests/jg-zz", 400),
-        ("/requests/jg-00000000000000ff", 404),
-        ("/requests?limit=x", 400),
-    ] {
-        let got = admin_get(proxy.admin, path, t).await;
-        assert_eq!(got.status, status, "{path}");
-        let e: Value = serde_json::from_slice(&got.body).expect("error JSON");
-        assert_eq!(e["error"]["code"], status);
-    }
-    let post = send(
-        proxy.admin,
-        request("POST", proxy.admin, "/stats", &[], b""),
-    )
-    .await;
-    assert_eq!(post.status, 405);
-}
-
-#[tokio::test]
-async fn readyz_fails_fast_when_the_upstream_is_down() {
-    let gone = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = gone.local_addr().expect("addr");
-    drop(gone);
-    let proxy = TestProxy::start(addr).await;
-    let got = admin_get(proxy.admin, "/readyz", None).await;
-    assert_eq!(got.status, 503);
-    let r: Value = serde_json::from_slice(&got.body).expect("JSON");
-    assert_eq!(r["ready"], false);
-    assert_ne!(r["upstream"], "ok");
-    // No meter at all does not block readiness by itself.
-    assert_eq!(r["meters"], "unavailable");
-}
-
-#[tokio::test]
 async fn extra_tags_and_keys_fold_into_other() {
     let upstream = vllm().await;
     let proxy = TestProxy::start_with(upstream.addr, |a| {
@@ -393,125 +295,4 @@ async fn extra_tags_and_keys_fold_into_other() {
         ),
         3.0
     );
-}
-
-#[tokio::test]
-async fn request_log_lines_are_written_and_rotated() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("requests.jsonl");
-    let upstream = vllm().await;
-    let log = path.clone();
-    let proxy = TestProxy::start_with(upstream.addr, move |a| {
-        with_sim(a);
-        a.request_log = Some(log);
-        // Smaller than one line: every line starts a new file.
-        a.request_log_max_bytes = Some(100);
-        a.request_log_files = Some(2);
-    })
-    .await;
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        let got = chat(proxy.addr, Some("logged"), None).await;
-        ids.push(header(&got, "x-energy-request-id"));
-    }
-    let stats = guard("the log lines", async {
-        loop {
-            let s = admin_json(proxy.admin, "/stats").await;
-            if s["request_log"]["written"] == 3 {
-                return s;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    assert_eq!(stats["request_log"]["rotations"], 2);
-    assert_eq!(stats["records"]["not_logged"], 0);
-    let mut logged = Vec::new();
-    for p in [
-        joulegate::request_log::rotated(&path, 2),
-        joulegate::request_log::rotated(&path, 1),
-        path.clone(),
-    ] {
-        let text = std::fs::read_to_string(&p).expect("log file");
-        let lines: Vec<Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("JSON line"))
-            .collect();
-        assert_eq!(lines.len(), 1, "{}", p.display());
-        logged.extend(lines);
-    }
-    assert!(!joulegate::request_log::rotated(&path, 3).exists());
-    // Lines come in retirement order (requests settled by one tick retire in any order).
-    let mut logged_ids: Vec<&str> = logged.iter().filter_map(|l| l["id"].as_str()).collect();
-    logged_ids.sort_unstable();
-    assert_eq!(logged_ids, ids);
-    for line in &logged {
-        // The log line is the record `/requests/{id}` serves.
-        let id = line["id"].as_str().expect("id");
-        assert_eq!(line, &finished(proxy.admin, id).await);
-    }
-    let m = metrics(proxy.admin, None).await;
-    assert_eq!(sum(&m, "joulegate_request_log_lines_total", &[]), 3.0);
-}
-
-#[tokio::test]
-async fn in_flight_requests_show_their_energy_so_far() {
-    let stream = fixtures("vllm-0.32")
-        .into_iter()
-        .find(|f| f.name == "chat-stream-usage-continuous")
-        .expect("fixture");
-    let cut = stream.body.len() / 2;
-    let (first, rest) = (stream.body[..cut].to_vec(), stream.body[cut..].to_vec());
-    let upstream = ScriptedUpstream::start(move |_| {
-        Reply::chunked(
-            200,
-            &[("content-type", "text/event-stream; charset=utf-8")],
-            vec![
-                Step::Write(first.clone()),
-                Step::Gate,
-                Step::Write(rest.clone()),
-            ],
-        )
-    })
-    .await;
-    let proxy = TestProxy::start_with(upstream.addr, with_sim).await;
-    let body = serde_json::to_vec(&stream.request_body).expect("body");
-    let mut sender = h1(proxy.addr).await;
-    let response = guard(
-        "head",
-        sender.send_request(request(
-            "POST",
-            proxy.addr,
-            "/v1/chat/completions",
-            &[("x-energy-tag", "live")],
-            &body,
-        )),
-    )
-    .await
-    .expect("response");
-    let id = header(
-        &Got {
-            status: response.status(),
-            headers: response.headers().clone(),
-            body: Vec::new(),
-            trailers: None,
-        },
-        "x-energy-request-id",
-    );
-    let live = admin_json(proxy.admin, &format!("/requests/{id}")).await;
-    assert_eq!(live["state"], "in_flight");
-    assert_eq!(live["tag"], "live");
-    assert!(live["energy_joules"].is_number());
-    let list = admin_json(proxy.admin, "/requests?tag=live").await;
-    assert_eq!(list["in_flight"][0]["id"], id.as_str());
-    assert_eq!(list["in_flight_total"], 1);
-    let m = metrics(proxy.admin, None).await;
-    assert_eq!(sum(&m, "joulegate_requests_in_flight", &[]), 1.0);
-    upstream.open_gate();
-    guard("body", response.into_body().collect())
-        .await
-        .expect("body");
-    let r = finished(proxy.admin, &id).await;
-    assert_eq!(r["stream"], true);
-    assert_eq!(r["tag"], "live");
 }

@@ -8,6 +8,9 @@
 //! wrapper, for the request's settled signal (bounded): the final usage chunk (from where its
 //! `energy` value belongs, with everything after it) and the trailers. Every other frame flows at
 //! once; while a part waits, the upstream is not read (backpressure as usual).
+//!
+//! A frame's way through the observer and the parts held for settled figures are in `frame`;
+//! joining the frames that are ready at once into one client write is in `gather`.
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
@@ -20,8 +23,10 @@ use http::HeaderMap;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use pin_project_lite::pin_project;
 
+mod frame;
 mod gather;
-use gather::{gather, step_aside, yield_once, Held, MAX_EMPTY_STEPS};
+use frame::{hold_energy_part, process, AfterSettle, Settling};
+use gather::{gather, step_aside, yield_once, Held, Stashed, MAX_EMPTY_STEPS};
 
 use super::energy::{energy_headers, energy_json, Carbon};
 use super::idle::IdleBody;
@@ -32,7 +37,7 @@ use super::settle::{figures_after, should_wait, wait, SettleWait};
 use super::BoxError;
 use crate::clock::Clock;
 use crate::observe::{Endpoint, EnergyNow, InFlightGuard, Outcome, RequestProgress};
-use crate::openai::observer::{EnergySplit, StreamObserver};
+use crate::openai::observer::StreamObserver;
 use crate::openai::usage::{MetricsField, UsageTail};
 
 /// What the relay needs to close a request's accounts.
@@ -102,37 +107,6 @@ impl RequestEnd {
             }
         }
         ours
-    }
-}
-
-/// A response part waiting for settled figures.
-struct Settling {
-    wait: SettleWait,
-    then: AfterSettle,
-}
-
-/// What goes out once the wait ends.
-enum AfterSettle {
-    /// The final usage chunk up to where its `energy` value belongs, and from there on with what
-    /// followed it.
-    UsageChunk(Bytes, Bytes),
-    /// The trailers, built from the request's `end` (taken at the end of stream) and the
-    /// upstream's own trailers.
-    Trailers(Box<RequestEnd>, Option<HeaderMap>),
-}
-
-impl std::fmt::Debug for Settling {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.then {
-            AfterSettle::UsageChunk(head, rest) => {
-                write!(
-                    f,
-                    "Settling(usage chunk, {} bytes)",
-                    head.len() + rest.len()
-                )
-            }
-            AfterSettle::Trailers(..) => f.write_str("Settling(trailers)"),
-        }
     }
 }
 
@@ -418,101 +392,4 @@ impl Body for RelayBody {
             _ => self.inner.size_hint(),
         }
     }
-}
-
-/// What a coalescing read found after the data it returned: handled on the next poll.
-enum Stashed {
-    End,
-    Error(BoxError),
-}
-
-impl std::fmt::Debug for Stashed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Stashed::End => f.write_str("End"),
-            Stashed::Error(e) => write!(f, "Error({e})"),
-        }
-    }
-}
-
-/// One data frame through the observer (when there is one) and the usage tail reader. With
-/// deferred energy (settled mode), also where in the output the `energy` value belongs.
-fn process(
-    observer: &mut Option<StreamObserver>,
-    end: &Option<RequestEnd>,
-    usage_tail: &mut Option<(Endpoint, UsageTail)>,
-    data: Bytes,
-) -> (Bytes, Option<EnergySplit>) {
-    let (out, split) = match (observer.as_mut(), end.as_ref()) {
-        (Some(observer), Some(end)) => {
-            let out = feed(observer, end, data);
-            (out, observer.take_energy_split())
-        }
-        _ => (data, None),
-    };
-    if let Some((_, tail)) = usage_tail.as_mut() {
-        tail.push(&out);
-    }
-    (out, split)
-}
-
-/// Settled mode: `out` holds the final usage chunk, whose `energy` value belongs at `split`. The
-/// request is marked finished now (every token is known: the chunk carries the server's final
-/// usage), so that accounting can settle it while the chunk waits; the bytes before the chunk go
-/// out at once, the chunk and the rest wait in `settling`. Returns what goes out now.
-///
-/// Only `[DONE]` should follow the usage chunk. Should the upstream still fail after it (an error
-/// event or a broken body), the request stays `ok`: the first outcome wins, and its record says
-/// so; its energy is complete either way. A client that leaves during the wait does not change
-/// the outcome either.
-fn hold_energy_part(
-    observer: &Option<StreamObserver>,
-    end: &Option<RequestEnd>,
-    settling: &mut Option<Settling>,
-    figures: &mut Option<EnergyNow>,
-    out: Bytes,
-    split: EnergySplit,
-) -> Bytes {
-    let Some(end) = end.as_ref() else {
-        return out;
-    };
-    let at = split.value_at.min(out.len());
-    let event_at = split.event_at.min(at);
-    let wait = end.settle();
-    let Some(wait) = wait else {
-        // Nothing to wait for (energy not measured): the figure of the moment, at once.
-        let now = end.figures_now();
-        *figures = Some(now);
-        let text = energy_json(&end.public_id, &now, &end.carbon);
-        let mut whole = BytesMut::with_capacity(out.len() + text.len());
-        whole.extend_from_slice(&out[..at]);
-        whole.extend_from_slice(text.as_bytes());
-        whole.extend_from_slice(&out[at..]);
-        return whole.freeze();
-    };
-    let saw_error = observer.as_ref().is_some_and(|o| o.saw_error());
-    end.guard.finish(if end.error_status || saw_error {
-        Outcome::Error
-    } else {
-        Outcome::Ok
-    });
-    *settling = Some(Settling {
-        wait,
-        then: AfterSettle::UsageChunk(out.slice(event_at..at), out.slice(at..)),
-    });
-    out.slice(..event_at)
-}
-
-/// One frame through the observer; the energy callback is what the final usage chunk carries.
-fn feed(observer: &mut StreamObserver, end: &RequestEnd, data: Bytes) -> Bytes {
-    let progress = end.progress();
-    let now = end.clock.now_ns();
-    let mut energy = || {
-        Some(energy_json(
-            &end.public_id,
-            &progress.energy_now(end.clock.now_ns(), &end.in_flight.rates),
-            &end.carbon,
-        ))
-    };
-    observer.feed(data, now, progress, &mut energy)
 }

@@ -11,11 +11,13 @@ use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use hyper::body::{Body, Incoming};
 
-use super::{hold_energy_part, process, RequestEnd, Settling, Stashed};
+use super::frame::{hold_energy_part, process, Settling};
+use super::RequestEnd;
 use crate::observe::{Endpoint, EnergyNow};
 use crate::openai::observer::StreamObserver;
 use crate::openai::usage::UsageTail;
 use crate::proxy::idle::IdleBody;
+use crate::proxy::BoxError;
 
 /// Most bytes joined from frames that are ready at once (larger writes would only delay the first
 /// of them behind the processing of the rest).
@@ -138,5 +140,20 @@ impl Held {
 
     pub(super) fn freeze(self) -> Bytes {
         self.joined.map_or(self.first, BytesMut::freeze)
+    }
+}
+
+/// What a coalescing read found after the data it returned: handled on the next poll.
+pub(super) enum Stashed {
+    End,
+    Error(BoxError),
+}
+
+impl std::fmt::Debug for Stashed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stashed::End => f.write_str("End"),
+            Stashed::Error(e) => write!(f, "Error({e})"),
+        }
     }
 }
