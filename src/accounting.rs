@@ -350,7 +350,7 @@ impl Accounting {
             rates.idle_mw.store(idle_mw, Relaxed);
         }
         self.publish_weights();
-        let (prefill_per_s, decode_per_s) = self.ledger.rates();
+        let (prefill_per_s, decode_per_s) = self.ledger.answer_work_rates();
         // A prompt token's prior price at most the system's recent power over the engine's
         // prefill rate (mW / (tokens/s) = mJ a token): see `Ledger::token_prices_with`.
         let power_mw = rates.power_mw.load(Relaxed) as f64;

@@ -125,6 +125,11 @@ pub struct Ledger {
     /// Completion tokens each visible stream that decoded through the whole current tick produced
     /// in it (the engine advances every running sequence once per step, so these agree).
     pub(super) tick_decodes: Vec<u64>,
+    /// Those decodes pooled over recent ticks (see [`Ledger::learn_tick_decode_rate`]).
+    pub(super) recent_decodes: super::rates::RecentDecodes,
+    /// The median decode rate of the streams in each tick, moving average (see
+    /// [`Ledger::learn_tick_decode_rate`]).
+    pub(super) typical_decode_rate: f64,
     pub(super) weights: Vec<f64>,
     /// Marginal energy (J) of each item of the tick being settled.
     pub(super) marginal: Vec<f64>,
@@ -173,6 +178,8 @@ impl Ledger {
             prefill_rate: config.prefill_tokens_per_s,
             decode_rate: config.decode_tokens_per_s,
             tick_decodes: Vec::new(),
+            recent_decodes: super::rates::RecentDecodes::default(),
+            typical_decode_rate: config.decode_tokens_per_s,
             config,
             window: Window::default(),
             slots: Vec::new(),

@@ -118,6 +118,13 @@ impl Ledger {
         (self.prefill_rate, self.decode_rate)
     }
 
+    /// The rates that time a finished answer's work for the figure it carries: the prefill
+    /// rate and the median per-tick decode rate of the streams (see
+    /// [`Ledger::learn_tick_decode_rate`] for why not the per-request rate), tokens per second.
+    pub fn answer_work_rates(&self) -> (f64, f64) {
+        (self.prefill_rate, self.typical_decode_rate)
+    }
+
     /// Number of requests the ledger tracks (not yet drained).
     pub fn tracked(&self) -> usize {
         self.index.len()
