@@ -202,7 +202,8 @@ impl Ledger {
             .line_start(r.queue_place, r.queue_prompt, ft_ns)?;
         let fastest_ns = r.queue_prompt / self.prefill_queue.rate() * 1e9;
         let latest = ft_ns.saturating_sub(fastest_ns.min(u64::MAX as f64) as u64);
-        Some(on_line.min(latest).min(ft_ns))
+        // Both are at most `ft_ns`: the line ends there.
+        Some(on_line.min(latest))
     }
 
     /// Places the prefill of the streams whose first token came in the tick, once the conveyor

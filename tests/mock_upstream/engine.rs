@@ -156,21 +156,7 @@ async fn engine_ground_truth_conserves_the_counter_exactly() {
             br#"{"input":"say something short","max_output_tokens":4}"#.to_vec(),
         ),
     ];
-    let calls = reqs
-        .into_iter()
-        .enumerate()
-        .map(|(i, (path, body))| async move {
-            let id = format!("r{i}");
-            call(
-                addr,
-                "POST",
-                path,
-                Some(body),
-                &[("x-request-id", id.as_str())],
-            )
-            .await
-        });
-    let resps = futures_join(calls).await;
+    let resps = post_all(addr, reqs, "r").await;
     assert!(resps.iter().all(|r| r.status == 200));
     h.wait_for_completed(5).await;
     let totals = h.settle_energy().unwrap();
@@ -193,11 +179,30 @@ async fn engine_ground_truth_conserves_the_counter_exactly() {
     h.shutdown().await;
 }
 
-/// Runs futures concurrently (no extra dependency for a join).
-async fn futures_join<F: std::future::Future<Output = Resp> + Send + 'static>(
-    fs: impl Iterator<Item = F>,
+/// Posts every `(path, body)` at once, each with `x-request-id` `{id_prefix}{index}`, and returns
+/// the responses in order.
+async fn post_all(
+    addr: SocketAddr,
+    reqs: Vec<(&'static str, Vec<u8>)>,
+    id_prefix: &str,
 ) -> Vec<Resp> {
-    let handles: Vec<_> = fs.map(tokio::spawn).collect();
+    let handles: Vec<_> = reqs
+        .into_iter()
+        .enumerate()
+        .map(|(i, (path, body))| {
+            let id = format!("{id_prefix}{i}");
+            tokio::spawn(async move {
+                call(
+                    addr,
+                    "POST",
+                    path,
+                    Some(body),
+                    &[("x-request-id", id.as_str())],
+                )
+                .await
+            })
+        })
+        .collect();
     let mut out = Vec::new();
     for h in handles {
         out.push(h.await.unwrap());
@@ -279,21 +284,7 @@ async fn engine_metrics_are_the_true_timing_of_each_response() {
             chat_body(r#","max_tokens":3,"stream":true"#),
         ),
     ];
-    let calls = reqs
-        .into_iter()
-        .enumerate()
-        .map(|(i, (path, body))| async move {
-            let id = format!("m{i}");
-            call(
-                addr,
-                "POST",
-                path,
-                Some(body),
-                &[("x-request-id", id.as_str())],
-            )
-            .await
-        });
-    let resps = futures_join(calls).await;
+    let resps = post_all(addr, reqs, "m").await;
     assert!(resps.iter().all(|r| r.status == 200));
     let metrics_of = |i: usize| -> Value {
         let body = &resps[i].body;
