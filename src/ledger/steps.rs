@@ -73,6 +73,14 @@ impl StepHistory {
         if hi <= lo {
             return;
         }
+        // Most calls extend or fall inside the newest stretch (every stream of a batch covers the
+        // same steps at each tick): no search, no move.
+        if let Some(last) = self.covered.back_mut() {
+            if last.0 <= lo && lo <= last.1 {
+                last.1 = last.1.max(hi);
+                return;
+            }
+        }
         // The first stretch ending at or after `lo`: it or the ones after may touch `(lo, hi]`.
         let mut i = self.covered.len();
         while i > 0 && self.covered[i - 1].1 >= lo {
