@@ -1,4 +1,4 @@
-//! `split_weights` against the per-part loop it replaced.
+//! `split_weights` against the per-part loop it replaced, and its parts' energy with a busy power.
 
 use super::*;
 use crate::ledger::window::Item;
@@ -89,7 +89,7 @@ fn spans_over_many_parts_weigh_as_the_per_part_loop_says() {
         stale: false,
     };
     let (mut scratch, mut weights) = (Vec::new(), Vec::new());
-    split_weights(true, &marginal, &mut scratch, &mut weights, &tick, dt);
+    split_weights(true, &marginal, &mut scratch, &mut weights, &tick, dt, None);
     let want = reference(&marginal, &items, dt);
     for (got, want) in weights.iter().zip(&want) {
         assert!(
@@ -98,4 +98,69 @@ fn spans_over_many_parts_weigh_as_the_per_part_loop_says() {
         );
     }
     assert_eq!(weights.len(), items.len());
+}
+
+/// Two 10 ms parts: a prefill chunk (1 J of marginal energy) and a decode beside it in the
+/// first, a decode alone in the second. At 300 W of busy power the cost model expects 3 J + 1.01
+/// J of the first and 3 J + 0.01 J of the second, so the lone decode gets 3.01 / 7.02 of the
+/// tick (as the engine's own split gives a step's energy to the work in it), not half of it as
+/// with equal parts.
+#[test]
+fn a_part_holds_the_energy_the_busy_power_and_its_work_predict() {
+    let dt = 20_000_000u64;
+    let ms10 = 10_000_000u32;
+    let items = vec![
+        Item {
+            lo: 0,
+            hi: ms10,
+            prefill: 100.0,
+            ..Item::empty(0)
+        },
+        Item {
+            lo: 0,
+            hi: ms10,
+            decode: 1.0,
+            ..Item::empty(1)
+        },
+        Item {
+            lo: ms10,
+            hi: 2 * ms10,
+            decode: 1.0,
+            ..Item::empty(2)
+        },
+    ];
+    let marginal = [1.0, 0.01, 0.01];
+    let tick = HeldTick {
+        seq: 1,
+        start_ns: 0,
+        end_ns: dt,
+        delta_uj: Some(1),
+        unfilled_ns: 0,
+        busy: true,
+        busy_ns: dt,
+        items,
+        tentative: None,
+        stale: false,
+    };
+    let share_of_lone_decode = |busy: Option<f64>| {
+        let (mut scratch, mut weights) = (Vec::new(), Vec::new());
+        split_weights(true, &marginal, &mut scratch, &mut weights, &tick, dt, busy);
+        weights[2] / weights.iter().sum::<f64>()
+    };
+    let equal = share_of_lone_decode(None);
+    assert!((equal - 0.5).abs() < 1e-9, "{equal}");
+    let busy = share_of_lone_decode(Some(300.0 * 1e-9));
+    assert!((busy - 3.01 / 7.02).abs() < 1e-9, "{busy}");
+    // The prefill and the decode beside it share the first part by their marginal energy.
+    let (mut scratch, mut weights) = (Vec::new(), Vec::new());
+    split_weights(
+        true,
+        &marginal,
+        &mut scratch,
+        &mut weights,
+        &tick,
+        dt,
+        Some(3e-7),
+    );
+    assert!((weights[0] / weights[1] - 100.0).abs() < 1e-6);
 }
