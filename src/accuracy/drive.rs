@@ -103,7 +103,8 @@ pub struct RunResult {
     pub rows: Vec<Row>,
     /// The ledger's books at the end.
     pub totals: crate::ledger::LedgerTotals,
-    /// Energy the engine drew in all, µJ (truth, before meter noise).
+    /// Energy the engine drew up to the latest counter update the sampler read (what the meter
+    /// could measure; idle time after the last step included), µJ (truth, before meter noise).
     pub engine_total_uj: u64,
     /// The calibration at the end.
     pub calibration: crate::ledger::CalibrationReport,
@@ -217,6 +218,8 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
     let mut counter_true_pj = 0u128;
     let mut counter_uj = 0u64;
     let mut counter_carry = 0.0f64;
+    // What the engine drew up to the latest counter update the sampler has read.
+    let mut drawn_by_read_pj = 0u128;
     // The real sampler core over a meter reading the simulated counter: it learns the counter's
     // period, spreads its increments and announces intervals as `joulegate serve` does.
     let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -395,6 +398,7 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
             next_update = jittered(lattice).max(now + 1);
         } else {
             counter.store(counter_uj, Relaxed);
+            drawn_by_read_pj = counter_true_pj;
             for tick in sampler.round(now) {
                 accounting.process_tick(&tick);
                 // Settled mode: a response waits for its record, at most the default bound.
@@ -473,6 +477,6 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
             shared.stats().prefill_tokens_per_s,
             shared.stats().decode_tokens_per_s,
         ),
-        engine_total_uj: (energy.at(energy.at_ns) / 1_000_000) as u64,
+        engine_total_uj: (drawn_by_read_pj / 1_000_000) as u64,
     })
 }

@@ -30,7 +30,8 @@ fn runs_are_reproducible_and_books_exact() {
         let drawn = a.engine_total_uj as f64;
         assert!(
             (measured / drawn - 1.0).abs() < 0.01,
-            "{measured} vs {drawn}"
+            "{}: {measured} vs {drawn}",
+            w.name()
         );
     }
 }

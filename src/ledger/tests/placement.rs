@@ -427,3 +427,35 @@ fn back_to_back_prompts_share_the_time_between_their_first_tokens() {
         );
     }
 }
+
+#[test]
+fn a_jump_of_the_conveyor_lands_between_the_first_tokens_that_show_it() {
+    // Stream 1 (a 1,000-token prompt) has its first token at 100 ms; a non-streamed request
+    // (6,000 tokens) and stream 3 (1,000) wait behind it. The engine prefills both by 300 ms
+    // (35,000 tokens/s), far faster than the conveyor's first guess, so stream 3's first token
+    // moves the conveyor thousands of tokens on at once. The engine ran them between 100 and
+    // 300 ms: the request's estimated prefill lands there, not all in the tick of that token.
+    let mut l = Ledger::new(LedgerConfig {
+        settle_ticks: 20,
+        ..cfg()
+    })
+    .expect("config");
+    let scripts = [
+        stream(1, 0, 1_000, 100 * MS, 20, 20 * MS),
+        invisible(2, MS, 6_000, Vec::new(), None),
+        stream(3, 2 * MS, 1_000, 300 * MS, 10, 20 * MS),
+    ];
+    for k in 1..=8 {
+        let obs: Vec<Observation> = scripts.iter().filter_map(|s| s.at(k * 50 * MS)).collect();
+        apply_50ms(&mut l, k, Some(1_000), &obs);
+        check_books(&l);
+    }
+    let prefill = sum_per_tick(&l, 2, |i| i.prefill);
+    // Ticks end at 50, 100, ... ms: index 5 is (250, 300], the tick of stream 3's first token.
+    let by_300: f32 = prefill[..6].iter().sum();
+    assert!((by_300 - 6_000.0).abs() < 1.0, "{prefill:?}");
+    assert_eq!(prefill[0], 0.0, "{prefill:?}");
+    // Without the line: [0, 500, 500, 500, 500, 4000] (the jump all in the last tick).
+    assert!(prefill[5] < 2_000.0, "{prefill:?}");
+    assert!(prefill[3..5].iter().all(|&x| x > 1_000.0), "{prefill:?}");
+}
