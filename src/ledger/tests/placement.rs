@@ -459,3 +459,50 @@ fn a_jump_of_the_conveyor_lands_between_the_first_tokens_that_show_it() {
     assert!(prefill[5] < 2_000.0, "{prefill:?}");
     assert!(prefill[3..5].iter().all(|&x| x > 1_000.0), "{prefill:?}");
 }
+
+#[test]
+fn the_prompts_of_one_engine_step_run_through_all_of_it() {
+    // Eight 2,000-token prompts prefilled back to back, a first token every 50 ms from 150 ms
+    // (the conveyor learns ~30,000 tokens/s), then one 60 ms step, (500, 560], that ran the last
+    // chunks of two 1,000-token prompts, A and B: both first tokens at 560 ms. Through the first
+    // tokens, B's line starts halfway between Q8's (500) and its own, at 530 ms, and so crowds
+    // its prompt into the step's second half; the step began at 500 ms (streams showed every
+    // step), and so did B's prefill.
+    let mut l = Ledger::new(LedgerConfig {
+        settle_ticks: 20,
+        ..cfg()
+    })
+    .expect("config");
+    let mut scripts: Vec<Script> = (0..8)
+        .map(|i| stream(i + 1, 0, 2_000, (150 + 50 * i) * MS, 1, MS))
+        .collect();
+    scripts.push(stream(9, MS, 1_000, 560 * MS, 1, MS));
+    scripts.push(stream(10, 2 * MS, 1_000, 560 * MS, 1, MS));
+    let hold = invisible(99, 3 * MS, 10, Vec::new(), None);
+    let steps: Vec<u64> = (1..=50).chain(56..=70).map(|k| k * 10 * MS).collect();
+    for w in steps.windows(2) {
+        l.steps.cover(w[0], w[1]);
+    }
+    for k in 1..=13u64 {
+        let end = k * 50 * MS;
+        let new: Vec<u64> = steps
+            .iter()
+            .copied()
+            .filter(|&t| t <= end && t > end - 50 * MS)
+            .collect();
+        l.note_steps(&new);
+        let obs: Vec<Observation> = scripts
+            .iter()
+            .chain([&hold])
+            .filter_map(|s| s.at(end))
+            .collect();
+        apply_50ms(&mut l, k, Some(1_000), &obs);
+        check_books(&l);
+    }
+    let b = sum_per_tick(&l, 10, |i| i.prefill);
+    assert!((b.iter().sum::<f32>() - 1_000.0).abs() < 1.0, "{b:?}");
+    // Ticks end every 50 ms: index 11 is (550, 600]. From 500 ms, 10 of its 60 ms lie there
+    // (167 tokens); from the line's 530 ms, 10 of 30 (333).
+    assert!(b[11] < 200.0, "{b:?}");
+    assert!(b[10] > 800.0, "{b:?}");
+}
