@@ -11,32 +11,13 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion};
 use joulegate::accounting::{Accounting, AccountingConfig};
 use joulegate::clock::Clock;
-use joulegate::ledger::{Ledger, LedgerConfig, Observation, TickSpan, WorkKind};
-use joulegate::observe::{Endpoint, InFlight, Outcome, ProgressSnapshot, RequestMeta};
+use joulegate::ledger::{Ledger, LedgerConfig, Observation};
+use joulegate::observe::{Endpoint, InFlight, RequestMeta};
 use joulegate::tick::Tick;
 
-const N: u64 = 10_000;
-const TICK: u64 = 50_000_000;
-
-fn snapshot(id: u64) -> ProgressSnapshot {
-    ProgressSnapshot {
-        id,
-        arrival_ns: 1,
-        prompt_tokens: 500,
-        prompt_exact: true,
-        completion_tokens: 1,
-        completion_exact: false,
-        progress_visible: true,
-        first_token_ns: 2,
-        last_token_ns: 2,
-        queue_ns: 0,
-        prefill_ns: 0,
-        generation_ns: 0,
-        engine_timed: false,
-        end_ns: 0,
-        outcome: Outcome::InFlight,
-    }
-}
+#[path = "ledger/steady.rs"]
+mod steady;
+use steady::{N, TICK_NS, WARM_UP_TICKS};
 
 fn ledger_apply(c: &mut Criterion) {
     ledger_apply_with(c, "ledger_apply_10k", 0);
@@ -45,47 +26,17 @@ fn ledger_apply(c: &mut Criterion) {
     ledger_apply_with(c, "ledger_apply_10k_half_invisible", 2);
 }
 
-/// Ticks over `N` requests in flight; with `invisible_every = k > 0`, every `k`-th one's progress
-/// is invisible (a non-streamed request with no first token).
+/// Ticks over the steady state of `steady` (every `invisible_every`-th request non-streamed).
 fn ledger_apply_with(c: &mut Criterion, name: &str, invisible_every: u64) {
     let mut ledger = Ledger::new(LedgerConfig::default()).expect("default config");
-    let mut obs: Vec<Observation> = (1..=N)
-        .map(|id| {
-            let mut progress = snapshot(id);
-            if invisible_every > 0 && id % invisible_every == 0 {
-                progress.progress_visible = false;
-                progress.first_token_ns = 0;
-                progress.last_token_ns = 0;
-                progress.completion_tokens = 0;
-            }
-            Observation {
-                progress,
-                kind: WorkKind::Generate,
-                choices: 1,
-            }
-        })
-        .collect();
+    let mut obs = steady::observations(invisible_every);
     let mut k = 0u64;
     let mut step = |ledger: &mut Ledger, obs: &mut Vec<Observation>| {
         k += 1;
-        let end = k * TICK;
-        for o in obs.iter_mut().filter(|o| o.progress.progress_visible) {
-            o.progress.completion_tokens += 1;
-            o.progress.last_token_ns = end - 1;
-        }
-        ledger.apply(
-            TickSpan {
-                energy_later: false,
-                seq: k,
-                start_ns: end - TICK,
-                end_ns: end,
-                delta_uj: Some(30_000_000),
-            },
-            obs,
-        );
+        steady::tick(ledger, obs, k);
     };
     // Fill the window so every measured tick also settles one.
-    for _ in 0..40 {
+    for _ in 0..WARM_UP_TICKS {
         step(&mut ledger, &mut obs);
     }
     c.bench_function(name, |b| b.iter(|| step(&mut ledger, &mut obs)));
@@ -124,13 +75,13 @@ fn accounting_tick(c: &mut Criterion) {
     let mut k = 0u64;
     let mut step = |acc: &mut Accounting| {
         k += 1;
-        let end = k * TICK;
+        let end = k * TICK_NS;
         for g in &guards {
             g.progress().observe_completion(k, end - 1);
         }
         acc.process_tick(&Tick {
             seq: k,
-            start_ns: end - TICK,
+            start_ns: end - TICK_NS,
             end_ns: end,
             delta_uj: Some(30_000_000),
             devices: Vec::new(),

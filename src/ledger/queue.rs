@@ -88,9 +88,13 @@ impl PrefillQueue {
             .rev()
             .take(16)
             .find(|(_, &t)| t.saturating_add(SAME_STEP_NS) < ft_ns)?;
-        let qa = qa as f64;
-        let f = ((start - qa) / (place - qa)).clamp(0.0, 1.0);
-        Some(ta + (f * (ft_ns - ta) as f64) as u64)
+        let line = ConveyorLine {
+            p0: qa as f64,
+            t0: ta,
+            p1: place,
+            t1: ft_ns,
+        };
+        Some(line.at(start))
     }
 
     /// Puts a prompt of `tokens` at the end of the conveyor; returns its place (the conveyor
@@ -163,9 +167,10 @@ impl PrefillQueue {
 }
 
 /// The conveyor between two first tokens, `(p0, t0)` and `(p1, t1)` (places, ns): where the
-/// engine was when, if it prefilled at one pace between them.
+/// engine was when, if it prefilled at one pace between them. Dates a prompt's start
+/// ([`PrefillQueue::line_start`]) and a jump's stretch ([`Ledger::serve_prefill_queue`]).
 ///
-/// Why: when a stream's first token shows the engine further on the conveyor than its estimated
+/// Why a jump is placed on it: when a stream's first token shows the engine further on the conveyor than its estimated
 /// pace had it, the stretch jumped over went to the tick of that first token, as estimated
 /// prefill of the non-streamed requests waiting in it: thousands of tokens in one tick, at
 /// several times the engine's throughput, where a stream's prompt prefilled beside them got a
@@ -180,14 +185,14 @@ impl PrefillQueue {
 /// moved: eight seeds 7.4 / 28.5 and 7.7 / 34.0 %; in stop 29, before the pooled decode rate,
 /// neutral to worse (8.5 / 31.3 against 8.5 / 31.1 %, four seeds).
 #[derive(Clone, Copy, Debug)]
-struct JumpLine {
+struct ConveyorLine {
     p0: f64,
     t0: u64,
     p1: f64,
     t1: u64,
 }
 
-impl JumpLine {
+impl ConveyorLine {
     /// When the engine reached place `x` on the line.
     fn at(&self, x: f64) -> u64 {
         let f = ((x - self.p0) / (self.p1 - self.p0)).clamp(0.0, 1.0);
@@ -265,7 +270,7 @@ impl Ledger {
         let step_start = self
             .steps
             .nth_back(ft_ns.saturating_sub(SAME_STEP_NS), 1, 0)
-            .filter(|&b| self.steps.coverage(b, ft_ns) >= 0.9);
+            .filter(|&b| self.steps.all_seen(b, ft_ns));
         Some(step_start.map_or(start, |b| start.min(b)))
     }
 
@@ -295,7 +300,7 @@ impl Ledger {
     /// visible request still waiting for its first token, never past what arrived), and gives
     /// each invisible request waiting for its prefill its part of the stretch served as estimated
     /// prefill (in the tick, or, for a jump larger than the tick could hold, on the line between
-    /// the first tokens that bound it: [`JumpLine`]), then its estimated decode.
+    /// the first tokens that bound it: [`ConveyorLine`]), then its estimated decode.
     pub(super) fn serve_prefill_queue(&mut self, start_ns: u64, end_ns: u64) {
         let mut ev = std::mem::take(&mut self.queue_events);
         ev.new.sort_unstable_by_key(|e| (e.0, e.1));
@@ -327,7 +332,7 @@ impl Ledger {
         }
         // A first token that shows the engine further on than the estimate, by more than it
         // could prefill in this tick: the stretch jumped over ran between the previous first
-        // token and this one, on the line through them, not in this tick (see `JumpLine`).
+        // token and this one, on the line through them, not in this tick (see `ConveyorLine`).
         let jump = match (anchor_before, self.prefill_queue.anchor()) {
             (Some((p0, t0)), Some((p1, t1)))
                 if t1 > t0
@@ -337,7 +342,7 @@ impl Ledger {
                         > self.prefill_queue.rate() * end_ns.saturating_sub(start_ns) as f64
                             / 1e9 =>
             {
-                Some(JumpLine { p0, t0, p1, t1 })
+                Some(ConveyorLine { p0, t0, p1, t1 })
             }
             _ => None,
         };

@@ -119,12 +119,8 @@ impl Ledger {
         p: &ProgressSnapshot,
         counted: (u64, u64),
     ) -> Option<(u64, u64)> {
-        const MIN_COVERAGE: f64 = 0.9;
         // Nothing counted (no decode, or vLLM's own times): nothing missed.
-        if p.engine_timed
-            || counted.1 >= p.end_ns
-            || self.steps.coverage(counted.1, p.end_ns) >= MIN_COVERAGE
-        {
+        if p.engine_timed || counted.1 >= p.end_ns || self.steps.all_seen(counted.1, p.end_ns) {
             return None;
         }
         let ft = self

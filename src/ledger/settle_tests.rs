@@ -49,6 +49,22 @@ fn reference(marginal: &[f64], items: &[Item], dt: u64) -> Vec<f64> {
         .collect()
 }
 
+/// A tick `(0, dt]`, busy throughout, holding `items`.
+fn busy_tick(dt: u64, items: Vec<Item>) -> HeldTick {
+    HeldTick {
+        seq: 1,
+        start_ns: 0,
+        end_ns: dt,
+        delta_uj: Some(1),
+        unfilled_ns: 0,
+        busy: true,
+        busy_ns: dt,
+        items,
+        tentative: None,
+        stale: false,
+    }
+}
+
 #[test]
 fn spans_over_many_parts_weigh_as_the_per_part_loop_says() {
     let dt = 50_000_000u64;
@@ -76,18 +92,7 @@ fn spans_over_many_parts_weigh_as_the_per_part_loop_says() {
         });
         marginal.push(1.0 + next(100) as f64);
     }
-    let tick = HeldTick {
-        seq: 1,
-        start_ns: 0,
-        end_ns: dt,
-        delta_uj: Some(1),
-        unfilled_ns: 0,
-        busy: true,
-        busy_ns: dt,
-        items: items.clone(),
-        tentative: None,
-        stale: false,
-    };
+    let tick = busy_tick(dt, items.clone());
     let (mut scratch, mut weights) = (Vec::new(), Vec::new());
     split_weights(true, &marginal, &mut scratch, &mut weights, &tick, dt, None);
     let want = reference(&marginal, &items, dt);
@@ -130,18 +135,7 @@ fn a_part_holds_the_energy_the_busy_power_and_its_work_predict() {
         },
     ];
     let marginal = [1.0, 0.01, 0.01];
-    let tick = HeldTick {
-        seq: 1,
-        start_ns: 0,
-        end_ns: dt,
-        delta_uj: Some(1),
-        unfilled_ns: 0,
-        busy: true,
-        busy_ns: dt,
-        items,
-        tentative: None,
-        stale: false,
-    };
+    let tick = busy_tick(dt, items);
     let share_of_lone_decode = |busy: Option<f64>| {
         let (mut scratch, mut weights) = (Vec::new(), Vec::new());
         split_weights(true, &marginal, &mut scratch, &mut weights, &tick, dt, busy);

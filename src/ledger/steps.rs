@@ -13,6 +13,11 @@ pub const STEP_HISTORY: usize = 16_384;
 /// Stretches of time kept during which every step was seen.
 pub const COVERED_HISTORY: usize = 4_096;
 
+/// Share of a span streams must have decoded through for its steps to count as all seen
+/// ([`StepHistory::all_seen`]): short gaps between one stream's end and the next one's first
+/// token miss little.
+pub const SEEN_COVERAGE: f64 = 0.9;
+
 /// Recent step boundaries, increasing, clock nanoseconds; and the stretches of time in which
 /// they are complete (a stream decoded through them, so no step went unseen).
 #[derive(Debug, Default)]
@@ -98,6 +103,12 @@ impl StepHistory {
         if self.covered.len() > COVERED_HISTORY {
             self.covered.pop_front();
         }
+    }
+
+    /// Whether the steps in `(lo, hi]` count as all seen: streams covered at least
+    /// [`SEEN_COVERAGE`] of it.
+    pub fn all_seen(&self, lo: u64, hi: u64) -> bool {
+        self.coverage(lo, hi) >= SEEN_COVERAGE
     }
 
     /// The share of `(lo, hi]` in which every step was seen (0 for an empty interval).

@@ -477,6 +477,7 @@ fn prefill_waits_one_tick_for_the_exact_prompt_count() {
     assert_eq!(e(1), 1_001);
 }
 
+mod conveyor;
 mod hold;
 mod placement;
 mod properties;

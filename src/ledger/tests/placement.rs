@@ -4,6 +4,37 @@
 
 use super::*;
 
+/// Runs ticks 1..=`ticks` of 50 ms over `scripts` and `hold`, noting the engine step boundaries
+/// `steps` as they fall in each tick; the steps are covered as a stream decoding through them
+/// shows them (every one between the first and the last).
+pub(super) fn run_with_steps(
+    l: &mut Ledger,
+    scripts: &[Script],
+    hold: &Script,
+    steps: &[u64],
+    ticks: u64,
+) {
+    for w in steps.windows(2) {
+        l.steps.cover(w[0], w[1]);
+    }
+    for k in 1..=ticks {
+        let end = k * 50 * MS;
+        let new: Vec<u64> = steps
+            .iter()
+            .copied()
+            .filter(|&t| t <= end && t > end - 50 * MS)
+            .collect();
+        l.note_steps(&new);
+        let obs: Vec<Observation> = scripts
+            .iter()
+            .chain([hold])
+            .filter_map(|s| s.at(end))
+            .collect();
+        apply_50ms(l, k, Some(1_000), &obs);
+        check_books(l);
+    }
+}
+
 /// Runs ticks 1..=`ticks` of 50 ms over `scripts`, noting the engine step boundaries `steps` as
 /// they fall in each tick, and returns each held tick's decode tokens for request `id`. A request
 /// that never ends and whose progress is invisible keeps every tick held for inspection.
@@ -22,27 +53,7 @@ fn work_per_tick(scripts: &[Script], steps: &[u64], ticks: u64, id: u64) -> Vec<
     })
     .expect("config");
     let hold = invisible(99, 0, 10, Vec::new(), None);
-    // The steps as a stream decoding through them shows them: every one between the first and
-    // the last.
-    for w in steps.windows(2) {
-        l.steps.cover(w[0], w[1]);
-    }
-    for k in 1..=ticks {
-        let end = k * 50 * MS;
-        let new: Vec<u64> = steps
-            .iter()
-            .copied()
-            .filter(|&t| t <= end && t > end - 50 * MS)
-            .collect();
-        l.note_steps(&new);
-        let obs: Vec<Observation> = scripts
-            .iter()
-            .chain([&hold])
-            .filter_map(|s| s.at(end))
-            .collect();
-        apply_50ms(&mut l, k, Some(1_000), &obs);
-        check_books(&l);
-    }
+    run_with_steps(&mut l, scripts, &hold, steps, ticks);
     assert_eq!(l.window.len() as u64, ticks, "every tick is still held");
     let decode = sum_per_tick(&l, id, |i| i.decode);
     let context = sum_per_tick(&l, id, |i| i.context);
@@ -303,36 +314,6 @@ fn a_response_carries_its_share_of_held_ticks_split_provisionally() {
 }
 
 #[test]
-fn invisible_prompts_are_prefilled_first_come_first_served() {
-    // Two non-streamed requests: A (2,000 prompt tokens) at 0 and B (1,000) at 10 ms. At the
-    // default 10,000 prefill tokens/s the engine works on A until 200 ms and on B from then to
-    // 300 ms; B's estimate used to start at its own arrival, beside A's.
-    let mut l = Ledger::new(LedgerConfig {
-        settle_ticks: 20,
-        ..cfg()
-    })
-    .expect("config");
-    let a = invisible(1, 0, 2_000, Vec::new(), None);
-    let b = invisible(2, 10 * MS, 1_000, Vec::new(), None);
-    for k in 1..=8 {
-        let obs: Vec<Observation> = [&a, &b].iter().filter_map(|s| s.at(k * 50 * MS)).collect();
-        apply_50ms(&mut l, k, Some(1_000), &obs);
-        check_books(&l);
-    }
-    let (pa, pb) = (
-        sum_per_tick(&l, 1, |i| i.prefill),
-        sum_per_tick(&l, 2, |i| i.prefill),
-    );
-    let near = |x: f32, y: f32| (x - y).abs() < 1.0;
-    for k in 0..4 {
-        assert!(near(pa[k], 500.0), "A: {pa:?}");
-        assert!(near(pb[k], 0.0), "B waits for A: {pb:?}");
-    }
-    assert!(near(pb[4], 500.0) && near(pb[5], 500.0), "B: {pb:?}");
-    assert!(near(pa.iter().sum(), 2_000.0) && near(pb.iter().sum(), 1_000.0));
-}
-
-#[test]
 fn a_provisional_split_is_made_again_when_its_work_changed() {
     // A non-streamed answer (B) ends at 140 ms: its true work replaces its estimate in ticks whose
     // provisional split was already made. Within a tick or two those splits follow the new work,
@@ -381,128 +362,4 @@ fn a_provisional_split_is_made_again_when_its_work_changed() {
         checked += 1;
     }
     assert!(checked >= 3, "{checked} ticks split");
-}
-
-#[test]
-fn back_to_back_prompts_share_the_time_between_their_first_tokens() {
-    // Eight streams of 2,000-token prompts arrive together; the engine prefills them one after
-    // another at 20,000 tokens/s, a first token every 100 ms. The ledger's prefill rate (10,000
-    // tokens/s to start, learned from `prompt / time to first token`, which counts the wait)
-    // stays far below that, so each prompt spread over `prompt / rate` before its first token
-    // overlapped the one before it by more than half. On the conveyor's line (its throughput
-    // measured between first tokens), the last one runs after its predecessor's first token,
-    // or nearly.
-    let mut l = Ledger::new(LedgerConfig {
-        settle_ticks: 20,
-        ..cfg()
-    })
-    .expect("config");
-    let scripts: Vec<Script> = (0..8)
-        .map(|i| stream(i + 1, i * MS, 2_000, (i + 1) * 100 * MS, 1, MS))
-        .collect();
-    // Keeps every tick held for inspection (see `work_per_tick`).
-    let hold = invisible(99, 0, 10, Vec::new(), None);
-    for k in 1..=17 {
-        let obs: Vec<Observation> = scripts
-            .iter()
-            .chain([&hold])
-            .filter_map(|s| s.at(k * 50 * MS))
-            .collect();
-        apply_50ms(&mut l, k, Some(1_000), &obs);
-        check_books(&l);
-    }
-    let last = sum_per_tick(&l, 8, |i| i.prefill);
-    let near = |x: f32, y: f32| (x - y).abs() < 1.0;
-    assert!(near(last.iter().sum(), 2_000.0), "{last:?}");
-    // Its first token came at the end of tick 16 (800 ms), its predecessor's at the end of 14.
-    let before_predecessor: f32 = last[..14].iter().sum();
-    assert!(before_predecessor < 300.0, "{last:?}");
-    // Every prompt is still placed whole, before its own first token.
-    for id in 1..=8u64 {
-        let p = sum_per_tick(&l, id, |i| i.prefill);
-        assert!(near(p.iter().sum(), 2_000.0), "{id}: {p:?}");
-        assert!(
-            p[2 * id as usize..].iter().all(|&x| x == 0.0),
-            "{id}: {p:?}"
-        );
-    }
-}
-
-#[test]
-fn a_jump_of_the_conveyor_lands_between_the_first_tokens_that_show_it() {
-    // Stream 1 (a 1,000-token prompt) has its first token at 100 ms; a non-streamed request
-    // (6,000 tokens) and stream 3 (1,000) wait behind it. The engine prefills both by 300 ms
-    // (35,000 tokens/s), far faster than the conveyor's first guess, so stream 3's first token
-    // moves the conveyor thousands of tokens on at once. The engine ran them between 100 and
-    // 300 ms: the request's estimated prefill lands there, not all in the tick of that token.
-    let mut l = Ledger::new(LedgerConfig {
-        settle_ticks: 20,
-        ..cfg()
-    })
-    .expect("config");
-    let scripts = [
-        stream(1, 0, 1_000, 100 * MS, 20, 20 * MS),
-        invisible(2, MS, 6_000, Vec::new(), None),
-        stream(3, 2 * MS, 1_000, 300 * MS, 10, 20 * MS),
-    ];
-    for k in 1..=8 {
-        let obs: Vec<Observation> = scripts.iter().filter_map(|s| s.at(k * 50 * MS)).collect();
-        apply_50ms(&mut l, k, Some(1_000), &obs);
-        check_books(&l);
-    }
-    let prefill = sum_per_tick(&l, 2, |i| i.prefill);
-    // Ticks end at 50, 100, ... ms: index 5 is (250, 300], the tick of stream 3's first token.
-    let by_300: f32 = prefill[..6].iter().sum();
-    assert!((by_300 - 6_000.0).abs() < 1.0, "{prefill:?}");
-    assert_eq!(prefill[0], 0.0, "{prefill:?}");
-    // Without the line: [0, 500, 500, 500, 500, 4000] (the jump all in the last tick).
-    assert!(prefill[5] < 2_000.0, "{prefill:?}");
-    assert!(prefill[3..5].iter().all(|&x| x > 1_000.0), "{prefill:?}");
-}
-
-#[test]
-fn the_prompts_of_one_engine_step_run_through_all_of_it() {
-    // Eight 2,000-token prompts prefilled back to back, a first token every 50 ms from 150 ms
-    // (the conveyor learns ~30,000 tokens/s), then one 60 ms step, (500, 560], that ran the last
-    // chunks of two 1,000-token prompts, A and B: both first tokens at 560 ms. Through the first
-    // tokens, B's line starts halfway between Q8's (500) and its own, at 530 ms, and so crowds
-    // its prompt into the step's second half; the step began at 500 ms (streams showed every
-    // step), and so did B's prefill.
-    let mut l = Ledger::new(LedgerConfig {
-        settle_ticks: 20,
-        ..cfg()
-    })
-    .expect("config");
-    let mut scripts: Vec<Script> = (0..8)
-        .map(|i| stream(i + 1, 0, 2_000, (150 + 50 * i) * MS, 1, MS))
-        .collect();
-    scripts.push(stream(9, MS, 1_000, 560 * MS, 1, MS));
-    scripts.push(stream(10, 2 * MS, 1_000, 560 * MS, 1, MS));
-    let hold = invisible(99, 3 * MS, 10, Vec::new(), None);
-    let steps: Vec<u64> = (1..=50).chain(56..=70).map(|k| k * 10 * MS).collect();
-    for w in steps.windows(2) {
-        l.steps.cover(w[0], w[1]);
-    }
-    for k in 1..=13u64 {
-        let end = k * 50 * MS;
-        let new: Vec<u64> = steps
-            .iter()
-            .copied()
-            .filter(|&t| t <= end && t > end - 50 * MS)
-            .collect();
-        l.note_steps(&new);
-        let obs: Vec<Observation> = scripts
-            .iter()
-            .chain([&hold])
-            .filter_map(|s| s.at(end))
-            .collect();
-        apply_50ms(&mut l, k, Some(1_000), &obs);
-        check_books(&l);
-    }
-    let b = sum_per_tick(&l, 10, |i| i.prefill);
-    assert!((b.iter().sum::<f32>() - 1_000.0).abs() < 1.0, "{b:?}");
-    // Ticks end every 50 ms: index 11 is (550, 600]. From 500 ms, 10 of its 60 ms lie there
-    // (167 tokens); from the line's 530 ms, 10 of 30 (333).
-    assert!(b[11] < 200.0, "{b:?}");
-    assert!(b[10] > 800.0, "{b:?}");
 }
