@@ -3,10 +3,10 @@
 //!
 //! Owns the fit only: a bounded window of settled ticks and a non-negative least-squares fit of
 //! `ΔE_k − P_idle·Δt_k ≈ s·busy_k + α·prefill_k + β·decode_k + γ·context_k` (joules; `busy_k` the
-//! seconds of the tick with a request in flight), solved exactly from running sums: every subset
-//! of the terms is solved unconstrained on its column-scaled normal equations and the
-//! non-negative solution with the least squared error wins (for so few terms that is the NNLS
-//! optimum). The static term takes the energy the engine draws for running at all, so α, β and
+//! seconds of the tick with a request in flight), solved from running sums: for each ratio
+//! `β/α` ([`KAPPA_STEPS`]) and each `γ/α` on a fine logarithmic grid, α (and the static term,
+//! when it is fitted) in closed form; the candidate with the least penalised squared error wins.
+//! The static term takes the energy the engine draws for running at all, so α, β and
 //! γ are the *marginal* costs of work: a tick's energy, static included, is then split in their
 //! proportions, as an engine step's energy belongs to the work in it (DESIGN.md §3).
 //!
@@ -18,12 +18,14 @@
 //! context's cost per decode token is as large as or larger than β: fitted freely, β took the
 //! context's energy or gave it back (β off by 2–20×, γ negative or zero, offline on the bench's
 //! own ticks), and γ/β, which decides the split between a long-context and a short-context
-//! request in the same step, was whatever the ridge said. Tied, the fit recovers γ/α within
+//! request in the same step, was whatever a prior said. Tied, the fit recovers γ/α within
 //! 1–3× of the truth on those ticks, and the bench's mean error drops (README, "Calibration").
 //!
-//! **The defaults as a prior.** Every marginal term is pulled towards its default with the
-//! weight of [`PRIOR_BLOCKS`] blocks of data, whatever the window holds: the first blocks lean on
-//! the defaults, a full window on the data.
+//! **A prior on γ/α only.** Only the proportions of α, β and γ decide a split; the scale is the
+//! measured energy's. The defaults' γ/α is a log-normal prior ([`CONTEXT_RATIO_SPREAD`], a
+//! factor of three at one sigma) weighed in units of the unpenalised fit's residual variance:
+//! ticks that pin the ratio overrule it, ticks that cannot tell it apart leave it near the
+//! defaults'. α's own level is the data's.
 //!
 //! Trust rule: at least `min_ticks` samples (blocks), R² of the fit at least `min_r2`, a condition
 //! number of the scaled normal matrix of the chosen terms at most `max_condition`, α positive, and
@@ -35,7 +37,7 @@ use std::collections::VecDeque;
 
 #[path = "calibration_solve.rs"]
 mod solve;
-use solve::{condition, ridge_cost, solve_subset, tie_decode_to_prefill, Sums};
+use solve::{best_on_ratio_grid, condition, tie_decode_to_prefill, Sums};
 
 /// Thresholds and defaults for [`Calibrator`].
 #[derive(Clone, Debug, PartialEq)]
@@ -161,11 +163,27 @@ impl TickWork {
 /// 37.1 -> 8.4 / 36.8 %; real time within noise).
 pub const KAPPA_STEPS: [f64; 3] = [0.25, 0.5, 1.0];
 
-/// How many samples (blocks) of data the defaults weigh as, in the fit. Accuracy bench, four
-/// seeds: 1, 2 and 3 blocks give the same mean error within 0.4 points; a pull proportional to
-/// the data instead (5 % of each column's weight, so as strong after ten minutes as after ten
-/// seconds) kept γ near its default.
-pub const PRIOR_BLOCKS: f64 = 2.0;
+/// How far γ/α (the cost of a context token read against a prompt token's) is believed to lie
+/// from the defaults' ratio, as the standard deviation of its natural logarithm: ln 3, a factor
+/// of three at one sigma. Only the proportions of α, β and γ decide a split (the overall scale is
+/// the measured energy), and this is the proportion the data pin least where decode and context
+/// counts move together. From first principles a context token read costs its KV bytes from HBM
+/// (Llama-3-8B 128 KiB, 70B 320 KiB, a 7B without GQA 512 KiB: 7-30 µJ at ~7 pJ/bit) and a prompt
+/// token its matrix products (10-100 mJ), so γ/α lies within 2·10⁻⁴ to 3·10⁻³ for real models,
+/// around the defaults' 10⁻³. The prior weighs in units of the fit's own residual variance (a
+/// maximum a posteriori fit with a log-normal prior): where the ticks determine the ratio, as in
+/// the accuracy bench's context-bound engine (γ/α = 1.5·10⁻², fifteen times the defaults'), the
+/// data win; where they cannot tell it apart, it stays near the defaults'. Replaced a ridge that
+/// pulled α and γ themselves towards the defaults with the weight of two blocks of data: the
+/// pull on α's absolute value (the 70B's is 4.5 times the default) moved γ to compensate, and in
+/// the context-bound decode-heavy workload held γ/β at a sixth of the engine's (the matrix, four
+/// seeds, records 7.2 / 27.7 -> 7.3 / 25.4 %, responses 7.5 / 34.4 -> 7.3 / 31.8 %; a spread of
+/// ln 10: 8.0 / 27.1 and 7.9 / 32.5 %).
+pub const CONTEXT_RATIO_SPREAD: f64 = 1.098_612_288_668_109_8;
+
+/// γ/α at the centre of the fit's grid when the defaults do not give one (γ or α configured as
+/// 0): a thousandth, the defaults'.
+const FALLBACK_CONTEXT_RATIO: f64 = 1e-3;
 
 /// Windowed NNLS fit of ΔE − P_idle·Δt ≈ s·busy + α·prefill + β·decode + γ·context.
 #[derive(Clone, Debug)]
@@ -302,30 +320,44 @@ impl Calibrator {
         let d = &self.config;
         let prior = [0.0, d.default_alpha_j, d.default_beta_j, d.default_gamma_j];
         let static_w = self.static_estimate();
-        let raw_sums = self.sums;
-        let mut s = self.sums;
-        if let Some(st) = static_w {
-            // y' = y − static·busy: the marginal terms fit what is left.
-            s.yy += -2.0 * st * s.xy[0] + st * st * s.xx[0][0];
-            for i in 0..K {
-                s.xy[i] -= st * s.xx[i][0];
-            }
-        }
-        // β = κ·α (module doc): the fit sees prefill + κ·decode as one column, for each κ of
-        // [`KAPPA_STEPS`] times the defaults' ratio; the least squared error (with the ridge's
-        // cost) chooses.
+        let n = self.window.len();
+        // β = κ·α (module doc), for each κ of [`KAPPA_STEPS`] times the defaults' ratio.
         let kappa = if d.default_alpha_j > 0.0 {
             d.default_beta_j / d.default_alpha_j
         } else {
             1.0
         };
-        let untied = s;
-        let s = &tie_decode_to_prefill(&untied, kappa);
-        let ridge = PRIOR_BLOCKS / self.window.len().max(1) as f64;
-        // What the defaults' proportions explain with the best overall scale: a fit must do
-        // clearly better than that before it replaces them (a fit from ticks that cannot tell the
-        // terms apart does worse than the defaults in the accuracy bench).
-        let prior_sse = static_w.and_then(|_| {
+        let kappas = KAPPA_STEPS.map(|f| f * kappa);
+        let rho0 = d.default_gamma_j / d.default_alpha_j;
+        let rho0 = if rho0 > 0.0 && rho0.is_finite() {
+            rho0
+        } else {
+            FALLBACK_CONTEXT_RATIO
+        };
+        let sums = self.sums;
+        let best_of = |penalty: &dyn Fn(f64) -> f64| {
+            kappas
+                .iter()
+                .filter_map(|&k| best_on_ratio_grid(&sums, static_w, k, rho0, penalty))
+                .min_by(|a, b| {
+                    (a.sse + penalty(a.log_ratio)).total_cmp(&(b.sse + penalty(b.log_ratio)))
+                })
+        };
+        // The prior on γ/α weighs in units of the data's own residual variance (module doc).
+        let variance = best_of(&|_| 0.0).map(|c| c.sse.max(0.0) / (n as f64 - 3.0).max(1.0));
+        let best = variance
+            .and_then(|v| best_of(&|log_ratio| v * (log_ratio / CONTEXT_RATIO_SPREAD).powi(2)));
+        // What the defaults' proportions explain with the best overall scale (static at its
+        // estimate): a fit must do clearly better than that before it replaces them (a fit from
+        // ticks that cannot tell the terms apart does worse than the defaults in the accuracy
+        // bench).
+        let prior_sse = static_w.and_then(|st| {
+            // y' = y − static·busy, fitted by the defaults' proportions alone.
+            let mut s = sums;
+            s.yy += -2.0 * st * s.xy[0] + st * st * s.xx[0][0];
+            for i in 0..K {
+                s.xy[i] -= st * s.xx[i][0];
+            }
             let xy: f64 = (1..K).map(|i| prior[i] * s.xy[i]).sum();
             let xx: f64 = (1..K)
                 .flat_map(|i| (1..K).map(move |j| (i, j)))
@@ -333,78 +365,32 @@ impl Calibrator {
                 .sum();
             (xx > 0.0).then(|| s.yy - xy * xy / xx)
         });
-        let mut best: Option<([f64; K], u32, f64, bool)> = None;
-        let mut best_raw_sse = f64::INFINITY;
-        let mut best_kappa = kappa;
-        for kappa in KAPPA_STEPS.map(|f| f * kappa) {
-            let s = &tie_decode_to_prefill(&untied, kappa);
-            let s_raw = &tie_decode_to_prefill(&raw_sums, kappa);
-            let mut kbest: Option<([f64; K], u32, f64, bool, f64)> = None;
-            for mask in 1u32..(1 << K) {
-                if mask & (1 << 2) != 0 {
-                    // The decode column is folded into the prefill one (β = κ·α).
-                    continue;
-                }
-                // With a static estimate: the marginal terms fitted on what it leaves, or
-                // static fitted with them but never above the estimate (the lightest busy ticks
-                // still carry work, most of all where context reads cost much: bench, four
-                // seeds, records 10.4/40.5 -> 10.2/39.6 %, context-bound queueing 10.0 -> 7.6 %
-                // median).
-                let joint_mask = static_w.is_some() && mask & 1 != 0;
-                let sums = if joint_mask { s_raw } else { s };
-                let Some(mut c) = solve_subset(sums, mask, &prior, ridge) else {
-                    continue;
-                };
-                c[2] = kappa * c[1];
-                if c.iter().any(|v| *v < 0.0) {
-                    continue;
-                }
-                if joint_mask && static_w.is_some_and(|st| c[0] > st) {
-                    continue;
-                }
-                // Compared with the ridge's own cost, so that dropping a term (setting it to 0,
-                // far from its prior) is not free.
-                let raw = sums.sse(&c);
-                let sse = raw + ridge_cost(sums, &c, &prior, ridge);
-                if let (Some(st), false) = (static_w, joint_mask) {
-                    c[0] = st;
-                }
-                if kbest.as_ref().map_or(true, |b| sse < b.2) {
-                    kbest = Some((c, mask, sse, joint_mask, raw));
-                }
-            }
-            if let Some((c, mask, sse, joint_mask, raw)) = kbest {
-                if raw < best_raw_sse {
-                    best = Some((c, mask, sse, joint_mask));
-                    best_raw_sse = raw;
-                    best_kappa = kappa;
-                }
-            }
-        }
-        // The chosen κ's sums, for the fit's condition number.
-        let s = &tie_decode_to_prefill(&untied, best_kappa);
-        let s_raw = &tie_decode_to_prefill(&raw_sums, best_kappa);
-        // R² against the whole energy (static included), whichever way static was found.
-        let yy = self.sums.yy;
-        let n = self.window.len();
-        let (fit, cond, r2) = match best {
-            Some((c, mask, sse, joint_mask)) => (
-                Some(c),
-                condition(if joint_mask { s_raw } else { s }, mask),
-                (yy > 0.0).then(|| 1.0 - sse / yy),
-            ),
-            None => (None, None, None),
-        };
+        // R² against the whole energy (static included), whichever way static was found; the
+        // condition number of the chosen terms' scaled normal matrix.
+        let yy = sums.yy;
+        let fit = best.map(|b| b.c);
+        let best_raw_sse = best.map_or(f64::INFINITY, |b| b.sse);
+        let r2 = best.and_then(|b| (yy > 0.0).then(|| 1.0 - b.sse / yy));
+        let cond = best.and_then(|b| {
+            // Without any context read, γ is the prior's and not part of the fit.
+            let context = if sums.xx[3][3] > 0.0 { 0b1000 } else { 0 };
+            let mask = context | if b.joint { 0b0011 } else { 0b0010 };
+            condition(&tie_decode_to_prefill(&sums, b.c[2] / b.c[1]), mask)
+        });
         // The fit must leave at most 80 % of the defaults' squared error (bench: fits trusted
         // without this margin made bursty and n>1 records worse, 20-30 % median instead of 10-15 %).
         const MARGIN: f64 = 0.2;
-        let beats_prior = prior_sse.map_or(true, |p| best_raw_sse <= (1.0 - MARGIN) * p);
+        // (Less by more than rounding: defaults that explain the energy exactly are kept.)
+        let beats_prior =
+            prior_sse.map_or(true, |p| best_raw_sse < (1.0 - MARGIN) * p - 1e-12 * yy);
         let trusted = d.fixed
             || n >= d.min_ticks
                 && beats_prior
                 && cond.is_some_and(|c| c <= d.max_condition)
                 && r2.is_some_and(|r| r >= d.min_r2)
-                && fit.is_some_and(|c| c[1] > 0.0 && c[3] > 0.0);
+                && fit.is_some_and(|c| c[1] > 0.0 && c[3] > 0.0)
+                // γ is the prior's alone until some decode has read context.
+                && sums.xx[3][3] > 0.0;
         self.trusted_once |= trusted;
         let used = match fit {
             Some(c) if trusted && !d.fixed => (c[1], c[2], c[3]),

@@ -1,6 +1,6 @@
-//! The calibration's linear algebra: running sums of the normal equations, the ridge-pulled
-//! solve of a subset of the terms, the decode column folded into the prefill one, and the
-//! condition number of a subset (split from `calibration.rs` by concern).
+//! The calibration's linear algebra: running sums of the normal equations, the fit on a grid of
+//! γ/α, the decode column folded into the prefill one, and the condition number of a subset
+//! (split from `calibration.rs` by concern).
 
 use super::K;
 
@@ -23,6 +23,7 @@ impl Sums {
         self.yy += sign * y * y;
     }
 
+    #[cfg(test)]
     pub(super) fn sse(&self, c: &[f64; K]) -> f64 {
         let mut q = self.yy;
         for i in 0..K {
@@ -35,57 +36,122 @@ impl Sums {
     }
 }
 
-/// Solves the normal equations restricted to the terms in `mask` (column-scaled Gaussian
-/// elimination with partial pivoting), with a ridge pull of each marginal term towards `prior`
-/// of weight `ridge` relative to its column's: directions the data cannot tell apart settle near
-/// the prior's proportions instead of swinging to 0 or to another term. `None` when singular.
-pub(super) fn solve_subset(s: &Sums, mask: u32, prior: &[f64; K], ridge: f64) -> Option<[f64; K]> {
-    let idx: Vec<usize> = (0..K).filter(|i| mask & (1 << i) != 0).collect();
-    let n = idx.len();
-    let scale: Vec<f64> = idx.iter().map(|&i| s.xx[i][i].sqrt()).collect();
-    if scale.iter().any(|&d| !(d > 0.0 && d.is_finite())) {
-        return None;
-    }
-    let mut a = vec![vec![0.0; n + 1]; n];
-    for (r, &i) in idx.iter().enumerate() {
-        for (c, &j) in idx.iter().enumerate() {
-            a[r][c] = s.xx[i][j] / (scale[r] * scale[c]);
-        }
-        a[r][n] = s.xy[i] / scale[r];
-        if i > 0 {
-            // In scaled units the diagonal is 1: the pull is ridge × (prior × scale).
-            a[r][r] += ridge;
-            a[r][n] += ridge * prior[i] * scale[r];
-        }
-    }
-    for col in 0..n {
-        let piv = (col..n).max_by(|&x, &y| a[x][col].abs().total_cmp(&a[y][col].abs()))?;
-        if a[piv][col].abs() < 1e-10 {
-            return None;
-        }
-        a.swap(col, piv);
-        let pivot_row = a[col].clone();
-        for (r, row) in a.iter_mut().enumerate() {
-            if r != col {
-                let f = row[col] / pivot_row[col];
-                for (x, p) in row.iter_mut().zip(&pivot_row).skip(col) {
-                    *x -= f * p;
-                }
-            }
-        }
-    }
-    let mut out = [0.0; K];
-    for (r, &i) in idx.iter().enumerate() {
-        out[i] = a[r][n] / a[r][r] / scale[r];
-    }
-    out.iter().all(|v| v.is_finite()).then_some(out)
+/// One candidate of the fit: the coefficients `[static, α, β, γ]`, its squared error, and
+/// whether the static term was fitted (`true`) or fixed at the estimate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Candidate {
+    pub(super) c: [f64; K],
+    pub(super) sse: f64,
+    pub(super) joint: bool,
+    /// `ln(ρ / ρ₀)`: how far γ/α lies from the defaults' ratio.
+    pub(super) log_ratio: f64,
 }
 
-/// The ridge's penalty of coefficients `c` (every marginal term, in or out of the subset).
-pub(super) fn ridge_cost(s: &Sums, c: &[f64; K], prior: &[f64; K], ridge: f64) -> f64 {
-    (1..K)
-        .map(|i| ridge * s.xx[i][i] * (c[i] - prior[i]).powi(2))
-        .sum()
+/// Steps of the grid of γ/α per decade, and decades searched either side of the defaults'
+/// ratio: 12 % steps from 10⁻⁴ to 10⁴ times it, finer than the fit can tell ratios apart.
+const RATIO_STEPS_PER_DECADE: i32 = 20;
+const RATIO_DECADES: i32 = 4;
+
+/// The least-squares fit with `β = kappa·α` and `γ = ρ₀·e^log_ratio·α`: α with the static term
+/// fixed at `static_w` (at 0 without an estimate), or α fitted with the static term where that
+/// lands in `[0, static_w]` (any non-negative static term without an estimate), whichever leaves
+/// less squared error. Closed forms on the sums (one or two unknowns). `None` without a positive α.
+fn fit_at_ratio(
+    s: &Sums,
+    static_w: Option<f64>,
+    kappa: f64,
+    rho0: f64,
+    log_ratio: f64,
+) -> Option<Candidate> {
+    let rho = rho0 * log_ratio.exp();
+    // The work column z = prefill + κ·decode + ρ·context, as sums against busy, itself and y.
+    let v = [0.0, 1.0, kappa, rho];
+    let (mut zz, mut zy, mut zb) = (0.0, 0.0, 0.0);
+    for i in 1..K {
+        zy += v[i] * s.xy[i];
+        zb += v[i] * s.xx[0][i];
+        for k in 1..K {
+            zz += v[i] * v[k] * s.xx[i][k];
+        }
+    }
+    if zz.is_nan() || zz <= 0.0 {
+        return None;
+    }
+    let candidate = |st: f64, a: f64, sse: f64, joint: bool| Candidate {
+        c: [st, a, kappa * a, rho * a],
+        sse,
+        joint,
+        log_ratio,
+    };
+    // y − static·busy ≈ α·z.
+    let st = static_w.unwrap_or(0.0);
+    let zy_left = zy - st * zb;
+    let a = zy_left / zz;
+    let fixed = (a > 0.0).then(|| {
+        let yy = s.yy - 2.0 * st * s.xy[0] + st * st * s.xx[0][0];
+        candidate(st, a, yy - a * zy_left, false)
+    });
+    let det = s.xx[0][0] * zz - zb * zb;
+    let joint = (det > 1e-12 * s.xx[0][0] * zz)
+        .then(|| {
+            let st = (s.xy[0] * zz - zb * zy) / det;
+            let a = (s.xx[0][0] * zy - zb * s.xy[0]) / det;
+            (a > 0.0 && st >= 0.0 && static_w.map_or(true, |w| st <= w))
+                .then(|| candidate(st, a, s.yy - st * s.xy[0] - a * zy, true))
+        })
+        .flatten();
+    match (fixed, joint) {
+        (Some(f), Some(j)) => Some(if j.sse < f.sse { j } else { f }),
+        (f, j) => f.or(j),
+    }
+}
+
+/// For `β = kappa·α`, the fit ([`fit_at_ratio`]) at the γ/α that minimises
+/// `sse + penalty(ln(ρ/ρ₀))`: searched on a logarithmic grid around `rho0`, then refined
+/// between the best point's neighbours.
+pub(super) fn best_on_ratio_grid(
+    s: &Sums,
+    static_w: Option<f64>,
+    kappa: f64,
+    rho0: f64,
+    penalty: &dyn Fn(f64) -> f64,
+) -> Option<Candidate> {
+    let step = std::f64::consts::LN_10 / f64::from(RATIO_STEPS_PER_DECADE);
+    let steps = RATIO_STEPS_PER_DECADE * RATIO_DECADES;
+    let objective = |c: &Candidate| c.sse + penalty(c.log_ratio);
+    let grid = (-steps..=steps)
+        .filter_map(|j| fit_at_ratio(s, static_w, kappa, rho0, f64::from(j) * step));
+    let best = grid.min_by(|a, b| objective(a).total_cmp(&objective(b)))?;
+    // Golden-section search between the neighbours (the objective is smooth in the ratio):
+    // 30 steps narrow the bracket a million-fold.
+    let at_ratio = |l: f64| {
+        fit_at_ratio(s, static_w, kappa, rho0, l)
+            .map_or((f64::INFINITY, None), |c| (objective(&c), Some(c)))
+    };
+    let phi = (5f64.sqrt() - 1.0) / 2.0;
+    let (mut lo, mut hi) = (best.log_ratio - step, best.log_ratio + step);
+    let (mut x1, mut x2) = (hi - phi * (hi - lo), lo + phi * (hi - lo));
+    let (mut f1, mut f2) = (at_ratio(x1), at_ratio(x2));
+    for _ in 0..30 {
+        if f1.0 <= f2.0 {
+            hi = x2;
+            (x2, f2) = (x1, f1);
+            x1 = hi - phi * (hi - lo);
+            f1 = at_ratio(x1);
+        } else {
+            lo = x1;
+            (x1, f1) = (x2, f2);
+            x2 = lo + phi * (hi - lo);
+            f2 = at_ratio(x2);
+        }
+    }
+    let refined = if f1.0 <= f2.0 { f1 } else { f2 };
+    if let (f, Some(c)) = refined {
+        if f < objective(&best) {
+            return Some(c);
+        }
+    }
+    Some(best)
 }
 
 /// The sums with the decode column folded into the prefill column at `β = kappa × α`: column 1

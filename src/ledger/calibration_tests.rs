@@ -155,9 +155,10 @@ fn static_power_comes_from_the_lightest_busy_ticks_and_blocks_sum_ticks() {
     let r = c.report();
     assert_eq!(r.ticks, 50, "600 ticks in blocks of 5, window of 50");
     let st = r.fitted_static_w.unwrap();
-    // A low quantile of the ticks' power: within 5 % above the true 200 W, and the marginal
-    // cost of prefill within 25 % of 0.02 J (its decode, at a twentieth of α, is fitted at α).
-    assert!((200.0..210.0).contains(&st), "{r:?}");
+    // A low quantile of the ticks' power bounds it within 5 % above the true 200 W; the fit may
+    // lower it a little (its decode, at a twentieth of α, is fitted at a quarter, the least β/α
+    // it allows). The marginal cost of prefill within 25 % of 0.02 J.
+    assert!((190.0..210.0).contains(&st), "{r:?}");
     let alpha = r.fitted_alpha_j.unwrap();
     assert!((alpha / 0.02 - 1.0).abs() < 0.25, "{r:?}");
 }
@@ -166,9 +167,10 @@ fn static_power_comes_from_the_lightest_busy_ticks_and_blocks_sum_ticks() {
 fn a_fit_no_better_than_the_defaults_proportions_is_not_used() {
     let mut c = Calibrator::new(cfg());
     for k in 0..600u32 {
-        // Energy that follows the defaults' proportions (1 : 1 : 0.001) exactly: a fit can
-        // only match them, never beat them by the margin. Every fourth run of five ticks (a
-        // busy-power span) is nearly idle work, which pins the static estimate.
+        // Energy that follows the defaults' proportions (1 : 1 : 0.001) with 5 % noise: a fit
+        // can explain a little of the noise (and of the light ticks' work, which the static
+        // estimate carries), never beat the defaults by the margin. Every fourth run of five
+        // ticks (a busy-power span) is nearly idle work, which pins the static estimate.
         let light = (k / 5) % 4 == 0;
         let p = if light {
             0.0
@@ -185,9 +187,10 @@ fn a_fit_no_better_than_the_defaults_proportions_is_not_used() {
         } else {
             f64::from((k * 13) % 900 + 50)
         };
+        let noise = 0.05 * (f64::from((k * 7919) % 201) / 100.0 - 1.0);
         c.observe(
             busy_tick(p, d, ctx),
-            100.0 * 0.05 + 0.03 * (p + d + 0.001 * ctx),
+            (100.0 * 0.05 + 0.03 * (p + d + 0.001 * ctx)) * (1.0 + noise),
         );
     }
     let r = c.report();
@@ -256,5 +259,63 @@ fn the_decode_to_prefill_ratio_is_chosen_from_its_steps() {
         );
         assert!(close(r.alpha_j, 0.01, 0.01), "{r:?}");
         assert!(close(r.gamma_j, 0.000_014, 0.05), "{r:?}");
+    }
+}
+
+/// `feed`'s ticks with their energy off by a deterministic ±`noise` (relative).
+fn feed_noisy(c: &mut Calibrator, n: u32, (alpha, gamma): (f64, f64), noise: f64) {
+    for k in 0..n {
+        let busy = 0.02 + f64::from(k % 4) * 0.01;
+        let p = f64::from((k * 37) % 400);
+        let d = f64::from((k * 11) % 64 + 1);
+        let ctx = d * f64::from((k * 13) % 900 + 50);
+        let e = 230.0 * busy + alpha * (p + d) + gamma * ctx;
+        let wobble = f64::from((k * 7919) % 201) / 100.0 - 1.0;
+        c.observe(work(busy, p, d, ctx), e * (1.0 + noise * wobble));
+    }
+}
+
+#[test]
+fn the_prior_on_the_context_ratio_weighs_as_the_ticks_noise() {
+    // γ/α fifteen times the defaults' (a context-bound engine). Ticks that pin it overrule the
+    // prior, within 10 % at 1 % noise; noisier ticks of the same work tell it apart less well,
+    // and the fit stays nearer the defaults' ratio, never beyond the truth.
+    let ratio = |noise: f64| {
+        let mut c = Calibrator::new(cfg());
+        feed_noisy(&mut c, 200, (0.01, 0.000_15), noise);
+        let r = c.report();
+        (r.fitted_gamma_j.unwrap() / r.fitted_alpha_j.unwrap(), r)
+    };
+    let (precise, r) = ratio(0.01);
+    assert!((precise / 0.015 - 1.0).abs() < 0.1, "{r:?}");
+    assert!(r.trusted, "{r:?}");
+    let (noisy, r) = ratio(0.3);
+    assert!(
+        noisy < precise && noisy > 0.001,
+        "{noisy} against {precise}: {r:?}"
+    );
+}
+
+#[test]
+fn the_fit_on_the_ratio_grid_is_exact_least_squares() {
+    // The closed forms' squared error is the sums' own at the coefficients found, the fit at the
+    // refined ratio is no worse than at any grid point, and without a penalty an exact model is
+    // found to the digit between grid points (γ/α = 0.00137, not on the grid).
+    let mut c = Calibrator::new(cfg());
+    feed(&mut c, 200, 230.0, 0.01, 0.01, 0.000_013_7);
+    let s = c.sums;
+    for static_w in [None, Some(230.0), Some(200.0)] {
+        let best = solve::best_on_ratio_grid(&s, static_w, 1.0, 0.001, &|_| 0.0).unwrap();
+        assert!((best.sse - s.sse(&best.c)).abs() <= 1e-9 * s.yy, "{best:?}");
+        if static_w != Some(200.0) {
+            assert!(
+                (best.c[3] / best.c[1] / 0.001_37 - 1.0).abs() < 1e-6,
+                "{best:?}"
+            );
+            assert!((best.c[0] - 230.0).abs() < 1e-6, "{best:?}");
+        } else {
+            // Static bounded below the truth: the fit at the bound, the rest left to α and γ.
+            assert!(best.c[0] <= 200.0, "{best:?}");
+        }
     }
 }
