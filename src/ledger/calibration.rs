@@ -28,7 +28,8 @@
 //! defaults'. α's own level is the data's.
 //!
 //! Trust rule: at least `min_ticks` samples (blocks), R² of the fit at least `min_r2`, a condition
-//! number of the scaled normal matrix of the chosen terms at most `max_condition`, α positive, and
+//! number of the scaled normal matrix of the chosen terms at most `max_condition`, α positive,
+//! some context read (else γ is the prior's alone), and
 //! a fit that explains the data clearly better (20 % less squared error) than the defaults'
 //! proportions at their best scale. Until then the configured defaults are used (γ's default is
 //! β / 1000, a context token costing a thousandth of a decode token).
@@ -176,9 +177,9 @@ pub const KAPPA_STEPS: [f64; 3] = [0.25, 0.5, 1.0];
 /// data win; where they cannot tell it apart, it stays near the defaults'. Replaced a ridge that
 /// pulled α and γ themselves towards the defaults with the weight of two blocks of data: the
 /// pull on α's absolute value (the 70B's is 4.5 times the default) moved γ to compensate, and in
-/// the context-bound decode-heavy workload held γ/β at a sixth of the engine's (the matrix, four
-/// seeds, records 7.2 / 27.7 -> 7.3 / 25.4 %, responses 7.5 / 34.4 -> 7.3 / 31.8 %; a spread of
-/// ln 10: 8.0 / 27.1 and 7.9 / 32.5 %).
+/// the context-bound decode-heavy workload held γ/β at a sixth of the engine's (the matrix, eight
+/// seeds, records 7.3 / 28.0 -> 7.1 / 25.6 %, responses 7.6 / 33.9 -> 7.2 / 31.2 %; four seeds
+/// with a spread of ln 10: 8.0 / 27.1 and 7.9 / 32.5 % against 7.3 / 25.3 and 7.3 / 31.8 %).
 pub const CONTEXT_RATIO_SPREAD: f64 = 1.098_612_288_668_109_8;
 
 /// γ/α at the centre of the fit's grid when the defaults do not give one (γ or α configured as

@@ -55,7 +55,11 @@ const RATIO_DECADES: i32 = 4;
 /// The least-squares fit with `β = kappa·α` and `γ = ρ₀·e^log_ratio·α`: α with the static term
 /// fixed at `static_w` (at 0 without an estimate), or α fitted with the static term where that
 /// lands in `[0, static_w]` (any non-negative static term without an estimate), whichever leaves
-/// less squared error. Closed forms on the sums (one or two unknowns). `None` without a positive α.
+/// less squared error. The estimate, the power of the lightest busy ticks, is only an upper bound:
+/// those ticks still carry work, most of all where context reads cost much (bench, four seeds,
+/// with the ridge this replaced: records 10.4 / 40.5 -> 10.2 / 39.6 %, context-bound queueing
+/// 10.0 -> 7.6 % median). Closed forms on the sums (one or two unknowns). `None` without a
+/// positive α.
 fn fit_at_ratio(
     s: &Sums,
     static_w: Option<f64>,
