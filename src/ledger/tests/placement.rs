@@ -18,21 +18,28 @@ pub(super) fn run_with_steps(
         l.steps.cover(w[0], w[1]);
     }
     for k in 1..=ticks {
-        let end = k * 50 * MS;
-        let new: Vec<u64> = steps
-            .iter()
-            .copied()
-            .filter(|&t| t <= end && t > end - 50 * MS)
-            .collect();
-        l.note_steps(&new);
-        let obs: Vec<Observation> = scripts
-            .iter()
-            .chain([hold])
-            .filter_map(|s| s.at(end))
-            .collect();
-        apply_50ms(l, k, Some(1_000), &obs);
-        check_books(l);
+        tick_with_steps(l, k, steps, scripts.iter().chain([hold]));
     }
+}
+
+/// Tick `k` of 50 ms: notes the engine step boundaries of `steps` that fall in it, applies what
+/// `scripts` show at its end, and checks the books.
+pub(super) fn tick_with_steps<'a>(
+    l: &mut Ledger,
+    k: u64,
+    steps: &[u64],
+    scripts: impl IntoIterator<Item = &'a Script>,
+) {
+    let end = k * 50 * MS;
+    let new: Vec<u64> = steps
+        .iter()
+        .copied()
+        .filter(|&t| t <= end && t > end - 50 * MS)
+        .collect();
+    l.note_steps(&new);
+    let obs: Vec<Observation> = scripts.into_iter().filter_map(|s| s.at(end)).collect();
+    apply_50ms(l, k, Some(1_000), &obs);
+    check_books(l);
 }
 
 /// Runs ticks 1..=`ticks` of 50 ms over `scripts`, noting the engine step boundaries `steps` as

@@ -2,6 +2,7 @@
 //! estimate, and their prompt keeps the prefill conveyor's date where counting their tokens back
 //! over the steps streams showed misses steps.
 
+use super::placement::tick_with_steps;
 use super::*;
 
 /// Ends of the held 50 ms ticks where request `id` has more than one prompt token placed.
@@ -111,17 +112,9 @@ fn gap_after_its_end() -> Ledger {
     );
     let steps: Vec<u64> = a.tokens.iter().chain(&b.tokens).copied().collect();
     let scripts = [a, b, hidden, keeper];
+    // Steps noted as they fall, but covered only where the streams themselves show them.
     for k in 1..=21u64 {
-        let end = k * 50 * MS;
-        let seen: Vec<u64> = steps
-            .iter()
-            .copied()
-            .filter(|&t| t <= end && t > end - 50 * MS)
-            .collect();
-        l.note_steps(&seen);
-        let obs: Vec<Observation> = scripts.iter().filter_map(|s| s.at(end)).collect();
-        apply_50ms(&mut l, k, Some(1_000), &obs);
-        check_books(&l);
+        tick_with_steps(&mut l, k, &steps, &scripts);
     }
     l
 }
