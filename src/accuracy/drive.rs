@@ -16,7 +16,7 @@ use crate::clock::Clock;
 use crate::meter::sim::SimMeter;
 use crate::meter::MeterSet;
 use crate::observe::{Endpoint, InFlight, InFlightGuard, Outcome, RequestMeta, RequestProgress};
-use crate::sampler::SamplerCore;
+use crate::sampler::{SamplerCore, TimeSource, Wake};
 use crate::sim::engine::{Engine, EngineConfig, Phase, StepReport};
 
 /// How the meter and sampler behave.
@@ -122,6 +122,9 @@ impl RunResult {
     }
 }
 
+/// Virtual time of the sampler's first reading, ns.
+const START_NS: u64 = 1_000_000_000;
+
 /// Energy in picojoules as a function of virtual time: idle power between steps, each step's
 /// energy spread evenly over it.
 #[derive(Debug)]
@@ -159,6 +162,93 @@ impl EnergyClock {
     }
 }
 
+/// The simulated energy counter: it moves on its own lattice, out of phase with the sampler's
+/// reads (each update up to the jitter off it), by the energy drawn since its previous update
+/// with the meter's noise, in whole micro-joules.
+struct Counter {
+    period_ns: u64,
+    lattice_ns: u64,
+    next_update: u64,
+    jitter: Noise,
+    jitter_ns: u64,
+    noise: Noise,
+    noise_level: f64,
+    /// The engine's energy up to the latest update, pJ (truth, before noise).
+    true_pj: u128,
+    /// The counter's value, µJ.
+    uj: u64,
+    carry: f64,
+}
+
+impl Counter {
+    fn new(m: &MeterModel, seed: u64) -> Self {
+        let period_ns = m.counter_period_ns.max(1);
+        let lattice_ns = START_NS + (seed.wrapping_mul(7_919) % period_ns) + 1;
+        let mut c = Counter {
+            period_ns,
+            lattice_ns,
+            next_update: lattice_ns,
+            // Jitter from its own sequence, so that without it every other draw is unchanged.
+            jitter: Noise(seed ^ 0x717e),
+            jitter_ns: m.jitter_ns.min(period_ns / 2 - 1),
+            noise: Noise(seed ^ 0x5eed),
+            noise_level: m.noise,
+            true_pj: 0,
+            uj: 0,
+            carry: 0.0,
+        };
+        c.next_update = c.jittered(lattice_ns);
+        c
+    }
+
+    fn jittered(&mut self, at: u64) -> u64 {
+        if self.jitter_ns == 0 {
+            return at;
+        }
+        let j = (self.jitter.next() * self.jitter_ns as f64) as i64;
+        at.saturating_add_signed(j)
+    }
+
+    /// The update due at `now`.
+    fn update(&mut self, now: u64, energy: &EnergyClock) {
+        let e = energy.at(now);
+        let inc_pj = e - self.true_pj;
+        self.true_pj = e;
+        let noisy = inc_pj as f64 / 1e6 * (1.0 + self.noise_level * self.noise.next()) + self.carry;
+        let whole = noisy.max(0.0).floor();
+        self.carry = noisy - whole;
+        self.uj += whole as u64;
+        self.lattice_ns += self.period_ns;
+        self.next_update = self.jittered(self.lattice_ns).max(now + 1);
+    }
+}
+
+/// The virtual clock of the sampler's start-up burst: before any traffic, it moves the counter
+/// through its updates up to each read, and publishes its value to the meter.
+struct StartupBurst {
+    now: u64,
+    counter: Counter,
+    energy: EnergyClock,
+    shared: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl TimeSource for StartupBurst {
+    fn now_ns(&mut self) -> u64 {
+        self.now
+    }
+
+    fn sleep_until(&mut self, deadline_ns: u64, _stop: &std::sync::mpsc::Receiver<()>) -> Wake {
+        // Updates due at a read come before it, as in the main loop.
+        while self.counter.next_update <= deadline_ns {
+            let at = self.counter.next_update;
+            self.counter.update(at, &self.energy);
+        }
+        self.now = self.now.max(deadline_ns);
+        self.shared.store(self.counter.uj, Relaxed);
+        Wake::Deadline
+    }
+}
+
 /// Seeded uniform draws in [-1, 1].
 struct Noise(u64);
 
@@ -185,39 +275,20 @@ const SETTLED_MAX_WAIT_NS: u64 = crate::config::defaults::RESPONSE_ENERGY_MAX_WA
 /// Runs `scenario` through the real accounting. Deterministic: the same scenario gives the same
 /// result.
 pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, AccountingError> {
-    const START_NS: u64 = 1_000_000_000;
     let clock = Clock::new();
     let in_flight = Arc::new(InFlight::new());
     let mut accounting = Accounting::new(config, in_flight.clone(), clock)?;
     let shared = accounting.shared();
     let mut engine = Engine::new(scenario.engine.clone());
-    let mut energy = EnergyClock {
+    let energy = EnergyClock {
         idle_mw: scenario.engine.cost.idle_mw,
         at_ns: START_NS,
         pj: 0,
         step: None,
     };
     let m = scenario.meter;
-    let mut noise = Noise(scenario.seed ^ 0x5eed);
     let sample = m.sample_interval_ns.max(1);
-    let period = m.counter_period_ns.max(1);
-    // The counter's lattice is out of phase with the sampler's.
-    let mut lattice = START_NS + (scenario.seed.wrapping_mul(7_919) % period) + 1;
-    // Jitter from its own sequence, so that without it every other draw is unchanged.
-    let mut jitter = Noise(scenario.seed ^ 0x717e);
-    let jitter_ns = m.jitter_ns.min(period / 2 - 1);
-    let mut jittered = |at: u64| {
-        if jitter_ns == 0 {
-            return at;
-        }
-        let j = (jitter.next() * jitter_ns as f64) as i64;
-        at.saturating_add_signed(j)
-    };
-    let mut next_update = jittered(lattice);
-    let mut next_read = START_NS + sample;
-    let mut counter_true_pj = 0u128;
-    let mut counter_uj = 0u64;
-    let mut counter_carry = 0.0f64;
+    let sim_counter = Counter::new(&m, scenario.seed);
     // What the engine drew up to the latest counter update the sampler has read.
     let mut drawn_by_read_pj = 0u128;
     // The real sampler core over a meter reading the simulated counter: it learns the counter's
@@ -234,8 +305,30 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
         std::time::Duration::from_nanos(sample),
     );
     sampler.round(START_NS);
+    // The start-up alignment `joulegate serve` runs (a burst of reads that finds the counter's
+    // update phase; reads then start half an interval after its updates), through the same code
+    // over the virtual clock.
+    let mut burst = StartupBurst {
+        now: START_NS,
+        counter: sim_counter,
+        energy,
+        shared: counter.clone(),
+    };
+    let (_never_stop, stop) = std::sync::mpsc::sync_channel::<()>(1);
+    let aligned = sampler
+        .align_start(&mut burst, &stop)
+        .expect("the virtual clock never stops the burst");
+    let StartupBurst {
+        now: burst_end,
+        counter: mut sim_counter,
+        mut energy,
+        ..
+    } = burst;
+    let mut next_read =
+        aligned.unwrap_or(START_NS + sample * ((burst_end - START_NS) / sample + 1));
 
-    let first_at = START_NS + scenario.warmup_ns;
+    // Traffic starts after the warm-up, and never during the burst.
+    let first_at = (START_NS + scenario.warmup_ns).max(burst_end);
     let mut order: Vec<usize> = (0..scenario.requests.len()).collect();
     order.sort_by_key(|&i| (scenario.requests[i].at_ns, i));
     let mut next_arrival = 0usize;
@@ -286,7 +379,7 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
         let now = step_end
             .min(arrival)
             .min(abort)
-            .min(next_update)
+            .min(sim_counter.next_update)
             .min(next_read);
         if now >= drain_deadline {
             // Everything retired: stop once the ledger holds nothing (a tick announced before
@@ -386,19 +479,11 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
                 l.guard = None;
                 done += 1;
             }
-        } else if now == next_update {
-            let e = energy.at(now);
-            let inc_pj = e - counter_true_pj;
-            counter_true_pj = e;
-            let noisy = inc_pj as f64 / 1e6 * (1.0 + m.noise * noise.next()) + counter_carry;
-            let whole = noisy.max(0.0).floor();
-            counter_carry = noisy - whole;
-            counter_uj += whole as u64;
-            lattice += period;
-            next_update = jittered(lattice).max(now + 1);
+        } else if now == sim_counter.next_update {
+            sim_counter.update(now, &energy);
         } else {
-            counter.store(counter_uj, Relaxed);
-            drawn_by_read_pj = counter_true_pj;
+            counter.store(sim_counter.uj, Relaxed);
+            drawn_by_read_pj = sim_counter.true_pj;
             for tick in sampler.round(now) {
                 accounting.process_tick(&tick);
                 // Settled mode: a response waits for its record, at most the default bound.
