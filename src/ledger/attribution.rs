@@ -149,7 +149,6 @@ pub struct Ledger {
     /// too.
     pub(super) oldest_unstarted_ns: u64,
     pub(super) shares: Vec<u64>,
-    pub(super) scratch: Vec<(f64, usize)>,
     /// The engine's recent step boundaries.
     pub(super) steps: super::steps::StepHistory,
     /// Scratch for [`Ledger::place_by_steps`].
@@ -206,7 +205,6 @@ impl Ledger {
             batch: super::types::BatchStats::default(),
             oldest_unstarted_ns: u64::MAX,
             shares: Vec::new(),
-            scratch: Vec::new(),
             steps: super::steps::StepHistory::default(),
             step_scratch: Vec::new(),
             prefill_queue: super::queue::PrefillQueue::new(prefill_rate),
@@ -440,7 +438,7 @@ impl Ledger {
         self.weights.push(after as f64);
         let mut shares = std::mem::take(&mut self.shares);
         let ok = match delta_uj {
-            Some(e) => split_uj(e, &self.weights, &mut shares, &mut self.scratch),
+            Some(e) => split_uj(e, &self.weights, &mut shares),
             None => false,
         };
         if !ok {

@@ -142,7 +142,7 @@ impl Ledger {
             dt,
             busy,
         );
-        if !split_uj(e, &self.weights, &mut self.shares, &mut self.scratch) {
+        if !split_uj(e, &self.weights, &mut self.shares) {
             if tick.busy || !tick.items.is_empty() {
                 self.totals.unattributed_uj = self.totals.unattributed_uj.saturating_add(e);
             } else {
@@ -353,15 +353,19 @@ pub(super) fn split_weights(
     step_work.resize(2 * parts, 0.0);
     let (work, inner) = step_work.split_at_mut(parts);
     let plen_f = f64::from(plen);
+    // Each item's first and last part, found once: `weights` keeps them (as bits) between the
+    // two passes, the second overwriting them with the item's weight.
     for (item, &m) in tick.items.iter().zip(marginal) {
+        let (j0, j1) = if item.lo >= item.hi {
+            let j = part_of(item.hi.saturating_sub(1));
+            (j, j)
+        } else {
+            (part_of(item.lo), part_of(item.hi - 1))
+        };
+        weights.push(f64::from_bits((j0 as u64) << 32 | j1 as u64));
         if m <= 0.0 {
             continue;
         }
-        if item.lo >= item.hi {
-            work[part_of(item.hi.saturating_sub(1))] += m;
-            continue;
-        }
-        let (j0, j1) = (part_of(item.lo), part_of(item.hi - 1));
         if j0 == j1 {
             work[j0] += m;
             continue;
@@ -412,27 +416,24 @@ pub(super) fn split_weights(
         inv_before[j + 1] = inv_before[j] + x;
     }
     let everyone = if total > 0.0 { empty / total } else { 0.0 };
-    for (item, &m) in tick.items.iter().zip(marginal) {
+    for ((item, &m), slot) in tick.items.iter().zip(marginal).zip(weights.iter_mut()) {
+        let bits = slot.to_bits();
+        let (j0, j1) = ((bits >> 32) as usize, (bits & u64::from(u32::MAX)) as usize);
         let mut w = everyone * m;
         if m > 0.0 {
-            if item.lo >= item.hi {
-                w += m * step_work[part_of(item.hi.saturating_sub(1))];
+            if j0 == j1 {
+                w += m * step_work[j0];
             } else {
-                let (j0, j1) = (part_of(item.lo), part_of(item.hi - 1));
-                if j0 == j1 {
-                    w += m * step_work[j0];
-                } else {
-                    let per_ns = m / f64::from(item.hi - item.lo);
-                    w += per_ns
-                        * (f64::from(edge(j0 + 1) - item.lo) * step_work[j0]
-                            + f64::from(item.hi - edge(j1)) * step_work[j1]);
-                    if j1 > j0 + 1 {
-                        w += per_ns * plen_f * (inv_before[j1] - inv_before[j0 + 1]);
-                    }
+                let per_ns = m / f64::from(item.hi - item.lo);
+                w += per_ns
+                    * (f64::from(edge(j0 + 1) - item.lo) * step_work[j0]
+                        + f64::from(item.hi - edge(j1)) * step_work[j1]);
+                if j1 > j0 + 1 {
+                    w += per_ns * plen_f * (inv_before[j1] - inv_before[j0 + 1]);
                 }
             }
         }
-        weights.push(w);
+        *slot = w;
     }
 }
 
