@@ -18,7 +18,10 @@ impl Ledger {
     /// The figures of a request the ledger knows (in flight or awaiting settlement).
     pub fn energy(&self, id: u64) -> Option<RequestEnergy> {
         let slot = *self.index.get(&id)?;
-        self.slots.get(slot as usize)?.as_ref().map(|r| r.energy)
+        self.slots
+            .get(slot as usize)?
+            .as_ref()
+            .map(Req::settled_energy)
     }
 
     /// The figures of the requests observed by the latest [`Ledger::apply`], in the order of its

@@ -72,11 +72,19 @@ impl Req {
                 *f = (*f - w).max(0.0);
             }
         }
-        self.energy.settled_tokens = SettledTokens {
+    }
+
+    /// Its settled figures, with the tokens they paid for. (The counts are converted here, not
+    /// per settled item: three float-to-integer conversions per item were 4 % of a ledger tick's
+    /// instructions at 10,000 requests in flight.)
+    pub(super) fn settled_energy(&self) -> RequestEnergy {
+        let mut e = self.energy;
+        e.settled_tokens = SettledTokens {
             prefill: self.settled_work[0] as u64,
             decode: self.settled_work[1] as u64,
             context: self.settled_work[2] as u64,
         };
+        e
     }
 
     /// Counts `item`'s work as frozen: final in its place, its energy still to be split.

@@ -280,7 +280,7 @@ impl Ledger {
                         self.free.push(slot);
                         self.ready.push(FinalRequest {
                             id: req.id,
-                            energy: req.energy,
+                            energy: req.settled_energy(),
                             vanished: req.vanished,
                         });
                     }

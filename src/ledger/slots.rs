@@ -123,7 +123,7 @@ impl Ledger {
         self.free.push(slot);
         Some(FinalRequest {
             id,
-            energy: req.energy,
+            energy: req.settled_energy(),
             vanished: req.vanished,
         })
     }
