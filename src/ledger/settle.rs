@@ -344,7 +344,18 @@ pub(super) fn split_weights(
     let plen = (dt32 / parts as u32).max(1);
     let inv_plen = 1.0 / f64::from(plen);
     let last = parts - 1;
-    let part_of = |t: u32| ((f64::from(t) * inv_plen) as usize).min(last);
+    // Items that start at the tick's start or run into its last part (a span since a token in
+    // an earlier tick, or on into the next one: most of them) skip the conversions.
+    let last_edge = plen * last as u32;
+    let part_of = |t: u32| {
+        if t == 0 {
+            0
+        } else if t >= last_edge {
+            last
+        } else {
+            ((f64::from(t) * inv_plen) as usize).min(last)
+        }
+    };
     let edge = |j: usize| if j > last { dt32 } else { plen * j as u32 };
     // A span over several parts adds its density to the parts it covers whole through a
     // difference array (`inner`), so each item costs the same however many parts it spans
