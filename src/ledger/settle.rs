@@ -192,8 +192,9 @@ impl Ledger {
             let sf = share as f64;
             let m = self.marginal.get(k).copied().unwrap_or(0.0);
             let prefill = if item.prefill > 0.0 && m > 0.0 && *w > 0.0 {
-                // Non-negative, so the truncating cast is the floor (and cheaper than `floor`).
-                (sf * (alpha * f64::from(item.prefill) / m)).clamp(0.0, sf) as u64
+                // Non-negative, so the truncating cast is the floor (and cheaper than `floor`);
+                // at most the share, which `sf` may round above past 2^53.
+                ((sf * (alpha * f64::from(item.prefill) / m)).clamp(0.0, sf) as u64).min(share)
             } else {
                 0
             };
