@@ -56,11 +56,12 @@ fn guard_case(model: &str, workload: VirtualWorkload) -> CaseReport {
 /// The calibration on the context-bound model, where a context token read costs a thirty-third of
 /// a decode token's own work (the defaults say a thousandth): with β tied to α and the defaults'
 /// γ/α only a prior weighed by the ticks' noise, the fit finds the context's cost (40 requests,
-/// steady, 50 ms counter: record 1.4 / 9.3 %, response 3.9 / 23.2 % with the conveyor's throughput
-/// pooled (stop 32; 1.6 / 9.3 and 3.3 / 22.1 % with its moving average), with the sampler's start-up
-/// alignment run as `serve` runs it (since stop 32; 2.5 / 12.1 and 4.3 / 20.8 % without); with the
-/// ridge that pulled α and γ towards the defaults, until stop 31, 6.2 / 15.0 and 8.3 / 16.5 %; with β fitted freely
-/// and a ridge of 5 % of each column, earlier, 9.6 / 27.6 and 10.5 / 21.4 %).
+/// steady, 50 ms counter: record 1.4 / 9.3 %, response 3.9 / 23.2 % since stop 32, which pooled
+/// the conveyor's throughput (1.6 / 9.3 and 3.3 / 22.1 % with its moving average) and ran the
+/// sampler's start-up alignment in the bench as `serve` runs it (2.5 / 12.1 and 4.3 / 20.8 %
+/// without); with the ridge that pulled α and γ towards the defaults, until stop 31, 6.2 / 15.0
+/// and 8.3 / 16.5 %; with β fitted freely and a ridge of 5 % of each column, earlier, 9.6 / 27.6
+/// and 10.5 / 21.4 %).
 #[test]
 fn the_calibration_finds_a_costly_context() {
     let r = guard_case("ctx-bound", VirtualWorkload::Steady);
@@ -74,8 +75,8 @@ fn the_calibration_finds_a_costly_context() {
 /// The prefill conveyor on a saturated 70B engine with long prompts, mostly non-streamed (40
 /// requests, 50 ms counter): record 2.5 / 21.1 %, response 2.3 / 27.0 % (median / p95; 4.7 / 28.0
 /// and 1.1 / 29.8 % before the conveyor's throughput was pooled, stop 32; 4.4 / 32.3 and 1.5 /
-/// 22.4 % before the bench ran the sampler's start-up alignment; 19.4 /
-/// 55.6 and 5.0 / 39.2 % when the conveyor came); with
+/// 22.4 % before the bench ran the sampler's start-up alignment; 19.4 / 55.6 and 5.0 / 39.2 %
+/// when the conveyor came); with
 /// every invisible prompt estimated from its own arrival, 43.5 / 162.6 and 27.4 / 83.6 %; with
 /// the conveyor but every answer's prefill re-placed by counting its tokens back over the steps
 /// streams showed, 22.3 / 94.1 and 12.8 / 43.8 %.
@@ -103,8 +104,8 @@ fn an_answer_keeps_the_conveyors_date_when_the_steps_miscount() {
 /// model, 50 ms counter; record, then the provisional figure a response carries; stop 32, with
 /// the sampler's start-up alignment and the conveyor's pooled throughput): steady 4.8 / 10.2 and
 /// 5.8 / 16.2 %, decode-heavy 2.8 / 6.5 and 2.9 / 11.5 %, queueing 4.2 / 11.4 and 9.7 / 27.7 %, n>1
-/// 3.7 / 10.8 and 3.6 / 17.0 %; the naive split by completion tokens gives
-/// 24-35 % median, 63-111 % p95 on the same requests.
+/// 3.7 / 10.8 and 3.6 / 17.0 %; the naive split by completion tokens gives 24-35 % median, 63-111 %
+/// p95 on the same requests.
 #[test]
 fn attribution_beats_the_naive_split_by_a_margin() {
     for (w, record, provisional) in [
