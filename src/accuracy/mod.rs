@@ -12,6 +12,7 @@
 //! Owns no accounting logic: it only feeds what the proxy would see and reads what users would
 //! read. `cargo bench --bench accuracy` prints the table; `tests` check a small matrix.
 
+mod counter;
 pub mod drive;
 pub mod workloads;
 

@@ -158,7 +158,7 @@ pub struct Ledger {
     /// This tick's conveyor events, applied after its observations (see
     /// [`Ledger::serve_prefill_queue`]): requests new to it, first tokens and ends seen, and the
     /// requests still waiting for a first token the proxy would see.
-    pub(super) queue_events: super::queue::QueueEvents,
+    pub(super) queue_events: super::queue_serve::QueueEvents,
 }
 
 impl Ledger {
@@ -208,7 +208,7 @@ impl Ledger {
             steps: super::steps::StepHistory::default(),
             step_scratch: Vec::new(),
             prefill_queue: super::queue::PrefillQueue::new(prefill_rate),
-            queue_events: super::queue::QueueEvents::default(),
+            queue_events: super::queue_serve::QueueEvents::default(),
         })
     }
 

@@ -22,6 +22,7 @@ pub mod calibration;
 mod hold;
 pub mod idle;
 mod queue;
+mod queue_serve;
 mod rates;
 mod readout;
 mod reconcile;

@@ -2,11 +2,11 @@
 //! served (vLLM schedules a waiting request only once the running ones have had their prompt
 //! chunks), so the engine's prefill is one conveyor of prompt tokens in arrival order.
 //!
-//! Owns that conveyor and the ledger's glue to it (the tick's events, and serving them): every
-//! request's place on it (the cumulative prompt tokens of all requests up to and including it, in
-//! arrival order), how far the engine is estimated to have got, and the engine's prefill
-//! throughput while saturated. The ledger asks it, tick by tick, which stretch of
-//! the conveyor the engine served, and gives each request whose progress is invisible its part of
+//! Owns that conveyor (the ledger's glue to it, the tick's events and serving them, is
+//! [`super::queue_serve`]): every request's place on it (the cumulative prompt tokens of all
+//! requests up to and including it, in arrival order), how far the engine is estimated to have
+//! got, and the engine's prefill throughput while saturated. The ledger asks it, tick by tick,
+//! which stretch of the conveyor the engine served, and gives each request whose progress is invisible its part of
 //! that stretch as estimated prefill. A stream's first token says exactly how far the engine had
 //! got (the stream's place) at that moment: the estimate is moved up to it, and two such first
 //! tokens with the queue never empty between them measure the throughput.
@@ -18,10 +18,6 @@
 //! decode records 100-300 % high).
 
 use std::collections::BTreeMap;
-
-use super::attribution::Ledger;
-use super::window::{BeforeWindow, Item};
-use crate::observe::ProgressSnapshot;
 
 /// Where the engine is on the conveyor, and how fast it moves.
 #[derive(Debug)]
@@ -47,7 +43,7 @@ pub(super) struct PrefillQueue {
 const MAX_FIRST_TOKENS: usize = 1024;
 
 /// First tokens this close together came from one engine step.
-const SAME_STEP_NS: u64 = 2_000_000;
+pub(super) const SAME_STEP_NS: u64 = 2_000_000;
 
 /// Weight of the throughput's past measurements against a new one (about ten pairs of first
 /// tokens' memory).
@@ -192,7 +188,8 @@ impl PrefillQueue {
 
 /// The conveyor between two first tokens, `(p0, t0)` and `(p1, t1)` (places, ns): where the
 /// engine was when, if it prefilled at one pace between them. Dates a prompt's start
-/// ([`PrefillQueue::line_start`]) and a jump's stretch ([`Ledger::serve_prefill_queue`]).
+/// ([`PrefillQueue::line_start`]) and a jump's stretch
+/// ([`super::attribution::Ledger::serve_prefill_queue`]).
 ///
 /// Why a jump is placed on it: when a stream's first token shows the engine further on the conveyor than its estimated
 /// pace had it, the stretch jumped over went to the tick of that first token, as estimated
@@ -209,230 +206,18 @@ impl PrefillQueue {
 /// moved: eight seeds 7.4 / 28.5 and 7.7 / 34.0 %; in stop 29, before the pooled decode rate,
 /// neutral to worse (8.5 / 31.3 against 8.5 / 31.1 %, four seeds).
 #[derive(Clone, Copy, Debug)]
-struct ConveyorLine {
-    p0: f64,
-    t0: u64,
-    p1: f64,
-    t1: u64,
+pub(super) struct ConveyorLine {
+    pub(super) p0: f64,
+    pub(super) t0: u64,
+    pub(super) p1: f64,
+    pub(super) t1: u64,
 }
 
 impl ConveyorLine {
     /// When the engine reached place `x` on the line.
-    fn at(&self, x: f64) -> u64 {
+    pub(super) fn at(&self, x: f64) -> u64 {
         let f = ((x - self.p0) / (self.p1 - self.p0)).clamp(0.0, 1.0);
         self.t0 + (f * (self.t1 - self.t0) as f64) as u64
-    }
-}
-
-/// This tick's conveyor events, gathered while the ledger reads the tick's observations and
-/// applied after them by [`Ledger::serve_prefill_queue`].
-#[derive(Debug, Default)]
-pub(super) struct QueueEvents {
-    /// (arrival ns, id, slot, prompt tokens): requests new to the conveyor.
-    pub(super) new: Vec<(u64, u64, u32, f64)>,
-    /// (first token ns, slot): a first token seen.
-    pub(super) reached: Vec<(u64, u32)>,
-    /// Slots whose invisible request ended.
-    pub(super) passed: Vec<u32>,
-    /// Requests with no first token seen: (slot, snapshot).
-    pub(super) waiting: Vec<(u32, ProgressSnapshot)>,
-    /// Streams whose first token came in the tick, their prefill to place once the conveyor
-    /// knows every first token of the tick: (slot, snapshot).
-    pub(super) prefills: Vec<(u32, ProgressSnapshot)>,
-}
-
-/// The ledger's use of the conveyor.
-impl Ledger {
-    /// The earliest a request's prefill can have started, given its first token at `ft_ns`, as
-    /// the prefill conveyor dates it: on the line through the latest first token before its
-    /// prompt on the conveyor and its own first token ([`PrefillQueue::line_start`]), but never
-    /// so late that its prompt would have run faster than the conveyor's measured throughput.
-    /// `None` when the conveyor cannot tell (no place yet, no earlier first token). At most
-    /// `ft_ns`.
-    ///
-    /// And never later than the start of the engine step that ended with the first token, where
-    /// the steps are known there: prompts that finish in one step (a burst's, or the tail of one
-    /// prompt and the next) ran through the whole step, but the line, through first tokens of the
-    /// same step or one just before it, crowded them into the step's last part and left its
-    /// first part to the decodes beside them. Accuracy bench, eight seeds: records 7.4 / 28.4 ->
-    /// 7.3 / 28.0 %, responses 7.7 / 33.9 -> 7.6 / 33.9 % (bursty 7.2 / 25.4 -> 6.3 / 23.6 %,
-    /// mixed-long 14.5 / 50.3 -> 14.2 / 48.5 %); two seeds under the variants, records: own costs
-    /// 5.6 / 21.1 -> 5.4 / 20.5 %, vLLM's `metrics` 6.9 / 25.2 -> 6.7 / 24.9 %, 33 and 200 ms
-    /// counters 7.7 / 28.2 -> 7.6 / 27.8 %, jitter 8.6 / 30.8 -> 8.5 / 30.8 % (responses within
-    /// 0.2 / 0.4). Where no stream showed the steps (under 90 % of the span from that boundary
-    /// to the first token covered), the boundary is whichever step some stream saw last, seconds
-    /// early on prefill-heavy traffic: without the coverage test, prefill-heavy records went
-    /// 9.1 / 39.1 -> 9.9 / 42.7 % and a guard case past its bound (stop 29).
-    ///
-    /// Why: each prompt's prefill used to be spread over `prompt / prefill rate` before its first
-    /// token, each on its own. The engine prefills prompts one after another (chunked, first come
-    /// first served), so back to back those windows overlapped wherever the learned rate was
-    /// below the engine's (it is an upper envelope of `prompt / time to first token`, which counts
-    /// the queue wait), and the ticks where they overlapped held twice the engine's prefill: the
-    /// prompts there were priced at half, those alone at full (70B prefill-heavy records 16 %
-    /// median error, the JSON answers' own per-token figures 3 %). On the line, consecutive
-    /// prompts share the time between first tokens by their sizes, as the engine did. Only a
-    /// bound on the start: where the line is slower (idle or decode-only time between the first
-    /// tokens), the window stays `prompt / prefill rate`. Applied to streams and to non-streamed
-    /// answers alike: to either alone it made records worse (prefill-heavy 13.8 -> 18-20 %
-    /// median), the two placements disagreeing more than before.
-    pub(super) fn prefill_start_on_the_line(&self, slot: u32, ft_ns: u64) -> Option<u64> {
-        let r = self.slots.get(slot as usize)?.as_ref()?;
-        if r.queue_place <= 0.0 {
-            return None;
-        }
-        let on_line = self
-            .prefill_queue
-            .line_start(r.queue_place, r.queue_prompt, ft_ns)?;
-        let fastest_ns = r.queue_prompt / self.prefill_queue.rate() * 1e9;
-        let latest = ft_ns.saturating_sub(fastest_ns.min(u64::MAX as f64) as u64);
-        // Both are at most `ft_ns`: the line ends there.
-        let start = on_line.min(latest);
-        // The engine step that sampled the first token also ran the prompt's last chunk: the
-        // prefill began no later than that step did, where streams showed its start (every
-        // step since seen).
-        let step_start = self
-            .steps
-            .nth_back(ft_ns.saturating_sub(SAME_STEP_NS), 1, 0)
-            .filter(|&b| self.steps.all_seen(b, ft_ns));
-        Some(step_start.map_or(start, |b| start.min(b)))
-    }
-
-    /// Places the prefill of the streams whose first token came in the tick, once the conveyor
-    /// has every first token of the tick.
-    pub(super) fn place_tick_prefills(&mut self) {
-        let mut prefills = std::mem::take(&mut self.queue_events.prefills);
-        for (slot, p) in prefills.drain(..) {
-            self.place_prefill(slot, &p, p.first_token_ns);
-        }
-        self.queue_events.prefills = prefills;
-    }
-
-    /// Notes, once per request, that its first token came at `at_ns` (for the prefill conveyor).
-    pub(super) fn report_first_token(&mut self, slot: u32, at_ns: u64) {
-        if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
-            if !req.queue_reported {
-                req.queue_reported = true;
-                self.queue_events.reached.push((at_ns, slot));
-            }
-        }
-    }
-
-    /// Runs the engine's prefill conveyor over the tick `(start_ns, end_ns]` (see
-    /// [`super::queue`]): places the tick's new requests on it in arrival order, moves it up to
-    /// the first tokens and ends seen, advances it at the saturated throughput (never past a
-    /// visible request still waiting for its first token, never past what arrived), and gives
-    /// each invisible request waiting for its prefill its part of the stretch served as estimated
-    /// prefill (in the tick, or, for a jump larger than the tick could hold, on the line between
-    /// the first tokens that bound it: [`ConveyorLine`]), then its estimated decode.
-    pub(super) fn serve_prefill_queue(&mut self, start_ns: u64, end_ns: u64) {
-        let mut ev = std::mem::take(&mut self.queue_events);
-        ev.new.sort_unstable_by_key(|e| (e.0, e.1));
-        // An engine with nothing to prefill starts on a new prompt when it arrives, not at the
-        // tick's start.
-        let idle_until = match ev.new.first() {
-            Some(&(arrival, ..)) if self.prefill_queue.is_drained() => {
-                arrival.clamp(start_ns, end_ns)
-            }
-            _ => start_ns,
-        };
-        for &(_, _, slot, prompt) in &ev.new {
-            let place = self.prefill_queue.enqueue(prompt.max(1.0));
-            if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
-                req.queue_place = place;
-                req.queue_prompt = prompt.max(1.0);
-            }
-        }
-        let from = self.prefill_queue.served();
-        let anchor_before = self.prefill_queue.anchor();
-        ev.reached.sort_unstable();
-        for &(at, slot) in &ev.reached {
-            if let Some(r) = self.slots.get(slot as usize).and_then(Option::as_ref) {
-                if r.queue_place > 0.0 {
-                    self.prefill_queue.reached(r.queue_place, at, r.arrival_ns);
-                    self.prefill_queue.note_first_token(r.queue_place, at);
-                }
-            }
-        }
-        // A first token that shows the engine further on than the estimate, by more than it
-        // could prefill in this tick: the stretch jumped over ran between the previous first
-        // token and this one, on the line through them, not in this tick (see `ConveyorLine`).
-        let jump = match (anchor_before, self.prefill_queue.anchor()) {
-            (Some((p0, t0)), Some((p1, t1)))
-                if t1 > t0
-                    && p1 > p0
-                    && from >= p0
-                    && p1 - from
-                        > self.prefill_queue.rate() * end_ns.saturating_sub(start_ns) as f64
-                            / 1e9 =>
-            {
-                Some(ConveyorLine { p0, t0, p1, t1 })
-            }
-            _ => None,
-        };
-        for &slot in &ev.passed {
-            if let Some(r) = self.slots.get(slot as usize).and_then(Option::as_ref) {
-                if r.queue_place > 0.0 {
-                    self.prefill_queue.passed(r.queue_place);
-                }
-            }
-        }
-        // No sort needed: each request's part follows from its place and the stretch served.
-        let limit = ev
-            .waiting
-            .iter()
-            .filter_map(|(slot, _)| self.slots.get(*slot as usize)?.as_ref())
-            .filter(|r| r.visible && r.queue_place > 0.0)
-            .map(|r| r.queue_place)
-            .fold(f64::INFINITY, f64::min);
-        // The engine prefilled over (idle_until, end_ns].
-        let busy_ns = end_ns.saturating_sub(idle_until);
-        let to = if ev.waiting.is_empty() {
-            self.prefill_queue.drained();
-            self.prefill_queue.served()
-        } else {
-            self.prefill_queue.serve(busy_ns, limit).1
-        };
-        for &(slot, ref p) in &ev.waiting {
-            let Some(req) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
-                continue;
-            };
-            if req.visible {
-                continue;
-            }
-            // Every request waiting here was put on the conveyor above or in an earlier tick.
-            let (place, prompt) = (req.queue_place, req.queue_prompt);
-            let prefill = (place.min(to) - (place - prompt).max(from)).max(0.0);
-            let done_at = if place > to {
-                0
-            } else if place <= from || to <= from {
-                start_ns.max(1)
-            } else {
-                let f = (place - from) / (to - from);
-                idle_until + (f * busy_ns as f64) as u64
-            };
-            let mut prefill = prefill;
-            if let Some(line) = jump {
-                // Its part of the jump, where the line says the engine ran it.
-                let (lo, hi) = ((place - prompt).max(from), place.min(line.p1));
-                if hi > lo {
-                    let item = Item {
-                        prefill: (hi - lo) as f32,
-                        provisional: true,
-                        ..Item::empty(slot)
-                    };
-                    let span = (line.at(lo), line.at(hi));
-                    self.place(slot, span.0, span.1, item, BeforeWindow::Compress);
-                    prefill = (prefill - (hi - lo)).max(0.0);
-                }
-            }
-            self.provisional_work(slot, p, end_ns, prefill, done_at);
-        }
-        ev.new.clear();
-        ev.reached.clear();
-        ev.passed.clear();
-        ev.waiting.clear();
-        self.queue_events = ev;
     }
 }
 
