@@ -7,7 +7,9 @@
 //! `ACCURACY_REQUESTS`, `ACCURACY_SEED` select (`ACCURACY_PERIODS` takes any counter periods in
 //! ms, not only the matrix's: `ACCURACY_PERIODS=1` is a near-ideal counter; `ACCURACY_JITTER_MS`
 //! moves each counter update off its lattice by up to that much); `ACCURACY_METRICS=1` gives responses vLLM's
-//! per-request `metrics`; `ACCURACY_TRUE_WEIGHTS=1` splits with each model's own marginal costs
+//! per-request `metrics`; `ACCURACY_PROMPT_SPREAD=0.3` makes the proxy's estimate of each prompt
+//! from its body's size off by up to 30 % more either way (besides its 10 % bias, which the
+//! proxy learns); `ACCURACY_TRUE_WEIGHTS=1` splits with each model's own marginal costs
 //! (what is left is placement error); `ACCURACY_SETTLE_TICKS=N` overrides the settlement lag in
 //! ticks (default 60). `ACCURACY_MODE=realtime` runs the end-to-end set-up instead (mock vLLM
 //! over HTTP, the proxy and its sampler in real time: about a minute and a half; its figures move
@@ -147,6 +149,11 @@ fn virtual_matrix(full: bool) {
         }
     }
     let metrics = std::env::var("ACCURACY_METRICS").as_deref() == Ok("1");
+    // Each request's prompt estimate (from its body's size) off by up to this fraction more.
+    let prompt_spread = std::env::var("ACCURACY_PROMPT_SPREAD")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
     // The ledger splits with each model's own marginal costs instead of its fit: what is left is
     // placement error, so the difference is what the calibration costs.
     let true_weights = std::env::var("ACCURACY_TRUE_WEIGHTS").as_deref() == Ok("1");
@@ -175,6 +182,7 @@ fn virtual_matrix(full: bool) {
     let mut worst = CaseReport::default();
     for mut case in cases {
         case.per_request_metrics = metrics;
+        case.prompt_estimate_spread = prompt_spread;
         let mut config = joulegate::accounting::AccountingConfig::default();
         if let Some(t) = std::env::var("ACCURACY_SETTLE_TICKS")
             .ok()

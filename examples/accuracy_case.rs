@@ -12,7 +12,8 @@
 //! Options: `--model NAME` (`8b-h100`, `70b-4xh100`, `ctx-bound`), `--counter-ms N`,
 //! `--sample-ms N`, `--noise F` (relative, 0.01 = 1 %), `--jitter-ms J` (counter updates up to
 //! ±J ms off their lattice), `--requests N`, `--seed N`, `--metrics`
-//! (responses carry vLLM's per-request timing), `--all-streams` / `--no-streams` (override the
+//! (responses carry vLLM's per-request timing), `--prompt-spread F` (each prompt's estimate
+//! from its body off by up to F more either way, besides its 10 % bias), `--all-streams` / `--no-streams` (override the
 //! plan), `--true-weights` (the ledger splits with the engine's own marginal costs instead of
 //! its fit: separates placement error from calibration error), `--weights α,β,γ` (fixed weights,
 //! joules per token), `--plan "0:543:52:j,0:587:253:s,30:800:40:s:2"` (hand-made requests instead
@@ -65,6 +66,7 @@ fn main() {
         requests: number("--requests", 40.0) as usize,
         seed: number("--seed", 11.0) as u64,
         per_request_metrics: flag("--metrics"),
+        prompt_estimate_spread: number("--prompt-spread", 0.0),
     };
     let mut config = AccountingConfig::default();
     if let Some(t) = value("--settle-ticks") {

@@ -56,6 +56,10 @@ pub struct Scenario {
     pub seed: u64,
     /// Whether responses carry vLLM's per-request `metrics` (queue, prefill, generation times).
     pub per_request_metrics: bool,
+    /// How far the proxy's estimate of each prompt from its body's size is off, besides its 10 %
+    /// bias: each request's estimate is its prompt times `1.1 ± spread` (uniform, from the seed;
+    /// 0 by default).
+    pub prompt_estimate_spread: f64,
     /// Idle time before the first request (P_idle is learned from it, as on a server that was
     /// idle before its first request), ns.
     pub warmup_ns: u64,
@@ -318,7 +322,12 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
                 stream: r.stream,
                 arrival_ns: now,
                 // The proxy's estimate from the body's size is rough; the exact count follows.
-                estimated_prompt_tokens: u64::from(r.prompt) * 11 / 10,
+                estimated_prompt_tokens: prompt_estimate(
+                    r.prompt,
+                    scenario.prompt_estimate_spread,
+                    scenario.seed,
+                    i,
+                ),
                 choices: r.n.max(1),
                 max_tokens: Some(u64::from(r.max_tokens)),
             };
@@ -434,4 +443,14 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
         ),
         engine_total_uj: (drawn_by_read_pj / 1_000_000) as u64,
     })
+}
+
+/// The proxy's estimate of a prompt from its request body's size (as `serve` makes it, the
+/// body's bytes over four): 10 % high, and off by up to `spread` more either way per request
+/// (deterministic in `seed` and the request's index).
+fn prompt_estimate(prompt: u32, spread: f64, seed: u64, index: usize) -> u64 {
+    let h = (seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let u = (h >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+    (f64::from(prompt) * (1.1 + spread.max(0.0) * u)).max(1.0) as u64
 }

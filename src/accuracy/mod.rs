@@ -68,6 +68,8 @@ pub struct Case {
     pub seed: u64,
     /// Whether responses carry vLLM's per-request `metrics`.
     pub per_request_metrics: bool,
+    /// Spread of the proxy's prompt estimates (see [`Scenario::prompt_estimate_spread`]).
+    pub prompt_estimate_spread: f64,
 }
 
 impl Case {
@@ -82,6 +84,7 @@ impl Case {
             meter: self.meter,
             seed: self.seed,
             per_request_metrics: self.per_request_metrics,
+            prompt_estimate_spread: self.prompt_estimate_spread,
             warmup_ns: 3_000_000_000,
             requests: self.workload.plan(self.seed, self.requests),
         }
@@ -257,6 +260,7 @@ pub fn matrix(requests: usize, seed: u64) -> Vec<Case> {
                     requests,
                     seed,
                     per_request_metrics: false,
+                    prompt_estimate_spread: 0.0,
                 });
             }
         }

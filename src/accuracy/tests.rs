@@ -13,6 +13,7 @@ fn small(workload: VirtualWorkload, period_ms: u64) -> Case {
         requests: 24,
         seed: 5,
         per_request_metrics: false,
+        prompt_estimate_spread: 0.0,
     }
 }
 

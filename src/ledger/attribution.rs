@@ -293,6 +293,11 @@ impl Ledger {
                 self.queue_events
                     .new
                     .push((p.arrival_ns, p.id, slot, p.prompt_tokens as f64));
+                req.queue_sized = p.prompt_exact;
+            } else if req.queue_place > 0.0 && !req.queue_sized && p.prompt_exact {
+                // Its exact count came: re-sized on the conveyor before it is served.
+                self.queue_events.sized.push((slot, p.prompt_tokens as f64));
+                req.queue_sized = true;
             }
             let overlaps = p.arrival_ns <= end_ns && (p.end_ns == 0 || p.end_ns > start_ns);
             if req.kind != WorkKind::None && overlaps {

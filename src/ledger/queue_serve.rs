@@ -6,7 +6,7 @@
 //! Part of the [`Ledger`]'s implementation (split from `queue.rs` by concern).
 
 use super::attribution::Ledger;
-use super::queue::{ConveyorLine, SAME_STEP_NS};
+use super::queue::{ConveyorLine, Resizes, SAME_STEP_NS};
 use super::window::{BeforeWindow, Item};
 use crate::observe::ProgressSnapshot;
 
@@ -20,6 +20,8 @@ pub(super) struct QueueEvents {
     pub(super) reached: Vec<(u64, u32)>,
     /// Slots whose invisible request ended.
     pub(super) passed: Vec<u32>,
+    /// (slot, exact prompt tokens): requests on the conveyor whose exact prompt count came.
+    pub(super) sized: Vec<(u32, f64)>,
     /// Requests with no first token seen: (slot, snapshot).
     pub(super) waiting: Vec<(u32, ProgressSnapshot)>,
     /// Streams whose first token came in the tick, their prefill to place once the conveyor
@@ -104,6 +106,52 @@ impl Ledger {
         }
     }
 
+    /// Re-sizes the prompts whose exact counts came this tick ([`Resizes`]): every place after
+    /// each moves by its difference, on the conveyor and in the places of the requests that
+    /// still use theirs (not yet past their prefill, or reported past it in this tick). A stream
+    /// reported past its prefill in an earlier tick keeps its place, which nothing reads any more:
+    /// at 10,000 requests in flight, re-placing every one cost 7 % of a tick with 100 exact counts
+    /// per tick (callgrind).
+    fn resize_prompts(&mut self, ev: &QueueEvents) {
+        if ev.sized.is_empty() {
+            return;
+        }
+        let resizes = Resizes::new(ev.sized.iter().filter_map(|&(slot, exact)| {
+            let r = self.slots.get(slot as usize)?.as_ref()?;
+            Some((r.queue_place, r.queue_prompt, exact))
+        }));
+        if resizes.is_empty() {
+            return;
+        }
+        self.prefill_queue.resize(&resizes);
+        for r in self.slots.iter_mut().flatten() {
+            if !r.queue_reported && r.queue_place > 0.0 {
+                r.queue_place = resizes.map(r.queue_place);
+            }
+        }
+        // Reported this tick: their places still date their first tokens.
+        let mut reported: Vec<u32> = ev
+            .reached
+            .iter()
+            .map(|&(_, slot)| slot)
+            .chain(ev.sized.iter().map(|&(slot, _)| slot))
+            .collect();
+        reported.sort_unstable();
+        reported.dedup();
+        for slot in reported {
+            if let Some(r) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+                if r.queue_reported && r.queue_place > 0.0 {
+                    r.queue_place = resizes.map(r.queue_place);
+                }
+            }
+        }
+        for &(slot, exact) in &ev.sized {
+            if let Some(r) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+                r.queue_prompt = exact.max(1.0);
+            }
+        }
+    }
+
     /// Runs the engine's prefill conveyor over the tick `(start_ns, end_ns]` (see
     /// [`super::queue`]): places the tick's new requests on it in arrival order, moves it up to
     /// the first tokens and ends seen, advances it at the saturated throughput (never past a
@@ -113,6 +161,7 @@ impl Ledger {
     /// the first tokens that bound it: [`ConveyorLine`]), then its estimated decode.
     pub(super) fn serve_prefill_queue(&mut self, start_ns: u64, end_ns: u64) {
         let mut ev = std::mem::take(&mut self.queue_events);
+        self.resize_prompts(&ev);
         ev.new.sort_unstable_by_key(|e| (e.0, e.1));
         // An engine with nothing to prefill starts on a new prompt when it arrives, not at the
         // tick's start.
@@ -215,6 +264,7 @@ impl Ledger {
             self.provisional_work(slot, p, end_ns, prefill, done_at);
         }
         ev.new.clear();
+        ev.sized.clear();
         ev.reached.clear();
         ev.passed.clear();
         ev.waiting.clear();

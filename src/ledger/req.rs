@@ -28,6 +28,8 @@ pub(super) struct Req {
     pub(super) queue_prompt: f64,
     /// Whether its first token or end was already reported to the conveyor.
     pub(super) queue_reported: bool,
+    /// Whether it is on the conveyor with its exact prompt count (see `queue::Resizes`).
+    pub(super) queue_sized: bool,
     /// When its estimated prefill ended and its estimated decode began (0: not yet).
     pub(super) prov_decode_from_ns: u64,
     /// Prompt, decode and context tokens of its work in settled ticks.

@@ -53,6 +53,7 @@ impl Ledger {
             queue_place: 0.0,
             queue_prompt: 0.0,
             queue_reported: false,
+            queue_sized: false,
             prov_decode_from_ns: 0,
             settled_work: [0.0; 3],
             frozen_work: [0.0; 3],
