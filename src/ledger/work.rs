@@ -10,7 +10,7 @@ use super::window::{BeforeWindow, Item};
 use super::WorkKind;
 use crate::observe::{Outcome, ProgressSnapshot};
 
-use crate::observe::decode_context;
+use crate::observe::{decode_context, decode_context_between};
 
 impl Ledger {
     /// The estimated prefill duration of `p`, ns.
@@ -289,12 +289,9 @@ impl Ledger {
             let per_ns = self.decode_rate * f64::from(choices) / 1e9;
             let before = per_ns * a.saturating_sub(decode_start) as f64;
             let decode = per_ns * overlap(decode_start, u64::MAX) as f64;
-            let ctx = decode_context(
-                p.prompt_tokens,
-                choices,
-                before as u64,
-                (before + decode) as u64,
-            );
+            // Fractional: at a third of a token per tick, whole counts gave most ticks no
+            // context and every third one a whole token's.
+            let ctx = decode_context_between(p.prompt_tokens, choices, before, before + decode);
             (decode, ctx)
         } else {
             (0.0, 0.0)

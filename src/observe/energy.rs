@@ -147,11 +147,18 @@ impl SystemRates {
 /// `choices` sequences) from `from` to `to`: each sequence's next token reads its prompt and the
 /// tokens it generated before (DESIGN.md §3, the γ term).
 pub fn decode_context(prompt: u64, choices: u32, from: u64, to: u64) -> f64 {
-    if to <= from {
+    decode_context_between(prompt, choices, from as f64, to as f64)
+}
+
+/// [`decode_context`] for fractional counts (an estimate's tokens at a rate): the same sum,
+/// continued between whole tokens, so that a tick holding a third of a token holds a third of its
+/// context, not none or all of it.
+pub fn decode_context_between(prompt: u64, choices: u32, from: f64, to: f64) -> f64 {
+    if !(to > from) || from < 0.0 {
         return 0.0;
     }
     let n = f64::from(choices.max(1));
-    let (a, b) = (from as f64 / n, to as f64 / n);
+    let (a, b) = (from / n, to / n);
     n * ((b - a) * prompt as f64 + (b * (b - 1.0) - a * (a - 1.0)) / 2.0)
 }
 

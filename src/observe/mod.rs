@@ -19,7 +19,8 @@ mod energy;
 mod settled;
 mod steps;
 pub use energy::{
-    decode_context, estimate_unsettled, EnergyNow, EnergyStatus, SystemRates, MAX_EXTRAPOLATION_NS,
+    decode_context, decode_context_between, estimate_unsettled, EnergyNow, EnergyStatus,
+    SystemRates, MAX_EXTRAPOLATION_NS,
 };
 pub use settled::Settled;
 pub use steps::{StepClock, SAME_STEP_NS, STEP_RING};

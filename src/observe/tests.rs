@@ -251,3 +251,23 @@ fn an_answer_prices_its_tail_and_its_prompts_shortfall_by_its_share_but_not_its_
     // back by half with half of the ticks' work.
     assert_eq!(answer(500_000, 12), 1_000_000 + 10_000 + 20_000 - 15_000);
 }
+
+#[test]
+fn decode_context_continues_between_whole_tokens() {
+    // 10 tokens after a 100-token prompt read 100 + 101 + ... + 109 context tokens.
+    assert_eq!(decode_context(100, 1, 0, 10), 1_045.0);
+    // Fractional stretches add up to the whole, and a third of a token holds a third of a
+    // token's context (whole counts gave it none or all).
+    let parts: f64 = (0..30)
+        .map(|i| decode_context_between(100, 1, i as f64 / 3.0, (i + 1) as f64 / 3.0))
+        .sum();
+    assert!((parts - 1_045.0).abs() < 1e-6, "{parts}");
+    let third = decode_context_between(100, 1, 5.0, 5.0 + 1.0 / 3.0);
+    assert!((third - 104.0 / 3.0).abs() < 1.0, "{third}");
+    // Two choices decode in lockstep: the same sum per sequence.
+    assert_eq!(decode_context(100, 2, 0, 20), 2.0 * 1_045.0);
+    // Nothing, or nonsense, reads nothing.
+    assert_eq!(decode_context_between(100, 1, 3.0, 3.0), 0.0);
+    assert_eq!(decode_context_between(100, 1, f64::NAN, 3.0), 0.0);
+    assert_eq!(decode_context_between(100, 1, -1.0, 3.0), 0.0);
+}
