@@ -154,7 +154,7 @@ pub fn decode_context(prompt: u64, choices: u32, from: u64, to: u64) -> f64 {
 /// continued between whole tokens, so that a tick holding a third of a token holds a third of its
 /// context, not none or all of it.
 pub fn decode_context_between(prompt: u64, choices: u32, from: f64, to: f64) -> f64 {
-    if !(to > from) || from < 0.0 {
+    if from.is_nan() || to.is_nan() || to <= from || from < 0.0 {
         return 0.0;
     }
     let n = f64::from(choices.max(1));
