@@ -164,6 +164,37 @@ fn static_power_comes_from_the_lightest_busy_ticks_and_blocks_sum_ticks() {
 }
 
 #[test]
+fn an_engine_that_never_ran_light_has_its_static_bound_below_its_busy_power() {
+    // Every busy span is a full prefill load (230 W running, 10 mJ per prompt token at 30,000
+    // tokens/s: 530 W above idle), a few decodes beside: the lightest spans still carry the
+    // prefill, and their power bounded the static term at 530 W.
+    let heavy = |c: &mut Calibrator, decode: f64| {
+        for k in 0..400u32 {
+            let p = 1_500.0 + f64::from(k % 7) * 10.0;
+            c.observe(
+                busy_tick(p, decode, decode * 5_000.0),
+                230.0 * 0.05 + 0.01 * p,
+            );
+        }
+    };
+    let mut c = Calibrator::new(cfg());
+    heavy(&mut c, 2.0);
+    let bound = c.static_estimate().unwrap();
+    let median_w = (230.0 * 0.05 + 0.01 * 1_530.0) / 0.05;
+    assert!(bound <= HEAVY_ONLY_STATIC_SHARE * median_w + 1.0, "{bound}");
+    assert!(bound > 0.5 * median_w, "{bound}");
+    // With light spans beside (decode led, 250 W), the lightest spans set it as before.
+    let mut c = Calibrator::new(cfg());
+    for k in 0..200u32 {
+        let d = 40.0 + f64::from(k % 5);
+        c.observe(busy_tick(0.0, d, d * 500.0), 250.0 * 0.05);
+    }
+    heavy(&mut c, 2.0);
+    let bound = c.static_estimate().unwrap();
+    assert!((bound - 250.0).abs() < 1.0, "{bound}");
+}
+
+#[test]
 fn a_fit_no_better_than_the_defaults_proportions_is_not_used() {
     let mut c = Calibrator::new(cfg());
     for k in 0..600u32 {
