@@ -226,6 +226,23 @@ fn a_fit_no_better_than_the_defaults_proportions_is_not_used() {
     }
     let r = c.report();
     assert!(!r.trusted, "{r:?}");
+    // Once a fit was trusted (the noise let one beat the margin for a moment), its weights stay
+    // in use while later fits are not trusted; here they keep the defaults' proportions within
+    // the noise (only the proportions decide a split).
+    let (a, b, g) = c.weights();
+    assert_eq!(b / a, 1.0, "{r:?}");
+    assert!((g / a / 0.001 - 1.0).abs() < 0.35, "{r:?}");
+}
+
+#[test]
+fn a_fit_never_trusted_leaves_the_defaults_in_use() {
+    let mut c = Calibrator::new(cfg());
+    // Too few ticks for any fit to be trusted.
+    for k in 0..10u32 {
+        let p = f64::from((k * 37) % 400);
+        c.observe(busy_tick(p, 4.0, 400.0), 100.0 * 0.05 + 0.03 * p);
+    }
+    assert!(!c.report().trusted);
     assert_eq!(c.weights(), (0.01, 0.01, 0.00001));
 }
 
@@ -349,4 +366,60 @@ fn the_fit_on_the_ratio_grid_is_exact_least_squares() {
             assert!(best.c[0] <= 200.0, "{best:?}");
         }
     }
+}
+
+#[test]
+fn a_fit_trusted_once_stays_in_use_while_later_fits_are_not_trusted() {
+    // Fully busy ticks, every fourth span of five nearly idle (it pins the static estimate), as
+    // in `a_fit_no_better_than_the_defaults_proportions_is_not_used`.
+    let tick = |k: u32| {
+        let light = (k / 5) % 4 == 0;
+        let p = if light {
+            0.0
+        } else {
+            f64::from((k * 37) % 400)
+        };
+        let d = if light {
+            1.0
+        } else {
+            f64::from((k * 11) % 64 + 1)
+        };
+        let ctx = d * if light {
+            1.0
+        } else {
+            f64::from((k * 13) % 900 + 50)
+        };
+        (p, d, ctx)
+    };
+    let mut c = Calibrator::new(cfg());
+    // An engine with β at a quarter of α: trusted.
+    for k in 0..600u32 {
+        let (p, d, ctx) = tick(k);
+        c.observe(
+            busy_tick(p, d, ctx),
+            100.0 * 0.05 + 0.04 * p + 0.01 * d + 0.000_04 * ctx,
+        );
+    }
+    let r = c.report();
+    assert!(r.trusted, "{r:?}");
+    assert!((r.beta_j / r.alpha_j - 0.25).abs() < 1e-9, "{r:?}");
+    // Then energy that follows the defaults' proportions with 5 % noise: once the window holds
+    // only that, no fit beats them by the margin and none is trusted; the weights of the last
+    // trusted fit stay in use, not the defaults.
+    let mut last_trusted = c.weights();
+    for k in 600..1200u32 {
+        let (p, d, ctx) = tick(k);
+        let noise = 0.05 * (f64::from((k * 7919) % 201) / 100.0 - 1.0);
+        c.observe(
+            busy_tick(p, d, ctx),
+            (100.0 * 0.05 + 0.03 * (p + d + 0.001 * ctx)) * (1.0 + noise),
+        );
+        if c.report().trusted {
+            last_trusted = c.weights();
+        }
+    }
+    let r = c.report();
+    assert!(!r.trusted, "{r:?}");
+    assert_eq!(c.weights(), last_trusted);
+    assert_ne!(c.weights(), (0.01, 0.01, 0.000_01));
 }
