@@ -139,10 +139,10 @@ impl TimeSource for StartupBurst {
 }
 
 /// Seeded uniform draws in [-1, 1].
-struct Noise(u64);
+pub(super) struct Noise(pub(super) u64);
 
 impl Noise {
-    fn next(&mut self) -> f64 {
+    pub(super) fn next(&mut self) -> f64 {
         self.0 = crate::sim::text::mix(self.0.wrapping_add(0x9E37_79B9_7F4A_7C15));
         (self.0 >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
     }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use super::counter::{Counter, EnergyClock, StartupBurst};
+use super::counter::{Counter, EnergyClock, Noise, StartupBurst};
 use super::workloads::VirtualRequest;
 use crate::accounting::{Accounting, AccountingConfig, AccountingError};
 use crate::clock::Clock;
@@ -203,6 +203,8 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
 
     // Traffic starts after the warm-up, and never during the burst.
     let first_at = (START_NS + scenario.warmup_ns).max(burst_end);
+    // The proxy's prompt estimates' spread: its own sequence, so the other draws stay as they are.
+    let mut prompt_noise = Noise(scenario.seed ^ 0x9b0d);
     let mut order: Vec<usize> = (0..scenario.requests.len()).collect();
     order.sort_by_key(|&i| (scenario.requests[i].at_ns, i));
     let mut next_arrival = 0usize;
@@ -325,8 +327,7 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
                 estimated_prompt_tokens: prompt_estimate(
                     r.prompt,
                     scenario.prompt_estimate_spread,
-                    scenario.seed,
-                    i,
+                    &mut prompt_noise,
                 ),
                 choices: r.n.max(1),
                 max_tokens: Some(u64::from(r.max_tokens)),
@@ -447,10 +448,7 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
 
 /// The proxy's estimate of a prompt from its request body's size (as `serve` makes it, the
 /// body's bytes over four): 10 % high, and off by up to `spread` more either way per request
-/// (deterministic in `seed` and the request's index).
-fn prompt_estimate(prompt: u32, spread: f64, seed: u64, index: usize) -> u64 {
-    let h = (seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    let u = (h >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
-    (f64::from(prompt) * (1.1 + spread.max(0.0) * u)).max(1.0) as u64
+/// (one draw of `noise` each, in arrival order).
+fn prompt_estimate(prompt: u32, spread: f64, noise: &mut Noise) -> u64 {
+    (f64::from(prompt) * (1.1 + spread.max(0.0) * noise.next())).max(1.0) as u64
 }

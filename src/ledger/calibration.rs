@@ -127,7 +127,8 @@ pub const BUSY_SPAN_TICKS: usize = 5;
 
 /// The most of the median busy power the static power may be where the engine never ran light
 /// ([`Calibrator::static_estimate`]): running light, real accelerators draw well under their
-/// power at a full prefill load. Accuracy bench, eight seeds: records 6.6 / 25.1 -> 6.0 / 24.5 %, responses 6.8 / 30.2 -> 6.4 / 30.4 %; four seeds: records 6.6 / 24.5 -> 6.0 / 24.0 %,
+/// power at a full prefill load. Accuracy bench, eight seeds: records 6.6 / 25.1 -> 6.0 / 24.5 %,
+/// responses 6.8 / 30.2 -> 6.4 / 30.4 %; four seeds: records 6.6 / 24.5 -> 6.0 / 24.0 %,
 /// responses 6.8 / 30.1 -> 6.3 / 30.6 % (prefill-heavy 10.2 -> 7.8 % median); 0.6 and 0.9 on the
 /// default seed 5.8 / 23.4 and 6.1 / 23.0 % against 5.8 / 23.0 % (6.2 / 23.2 % uncapped).
 pub const HEAVY_ONLY_STATIC_SHARE: f64 = 0.75;
@@ -199,6 +200,19 @@ pub const CONTEXT_RATIO_SPREAD: f64 = 1.098_612_288_668_109_8;
 /// 0): a thousandth, the defaults'.
 const FALLBACK_CONTEXT_RATIO: f64 = 1e-3;
 
+/// Fully busy ticks gathered into one span of the static estimate's samples.
+#[derive(Clone, Copy, Debug, Default)]
+struct BusyRun {
+    /// Energy above idle.
+    joules: f64,
+    /// Busy time.
+    seconds: f64,
+    ticks: usize,
+    prompt_tokens: f64,
+    /// The decode's and context's marginal energy at the defaults' costs.
+    decode_j: f64,
+}
+
 /// Windowed NNLS fit of ΔE − P_idle·Δt ≈ s·busy + α·prefill + β·decode + γ·context.
 #[derive(Clone, Debug)]
 pub struct Calibrator {
@@ -211,9 +225,8 @@ pub struct Calibrator {
     /// Power above idle of recent spans of fully busy ticks, watts, and whether prefill led
     /// their work (for the static estimate).
     busy_powers: VecDeque<(f64, bool)>,
-    /// The fully busy ticks since the last busy-power sample: joules, seconds, ticks, and their
-    /// prompt tokens and decode's marginal energy at the defaults' costs.
-    busy_run: (f64, f64, usize, f64, f64),
+    /// The fully busy ticks since the last busy-power sample.
+    busy_run: BusyRun,
     report: CalibrationReport,
     /// Whether a fit was ever trusted (fixed weights count as trusted from the start).
     trusted_once: bool,
@@ -245,7 +258,7 @@ impl Calibrator {
             since_refit: 0,
             block: ([0.0; K], 0.0, 0),
             busy_powers: VecDeque::new(),
-            busy_run: (0.0, 0.0, 0, 0.0, 0.0),
+            busy_run: BusyRun::default(),
             trusted_once: report.trusted,
             ticks_seen: 0,
             report,
@@ -267,24 +280,24 @@ impl Calibrator {
             const BUSY_SAMPLES: usize = 1024;
             let d = &self.config;
             let run = &mut self.busy_run;
-            run.0 += active_j;
-            run.1 += work.busy_s;
-            run.2 += 1;
-            run.3 += work.prefill;
-            run.4 += d.default_beta_j * work.decode + d.default_gamma_j * work.context;
-            if run.2 >= BUSY_SPAN_TICKS {
-                let p = run.0 / run.1;
+            run.joules += active_j;
+            run.seconds += work.busy_s;
+            run.ticks += 1;
+            run.prompt_tokens += work.prefill;
+            run.decode_j += d.default_beta_j * work.decode + d.default_gamma_j * work.context;
+            if run.ticks >= BUSY_SPAN_TICKS {
+                let p = run.joules / run.seconds;
                 // Prefill led its work (by the defaults' costs) at a saturated engine's pace.
-                let heavy = d.default_alpha_j * run.3 > run.4
-                    && run.3 >= HEAVY_PREFILL_TOKENS_PER_S * run.1;
-                *run = (0.0, 0.0, 0, 0.0, 0.0);
+                let heavy = d.default_alpha_j * run.prompt_tokens > run.decode_j
+                    && run.prompt_tokens >= HEAVY_PREFILL_TOKENS_PER_S * run.seconds;
+                *run = BusyRun::default();
                 if self.busy_powers.len() == BUSY_SAMPLES {
                     self.busy_powers.pop_front();
                 }
                 self.busy_powers.push_back((p, heavy));
             }
         } else {
-            self.busy_run = (0.0, 0.0, 0, 0.0, 0.0);
+            self.busy_run = BusyRun::default();
         }
         let (bx, by, bn) = &mut self.block;
         for (acc, v) in bx.iter_mut().zip(x) {

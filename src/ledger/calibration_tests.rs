@@ -194,35 +194,34 @@ fn an_engine_that_never_ran_light_has_its_static_bound_below_its_busy_power() {
     assert!((bound - 250.0).abs() < 1.0, "{bound}");
 }
 
+/// Fully busy tick `k`'s prompt, decode and context tokens: every fourth run of five ticks (a
+/// busy-power span) nearly idle work, which pins the static estimate.
+fn pinned_tick(k: u32) -> (f64, f64, f64) {
+    if (k / 5) % 4 == 0 {
+        return (0.0, 1.0, 1.0);
+    }
+    let d = f64::from((k * 11) % 64 + 1);
+    (
+        f64::from((k * 37) % 400),
+        d,
+        d * f64::from((k * 13) % 900 + 50),
+    )
+}
+
+/// Energy of tick `k` that follows the defaults' proportions (1 : 1 : 0.001) with 5 % noise.
+fn defaults_energy(k: u32, (p, d, ctx): (f64, f64, f64)) -> f64 {
+    let noise = 0.05 * (f64::from((k * 7919) % 201) / 100.0 - 1.0);
+    (100.0 * 0.05 + 0.03 * (p + d + 0.001 * ctx)) * (1.0 + noise)
+}
+
 #[test]
 fn a_fit_no_better_than_the_defaults_proportions_is_not_used() {
     let mut c = Calibrator::new(cfg());
     for k in 0..600u32 {
-        // Energy that follows the defaults' proportions (1 : 1 : 0.001) with 5 % noise: a fit
-        // can explain a little of the noise (and of the light ticks' work, which the static
-        // estimate carries), never beat the defaults by the margin. Every fourth run of five
-        // ticks (a busy-power span) is nearly idle work, which pins the static estimate.
-        let light = (k / 5) % 4 == 0;
-        let p = if light {
-            0.0
-        } else {
-            f64::from((k * 37) % 400)
-        };
-        let d = if light {
-            1.0
-        } else {
-            f64::from((k * 11) % 64 + 1)
-        };
-        let ctx = d * if light {
-            1.0
-        } else {
-            f64::from((k * 13) % 900 + 50)
-        };
-        let noise = 0.05 * (f64::from((k * 7919) % 201) / 100.0 - 1.0);
-        c.observe(
-            busy_tick(p, d, ctx),
-            (100.0 * 0.05 + 0.03 * (p + d + 0.001 * ctx)) * (1.0 + noise),
-        );
+        // A fit can explain a little of the noise (and of the light ticks' work, which the
+        // static estimate carries), never beat the defaults by the margin.
+        let (p, d, ctx) = pinned_tick(k);
+        c.observe(busy_tick(p, d, ctx), defaults_energy(k, (p, d, ctx)));
     }
     let r = c.report();
     assert!(!r.trusted, "{r:?}");
@@ -370,31 +369,11 @@ fn the_fit_on_the_ratio_grid_is_exact_least_squares() {
 
 #[test]
 fn a_fit_trusted_once_stays_in_use_while_later_fits_are_not_trusted() {
-    // Fully busy ticks, every fourth span of five nearly idle (it pins the static estimate), as
-    // in `a_fit_no_better_than_the_defaults_proportions_is_not_used`.
-    let tick = |k: u32| {
-        let light = (k / 5) % 4 == 0;
-        let p = if light {
-            0.0
-        } else {
-            f64::from((k * 37) % 400)
-        };
-        let d = if light {
-            1.0
-        } else {
-            f64::from((k * 11) % 64 + 1)
-        };
-        let ctx = d * if light {
-            1.0
-        } else {
-            f64::from((k * 13) % 900 + 50)
-        };
-        (p, d, ctx)
-    };
     let mut c = Calibrator::new(cfg());
-    // An engine with β at a quarter of α: trusted.
+    // Ticks as in `a_fit_no_better_than_the_defaults_proportions_is_not_used`, first from an
+    // engine with β at a quarter of α: trusted.
     for k in 0..600u32 {
-        let (p, d, ctx) = tick(k);
+        let (p, d, ctx) = pinned_tick(k);
         c.observe(
             busy_tick(p, d, ctx),
             100.0 * 0.05 + 0.04 * p + 0.01 * d + 0.000_04 * ctx,
@@ -408,12 +387,8 @@ fn a_fit_trusted_once_stays_in_use_while_later_fits_are_not_trusted() {
     // trusted fit stay in use, not the defaults.
     let mut last_trusted = c.weights();
     for k in 600..1200u32 {
-        let (p, d, ctx) = tick(k);
-        let noise = 0.05 * (f64::from((k * 7919) % 201) / 100.0 - 1.0);
-        c.observe(
-            busy_tick(p, d, ctx),
-            (100.0 * 0.05 + 0.03 * (p + d + 0.001 * ctx)) * (1.0 + noise),
-        );
+        let (p, d, ctx) = pinned_tick(k);
+        c.observe(busy_tick(p, d, ctx), defaults_energy(k, (p, d, ctx)));
         if c.report().trusted {
             last_trusted = c.weights();
         }

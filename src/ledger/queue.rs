@@ -216,9 +216,10 @@ impl PrefillQueue {
 /// tick: the engine's last six ticks of prefill held none; with the re-sizing, three). Accuracy
 /// bench, records and responses, median / p95: eight seeds 6.8 / 25.4 and 7.0 / 31.2 -> 6.7 /
 /// 25.5 and 7.0 / 31.1 %, four seeds 6.8 / 24.8 and 7.1 / 31.3 -> 6.7 / 24.8 and 6.9 / 31.1 %;
-/// with each estimate off by up to 30 % more (`ACCURACY_PROMPT_SPREAD=0.3`, four seeds) 7.5 /
-/// 26.0 and 7.4 / 32.0 -> 7.4 / 25.9 and 7.2 / 31.7 %: small in the bench, whose estimates are
-/// exact once the prompt scale is learned; real bodies' estimates are not.
+/// with each estimate off by up to 30 % more (`ACCURACY_PROMPT_SPREAD=0.3`, four seeds, stop
+/// 33's final code with and without the re-sizing) 6.8 / 24.9 and 6.8 / 30.5 -> 6.7 / 24.9 and
+/// 6.7 / 30.2 %: small in the bench, whose estimates are exact once the prompt scale is learned;
+/// real bodies' estimates are not.
 #[derive(Debug, Default)]
 pub(super) struct Resizes {
     /// `(old place, old start, difference)`, by old place.

@@ -147,39 +147,35 @@ fn an_exact_prompt_count_moves_the_places_after_it() {
     // prefills 10,000 tokens/s, one after another: S1 until 100 ms, A until 300, S2 until 400. S1's
     // and S2's first tokens measure the throughput over the places between them, which A's
     // estimate had made 5,000 tokens long instead of 3,000 (16,700 tokens/s).
-    let run = || {
-        let mut l = Ledger::new(LedgerConfig {
-            settle_ticks: 20,
-            ..cfg()
-        })
-        .expect("config");
-        let s1 = stream(1, 0, 1_000, 100 * MS, 3, 10 * MS);
-        let a = invisible(
-            2,
-            MS,
-            2_000,
-            vec![310 * MS, 330 * MS],
-            Some((350 * MS, Outcome::Ok)),
-        );
-        let s2 = stream(3, 2 * MS, 1_000, 400 * MS, 20, 50 * MS);
-        for k in 1..=10 {
-            let obs: Vec<Observation> = [&s1, &a, &s2]
-                .iter()
-                .filter_map(|s| s.at(k * 50 * MS))
-                .map(|mut o| {
-                    if o.progress.id == 2 && o.progress.end_ns == 0 {
-                        o.progress.prompt_tokens = 4_000;
-                        o.progress.prompt_exact = false;
-                    }
-                    o
-                })
-                .collect();
-            apply_50ms(&mut l, k, Some(1_000), &obs);
-            check_books(&l);
-        }
-        l
-    };
-    let l = run();
+    let mut l = Ledger::new(LedgerConfig {
+        settle_ticks: 20,
+        ..cfg()
+    })
+    .expect("config");
+    let s1 = stream(1, 0, 1_000, 100 * MS, 3, 10 * MS);
+    let a = invisible(
+        2,
+        MS,
+        2_000,
+        vec![310 * MS, 330 * MS],
+        Some((350 * MS, Outcome::Ok)),
+    );
+    let s2 = stream(3, 2 * MS, 1_000, 400 * MS, 20, 50 * MS);
+    for k in 1..=10 {
+        let obs: Vec<Observation> = [&s1, &a, &s2]
+            .iter()
+            .filter_map(|s| s.at(k * 50 * MS))
+            .map(|mut o| {
+                if o.progress.id == 2 && o.progress.end_ns == 0 {
+                    o.progress.prompt_tokens = 4_000;
+                    o.progress.prompt_exact = false;
+                }
+                o
+            })
+            .collect();
+        apply_50ms(&mut l, k, Some(1_000), &obs);
+        check_books(&l);
+    }
     let rate = l.prefill_queue.rate();
     assert!((rate - 10_000.0).abs() < 1.0, "{rate}");
     // S2's place is the engine's cumulative prompt tokens: 1,000 + 2,000 + 1,000.
