@@ -7,6 +7,7 @@
 //! only token counts placed in the held window.
 
 use super::attribution::Ledger;
+use super::queue::SAME_STEP_NS;
 use super::window::{BeforeWindow, Item};
 use crate::observe::{decode_context, Outcome, ProgressSnapshot};
 
@@ -26,6 +27,13 @@ impl Ledger {
         // `Ledger::prefill_start_on_the_line`).
         if let Some(start) = self.prefill_start_on_the_line(slot, span.1) {
             span.0 = span.0.max(start);
+        }
+        // Nor before the run of prefill steps that ended at its first token, where the steps'
+        // lengths show one (see `StepHistory::prefill_run_start`).
+        if !p.engine_timed {
+            if let Some(start) = self.steps.prefill_run_start(span.1, SAME_STEP_NS) {
+                span.0 = span.0.max(start).min(span.1);
+            }
         }
         let keep_prefill = self.no_steps_seen_over_it(slot, p)
             || self.conveyor_dated_it_later(slot, p, choices, span.1);

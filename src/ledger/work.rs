@@ -6,6 +6,7 @@
 //! of its own and never touches energy, only token counts placed in the held window.
 
 use super::attribution::Ledger;
+use super::queue::SAME_STEP_NS;
 use super::window::{BeforeWindow, Item};
 use super::WorkKind;
 use crate::observe::{Outcome, ProgressSnapshot};
@@ -101,6 +102,9 @@ impl Ledger {
         let lower = Self::work_start_ns(p).min(first_token_ns);
         let mut from = first_token_ns.saturating_sub(pd).max(lower);
         if let Some(start) = self.prefill_start_on_the_line(slot, first_token_ns) {
+            from = from.max(start);
+        }
+        if let Some(start) = self.steps.prefill_run_start(first_token_ns, SAME_STEP_NS) {
             from = from.max(start);
         }
         let item = Item {

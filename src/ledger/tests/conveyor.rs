@@ -188,3 +188,57 @@ fn an_exact_prompt_count_moves_the_places_after_it() {
     };
     assert_eq!(place(3), Some((4_000.0, 1_000.0)));
 }
+
+#[test]
+fn a_prompt_that_waited_for_a_sequence_slot_is_prefilled_in_its_long_step() {
+    // The engine decodes in 10 ms steps; a 1,000-token prompt that arrived at 0 waited for a
+    // sequence slot and ran in one 40 ms step, (400, 440], whose end sampled its first token.
+    // At the default prefill rate (10,000 tokens/s) its prefill would have started at 340 ms,
+    // over three ticks; the short steps before the long one say it had not started.
+    let mut l = Ledger::new(LedgerConfig {
+        settle_ticks: 20,
+        ..cfg()
+    })
+    .expect("config");
+    let waited = stream(1, 0, 1_000, 440 * MS, 3, 10 * MS);
+    let decoding = stream(2, 0, 10, 10 * MS, 60, 10 * MS);
+    let hold = invisible(99, 3 * MS, 10, Vec::new(), None);
+    let steps: Vec<u64> = (1..=40).chain(44..=70).map(|k| k * 10 * MS).collect();
+    run_with_steps(&mut l, &[waited, decoding], &hold, &steps, 12);
+    let prefill = sum_per_tick(&l, 1, |i| i.prefill);
+    assert!(
+        (prefill.iter().sum::<f32>() - 1_000.0).abs() < 1.0,
+        "{prefill:?}"
+    );
+    // Ticks end every 50 ms: index 8 is (400, 450].
+    assert!(prefill[8] > 999.0, "{prefill:?}");
+}
+
+#[test]
+fn an_answer_that_waited_for_a_sequence_slot_is_prefilled_in_its_long_step() {
+    // As above for a non-streamed answer (arrived at 15 ms, once streams showed the steps): its
+    // three tokens, counted back from its end at 460 ms over the steps, put its first token at
+    // 440 ms, the end of the long step.
+    let mut l = Ledger::new(LedgerConfig {
+        settle_ticks: 20,
+        ..cfg()
+    })
+    .expect("config");
+    let waited = invisible(
+        1,
+        15 * MS,
+        1_000,
+        vec![440 * MS, 450 * MS, 460 * MS],
+        Some((460 * MS, Outcome::Ok)),
+    );
+    let decoding = stream(2, 0, 10, 10 * MS, 60, 10 * MS);
+    let hold = invisible(99, 3 * MS, 10, Vec::new(), None);
+    let steps: Vec<u64> = (1..=40).chain(44..=70).map(|k| k * 10 * MS).collect();
+    run_with_steps(&mut l, &[waited, decoding], &hold, &steps, 12);
+    let prefill = sum_per_tick(&l, 1, |i| i.prefill);
+    assert!(
+        (prefill.iter().sum::<f32>() - 1_000.0).abs() < 1.0,
+        "{prefill:?}"
+    );
+    assert!(prefill[8] > 999.0, "{prefill:?}");
+}
