@@ -159,6 +159,9 @@ pub struct Ledger {
     /// [`Ledger::serve_prefill_queue`]): requests new to it, first tokens and ends seen, and the
     /// requests still waiting for a first token the proxy would see.
     pub(super) queue_events: super::queue_serve::QueueEvents,
+    /// Share of recent streams whose prefill the steps showed starting well after the conveyor
+    /// reached them (`Ledger::note_slot_wait`): the engine holds prompts back for sequence slots.
+    pub(super) slot_gated: f64,
 }
 
 impl Ledger {
@@ -209,6 +212,7 @@ impl Ledger {
             step_scratch: Vec::new(),
             prefill_queue: super::queue::PrefillQueue::new(prefill_rate),
             queue_events: super::queue_serve::QueueEvents::default(),
+            slot_gated: 0.0,
         })
     }
 

@@ -6,10 +6,12 @@
 //! [`super::queue_serve`]): every request's place on it (the cumulative prompt tokens of all
 //! requests up to and including it, in arrival order), how far the engine is estimated to have
 //! got, and the engine's prefill throughput while saturated. The ledger asks it, tick by tick,
-//! which stretch of the conveyor the engine served, and gives each request whose progress is invisible its part of
-//! that stretch as estimated prefill. A stream's first token says exactly how far the engine had
-//! got (the stream's place) at that moment: the estimate is moved up to it, and two such first
-//! tokens with the queue never empty between them measure the throughput.
+//! which stretch of the conveyor the engine served, and gives each request whose progress is
+//! invisible its part of that stretch as estimated prefill, as it does a stream still waiting for
+//! its first token (unless the engine holds prompts back for sequence slots, which the conveyor
+//! does not see). A stream's first token says exactly how far the engine had got (the stream's
+//! place) at that moment: the estimate is moved up to it, and two such first tokens with the
+//! queue never empty between them measure the throughput.
 //!
 //! Why: an invisible request's prefill used to be estimated from its own arrival at the full
 //! prefill rate, as if it had the engine to itself. Under a saturated prefill queue that put the

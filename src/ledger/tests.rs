@@ -210,7 +210,13 @@ fn nothing_in_flight_is_idle_and_learns_p_idle() {
 
 #[test]
 fn a_lone_stream_gets_every_busy_joule_and_prefill_lands_before_its_first_token() {
-    let mut l = Ledger::new(cfg()).expect("config");
+    // Held long enough for its first token to come before its first ticks settle: the
+    // conveyor's estimate of its prefill, held while it waits, gives way to the true one.
+    let mut l = Ledger::new(LedgerConfig {
+        settle_ticks: 8,
+        ..cfg()
+    })
+    .expect("config");
     // Arrives at 10 ms, queues, prefill 100 ms (reported) ending at the first token at 260 ms.
     let mut s = stream(1, 10 * MS, 1000, 260 * MS, 10, 20 * MS);
     s.prefill_ns = 100 * MS;

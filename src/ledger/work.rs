@@ -101,17 +101,38 @@ impl Ledger {
         let pd = self.prefill_duration_ns(p);
         let lower = Self::work_start_ns(p).min(first_token_ns);
         let mut from = first_token_ns.saturating_sub(pd).max(lower);
-        if let Some(start) = self.prefill_start_on_the_line(slot, first_token_ns) {
+        let on_line = self.prefill_start_on_the_line(slot, first_token_ns);
+        if let Some(start) = on_line {
             from = from.max(start);
         }
-        if let Some(start) = self.steps.prefill_run_start(first_token_ns, SAME_STEP_NS) {
+        let run = self.steps.prefill_run_start(first_token_ns, SAME_STEP_NS);
+        if let Some(start) = run {
             from = from.max(start);
         }
+        self.note_slot_wait(on_line, run);
+        // What settled of its estimate while it waited for its first token (see
+        // `Ledger::serve_prefill_queue`) is prefill already counted.
+        let settled = self
+            .slots
+            .get(slot as usize)
+            .and_then(Option::as_ref)
+            .map_or(0.0, |r| r.done_work()[0]);
         let item = Item {
-            prefill: p.prompt_tokens as f32,
+            prefill: (p.prompt_tokens as f64 - settled).max(0.0) as f32,
             ..Item::empty(slot)
         };
         self.place(slot, from, first_token_ns, item, BeforeWindow::Compress);
+    }
+
+    /// Notes whether a prefill placed at a first token started, as the steps showed, more than
+    /// two short steps after the conveyor's line reached the request: it waited for a sequence
+    /// slot (vLLM's `max_num_seqs`), not for the prefill queue. Kept as a moving share over the
+    /// recent first tokens (weight 1/5 each).
+    fn note_slot_wait(&mut self, on_line: Option<u64>, run: Option<u64>) {
+        let short = self.steps.short_step_ns().unwrap_or(0);
+        let waited =
+            matches!((run, on_line), (Some(r), Some(l)) if r > l.saturating_add(2 * short));
+        self.slot_gated += 0.2 * (f64::from(u8::from(waited)) - self.slot_gated);
     }
 
     /// Places completion tokens `from..to` (cumulative over choices), the latest of them seen at

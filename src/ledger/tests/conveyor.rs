@@ -191,7 +191,7 @@ fn an_exact_prompt_count_moves_the_places_after_it() {
 
 #[test]
 fn a_prompt_that_waited_for_a_sequence_slot_is_prefilled_in_its_long_step() {
-    // The engine decodes in 10 ms steps; a 1,000-token prompt that arrived at 0 waited for a
+    // The engine decodes in 10 ms steps; a 1,000-token prompt that arrived at 1 ms waited for a
     // sequence slot and ran in one 40 ms step, (400, 440], whose end sampled its first token.
     // At the default prefill rate (10,000 tokens/s) its prefill would have started at 340 ms,
     // over three ticks; the short steps before the long one say it had not started.
@@ -200,7 +200,7 @@ fn a_prompt_that_waited_for_a_sequence_slot_is_prefilled_in_its_long_step() {
         ..cfg()
     })
     .expect("config");
-    let waited = stream(1, 0, 1_000, 440 * MS, 3, 10 * MS);
+    let waited = stream(1, MS, 1_000, 440 * MS, 3, 10 * MS);
     let decoding = stream(2, 0, 10, 10 * MS, 60, 10 * MS);
     let hold = invisible(99, 3 * MS, 10, Vec::new(), None);
     let steps: Vec<u64> = (1..=40).chain(44..=70).map(|k| k * 10 * MS).collect();
@@ -212,6 +212,8 @@ fn a_prompt_that_waited_for_a_sequence_slot_is_prefilled_in_its_long_step() {
     );
     // Ticks end every 50 ms: index 8 is (400, 450].
     assert!(prefill[8] > 999.0, "{prefill:?}");
+    // The conveyor had it from 10 ms (the other stream's first token): a wait for a slot.
+    assert!(l.slot_gated > 0.1, "{}", l.slot_gated);
 }
 
 #[test]
@@ -241,4 +243,64 @@ fn an_answer_that_waited_for_a_sequence_slot_is_prefilled_in_its_long_step() {
         "{prefill:?}"
     );
     assert!(prefill[8] > 999.0, "{prefill:?}");
+}
+
+/// A 2,000-token stream arriving at 0 whose first token comes at 300 ms, run over ticks 1..=`k`
+/// of 50 ms (with `slot_gated` set before the first); returns its prefill per held tick and
+/// whether any of it is still an estimate.
+fn stream_waiting_for_its_first_token(k: u64, slot_gated: f64) -> (Vec<f32>, bool) {
+    let mut l = Ledger::new(LedgerConfig {
+        settle_ticks: 20,
+        ..cfg()
+    })
+    .expect("config");
+    l.slot_gated = slot_gated;
+    // Still decoding at 400 ms, so still in flight; `hold` keeps every tick held.
+    let s = stream(1, 0, 2_000, 300 * MS, 20, 10 * MS);
+    let hold = invisible(99, 3 * MS, 10, Vec::new(), None);
+    for t in 1..=k {
+        let obs: Vec<Observation> = [&s, &hold]
+            .iter()
+            .filter_map(|x| x.at(t * 50 * MS))
+            .collect();
+        apply_50ms(&mut l, t, Some(1_000), &obs);
+        check_books(&l);
+    }
+    let estimated = l
+        .window
+        .iter()
+        .flat_map(|t| t.items.iter())
+        .any(|i| i.slot == l.index[&1] && i.provisional && i.prefill > 0.0);
+    (sum_per_tick(&l, 1, |i| i.prefill), estimated)
+}
+
+#[test]
+fn a_stream_waiting_for_its_first_token_holds_the_conveyors_estimate_until_it_comes() {
+    // At the default 10,000 tokens/s the conveyor serves 500 of its tokens per tick: while it
+    // waits, its held ticks carry them (responses of streams ending meanwhile split with it).
+    let (waiting, estimated) = stream_waiting_for_its_first_token(3, 0.0);
+    assert!(estimated, "{waiting:?}");
+    assert!(
+        waiting.iter().all(|&x| (x - 500.0).abs() < 1.0),
+        "{waiting:?}"
+    );
+    // Its first token at 300 ms places the true prompt: the estimate gives way, none doubled.
+    let (placed, estimated) = stream_waiting_for_its_first_token(8, 0.0);
+    assert!(!estimated, "{placed:?}");
+    assert!(
+        (placed.iter().sum::<f32>() - 2_000.0).abs() < 1.0,
+        "{placed:?}"
+    );
+    // Over the 200 ms before it at the prefill rate (which the 300 ms wait lowered a little).
+    assert!(placed[0].abs() < 1.0 && placed[1] < 20.0, "{placed:?}");
+    assert!(placed[2..6].iter().all(|&x| x > 490.0), "{placed:?}");
+}
+
+#[test]
+fn a_stream_gets_no_estimate_while_the_engine_holds_prompts_for_sequence_slots() {
+    // Recent prompts waited for sequence slots, which the conveyor does not see: a stream
+    // waiting for its first token may not be prefilling at all.
+    let (waiting, estimated) = stream_waiting_for_its_first_token(3, 1.0);
+    assert!(!estimated, "{waiting:?}");
+    assert!(waiting.iter().all(|&x| x.abs() < 1e-3), "{waiting:?}");
 }

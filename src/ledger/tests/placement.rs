@@ -370,3 +370,13 @@ fn a_provisional_split_is_made_again_when_its_work_changed() {
     }
     assert!(checked >= 3, "{checked} ticks split");
 }
+
+#[test]
+fn a_streams_estimate_settled_before_its_first_token_counts_towards_its_prompt() {
+    // A 1,000-token stream waits 400 ms for its first token with ticks settling after 2: the
+    // conveyor's estimate of its prefill settles in the ticks it waited in, and its first token
+    // places only the rest, so its prompt is counted once.
+    let s = stream(1, 10 * MS, 1_000, 400 * MS, 5, 10 * MS);
+    let w = final_work(&s, 2, 14);
+    assert_eq!((w.prefill, w.decode), (1_000, 5), "{w:?}");
+}
