@@ -109,7 +109,7 @@ impl Ledger {
         if let Some(start) = run {
             from = from.max(start);
         }
-        self.note_slot_wait(on_line, run);
+        self.note_slot_wait(on_line.map(|l| l.max(lower)), run);
         // What settled of its estimate while it waited for its first token (see
         // `Ledger::serve_prefill_queue`) is prefill already counted.
         let settled = self
@@ -125,7 +125,8 @@ impl Ledger {
     }
 
     /// Notes whether a prefill placed at a first token started, as the steps showed, more than
-    /// two short steps after the conveyor's line reached the request: it waited for a sequence
+    /// two short steps after the conveyor's line reached the request (`on_line`, at the earliest
+    /// its arrival: the line may have crossed its place before it came): it waited for a sequence
     /// slot (vLLM's `max_num_seqs`), not for the prefill queue. Kept as a moving share over the
     /// recent first tokens (weight 1/5 each).
     fn note_slot_wait(&mut self, on_line: Option<u64>, run: Option<u64>) {
