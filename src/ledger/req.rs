@@ -32,6 +32,8 @@ pub(super) struct Req {
     pub(super) queue_sized: bool,
     /// When its estimated prefill ended and its estimated decode began (0: not yet).
     pub(super) prov_decode_from_ns: u64,
+    /// Decode tokens (all choices) its estimate placed so far.
+    pub(super) prov_decoded: f64,
     /// Prompt, decode and context tokens of its work in settled ticks.
     pub(super) settled_work: [f64; 3],
     /// The same in frozen ticks (held for the calibration, their work final; see

@@ -55,6 +55,7 @@ impl Ledger {
             queue_reported: false,
             queue_sized: false,
             prov_decode_from_ns: 0,
+            prov_decoded: 0.0,
             settled_work: [0.0; 3],
             frozen_work: [0.0; 3],
             ended: false,

@@ -185,6 +185,12 @@ impl StepHistory {
         }
     }
 
+    /// The number of steps that ended in `(lo, hi]`, where they count as all seen and the
+    /// history reaches back to `lo`; `None` otherwise.
+    pub fn seen_count(&self, lo: u64, hi: u64) -> Option<usize> {
+        (self.covers(lo) && self.all_seen(lo, hi)).then(|| self.within(lo, hi).count())
+    }
+
     /// Whether the steps in `(lo, hi]` count as all seen: streams covered at least
     /// [`SEEN_COVERAGE`] of it.
     pub fn all_seen(&self, lo: u64, hi: u64) -> bool {

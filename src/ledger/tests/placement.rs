@@ -380,3 +380,18 @@ fn a_streams_estimate_settled_before_its_first_token_counts_towards_its_prompt()
     let w = final_work(&s, 2, 14);
     assert_eq!((w.prefill, w.decode), (1_000, 5), "{w:?}");
 }
+
+#[test]
+fn an_answers_estimated_decode_follows_the_engine_steps_streams_show() {
+    // A non-streamed answer in flight with no prompt; its estimate decodes from the second
+    // tick. Streams show one long step in the second tick and five in the third: it decoded one
+    // token per step, not the same count per tick (at the rate, 1.5 in each).
+    let b = invisible(2, 10 * MS, 0, Vec::new(), None);
+    let steps: Vec<u64> = [10, 20, 30, 40, 50, 100, 110, 120, 130, 140, 150]
+        .iter()
+        .map(|&t| t * MS)
+        .collect();
+    let d = decode_per_tick(&[b], &steps, 3, 2);
+    let near = |a: f32, b: f32| (a - b).abs() < 0.01;
+    assert!(near(d[1], 1.0) && near(d[2], 5.0), "{d:?}");
+}
