@@ -91,6 +91,18 @@ impl Ledger {
         Some(step_start.map_or(start, |b| start.min(b)))
     }
 
+    /// Notes whether a prefill placed at a first token started, as the steps showed, more than
+    /// two short steps after the conveyor's line reached the request (`on_line`, at the earliest
+    /// its arrival: the line may have crossed its place before it came): it waited for a sequence
+    /// slot (vLLM's `max_num_seqs`), not for the prefill queue. Kept as a moving share over the
+    /// recent first tokens (weight 1/5 each).
+    pub(super) fn note_slot_wait(&mut self, on_line: Option<u64>, run: Option<u64>) {
+        let short = self.steps.short_step_ns().unwrap_or(0);
+        let waited =
+            matches!((run, on_line), (Some(r), Some(l)) if r > l.saturating_add(2 * short));
+        self.slot_gated += 0.2 * (f64::from(u8::from(waited)) - self.slot_gated);
+    }
+
     /// Places the prefill of the streams whose first token came in the tick, once the conveyor
     /// has every first token of the tick.
     pub(super) fn place_tick_prefills(&mut self) {

@@ -124,18 +124,6 @@ impl Ledger {
         self.place(slot, from, first_token_ns, item, BeforeWindow::Compress);
     }
 
-    /// Notes whether a prefill placed at a first token started, as the steps showed, more than
-    /// two short steps after the conveyor's line reached the request (`on_line`, at the earliest
-    /// its arrival: the line may have crossed its place before it came): it waited for a sequence
-    /// slot (vLLM's `max_num_seqs`), not for the prefill queue. Kept as a moving share over the
-    /// recent first tokens (weight 1/5 each).
-    fn note_slot_wait(&mut self, on_line: Option<u64>, run: Option<u64>) {
-        let short = self.steps.short_step_ns().unwrap_or(0);
-        let waited =
-            matches!((run, on_line), (Some(r), Some(l)) if r > l.saturating_add(2 * short));
-        self.slot_gated += 0.2 * (f64::from(u8::from(waited)) - self.slot_gated);
-    }
-
     /// Places completion tokens `from..to` (cumulative over choices), the latest of them seen at
     /// `at_ns`. A snapshot only tells how many tokens came since the last one and when the latest
     /// did, so they are spread evenly since the previous latest token (one per engine step, at
