@@ -29,12 +29,12 @@ pub(super) struct QueueEvents {
     pub(super) prefills: Vec<(u32, ProgressSnapshot)>,
 }
 
-/// The ledger's use of the conveyor.
 /// Share of recent first tokens whose prefill waited for a sequence slot above which streams
 /// waiting for their first token get no estimate from the conveyor (0.1 to 0.6 gave the same
 /// figures on the accuracy bench: the share is near 0 or near 1).
 const SLOT_GATED_SHARE: f64 = 0.3;
 
+/// The ledger's use of the conveyor.
 impl Ledger {
     /// The earliest a request's prefill can have started, given its first token at `ft_ns`, as
     /// the prefill conveyor dates it: on the line through the latest first token before its
