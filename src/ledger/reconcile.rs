@@ -32,7 +32,7 @@ impl Ledger {
         // lengths show one (see `StepHistory::prefill_run_start`).
         if !p.engine_timed {
             if let Some(start) = self.steps.prefill_run_start(span.1, SAME_STEP_NS) {
-                span.0 = span.0.max(start).min(span.1);
+                span.0 = span.0.max(start);
             }
         }
         let keep_prefill = self.no_steps_seen_over_it(slot, p)

@@ -189,18 +189,15 @@ fn an_exact_prompt_count_moves_the_places_after_it() {
     assert_eq!(place(3), Some((4_000.0, 1_000.0)));
 }
 
-#[test]
-fn a_prompt_that_waited_for_a_sequence_slot_is_prefilled_in_its_long_step() {
-    // The engine decodes in 10 ms steps; a 1,000-token prompt that arrived at 1 ms waited for a
-    // sequence slot and ran in one 40 ms step, (400, 440], whose end sampled its first token.
-    // At the default prefill rate (10,000 tokens/s) its prefill would have started at 340 ms,
-    // over three ticks; the short steps before the long one say it had not started.
+/// Runs `waited` (id 1, a 1,000-token prompt) beside a stream decoding in 10 ms engine steps,
+/// with one 40 ms step, (400, 440], that ran the prompt and sampled its first token; checks
+/// that all its prefill landed in the tick (400, 450] and returns the ledger.
+fn prefilled_in_the_long_step(waited: Script) -> Ledger {
     let mut l = Ledger::new(LedgerConfig {
         settle_ticks: 20,
         ..cfg()
     })
     .expect("config");
-    let waited = stream(1, MS, 1_000, 440 * MS, 3, 10 * MS);
     let decoding = stream(2, 0, 10, 10 * MS, 60, 10 * MS);
     let hold = invisible(99, 3 * MS, 10, Vec::new(), None);
     let steps: Vec<u64> = (1..=40).chain(44..=70).map(|k| k * 10 * MS).collect();
@@ -212,6 +209,16 @@ fn a_prompt_that_waited_for_a_sequence_slot_is_prefilled_in_its_long_step() {
     );
     // Ticks end every 50 ms: index 8 is (400, 450].
     assert!(prefill[8] > 999.0, "{prefill:?}");
+    l
+}
+
+#[test]
+fn a_prompt_that_waited_for_a_sequence_slot_is_prefilled_in_its_long_step() {
+    // The engine decodes in 10 ms steps; a 1,000-token prompt that arrived at 1 ms waited for a
+    // sequence slot and ran in one 40 ms step, (400, 440], whose end sampled its first token.
+    // At the default prefill rate (10,000 tokens/s) its prefill would have started at 340 ms,
+    // over three ticks; the short steps before the long one say it had not started.
+    let l = prefilled_in_the_long_step(stream(1, MS, 1_000, 440 * MS, 3, 10 * MS));
     // The conveyor had it from 10 ms (the other stream's first token): a wait for a slot.
     assert!(l.slot_gated > 0.1, "{}", l.slot_gated);
 }
@@ -221,28 +228,13 @@ fn an_answer_that_waited_for_a_sequence_slot_is_prefilled_in_its_long_step() {
     // As above for a non-streamed answer (arrived at 15 ms, once streams showed the steps): its
     // three tokens, counted back from its end at 460 ms over the steps, put its first token at
     // 440 ms, the end of the long step.
-    let mut l = Ledger::new(LedgerConfig {
-        settle_ticks: 20,
-        ..cfg()
-    })
-    .expect("config");
-    let waited = invisible(
+    prefilled_in_the_long_step(invisible(
         1,
         15 * MS,
         1_000,
         vec![440 * MS, 450 * MS, 460 * MS],
         Some((460 * MS, Outcome::Ok)),
-    );
-    let decoding = stream(2, 0, 10, 10 * MS, 60, 10 * MS);
-    let hold = invisible(99, 3 * MS, 10, Vec::new(), None);
-    let steps: Vec<u64> = (1..=40).chain(44..=70).map(|k| k * 10 * MS).collect();
-    run_with_steps(&mut l, &[waited, decoding], &hold, &steps, 12);
-    let prefill = sum_per_tick(&l, 1, |i| i.prefill);
-    assert!(
-        (prefill.iter().sum::<f32>() - 1_000.0).abs() < 1.0,
-        "{prefill:?}"
-    );
-    assert!(prefill[8] > 999.0, "{prefill:?}");
+    ));
 }
 
 /// A 2,000-token stream arriving at 0 whose first token comes at 300 ms, run over ticks 1..=`k`
