@@ -97,18 +97,20 @@ impl Ledger {
         self.step_scratch = ends;
     }
 
-    pub(super) fn place_prefill(&mut self, slot: u32, p: &ProgressSnapshot, first_token_ns: u64) {
-        let pd = self.prefill_duration_ns(p);
+    /// Places a stream's prefill over `(from, first_token_ns]`, `from` as
+    /// [`Ledger::prefill_start`] finds it for the prompts whose first tokens came in the same
+    /// engine step (never before the request's own arrival).
+    pub(super) fn place_prefill(
+        &mut self,
+        slot: u32,
+        p: &ProgressSnapshot,
+        first_token_ns: u64,
+        from: u64,
+    ) {
         let lower = Self::work_start_ns(p).min(first_token_ns);
-        let mut from = first_token_ns.saturating_sub(pd).max(lower);
+        let from = from.max(lower).min(first_token_ns);
         let on_line = self.prefill_start_on_the_line(slot, first_token_ns);
-        if let Some(start) = on_line {
-            from = from.max(start);
-        }
         let run = self.steps.prefill_run_start(first_token_ns, SAME_STEP_NS);
-        if let Some(start) = run {
-            from = from.max(start);
-        }
         self.note_slot_wait(on_line.map(|l| l.max(lower)), run);
         // What settled of its estimate while it waited for its first token (see
         // `Ledger::serve_prefill_queue`) is prefill already counted.
@@ -361,7 +363,8 @@ impl Ledger {
                 } else {
                     p.end_ns
                 };
-                self.place_prefill(slot, p, ft);
+                let from = self.prefill_start(&[(slot, *p)], ft);
+                self.place_prefill(slot, p, ft, from);
             }
             if p.completion_tokens > consumed {
                 let at = if p.last_token_ns != 0 {

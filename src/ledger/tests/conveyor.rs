@@ -237,6 +237,35 @@ fn an_answer_that_waited_for_a_sequence_slot_is_prefilled_in_its_long_step() {
     ));
 }
 
+#[test]
+fn prompts_that_share_an_engine_step_are_placed_over_it_together() {
+    // Two 300-token prompts arrived at 300 ms and ran together in one 80 ms engine step, (400,
+    // 480], whose end sampled both first tokens. Each on its own (300 tokens at the default
+    // 10,000 tokens/s: 30 ms before its first token) sat in (450, 480], and the step's first
+    // 50 ms, the tick (400, 450], held only the decode beside them. Together they span (420,
+    // 480]: half of each in that tick.
+    let mut l = Ledger::new(LedgerConfig {
+        settle_ticks: 20,
+        ..cfg()
+    })
+    .expect("config");
+    let decoding = stream(2, 0, 10, 10 * MS, 60, 10 * MS);
+    let first = stream(1, 300 * MS, 300, 480 * MS, 3, 10 * MS);
+    let second = stream(3, 300 * MS, 300, 480 * MS, 3, 10 * MS);
+    let hold = invisible(99, 3 * MS, 10, Vec::new(), None);
+    let steps: Vec<u64> = (1..=40).chain(48..=70).map(|k| k * 10 * MS).collect();
+    run_with_steps(&mut l, &[first, decoding, second], &hold, &steps, 12);
+    for id in [1, 3] {
+        let prefill = sum_per_tick(&l, id, |i| i.prefill);
+        assert!(
+            (prefill.iter().sum::<f32>() - 300.0).abs() < 1.0,
+            "{prefill:?}"
+        );
+        // Ticks end every 50 ms: index 8 is (400, 450] (about half: the learned rate moved).
+        assert!((130.0..170.0).contains(&prefill[8]), "{id}: {prefill:?}");
+    }
+}
+
 /// A 2,000-token stream arriving at 0 whose first token comes at 300 ms, run over ticks 1..=`k`
 /// of 50 ms (with `slot_gated` set before the first); returns its prefill per held tick and
 /// whether any of it is still an estimate.
