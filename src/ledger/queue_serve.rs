@@ -29,6 +29,18 @@ pub(super) struct QueueEvents {
     pub(super) prefills: Vec<(u32, ProgressSnapshot)>,
 }
 
+/// Where a prefill placed at its first token starts ([`Ledger::prefill_start`]), and the two
+/// bounds [`Ledger::note_slot_wait`] compares.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct PrefillStart {
+    /// The start.
+    pub(super) from: u64,
+    /// Where the conveyor's line reached the prompt (the first of them, for prompts of one step).
+    pub(super) on_line: Option<u64>,
+    /// Where the run of long engine steps that ended at the first token began.
+    pub(super) run: Option<u64>,
+}
+
 /// Share of recent first tokens whose prefill waited for a sequence slot above which streams
 /// waiting for their first token get no estimate from the conveyor (0.1 to 0.6 gave the same
 /// figures on the accuracy bench: the share is near 0 or near 1).
@@ -117,11 +129,19 @@ impl Ledger {
                 .take_while(|(_, p)| p.first_token_ns <= ft.saturating_add(SAME_STEP_NS))
                 .count();
             let step = &prefills[i..i + same_step];
-            let from = self.prefill_start(step, ft);
+            let start = self.prefill_start(step, ft);
             for &(slot, p) in step {
                 // Its true prefill replaces the estimate it held while it waited.
                 self.drop_provisional(slot);
-                self.place_prefill(slot, &p, p.first_token_ns, from);
+                let own = if same_step > 1 {
+                    PrefillStart {
+                        on_line: self.prefill_start_on_the_line(slot, ft),
+                        ..start
+                    }
+                } else {
+                    start
+                };
+                self.place_prefill(slot, &p, p.first_token_ns, own);
             }
             i += same_step;
         }
@@ -144,7 +164,11 @@ impl Ledger {
     /// four seeds: records 5.7 / 23.2 -> 5.5 / 22.7 %, responses 5.8 / 27.7 -> 5.6 / 27.5 %
     /// (bursty 6.3 / 23.0 and 6.7 / 24.8 -> 5.6 / 22.1 and 5.9 / 24.1 %, steady 4.6 / 17.2 ->
     /// 4.2 / 16.4 %, mixed-long 10.4 / 41.5 -> 9.9 / 40.6 %; no workload worse).
-    pub(super) fn prefill_start(&self, step: &[(u32, ProgressSnapshot)], ft_ns: u64) -> u64 {
+    pub(super) fn prefill_start(
+        &self,
+        step: &[(u32, ProgressSnapshot)],
+        ft_ns: u64,
+    ) -> PrefillStart {
         let together = step
             .iter()
             .map(|(_, p)| self.prefill_duration_ns(p))
@@ -162,10 +186,11 @@ impl Ledger {
         if let Some(start) = on_line {
             from = from.max(start);
         }
-        if let Some(start) = self.steps.prefill_run_start(ft_ns, SAME_STEP_NS) {
+        let run = self.steps.prefill_run_start(ft_ns, SAME_STEP_NS);
+        if let Some(start) = run {
             from = from.max(start);
         }
-        from
+        PrefillStart { from, on_line, run }
     }
 
     /// Notes, once per request, that its first token came at `at_ns` (for the prefill conveyor).

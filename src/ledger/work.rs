@@ -6,7 +6,7 @@
 //! of its own and never touches energy, only token counts placed in the held window.
 
 use super::attribution::Ledger;
-use super::queue::SAME_STEP_NS;
+use super::queue_serve::PrefillStart;
 use super::window::{BeforeWindow, Item};
 use super::WorkKind;
 use crate::observe::{Outcome, ProgressSnapshot};
@@ -97,21 +97,19 @@ impl Ledger {
         self.step_scratch = ends;
     }
 
-    /// Places a stream's prefill over `(from, first_token_ns]`, `from` as
-    /// [`Ledger::prefill_start`] finds it for the prompts whose first tokens came in the same
-    /// engine step (never before the request's own arrival).
+    /// Places a stream's prefill from `start.from` ([`Ledger::prefill_start`], for the prompts
+    /// whose first tokens came in the same engine step; never before the request's own arrival)
+    /// to its first token.
     pub(super) fn place_prefill(
         &mut self,
         slot: u32,
         p: &ProgressSnapshot,
         first_token_ns: u64,
-        from: u64,
+        start: PrefillStart,
     ) {
         let lower = Self::work_start_ns(p).min(first_token_ns);
-        let from = from.max(lower).min(first_token_ns);
-        let on_line = self.prefill_start_on_the_line(slot, first_token_ns);
-        let run = self.steps.prefill_run_start(first_token_ns, SAME_STEP_NS);
-        self.note_slot_wait(on_line.map(|l| l.max(lower)), run);
+        let from = start.from.max(lower).min(first_token_ns);
+        self.note_slot_wait(start.on_line.map(|l| l.max(lower)), start.run);
         // What settled of its estimate while it waited for its first token (see
         // `Ledger::serve_prefill_queue`) is prefill already counted.
         let settled = self
@@ -363,8 +361,8 @@ impl Ledger {
                 } else {
                     p.end_ns
                 };
-                let from = self.prefill_start(&[(slot, *p)], ft);
-                self.place_prefill(slot, p, ft, from);
+                let start = self.prefill_start(&[(slot, *p)], ft);
+                self.place_prefill(slot, p, ft, start);
             }
             if p.completion_tokens > consumed {
                 let at = if p.last_token_ns != 0 {
