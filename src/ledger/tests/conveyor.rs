@@ -189,19 +189,30 @@ fn an_exact_prompt_count_moves_the_places_after_it() {
     assert_eq!(place(3), Some((4_000.0, 1_000.0)));
 }
 
-/// Runs `waited` (id 1, a 1,000-token prompt) beside a stream decoding in 10 ms engine steps,
-/// with one 40 ms step, (400, 440], that ran the prompt and sampled its first token; checks
-/// that all its prefill landed in the tick (400, 450] and returns the ledger.
-fn prefilled_in_the_long_step(waited: Script) -> Ledger {
+/// Runs `requests` over twelve 50 ms ticks, every one held, beside a stream (id 2) decoding in
+/// 10 ms engine steps up to 700 ms but for one long step, `(from_ms, to_ms]` (multiples of 10).
+fn beside_a_decoding_stream(requests: &[Script], (from_ms, to_ms): (u64, u64)) -> Ledger {
     let mut l = Ledger::new(LedgerConfig {
         settle_ticks: 20,
         ..cfg()
     })
     .expect("config");
-    let decoding = stream(2, 0, 10, 10 * MS, 60, 10 * MS);
+    let mut scripts = requests.to_vec();
+    scripts.push(stream(2, 0, 10, 10 * MS, 60, 10 * MS));
     let hold = invisible(99, 3 * MS, 10, Vec::new(), None);
-    let steps: Vec<u64> = (1..=40).chain(44..=70).map(|k| k * 10 * MS).collect();
-    run_with_steps(&mut l, &[waited, decoding], &hold, &steps, 12);
+    let steps: Vec<u64> = (1..=from_ms / 10)
+        .chain(to_ms / 10..=70)
+        .map(|k| k * 10 * MS)
+        .collect();
+    run_with_steps(&mut l, &scripts, &hold, &steps, 12);
+    l
+}
+
+/// Runs `waited` (id 1, a 1,000-token prompt) beside a decoding stream whose steps show one
+/// 40 ms step, (400, 440], that ran the prompt and sampled its first token; checks that all
+/// its prefill landed in the tick (400, 450] and returns the ledger.
+fn prefilled_in_the_long_step(waited: Script) -> Ledger {
+    let l = beside_a_decoding_stream(&[waited], (400, 440));
     let prefill = sum_per_tick(&l, 1, |i| i.prefill);
     assert!(
         (prefill.iter().sum::<f32>() - 1_000.0).abs() < 1.0,
@@ -244,17 +255,9 @@ fn prompts_that_share_an_engine_step_are_placed_over_it_together() {
     // 10,000 tokens/s: 30 ms before its first token) sat in (450, 480], and the step's first
     // 50 ms, the tick (400, 450], held only the decode beside them. Together they span (420,
     // 480]: half of each in that tick.
-    let mut l = Ledger::new(LedgerConfig {
-        settle_ticks: 20,
-        ..cfg()
-    })
-    .expect("config");
-    let decoding = stream(2, 0, 10, 10 * MS, 60, 10 * MS);
     let first = stream(1, 300 * MS, 300, 480 * MS, 3, 10 * MS);
     let second = stream(3, 300 * MS, 300, 480 * MS, 3, 10 * MS);
-    let hold = invisible(99, 3 * MS, 10, Vec::new(), None);
-    let steps: Vec<u64> = (1..=40).chain(48..=70).map(|k| k * 10 * MS).collect();
-    run_with_steps(&mut l, &[first, decoding, second], &hold, &steps, 12);
+    let l = beside_a_decoding_stream(&[first, second], (400, 480));
     for id in [1, 3] {
         let prefill = sum_per_tick(&l, id, |i| i.prefill);
         assert!(
