@@ -99,11 +99,13 @@ async fn auth_errors_and_health() {
 
 #[tokio::test]
 async fn readyz_fails_fast_when_the_upstream_is_down() {
-    let gone = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
+    // Bound but never listening: connections to it are refused, and no other socket can take
+    // the port meanwhile (a listener dropped here let the test proxy's own listener reuse its
+    // port now and then, which then answered the readiness probe: 200).
+    let gone = tokio::net::TcpSocket::new_v4().expect("socket");
+    gone.bind("127.0.0.1:0".parse().expect("address"))
         .expect("bind");
     let addr = gone.local_addr().expect("addr");
-    drop(gone);
     let proxy = TestProxy::start(addr).await;
     let got = admin_get(proxy.admin, "/readyz", None).await;
     assert_eq!(got.status, 503);
