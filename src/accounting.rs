@@ -293,6 +293,12 @@ impl Accounting {
         if tick.phase != TickPhase::Announce {
             self.publish_rates(tick);
         }
+        // Every tick, announced ones too: their provisional split (on an estimate) is in the
+        // figures published next, and work up to them must not be priced again.
+        self.in_flight
+            .rates
+            .covered_until_ns
+            .store(self.ledger.covered_until_ns(), Relaxed);
         let settled_until = self.ledger.settled_until_ns();
         for (p, e) in self.live.iter().zip(self.ledger.observed_energy()) {
             if let Some(e) = e {
@@ -357,9 +363,6 @@ impl Accounting {
         let cap =
             (power_mw > 0.0 && prefill_per_s > 0.0).then(|| power_mw / prefill_per_s * 1000.0);
         rates.set_token_prices(self.ledger.token_prices_with(cap));
-        rates
-            .covered_until_ns
-            .store(self.ledger.covered_until_ns(), Relaxed);
         rates.set_work_rates(prefill_per_s, decode_per_s);
     }
 

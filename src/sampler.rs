@@ -305,8 +305,21 @@ impl SamplerCore {
             // Reads too close together for the burst to place an update within one.
             return Ok(None);
         }
-        let Some((device, phase)) = align::probe(&mut self.meters, time, stop, self.interval_ns)?
-        else {
+        let Some(probe) = align::probe(&mut self.meters, time, stop, self.interval_ns)? else {
+            return Ok(None);
+        };
+        // A counter that moves at every read updated, on average, half its period before the
+        // read (half the interval where the reads are aligned to it): its increments are spread
+        // up to then instead of over the read's interval (see `Spreader::set_update_lag`).
+        for ((slot, label), period) in self.slots.iter_mut().zip(&self.labels).zip(&probe.periods) {
+            let period = slot.spreader.configured_period().or(*period);
+            let lag = period.map(|p| p.min(self.interval_ns) / 2);
+            slot.spreader.set_update_lag(lag);
+            if let Some(lag) = lag {
+                tracing::debug!(device = %label, update_lag_ms = lag as f64 / 1e6, "counter update lag");
+            }
+        }
+        let Some((device, phase)) = probe.aligned else {
             return Ok(None);
         };
         let start = align::aligned_start(time.now_ns(), phase, self.interval_ns);

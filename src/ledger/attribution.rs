@@ -162,6 +162,8 @@ pub struct Ledger {
     /// Share of recent streams whose prefill the steps showed starting well after the conveyor
     /// reached them (`Ledger::note_slot_wait`): the engine holds prompts back for sequence slots.
     pub(super) slot_gated: f64,
+    /// The latest complete tick's energy per nanosecond, µJ (0 until one came).
+    pub(super) recent_uj_per_ns: f64,
 }
 
 impl Ledger {
@@ -213,6 +215,7 @@ impl Ledger {
             prefill_queue: super::queue::PrefillQueue::new(prefill_rate),
             queue_events: super::queue_serve::QueueEvents::default(),
             slot_gated: 0.0,
+            recent_uj_per_ns: 0.0,
         })
     }
 
@@ -244,6 +247,9 @@ impl Ledger {
             Some(e) => {
                 self.totals.measured_uj = self.totals.measured_uj.saturating_add(e);
                 self.totals.pending_uj = self.totals.pending_uj.saturating_add(e);
+                if !tick.energy_later && end_ns > start_ns {
+                    self.recent_uj_per_ns = e as f64 / (end_ns - start_ns) as f64;
+                }
             }
             None => self.totals.unavailable_ticks += 1,
         }
@@ -472,6 +478,10 @@ impl Ledger {
                     t.delta_uj = Some(d.saturating_add(share));
                     self.totals.measured_uj = self.totals.measured_uj.saturating_add(share);
                     self.totals.pending_uj = self.totals.pending_uj.saturating_add(share);
+                    if t.unfilled_ns == 0 && t.end_ns > t.start_ns {
+                        self.recent_uj_per_ns =
+                            (d.saturating_add(share)) as f64 / (t.end_ns - t.start_ns) as f64;
+                    }
                 }
                 (Some(d), None) => {
                     // Part of the interval failed to read: the whole interval is unavailable.
@@ -482,6 +492,11 @@ impl Ledger {
                 }
                 (None, _) => {}
             }
+        }
+        // Their provisional splits, made on an estimate, give way to the energy now in.
+        for &(i, _) in &spans {
+            let parts = self.window.get_mut(i).and_then(|t| t.tentative.take());
+            self.take_back_tentative(parts);
         }
         let n = spans.len();
         if let Some(&b) = shares.get(n).filter(|&&b| b > 0) {

@@ -42,9 +42,10 @@ impl Ledger {
         &mut self,
         i: usize,
         weights: (f64, f64, f64),
+        energy_uj: Option<u64>,
     ) -> Option<(TickEnergy, f64)> {
         let tick = self.window.get(i)?;
-        let e = tick.delta_uj?;
+        let e = energy_uj.or(tick.delta_uj)?;
         let dt = tick.end_ns - tick.start_ns;
         self.marginal.clear();
         self.marginal

@@ -59,15 +59,45 @@ pub fn aligned_start(now_ns: u64, phase_ns: u64, interval_ns: u64) -> u64 {
     now_ns + (target + interval_ns - now_ns % interval_ns) % interval_ns
 }
 
-/// Reads `meters` (their devices in order) every [`BURST_STEP`] for [`BURST`] and returns the
-/// update phase of the first device that looks slow enough to align to, with its index. `Err` when
-/// a stop was asked for meanwhile.
+/// What the start-up burst found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Probe {
+    /// The first device that looks slow enough to align to, with its update phase.
+    pub aligned: Option<(usize, u64)>,
+    /// Each device's update period (the median time between its changes), in the order of
+    /// [`probe`]'s meters and devices; `None` for a device not probed, or that changed fewer than
+    /// three times or at every read of the burst ([`MIN_MEASURED_PERIOD`]).
+    pub periods: Vec<Option<u64>>,
+}
+
+/// The shortest update period the burst measures: two of its steps. A counter that moved at
+/// nearly every one of its reads (RAPL's, every ~1 ms) is as good as read when it updates.
+pub const MIN_MEASURED_PERIOD: u64 = 2 * BURST_STEP;
+
+/// The median spacing of `changes` (times at which a counter was seen to have moved), if there
+/// are at least three of them and it is above [`MIN_MEASURED_PERIOD`].
+pub fn change_period(changes: &[u64]) -> Option<u64> {
+    if changes.len() < 3 {
+        return None;
+    }
+    let mut gaps: Vec<u64> = changes
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]))
+        .collect();
+    gaps.sort_unstable();
+    Some(gaps[gaps.len() / 2]).filter(|&p| p > MIN_MEASURED_PERIOD)
+}
+
+/// Reads `meters` (their devices in order) every [`BURST_STEP`] for [`BURST`] and returns each
+/// device's update period and the update phase of the first device that looks slow enough to
+/// align to, with its index. `Ok(None)` when no device is a counter worth probing; `Err` when a
+/// stop was asked for meanwhile.
 pub fn probe(
     meters: &mut [Box<dyn Meter>],
     time: &mut impl TimeSource,
     stop: &Receiver<()>,
     interval_ns: u64,
-) -> Result<Option<(usize, u64)>, Stopped> {
+) -> Result<Option<Probe>, Stopped> {
     // Only counters that update on their own clock, slowly: NVML's energy counter, counter files
     // (another program's, or a simulation's) and the simulated engine's shared counter. The others move at every read or are read
     // as they are (RAPL, synthetic power, a replay).
@@ -123,10 +153,13 @@ pub fn probe(
             span / (c.len() as u64 - 1) * 4 >= interval_ns * 3
         }
     };
-    Ok(changes
-        .iter()
-        .position(slow)
-        .and_then(|i| update_phase(&changes[i], interval_ns).map(|p| (i, p))))
+    Ok(Some(Probe {
+        aligned: changes
+            .iter()
+            .position(slow)
+            .and_then(|i| update_phase(&changes[i], interval_ns).map(|p| (i, p))),
+        periods: changes.iter().map(|c| change_period(c)).collect(),
+    }))
 }
 
 /// A stop was asked for during the start-up burst.
@@ -148,6 +181,15 @@ mod tests {
         let p = update_phase(&[3_500_000 + 50 * MS, 51_500_000 + 50 * MS], 50 * MS).unwrap();
         assert!(!(MS..49 * MS).contains(&p), "{p}");
         assert_eq!(update_phase(&[], 50 * MS), None);
+    }
+
+    #[test]
+    fn the_period_is_the_median_spacing_of_the_changes() {
+        let at = |ms: &[u64]| ms.iter().map(|&m| m * MS).collect::<Vec<_>>();
+        assert_eq!(change_period(&at(&[15, 35, 55, 80, 95])), Some(20 * MS));
+        // Fewer than three changes, or one at nearly every read of the burst: not measured.
+        assert_eq!(change_period(&at(&[15, 35])), None);
+        assert_eq!(change_period(&at(&[5, 10, 15, 20, 30])), None);
     }
 
     #[test]

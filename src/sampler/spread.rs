@@ -17,7 +17,13 @@
 //!
 //! Rules (energy is integer micro-joules and the sum emitted always equals the sum pushed):
 //! - **A counter that moves at every read** is never held: each interval is final as soon as it is
-//!   pushed, exactly as if there were no spreader.
+//!   pushed, exactly as if there were no spreader; unless its update lag is known
+//!   ([`Spreader::set_update_lag`]: the start-up burst measured its period, or it is configured).
+//!   Its last update then came that long before the read, on average, and its increment is the
+//!   energy up to that update: it goes to (previous update, this one], and the rest of the interval
+//!   waits for the next read. A 50 ms counter read 25 ms after its updates, sent as read, put every
+//!   tick's energy half an interval late (in the accuracy bench's bursts the first tick of a burst
+//!   read idle power; tick energy 4.6 % off the engine's on average, 0.9 % spread).
 //! - **Zero increments are held** only when the counter is known to be slower than the reads: its
 //!   configured period exceeds the interval, or (not configured) the [`PeriodLearner`] saw it stand
 //!   still between two changes among the recent reads. A counter that never moved (a device at 0 W)
@@ -95,6 +101,9 @@ pub struct Spreader {
     last_span: Option<CoveredSpan>,
     /// End of the read at which the counter last changed.
     last_change_ns: Option<u64>,
+    /// How long before the read that sees it a counter that moves at every read last updated, on
+    /// average, where known ([`Spreader::set_update_lag`]).
+    update_lag_ns: Option<u64>,
 }
 
 impl Spreader {
@@ -110,7 +119,15 @@ impl Spreader {
             ready: VecDeque::new(),
             last_span: None,
             last_change_ns: None,
+            update_lag_ns: None,
         }
+    }
+
+    /// Sets how long before the read that sees it a counter that moves at every read last
+    /// updated (half its period, or half the interval where the reads are aligned to it): its
+    /// increments are then spread over the time up to that update, as a slower counter's are.
+    pub fn set_update_lag(&mut self, lag_ns: Option<u64>) {
+        self.update_lag_ns = lag_ns.filter(|&l| l > 0);
     }
 
     /// Feeds the interval `(start_ns, end_ns]` and its raw (wrap- and reset-corrected) increment,
@@ -181,11 +198,16 @@ impl Spreader {
                 });
                 let slow = self.holds(end_ns.saturating_sub(start_ns));
                 self.held.push_back((start_ns, end_ns, shape, 0));
-                if slow {
+                let update_ns = if slow {
                     // The counter changed somewhere in this interval: at its middle, on average.
+                    Some(start_ns + end_ns.saturating_sub(start_ns) / 2)
+                } else {
+                    self.update_lag_ns
+                        .map(|lag| end_ns.saturating_sub(lag).max(start_ns))
+                };
+                if let Some(update_ns) = update_ns {
                     // The increment is the energy since the previous update, so it goes to
                     // (previous update, this one]; the rest of this interval waits for the next.
-                    let update_ns = start_ns + end_ns.saturating_sub(start_ns) / 2;
                     let from = self.cut_ns.unwrap_or(0);
                     self.spread_held(d, from, update_ns);
                     self.cut_ns = Some(update_ns);
@@ -247,6 +269,11 @@ impl Spreader {
             },
             None => self.learner.period(),
         }
+    }
+
+    /// The update period configured for this device, if any.
+    pub fn configured_period(&self) -> Option<u64> {
+        self.override_ns
     }
 
     /// The longest time intervals are held: `max(4 × period, 1 s)`, at most [`MAX_HOLD_NS`].

@@ -164,6 +164,28 @@ fn a_counter_moving_at_every_read_is_never_delayed() {
     assert_eq!(idle.pop_final(), Some((0, MS, Some(0))));
 }
 
+/// With an update lag (the counter moves at every read, `lag` before it), each increment goes to
+/// the time from the previous update to this one, and an interval is final once the next update
+/// is past its end.
+#[test]
+fn an_every_read_counter_with_an_update_lag_is_spread_up_to_its_updates() {
+    let mut s = Spreader::new(None);
+    s.set_update_lag(Some(25 * MS));
+    // Update at 25 ms: all of it before the update; the interval waits for the rest.
+    s.push(0, 50 * MS, Some(1_000));
+    assert_eq!(s.pop_final(), None);
+    // Update at 75 ms: (25, 75] is half in each interval.
+    s.push(50 * MS, 100 * MS, Some(2_000));
+    assert_eq!(s.pop_final(), Some((0, 50 * MS, Some(2_000))));
+    assert_eq!(s.pop_final(), None);
+    s.push(100 * MS, 150 * MS, Some(4_000));
+    assert_eq!(s.pop_final(), Some((50 * MS, 100 * MS, Some(3_000))));
+    // Nothing more will come: the last interval goes out with its part before the update.
+    s.flush();
+    assert_eq!(s.pop_final(), Some((100 * MS, 150 * MS, Some(2_000))));
+    assert_eq!(s.pop_final(), None);
+}
+
 #[test]
 fn failed_reads_are_barriers_never_spread_into() {
     let mut s = Spreader::new(Some(100 * MS));
@@ -248,8 +270,10 @@ proptest! {
             0..400,
         ),
         period in proptest::option::of(1u64..2_000 * MS),
+        lag in proptest::option::of(0u64..200 * MS),
     ) {
         let mut s = Spreader::new(period);
+        s.set_update_lag(lag);
         let (mut t, mut pushed, mut out) = (0u64, 0u64, Vec::new());
         let mut spans = Vec::new();
         for (dt, d, power) in steps {
