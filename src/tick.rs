@@ -26,7 +26,9 @@ pub enum TickPhase {
     /// The interval with its final energy.
     #[default]
     Whole,
-    /// The interval ended; its energy follows (`delta_uj` is `None` and means nothing here).
+    /// The interval ended; its energy follows. `delta_uj` is only an estimate of it (what the
+    /// meter has shown of the interval so far, scaled to its length; `None` where nothing of it
+    /// was measured yet), for provisional figures; it is never booked.
     Announce,
     /// The final energy of `(start_ns, end_ns]`, which earlier `Announce` ticks covered.
     Fill,

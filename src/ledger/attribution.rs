@@ -263,6 +263,7 @@ impl Ledger {
             } else {
                 0
             },
+            estimate_uj: tick.delta_uj.filter(|_| tick.energy_later),
             busy: false,
             busy_ns: 0,
             items: self.spare_items.pop().unwrap_or_default(),

@@ -57,6 +57,7 @@ fn busy_tick(dt: u64, items: Vec<Item>) -> HeldTick {
         end_ns: dt,
         delta_uj: Some(1),
         unfilled_ns: 0,
+        estimate_uj: None,
         busy: true,
         busy_ns: dt,
         items,

@@ -87,17 +87,31 @@ impl Ledger {
             return;
         };
         // A tick whose energy is still to come from a meter slower than the reads (or one spread
-        // up to its updates): split on an estimate, its part so far and the rest at the latest
-        // complete tick's power, taken back when a fill adds to it. With the update lag every
-        // tick of a counter that moves at every read is announced; left unsplit, a response's
-        // last ~100 ms were priced per token (figures read in real time, 8B: p95 26.7-26.8 ->
-        // 32.6-34.3 %); split on the estimate, 21.2-23.5 % against main's 23.7-28.2 % (three
-        // interleaved pairs).
-        let estimate = match tick.unfilled_ns {
-            0 => None,
-            _ if self.recent_uj_per_ns > 0.0 => Some(
-                filled.saturating_add((tick.unfilled_ns as f64 * self.recent_uj_per_ns) as u64),
+        // up to its updates): split on an estimate, taken back when a fill adds to it. With the
+        // update lag every tick of a counter that moves at every read is announced; left
+        // unsplit, a response's last ~100 ms were priced per token (figures read in real time,
+        // 8B: p95 26.7-26.8 -> 32.6-34.3 %); split on its part so far and the rest at the latest
+        // complete tick's power, 21.2-23.5 % against stop 35's 23.7-28.2 % (three interleaved
+        // pairs). That power is a tick late where the load changes (a prompt's first tick read
+        // 26 J, the next was estimated at 26 J and measured 15 J); the sampler's estimate (what
+        // the meter showed of the tick before its latest update, scaled to it) is used where it
+        // has one: read p95 (8B, two pairs) 20 ms counter 29.7-39.4 -> 21.6-26.5 %, 50 ms
+        // 21.8-24.7 -> 21.7-22.5 %.
+        let dt = tick.end_ns.saturating_sub(tick.start_ns);
+        let estimate = match (tick.unfilled_ns, tick.estimate_uj) {
+            (0, _) => None,
+            // The sampler's own estimate (what its meter has shown of the tick, scaled to it).
+            (unfilled, Some(whole)) if dt > 0 => Some(
+                filled.saturating_add(
+                    u64::try_from(
+                        u128::from(whole) * u128::from(unfilled.min(dt)) / u128::from(dt),
+                    )
+                    .unwrap_or(u64::MAX),
+                ),
             ),
+            (unfilled, _) if self.recent_uj_per_ns > 0.0 => {
+                Some(filled.saturating_add((unfilled as f64 * self.recent_uj_per_ns) as u64))
+            }
             _ => return,
         };
         let Some((split, total)) = self.weigh_held_tick(i, weights, estimate) else {

@@ -78,6 +78,10 @@ pub struct HeldTick {
     /// How much of the interval still waits for its energy, ns (a slow meter's ticks are
     /// announced first and filled later); 0 once the energy is final.
     pub unfilled_ns: u64,
+    /// For an announced tick, the sampler's estimate of its whole energy from what its meter has
+    /// shown of it so far (the part before the counter's latest update, scaled to the interval):
+    /// for its provisional split only, never booked.
+    pub estimate_uj: Option<u64>,
     /// Whether any model request was in flight during the interval.
     pub busy: bool,
     /// How much of the interval had a model request in flight, ns (the rest is idle time even
@@ -347,6 +351,7 @@ mod tests {
                 end_ns: 100 * (k + 1),
                 delta_uj: Some(1),
                 unfilled_ns: 0,
+                estimate_uj: None,
                 busy: true,
                 busy_ns: 100,
                 items: Vec::new(),

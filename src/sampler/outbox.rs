@@ -22,9 +22,14 @@ pub fn merge(a: Tick, b: Tick) -> Tick {
             },
         })
         .collect();
-    let delta_uj = devices
-        .iter()
-        .try_fold(0u64, |t, d| d.delta_uj.map(|v| t.saturating_add(v)));
+    let delta_uj = if a.phase == crate::tick::TickPhase::Announce {
+        // Announcements carry no devices, only an estimate (see `TickPhase::Announce`).
+        a.delta_uj.zip(b.delta_uj).map(|(x, y)| x.saturating_add(y))
+    } else {
+        devices
+            .iter()
+            .try_fold(0u64, |t, d| d.delta_uj.map(|v| t.saturating_add(v)))
+    };
     Tick {
         seq: a.seq,
         start_ns: a.start_ns,

@@ -234,6 +234,26 @@ impl Spreader {
         self.ready.pop_front()
     }
 
+    /// An estimate of the energy of the interval `(start_ns, end_ns]` before it is final: its
+    /// energy if it is final and waiting; for the newest held interval, the part of it given so
+    /// far (before the counter's latest estimated update) scaled to its whole length, when at
+    /// least a fifth of it is covered. `None` otherwise (nothing of it measured yet).
+    pub fn estimate_of(&self, start_ns: u64, end_ns: u64) -> Option<u64> {
+        if let Some(&(_, _, d)) = self.ready.iter().find(|r| r.0 == start_ns && r.1 == end_ns) {
+            return d;
+        }
+        let &(s, e, _, given) = self
+            .held
+            .back()
+            .filter(|h| h.0 == start_ns && h.1 == end_ns)?;
+        let len = e.saturating_sub(s);
+        let covered = self.cut_ns?.min(e).saturating_sub(s);
+        (covered > 0 && covered.saturating_mul(5) >= len).then(|| {
+            u64::try_from(u128::from(given) * u128::from(len) / u128::from(covered))
+                .unwrap_or(u64::MAX)
+        })
+    }
+
     /// Whether an interval is final and waiting in [`Spreader::pop_final`].
     pub fn has_final(&self) -> bool {
         !self.ready.is_empty()

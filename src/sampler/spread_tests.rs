@@ -186,6 +186,27 @@ fn an_every_read_counter_with_an_update_lag_is_spread_up_to_its_updates() {
     assert_eq!(s.pop_final(), None);
 }
 
+/// Before an interval is final, its estimate is the energy given to it so far (its part before
+/// the counter's latest update) scaled to its length; once final, its energy; nothing while none
+/// of it is covered.
+#[test]
+fn an_interval_not_yet_final_is_estimated_from_its_part_so_far() {
+    let mut s = Spreader::new(None);
+    s.set_update_lag(Some(25 * MS));
+    s.push(0, 50 * MS, Some(1_000));
+    // Half of it covered (up to the update at 25 ms) with 1,000 µJ: 2,000 for the whole.
+    assert_eq!(s.estimate_of(0, 50 * MS), Some(2_000));
+    assert_eq!(s.estimate_of(50 * MS, 100 * MS), None);
+    s.push(50 * MS, 100 * MS, Some(4_000));
+    // Final (1,000 + half of 4,000), waiting to be popped; the next one half covered.
+    assert_eq!(s.estimate_of(0, 50 * MS), Some(3_000));
+    assert_eq!(s.estimate_of(50 * MS, 100 * MS), Some(4_000));
+    // A counter slower than the reads, not moved yet within its interval: nothing to go on.
+    let mut slow = Spreader::new(Some(100 * MS));
+    slow.push(0, 50 * MS, Some(0));
+    assert_eq!(slow.estimate_of(0, 50 * MS), None);
+}
+
 #[test]
 fn failed_reads_are_barriers_never_spread_into() {
     let mut s = Spreader::new(Some(100 * MS));

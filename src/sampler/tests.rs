@@ -143,6 +143,25 @@ fn a_full_queue_merges_intervals_without_losing_energy() {
         (merged.seq, merged.start_ns, merged.end_ns, merged.delta_uj),
         (2, 1, 4, Some(8))
     );
+    // Announcements carry no devices, only an estimate of their energy: merged, the estimates
+    // add up, and there is none where one of them had none.
+    let a = |s: u64, e: u64, d: Option<u64>| Tick {
+        devices: Vec::new(),
+        phase: crate::tick::TickPhase::Announce,
+        ..t(s, e, d)
+    };
+    let span = |k: Tick| (k.start_ns, k.end_ns, k.delta_uj);
+    out.offer(a(4, 5, Some(3)));
+    out.offer(a(5, 6, Some(4)));
+    out.offer(a(6, 7, Some(2)));
+    assert_eq!(rx.try_recv().map(span).ok(), Some((4, 5, Some(3))));
+    out.offer(a(7, 8, Some(1)));
+    assert_eq!(rx.try_recv().map(span).ok(), Some((5, 8, Some(7))));
+    out.offer(a(8, 9, Some(1)));
+    out.offer(a(9, 10, None));
+    assert_eq!(rx.try_recv().map(span).ok(), Some((8, 9, Some(1))));
+    out.offer(a(10, 11, Some(1)));
+    assert_eq!(rx.try_recv().map(span).ok(), Some((9, 11, None)));
 }
 
 #[test]

@@ -270,11 +270,12 @@ fn a_decode_rate_below_one_token_per_tick_is_learned() {
 
 /// A stream decoding every 10 ms beside a request whose progress is invisible (which holds every
 /// tick), over four 50 ms ticks of `energy(k)` µJ, the fourth announced (its energy to come, a slow
-/// meter's) when `announce_last`; the books checked after each. Returns the ledger and the scripts.
+/// meter's; `energy(4)` is then the sampler's estimate of it) when `announce_last`; the books
+/// checked after each. Returns the ledger and the scripts.
 fn stream_beside_an_invisible(
     tentative_split: bool,
     announce_last: bool,
-    energy: impl Fn(u64) -> u64,
+    energy: impl Fn(u64) -> Option<u64>,
 ) -> (Ledger, [Script; 2]) {
     let mut l = Ledger::new(LedgerConfig {
         settle_ticks: 20,
@@ -303,7 +304,7 @@ fn stream_beside_an_invisible(
                 seq: k,
                 start_ns: end - 50 * MS,
                 end_ns: end,
-                delta_uj: Some(energy(k)),
+                delta_uj: energy(k),
             },
             &obs,
         );
@@ -322,7 +323,7 @@ fn published(l: &Ledger) -> RequestEnergy {
 
 /// The stream of [`stream_beside_an_invisible`]'s published figures and the ledger's totals.
 fn published_while_held(tentative_split: bool) -> (RequestEnergy, LedgerTotals) {
-    let (l, _) = stream_beside_an_invisible(tentative_split, false, |_| 10_000);
+    let (l, _) = stream_beside_an_invisible(tentative_split, false, |_| Some(10_000));
     (published(&l), l.totals())
 }
 
@@ -352,8 +353,10 @@ fn a_tick_whose_energy_is_still_to_come_is_split_on_an_estimate() {
     // priced per token instead (with the update lag of `sampler::spread`, which announces every
     // tick of a 50 ms counter read 25 ms after its updates, the figures read in the real-time run
     // went 4.3-4.7 / 26.7-26.8 -> 5.1-5.9 / 32.6-34.3 %, 8B, two runs each).
-    let announced = published(&stream_beside_an_invisible(true, true, |_| 10_000).0);
-    let whole = published(&stream_beside_an_invisible(true, false, |_| 10_000).0);
+    // (No estimate from the sampler: nothing of the tick measured yet.)
+    let no_estimate = |k| (k < 4).then_some(10_000);
+    let announced = published(&stream_beside_an_invisible(true, true, no_estimate).0);
+    let whole = published(&stream_beside_an_invisible(true, false, |_| Some(10_000)).0);
     assert_eq!(
         announced.energy_uj, whole.energy_uj,
         "{announced:?} {whole:?}"
@@ -363,9 +366,13 @@ fn a_tick_whose_energy_is_still_to_come_is_split_on_an_estimate() {
 
 /// The stream of [`stream_beside_an_invisible`]'s published figures before and after a fifth tick,
 /// its fourth tick drawing 30,000 µJ: announced and then filled when `fill_late` (split on an
-/// estimate of 10,000 µJ meanwhile), else whole.
+/// estimate of 10,000 µJ meanwhile, the previous tick's power: the sampler had none), else whole.
 fn published_after_a_fill(fill_late: bool) -> (RequestEnergy, RequestEnergy) {
-    let energy = |k| if k == 4 { 30_000 } else { 10_000 };
+    let energy = |k| match k {
+        4 if fill_late => None,
+        4 => Some(30_000),
+        _ => Some(10_000),
+    };
     let (mut l, scripts) = stream_beside_an_invisible(true, fill_late, energy);
     let before = published(&l);
     if fill_late {
@@ -376,6 +383,27 @@ fn published_after_a_fill(fill_late: bool) -> (RequestEnergy, RequestEnergy) {
     apply_50ms(&mut l, 5, Some(10_000), &obs);
     check_books(&l);
     (before, published(&l))
+}
+
+#[test]
+fn an_announced_tick_is_split_on_the_samplers_estimate_of_it() {
+    // The sampler saw the counter's update within the tick: its estimate (what was measured of
+    // the tick, scaled to it) says 30,000 µJ where the previous tick's power would say 10,000.
+    let energy = |k| Some(if k == 4 { 30_000 } else { 10_000 });
+    let announced = published(&stream_beside_an_invisible(true, true, energy).0);
+    let whole = published(&stream_beside_an_invisible(true, false, energy).0);
+    assert_eq!(
+        announced.energy_uj, whole.energy_uj,
+        "{announced:?} {whole:?}"
+    );
+    // Without it, the tick is split on the previous tick's power: the stream has about half of
+    // 10,000 µJ instead of half of 30,000.
+    let without =
+        published(&stream_beside_an_invisible(true, true, |k| (k < 4).then_some(10_000)).0);
+    assert!(
+        announced.energy_uj > without.energy_uj + 8_000,
+        "{announced:?} {without:?}"
+    );
 }
 
 #[test]

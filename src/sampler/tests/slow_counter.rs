@@ -336,3 +336,47 @@ fn an_every_read_counter_is_spread_up_to_its_updates() {
         );
     }
 }
+
+/// A counter updated every 20 ms, read every 50 ms: its last update before a read falls at
+/// offsets the reads cycle through, wherever the run started, so no lag is assumed for it and each
+/// interval goes out with what its read saw, at once (none announced).
+#[test]
+fn a_counter_much_faster_than_the_reads_is_read_as_it_is() {
+    use crate::tick::TickPhase;
+    let counter = |t: u64| (t - t % (20 * MS)) / 5;
+    let shared = Arc::new(AtomicU64::new(0));
+    let set = MeterSet {
+        meters: vec![Box::new(SimMeter::from_shared_counter(
+            "gpu",
+            shared.clone(),
+        ))],
+        unavailable: vec![],
+    };
+    let mut core = SamplerCore::new(set, Duration::from_millis(50));
+    let store = shared.clone();
+    let mut clock = Scripted {
+        now: 0,
+        lateness: vec![0; 1_000].into(),
+        deadlines: Arc::new(Mutex::new(Vec::new())),
+        on_wake: Some(Box::new(move |t| {
+            store.store(counter(t), Ordering::Release)
+        })),
+    };
+    let (_stop_tx, stop_rx) = std::sync::mpsc::channel();
+    let start = core
+        .align_start(&mut clock, &stop_rx)
+        .expect("not stopped")
+        .unwrap_or(clock.now);
+    let mut ticks = Vec::new();
+    for k in 0..=20u64 {
+        let t = start + k * 50 * MS;
+        shared.store(counter(t), Ordering::Release);
+        ticks.extend(core.round(t));
+    }
+    assert_eq!(ticks.len(), 20, "{ticks:?}");
+    for t in &ticks {
+        assert_eq!(t.phase, TickPhase::Whole, "{t:?}");
+        let read = counter(t.end_ns) - counter(t.start_ns);
+        assert_eq!(t.delta_uj, Some(read), "{t:?}");
+    }
+}
