@@ -264,6 +264,35 @@ fn a_sparse_counter_with_power_gives_ticks_the_power_shape() {
     assert!(at(1_400) > 5 * at(1_900), "{} vs {}", at(1_400), at(1_900));
 }
 
+/// A sampler reading, every 50 ms, a simulated counter that stands at `counter(t)` µJ at time `t`,
+/// after its start-up burst: the core, the counter (to set before each round), the aligned start
+/// if any, and the time at the burst's end.
+fn read_every_50ms(
+    counter: impl Fn(u64) -> u64 + Send + Copy + 'static,
+) -> (SamplerCore, Arc<AtomicU64>, Option<u64>, u64) {
+    let shared = Arc::new(AtomicU64::new(0));
+    let set = MeterSet {
+        meters: vec![Box::new(SimMeter::from_shared_counter(
+            "gpu",
+            shared.clone(),
+        ))],
+        unavailable: vec![],
+    };
+    let mut core = SamplerCore::new(set, Duration::from_millis(50));
+    let store = shared.clone();
+    let mut clock = Scripted {
+        now: 0,
+        lateness: vec![0; 1_000].into(),
+        deadlines: Arc::new(Mutex::new(Vec::new())),
+        on_wake: Some(Box::new(move |t| {
+            store.store(counter(t), Ordering::Release)
+        })),
+    };
+    let (_stop_tx, stop_rx) = std::sync::mpsc::channel();
+    let start = core.align_start(&mut clock, &stop_rx).expect("not stopped");
+    (core, shared, start, clock.now)
+}
+
 /// A counter that updates every 50 ms, read every 50 ms: the start-up burst measures its period and
 /// starts the reads half an interval after its updates, so each increment (the energy of the 50 ms
 /// up to its update) goes to the half of the interval before the update and the half of the
@@ -286,29 +315,8 @@ fn an_every_read_counter_is_spread_up_to_its_updates() {
         };
         truth(u)
     };
-    let shared = Arc::new(AtomicU64::new(0));
-    let set = MeterSet {
-        meters: vec![Box::new(SimMeter::from_shared_counter(
-            "gpu",
-            shared.clone(),
-        ))],
-        unavailable: vec![],
-    };
-    let mut core = SamplerCore::new(set, Duration::from_millis(50));
-    let store = shared.clone();
-    let mut clock = Scripted {
-        now: 0,
-        lateness: vec![0; 1_000].into(),
-        deadlines: Arc::new(Mutex::new(Vec::new())),
-        on_wake: Some(Box::new(move |t| {
-            store.store(counter(t), Ordering::Release)
-        })),
-    };
-    let (_stop_tx, stop_rx) = std::sync::mpsc::channel();
-    let start = core
-        .align_start(&mut clock, &stop_rx)
-        .expect("not stopped")
-        .expect("aligned");
+    let (mut core, shared, start, _) = read_every_50ms(counter);
+    let start = start.expect("aligned");
     // (The phase is a circular mean: a nanosecond off.)
     assert!(
         (start % (50 * MS)).abs_diff(37_500_000) <= 1,
@@ -344,29 +352,9 @@ fn an_every_read_counter_is_spread_up_to_its_updates() {
 fn a_counter_much_faster_than_the_reads_is_read_as_it_is() {
     use crate::tick::TickPhase;
     let counter = |t: u64| (t - t % (20 * MS)) / 5;
-    let shared = Arc::new(AtomicU64::new(0));
-    let set = MeterSet {
-        meters: vec![Box::new(SimMeter::from_shared_counter(
-            "gpu",
-            shared.clone(),
-        ))],
-        unavailable: vec![],
-    };
-    let mut core = SamplerCore::new(set, Duration::from_millis(50));
-    let store = shared.clone();
-    let mut clock = Scripted {
-        now: 0,
-        lateness: vec![0; 1_000].into(),
-        deadlines: Arc::new(Mutex::new(Vec::new())),
-        on_wake: Some(Box::new(move |t| {
-            store.store(counter(t), Ordering::Release)
-        })),
-    };
-    let (_stop_tx, stop_rx) = std::sync::mpsc::channel();
-    let start = core
-        .align_start(&mut clock, &stop_rx)
-        .expect("not stopped")
-        .unwrap_or(clock.now);
+    let (mut core, shared, aligned, now) = read_every_50ms(counter);
+    assert_eq!(aligned, None, "nothing to align to");
+    let start = now;
     let mut ticks = Vec::new();
     for k in 0..=20u64 {
         let t = start + k * 50 * MS;
