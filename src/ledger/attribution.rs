@@ -164,6 +164,10 @@ pub struct Ledger {
     pub(super) slot_gated: f64,
     /// The latest complete tick's energy per nanosecond, µJ (0 until one came).
     pub(super) recent_uj_per_ns: f64,
+    /// Recent streams' prefill spans `(from, first token)`, oldest first: the time a non-streamed
+    /// answer's prefill did not run in (`Ledger::back_from_in_free_time`). At most
+    /// [`super::work::STREAM_PREFILLS`]; the oldest goes first.
+    pub(super) stream_prefills: std::collections::VecDeque<(u64, u64)>,
 }
 
 impl Ledger {
@@ -216,6 +220,7 @@ impl Ledger {
             queue_events: super::queue_serve::QueueEvents::default(),
             slot_gated: 0.0,
             recent_uj_per_ns: 0.0,
+            stream_prefills: std::collections::VecDeque::new(),
         })
     }
 

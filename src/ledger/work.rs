@@ -13,6 +13,11 @@ use crate::observe::{Outcome, ProgressSnapshot};
 
 use crate::observe::{decode_context, decode_context_between};
 
+/// How many recent streams' prefill spans the ledger keeps (`Ledger::stream_prefills`): at 16 bytes
+/// each, 4 KiB; a few seconds of first tokens at hundreds of streams a second, longer than the
+/// settlement lag over which answers are placed.
+pub(super) const STREAM_PREFILLS: usize = 256;
+
 impl Ledger {
     /// The estimated prefill duration of `p`, ns.
     pub(super) fn prefill_duration_ns(&self, p: &ProgressSnapshot) -> u64 {
@@ -109,6 +114,10 @@ impl Ledger {
     ) {
         let lower = Self::work_start_ns(p).min(first_token_ns);
         let from = start.from.max(lower).min(first_token_ns);
+        if self.stream_prefills.len() == STREAM_PREFILLS {
+            self.stream_prefills.pop_front();
+        }
+        self.stream_prefills.push_back((from, first_token_ns));
         self.note_slot_wait(start.on_line.map(|l| l.max(lower)), start.run);
         // What settled of its estimate while it waited for its first token (see
         // `Ledger::serve_prefill_queue`) is prefill already counted.

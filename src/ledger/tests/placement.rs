@@ -494,3 +494,22 @@ fn an_answers_estimated_decode_follows_the_engine_steps_streams_show() {
     let near = |a: f32, b: f32| (a - b).abs() < 0.01;
     assert!(near(d[1], 1.0) && near(d[2], 5.0), "{d:?}");
 }
+
+#[test]
+fn an_answers_prefill_is_counted_back_over_the_time_streams_prefills_left_free() {
+    let mut l = Ledger::new(cfg()).expect("config");
+    // Streams' prefills over 100-200 ms and 250-300 ms.
+    l.stream_prefills
+        .extend([(100 * MS, 200 * MS), (250 * MS, 300 * MS)]);
+    // 150 ms of prefill before a first token at 400 ms: 100 ms free after 300, 50 before 250.
+    assert_eq!(l.back_from_in_free_time(400 * MS, 150 * MS, 0), 200 * MS);
+    // Not before the request's arrival.
+    assert_eq!(
+        l.back_from_in_free_time(400 * MS, 150 * MS, 220 * MS),
+        220 * MS
+    );
+    // With nothing in the way, its own duration back.
+    assert_eq!(l.back_from_in_free_time(90 * MS, 50 * MS, 0), 40 * MS);
+    // Its first token inside a stream's prefill: the 50 ms between the two, then 10 before.
+    assert_eq!(l.back_from_in_free_time(280 * MS, 60 * MS, 0), 90 * MS);
+}
