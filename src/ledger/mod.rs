@@ -19,6 +19,7 @@
 
 pub mod attribution;
 pub mod calibration;
+mod fill;
 mod hold;
 pub mod idle;
 mod queue;
@@ -39,6 +40,7 @@ mod work;
 
 pub use attribution::Ledger;
 pub use calibration::{CalibrationConfig, CalibrationReport};
+pub use fill::Fill;
 pub use idle::IdleSource;
 pub use record::{Attribution, RecordStatus, RequestRecord};
 pub use types::{

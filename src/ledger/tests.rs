@@ -489,3 +489,4 @@ mod placement;
 mod properties;
 mod rates;
 mod reconcile;
+mod tentative;

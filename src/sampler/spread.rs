@@ -18,8 +18,9 @@
 //! Rules (energy is integer micro-joules and the sum emitted always equals the sum pushed):
 //! - **A counter that moves at every read** is never held: each interval is final as soon as it is
 //!   pushed, exactly as if there were no spreader; unless its update lag is known
-//!   ([`Spreader::set_update_lag`]: the start-up burst measured its period, or it is configured).
-//!   Its last update then came that long before the read, on average, and its increment is the
+//!   ([`Spreader::set_update_lag`]: its period, measured by the start-up burst or configured, is
+//!   close to the interval, and the reads are aligned half an interval after its updates).
+//!   Its last update then came that long before the read, and its increment is the
 //!   energy up to that update: it goes to (previous update, this one], and the rest of the interval
 //!   waits for the next read. A 50 ms counter read 25 ms after its updates, sent as read, put every
 //!   tick's energy half an interval late (in the accuracy bench's bursts the first tick of a burst
@@ -124,8 +125,9 @@ impl Spreader {
     }
 
     /// Sets how long before the read that sees it a counter that moves at every read last
-    /// updated (half its period, or half the interval where the reads are aligned to it): its
-    /// increments are then spread over the time up to that update, as a slower counter's are.
+    /// updated (the sampler sets half the interval where the reads are aligned to the counter's
+    /// updates, `SamplerCore::align_start`): its increments are then spread over the time up to
+    /// that update, as a slower counter's are.
     pub fn set_update_lag(&mut self, lag_ns: Option<u64>) {
         self.update_lag_ns = lag_ns.filter(|&l| l > 0);
     }
