@@ -109,6 +109,9 @@ pub struct Ledger {
     pub(super) newest_end_ns: u64,
     /// End of the latest tick with a model request in flight (0: none yet).
     pub(super) busy_until_ns: u64,
+    /// Whether the hold for the calibration ended for good: the ledger held more requests than
+    /// `calibration_hold_max_requests` ([`Ledger::calibration_hold`]).
+    pub(super) hold_given_up: bool,
     pub(super) prefill_rate: f64,
     pub(super) decode_rate: f64,
     /// Completion tokens each visible stream that decoded through the whole current tick produced
@@ -193,6 +196,7 @@ impl Ledger {
             seq: 0,
             newest_end_ns: 0,
             busy_until_ns: 0,
+            hold_given_up: false,
             weights: Vec::new(),
             marginal: Vec::new(),
             step_work: Vec::new(),
@@ -380,6 +384,11 @@ impl Ledger {
     /// energy is then given up for (unavailable; a late fill goes to *unattributed*).
     pub(super) fn settle_ready(&mut self) -> u32 {
         let mut settled = 0u32;
+        if self.calibration_hold() > 0
+            && self.index.len() > self.config.calibration_hold_max_requests
+        {
+            self.hold_given_up = true;
+        }
         if self.calibration_hold() > 0 {
             self.freeze_ticks_past_lag();
         }

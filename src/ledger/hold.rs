@@ -103,10 +103,13 @@ impl Ledger {
     /// A fit still not trusted after three times as many ticks of work as that (a meter that
     /// does not follow the load, an engine the terms do not fit) is not waited for any more; nor
     /// is it while nothing has been in flight for [`HOLD_IDLE_RELEASE_NS`] (traffic paused, or
-    /// one request tried by hand: its record need not wait for traffic that may not come).
+    /// one request tried by hand: its record need not wait for traffic that may not come), nor
+    /// once the ledger held more requests than `calibration_hold_max_requests` (memory: a held
+    /// request keeps its slot and items).
     pub(super) fn calibration_hold(&self) -> usize {
         let hold = self.config.calibration_hold_ticks;
         if hold == 0
+            || self.hold_given_up
             || self.calibrator.has_been_trusted()
             || self.calibrator.ticks_seen() >= 3 * hold as u64
             || self.idle.source() == IdleSource::Unknown

@@ -64,6 +64,11 @@ pub struct LedgerConfig {
     /// The calibration still learns from each at the usual lag. Only before the first trusted fit,
     /// and only once P_idle is known (without it the fit cannot learn).
     pub calibration_hold_ticks: usize,
+    /// Most requests the ledger may hold while ticks are held for the calibration: past it the
+    /// hold ends for good and held ticks settle with the weights in use (each held request keeps
+    /// its slot and its items until its ticks settle, ~0.45 KiB: at 20,000 requests per second a
+    /// ten-second hold kept 200,000 of them, 65 MB).
+    pub calibration_hold_max_requests: usize,
     /// Prefill rate used to place a prompt's prefill when vLLM did not report its prefill time,
     /// tokens per second (refined online from requests that did report it).
     pub prefill_tokens_per_s: f64,
@@ -93,6 +98,7 @@ impl Default for LedgerConfig {
         LedgerConfig {
             settle_ticks: 60,
             calibration_hold_ticks: 200,
+            calibration_hold_max_requests: 10_000,
             prefill_tokens_per_s: 10_000.0,
             decode_tokens_per_s: 30.0,
             p_idle_mw: None,

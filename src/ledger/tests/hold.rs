@@ -106,6 +106,34 @@ fn a_fit_that_never_comes_is_not_waited_for_past_three_holds_of_work() {
     assert_eq!(l.window.frozen_len(), 0);
 }
 
+#[test]
+fn the_hold_ends_for_good_once_it_holds_more_requests_than_its_bound() {
+    // Four streams keep the engine busy; a bound of four requests holds, of three gives up.
+    let scripts: Vec<Script> = (1..=4)
+        .map(|id| stream(id, 0, 100, 20 * MS, 30, 50 * MS))
+        .collect();
+    for (bound, held_ticks) in [(4, 8), (3, 1)] {
+        let mut l = Ledger::new(LedgerConfig {
+            calibration_hold_ticks: 100,
+            calibration_hold_max_requests: bound,
+            calibration: unit_weights(),
+            p_idle_mw: Some(0),
+            ..cfg()
+        })
+        .expect("config");
+        run_from(&mut l, &scripts, 1..=8);
+        assert!(!l.calibrator.has_been_trusted());
+        assert_eq!(l.window.len(), held_ticks, "bound {bound}");
+        if held_ticks == 1 {
+            assert_eq!(l.window.frozen_len(), 0);
+            assert!(l.totals().attributed_uj > 0);
+            // For good: fewer requests later do not bring it back.
+            assert!(l.hold_given_up);
+            assert_eq!(l.calibration_hold(), 0);
+        }
+    }
+}
+
 /// Applies the 50 ms ticks `ks` of 1 mJ each over the scripts still in flight.
 fn run_from(l: &mut Ledger, scripts: &[Script], ks: std::ops::RangeInclusive<u64>) {
     for k in ks {
