@@ -90,6 +90,43 @@ fn a_streams_tokens_are_placed_one_per_engine_step_not_evenly_in_time() {
 }
 
 #[test]
+fn steps_closer_than_half_a_split_part_share_an_item() {
+    // Streams not in lockstep show a step every millisecond: four tokens over (10, 50] ms are
+    // placed one per step still, but in items of at least 5 ms (8 of them, not 40).
+    let s = Script {
+        id: 1,
+        arrival: 0,
+        prompt: 0,
+        visible: true,
+        tokens: vec![10 * MS, 50 * MS, 50 * MS, 50 * MS],
+        end: None,
+        prefill_ns: 0,
+    };
+    let steps: Vec<u64> = (1..=100).map(|k| k * MS).collect();
+    let mut l = Ledger::new(LedgerConfig {
+        settle_ticks: 20,
+        ..cfg()
+    })
+    .expect("config");
+    let hold = invisible(99, 0, 10, Vec::new(), None);
+    run_with_steps(&mut l, &[s], &hold, &steps, 1);
+    let slot = l.index[&1];
+    let items: Vec<_> = l
+        .window
+        .iter()
+        .flat_map(|t| t.items.iter().filter(|i| i.slot == slot && i.decode > 0.0))
+        .collect();
+    // The first token is a point at 10 ms; the other three over the 40 steps after it.
+    assert_eq!(items.len(), 1 + 8, "{items:?}");
+    let decode: f32 = items.iter().map(|i| i.decode).sum();
+    assert!((decode - 4.0).abs() < 1e-4, "{decode}");
+    assert!(items
+        .iter()
+        .skip(1)
+        .all(|i| (i.decode - 3.0 / 8.0).abs() < 1e-4));
+}
+
+#[test]
 fn a_non_streamed_answer_is_placed_back_from_its_end_one_token_per_step() {
     // Arrives at 30 ms, answers 2 tokens at 140 ms. The steps streams showed end at 55 and
     // 140 ms, so its first token came at 55 ms and its decode ran over (55, 140]; the default
