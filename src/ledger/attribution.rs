@@ -110,7 +110,8 @@ pub struct Ledger {
     /// End of the latest tick with a model request in flight (0: none yet).
     pub(super) busy_until_ns: u64,
     /// Whether the hold for the calibration ended for good: the ledger held more requests than
-    /// `calibration_hold_max_requests` ([`Ledger::calibration_hold`]).
+    /// `calibration_hold_max_requests` or more items than `calibration_hold_max_items`
+    /// ([`Ledger::calibration_hold`]).
     pub(super) hold_given_up: bool,
     pub(super) prefill_rate: f64,
     pub(super) decode_rate: f64,
@@ -385,7 +386,9 @@ impl Ledger {
     pub(super) fn settle_ready(&mut self) -> u32 {
         let mut settled = 0u32;
         if self.calibration_hold() > 0
-            && self.index.len() > self.config.calibration_hold_max_requests
+            && (self.index.len() > self.config.calibration_hold_max_requests
+                || self.window.iter().map(|t| t.items.len()).sum::<usize>()
+                    > self.config.calibration_hold_max_items)
         {
             self.hold_given_up = true;
         }

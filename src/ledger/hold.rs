@@ -104,8 +104,9 @@ impl Ledger {
     /// does not follow the load, an engine the terms do not fit) is not waited for any more; nor
     /// is it while nothing has been in flight for [`HOLD_IDLE_RELEASE_NS`] (traffic paused, or
     /// one request tried by hand: its record need not wait for traffic that may not come), nor
-    /// once the ledger held more requests than `calibration_hold_max_requests` (memory: a held
-    /// request keeps its slot and items).
+    /// once the ledger held more requests than `calibration_hold_max_requests` or its held ticks
+    /// more items than `calibration_hold_max_items` (memory: a held request keeps its slot and
+    /// items).
     pub(super) fn calibration_hold(&self) -> usize {
         let hold = self.config.calibration_hold_ticks;
         if hold == 0

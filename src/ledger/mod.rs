@@ -69,6 +69,10 @@ pub struct LedgerConfig {
     /// its slot and its items until its ticks settle, ~0.45 KiB: at 20,000 requests per second a
     /// ten-second hold kept 200,000 of them, 65 MB).
     pub calibration_hold_max_requests: usize,
+    /// Most work items the held ticks may keep while ticks are held for the calibration: past
+    /// it the hold ends for good, as for `calibration_hold_max_requests` (an item and its share
+    /// of a provisional split take ~80 bytes: 256 paced streams put ~2,500 in every tick).
+    pub calibration_hold_max_items: usize,
     /// Prefill rate used to place a prompt's prefill when vLLM did not report its prefill time,
     /// tokens per second (refined online from requests that did report it).
     pub prefill_tokens_per_s: f64,
@@ -99,6 +103,7 @@ impl Default for LedgerConfig {
             settle_ticks: 60,
             calibration_hold_ticks: 200,
             calibration_hold_max_requests: 10_000,
+            calibration_hold_max_items: 100_000,
             prefill_tokens_per_s: 10_000.0,
             decode_tokens_per_s: 30.0,
             p_idle_mw: None,

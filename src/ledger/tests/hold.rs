@@ -134,6 +134,27 @@ fn the_hold_ends_for_good_once_it_holds_more_requests_than_its_bound() {
     }
 }
 
+#[test]
+fn the_hold_ends_for_good_once_its_ticks_hold_more_items_than_its_bound() {
+    // One stream, an item or two per tick: eight ticks of it are held under a bound of 100
+    // items; a bound of five gives up once the window holds more.
+    let s = [busy_stream()];
+    for (bound, held_ticks) in [(100, 8), (5, 1)] {
+        let mut l = Ledger::new(LedgerConfig {
+            calibration_hold_ticks: 100,
+            calibration_hold_max_items: bound,
+            calibration: unit_weights(),
+            p_idle_mw: Some(0),
+            ..cfg()
+        })
+        .expect("config");
+        run_from(&mut l, &s, 1..=8);
+        assert!(!l.calibrator.has_been_trusted());
+        assert_eq!(l.window.len(), held_ticks, "bound {bound}");
+        assert_eq!(l.hold_given_up, held_ticks == 1);
+    }
+}
+
 /// Applies the 50 ms ticks `ks` of 1 mJ each over the scripts still in flight.
 fn run_from(l: &mut Ledger, scripts: &[Script], ks: std::ops::RangeInclusive<u64>) {
     for k in ks {
