@@ -141,6 +141,8 @@ pub struct Ledger {
     /// engines admit waiting requests in arrival order, so anything that arrived after it waits
     /// too.
     pub(super) oldest_unstarted_ns: u64,
+    /// The engine's sequence limit as estimated, and the answers it holds back this tick.
+    pub(super) seq_limit: super::seq_limit::SeqLimit,
     pub(super) shares: Vec<u64>,
     /// The engine's recent step boundaries.
     pub(super) steps: super::steps::StepHistory,
@@ -207,6 +209,7 @@ impl Ledger {
             batch_window: std::collections::VecDeque::new(),
             batch: super::types::BatchStats::default(),
             oldest_unstarted_ns: u64::MAX,
+            seq_limit: super::seq_limit::SeqLimit::default(),
             shares: Vec::new(),
             steps: super::steps::StepHistory::default(),
             step_scratch: Vec::new(),
@@ -290,6 +293,18 @@ impl Ledger {
             .map(|o| o.progress.arrival_ns)
             .min()
             .unwrap_or(u64::MAX);
+        let streams_decoding = observations
+            .iter()
+            .filter(|o| {
+                let p = &o.progress;
+                o.kind != WorkKind::None
+                    && p.progress_visible
+                    && p.first_token_ns != 0
+                    && p.end_ns == 0
+            })
+            .map(|o| o.choices.max(1))
+            .fold(0u32, u32::saturating_add);
+        self.seq_limit.start_tick(end_ns, streams_decoding);
         for obs in observations {
             let slot = self.find_slot(&mut cursor, obs);
             self.observed.push(slot);

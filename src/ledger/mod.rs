@@ -5,10 +5,10 @@
 //! - [`attribution`]: the [`Ledger`] (held window of ticks, work placement, settlement, invariant);
 //! - [`window`]: the held ticks and where each request's work lands in them;
 //! - [`types`]: the figures it publishes (per-request energy, coverage, totals);
-//! - `settle`, `tentative`, `work`, `reconcile`, `rates`, `queue`, `slots` and `readout`
-//!   (private): settlement, the provisional split of held ticks, work placement, reconciliation of
-//!   non-streamed answers, rate learning, the prefill conveyor, request slots and the published
-//!   figures, split from the ledger by concern;
+//! - `settle`, `tentative`, `work`, `reconcile`, `rates`, `queue`, `seq_limit`, `slots` and
+//!   `readout` (private): settlement, the provisional split of held ticks, work placement,
+//!   reconciliation of non-streamed answers, rate learning, the prefill conveyor, the engine's
+//!   sequence limit, request slots and the published figures, split from the ledger by concern;
 //! - [`split`]: exact largest-remainder splitting of micro-joules;
 //! - [`idle`]: P_idle, learned from idle ticks or configured;
 //! - [`calibration`]: the online NNLS fit of α, β, γ and the static power;
@@ -29,6 +29,7 @@ mod readout;
 mod reconcile;
 pub mod record;
 mod req;
+mod seq_limit;
 mod settle;
 mod slots;
 pub mod split;

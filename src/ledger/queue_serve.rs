@@ -44,7 +44,7 @@ pub(super) struct PrefillStart {
 /// Share of recent first tokens whose prefill waited for a sequence slot above which streams
 /// waiting for their first token get no estimate from the conveyor (0.1 to 0.6 gave the same
 /// figures on the accuracy bench: the share is near 0 or near 1).
-const SLOT_GATED_SHARE: f64 = 0.3;
+pub(super) const SLOT_GATED_SHARE: f64 = 0.3;
 
 /// The ledger's use of the conveyor.
 impl Ledger {

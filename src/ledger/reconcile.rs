@@ -53,6 +53,10 @@ impl Ledger {
         }
         let keep_prefill = self.no_steps_seen_over_it(slot, p)
             || self.conveyor_dated_it_later(slot, p, choices, span.1);
+        if p.completion_tokens > 0 {
+            // Its decode, counted back from its end, shows the engine's sequences then.
+            self.seq_limit.note_answer(span.1, p.end_ns, choices.max(1));
+        }
         let kept = self.reconcile_estimate(slot, p, keep_prefill);
         self.place_true_work(slot, p, choices, span, !kept);
     }
