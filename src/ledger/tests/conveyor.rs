@@ -341,6 +341,10 @@ fn an_answer_the_sequence_slots_cannot_hold_waits_with_no_estimate() {
         })
         .expect("config");
         l.slot_gated = slot_gated;
+        // Four answers ended, so the limit's estimate is used (they ran outside these ticks).
+        for _ in 0..4 {
+            l.seq_limit.note_answer(0, MS, 1);
+        }
         let scripts = [
             stream(1, 0, 100, 20 * MS, 30, 10 * MS),
             stream(2, 0, 100, 20 * MS, 30, 10 * MS),
