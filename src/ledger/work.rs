@@ -242,7 +242,7 @@ impl Ledger {
             // Where the engine holds prompts back for sequence slots, an answer the slots the
             // streams leave cannot hold waits with no work (see `super::seq_limit`). Queueing,
             // four seeds: records 4.8 / 18.2 -> 4.3 / 18.0 %, figures read 7.7 / 28.1 -> 6.0 /
-            // 25.9 % (streams' 8.9 / 27.5 -> 6.2 / 24.6 %, answers' 5.9 / 29.7 -> 5.8 / 29.5 %);
+            // 25.9 % (streams' 8.9 / 27.5 -> 6.4 / 24.8 %, answers' 5.9 / 29.7 -> 5.8 / 29.1 %);
             // eight seeds: records 4.4 / 17.2 -> 4.0 / 16.8, figures read 7.0 / 26.3 -> 5.6 /
             // 24.6 %.
             let choices = self

@@ -332,9 +332,9 @@ fn a_stream_gets_no_estimate_while_the_engine_holds_prompts_for_sequence_slots()
 #[test]
 fn an_answer_the_sequence_slots_cannot_hold_waits_with_no_estimate() {
     // Two streams decode from 20 ms on: as far as the proxy has seen, the engine runs two
-    // sequences at most. An answer that came after them gets an estimate unless the engine
-    // holds prompts back for sequence slots; then it waits for one.
-    let estimated = |slot_gated: f64| {
+    // sequences at most, and has for over a second. An answer that came after them gets an
+    // estimate unless the engine holds prompts back for sequence slots; then it waits for one.
+    let newest_estimate = |slot_gated: f64| {
         let mut l = Ledger::new(LedgerConfig {
             settle_ticks: 20,
             ..cfg()
@@ -346,22 +346,25 @@ fn an_answer_the_sequence_slots_cannot_hold_waits_with_no_estimate() {
             l.seq_limit.note_answer(0, MS, 1);
         }
         let scripts = [
-            stream(1, 0, 100, 20 * MS, 30, 10 * MS),
-            stream(2, 0, 100, 20 * MS, 30, 10 * MS),
+            stream(1, 0, 100, 20 * MS, 200, 10 * MS),
+            stream(2, 0, 100, 20 * MS, 200, 10 * MS),
             invisible(3, 5 * MS, 400, Vec::new(), None),
         ];
-        for t in 1..=4 {
+        for t in 1..=30 {
             let obs: Vec<Observation> = scripts.iter().filter_map(|x| x.at(t * 50 * MS)).collect();
             apply_50ms(&mut l, t, Some(1_000), &obs);
             check_books(&l);
         }
         l.window
             .iter()
-            .flat_map(|t| t.items.iter())
+            .last()
+            .expect("held")
+            .items
+            .iter()
             .filter(|i| i.slot == l.index[&3] && i.provisional)
             .map(|i| i.prefill + i.decode)
             .sum::<f32>()
     };
-    assert!(estimated(0.0) > 100.0, "{}", estimated(0.0));
-    assert_eq!(estimated(1.0), 0.0);
+    assert!(newest_estimate(0.0) > 1.0, "{}", newest_estimate(0.0));
+    assert_eq!(newest_estimate(1.0), 0.0);
 }
