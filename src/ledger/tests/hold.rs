@@ -106,32 +106,37 @@ fn a_fit_that_never_comes_is_not_waited_for_past_three_holds_of_work() {
     assert_eq!(l.window.frozen_len(), 0);
 }
 
+/// Eight ticks of `scripts` under a 100-tick hold bounded by `bounds` (requests, items):
+/// returns the ledger after them.
+fn held_within(scripts: &[Script], (requests, items): (usize, usize)) -> Ledger {
+    let mut l = Ledger::new(LedgerConfig {
+        calibration_hold_ticks: 100,
+        calibration_hold_max_requests: requests,
+        calibration_hold_max_items: items,
+        calibration: unit_weights(),
+        p_idle_mw: Some(0),
+        ..cfg()
+    })
+    .expect("config");
+    run_from(&mut l, scripts, 1..=8);
+    assert!(!l.calibrator.has_been_trusted());
+    l
+}
+
 #[test]
 fn the_hold_ends_for_good_once_it_holds_more_requests_than_its_bound() {
     // Four streams keep the engine busy; a bound of four requests holds, of three gives up.
     let scripts: Vec<Script> = (1..=4)
         .map(|id| stream(id, 0, 100, 20 * MS, 30, 50 * MS))
         .collect();
-    for (bound, held_ticks) in [(4, 8), (3, 1)] {
-        let mut l = Ledger::new(LedgerConfig {
-            calibration_hold_ticks: 100,
-            calibration_hold_max_requests: bound,
-            calibration: unit_weights(),
-            p_idle_mw: Some(0),
-            ..cfg()
-        })
-        .expect("config");
-        run_from(&mut l, &scripts, 1..=8);
-        assert!(!l.calibrator.has_been_trusted());
-        assert_eq!(l.window.len(), held_ticks, "bound {bound}");
-        if held_ticks == 1 {
-            assert_eq!(l.window.frozen_len(), 0);
-            assert!(l.totals().attributed_uj > 0);
-            // For good: fewer requests later do not bring it back.
-            assert!(l.hold_given_up);
-            assert_eq!(l.calibration_hold(), 0);
-        }
-    }
+    assert_eq!(held_within(&scripts, (4, 1_000)).window.len(), 8);
+    let l = held_within(&scripts, (3, 1_000));
+    assert_eq!(l.window.len(), 1);
+    assert_eq!(l.window.frozen_len(), 0);
+    assert!(l.totals().attributed_uj > 0);
+    // For good: fewer requests later do not bring it back.
+    assert!(l.hold_given_up);
+    assert_eq!(l.calibration_hold(), 0);
 }
 
 #[test]
@@ -139,20 +144,10 @@ fn the_hold_ends_for_good_once_its_ticks_hold_more_items_than_its_bound() {
     // One stream, an item or two per tick: eight ticks of it are held under a bound of 100
     // items; a bound of five gives up once the window holds more.
     let s = [busy_stream()];
-    for (bound, held_ticks) in [(100, 8), (5, 1)] {
-        let mut l = Ledger::new(LedgerConfig {
-            calibration_hold_ticks: 100,
-            calibration_hold_max_items: bound,
-            calibration: unit_weights(),
-            p_idle_mw: Some(0),
-            ..cfg()
-        })
-        .expect("config");
-        run_from(&mut l, &s, 1..=8);
-        assert!(!l.calibrator.has_been_trusted());
-        assert_eq!(l.window.len(), held_ticks, "bound {bound}");
-        assert_eq!(l.hold_given_up, held_ticks == 1);
-    }
+    let l = held_within(&s, (10, 100));
+    assert_eq!((l.window.len(), l.hold_given_up), (8, false));
+    let l = held_within(&s, (10, 5));
+    assert_eq!((l.window.len(), l.hold_given_up), (1, true));
 }
 
 /// Applies the 50 ms ticks `ks` of 1 mJ each over the scripts still in flight.

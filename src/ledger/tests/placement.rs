@@ -67,19 +67,24 @@ fn work_per_tick(scripts: &[Script], steps: &[u64], ticks: u64, id: u64) -> Vec<
     decode.into_iter().zip(context).collect()
 }
 
-#[test]
-fn a_streams_tokens_are_placed_one_per_engine_step_not_evenly_in_time() {
-    // Two tokens seen at 45 ms, two more by 140 ms; the steps between ended at 105 and 140 ms:
-    // one token ran in the long step (45, 105], one in the short step (105, 140].
-    let s = Script {
+/// Stream 1, arrived at 0 with no prompt, its tokens seen at `tokens` and still in flight.
+fn stream_in_flight(tokens: Vec<u64>) -> Script {
+    Script {
         id: 1,
         arrival: 0,
         prompt: 0,
         visible: true,
-        tokens: vec![40 * MS, 45 * MS, 105 * MS, 140 * MS],
+        tokens,
         end: None,
         prefill_ns: 0,
-    };
+    }
+}
+
+#[test]
+fn a_streams_tokens_are_placed_one_per_engine_step_not_evenly_in_time() {
+    // Two tokens seen at 45 ms, two more by 140 ms; the steps between ended at 105 and 140 ms:
+    // one token ran in the long step (45, 105], one in the short step (105, 140].
+    let s = stream_in_flight(vec![40 * MS, 45 * MS, 105 * MS, 140 * MS]);
     let steps = [20 * MS, 40 * MS, 45 * MS, 105 * MS, 140 * MS];
     let d = decode_per_tick(&[s], &steps, 3, 1);
     let near = |a: f32, b: f32| (a - b).abs() < 0.01;
@@ -93,15 +98,7 @@ fn a_streams_tokens_are_placed_one_per_engine_step_not_evenly_in_time() {
 fn steps_closer_than_half_a_split_part_share_an_item() {
     // Streams not in lockstep show a step every millisecond: four tokens over (10, 50] ms are
     // placed one per step still, but in items of at least 5 ms (8 of them, not 40).
-    let s = Script {
-        id: 1,
-        arrival: 0,
-        prompt: 0,
-        visible: true,
-        tokens: vec![10 * MS, 50 * MS, 50 * MS, 50 * MS],
-        end: None,
-        prefill_ns: 0,
-    };
+    let s = stream_in_flight(vec![10 * MS, 50 * MS, 50 * MS, 50 * MS]);
     let steps: Vec<u64> = (1..=100).map(|k| k * MS).collect();
     let mut l = Ledger::new(LedgerConfig {
         settle_ticks: 20,
