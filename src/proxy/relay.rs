@@ -261,7 +261,7 @@ impl Body for RelayBody {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         let (mut out, split) =
-                            process(this.observer, this.end, this.usage_tail, data);
+                            process(this.observer, this.end, this.usage_tail, data, &mut None);
                         if let Some(split) = split {
                             out = hold_energy_part(
                                 this.observer,

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
-use hyper::body::{Body, Incoming};
+use hyper::body::Incoming;
 
 use super::frame::{hold_energy_part, process, Settling};
 use super::RequestEnd;
@@ -46,20 +46,19 @@ pub(super) fn gather(
     upstream_trailers: &mut Option<HeaderMap>,
 ) -> bool {
     let mut found = false;
+    // The frames ready now arrived together: one clock read for all of them.
+    let mut now = None;
     while settling.is_none() && stash.is_none() && held.len() < COALESCE_MAX_BYTES {
-        match inner.as_mut().poll_frame(cx) {
-            Poll::Pending => {
-                // Nothing more ready: what is ready goes out, no wait begins.
-                inner.as_mut().rest();
-                break;
-            }
+        match inner.as_mut().poll_ready_frame(cx) {
+            // Nothing more ready: what is ready goes out, no wait begins.
+            Poll::Pending => break,
             Poll::Ready(None) => *stash = Some(Stashed::End),
             Poll::Ready(Some(Err(err))) => *stash = Some(Stashed::Error(err)),
             Poll::Ready(Some(Ok(frame))) => {
                 found = true;
                 match frame.into_data() {
                     Ok(data) => {
-                        let (mut more, split) = process(observer, end, usage_tail, data);
+                        let (mut more, split) = process(observer, end, usage_tail, data, &mut now);
                         if let Some(split) = split {
                             more = hold_energy_part(observer, end, settling, figures, more, split);
                         }
