@@ -232,6 +232,15 @@ async fn metrics_stats_requests_and_headers_agree() {
     );
     let batch = &stats["batch"];
     assert_eq!(batch["processing_seconds"]["count"], 4);
+    // The engine's sequences as seen, in both.
+    assert_eq!(
+        sum(&m, "joulegate_engine_sequences_max", &[]),
+        batch["effective"]["sequences_max"]
+            .as_f64()
+            .expect("sequences_max")
+    );
+    assert_eq!(batch["effective"]["held_for_slots"], false);
+    assert_eq!(sum(&m, "joulegate_engine_held_for_slots", &[]), 0.0);
     assert_eq!(
         sum(&m, "joulegate_batch_size_count", &[]),
         batch["effective"]["count"].as_f64().expect("count")

@@ -113,7 +113,11 @@ impl Ledger {
 
     /// The effective batch: requests that did work in each settled busy tick.
     pub fn batch(&self) -> super::types::BatchStats {
-        self.batch
+        super::types::BatchStats {
+            sequences_max: self.seq_limit.limit(),
+            held_for_slots: self.slot_gated > super::queue_serve::SLOT_GATED_SHARE,
+            ..self.batch
+        }
     }
 
     /// The current prefill-rate and per-request decode-rate estimates, tokens per second.

@@ -101,7 +101,6 @@ impl SeqLimit {
     }
 
     /// The most sequences seen running at once.
-    #[cfg(test)]
     pub(super) fn limit(&self) -> u32 {
         self.limit
     }

@@ -134,4 +134,12 @@ pub struct BatchStats {
     pub sum: u64,
     /// Settled busy ticks since start.
     pub count: u64,
+    /// The most sequences seen running at once (streams decoding, and the ended non-streamed
+    /// answers' decode counted back from their ends), over the last 256 ticks and before: where
+    /// the engine holds prompts back for sequence slots, the estimate of its limit (vLLM's
+    /// `max_num_seqs`).
+    pub sequences_max: u32,
+    /// Whether recent prompts waited for sequence slots: the engine runs at its sequence limit,
+    /// and non-streamed answers the slots cannot hold get no estimated work.
+    pub held_for_slots: bool,
 }

@@ -115,6 +115,20 @@ pub(super) fn batch(
         None,
         b.max,
     )?;
+    gauge(
+        enc,
+        "joulegate_engine_sequences_max",
+        "Most sequences seen running at once (the engine's sequence limit where it holds prompts back).",
+        None,
+        u64::from(b.sequences_max),
+    )?;
+    gauge(
+        enc,
+        "joulegate_engine_held_for_slots",
+        "1 while recent prompts waited for sequence slots (the engine at its sequence limit).",
+        None,
+        u64::from(b.held_for_slots),
+    )?;
     let p = &st.processing;
     let h = FixedHistogram {
         bounds: crate::accounting::shared::PROCESSING_BUCKETS_S.to_vec(),

@@ -355,7 +355,8 @@ fn an_answer_the_sequence_slots_cannot_hold_waits_with_no_estimate() {
             apply_50ms(&mut l, t, Some(1_000), &obs);
             check_books(&l);
         }
-        l.window
+        let estimate = l
+            .window
             .iter()
             .last()
             .expect("held")
@@ -363,8 +364,14 @@ fn an_answer_the_sequence_slots_cannot_hold_waits_with_no_estimate() {
             .iter()
             .filter(|i| i.slot == l.index[&3] && i.provisional)
             .map(|i| i.prefill + i.decode)
-            .sum::<f32>()
+            .sum::<f32>();
+        let batch = l.batch();
+        (estimate, (batch.sequences_max, batch.held_for_slots))
     };
-    assert!(newest_estimate(0.0) > 1.0, "{}", newest_estimate(0.0));
-    assert_eq!(newest_estimate(1.0), 0.0);
+    assert!(newest_estimate(0.0).0 > 1.0, "{:?}", newest_estimate(0.0));
+    assert_eq!(newest_estimate(1.0).0, 0.0);
+    // `/stats` shows the estimate and why it applies.
+    let (sequences_max, held_for_slots) = newest_estimate(1.0).1;
+    assert_eq!((sequences_max, held_for_slots), (2, true));
+    assert!(!newest_estimate(0.0).1 .1);
 }
