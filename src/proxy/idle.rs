@@ -86,17 +86,14 @@ where
     type Error = BoxError;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Poll::Ready(frame) = self.as_mut().poll_ready_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        // Nothing ready: the wait for the upstream starts (or goes on).
         let this = self.project();
-        if *this.done {
-            return Poll::Ready(None);
-        }
-        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
-            *this.waiting_since = None;
-            return Poll::Ready(frame.map(|r| r.map_err(Into::into)));
-        }
         let since = *this.waiting_since.get_or_insert_with(Instant::now);
         let Some(deadline) = since.checked_add(*this.timeout) else {
             // Beyond the clock's range: no bound.
