@@ -281,29 +281,22 @@ impl Ledger {
         let mut min_unresolved = u64::MAX;
         let mut finalized = 0u32;
         self.tick_decodes.clear();
-        self.oldest_unstarted_ns = observations
-            .iter()
-            .filter(|o| {
-                let p = &o.progress;
-                o.kind != WorkKind::None
-                    && p.progress_visible
-                    && p.first_token_ns == 0
-                    && p.end_ns == 0
-            })
-            .map(|o| o.progress.arrival_ns)
-            .min()
-            .unwrap_or(u64::MAX);
-        let streams_decoding = observations
-            .iter()
-            .filter(|o| {
-                let p = &o.progress;
-                o.kind != WorkKind::None
-                    && p.progress_visible
-                    && p.first_token_ns != 0
-                    && p.end_ns == 0
-            })
-            .map(|o| o.choices.max(1))
-            .fold(0u32, u32::saturating_add);
+        // One pass over the visible model requests in flight: the oldest with no first token
+        // yet, and the sequences of those decoding.
+        let mut oldest_unstarted = u64::MAX;
+        let mut streams_decoding = 0u32;
+        for o in observations {
+            let p = &o.progress;
+            if o.kind == WorkKind::None || !p.progress_visible || p.end_ns != 0 {
+                continue;
+            }
+            if p.first_token_ns == 0 {
+                oldest_unstarted = oldest_unstarted.min(p.arrival_ns);
+            } else {
+                streams_decoding = streams_decoding.saturating_add(o.choices.max(1));
+            }
+        }
+        self.oldest_unstarted_ns = oldest_unstarted;
         self.seq_limit.start_tick(end_ns, streams_decoding);
         for obs in observations {
             let slot = self.find_slot(&mut cursor, obs);

@@ -6,6 +6,7 @@
 //! Part of the [`Ledger`]'s implementation (split from `settle.rs` by concern).
 
 use super::attribution::Ledger;
+use super::split::mul_div;
 use super::window::Tentative;
 
 /// Held ticks whose provisional split is made again per tick when their work changed after it
@@ -101,14 +102,9 @@ impl Ledger {
         let estimate = match (tick.unfilled_ns, tick.estimate_uj) {
             (0, _) => None,
             // The sampler's own estimate (what its meter has shown of the tick, scaled to it).
-            (unfilled, Some(whole)) if dt > 0 => Some(
-                filled.saturating_add(
-                    u64::try_from(
-                        u128::from(whole) * u128::from(unfilled.min(dt)) / u128::from(dt),
-                    )
-                    .unwrap_or(u64::MAX),
-                ),
-            ),
+            (unfilled, Some(whole)) if dt > 0 => {
+                Some(filled.saturating_add(mul_div(whole, unfilled.min(dt), dt)))
+            }
             (unfilled, _) if self.recent_uj_per_ns > 0.0 => {
                 Some(filled.saturating_add((unfilled as f64 * self.recent_uj_per_ns) as u64))
             }

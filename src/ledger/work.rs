@@ -231,27 +231,17 @@ impl Ledger {
                 req.visible = true;
             }
         } else if !visible {
-            if p.arrival_ns > self.oldest_unstarted_ns {
-                // Queued behind a request that has not started: no work yet.
-                if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
-                    req.queued_until_ns = end_ns;
-                    req.prov_from_ns = end_ns;
-                }
-                return;
-            }
-            // Where the engine holds prompts back for sequence slots, an answer the slots the
-            // streams leave cannot hold waits with no work (see `super::seq_limit`). Queueing,
-            // four seeds: records 4.8 / 18.2 -> 4.3 / 18.0 %, figures read 7.7 / 28.1 -> 6.0 /
-            // 25.9 % (streams' 8.9 / 27.5 -> 6.4 / 24.8 %, answers' 5.9 / 29.7 -> 5.8 / 29.1 %);
-            // eight seeds: records 4.4 / 17.2 -> 4.0 / 16.8, figures read 7.0 / 26.3 -> 5.6 /
-            // 24.6 %.
-            let choices = self
-                .slots
-                .get(slot as usize)
-                .and_then(Option::as_ref)
-                .map_or(1, |r| r.choices.max(1));
-            if self.slot_gated > SLOT_GATED_SHARE && p.end_ns == 0 && !self.seq_limit.admit(choices)
-            {
+            // Queued behind a request that has not started (engines admit in arrival order), or,
+            // where the engine holds prompts back for sequence slots, beyond the slots the
+            // streams leave (see `super::seq_limit`; queueing, four seeds: records 4.8 / 18.2 ->
+            // 4.3 / 18.0 %, figures read 7.7 / 28.1 -> 6.0 / 25.9 %, streams' 8.9 / 27.5 -> 6.4 /
+            // 24.8 %, answers' 5.9 / 29.7 -> 5.8 / 29.1 %; eight seeds: records 4.4 / 17.2 ->
+            // 4.0 / 16.8, figures read 7.0 / 26.3 -> 5.6 / 24.6 %): no work yet.
+            let waits = p.arrival_ns > self.oldest_unstarted_ns
+                || (self.slot_gated > SLOT_GATED_SHARE
+                    && p.end_ns == 0
+                    && !self.seq_limit.admit(choices));
+            if waits {
                 if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
                     req.queued_until_ns = end_ns;
                     req.prov_from_ns = end_ns;

@@ -250,10 +250,8 @@ impl Spreader {
             .filter(|h| h.0 == start_ns && h.1 == end_ns)?;
         let len = e.saturating_sub(s);
         let covered = self.cut_ns?.min(e).saturating_sub(s);
-        (covered > 0 && covered.saturating_mul(5) >= len).then(|| {
-            u64::try_from(u128::from(given) * u128::from(len) / u128::from(covered))
-                .unwrap_or(u64::MAX)
-        })
+        (covered > 0 && covered.saturating_mul(5) >= len)
+            .then(|| crate::ledger::split::mul_div(given, len, covered))
     }
 
     /// Whether an interval is final and waiting in [`Spreader::pop_final`].
