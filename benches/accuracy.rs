@@ -11,9 +11,10 @@
 //! from its body's size off by up to 30 % more either way (besides its 10 % bias, which the
 //! proxy learns); `ACCURACY_TRUE_WEIGHTS=1` splits with each model's own marginal costs
 //! (what is left is placement error); `ACCURACY_SETTLE_TICKS=N` overrides the settlement lag in
-//! ticks (default 60). `ACCURACY_MODE=realtime` runs the end-to-end set-up instead (mock vLLM
+//! ticks (default 60); `ACCURACY_HELD_OUT=1` runs the cost models kept out of the matrix
+//! (`joulegate::accuracy::held_out_models`: what the ledger was never tuned on). `ACCURACY_MODE=realtime` runs the end-to-end set-up instead (mock vLLM
 //! over HTTP, the proxy and its sampler in real time: about a minute and a half; its figures move
-//! a little between runs with scheduling; `ACCURACY_COUNTER_MS`, `ACCURACY_MODEL` (a cost model of the matrix), `ACCURACY_VERBOSE`,
+//! a little between runs with scheduling; `ACCURACY_COUNTER_MS`, `ACCURACY_MODEL` (a cost model of the matrix or a held-out one), `ACCURACY_VERBOSE`,
 //! `ACCURACY_JSON_DIR` help there). Without `--bench` (as `cargo test --benches` runs it) it does
 //! a tiny run to check the harness. It prints figures and never fails on them.
 
@@ -116,7 +117,11 @@ fn virtual_matrix(full: bool) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if full { 120 } else { 12 });
-    let mut cases = matrix(requests, seed);
+    let mut cases = if std::env::var_os("ACCURACY_HELD_OUT").is_some() {
+        joulegate::accuracy::matrix_of(joulegate::accuracy::held_out_models(), requests, seed)
+    } else {
+        matrix(requests, seed)
+    };
     if let Some(only) = env_list("ACCURACY_ONLY") {
         cases.retain(|c| only.iter().any(|o| o == c.workload.name()));
     }
@@ -252,14 +257,12 @@ fn realtime(full: bool) {
         }
         // Another of the matrix's cost models than the default 8B on one H100.
         if let Ok(name) = std::env::var("ACCURACY_MODEL") {
-            match joulegate::accuracy::cost_models()
-                .into_iter()
-                .find(|m| m.name == name)
-            {
+            match joulegate::accuracy::model_named(&name) {
                 Some(m) => opts.engine.cost = m.cost,
                 None => {
                     let names: Vec<&str> = joulegate::accuracy::cost_models()
                         .iter()
+                        .chain(&joulegate::accuracy::held_out_models())
                         .map(|m| m.name)
                         .collect();
                     eprintln!("accuracy: ACCURACY_MODEL={name:?}: one of {names:?}");

@@ -9,7 +9,8 @@
 //! cargo run --release --example accuracy_case -- steady --all-streams --true-weights
 //! ```
 //!
-//! Options: `--model NAME` (`8b-h100`, `70b-4xh100`, `ctx-bound`), `--counter-ms N`,
+//! Options: `--model NAME` (`8b-h100`, `70b-4xh100`, `ctx-bound`; held out of the matrix:
+//! `decode-dear`, `low-static`), `--counter-ms N`,
 //! `--sample-ms N`, `--noise F` (relative, 0.01 = 1 %), `--jitter-ms J` (counter updates up to
 //! ±J ms off their lattice), `--requests N`, `--seed N`, `--metrics`
 //! (responses carry vLLM's per-request timing), `--prompt-spread F` (each prompt's estimate
@@ -21,7 +22,7 @@
 
 use joulegate::accounting::AccountingConfig;
 use joulegate::accuracy::{
-    cost_models, drive, report, Case, MeterModel, VirtualRequest, VirtualWorkload,
+    drive, model_named, report, Case, MeterModel, VirtualRequest, VirtualWorkload,
 };
 
 fn main() {
@@ -50,7 +51,7 @@ fn main() {
         fail(&format!("workload {workload_name:?}: one of {names:?}"));
     };
     let model_name = value("--model").unwrap_or_else(|| "8b-h100".into());
-    let Some(model) = cost_models().into_iter().find(|m| m.name == model_name) else {
+    let Some(model) = model_named(&model_name) else {
         fail(&format!("unknown model {model_name:?}"));
     };
     let ms = |x: f64| (x * 1e6) as u64;
