@@ -277,6 +277,7 @@ impl Ledger {
                 req.queue_prompt = prompt.max(1.0);
             }
         }
+        self.prefill_queue.set_rate_floor(self.prefill_rate);
         let from = self.prefill_queue.served();
         let anchor_before = self.prefill_queue.anchor();
         ev.reached.sort_unstable();
