@@ -224,6 +224,7 @@ impl Ledger {
         for r in self.slots.iter_mut().flatten() {
             if !r.queue_reported && r.queue_place > 0.0 {
                 r.queue_place = resizes.map(r.queue_place);
+                r.queue_served_at = resizes.map(r.queue_served_at);
             }
         }
         // Reported this tick: their places still date their first tokens.
@@ -239,6 +240,7 @@ impl Ledger {
             if let Some(r) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
                 if r.queue_reported && r.queue_place > 0.0 {
                     r.queue_place = resizes.map(r.queue_place);
+                    r.queue_served_at = resizes.map(r.queue_served_at);
                 }
             }
         }
@@ -270,11 +272,13 @@ impl Ledger {
             }
             _ => start_ns,
         };
+        let served = self.prefill_queue.served();
         for &(_, _, slot, prompt) in &ev.new {
             let place = self.prefill_queue.enqueue(prompt.max(1.0));
             if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
                 req.queue_place = place;
                 req.queue_prompt = prompt.max(1.0);
+                req.queue_served_at = served;
             }
         }
         self.prefill_queue.set_rate_floor(self.prefill_rate);
@@ -284,7 +288,11 @@ impl Ledger {
         for &(at, slot) in &ev.reached {
             if let Some(r) = self.slots.get(slot as usize).and_then(Option::as_ref) {
                 if r.queue_place > 0.0 {
-                    self.prefill_queue.reached(r.queue_place, at, r.arrival_ns);
+                    self.prefill_queue.reached(
+                        r.queue_place,
+                        at,
+                        (r.arrival_ns, r.queue_served_at),
+                    );
                     self.prefill_queue.note_first_token(r.queue_place, at);
                 }
             }

@@ -26,6 +26,9 @@ pub(super) struct Req {
     pub(super) queue_place: f64,
     /// The prompt tokens it was put on the conveyor with.
     pub(super) queue_prompt: f64,
+    /// How far the engine was estimated to have got on the conveyor when it was put on it (see
+    /// `PrefillQueue::reached`).
+    pub(super) queue_served_at: f64,
     /// Whether its first token or end was already reported to the conveyor.
     pub(super) queue_reported: bool,
     /// Whether it is on the conveyor with its exact prompt count (see `queue::Resizes`).

@@ -52,6 +52,7 @@ impl Ledger {
             queued_until_ns: 0,
             queue_place: 0.0,
             queue_prompt: 0.0,
+            queue_served_at: 0.0,
             queue_reported: false,
             queue_sized: false,
             prov_decode_from_ns: 0,
