@@ -11,7 +11,9 @@
 //! its first token (unless the engine holds prompts back for sequence slots, which the conveyor
 //! does not see). A stream's first token says exactly how far the engine had got (the stream's
 //! place) at that moment: the estimate is moved up to it, and two such first tokens with the
-//! queue never empty between them measure the throughput.
+//! queue never empty between them measure the throughput, as does a stream's own wait, from where
+//! the estimate had the engine at its arrival to its first token; the throughput in use is never
+//! below the ledger's prefill rate (what streams' times to first token show at least).
 //!
 //! Why: an invisible request's prefill used to be estimated from its own arrival at the full
 //! prefill rate, as if it had the engine to itself. Under a saturated prefill queue that put the
