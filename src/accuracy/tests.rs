@@ -155,3 +155,24 @@ fn attribution_beats_the_naive_split_by_a_margin() {
         }
     }
 }
+
+#[test]
+fn held_out_models_stay_out_of_the_matrix_and_run_with_books_exact() {
+    let matrix: Vec<&str> = cost_models().iter().map(|m| m.name).collect();
+    let held_out = held_out_models();
+    assert!(!held_out.is_empty());
+    for m in &held_out {
+        assert!(!matrix.contains(&m.name), "{} is in the matrix", m.name);
+        assert_eq!(model_named(m.name).map(|n| n.name), Some(m.name));
+        assert!(matrix_of(vec![m.clone()], 12, 5)
+            .iter()
+            .all(|c| c.model.name == m.name));
+        let case = Case {
+            model: m.clone(),
+            ..small(VirtualWorkload::PrefillHeavy, 50)
+        };
+        let run = drive::run(&case.scenario(), AccountingConfig::default()).unwrap();
+        assert!(run.books_exact(), "{}: {:?}", m.name, run.totals);
+    }
+    assert!(model_named("no-such-model").is_none());
+}
