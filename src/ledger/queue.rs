@@ -219,8 +219,9 @@ impl PrefillQueue {
     /// 10,000 tokens/s, where the engine did ~45,000 (the held-out `low-static` model,
     /// prefill-heavy): it fell seconds behind, and the answers' estimates piled on the oldest
     /// waiting one, which held 94-98 % of its ticks' work (JSON figures up to 4.8× their truth).
-    /// Held-out models, four seeds: prefill-heavy figures read 6.9 / 71.4 -> 7.0 / 58.1 %
-    /// (records 10.4 / 41.4 -> 10.7 / 45.0 %: the floor is still half the engine's speed there).
+    /// The floor alone (before `reached` measured a stream's own wait), held-out models, four
+    /// seeds: prefill-heavy figures read 6.9 / 71.4 -> 7.0 / 58.1 % (records 10.4 / 41.4 -> 10.7
+    /// / 45.0 %: the floor is ~60 % of that engine's speed there).
     /// The matrix, eight seeds: records 5.14 / 22.04 -> 5.05 / 21.50 %, figures read 5.09 /
     /// 25.52 -> 4.93 / 24.57 % (queueing 4.0 / 16.8 -> 3.2 / 13.5 and 5.6 / 24.6 -> 4.4 / 21.0
     /// %, the 70B 6.2 / 27.6 -> 5.9 / 26.0 %).

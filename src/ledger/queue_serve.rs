@@ -272,17 +272,18 @@ impl Ledger {
             }
             _ => start_ns,
         };
-        let served = self.prefill_queue.served();
+        // Where the engine is estimated to be before this tick's first tokens move it: the new
+        // requests' position at arrival, and the start of the stretch served in the tick.
+        let from = self.prefill_queue.served();
         for &(_, _, slot, prompt) in &ev.new {
             let place = self.prefill_queue.enqueue(prompt.max(1.0));
             if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
                 req.queue_place = place;
                 req.queue_prompt = prompt.max(1.0);
-                req.queue_served_at = served;
+                req.queue_served_at = from;
             }
         }
         self.prefill_queue.set_rate_floor(self.prefill_rate);
-        let from = self.prefill_queue.served();
         let anchor_before = self.prefill_queue.anchor();
         ev.reached.sort_unstable();
         for &(at, slot) in &ev.reached {
