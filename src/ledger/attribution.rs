@@ -163,6 +163,8 @@ pub struct Ledger {
     /// answer's prefill did not run in (`Ledger::back_from_in_free_time`). At most
     /// [`super::work::STREAM_PREFILLS`]; the oldest goes first.
     pub(super) stream_prefills: std::collections::VecDeque<(u64, u64)>,
+    /// Prefill energy priced over a window of settled ticks (see `prefill_pool`).
+    pub(super) prefill_pool: super::prefill_pool::PrefillPool,
 }
 
 impl Ledger {
@@ -178,6 +180,7 @@ impl Ledger {
                 config.idle_min_samples,
             ),
             calibrator: Calibrator::new(config.calibration.clone()),
+            prefill_pool: super::prefill_pool::PrefillPool::new(config.prefill_pool_ns),
             prefill_rate: config.prefill_tokens_per_s,
             decode_rate: config.decode_tokens_per_s,
             tick_decodes: Vec::new(),

@@ -22,6 +22,7 @@ pub mod calibration;
 mod fill;
 mod hold;
 pub mod idle;
+mod prefill_pool;
 mod queue;
 mod queue_serve;
 mod rates;
@@ -96,6 +97,9 @@ pub struct LedgerConfig {
     /// Whether held ticks are split provisionally once their work is in, so that the figures a
     /// response carries before its ticks settle include its share of them (see `settle`).
     pub tentative_split: bool,
+    /// Window over which prompt tokens' energy is priced, ns (see `prefill_pool`; 0: each tick's
+    /// prefill parts stay with the work placed in it).
+    pub prefill_pool_ns: u64,
 }
 
 impl Default for LedgerConfig {
@@ -114,6 +118,7 @@ impl Default for LedgerConfig {
             calibration: CalibrationConfig::default(),
             split_by_steps: true,
             tentative_split: true,
+            prefill_pool_ns: 8_000_000_000,
         }
     }
 }

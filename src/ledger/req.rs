@@ -57,6 +57,11 @@ pub(super) struct Req {
     /// tick's weight: over the energy, how much of its ticks it is on average (a request alone
     /// in its ticks: 1), so how little more work placed there would move its share.
     pub(super) tentative_own: f64,
+    /// Prompt tokens it was paid for from the prefill pool: its claim on the pool's balance when
+    /// it becomes final (see `prefill_pool`).
+    pub(super) pool_tokens: f64,
+    /// What the pool paid it for them, µJ.
+    pub(super) pool_paid_uj: u64,
 }
 
 impl Req {

@@ -87,11 +87,57 @@ impl Ledger {
         if !self.settle_energy(&tick, dt, frozen) {
             self.release_items(&tick);
         }
+        self.prefill_pool.expire(tick.end_ns);
+        self.release_pool();
         let mut items = tick.items;
         items.clear();
         if self.spare_items.len() < 4 {
             self.spare_items.push(items);
         }
+    }
+
+    /// The prefill parts of a split tick's items (their shares in `self.shares`, marginal energies
+    /// in `self.marginal`, weights in `self.weights`) whose request is still tracked, and their
+    /// prompt tokens: what the tick brings into the prefill pool.
+    fn prefill_parts(&self, tick: &HeldTick, alpha: f64) -> (u64, f64) {
+        let (mut parts_uj, mut tokens) = (0u64, 0.0);
+        for (k, (item, (share, w))) in tick
+            .items
+            .iter()
+            .zip(self.shares.iter().zip(&self.weights))
+            .enumerate()
+        {
+            let m = self.marginal.get(k).copied().unwrap_or(0.0);
+            let tracked = matches!(self.slots.get(item.slot as usize), Some(Some(_)));
+            if tracked && item.prefill > 0.0 && m > 0.0 && *w > 0.0 {
+                parts_uj += prefill_part(*share, alpha * f64::from(item.prefill) / m);
+                tokens += f64::from(item.prefill);
+            }
+        }
+        (parts_uj, tokens)
+    }
+
+    /// A request becoming final takes its part of the prefill pool's balance (see
+    /// `prefill_pool`): what ticks it was paid in held back when their own prefill parts fell
+    /// short of the window's price (without it, that balance went to unattributed when traffic
+    /// stopped: 0.18 % of the energy on average over the accuracy bench's cells, 2 % at most).
+    fn top_up_from_pool(&mut self, req: &mut super::req::Req) {
+        let top = self.prefill_pool.top_up(req.pool_tokens, req.pool_paid_uj);
+        req.pool_tokens = 0.0;
+        if top > 0 {
+            req.energy.energy_uj = req.energy.energy_uj.saturating_add(top);
+            req.energy.prefill_uj = req.energy.prefill_uj.saturating_add(top);
+            self.totals.pending_uj -= top.min(self.totals.pending_uj);
+            self.totals.attributed_uj = self.totals.attributed_uj.saturating_add(top);
+        }
+    }
+
+    /// The prefill pool's balance once nobody can claim it (see `PrefillPool::unclaimed`):
+    /// unattributed.
+    fn release_pool(&mut self) {
+        let uj = self.prefill_pool.unclaimed(self.index.is_empty());
+        self.totals.pending_uj -= uj.min(self.totals.pending_uj);
+        self.totals.unattributed_uj = self.totals.unattributed_uj.saturating_add(uj);
     }
 
     fn release_items(&mut self, tick: &HeldTick) {
@@ -175,6 +221,17 @@ impl Ledger {
             ..PriceEntry::default()
         };
         let mut working = 0u32;
+        // Prefill parts go through the pool (see `prefill_pool`): each item's part of its share,
+        // then the price its prompt tokens are paid at.
+        let (pool_price, mut pool_left) = if self.prefill_pool.enabled() {
+            let (parts_uj, tokens) = self.prefill_parts(tick, alpha);
+            let (price, available) = self.prefill_pool.take_in(tick.end_ns, parts_uj, tokens);
+            (Some(price), available)
+        } else {
+            (None, 0)
+        };
+        let pool_before = pool_left;
+        let mut credited = 0u64;
         for (k, (item, (share, w))) in tick
             .items
             .iter()
@@ -186,19 +243,31 @@ impl Ledger {
                 .get_mut(item.slot as usize)
                 .and_then(Option::as_mut)
             else {
+                credited = credited.saturating_add(*share);
                 continue;
             };
             req.pending_items = req.pending_items.saturating_sub(1);
-            let share = *share;
-            let sf = share as f64;
+            let tick_share = *share;
             let m = self.marginal.get(k).copied().unwrap_or(0.0);
-            let prefill = if item.prefill > 0.0 && m > 0.0 && *w > 0.0 {
-                // Non-negative, so the truncating cast is the floor (and cheaper than `floor`);
-                // at most the share, which `sf` may round above past 2^53.
-                ((sf * (alpha * f64::from(item.prefill) / m)).clamp(0.0, sf) as u64).min(share)
+            let has_prefill = item.prefill > 0.0 && m > 0.0 && *w > 0.0;
+            let tick_prefill = if has_prefill {
+                prefill_part(tick_share, alpha * f64::from(item.prefill) / m)
             } else {
                 0
             };
+            // With the pool, the prefill part is replaced by the prompt tokens' pooled worth.
+            let (share, prefill) = match pool_price {
+                Some(price) if has_prefill => {
+                    let paid = ((price * f64::from(item.prefill)).max(0.0) as u64).min(pool_left);
+                    pool_left -= paid;
+                    req.pool_tokens += f64::from(item.prefill);
+                    req.pool_paid_uj = req.pool_paid_uj.saturating_add(paid);
+                    (tick_share - tick_prefill + paid, paid)
+                }
+                _ => (tick_share, tick_prefill),
+            };
+            credited = credited.saturating_add(share);
+            let sf = share as f64;
             // Rounded (x + 0.5, non-negative): a figure, not part of the exact books.
             let active = ((sf * active_ratio + 0.5) as u64).min(share);
             priced.add_item(item, weights, m, (sf, active as f64));
@@ -218,6 +287,14 @@ impl Ledger {
             }
             req.recent_uj = req.recent_uj.saturating_add(share);
             en.recent_power_mw = (req.recent_uj as f64 * mw_per_uj) as u64;
+        }
+        if pool_price.is_some() {
+            let paid = pool_before - pool_left;
+            self.prefill_pool.paid(paid);
+            // The tick's energy less what the pool kept, or plus what it paid from its balance.
+            let t = &mut self.totals;
+            t.attributed_uj = t.attributed_uj.saturating_sub(e).saturating_add(credited);
+            t.pending_uj = t.pending_uj.saturating_add(e).saturating_sub(credited);
         }
         self.totals.active_uj = self.totals.active_uj.saturating_add(active_total);
         if working > 0 {
@@ -277,7 +354,9 @@ impl Ledger {
                 Some(false) => i += 1,
                 Some(true) => {
                     self.ended.swap_remove(i);
-                    if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::take) {
+                    if let Some(mut req) = self.slots.get_mut(slot as usize).and_then(Option::take)
+                    {
+                        self.top_up_from_pool(&mut req);
                         self.index.remove(&req.id);
                         self.free.push(slot);
                         self.ready.push(FinalRequest {
@@ -298,7 +377,18 @@ impl Ledger {
             self.settle_front();
         }
         self.collect_final();
+        self.prefill_pool.expire(u64::MAX);
+        self.release_pool();
     }
+}
+
+/// The prefill part of an item's `share`: `fraction` (α·prefill over its marginal energy) of it,
+/// rounded down, never above the share.
+fn prefill_part(share: u64, fraction: f64) -> u64 {
+    let sf = share as f64;
+    // Non-negative, so the truncating cast is the floor (and cheaper than `floor`); at most the
+    // share, which `sf` may round above past 2^53.
+    ((sf * fraction).clamp(0.0, sf) as u64).min(share)
 }
 
 /// The weights that split a tick's energy (idle part removed). The tick is cut into

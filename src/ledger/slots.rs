@@ -70,6 +70,8 @@ impl Ledger {
             energy: RequestEnergy::default(),
             tentative: (0, 0, [0.0; 3]),
             tentative_own: 0.0,
+            pool_tokens: 0.0,
+            pool_paid_uj: 0,
         };
         let slot = match self.free.pop() {
             Some(s) => {

@@ -1,7 +1,8 @@
 //! Ledger behaviour tests: scenarios with hand-computed answers; property tests over random
 //! workloads and tick sequences (conservation exact, no overflow, everything finished settles) are
 //! in `properties`, placement in `placement`, rate learning in `rates`, the reconciliation of
-//! non-streamed answers in `reconcile`, the hold for the calibration in `hold`.
+//! non-streamed answers in `reconcile`, the hold for the calibration in `hold`, the pricing of
+//! prompts over a window in `prefill_pool`.
 
 use super::*;
 use crate::observe::Outcome;
@@ -486,6 +487,7 @@ fn prefill_waits_one_tick_for_the_exact_prompt_count() {
 mod conveyor;
 mod hold;
 mod placement;
+mod prefill_pool;
 mod properties;
 mod rates;
 mod reconcile;
