@@ -11,7 +11,8 @@
 //! from its body's size off by up to 30 % more either way (besides its 10 % bias, which the
 //! proxy learns); `ACCURACY_TRUE_WEIGHTS=1` splits with each model's own marginal costs
 //! (what is left is placement error); `ACCURACY_SETTLE_TICKS=N` overrides the settlement lag in
-//! ticks (default 60); `ACCURACY_HELD_OUT=1` runs the cost models kept out of the matrix
+//! ticks (default 60); `ACCURACY_SETTLED_MODE=1` runs the ledger as `response_energy =
+//! "settled"` does (no hold for the calibration: the settled column's figures); `ACCURACY_HELD_OUT=1` runs the cost models kept out of the matrix
 //! (`joulegate::accuracy::held_out_models`: what the ledger was never tuned on). `ACCURACY_MODE=realtime` runs the end-to-end set-up instead (mock vLLM
 //! over HTTP, the proxy and its sampler in real time: about a minute and a half; its figures move
 //! a little between runs with scheduling; `ACCURACY_COUNTER_MS`, `ACCURACY_MODEL` (a cost model of the matrix or a held-out one), `ACCURACY_VERBOSE`,
@@ -162,6 +163,7 @@ fn virtual_matrix(full: bool) {
     // The ledger splits with each model's own marginal costs instead of its fit: what is left is
     // placement error, so the difference is what the calibration costs.
     let true_weights = std::env::var("ACCURACY_TRUE_WEIGHTS").as_deref() == Ok("1");
+    let settled_mode = std::env::var("ACCURACY_SETTLED_MODE").as_deref() == Ok("1");
     if !full {
         println!("accuracy: harness check only ({requests} requests per case, two cases)");
         cases.truncate(2);
@@ -194,6 +196,10 @@ fn virtual_matrix(full: bool) {
             .and_then(|v| v.parse().ok())
         {
             config.ledger.settle_ticks = t;
+        }
+        if settled_mode {
+            // As `response_energy = "settled"` runs: no hold for the calibration.
+            config.ledger.calibration_hold_ticks = 0;
         }
         if true_weights {
             let (c, cal) = (&case.model.cost, &mut config.ledger.calibration);

@@ -125,8 +125,15 @@ impl Ledger {
                 0.0
             };
             parts.reserve(tick.items.len());
-            for (item, w) in tick.items.iter().zip(&self.weights) {
-                let share = e as f64 * (w / total);
+            // Prefill parts as settlement will pay them: the prompt tokens at the pool's price.
+            let pool_price = self.prefill_pool.price();
+            for (k, (item, w)) in tick.items.iter().zip(&self.weights).enumerate() {
+                let mut share = e as f64 * (w / total);
+                let m = self.marginal.get(k).copied().unwrap_or(0.0);
+                if let Some(price) = pool_price.filter(|_| item.prefill > 0.0 && m > 0.0) {
+                    let tokens = f64::from(item.prefill);
+                    share += tokens * price - share * (weights.0 * tokens / m).min(1.0);
+                }
                 parts.push(Tentative {
                     slot: item.slot,
                     energy_uj: share as u64,

@@ -3,10 +3,30 @@
 
 use super::*;
 
-/// Forty streams, one every 100 ms, each prefilling a 1,000-token prompt in the first 40 ms of
-/// its 100 ms and sampling one token; the meter reads 10 mJ over even requests' prefill ticks
-/// and 30 mJ over odd ones' (and nothing between). Returns each request's prefill energy and the
-/// unattributed energy, µJ.
+/// Forty streams (ids 1 to 40), one every 100 ms, each prefilling a 1,000-token prompt in the
+/// first 40 ms of its 100 ms (tick `2i + 1` for request `i + 1`) and sampling one token.
+fn alternating_streams() -> Vec<Script> {
+    (0..40u64)
+        .map(|i| {
+            let mut s = stream(i + 1, i * 100 * MS, 1000, i * 100 * MS + 45 * MS, 1, 0);
+            s.prefill_ns = 40 * MS;
+            s
+        })
+        .collect()
+}
+
+/// The meter over [`alternating_streams`]: 10 mJ over even requests' prefill ticks, 30 mJ over
+/// odd ones', nothing between (tick `k` ends at `k` × 50 ms).
+fn alternating_energy(k: u64) -> Option<u64> {
+    Some(match k % 4 {
+        1 => 10_000,
+        3 => 30_000,
+        _ => 0,
+    })
+}
+
+/// Runs [`alternating_streams`] over [`alternating_energy`] to the end. Returns each request's
+/// prefill energy and the unattributed energy, µJ.
 fn alternating_prefills(pool_ns: u64) -> (Vec<u64>, u64) {
     let mut l = Ledger::new(LedgerConfig {
         calibration: unit_weights(),
@@ -14,22 +34,8 @@ fn alternating_prefills(pool_ns: u64) -> (Vec<u64>, u64) {
         ..cfg()
     })
     .expect("config");
-    let scripts: Vec<Script> = (0..40u64)
-        .map(|i| {
-            let mut s = stream(i + 1, i * 100 * MS, 1000, i * 100 * MS + 45 * MS, 1, 0);
-            s.prefill_ns = 40 * MS;
-            s
-        })
-        .collect();
-    // Tick k ends at k × 50 ms: request i prefills in tick 2i + 1.
-    let energy = |k: u64| {
-        Some(match k % 4 {
-            1 => 10_000,
-            3 => 30_000,
-            _ => 0,
-        })
-    };
-    let mut done = run(&mut l, &scripts, 90, energy);
+    let scripts = alternating_streams();
+    let mut done = run(&mut l, &scripts, 90, alternating_energy);
     l.flush();
     l.drain_final(&mut done);
     check_books(&l);
@@ -59,4 +65,37 @@ fn prompts_are_priced_over_the_window_not_by_the_tick_they_were_placed_in() {
     let left = unattributed_pooled - unattributed_per_tick;
     assert_eq!(sum(&pooled) + left, sum(&per_tick));
     assert!(left < 10_000, "{left} µJ unclaimed");
+}
+
+#[test]
+fn a_held_ticks_provisional_split_prices_prompts_as_settlement_will() {
+    let published = |pool_ns: u64| {
+        let mut l = Ledger::new(LedgerConfig {
+            calibration: unit_weights(),
+            prefill_pool_ns: pool_ns,
+            ..cfg()
+        })
+        .expect("config");
+        // A non-streamed request in flight throughout keeps ticks held for the settlement lag
+        // (its work there is unknown until it ends); its estimate takes little of their energy.
+        let mut scripts = alternating_streams();
+        scripts.push(invisible(
+            100,
+            0,
+            0,
+            vec![],
+            Some((4_500 * MS, Outcome::Ok)),
+        ));
+        // Request 31 prefills in tick 61 (10 mJ); after tick 62 that tick is still held.
+        run(&mut l, &scripts, 62, alternating_energy);
+        // Published: settled plus its part of the held ticks' provisional splits.
+        let slot = l.index[&31] as usize;
+        let req = l.slots[slot].as_ref().expect("request 31 is tracked");
+        req.published().energy_uj
+    };
+    let (per_tick, pooled) = (published(0), published(8_000_000_000));
+    // Its own tick's energy, bar the decode token's share; pooled, the window's price (its
+    // settled ticks alternate 10 and 30 mJ per 1,000 prompt tokens: about 20 mJ).
+    assert!(per_tick.abs_diff(10_000) < 100, "{per_tick}");
+    assert!(pooled.abs_diff(20_000) < 1_500, "{pooled}");
 }
