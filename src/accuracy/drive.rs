@@ -259,8 +259,9 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
             .min(next_read);
         if now >= drain_deadline {
             // Everything retired: stop once the ledger holds nothing (a tick announced before
-            // the counter's last update waits for its fill), within a second of idle.
-            if shared.stats().totals.pending_uj == 0 || now >= drain_started + 1_000_000_000 {
+            // the counter's last update waits for its fill; the prefill pool keeps its balance
+            // for ten idle ticks), within three seconds of idle.
+            if shared.stats().totals.pending_uj == 0 || now >= drain_started + 3_000_000_000 {
                 break;
             }
             drain_deadline = now + sample;

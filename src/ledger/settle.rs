@@ -88,7 +88,8 @@ impl Ledger {
             self.release_items(&tick);
         }
         self.prefill_pool.expire(tick.end_ns);
-        self.release_pool();
+        let unclaimed = self.prefill_pool.unclaimed(self.index.is_empty());
+        self.release_pool(unclaimed);
         let mut items = tick.items;
         items.clear();
         if self.spare_items.len() < 4 {
@@ -134,8 +135,7 @@ impl Ledger {
 
     /// The prefill pool's balance once nobody can claim it (see `PrefillPool::unclaimed`):
     /// unattributed.
-    fn release_pool(&mut self) {
-        let uj = self.prefill_pool.unclaimed(self.index.is_empty());
+    fn release_pool(&mut self, uj: u64) {
         self.totals.pending_uj -= uj.min(self.totals.pending_uj);
         self.totals.unattributed_uj = self.totals.unattributed_uj.saturating_add(uj);
     }
@@ -377,8 +377,8 @@ impl Ledger {
             self.settle_front();
         }
         self.collect_final();
-        self.prefill_pool.expire(u64::MAX);
-        self.release_pool();
+        let left = self.prefill_pool.take_all();
+        self.release_pool(left);
     }
 }
 
