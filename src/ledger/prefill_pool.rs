@@ -21,8 +21,11 @@
 //! in a row) goes to unattributed.
 //!
 //! Accuracy bench, eight seeds, records median / p95 |error| over the 72 cells: 4.96 / 21.24 % tick
-//! by tick, 3.99 / 17.09 % with a 4 s window, 3.84 / 16.30 % with 8 s (the default), 3.89 / 16.79 %
-//! with 16 s (before the top-ups).
+//! by tick, 3.84 / 16.30 % with the default 8 s window (4 s 3.99 / 17.09 %, 16 s 3.89 / 16.79 %,
+//! both with an earlier form of the top-ups). What a flat price misses: in light traffic a short
+//! prompt prefilled beside a decoding batch costs more per token than a long one (the step's static
+//! power goes to fewer units of work), which the per-tick split saw where it placed the prompt
+//! right; there (the demo, the real-time bench) records are level at best (see the README).
 
 use std::collections::VecDeque;
 
