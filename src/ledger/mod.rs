@@ -5,8 +5,9 @@
 //! - [`attribution`]: the [`Ledger`] (held window of ticks, work placement, settlement, invariant);
 //! - [`window`]: the held ticks and where each request's work lands in them;
 //! - [`types`]: the figures it publishes (per-request energy, coverage, totals);
-//! - `settle`, `tentative`, `work`, `reconcile`, `rates`, `queue`, `seq_limit`, `slots` and
-//!   `readout` (private): settlement, the provisional split of held ticks, work placement,
+//! - `settle`, `tick_split`, `prefill_pool`, `tentative`, `work`, `reconcile`, `rates`, `queue`,
+//!   `seq_limit`, `slots` and `readout` (private): settlement, the weights a tick is split by,
+//!   prompts priced over a window, the provisional split of held ticks, work placement,
 //!   reconciliation of non-streamed answers, rate learning, the prefill conveyor, the engine's
 //!   sequence limit, request slots and the published figures, split from the ledger by concern;
 //! - [`split`]: exact largest-remainder splitting of micro-joules;
@@ -36,6 +37,7 @@ mod slots;
 pub mod split;
 pub mod steps;
 mod tentative;
+mod tick_split;
 pub mod types;
 pub mod window;
 mod work;

@@ -76,7 +76,7 @@ impl Ledger {
         before: BeforeWindow,
     ) {
         const MAX_STEPS: usize = 64;
-        const MIN_PART_NS: u64 = super::settle::SPLIT_NS / 2;
+        const MIN_PART_NS: u64 = super::tick_split::SPLIT_NS / 2;
         let mut ends = std::mem::take(&mut self.step_scratch);
         ends.clear();
         if self.steps.covers(from) {
