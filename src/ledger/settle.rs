@@ -115,18 +115,42 @@ impl Ledger {
         (parts_uj, tokens)
     }
 
-    /// A request becoming final takes its part of the prefill pool's balance (see
-    /// `prefill_pool`): what ticks it was paid in held back when their own prefill parts fell
-    /// short of the window's price (without it, that balance went to unattributed when traffic
-    /// stopped: 0.18 % of the energy on average over the accuracy bench's cells, 2 % at most).
-    fn top_up_from_pool(&mut self, req: &mut super::req::Req) {
-        let top = self.prefill_pool.top_up(req.pool_tokens, req.pool_paid_uj);
+    /// A request becoming final has its prompt repriced at the prefill pool's price then (see
+    /// `prefill_pool`): it takes what it lacks of its tokens' worth from the balance (what ticks it
+    /// was paid in held back when their own prefill parts fell short of the window's price;
+    /// without it, that balance went to unattributed when traffic stopped: 0.18 % of the energy on
+    /// average over the accuracy bench's cells, 2 % at most), or gives back what it was paid
+    /// beyond it.
+    fn reprice_from_pool(&mut self, req: &mut super::req::Req) {
+        use super::prefill_pool::Repricing;
+        let repricing = self.prefill_pool.reprice(req.pool_tokens, req.pool_paid_uj);
         req.pool_tokens = 0.0;
-        if top > 0 {
-            req.energy.energy_uj = req.energy.energy_uj.saturating_add(top);
-            req.energy.prefill_uj = req.energy.prefill_uj.saturating_add(top);
-            self.totals.pending_uj -= top.min(self.totals.pending_uj);
-            self.totals.attributed_uj = self.totals.attributed_uj.saturating_add(top);
+        let en = &mut req.energy;
+        let t = &mut self.totals;
+        match repricing {
+            Repricing::Kept => {}
+            Repricing::TopUp(uj) => {
+                en.energy_uj = en.energy_uj.saturating_add(uj);
+                en.prefill_uj = en.prefill_uj.saturating_add(uj);
+                t.pending_uj -= uj.min(t.pending_uj);
+                t.attributed_uj = t.attributed_uj.saturating_add(uj);
+            }
+            Repricing::Refund(uj) => {
+                // Never more than it holds as prefill energy: the books move what it gives up.
+                let uj = uj.min(en.prefill_uj).min(en.energy_uj).min(t.attributed_uj);
+                // Its active energy gives up the same fraction, and never stays above the rest.
+                let fraction = uj as f64 / en.energy_uj.max(1) as f64;
+                let active_back = ((en.active_uj as f64 * fraction) as u64)
+                    .max(en.active_uj.saturating_sub(en.energy_uj - uj))
+                    .min(en.active_uj);
+                en.active_uj -= active_back;
+                t.active_uj = t.active_uj.saturating_sub(active_back);
+                en.energy_uj -= uj;
+                en.prefill_uj -= uj;
+                t.attributed_uj -= uj;
+                t.pending_uj = t.pending_uj.saturating_add(uj);
+                self.prefill_pool.refunded(uj);
+            }
         }
     }
 
@@ -353,7 +377,7 @@ impl Ledger {
                     self.ended.swap_remove(i);
                     if let Some(mut req) = self.slots.get_mut(slot as usize).and_then(Option::take)
                     {
-                        self.top_up_from_pool(&mut req);
+                        self.reprice_from_pool(&mut req);
                         self.index.remove(&req.id);
                         self.free.push(slot);
                         self.ready.push(FinalRequest {

@@ -99,3 +99,52 @@ fn a_held_ticks_provisional_split_prices_prompts_as_settlement_will() {
     assert!(per_tick.abs_diff(10_000) < 100, "{per_tick}");
     assert!(pooled.abs_diff(20_000) < 1_500, "{pooled}");
 }
+
+#[test]
+fn a_prompt_paid_above_the_window_price_gives_the_excess_back_when_final() {
+    let mut l = Ledger::new(LedgerConfig {
+        calibration: unit_weights(),
+        prefill_pool_ns: 8_000_000_000,
+        ..cfg()
+    })
+    .expect("config");
+    // Request 1's 1,000-token prompt is alone in the first tick, which draws 30 mJ; it then
+    // decodes a token every 200 ms for a second. Requests 2 to 20 prefill 1,000-token prompts
+    // in ticks that draw 10 mJ each (tick `4i + 3` for request `i + 1`); ticks with only decode
+    // tokens draw 0.1 mJ.
+    let mut first = stream(1, 0, 1000, 45 * MS, 6, 200 * MS);
+    first.prefill_ns = 40 * MS;
+    let mut scripts = vec![first];
+    for i in 1..20u64 {
+        let start = (4 * i + 2) * 50 * MS;
+        let mut s = stream(i + 1, start, 1000, start + 45 * MS, 1, 0);
+        s.prefill_ns = 40 * MS;
+        scripts.push(s);
+    }
+    let energy = |k: u64| {
+        Some(match k {
+            1 => 30_000,
+            k if k >= 7 && k % 4 == 3 && k < 80 => 10_000,
+            _ => 100,
+        })
+    };
+    let mut done = run(&mut l, &scripts, 120, energy);
+    l.flush();
+    l.drain_final(&mut done);
+    check_books(&l);
+    assert_eq!(done.len(), 20);
+    let prefill = |id: u64| {
+        done.iter()
+            .find(|f| f.id == id)
+            .map(|f| f.energy.prefill_uj)
+            .expect("final")
+    };
+    // Paid its own tick's 30 mJ when that tick settled, repriced near the window's price when it
+    // became final a second on (about 13 mJ: 80 mJ over its prompt and the five after it).
+    let early = prefill(1);
+    assert!((9_000..15_000).contains(&early), "{early} µJ");
+    // What it gave back went to the prompts after it, not to unattributed.
+    let later: u64 = (2..=20).map(prefill).sum();
+    assert!(later > 19 * 10_000, "{later} µJ");
+    assert!(l.totals().unattributed_uj < 5_000, "{:?}", l.totals());
+}
