@@ -16,9 +16,11 @@
 //! pending. A tick never pays out more than its own parts plus the balance, so early in a window
 //! (or where a tick's own parts fall short of the price) some prompts are paid less; the price
 //! includes the balance, so it drains over the window's prompts. A request becoming final has its
-//! prompt repriced at the price then: it takes what it still lacks of its tokens' worth from the
-//! balance, or gives back to it what it was paid beyond (a prompt paid while the window was young,
-//! or at a tick whose own price ran high). What nobody can claim
+//! prompt repriced at the price then (or by the line of parts against prompt size that the
+//! window's final requests draw, where it fits clearly better: short prompts in light traffic):
+//! it takes what it still lacks of its tokens' worth from the balance, or gives back to it what it
+//! was paid beyond (a prompt paid while the window was young, or at a tick whose own price ran
+//! high). What nobody can claim
 //! (no prompt left in the window to price a claim with, or nothing in flight for ten settled ticks
 //! in a row) goes to unattributed.
 //!
@@ -63,6 +65,8 @@ pub(super) struct PrefillPool {
     balance_uj: u64,
     /// Settled ticks in a row with no request in flight.
     idle_ticks: u32,
+    /// Requests repriced in the window: what their prompts' size says of their prefill parts.
+    sizes: SizeFit,
 }
 
 impl PrefillPool {
@@ -74,6 +78,7 @@ impl PrefillPool {
             sum_tokens: 0.0,
             balance_uj: 0,
             idle_ticks: 0,
+            sizes: SizeFit::default(),
         }
     }
 
@@ -98,6 +103,7 @@ impl PrefillPool {
             self.sum_uj = 0;
             self.sum_tokens = 0.0;
         }
+        self.sizes.expire(from);
     }
 
     /// Called once per settled tick: the balance nobody can claim any more, taken out of the pool.
@@ -158,19 +164,37 @@ impl PrefillPool {
             .then(|| self.sum_uj as f64 / self.sum_tokens)
     }
 
-    /// A request paid `paid_uj` for `tokens` prompt tokens became final: its prompt is repriced at
-    /// the window's price now (the balance spread over the window's prompts, as in
-    /// [`PrefillPool::take_in`]). What it lacks of its tokens' worth comes out of the balance; what
-    /// it was paid beyond their worth goes back into it, for the prompts after it. Early in a run
-    /// the window holds few ticks and a prompt placed where another's energy was took a price of
-    /// its own, which only the refund corrects (accuracy bench, eight seeds: records 3.84 / 16.30
-    /// -> 3.67 / 15.32 %).
-    pub(super) fn reprice(&mut self, tokens: f64, paid_uj: u64) -> Repricing {
+    /// A request paid `paid_uj` for `tokens` prompt tokens, whose ticks' splits gave it `parts_uj`
+    /// for them, became final at `now_ns`: its prompt is repriced at the window's price now (the
+    /// balance spread over the window's prompts, as in [`PrefillPool::take_in`]), or by the
+    /// window's final requests' line of parts against prompt size where that explains them
+    /// clearly better ([`SizeFit`]). What it lacks of its tokens' worth comes out of the balance;
+    /// what it was paid beyond their worth goes back into it, for the prompts after it. Early in a
+    /// run the window holds few ticks and a prompt placed where another's energy was took a price
+    /// of its own, which only the refund corrects (accuracy bench, eight seeds: records 3.84 /
+    /// 16.30 -> 3.67 / 15.32 %; with the line 3.63 / 15.39 %, held-out models 4.47 / 16.49 -> 4.19 /
+    /// 15.73 %).
+    pub(super) fn reprice(
+        &mut self,
+        now_ns: u64,
+        tokens: f64,
+        paid_uj: u64,
+        parts_uj: u64,
+    ) -> Repricing {
         if tokens <= 0.0 || self.sum_tokens <= 0.0 {
             return Repricing::Kept;
         }
-        let price = self.sum_uj.saturating_add(self.balance_uj) as f64 / self.sum_tokens;
-        let worth = (price * tokens).min(u64::MAX as f64) as u64;
+        self.sizes.add(now_ns, tokens, parts_uj as f64);
+        let worth = match self.sizes.line() {
+            // The balance spread over the line as the flat price spreads it over the window.
+            Some((c0, c1)) if self.sum_uj > 0 => {
+                let spread =
+                    self.sum_uj.saturating_add(self.balance_uj) as f64 / self.sum_uj as f64;
+                spread * (c0 + c1 * tokens)
+            }
+            _ => self.sum_uj.saturating_add(self.balance_uj) as f64 / self.sum_tokens * tokens,
+        };
+        let worth = worth.min(u64::MAX as f64) as u64;
         if paid_uj > worth {
             return Repricing::Refund(paid_uj - worth);
         }
@@ -192,6 +216,81 @@ impl PrefillPool {
     /// Records what a tick paid out of what [`PrefillPool::take_in`] made available.
     pub(super) fn paid(&mut self, uj: u64) {
         self.balance_uj = self.balance_uj.saturating_sub(uj);
+    }
+}
+
+/// Final requests of the window as points `(prompt tokens, prefill parts)`, and the line through
+/// them where it explains them clearly better than a flat price per token. In light traffic a
+/// short prompt prefilled beside a decoding batch costs more per token than a long one (the
+/// step's static power goes to fewer units of work; 8B steady traffic: 24.9 mJ a token under 405
+/// tokens, 20.6 mJ over 929), which a flat price misses; under load prompts overlap and the price
+/// is flat. The line is used only where the Bayesian information criterion prefers it (one more
+/// parameter: `n · ln(SSE_flat / SSE_line) > ln n`), with both coefficients non-negative.
+#[derive(Debug, Default)]
+struct SizeFit {
+    /// `(final at, prompt tokens, prefill parts)`, oldest first.
+    points: VecDeque<(u64, f64, f64)>,
+    /// Sums over `points`: count, x, y, x², x·y, y².
+    sums: [f64; 6],
+}
+
+impl SizeFit {
+    /// Fewest points a line is fitted through.
+    const MIN_POINTS: f64 = 8.0;
+
+    fn add(&mut self, at_ns: u64, tokens: f64, parts_uj: f64) {
+        self.points.push_back((at_ns, tokens, parts_uj));
+        self.accumulate(tokens, parts_uj, 1.0);
+    }
+
+    fn accumulate(&mut self, x: f64, y: f64, sign: f64) {
+        let s = &mut self.sums;
+        s[0] += sign;
+        s[1] += sign * x;
+        s[2] += sign * y;
+        s[3] += sign * x * x;
+        s[4] += sign * x * y;
+        s[5] += sign * y * y;
+    }
+
+    /// Forgets points from before `from_ns` (and the oldest beyond [`MAX_ENTRIES`]).
+    fn expire(&mut self, from_ns: u64) {
+        while let Some(&(at, x, y)) = self.points.front() {
+            if at > from_ns && self.points.len() <= MAX_ENTRIES {
+                break;
+            }
+            self.points.pop_front();
+            self.accumulate(x, y, -1.0);
+        }
+        if self.points.is_empty() {
+            // No drift left behind by the subtractions.
+            self.sums = [0.0; 6];
+        }
+    }
+
+    /// `(c0, c1)`: a prompt of `x` tokens is worth `c0 + c1 · x`; `None` where a flat price does
+    /// as well (see the type's doc).
+    fn line(&self) -> Option<(f64, f64)> {
+        let [n, sx, sy, sxx, sxy, syy] = self.sums;
+        if n < Self::MIN_POINTS || sy <= 0.0 || sxx <= 0.0 {
+            return None;
+        }
+        let var = sxx - sx * sx / n;
+        if var <= 1e-9 * sxx {
+            return None;
+        }
+        let c1 = (sxy - sx * sy / n) / var;
+        let c0 = (sy - c1 * sx) / n;
+        if c0 < 0.0 || c1 < 0.0 {
+            return None;
+        }
+        let sse_flat = syy - sxy * sxy / sxx;
+        let sse_line =
+            syy - 2.0 * (c0 * sy + c1 * sxy) + n * c0 * c0 + 2.0 * c0 * c1 * sx + c1 * c1 * sxx;
+        // Relative floor: both are differences of large sums.
+        let floor = 1e-12 * syy;
+        let gain = n * (sse_flat.max(floor) / sse_line.max(floor)).ln();
+        (gain > n.ln()).then_some((c0, c1))
     }
 }
 
@@ -234,22 +333,76 @@ mod tests {
         pool.paid(200);
         // Price now (400 + 100) / 20 = 25: the first request's ten tokens are worth 250, it was
         // paid 100, and the balance holds 100 of it.
-        assert_eq!(pool.reprice(10.0, 100), Repricing::TopUp(100));
+        assert_eq!(pool.reprice(0, 10.0, 100, 0), Repricing::TopUp(100));
         assert_eq!(pool.balance_uj, 0);
         // Paid exactly their worth: kept.
         pool.take_in(3 * S, 300, 10.0);
         pool.paid(100);
         // Price (700 + 200) / 30 = 30.
-        assert_eq!(pool.reprice(10.0, 300), Repricing::Kept);
+        assert_eq!(pool.reprice(0, 10.0, 300, 0), Repricing::Kept);
         assert_eq!(pool.balance_uj, 200);
         // Paid more: the excess is to go back, and the next request's top-up can draw on it.
-        assert_eq!(pool.reprice(10.0, 1_000), Repricing::Refund(700));
+        assert_eq!(pool.reprice(0, 10.0, 1_000, 0), Repricing::Refund(700));
         assert_eq!(pool.balance_uj, 200);
         pool.refunded(700);
         assert_eq!(pool.balance_uj, 900);
         // Price (700 + 900) / 30 = 53.3: ten tokens paid 100 lack 433.
-        assert_eq!(pool.reprice(10.0, 100), Repricing::TopUp(433));
+        assert_eq!(pool.reprice(0, 10.0, 100, 0), Repricing::TopUp(433));
         assert_eq!(pool.balance_uj, 467);
+    }
+
+    #[test]
+    fn a_line_of_parts_against_prompt_size_is_used_only_where_it_fits_clearly_better() {
+        // Parts 5,000 µJ per request plus 20 µJ a token, exactly: the line.
+        let mut fit = SizeFit::default();
+        for (i, x) in [100.0, 300.0, 500.0, 900.0, 1500.0, 2000.0, 250.0, 700.0]
+            .into_iter()
+            .enumerate()
+        {
+            fit.add(i as u64 * S, x, 5_000.0 + 20.0 * x);
+        }
+        let (c0, c1) = fit.line().expect("a line");
+        assert!(
+            (c0 - 5_000.0).abs() < 1e-6 && (c1 - 20.0).abs() < 1e-9,
+            "{c0} {c1}"
+        );
+        // A flat 25 µJ a token, with a little noise that a line would fit as well as anything:
+        // the flat price.
+        let mut flat = SizeFit::default();
+        for (i, x) in [100.0, 300.0, 500.0, 900.0, 1500.0, 2000.0, 250.0, 700.0]
+            .into_iter()
+            .enumerate()
+        {
+            let noise = if i % 2 == 0 { 1.01 } else { 0.99 };
+            flat.add(i as u64 * S, x, 25.0 * x * noise);
+        }
+        assert_eq!(flat.line(), None);
+        // Fewer than eight points: none. Points past the window are forgotten.
+        fit.expire(3 * S);
+        assert_eq!(fit.points.len(), 4);
+        assert_eq!(fit.line(), None);
+    }
+
+    #[test]
+    fn short_prompts_are_repriced_dearer_per_token_where_the_line_fits() {
+        let mut pool = PrefillPool::new(8 * S);
+        pool.take_in(S, 1_000_000, 40_000.0);
+        pool.paid(1_000_000);
+        // Eight requests before it whose parts were 5 mJ each plus 20 µJ a token.
+        for (i, x) in [100.0, 300.0, 500.0, 900.0, 1500.0, 2000.0, 250.0, 700.0]
+            .into_iter()
+            .enumerate()
+        {
+            let parts = 5_000.0 + 20.0 * x;
+            pool.reprice(S + i as u64, x, parts as u64, parts as u64);
+        }
+        // A 100-token prompt paid at the flat 25 µJ a token lacks 5,000 + 2,000 − 2,500 µJ, and
+        // the balance is empty: kept. One paid 20 mJ gives back 13 mJ.
+        assert_eq!(pool.reprice(2 * S, 100.0, 2_500, 7_000), Repricing::Kept);
+        assert_eq!(
+            pool.reprice(2 * S, 100.0, 20_000, 7_000),
+            Repricing::Refund(13_000)
+        );
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub(super) struct Req {
     pub(super) pool_tokens: f64,
     /// What the pool paid it for them, µJ.
     pub(super) pool_paid_uj: u64,
+    /// What its ticks' splits gave it for them before the pool priced them, µJ.
+    pub(super) pool_parts_uj: u64,
 }
 
 impl Req {

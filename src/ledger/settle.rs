@@ -123,7 +123,10 @@ impl Ledger {
     /// beyond it.
     fn reprice_from_pool(&mut self, req: &mut super::req::Req) {
         use super::prefill_pool::Repricing;
-        let repricing = self.prefill_pool.reprice(req.pool_tokens, req.pool_paid_uj);
+        let now = self.totals.settled_until_ns;
+        let repricing =
+            self.prefill_pool
+                .reprice(now, req.pool_tokens, req.pool_paid_uj, req.pool_parts_uj);
         req.pool_tokens = 0.0;
         let en = &mut req.energy;
         let t = &mut self.totals;
@@ -283,6 +286,7 @@ impl Ledger {
                     pool_left -= paid;
                     req.pool_tokens += f64::from(item.prefill);
                     req.pool_paid_uj = req.pool_paid_uj.saturating_add(paid);
+                    req.pool_parts_uj = req.pool_parts_uj.saturating_add(tick_prefill);
                     (tick_share - tick_prefill + paid, paid)
                 }
                 _ => (tick_share, tick_prefill),

@@ -72,6 +72,7 @@ impl Ledger {
             tentative_own: 0.0,
             pool_tokens: 0.0,
             pool_paid_uj: 0,
+            pool_parts_uj: 0,
         };
         let slot = match self.free.pop() {
             Some(s) => {
