@@ -48,7 +48,7 @@ pub(super) enum Repricing {
     Kept,
     /// Paid less than its worth: this much more, already taken out of the balance, µJ.
     TopUp(u64),
-    /// Paid more than its worth: this much is to go back (call [`PrefillPool::refunded`]), µJ.
+    /// Paid more than its worth: this much, already put back into the balance, µJ.
     Refund(u64),
 }
 
@@ -165,7 +165,7 @@ impl PrefillPool {
     }
 
     /// A request paid `paid_uj` for `tokens` prompt tokens, whose ticks' splits gave it `parts_uj`
-    /// for them, became final at `now_ns`: its prompt is repriced at the window's price now (the
+    /// for them and which holds `held_uj` of prefill energy, became final at `now_ns`: its prompt is repriced at the window's price now (the
     /// balance spread over the window's prompts, as in [`PrefillPool::take_in`]), or by the
     /// window's final requests' line of parts against prompt size where that explains them
     /// clearly better ([`SizeFit`]). What it lacks of its tokens' worth comes out of the balance;
@@ -180,6 +180,7 @@ impl PrefillPool {
         tokens: f64,
         paid_uj: u64,
         parts_uj: u64,
+        held_uj: u64,
     ) -> Repricing {
         if tokens <= 0.0 || self.sum_tokens <= 0.0 {
             return Repricing::Kept;
@@ -196,7 +197,14 @@ impl PrefillPool {
         };
         let worth = worth.min(u64::MAX as f64) as u64;
         if paid_uj > worth {
-            return Repricing::Refund(paid_uj - worth);
+            // Never more than the request still holds as prefill energy.
+            let back = (paid_uj - worth).min(held_uj);
+            self.balance_uj = self.balance_uj.saturating_add(back);
+            return if back > 0 {
+                Repricing::Refund(back)
+            } else {
+                Repricing::Kept
+            };
         }
         match (worth - paid_uj).min(self.balance_uj) {
             0 => Repricing::Kept,
@@ -205,12 +213,6 @@ impl PrefillPool {
                 Repricing::TopUp(part)
             }
         }
-    }
-
-    /// Takes back what a final request gave up of its pay (at most its
-    /// [`Repricing::Refund`]) into the balance.
-    pub(super) fn refunded(&mut self, uj: u64) {
-        self.balance_uj = self.balance_uj.saturating_add(uj);
     }
 
     /// Records what a tick paid out of what [`PrefillPool::take_in`] made available.
@@ -333,21 +335,22 @@ mod tests {
         pool.paid(200);
         // Price now (400 + 100) / 20 = 25: the first request's ten tokens are worth 250, it was
         // paid 100, and the balance holds 100 of it.
-        assert_eq!(pool.reprice(0, 10.0, 100, 0), Repricing::TopUp(100));
+        assert_eq!(pool.reprice(0, 10.0, 100, 0, 100), Repricing::TopUp(100));
         assert_eq!(pool.balance_uj, 0);
         // Paid exactly their worth: kept.
         pool.take_in(3 * S, 300, 10.0);
         pool.paid(100);
         // Price (700 + 200) / 30 = 30.
-        assert_eq!(pool.reprice(0, 10.0, 300, 0), Repricing::Kept);
+        assert_eq!(pool.reprice(0, 10.0, 300, 0, 300), Repricing::Kept);
         assert_eq!(pool.balance_uj, 200);
         // Paid more: the excess is to go back, and the next request's top-up can draw on it.
-        assert_eq!(pool.reprice(0, 10.0, 1_000, 0), Repricing::Refund(700));
-        assert_eq!(pool.balance_uj, 200);
-        pool.refunded(700);
+        assert_eq!(
+            pool.reprice(0, 10.0, 1_000, 0, 1_000),
+            Repricing::Refund(700)
+        );
         assert_eq!(pool.balance_uj, 900);
         // Price (700 + 900) / 30 = 53.3: ten tokens paid 100 lack 433.
-        assert_eq!(pool.reprice(0, 10.0, 100, 0), Repricing::TopUp(433));
+        assert_eq!(pool.reprice(0, 10.0, 100, 0, 100), Repricing::TopUp(433));
         assert_eq!(pool.balance_uj, 467);
     }
 
@@ -394,13 +397,17 @@ mod tests {
             .enumerate()
         {
             let parts = 5_000.0 + 20.0 * x;
-            pool.reprice(S + i as u64, x, parts as u64, parts as u64);
+            // Holding nothing to give back, so the balance stays empty.
+            pool.reprice(S + i as u64, x, parts as u64, parts as u64, 0);
         }
         // A 100-token prompt paid at the flat 25 µJ a token lacks 5,000 + 2,000 − 2,500 µJ, and
         // the balance is empty: kept. One paid 20 mJ gives back 13 mJ.
-        assert_eq!(pool.reprice(2 * S, 100.0, 2_500, 7_000), Repricing::Kept);
         assert_eq!(
-            pool.reprice(2 * S, 100.0, 20_000, 7_000),
+            pool.reprice(2 * S, 100.0, 2_500, 7_000, 2_500),
+            Repricing::Kept
+        );
+        assert_eq!(
+            pool.reprice(2 * S, 100.0, 20_000, 7_000, 20_000),
             Repricing::Refund(13_000)
         );
     }

@@ -124,11 +124,15 @@ impl Ledger {
     fn reprice_from_pool(&mut self, req: &mut super::req::Req) {
         use super::prefill_pool::Repricing;
         let now = self.totals.settled_until_ns;
-        let repricing =
-            self.prefill_pool
-                .reprice(now, req.pool_tokens, req.pool_paid_uj, req.pool_parts_uj);
-        req.pool_tokens = 0.0;
         let en = &mut req.energy;
+        let repricing = self.prefill_pool.reprice(
+            now,
+            req.pool_tokens,
+            req.pool_paid_uj,
+            req.pool_parts_uj,
+            en.prefill_uj,
+        );
+        req.pool_tokens = 0.0;
         let t = &mut self.totals;
         match repricing {
             Repricing::Kept => {}
@@ -139,9 +143,8 @@ impl Ledger {
                 t.attributed_uj = t.attributed_uj.saturating_add(uj);
             }
             Repricing::Refund(uj) => {
-                // Never more than it holds as prefill energy: the books move what it gives up.
-                let uj = uj.min(en.prefill_uj).min(en.energy_uj).min(t.attributed_uj);
-                // Its active energy gives up the same fraction, and never stays above the rest.
+                // At most its prefill energy (the pool's cap), so within its energy. Its active
+                // energy gives up the same fraction, and never stays above the rest.
                 let fraction = uj as f64 / en.energy_uj.max(1) as f64;
                 let active_back = ((en.active_uj as f64 * fraction) as u64)
                     .max(en.active_uj.saturating_sub(en.energy_uj - uj))
@@ -150,9 +153,8 @@ impl Ledger {
                 t.active_uj = t.active_uj.saturating_sub(active_back);
                 en.energy_uj -= uj;
                 en.prefill_uj -= uj;
-                t.attributed_uj -= uj;
+                t.attributed_uj = t.attributed_uj.saturating_sub(uj);
                 t.pending_uj = t.pending_uj.saturating_add(uj);
-                self.prefill_pool.refunded(uj);
             }
         }
     }
