@@ -337,7 +337,7 @@ impl Accounting {
     /// Publishes the system rates the data plane uses to estimate work no tick has settled yet:
     /// recent total power (an exponential average over ticks, weight 1/4), idle power, and the
     /// per-token active energies in use (fitted when trusted, configured otherwise).
-    fn publish_rates(&self, tick: &Tick) {
+    fn publish_rates(&mut self, tick: &Tick) {
         let rates = &self.in_flight.rates;
         let dt = tick.end_ns.saturating_sub(tick.start_ns);
         if let (Some(delta), true) = (tick.delta_uj, dt > 0) {
@@ -362,7 +362,7 @@ impl Accounting {
         let power_mw = rates.power_mw.load(Relaxed) as f64;
         let cap =
             (power_mw > 0.0 && prefill_per_s > 0.0).then(|| power_mw / prefill_per_s * 1000.0);
-        rates.set_token_prices(self.ledger.token_prices_with(cap));
+        rates.set_token_prices(self.ledger.published_token_prices(cap));
         rates.set_work_rates(prefill_per_s, decode_per_s);
     }
 

@@ -29,7 +29,11 @@ pub(super) const OBSERVED_WORK_SHARE: f64 = 0.7;
 impl Ledger {
     /// What held tick `i` would add to the recent prices if it settled now with `weights` (its
     /// energy per kind of work, in floating point: a price, not the books).
-    fn price_of_tick(&mut self, i: usize, weights: (f64, f64, f64)) -> Option<PriceEntry> {
+    pub(super) fn price_of_tick(
+        &mut self,
+        i: usize,
+        weights: (f64, f64, f64),
+    ) -> Option<PriceEntry> {
         let (split, total) = self.weigh_held_tick(i, weights, None)?;
         if !(total > 0.0 && total.is_finite()) {
             return None;

@@ -131,3 +131,36 @@ fn the_prior_of_a_prompt_tokens_price_is_bounded_but_not_what_prefill_got() {
         "{bounded:?} {free:?} {settled}"
     );
 }
+
+#[test]
+fn before_any_tick_settles_the_published_prices_are_the_held_ticks() {
+    // The same stream as above beside a non-streamed answer still running (its work may yet
+    // appear in every tick since its arrival), with a settlement lag longer than the run: no
+    // tick settles, so the settled window has no price; the published prices come from the held
+    // ticks' splits and keep a prompt token apart from a decode token as settled ones do.
+    let mut l = Ledger::new(LedgerConfig {
+        settle_ticks: 100,
+        ..cfg()
+    })
+    .expect("config");
+    let scripts = [
+        stream(1, 0, 2_000, 60 * MS, 200, 10 * MS),
+        invisible(2, 0, 10, Vec::new(), None),
+    ];
+    run(&mut l, &scripts, 30, |_| Some(1_000_000));
+    assert!(l.token_prices().is_none(), "nothing settled");
+    let (total, active) = l.published_token_prices(None).expect("held ticks priced");
+    assert!(total[0] > 0.0 && total[0] * 5.0 < total[1], "{total:?}");
+    assert!(active[0] * 5.0 < active[1], "{active:?}");
+    // About what the settled window gives where ticks settle at a short lag (settlement splits
+    // them alike; that window lacks the newest ticks and the prior weighs a little differently).
+    let mut settled = Ledger::new(cfg()).expect("config");
+    run(&mut settled, &scripts, 30, |_| Some(1_000_000));
+    let (expected, _) = settled.token_prices().expect("busy ticks settled");
+    for kind in 0..2 {
+        let ratio = total[kind] / expected[kind];
+        assert!((0.8..1.25).contains(&ratio), "{total:?} {expected:?}");
+    }
+    // Once a tick has settled, the settled window's prices are what is published.
+    assert_eq!(settled.published_token_prices(None), settled.token_prices());
+}
