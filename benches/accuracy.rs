@@ -7,7 +7,8 @@
 //! `ACCURACY_REQUESTS`, `ACCURACY_SEED` select (`ACCURACY_PERIODS` takes any counter periods in
 //! ms, not only the matrix's: `ACCURACY_PERIODS=1` is a near-ideal counter; `ACCURACY_JITTER_MS`
 //! moves each counter update off its lattice by up to that much); `ACCURACY_METRICS=1` gives responses vLLM's
-//! per-request `metrics`; `ACCURACY_PROMPT_SPREAD=0.3` makes the proxy's estimate of each prompt
+//! per-request `metrics`; `ACCURACY_STREAMS=none` (or `all`) answers every request as one JSON
+//! body (or streams every one) instead of each workload's own mix; `ACCURACY_PROMPT_SPREAD=0.3` makes the proxy's estimate of each prompt
 //! from its body's size off by up to 30 % more either way (besides its 10 % bias, which the
 //! proxy learns); `ACCURACY_TRUE_WEIGHTS=1` splits with each model's own marginal costs
 //! (what is left is placement error); `ACCURACY_SETTLE_TICKS=N` overrides the settlement lag in
@@ -155,6 +156,12 @@ fn virtual_matrix(full: bool) {
         }
     }
     let metrics = std::env::var("ACCURACY_METRICS").as_deref() == Ok("1");
+    // Every request streamed, or none (clients that never stream: the openai SDK's default).
+    let streams = match std::env::var("ACCURACY_STREAMS").as_deref() {
+        Ok("all") => Some(true),
+        Ok("none") => Some(false),
+        _ => None,
+    };
     // Each request's prompt estimate (from its body's size) off by up to this fraction more.
     let prompt_spread = std::env::var("ACCURACY_PROMPT_SPREAD")
         .ok()
@@ -189,6 +196,7 @@ fn virtual_matrix(full: bool) {
     let mut worst = CaseReport::default();
     for mut case in cases {
         case.per_request_metrics = metrics;
+        case.streams = streams;
         case.prompt_estimate_spread = prompt_spread;
         let mut config = joulegate::accounting::AccountingConfig::default();
         if let Some(t) = std::env::var("ACCURACY_SETTLE_TICKS")

@@ -68,6 +68,7 @@ fn main() {
         seed: number("--seed", 11.0) as u64,
         per_request_metrics: flag("--metrics"),
         prompt_estimate_spread: number("--prompt-spread", 0.0),
+        streams: None,
     };
     let mut config = AccountingConfig::default();
     if let Some(t) = value("--settle-ticks") {

@@ -124,6 +124,9 @@ pub struct Case {
     pub per_request_metrics: bool,
     /// Spread of the proxy's prompt estimates (see [`Scenario::prompt_estimate_spread`]).
     pub prompt_estimate_spread: f64,
+    /// Every request streamed (`Some(true)`) or answered as one JSON body (`Some(false)`)
+    /// instead of the workload's own mix (`None`).
+    pub streams: Option<bool>,
 }
 
 impl Case {
@@ -140,7 +143,15 @@ impl Case {
             per_request_metrics: self.per_request_metrics,
             prompt_estimate_spread: self.prompt_estimate_spread,
             warmup_ns: 3_000_000_000,
-            requests: self.workload.plan(self.seed, self.requests),
+            requests: self
+                .workload
+                .plan(self.seed, self.requests)
+                .into_iter()
+                .map(|mut r| {
+                    r.stream = self.streams.unwrap_or(r.stream);
+                    r
+                })
+                .collect(),
         }
     }
 }
@@ -320,6 +331,7 @@ pub fn matrix_of(models: Vec<NamedModel>, requests: usize, seed: u64) -> Vec<Cas
                     seed,
                     per_request_metrics: false,
                     prompt_estimate_spread: 0.0,
+                    streams: None,
                 });
             }
         }

@@ -14,6 +14,7 @@ fn small(workload: VirtualWorkload, period_ms: u64) -> Case {
         seed: 5,
         per_request_metrics: false,
         prompt_estimate_spread: 0.0,
+        streams: None,
     }
 }
 

@@ -420,6 +420,7 @@ impl Ledger {
             self.provisional_work(slot, p, p.end_ns, 0.0, 0);
         } else {
             // Reconcile: the true counts replace the estimate still held (`super::reconcile`).
+            self.learn_answer_rates(p, choices);
             self.queue_events.passed.push(slot);
             self.reconcile_invisible(slot, p, choices);
         }

@@ -164,3 +164,41 @@ fn before_any_tick_settles_the_published_prices_are_the_held_ticks() {
     // Once a tick has settled, the settled window's prices are what is published.
     assert_eq!(settled.published_token_prices(None), settled.token_prices());
 }
+
+#[test]
+fn non_streamed_answers_teach_the_decode_rate_where_no_stream_does() {
+    // Answers only, each 201 tokens over its 2 s life (100 tokens/s after the first): without
+    // vLLM's timing, a life bounds the rate from below and the rate follows the bounds up.
+    let mut l = Ledger::new(cfg()).expect("config");
+    let start = l.rates().1;
+    let answers: Vec<Script> = (0..4)
+        .map(|i| {
+            let at = i * 2_100 * MS;
+            let tokens: Vec<u64> = (0..201).map(|k| at + 10 * MS + k * 9_950_000).collect();
+            invisible(i + 1, at, 50, tokens, Some((at + 2_000 * MS, Outcome::Ok)))
+        })
+        .collect();
+    run(&mut l, &answers, 200, |_| Some(1_000));
+    let (_, decode) = l.rates();
+    assert!(decode > start + 30.0, "{start} -> {decode}");
+    assert!(decode <= 100.5, "a lower bound never overshoots: {decode}");
+    // With vLLM's timing (prefill 0.1 s for 2,000 tokens, generation 1 s for the 200 tokens
+    // after the first), both rates are learned as from a stream: one step of the moving average.
+    let mut l = Ledger::new(cfg()).expect("config");
+    let (prefill_start, decode_start) = l.rates();
+    let tokens: Vec<u64> = (0..201).map(|k| 1_000 * MS + k * 5 * MS).collect();
+    let script = invisible(1, 0, 2_000, tokens, Some((2_010 * MS, Outcome::Ok)));
+    let mut p = script.at(2_010 * MS).expect("arrived").progress;
+    (p.engine_timed, p.prefill_ns, p.generation_ns) = (true, 100 * MS, 1_000 * MS);
+    l.learn_answer_rates(&p, 1);
+    let (prefill, decode) = l.rates();
+    let step = |from: f64, to: f64| from + (to - from) / 16.0;
+    assert!(
+        (prefill - step(prefill_start, 20_000.0)).abs() < 1e-6,
+        "{prefill}"
+    );
+    assert!(
+        (decode - step(decode_start, 200.0)).abs() < 1e-6,
+        "{decode}"
+    );
+}
