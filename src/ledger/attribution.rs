@@ -120,6 +120,9 @@ pub struct Ledger {
     pub(super) tick_decodes: Vec<u64>,
     /// Those decodes pooled over recent ticks (see [`Ledger::learn_tick_decode_rate`]).
     pub(super) recent_decodes: super::rates::RecentDecodes,
+    /// End of the latest tick in which a stream decoded (0: none yet): where streams show the
+    /// engine's rates, finished answers do not teach them (`Ledger::learn_answer_rates`).
+    pub(super) streams_decoded_at_ns: u64,
     /// The median decode rate of the streams in each tick, moving average (see
     /// [`Ledger::learn_tick_decode_rate`]).
     pub(super) typical_decode_rate: f64,
@@ -185,6 +188,7 @@ impl Ledger {
             decode_rate: config.decode_tokens_per_s,
             tick_decodes: Vec::new(),
             recent_decodes: super::rates::RecentDecodes::default(),
+            streams_decoded_at_ns: 0,
             typical_decode_rate: config.decode_tokens_per_s,
             config,
             window: Window::default(),
@@ -378,6 +382,9 @@ impl Ledger {
         }
         self.serve_prefill_queue(start_ns, end_ns);
         self.place_tick_prefills();
+        if !self.tick_decodes.is_empty() {
+            self.streams_decoded_at_ns = end_ns;
+        }
         self.learn_tick_decode_rate(end_ns - start_ns);
         if self.observed.len() != self.index.len() {
             finalized += self.finish_vanished(seq);
