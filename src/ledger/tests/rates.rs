@@ -201,4 +201,8 @@ fn non_streamed_answers_teach_the_decode_rate_where_no_stream_does() {
         (decode - step(decode_start, 200.0)).abs() < 1e-6,
         "{decode}"
     );
+    // Where a stream decoded within the last ten seconds, the streams' rates stand.
+    l.streams_decoded_at_ns = p.end_ns - 1_000 * MS;
+    l.learn_answer_rates(&p, 1);
+    assert_eq!(l.rates(), (prefill, decode));
 }
