@@ -125,9 +125,10 @@ impl Ledger {
     /// those bounds (quickly up, slowly down, as the prefill rate follows streams' times to first
     /// token). Only where no stream decoded for [`STREAMS_SHOW_RATES_NS`]: streams show the
     /// rates directly.
+    ///
     /// Accuracy bench, every request non-streamed (`ACCURACY_STREAMS=none`), four seeds, figures
-    /// read: 24.6 / 54.2 -> 17.6 / 47.5 % (with `metrics` 26.1 / 54.0 -> 18.8 / 45.2 %); records
-    /// 16.9 / 71.5 -> 17.7 / 73.3 % (17.4 / 72.4 -> 17.9 / 70.4 %; queueing worse, see the
+    /// read: 24.6 / 54.2 -> 17.6 / 47.5 % (with `metrics` 26.1 / 54.0 -> 17.6 / 44.1 %); records
+    /// 16.9 / 71.5 -> 17.7 / 73.3 % (17.4 / 72.4 -> 17.9 / 70.3 %; queueing worse, see the
     /// README); the matrix's own mix unchanged.
     pub(super) fn learn_answer_rates(&mut self, p: &ProgressSnapshot, choices: u32) {
         const W: f64 = 1.0 / 16.0;

@@ -101,11 +101,12 @@ impl Ledger {
     /// The prices accounting publishes for responses ([`Ledger::token_prices_with`]), and, before
     /// any tick has settled or frozen (the first settlement lag of a run, three seconds by
     /// default), the same prices from the held ticks whose energy is in, split at the weights in
-    /// use as settlement would split them (again at each tick, with the work placed since). Without them a response in a run's first
-    /// seconds read its provisional share of the held ticks as it stood (a non-streamed answer's
-    /// estimate placed where other prompts ran: 8B prefill-heavy, the first answers 2-3 times
-    /// their truth) and could not be repriced. Accuracy bench, figures read, p95: eight seeds
-    /// 21.96 -> 21.82 %, held-out models (four seeds) 22.37 -> 22.26 % (medians unchanged).
+    /// use as settlement would split them (again at each tick, with the work placed since).
+    /// Without them a response in a run's first seconds read its provisional share of the held
+    /// ticks as it stood (a non-streamed answer's estimate placed where other prompts ran: 8B
+    /// prefill-heavy, the first answers 2-3 times their truth) and could not be repriced.
+    /// Accuracy bench, figures read, p95: eight seeds 21.96 -> 21.82 %, held-out models (four
+    /// seeds) 22.37 -> 22.26 % (medians unchanged).
     pub fn published_token_prices(
         &mut self,
         prefill_prior_cap: Option<f64>,
