@@ -15,6 +15,21 @@ use crate::observe::ProgressSnapshot;
 /// streams alone read 22.8-25.4 %. Ten seconds, ns.
 const STREAMS_SHOW_RATES_NS: u64 = 10_000_000_000;
 
+/// Weight of one finished request in the rates' moving averages.
+const RATE_WEIGHT: f64 = 1.0 / 16.0;
+
+/// `tokens` over `ns` per second, where that is a rate (finite and positive).
+fn rate_of(tokens: f64, ns: u64) -> Option<f64> {
+    let r = tokens / (ns as f64 / 1e9);
+    (r.is_finite() && r > 0.0).then_some(r)
+}
+
+/// One step of a rate's upper envelope towards a lower `bound` of it: quickly up, slowly down.
+fn follow_envelope(rate: &mut f64, bound: f64) {
+    let w = if bound > *rate { 0.25 } else { 0.02 };
+    *rate += w * (bound - *rate);
+}
+
 /// Weight of a tick's decodes in [`RecentDecodes`] one tick later (about four ticks' memory, as
 /// the per-tick moving average before it).
 const DECODE_POOL_DECAY: f64 = 0.75;
@@ -87,32 +102,22 @@ impl Ledger {
         if ttft == 0 {
             return;
         }
-        let r = p.prompt_tokens as f64 / (ttft as f64 / 1e9);
-        if !(r.is_finite() && r > 0.0) {
-            return;
+        if let Some(bound) = rate_of(p.prompt_tokens as f64, ttft) {
+            follow_envelope(&mut self.prefill_rate, bound);
         }
-        let w = if r > self.prefill_rate { 0.25 } else { 0.02 };
-        self.prefill_rate += w * (r - self.prefill_rate);
     }
 
     /// Refines the prefill and decode rate estimates from a finished stream of `choices` choices
     /// (EWMA, weight 1/16). The decode rate is per sequence.
     pub(super) fn learn_rates(&mut self, p: &ProgressSnapshot, choices: u32) {
-        const W: f64 = 1.0 / 16.0;
-        if p.prefill_ns > 0 && p.prompt_tokens > 0 {
-            let r = p.prompt_tokens as f64 / (p.prefill_ns as f64 / 1e9);
-            if r.is_finite() && r > 0.0 {
-                self.prefill_rate += W * (r - self.prefill_rate);
-            }
-        }
-        if p.completion_tokens >= 2 && p.last_token_ns > p.first_token_ns && p.first_token_ns != 0 {
-            // The first token of every choice came with the prefill.
-            let per_choice = p.completion_tokens as f64 / f64::from(choices.max(1));
-            let r = (per_choice - 1.0) / ((p.last_token_ns - p.first_token_ns) as f64 / 1e9);
-            if r.is_finite() && r > 0.0 {
-                self.decode_rate += W * (r - self.decode_rate);
-            }
-        }
+        let decode = (p.completion_tokens >= 2
+            && p.last_token_ns > p.first_token_ns
+            && p.first_token_ns != 0)
+            .then(|| {
+                let per_choice = p.completion_tokens as f64 / f64::from(choices.max(1));
+                (per_choice, p.last_token_ns - p.first_token_ns)
+            });
+        self.step_towards_timing(p.prompt_tokens, p.prefill_ns, decode);
     }
 
     /// Refines the rates from a finished non-streamed answer of `choices` sequences. Traffic
@@ -131,7 +136,6 @@ impl Ledger {
     /// 16.9 / 71.5 -> 17.7 / 73.3 % (17.4 / 72.4 -> 17.9 / 70.3 %; queueing worse, see the
     /// README); the matrix's own mix unchanged.
     pub(super) fn learn_answer_rates(&mut self, p: &ProgressSnapshot, choices: u32) {
-        const W: f64 = 1.0 / 16.0;
         if self.streams_decoded_at_ns != 0
             && p.end_ns.saturating_sub(self.streams_decoded_at_ns) < STREAMS_SHOW_RATES_NS
         {
@@ -141,29 +145,37 @@ impl Ledger {
         if !p.engine_timed {
             let life = p.end_ns.saturating_sub(Self::work_start_ns(p));
             if per_choice >= 2.0 && life > 0 {
-                let r = (per_choice - 1.0) / (life as f64 / 1e9);
-                if r.is_finite() && r > 0.0 {
-                    for rate in [&mut self.decode_rate, &mut self.typical_decode_rate] {
-                        let w = if r > *rate { 0.25 } else { 0.02 };
-                        *rate += w * (r - *rate);
-                    }
+                if let Some(bound) = rate_of(per_choice - 1.0, life) {
+                    follow_envelope(&mut self.decode_rate, bound);
+                    follow_envelope(&mut self.typical_decode_rate, bound);
                 }
             }
             return;
         }
-        if p.prefill_ns > 0 && p.prompt_tokens > 0 {
-            let r = p.prompt_tokens as f64 / (p.prefill_ns as f64 / 1e9);
-            if r.is_finite() && r > 0.0 {
-                self.prefill_rate += W * (r - self.prefill_rate);
+        let decode =
+            (per_choice >= 2.0 && p.generation_ns > 0).then_some((per_choice, p.generation_ns));
+        if let Some(r) = self.step_towards_timing(p.prompt_tokens, p.prefill_ns, decode) {
+            self.typical_decode_rate += RATE_WEIGHT * (r - self.typical_decode_rate);
+        }
+    }
+
+    /// One step of the moving averages (weight [`RATE_WEIGHT`]) towards a request's own timing:
+    /// `prompt` tokens prefilled in `prefill_ns` (0: not known), and `decode`, `(tokens per
+    /// sequence, ns)` from each sequence's first token to its last (the first token of every
+    /// sequence came with the prefill). Returns the decode rate stepped towards.
+    fn step_towards_timing(
+        &mut self,
+        prompt: u64,
+        prefill_ns: u64,
+        decode: Option<(f64, u64)>,
+    ) -> Option<f64> {
+        if prefill_ns > 0 && prompt > 0 {
+            if let Some(r) = rate_of(prompt as f64, prefill_ns) {
+                self.prefill_rate += RATE_WEIGHT * (r - self.prefill_rate);
             }
         }
-        if per_choice >= 2.0 && p.generation_ns > 0 {
-            // The first token of every choice came with the prefill.
-            let r = (per_choice - 1.0) / (p.generation_ns as f64 / 1e9);
-            if r.is_finite() && r > 0.0 {
-                self.decode_rate += W * (r - self.decode_rate);
-                self.typical_decode_rate += W * (r - self.typical_decode_rate);
-            }
-        }
+        let r = decode.and_then(|(per_choice, ns)| rate_of(per_choice - 1.0, ns))?;
+        self.decode_rate += RATE_WEIGHT * (r - self.decode_rate);
+        Some(r)
     }
 }

@@ -14,11 +14,6 @@ use super::types::{LedgerTotals, RequestEnergy};
 /// [`Ledger::token_prices`].
 const PRIOR_TOKENS: [f64; 3] = [512.0, 512.0, 32768.0];
 
-/// Most work items the held ticks are priced over per tick before the first tick settles
-/// ([`Ledger::published_token_prices`]): about what settling one tick of a few thousand
-/// requests in flight walks.
-const EARLY_PRICE_ITEMS: usize = 20_000;
-
 impl Ledger {
     /// The figures of a request the ledger knows (in flight or awaiting settlement).
     pub fn energy(&self, id: u64) -> Option<RequestEnergy> {
@@ -98,57 +93,9 @@ impl Ledger {
         )
     }
 
-    /// The prices accounting publishes for responses ([`Ledger::token_prices_with`]), and, before
-    /// any tick has settled or frozen (the first settlement lag of a run, three seconds by
-    /// default), the same prices from the held ticks whose energy is in, split at the weights in
-    /// use as settlement would split them (again at each tick, with the work placed since).
-    /// Without them a response in a run's first seconds read its provisional share of the held
-    /// ticks as it stood (a non-streamed answer's estimate placed where other prompts ran: 8B
-    /// prefill-heavy, the first answers 2-3 times their truth) and could not be repriced.
-    /// Accuracy bench, figures read, p95: eight seeds 21.96 -> 21.82 %, held-out models (four
-    /// seeds) 22.37 -> 22.26 % (medians unchanged).
-    pub fn published_token_prices(
-        &mut self,
-        prefill_prior_cap: Option<f64>,
-    ) -> Option<([f64; 3], [f64; 3])> {
-        if self.price_window.is_empty() {
-            let early = self.price_held_ticks();
-            if early.tokens[0] + early.tokens[1] > 0.0 {
-                let weights = self.calibrator.weights();
-                return Self::prices_of(&early, weights, prefill_prior_cap);
-            }
-        }
-        self.token_prices_with(prefill_prior_cap)
-    }
-
-    /// What the held ticks whose energy is in would give each kind of work if they settled now,
-    /// newest first, up to [`EARLY_PRICE_ITEMS`] work items (a bound on the cost per tick: these
-    /// prices serve only until the first tick settles).
-    fn price_held_ticks(&mut self) -> PriceEntry {
-        let weights = self.calibrator.weights();
-        let mut sums = PriceEntry::default();
-        let mut items = 0usize;
-        for i in (self.window.frozen_len()..self.window.len()).rev() {
-            let Some(tick) = self.window.get(i) else {
-                continue;
-            };
-            if tick.delta_uj.is_none() || tick.unfilled_ns > 0 {
-                continue;
-            }
-            items += tick.items.len();
-            if items > EARLY_PRICE_ITEMS {
-                break;
-            }
-            if let Some(priced) = self.price_of_tick(i, weights) {
-                sums.add(&priced, 1.0);
-            }
-        }
-        sums
-    }
-
     /// Total and active µJ per (prefill, decode, context) token from `s`, each kind's own price
     /// blended with the one-price-for-all prior ([`Ledger::token_prices`]).
-    fn prices_of(
+    pub(super) fn prices_of(
         s: &PriceEntry,
         (alpha, beta, gamma): (f64, f64, f64),
         prefill_prior_cap: Option<f64>,
