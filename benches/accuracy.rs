@@ -7,7 +7,7 @@
 //! `ACCURACY_REQUESTS`, `ACCURACY_SEED` select (`ACCURACY_PERIODS` takes any counter periods in
 //! ms, not only the matrix's: `ACCURACY_PERIODS=1` is a near-ideal counter; `ACCURACY_JITTER_MS`
 //! moves each counter update off its lattice by up to that much); `ACCURACY_METRICS=1` gives responses vLLM's
-//! per-request `metrics`; `ACCURACY_STREAMS=none` (or `all`) answers every request as one JSON
+//! per-request `metrics`; `ACCURACY_UPSTREAM_METRICS=0` runs a proxy that does not read the engine's queue gauges from its `/metrics` (`upstream_metrics = "off"`), `=500` reads them every 500 ms; `ACCURACY_STREAMS=none` (or `all`) answers every request as one JSON
 //! body (or streams every one) instead of each workload's own mix; `ACCURACY_PROMPT_SPREAD=0.3` makes the proxy's estimate of each prompt
 //! from its body's size off by up to 30 % more either way (besides its 10 % bias, which the
 //! proxy learns); `ACCURACY_TRUE_WEIGHTS=1` splits with each model's own marginal costs
@@ -156,6 +156,19 @@ fn virtual_matrix(full: bool) {
         }
     }
     let metrics = std::env::var("ACCURACY_METRICS").as_deref() == Ok("1");
+    // The proxy reads the engine's queue gauges (`upstream_metrics`, on by default as in front
+    // of vLLM); `0` for a proxy that does not.
+    // `ACCURACY_UPSTREAM_METRICS=500` reads them every 500 ms instead of the default.
+    let upstream_metrics = match std::env::var("ACCURACY_UPSTREAM_METRICS").as_deref() {
+        Ok("0") => None,
+        Ok(ms) => Some(
+            ms.parse::<u64>()
+                .map_or(joulegate::accuracy::UPSTREAM_METRICS_INTERVAL_NS, |ms| {
+                    ms * 1_000_000
+                }),
+        ),
+        Err(_) => Some(joulegate::accuracy::UPSTREAM_METRICS_INTERVAL_NS),
+    };
     // Every request streamed, or none (clients that never stream: the openai SDK's default).
     let streams = match std::env::var("ACCURACY_STREAMS").as_deref() {
         Ok("all") => Some(true),
@@ -197,6 +210,7 @@ fn virtual_matrix(full: bool) {
     for mut case in cases {
         case.per_request_metrics = metrics;
         case.streams = streams;
+        case.upstream_metrics = upstream_metrics;
         case.prompt_estimate_spread = prompt_spread;
         let mut config = joulegate::accounting::AccountingConfig::default();
         if let Some(t) = std::env::var("ACCURACY_SETTLE_TICKS")

@@ -141,6 +141,7 @@ fn state() -> (
         admission: Arc::new(joulegate::proxy::admission::Admission::new(
             joulegate::proxy::admission::AdmissionConfig::off(),
         )),
+        engine_gauges: Default::default(),
     });
     (state, acc, live)
 }

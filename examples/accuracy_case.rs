@@ -69,6 +69,8 @@ fn main() {
         per_request_metrics: flag("--metrics"),
         prompt_estimate_spread: number("--prompt-spread", 0.0),
         streams: None,
+        upstream_metrics: (!flag("--no-upstream-metrics"))
+            .then(|| ms(number("--upstream-metrics-ms", 250.0))),
     };
     let mut config = AccountingConfig::default();
     if let Some(t) = value("--settle-ticks") {

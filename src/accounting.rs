@@ -114,6 +114,8 @@ pub struct Accounting {
     /// Reader cursor into the registry's step clock, and the boundaries drained for this tick.
     step_cursor: u64,
     step_ends: Vec<u64>,
+    /// The engine's queue gauges drained for this tick.
+    queue_readings: Vec<crate::observe::EngineQueueReading>,
     finals: Vec<FinalRequest>,
     history: history::HistoryBuilder,
 }
@@ -155,6 +157,7 @@ impl Accounting {
             observations: Vec::new(),
             step_cursor: 0,
             step_ends: Vec::new(),
+            queue_readings: Vec::new(),
             finals: Vec::new(),
             history: history::HistoryBuilder::default(),
         };
@@ -284,6 +287,12 @@ impl Accounting {
             .steps
             .drain_since(&mut self.step_cursor, &mut self.step_ends);
         self.ledger.note_steps(&self.step_ends);
+        self.queue_readings.clear();
+        self.in_flight
+            .engine_queue
+            .drain_into(&mut self.queue_readings);
+        self.ledger
+            .note_engine_queue(&self.queue_readings, &self.observations);
         self.ledger.apply(TickSpan::from(tick), &self.observations);
         self.after_ledger(tick);
     }

@@ -281,6 +281,7 @@ impl App {
             )?),
             _ => None,
         };
+        let engine_gauges = Arc::new(crate::proxy::engine_gauges::ReaderStatus::default());
         let admin_state = Arc::new(AdminState {
             accounting: accounting.shared(),
             sampler: sampler.as_ref().map(|s| s.status().clone()),
@@ -297,6 +298,7 @@ impl App {
             upstream_semantics: state.inspect.semantics.clone(),
             request_bodies: state.bodies.clone(),
             admission: state.admission.clone(),
+            engine_gauges: engine_gauges.clone(),
         });
         let proxy_addr = listeners.proxy.local_addr().ok();
         let admin_addr = listeners.admin.local_addr().ok();
@@ -323,6 +325,16 @@ impl App {
             tokio::spawn(detect_usage_semantics(
                 state.clone(),
                 config.absent_include_usage.is_none(),
+                stopped(stop_rx.clone()),
+            ));
+        }
+        if config.upstream_metrics {
+            tokio::spawn(crate::proxy::engine_gauges::read_periodically(
+                state.upstream.clone(),
+                state.in_flight.clone(),
+                state.clock,
+                config.upstream_metrics_interval,
+                admin_state.engine_gauges.clone(),
                 stopped(stop_rx.clone()),
             ));
         }

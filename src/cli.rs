@@ -205,6 +205,18 @@ pub struct ServeArgs {
     /// out with status `estimated` (1..=60000) [default: 4000].
     #[arg(long, env = "JOULEGATE_RESPONSE_ENERGY_MAX_WAIT_MS", value_name = "MS")]
     pub response_energy_max_wait_ms: Option<u64>,
+    /// Read the upstream's queue gauges (vLLM's vllm:num_requests_waiting and _running) from its
+    /// Prometheus /metrics: auto (read them; stop where the upstream has none) or off
+    /// [default: auto].
+    #[arg(long, env = "JOULEGATE_UPSTREAM_METRICS", value_name = "auto|off")]
+    pub upstream_metrics: Option<String>,
+    /// How often the upstream's queue gauges are read, ms [default: 250].
+    #[arg(
+        long,
+        env = "JOULEGATE_UPSTREAM_METRICS_INTERVAL_MS",
+        value_name = "MS"
+    )]
+    pub upstream_metrics_interval_ms: Option<u64>,
     /// Bytes of prompt text per token for the arrival estimate [default: 4].
     #[arg(long, env = "JOULEGATE_BYTES_PER_TOKEN", value_name = "X")]
     pub bytes_per_token: Option<f64>,

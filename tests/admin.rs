@@ -8,10 +8,13 @@
 //! - `access`: auth on and off, errors in the OpenAI shape, `/healthz` and `/readyz`.
 //! - `records`: the request log written and rotated; in-flight requests.
 //! - `exposition`: the `/metrics` readers; `support`: the upstream, requests and waits.
+//! - `engine_gauges`: the upstream's queue gauges read from its `/metrics` (`upstream_metrics`).
 
 #[path = "admin/access.rs"]
 mod access;
 mod common;
+#[path = "admin/engine_gauges.rs"]
+mod engine_gauges;
 #[path = "admin/exposition.rs"]
 mod exposition;
 #[path = "admin/records.rs"]

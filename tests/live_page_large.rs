@@ -144,6 +144,7 @@ fn state() -> (Arc<AdminState>, Accounting, Vec<InFlightGuard>) {
         admission: Arc::new(joulegate::proxy::admission::Admission::new(
             joulegate::proxy::admission::AdmissionConfig::off(),
         )),
+        engine_gauges: Default::default(),
     });
     (state, acc, live)
 }

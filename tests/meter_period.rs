@@ -100,6 +100,7 @@ async fn a_100ms_counter_sampled_every_50ms_learns_p_idle_and_never_reads_zero_w
         upstream_semantics: state.inspect.semantics.clone(),
         request_bodies: state.bodies.clone(),
         admission: state.admission.clone(),
+        engine_gauges: Default::default(),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
     let admin = listener.local_addr().expect("admin addr");

@@ -16,7 +16,9 @@ use crate::accounting::{Accounting, AccountingConfig, AccountingError};
 use crate::clock::Clock;
 use crate::meter::sim::SimMeter;
 use crate::meter::MeterSet;
-use crate::observe::{Endpoint, InFlight, InFlightGuard, Outcome, RequestMeta, RequestProgress};
+use crate::observe::{
+    Endpoint, EngineQueueReading, InFlight, InFlightGuard, Outcome, RequestMeta, RequestProgress,
+};
 use crate::sampler::{SamplerCore, Schedule};
 use crate::sim::engine::{Engine, EngineConfig, Phase, StepReport};
 
@@ -60,6 +62,9 @@ pub struct Scenario {
     /// bias: each request's estimate is its prompt times `1.1 ± spread` (uniform, from the seed;
     /// 0 by default).
     pub prompt_estimate_spread: f64,
+    /// How often the proxy reads the engine's queue gauges from its `/metrics`
+    /// (`upstream_metrics`), ns; `None`: it does not.
+    pub upstream_metrics_interval_ns: Option<u64>,
     /// Idle time before the first request (P_idle is learned from it, as on a server that was
     /// idle before its first request), ns.
     pub warmup_ns: u64,
@@ -238,6 +243,9 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
             settled_wait_ns: None,
         })
         .collect();
+    let mut next_scrape = scenario
+        .upstream_metrics_interval_ns
+        .map_or(u64::MAX, |i| first_at + i.max(1));
     let mut step: Option<(u64, StepReport)> = None;
     let mut awaiting_record: Vec<(usize, u64, u64)> = Vec::new();
     let mut waiting: Vec<usize> = Vec::new();
@@ -256,7 +264,8 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
             .min(arrival)
             .min(abort)
             .min(sim_counter.next_update)
-            .min(next_read);
+            .min(next_read)
+            .min(next_scrape);
         if now >= drain_deadline {
             // Everything retired: stop once the ledger holds nothing (a tick announced before
             // the counter's last update waits for its fill; the prefill pool keeps its balance
@@ -360,6 +369,15 @@ pub fn run(scenario: &Scenario, config: AccountingConfig) -> Result<RunResult, A
                 l.guard = None;
                 done += 1;
             }
+        } else if now == next_scrape {
+            // The engine's queue gauges as a scrape of its `/metrics` reads them.
+            let (waiting, running) = engine.queue_depths();
+            in_flight.engine_queue.push(EngineQueueReading {
+                at_ns: now,
+                waiting: u32::try_from(waiting).unwrap_or(u32::MAX),
+                running,
+            });
+            next_scrape += scenario.upstream_metrics_interval_ns.unwrap_or(u64::MAX);
         } else if now == sim_counter.next_update {
             sim_counter.update(now, &energy);
         } else {

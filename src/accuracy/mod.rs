@@ -127,7 +127,14 @@ pub struct Case {
     /// Every request streamed (`Some(true)`) or answered as one JSON body (`Some(false)`)
     /// instead of the workload's own mix (`None`).
     pub streams: Option<bool>,
+    /// How often the proxy reads the engine's queue gauges, ns (`upstream_metrics = "auto"` in
+    /// front of vLLM: [`UPSTREAM_METRICS_INTERVAL_NS`]); `None`: it does not.
+    pub upstream_metrics: Option<u64>,
 }
+
+/// `upstream_metrics_interval_ms`'s default, ns.
+pub const UPSTREAM_METRICS_INTERVAL_NS: u64 =
+    crate::config::defaults::UPSTREAM_METRICS_INTERVAL_MS * 1_000_000;
 
 impl Case {
     /// The scenario this case runs.
@@ -142,6 +149,7 @@ impl Case {
             seed: self.seed,
             per_request_metrics: self.per_request_metrics,
             prompt_estimate_spread: self.prompt_estimate_spread,
+            upstream_metrics_interval_ns: self.upstream_metrics,
             warmup_ns: 3_000_000_000,
             requests: self
                 .workload
@@ -332,6 +340,7 @@ pub fn matrix_of(models: Vec<NamedModel>, requests: usize, seed: u64) -> Vec<Cas
                     per_request_metrics: false,
                     prompt_estimate_spread: 0.0,
                     streams: None,
+                    upstream_metrics: Some(UPSTREAM_METRICS_INTERVAL_NS),
                 });
             }
         }

@@ -15,6 +15,7 @@ fn small(workload: VirtualWorkload, period_ms: u64) -> Case {
         per_request_metrics: false,
         prompt_estimate_spread: 0.0,
         streams: None,
+        upstream_metrics: Some(UPSTREAM_METRICS_INTERVAL_NS),
     }
 }
 

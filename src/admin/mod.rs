@@ -72,6 +72,8 @@ pub struct AdminState {
     pub request_bodies: Arc<crate::proxy::bodies::InspectBudget>,
     /// Admission control: queue, in-flight requests and tokens, rejections (read as atomics).
     pub admission: Arc<crate::proxy::admission::Admission>,
+    /// The reader of the upstream's queue gauges (`upstream_metrics`), for `/stats`.
+    pub engine_gauges: Arc<crate::proxy::engine_gauges::ReaderStatus>,
 }
 
 /// The hyper service of the admin listener.

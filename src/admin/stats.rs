@@ -129,6 +129,7 @@ pub fn stats(s: &AdminState) -> Value {
             "per_request_metrics": s.upstream_facts.per_request_metrics().as_str(),
             "forces_usage": s.upstream_semantics.get().force_include_usage,
             "forces_usage_known_from": s.upstream_semantics.force_source().as_str(),
+            "queue_gauges": s.engine_gauges.to_json(c.upstream_metrics_interval),
         },
         "request_bodies": s.request_bodies.stats(),
         "admission": s.admission.stats(),

@@ -39,6 +39,8 @@ pub struct FileConfig {
     pub upstream_forces_usage: Option<String>,
     pub response_energy: Option<String>,
     pub response_energy_max_wait_ms: Option<u64>,
+    pub upstream_metrics: Option<String>,
+    pub upstream_metrics_interval_ms: Option<u64>,
     pub bytes_per_token: Option<f64>,
     pub carbon_intensity_g_per_kwh: Option<f64>,
     pub pue: Option<f64>,

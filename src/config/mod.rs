@@ -141,6 +141,12 @@ pub struct Config {
     /// Settled mode: longest wait for the final figures.
     #[serde(with = "millis")]
     pub response_energy_max_wait: Duration,
+    /// Whether the upstream's queue gauges are read from its `/metrics` (`upstream_metrics =
+    /// "auto"`; reading stops where it has none).
+    pub upstream_metrics: bool,
+    /// How often they are read.
+    #[serde(with = "millis")]
+    pub upstream_metrics_interval: Duration,
     /// Bytes of prompt text per token, for arrival estimates.
     pub bytes_per_token: f64,
     /// Grid carbon intensity (g/kWh), if configured.
@@ -254,6 +260,12 @@ pub mod defaults {
     /// Upper bound of `response_energy_max_wait_ms`: settlement takes a few sampler periods (at
     /// most 200 ms each); a minute only ever hides a stalled sampler.
     pub const RESPONSE_ENERGY_MAX_WAIT_MS_LIMIT: u64 = 60_000;
+    pub const UPSTREAM_METRICS: &str = "auto";
+    /// How often the upstream's queue gauges are read: the ledger holds an answer back once it
+    /// waited at two readings in a row, so this bounds how late that comes.
+    pub const UPSTREAM_METRICS_INTERVAL_MS: u64 = 250;
+    /// Bounds of `upstream_metrics_interval_ms`.
+    pub const UPSTREAM_METRICS_INTERVAL_MS_RANGE: (u64, u64) = (50, 60_000);
     pub const BYTES_PER_TOKEN: f64 = 4.0;
     pub const PUE: f64 = 1.0;
     pub const PREFILL_JOULES_PER_TOKEN: f64 = 0.01;

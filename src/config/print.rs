@@ -49,6 +49,8 @@ impl Config {
             ),
             response_energy: Some(self.response_energy.as_str().into()),
             response_energy_max_wait_ms: Some(self.response_energy_max_wait.as_millis() as u64),
+            upstream_metrics: Some(if self.upstream_metrics { "auto" } else { "off" }.into()),
+            upstream_metrics_interval_ms: Some(self.upstream_metrics_interval.as_millis() as u64),
             bytes_per_token: Some(self.bytes_per_token),
             carbon_intensity_g_per_kwh: self.carbon_intensity_g_per_kwh,
             pue: Some(self.pue),

@@ -74,6 +74,8 @@ impl Config {
             upstream_forces_usage: met.upstream_forces_usage,
             response_energy: met.response_energy,
             response_energy_max_wait: Duration::from_millis(met.max_wait_ms),
+            upstream_metrics: met.upstream_metrics,
+            upstream_metrics_interval: Duration::from_millis(met.upstream_metrics_interval_ms),
             bytes_per_token: w.bytes_per_token,
             carbon_intensity_g_per_kwh: w.carbon_intensity_g_per_kwh,
             pue: w.pue,

@@ -146,6 +146,8 @@ pub struct Ledger {
     pub(super) oldest_unstarted_ns: u64,
     /// The engine's sequence limit as estimated, and the answers it holds back this tick.
     pub(super) seq_limit: super::seq_limit::SeqLimit,
+    /// The engine's own queue gauges, where the proxy reads them.
+    pub(super) engine_queue: super::engine_queue::EngineQueue,
     pub(super) shares: Vec<u64>,
     /// The engine's recent step boundaries.
     pub(super) steps: super::steps::StepHistory,
@@ -217,6 +219,7 @@ impl Ledger {
             batch: super::types::BatchStats::default(),
             oldest_unstarted_ns: u64::MAX,
             seq_limit: super::seq_limit::SeqLimit::default(),
+            engine_queue: super::engine_queue::EngineQueue::default(),
             shares: Vec::new(),
             steps: super::steps::StepHistory::default(),
             step_scratch: Vec::new(),
@@ -232,6 +235,25 @@ impl Ledger {
     /// call before [`Ledger::apply`] with the boundaries up to the tick's end.
     pub fn note_steps(&mut self, ends: &[u64]) {
         self.steps.extend(ends);
+    }
+
+    /// Takes in the engine's queue gauges read since the last tick (oldest first): call before
+    /// [`Ledger::apply`] with the same `observations`, which say which requests were in flight
+    /// at each reading.
+    pub fn note_engine_queue(
+        &mut self,
+        readings: &[crate::observe::EngineQueueReading],
+        observations: &[Observation],
+    ) {
+        for &r in readings {
+            self.engine_queue.note(
+                r,
+                observations
+                    .iter()
+                    .filter(|o| o.kind != WorkKind::None)
+                    .map(|o| (o.progress.arrival_ns, o.progress.end_ns)),
+            );
+        }
     }
 
     /// Applies one tick: `observations` are every registered request's progress, read after the

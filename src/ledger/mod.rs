@@ -20,6 +20,7 @@
 
 pub mod attribution;
 pub mod calibration;
+mod engine_queue;
 mod fill;
 mod hold;
 pub mod idle;

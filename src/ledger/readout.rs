@@ -128,6 +128,10 @@ impl Ledger {
         super::types::BatchStats {
             sequences_max: self.seq_limit.limit(),
             held_for_slots: self.slot_gated > super::queue_serve::SLOT_GATED_SHARE,
+            engine_queue_readings: self.engine_queue.readings,
+            engine_waiting: self.engine_queue.waiting,
+            engine_running: self.engine_queue.running,
+            engine_at_limit: self.engine_queue.at_limit(),
             ..self.batch
         }
     }

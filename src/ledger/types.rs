@@ -142,4 +142,14 @@ pub struct BatchStats {
     /// Whether recent prompts waited for sequence slots: the engine runs at its sequence limit,
     /// and non-streamed answers the slots cannot hold get no estimated work.
     pub held_for_slots: bool,
+    /// Readings of the engine's own queue gauges taken in (0 where the proxy does not read the
+    /// upstream's `/metrics`; `upstream_metrics`).
+    pub engine_queue_readings: u64,
+    /// The newest reading: requests waiting in the engine's queue, and in its running batch.
+    pub engine_waiting: u32,
+    pub engine_running: u32,
+    /// Whether the gauges show the engine at its limit (running at the most requests it has
+    /// shown in most recent readings): non-streamed answers then get no estimated work while
+    /// they wait in its queue at two readings in a row.
+    pub engine_at_limit: bool,
 }

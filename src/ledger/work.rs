@@ -237,10 +237,16 @@ impl Ledger {
             // 4.3 / 18.0 %, figures read 7.7 / 28.1 -> 6.0 / 25.9 %, streams' 8.9 / 27.5 -> 6.4 /
             // 24.8 %, answers' 5.9 / 29.7 -> 5.8 / 29.1 %; eight seeds: records 4.4 / 17.2 ->
             // 4.0 / 16.8, figures read 7.0 / 26.3 -> 5.6 / 24.6 %): no work yet.
+            // Or, where the proxy reads the engine's queue gauges, among the waiting at the
+            // two newest readings (see `super::engine_queue`); not where the streams already
+            // show slot waits, which the sequence limit handles.
             let waits = p.arrival_ns > self.oldest_unstarted_ns
                 || (self.slot_gated > SLOT_GATED_SHARE
                     && p.end_ns == 0
-                    && !self.seq_limit.admit(choices));
+                    && !self.seq_limit.admit(choices))
+                || (self.slot_gated <= SLOT_GATED_SHARE
+                    && p.end_ns == 0
+                    && self.engine_queue.holds(p.arrival_ns));
             if waits {
                 if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
                     req.queued_until_ns = end_ns;

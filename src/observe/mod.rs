@@ -16,12 +16,14 @@ use std::hash::{BuildHasherDefault, Hasher};
 use dashmap::DashMap;
 
 mod energy;
+mod engine_queue;
 mod settled;
 mod steps;
 pub use energy::{
     decode_context, decode_context_between, estimate_unsettled, EnergyNow, EnergyStatus,
     SystemRates, MAX_EXTRAPOLATION_NS,
 };
+pub use engine_queue::{EngineQueueInbox, EngineQueueReading, INBOX_READINGS};
 pub use settled::Settled;
 pub use steps::{StepClock, SAME_STEP_NS, STEP_RING};
 
@@ -364,6 +366,8 @@ pub struct InFlight {
     pub rates: SystemRates,
     /// Engine step boundaries seen in token arrivals, drained by accounting.
     pub steps: Arc<StepClock>,
+    /// The upstream engine's queue gauges as read from its `/metrics`, drained by accounting.
+    pub engine_queue: EngineQueueInbox,
 }
 
 impl InFlight {
@@ -374,6 +378,7 @@ impl InFlight {
             next_id: AtomicU64::new(1),
             rates: SystemRates::default(),
             steps: Arc::new(StepClock::default()),
+            engine_queue: EngineQueueInbox::default(),
         }
     }
 

@@ -14,6 +14,7 @@
 pub mod admission;
 pub mod bodies;
 pub mod energy;
+pub mod engine_gauges;
 pub mod error;
 pub mod headers;
 pub mod idle;

@@ -3,7 +3,8 @@
 //! `--enable-force-include-usage`): one streamed one-token completion with no `stream_options`,
 //! sent to the upstream directly (it is not a client's request and is not accounted). Usage in its
 //! answer means the server forces it. The proxy's own injection hides forcing in client traffic, so
-//! this is the only way to learn it before the first client stream.
+//! this is the only way to learn it before the first client stream. Its bounded `GET` also serves
+//! the periodic read of the upstream's queue gauges ([`super::engine_gauges`]).
 
 use std::time::Duration;
 
@@ -20,26 +21,60 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `GET path` on the upstream: the body of a success, bounded.
 pub async fn get(upstream: &Upstream, path: &'static str) -> Option<Bytes> {
-    let uri = upstream.uri_for(&http::Uri::from_static(path)).ok()?;
-    let request = http::Request::get(uri)
-        .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
-        .ok()?;
-    read(upstream, request).await
-}
-
-async fn read(upstream: &Upstream, request: http::Request<super::ProxyBody>) -> Option<Bytes> {
-    let answer = async {
-        let response = upstream.send(request).await.ok()?;
-        if !response.status().is_success() {
-            return None;
-        }
-        let body = Limited::new(response.into_body(), PROBE_MAX_BYTES);
-        Some(body.collect().await.ok()?.to_bytes())
-    };
-    tokio::time::timeout(PROBE_TIMEOUT, answer)
+    get_within(upstream, path, PROBE_MAX_BYTES, PROBE_TIMEOUT)
         .await
         .ok()
-        .flatten()
+}
+
+/// Why a bounded `GET` brought no body back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GetFailure {
+    /// The upstream answered with this status (not a success).
+    Status(u16),
+    /// No answer: connection refused or reset, the timeout, or a body over the bound.
+    NoAnswer,
+}
+
+/// `GET path` on the upstream: the body of a success of at most `max_bytes`, within `timeout`.
+pub async fn get_within(
+    upstream: &Upstream,
+    path: &'static str,
+    max_bytes: usize,
+    timeout: Duration,
+) -> Result<Bytes, GetFailure> {
+    let uri = upstream
+        .uri_for(&http::Uri::from_static(path))
+        .map_err(|_| GetFailure::NoAnswer)?;
+    let request = http::Request::get(uri)
+        .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
+        .map_err(|_| GetFailure::NoAnswer)?;
+    read(upstream, request, max_bytes, timeout).await
+}
+
+async fn read(
+    upstream: &Upstream,
+    request: http::Request<super::ProxyBody>,
+    max_bytes: usize,
+    timeout: Duration,
+) -> Result<Bytes, GetFailure> {
+    let answer = async {
+        let response = upstream
+            .send(request)
+            .await
+            .map_err(|_| GetFailure::NoAnswer)?;
+        if !response.status().is_success() {
+            return Err(GetFailure::Status(response.status().as_u16()));
+        }
+        let body = Limited::new(response.into_body(), max_bytes);
+        Ok(body
+            .collect()
+            .await
+            .map_err(|_| GetFailure::NoAnswer)?
+            .to_bytes())
+    };
+    tokio::time::timeout(timeout, answer)
+        .await
+        .unwrap_or(Err(GetFailure::NoAnswer))
 }
 
 /// Whether the upstream forces usage: `None` when it could not be asked (no model list, an error
@@ -57,6 +92,8 @@ pub async fn upstream_forces_usage(upstream: &Upstream) -> Option<bool> {
                 .boxed_unsync(),
         )
         .ok()?;
-    let body = read(upstream, request).await?;
+    let body = read(upstream, request, PROBE_MAX_BYTES, PROBE_TIMEOUT)
+        .await
+        .ok()?;
     Some(stream_reports_usage(&body))
 }

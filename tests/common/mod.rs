@@ -55,6 +55,8 @@ impl TestProxy {
             // No /version probe unless a test asks for it: scripted upstreams answer every request.
             absent_include_usage: Some("false".into()),
             upstream_forces_usage: Some("false".into()),
+            // Nor reads of its /metrics: they would be requests the scripts did not expect.
+            upstream_metrics: Some("off".into()),
             ..ServeArgs::default()
         };
         tweak(&mut args);

@@ -129,6 +129,30 @@ pub(super) fn batch(
         None,
         u64::from(b.held_for_slots),
     )?;
+    if b.engine_queue_readings > 0 {
+        // Only where the upstream's queue gauges are read (`upstream_metrics`).
+        gauge(
+            enc,
+            "joulegate_engine_requests_waiting",
+            "Requests waiting in the engine's queue at the newest reading of its own gauges.",
+            None,
+            u64::from(b.engine_waiting),
+        )?;
+        gauge(
+            enc,
+            "joulegate_engine_requests_running",
+            "Requests in the engine's running batch at the newest reading of its own gauges.",
+            None,
+            u64::from(b.engine_running),
+        )?;
+        gauge(
+            enc,
+            "joulegate_engine_at_limit",
+            "1 while the engine's gauges show it running at the most requests it has shown (non-streamed answers waiting in its queue then get no estimated work).",
+            None,
+            u64::from(b.engine_at_limit),
+        )?;
+    }
     let p = &st.processing;
     let h = FixedHistogram {
         bounds: crate::accounting::shared::PROCESSING_BUCKETS_S.to_vec(),

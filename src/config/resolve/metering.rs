@@ -1,5 +1,5 @@
 //! The metering keys: meters, sampling interval and meter period, and how usage and energy reach
-//! responses (`meters` .. `response_energy_max_wait_ms`).
+//! responses (`meters` .. `response_energy_max_wait_ms`), and the upstream's queue gauges (`upstream_metrics`).
 
 use super::layer::{invalid, Layer};
 use crate::cli::ServeArgs;
@@ -17,6 +17,8 @@ pub(super) struct Metering {
     pub(super) upstream_forces_usage: Option<bool>,
     pub(super) response_energy: ResponseEnergy,
     pub(super) max_wait_ms: u64,
+    pub(super) upstream_metrics: bool,
+    pub(super) upstream_metrics_interval_ms: u64,
 }
 
 /// Resolves and validates the meters, the sampling and how usage and energy reach responses, in the order [`crate::config::Config::resolve`] always did.
@@ -163,6 +165,41 @@ pub(super) fn resolve(
             ),
         ));
     }
+    let (metrics_text, metrics_origin) = l.pick(
+        &args.upstream_metrics,
+        &file.upstream_metrics,
+        defaults::UPSTREAM_METRICS.into(),
+        "upstream-metrics",
+        "JOULEGATE_UPSTREAM_METRICS",
+    );
+    let upstream_metrics = match metrics_text.as_str() {
+        "auto" => true,
+        "off" => false,
+        _ => {
+            return Err(invalid(
+                "upstream_metrics",
+                &metrics_text,
+                metrics_origin,
+                "expected auto or off",
+            ))
+        }
+    };
+    let (upstream_metrics_interval_ms, interval_origin) = l.pick(
+        &args.upstream_metrics_interval_ms,
+        &file.upstream_metrics_interval_ms,
+        defaults::UPSTREAM_METRICS_INTERVAL_MS,
+        "upstream-metrics-interval-ms",
+        "JOULEGATE_UPSTREAM_METRICS_INTERVAL_MS",
+    );
+    let (lo, hi) = defaults::UPSTREAM_METRICS_INTERVAL_MS_RANGE;
+    if !(lo..=hi).contains(&upstream_metrics_interval_ms) {
+        return Err(invalid(
+            "upstream_metrics_interval_ms",
+            upstream_metrics_interval_ms,
+            interval_origin,
+            format!("must be within {lo}..={hi} ms"),
+        ));
+    }
     Ok(Metering {
         meters,
         interval_ms,
@@ -173,5 +210,7 @@ pub(super) fn resolve(
         upstream_forces_usage,
         response_energy,
         max_wait_ms,
+        upstream_metrics,
+        upstream_metrics_interval_ms,
     })
 }

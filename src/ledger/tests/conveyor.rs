@@ -375,3 +375,65 @@ fn an_answer_the_sequence_slots_cannot_hold_waits_with_no_estimate() {
     assert_eq!((sequences_max, held_for_slots), (2, true));
     assert!(!newest_estimate(0.0).1 .1);
 }
+
+#[test]
+fn an_answer_the_engine_gauges_show_waiting_at_two_readings_gets_no_estimate() {
+    // Three non-streamed answers; the engine's gauges (read every 250 ms) show one running and
+    // two waiting: the two newest. With the engine running at the most it has shown in most
+    // readings (twenty readings, 250 ms apart, all at the most), they wait with no estimated work; without the readings, or with the engine not
+    // at its most, they get the conveyor's estimate.
+    let newest_estimates = |readings: bool, running_most: bool| {
+        let mut l = Ledger::new(LedgerConfig {
+            settle_ticks: 100,
+            ..cfg()
+        })
+        .expect("config");
+        let scripts = [
+            invisible(1, MS, 100, Vec::new(), None),
+            invisible(2, 2 * MS, 100, Vec::new(), None),
+            invisible(3, 3 * MS, 100, Vec::new(), None),
+        ];
+        for t in 1..=100 {
+            let now = t * 50 * MS;
+            let obs: Vec<Observation> = scripts.iter().filter_map(|x| x.at(now)).collect();
+            if readings && t % 5 == 0 {
+                // A larger batch seen once long ago, where the engine is not at its most now.
+                let running = if running_most || t > 5 { 1 } else { 4 };
+                let reading = crate::observe::EngineQueueReading {
+                    at_ns: now,
+                    waiting: 2,
+                    running,
+                };
+                l.note_engine_queue(&[reading], &obs);
+            }
+            apply_50ms(&mut l, t, Some(1_000), &obs);
+            check_books(&l);
+        }
+        let last = l.window.iter().last().expect("held");
+        let estimate = |id: u64| {
+            last.items
+                .iter()
+                .filter(|i| i.slot == l.index[&id] && i.provisional)
+                .map(|i| i.prefill + i.decode)
+                .sum::<f32>()
+        };
+        let batch = l.batch();
+        assert_eq!(batch.engine_queue_readings, if readings { 20 } else { 0 });
+        (
+            [estimate(1), estimate(2), estimate(3)],
+            batch.engine_at_limit,
+        )
+    };
+    let ([first, second, third], at_limit) = newest_estimates(true, true);
+    assert!(at_limit);
+    assert!(first > 1.0, "the running one is estimated: {first}");
+    assert_eq!((second, third), (0.0, 0.0));
+    for (readings, running_most) in [(false, true), (true, false)] {
+        let (e, at_limit) = newest_estimates(readings, running_most);
+        assert!(!at_limit);
+        assert!(
+            e.iter().all(|&x| x > 1.0),
+            "{readings} {running_most}: {e:?}"
+        );
+    }
+}
