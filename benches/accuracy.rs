@@ -298,6 +298,8 @@ fn realtime(full: bool) {
                 }
             }
         }
+        // A proxy that does not read the engine's queue gauges.
+        opts.upstream_metrics = std::env::var("ACCURACY_UPSTREAM_METRICS").as_deref() != Ok("0");
         (5, opts)
     } else {
         // Harness check only: a handful of requests at 20x speed.

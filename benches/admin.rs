@@ -2,7 +2,8 @@
 //! of the live page (`/stats`, `/requests?limit=200`, `/history` whole), with every label table
 //! full (100 models, 100 key hashes, 100 tags plus `other`), 10,000 finished records in the ring,
 //! 10,000 requests in flight and ten minutes of history. A scrape copies what accounting published and encodes
-//! it; this shows what that costs the admin listener (never the data plane).
+//! it; this shows what that costs the admin listener (never the data plane). Also the proxy's
+//! own read of the upstream's `/metrics` (`upstream_metrics`): parsing vLLM's queue gauges.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -56,7 +57,11 @@ fn state() -> (
 ) {
     let reg = Arc::new(InFlight::new());
     let clock = Clock::new();
-    let mut acc = Accounting::new(AccountingConfig::default(), reg.clone(), clock).expect("config");
+    // No hold for the calibration: the setup's requests must settle within its ticks (with the
+    // hold, the first ten seconds of work stayed held and no record was written).
+    let mut config = AccountingConfig::default();
+    config.ledger.calibration_hold_ticks = 0;
+    let mut acc = Accounting::new(config, reg.clone(), clock).expect("config");
     // Ten idle minutes first, one tick a second on one device: a full `/history`.
     for s in 1..=600u64 {
         acc.process_tick(&Tick {
@@ -193,9 +198,19 @@ fn bench(c: &mut Criterion) {
     c.bench_function("admin_live_page_poll_10k_in_flight", |b| b.iter(poll));
 }
 
+/// Reading the upstream's queue gauges (`upstream_metrics`): parsing vLLM 0.32's own `/metrics`
+/// (the project's copy of the fixture, ~50 KB), as the reader does every 250 ms.
+fn upstream_gauges(c: &mut Criterion) {
+    let text = include_bytes!("../tests/fixtures/vllm-0.32-metrics/metrics-default.txt");
+    assert_eq!(joulegate::proxy::engine_gauges::parse(text), Some((0, 0)));
+    c.bench_function("upstream_gauges_parse_vllm_metrics", |b| {
+        b.iter(|| joulegate::proxy::engine_gauges::parse(std::hint::black_box(text)))
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(3));
-    targets = bench
+    targets = bench, upstream_gauges
 }
 criterion_main!(benches);

@@ -54,6 +54,9 @@ pub struct WorldOptions {
     pub idle_warmup: Duration,
     /// The admin listener's bearer token (`None`: open, as the demo runs on loopback).
     pub admin_token: Option<String>,
+    /// Whether the proxy reads the mock engine's queue gauges from its `/metrics`
+    /// (`upstream_metrics`; on by default, as in front of vLLM).
+    pub upstream_metrics: bool,
 }
 
 impl Default for WorldOptions {
@@ -68,6 +71,7 @@ impl Default for WorldOptions {
             settle_timeout: Duration::from_secs(60),
             idle_warmup: Duration::from_secs(3),
             admin_token: None,
+            upstream_metrics: true,
         }
     }
 }
@@ -145,6 +149,7 @@ impl World {
             carbon_intensity_g_per_kwh: opts.carbon_g_per_kwh,
             sample_interval_ms: opts.sample_interval_ms,
             admin_token: opts.admin_token.clone(),
+            upstream_metrics: Some(if opts.upstream_metrics { "auto" } else { "off" }.into()),
             ..ServeArgs::default()
         };
         let config = Config::resolve(&args, &FileConfig::default(), None)?;
