@@ -33,6 +33,10 @@ pub(super) const AT_MOST_SHARE: f64 = 0.8;
 /// The gap taken before the first reading, ns (the default reading interval).
 const DEFAULT_GAP_NS: u64 = crate::config::defaults::UPSTREAM_METRICS_INTERVAL_MS * 1_000_000;
 
+/// Readings this much older than the tick, at least, are no longer used (see
+/// [`EngineQueue::holds`]), ns.
+const STALE_FLOOR_NS: u64 = 1_000_000_000;
+
 /// One reading as the ledger keeps it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Cutoff {
@@ -114,12 +118,16 @@ impl EngineQueue {
     }
 
     /// Whether a request that arrived at `arrival_ns` waited at both newest readings, with the
-    /// engine at its limit.
-    pub(super) fn holds(&self, arrival_ns: u64) -> bool {
+    /// engine at its limit, at `now_ns`. Not once the readings stopped coming (the newest older
+    /// than four gaps between the two, and a second): an answer held back then would stay so.
+    pub(super) fn holds(&self, arrival_ns: u64, now_ns: u64) -> bool {
         let (Some(newest), Some(previous)) = (self.newest, self.previous) else {
             return false;
         };
-        self.at_limit()
+        let gap = newest.at_ns.saturating_sub(previous.at_ns);
+        let fresh = now_ns.saturating_sub(newest.at_ns) <= gap.saturating_mul(4).max(STALE_FLOOR_NS);
+        fresh
+            && self.at_limit()
             && arrival_ns <= previous.at_ns
             && arrival_ns > newest.after_ns.max(previous.after_ns)
     }
@@ -138,6 +146,13 @@ mod tests {
         }
     }
 
+    impl EngineQueue {
+        /// [`EngineQueue::holds`] at the newest reading.
+        fn holds_now(&self, arrival_ns: u64) -> bool {
+            self.holds(arrival_ns, self.newest.map_or(0, |n| n.at_ns))
+        }
+    }
+
     /// Requests arriving at 1..=10 ns (before every reading), none ended.
     fn ten() -> impl Iterator<Item = (u64, u64)> {
         (1..=10).map(|a| (a, 0))
@@ -153,26 +168,26 @@ mod tests {
         }
         assert!(q.at_limit());
         // Three waiting: arrivals 8, 9 and 10.
-        assert!(!q.holds(7));
-        assert!(q.holds(8) && q.holds(10));
+        assert!(!q.holds_now(7));
+        assert!(q.holds_now(8) && q.holds_now(10));
         // One waiting now: only the newest is held back (the previous reading had three).
         q.note(reading(200, 1, 4), ten());
-        assert!(!q.holds(9));
-        assert!(q.holds(10));
+        assert!(!q.holds_now(9));
+        assert!(q.holds_now(10));
         // Arrived after the previous reading: seen waiting once only.
-        assert!(!q.holds(129 * 250_000_000 + 1));
+        assert!(!q.holds_now(129 * 250_000_000 + 1));
         // Ended requests are not in the queue: with 10 ended, the one waiting is 9.
         q.note(
             reading(300, 1, 4),
             (1..=10).map(|a| (a, if a == 10 { 250 } else { 0 })),
         );
         // (10 itself the ledger no longer asks about: it ended.)
-        assert!(!q.holds(9));
+        assert!(!q.holds_now(9));
         q.note(
             reading(400, 1, 4),
             (1..=10).map(|a| (a, if a == 10 { 250 } else { 0 })),
         );
-        assert!(q.holds(9) && !q.holds(8));
+        assert!(q.holds_now(9) && !q.holds_now(8));
     }
 
     #[test]
@@ -182,16 +197,16 @@ mod tests {
         q.note(reading(101, 3, 4), ten());
         // Two readings at the most: the share is 0.19, the gate shut.
         assert!(!q.at_limit());
-        assert!(!q.holds(10));
+        assert!(!q.holds_now(10));
         // A new most: the share climbs back; running below it again, it falls.
         for i in 0..30 {
             q.note(reading(102 + i, 3, 8), ten());
         }
-        assert!(q.holds(10));
+        assert!(q.holds_now(10));
         for i in 0..3 {
             q.note(reading(132 + i, 3, 5), ten());
         }
-        assert!(!q.holds(10));
+        assert!(!q.holds_now(10));
     }
 
     #[test]
@@ -200,12 +215,17 @@ mod tests {
         for i in 0..30 {
             q.note(reading(100 + i, 0, 4), ten());
         }
-        assert!(!q.holds(10));
+        assert!(!q.holds_now(10));
         q.note(reading(200, 50, 4), ten());
         q.note(reading(300, 50, 4), ten());
-        assert!(q.holds(1) && q.holds(10));
+        assert!(q.holds_now(1) && q.holds_now(10));
         // A reading older than the newest is ignored.
         q.note(reading(250, 0, 4), ten());
-        assert!(q.holds(1));
+        assert!(q.holds_now(1));
+        // Readings that stopped coming hold nothing: up to four gaps between the two newest
+        // (100 readings apart here) after the newest, still; then no more.
+        let (newest, gap) = (300 * 250_000_000, 100 * 250_000_000);
+        assert!(q.holds(1, newest + 4 * gap));
+        assert!(!q.holds(1, newest + 4 * gap + 1));
     }
 }

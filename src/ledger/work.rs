@@ -246,7 +246,7 @@ impl Ledger {
                     && !self.seq_limit.admit(choices))
                 || (self.slot_gated <= SLOT_GATED_SHARE
                     && p.end_ns == 0
-                    && self.engine_queue.holds(p.arrival_ns));
+                    && self.engine_queue.holds(p.arrival_ns, end_ns));
             if waits {
                 if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
                     req.queued_until_ns = end_ns;

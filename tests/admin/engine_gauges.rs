@@ -44,9 +44,9 @@ async fn stats_when(
     .await
 }
 
-#[tokio::test]
-async fn the_engines_queue_gauges_reach_the_ledger_stats_and_metrics() {
-    let body = vllm_metrics(3, 2);
+/// An upstream answering `GET /metrics` with `body` (anything else 404), and a metered proxy in
+/// front of it reading its gauges every 50 ms.
+async fn reading_every_50ms(body: Vec<u8>) -> (ScriptedUpstream, TestProxy) {
     let upstream = ScriptedUpstream::start(move |r| {
         if r.request_line().starts_with("GET /metrics ") {
             return Reply::fixed(200, &[("content-type", "text/plain; version=0.0.4")], &body);
@@ -60,6 +60,12 @@ async fn the_engines_queue_gauges_reach_the_ledger_stats_and_metrics() {
         a.upstream_metrics_interval_ms = Some(50);
     })
     .await;
+    (upstream, proxy)
+}
+
+#[tokio::test]
+async fn the_engines_queue_gauges_reach_the_ledger_stats_and_metrics() {
+    let (_upstream, proxy) = reading_every_50ms(vllm_metrics(3, 2)).await;
     // Read, then taken in by the ledger at its next tick.
     let stats = stats_when(proxy.admin, "the gauges in the ledger", |v| {
         v["batch"]["effective"]["engine_queue_readings"].as_u64() >= Some(2)
@@ -84,24 +90,9 @@ async fn the_engines_queue_gauges_reach_the_ledger_stats_and_metrics() {
 
 #[tokio::test]
 async fn an_upstream_without_the_gauges_is_left_alone() {
-    let upstream = ScriptedUpstream::start(|r| {
-        if r.request_line().starts_with("GET /metrics ") {
-            // Some other server's metrics: none of vLLM's gauges.
-            return Reply::fixed(
-                200,
-                &[],
-                b"# TYPE requests_total counter\nrequests_total 5\n",
-            );
-        }
-        Reply::fixed(404, &[], b"")
-    })
-    .await;
-    let proxy = TestProxy::start_with(upstream.addr, |a| {
-        with_sim(a);
-        a.upstream_metrics = Some("auto".into());
-        a.upstream_metrics_interval_ms = Some(50);
-    })
-    .await;
+    // Some other server's metrics: none of vLLM's gauges.
+    let (_upstream, proxy) =
+        reading_every_50ms(b"# TYPE requests_total counter\nrequests_total 5\n".to_vec()).await;
     let stats = stats_when(proxy.admin, "the reader to give up", |v| {
         v["upstream"]["queue_gauges"]["state"] == "absent"
     })
