@@ -125,7 +125,8 @@ impl EngineQueue {
             return false;
         };
         let gap = newest.at_ns.saturating_sub(previous.at_ns);
-        let fresh = now_ns.saturating_sub(newest.at_ns) <= gap.saturating_mul(4).max(STALE_FLOOR_NS);
+        let fresh =
+            now_ns.saturating_sub(newest.at_ns) <= gap.saturating_mul(4).max(STALE_FLOOR_NS);
         fresh
             && self.at_limit()
             && arrival_ns <= previous.at_ns
