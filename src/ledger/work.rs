@@ -240,13 +240,18 @@ impl Ledger {
             // Or, where the proxy reads the engine's queue gauges, among the waiting at the
             // two newest readings (see `super::engine_queue`); not where the streams already
             // show slot waits, which the sequence limit handles.
+            let by_gauges = self.slot_gated <= SLOT_GATED_SHARE
+                && p.end_ns == 0
+                && self.engine_queue.holds(p.arrival_ns, end_ns);
             let waits = p.arrival_ns > self.oldest_unstarted_ns
                 || (self.slot_gated > SLOT_GATED_SHARE
                     && p.end_ns == 0
                     && !self.seq_limit.admit(choices))
-                || (self.slot_gated <= SLOT_GATED_SHARE
-                    && p.end_ns == 0
-                    && self.engine_queue.holds(p.arrival_ns, end_ns));
+                || by_gauges;
+            if by_gauges {
+                // Nothing behind it is admitted either: the conveyor stops at its prompt.
+                self.queue_events.held.push(slot);
+            }
             if waits {
                 if let Some(req) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
                     req.queued_until_ns = end_ns;

@@ -437,3 +437,44 @@ fn an_answer_the_engine_gauges_show_waiting_at_two_readings_gets_no_estimate() {
         );
     }
 }
+
+#[test]
+fn nothing_behind_an_answer_waiting_in_the_engines_queue_is_prefilled() {
+    // Engines admit in arrival order: while the gauges show answer 2 waiting, the conveyor stops
+    // at its prompt, and answer 3, which came after it (and after the previous reading, so not
+    // itself held back yet), gets no estimated prefill either. Without the readings it gets its
+    // prompt at the conveyor's rate.
+    let prefill_of_the_last = |readings: bool| {
+        let mut l = Ledger::new(LedgerConfig {
+            settle_ticks: 100,
+            ..cfg()
+        })
+        .expect("config");
+        let scripts = [
+            invisible(1, MS, 100, Vec::new(), None),
+            invisible(2, 2 * MS, 100, Vec::new(), None),
+            invisible(3, 4_900 * MS, 100, Vec::new(), None),
+        ];
+        for t in 1..=100 {
+            let now = t * 50 * MS;
+            let obs: Vec<Observation> = scripts.iter().filter_map(|x| x.at(now)).collect();
+            if readings && t % 5 == 0 {
+                // One running throughout; answer 2 waits, and answer 3 with it once it came.
+                let waiting = if now >= 4_900 * MS { 2 } else { 1 };
+                let reading = crate::observe::EngineQueueReading {
+                    at_ns: now,
+                    waiting,
+                    running: 1,
+                };
+                l.note_engine_queue(&[reading], &obs);
+            }
+            apply_50ms(&mut l, t, Some(1_000), &obs);
+            check_books(&l);
+        }
+        assert_eq!(l.batch().engine_at_limit, readings);
+        sum_per_tick(&l, 3, |i| i.prefill).iter().sum::<f32>()
+    };
+    let without = prefill_of_the_last(false);
+    assert!((without - 100.0).abs() < 1.0, "{without}");
+    assert_eq!(prefill_of_the_last(true), 0.0);
+}
