@@ -16,7 +16,7 @@
 //! "settled"` does (no hold for the calibration: the settled column's figures); `ACCURACY_HELD_OUT=1` runs the cost models kept out of the matrix
 //! (`joulegate::accuracy::held_out_models`: what the ledger was never tuned on). `ACCURACY_MODE=realtime` runs the end-to-end set-up instead (mock vLLM
 //! over HTTP, the proxy and its sampler in real time: about a minute and a half; its figures move
-//! a little between runs with scheduling; `ACCURACY_COUNTER_MS`, `ACCURACY_MODEL` (a cost model of the matrix or a held-out one), `ACCURACY_VERBOSE`,
+//! a little between runs with scheduling; `ACCURACY_COUNTER_MS`, `ACCURACY_MODEL` (a cost model of the matrix or a held-out one), `ACCURACY_STREAMS=none`, `ACCURACY_MAX_SEQS` (the engine's sequence limit), `ACCURACY_UPSTREAM_METRICS=0`, `ACCURACY_VERBOSE`,
 //! `ACCURACY_JSON_DIR` help there). Without `--bench` (as `cargo test --benches` runs it) it does
 //! a tiny run to check the harness. It prints figures and never fails on them.
 
@@ -39,6 +39,20 @@ fn with_n(mut requests: Vec<PlannedRequest>, n: u32) -> Vec<PlannedRequest> {
         }
     }
     requests
+}
+
+/// Every request answered as one JSON body (as clients that never stream send them).
+fn without_streams(requests: &mut [PlannedRequest]) {
+    for r in requests {
+        if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&r.body) {
+            v["stream"] = false.into();
+            if let Some(o) = v.as_object_mut() {
+                o.remove("stream_options");
+            }
+            r.body = v.to_string().into_bytes();
+            r.stream = false;
+        }
+    }
 }
 
 fn workloads(seed: u64, scale: usize) -> Vec<Workload> {
@@ -300,6 +314,14 @@ fn realtime(full: bool) {
         }
         // A proxy that does not read the engine's queue gauges.
         opts.upstream_metrics = std::env::var("ACCURACY_UPSTREAM_METRICS").as_deref() != Ok("0");
+        // An engine that runs at most this many sequences at once (vLLM `max_num_seqs`), so
+        // that requests queue for sequence slots.
+        if let Some(n) = std::env::var("ACCURACY_MAX_SEQS")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+        {
+            opts.engine.max_running_seqs = n.max(1);
+        }
         (5, opts)
     } else {
         // Harness check only: a handful of requests at 20x speed.
@@ -323,6 +345,11 @@ fn realtime(full: bool) {
     let mut list = workloads(11, scale);
     if let Ok(only) = std::env::var("ACCURACY_ONLY") {
         list.retain(|w| only.split(',').any(|o| o == w.name));
+    }
+    if std::env::var("ACCURACY_STREAMS").as_deref() == Ok("none") {
+        for w in &mut list {
+            without_streams(&mut w.requests);
+        }
     }
     if !full {
         println!("accuracy: harness check only (4 requests at 20x speed; figures not meaningful)");
