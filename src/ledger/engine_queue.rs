@@ -13,11 +13,13 @@
 //! Why the gate (the engine running at the most requests it has shown in more than
 //! [`AT_MOST_SHARE`] of recent readings): prompts also wait for the step's token budget (long
 //! prompts, chunked prefill), and those are the prefill conveyor's to place, not a sequence
-//! slot's. Measured in the accuracy bench (four seeds, records, each against the same binary
-//! without it): traffic without streams 17.60 / 73.34 -> 12.77 / 51.72 %, the matrix's mix 3.76 /
-//! 15.57 -> 3.77 / 15.84 %; held back on one reading, the mix lost (3.89 / 17.45 %), and on two
-//! readings without the gate too (3.87 / 17.41 %: mixed-long's prompts waiting for the token
-//! budget).
+//! slot's. Accuracy bench, eight seeds, records (median / p95), without and with it (and the
+//! conveyor's stop at held prompts, `super::queue_serve`): traffic without streams 17.88 / 75.85
+//! -> 13.45 / 55.18 % (queueing 55.2 / 228.4 -> 19.8 / 63.0 %), the matrix's mix 3.63 / 15.39 ->
+//! 3.67 / 15.50 % (mixed-long's overloaded 70B only). Four seeds: without the gate 12.39 / 50.08
+//! and 3.68 / 17.28 %, the newest reading at the most instead of the share 12.52 / 50.50 and
+//! 3.65 / 16.31 % (against 13.23 / 52.20 and 3.61 / 15.74 %); held back on one reading only, the
+//! mix lost more (3.89 / 17.45 %, stop 41's evaluation).
 
 use crate::observe::EngineQueueReading;
 
