@@ -376,39 +376,48 @@ fn an_answer_the_sequence_slots_cannot_hold_waits_with_no_estimate() {
     assert!(!newest_estimate(0.0).1 .1);
 }
 
+/// Five seconds of 50 ms ticks over `scripts`, with the engine's gauges read every 250 ms as
+/// `gauges(now)` gives them (`(waiting, running)`; `None`: not read).
+fn with_engine_gauges(scripts: &[Script], gauges: impl Fn(u64) -> Option<(u32, u32)>) -> Ledger {
+    let mut l = Ledger::new(LedgerConfig {
+        settle_ticks: 100,
+        ..cfg()
+    })
+    .expect("config");
+    for t in 1..=100 {
+        let now = t * 50 * MS;
+        let obs: Vec<Observation> = scripts.iter().filter_map(|x| x.at(now)).collect();
+        if let Some((waiting, running)) = gauges(now).filter(|_| t % 5 == 0) {
+            let reading = crate::observe::EngineQueueReading {
+                at_ns: now,
+                waiting,
+                running,
+            };
+            l.note_engine_queue(&[reading], &obs);
+        }
+        apply_50ms(&mut l, t, Some(1_000), &obs);
+        check_books(&l);
+    }
+    l
+}
+
 #[test]
 fn an_answer_the_engine_gauges_show_waiting_at_two_readings_gets_no_estimate() {
-    // Three non-streamed answers; the engine's gauges (read every 250 ms) show one running and
-    // two waiting: the two newest. With the engine running at the most it has shown in most
-    // readings (twenty readings, 250 ms apart, all at the most), they wait with no estimated work; without the readings, or with the engine not
-    // at its most, they get the conveyor's estimate.
+    // Three non-streamed answers; the engine's gauges show one running and two waiting: the two
+    // newest. With the engine running at the most it has shown in most readings (twenty
+    // readings, all at the most), they wait with no estimated work; without the readings, or
+    // with the engine not at its most, they get the conveyor's estimate.
     let newest_estimates = |readings: bool, running_most: bool| {
-        let mut l = Ledger::new(LedgerConfig {
-            settle_ticks: 100,
-            ..cfg()
-        })
-        .expect("config");
         let scripts = [
             invisible(1, MS, 100, Vec::new(), None),
             invisible(2, 2 * MS, 100, Vec::new(), None),
             invisible(3, 3 * MS, 100, Vec::new(), None),
         ];
-        for t in 1..=100 {
-            let now = t * 50 * MS;
-            let obs: Vec<Observation> = scripts.iter().filter_map(|x| x.at(now)).collect();
-            if readings && t % 5 == 0 {
-                // A larger batch seen once long ago, where the engine is not at its most now.
-                let running = if running_most || t > 5 { 1 } else { 4 };
-                let reading = crate::observe::EngineQueueReading {
-                    at_ns: now,
-                    waiting: 2,
-                    running,
-                };
-                l.note_engine_queue(&[reading], &obs);
-            }
-            apply_50ms(&mut l, t, Some(1_000), &obs);
-            check_books(&l);
-        }
+        let l = with_engine_gauges(&scripts, |now| {
+            // A larger batch seen once long ago, where the engine is not at its most now.
+            let running = if running_most || now > 250 * MS { 1 } else { 4 };
+            readings.then_some((2, running))
+        });
         let last = l.window.iter().last().expect("held");
         let estimate = |id: u64| {
             last.items
@@ -445,32 +454,16 @@ fn nothing_behind_an_answer_waiting_in_the_engines_queue_is_prefilled() {
     // itself held back yet), gets no estimated prefill either. Without the readings it gets its
     // prompt at the conveyor's rate.
     let prefill_of_the_last = |readings: bool| {
-        let mut l = Ledger::new(LedgerConfig {
-            settle_ticks: 100,
-            ..cfg()
-        })
-        .expect("config");
         let scripts = [
             invisible(1, MS, 100, Vec::new(), None),
             invisible(2, 2 * MS, 100, Vec::new(), None),
             invisible(3, 4_900 * MS, 100, Vec::new(), None),
         ];
-        for t in 1..=100 {
-            let now = t * 50 * MS;
-            let obs: Vec<Observation> = scripts.iter().filter_map(|x| x.at(now)).collect();
-            if readings && t % 5 == 0 {
-                // One running throughout; answer 2 waits, and answer 3 with it once it came.
-                let waiting = if now >= 4_900 * MS { 2 } else { 1 };
-                let reading = crate::observe::EngineQueueReading {
-                    at_ns: now,
-                    waiting,
-                    running: 1,
-                };
-                l.note_engine_queue(&[reading], &obs);
-            }
-            apply_50ms(&mut l, t, Some(1_000), &obs);
-            check_books(&l);
-        }
+        let l = with_engine_gauges(&scripts, |now| {
+            // One running throughout; answer 2 waits, and answer 3 with it once it came.
+            let waiting = if now >= 4_900 * MS { 2 } else { 1 };
+            readings.then_some((waiting, 1))
+        });
         assert_eq!(l.batch().engine_at_limit, readings);
         sum_per_tick(&l, 3, |i| i.prefill).iter().sum::<f32>()
     };
