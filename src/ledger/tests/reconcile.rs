@@ -176,3 +176,37 @@ fn an_answer_counted_over_unseen_steps_decodes_from_the_conveyors_first_token() 
     assert!(ends(&|e| e <= 500 * MS) < 1e-3, "{decode:?}");
     assert!((ends(&|e| e > 500 * MS) - 3.0).abs() < 1e-3, "{decode:?}");
 }
+
+#[test]
+fn a_prompt_no_estimate_placed_and_counted_back_before_the_window_is_kept() {
+    // Answer 2 arrives behind answer 1's prompt of 200,000 tokens, which holds the prefill
+    // conveyor for 20 s at its default rate: answer 2 gets no estimate at all. It ends at 8 s with
+    // 100 tokens; counted back at the default 30 tokens/s its decode starts 3.3 s earlier, and its
+    // prompt lies before the held window (half a second). Dropped there, its record had no
+    // prefill; now the window's oldest tick carries it.
+    let mut l = Ledger::new(LedgerConfig {
+        settle_ticks: 10,
+        ..cfg()
+    })
+    .expect("config");
+    let scripts = [
+        invisible(1, 0, 200_000, Vec::new(), None),
+        invisible(
+            2,
+            MS,
+            1_000,
+            (0..100).map(|i| 4_700 * MS + i * 33 * MS).collect(),
+            Some((8_000 * MS, Outcome::Ok)),
+        ),
+    ];
+    let finals = run(&mut l, &scripts, 200, |_| Some(1_000));
+    let answer = finals
+        .iter()
+        .find(|f| f.id == 2)
+        .expect("the answer is final");
+    assert!(
+        answer.energy.prefill_uj > 0,
+        "its prompt is counted: {:?}",
+        answer.energy
+    );
+}
