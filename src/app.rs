@@ -21,7 +21,7 @@ use crate::openai::semantics::UsageSemantics;
 use crate::proxy::admission::{Admission, AdmissionConfig};
 use crate::proxy::bodies::InspectBudget;
 use crate::proxy::energy::Carbon;
-use crate::proxy::inspect::{ForceSource, InspectConfig, KeyHasher, SharedSemantics};
+use crate::proxy::inspect::{InspectConfig, KeyHasher, SharedSemantics};
 use crate::proxy::listen::{serve_connections, serve_connections_with, ConnLimits, ConnOptions};
 use crate::proxy::probe;
 use crate::proxy::service::{ProxyService, ProxyState};
@@ -322,7 +322,7 @@ impl App {
             stopped(stop_rx.clone()),
         );
         if config.absent_include_usage.is_none() || config.upstream_forces_usage.is_none() {
-            tokio::spawn(detect_usage_semantics(
+            tokio::spawn(probe::detect_usage_semantics(
                 state.clone(),
                 config.absent_include_usage.is_none(),
                 stopped(stop_rx.clone()),
@@ -398,72 +398,6 @@ impl Running {
             tracing::error!(error = %err, "server task failed");
         }
     }
-}
-
-/// Reads the upstream's `/version` to learn how it treats an absent `include_usage` (when that is
-/// `auto`), retrying every 2 s until it answers (vLLM may still be loading its model when the proxy
-/// starts); until then the current vLLM behaviour (absent = false) is assumed. When
-/// `upstream_forces_usage` is `auto` and the upstream is vLLM, asks it once whether it forces usage
-/// ([`crate::proxy::probe`]) before publishing what it learned.
-async fn detect_usage_semantics(
-    state: Arc<ProxyState>,
-    absent_auto: bool,
-    stop: impl Future<Output = ()>,
-) {
-    tokio::pin!(stop);
-    let semantics = &state.inspect.semantics;
-    loop {
-        let answered = tokio::select! {
-            answer = probe::get(&state.upstream, "/version") => answer,
-            () = &mut stop => return,
-        };
-        if let Some(body) = answered {
-            match version_of(&body) {
-                Some(version) => {
-                    if semantics.force_auto() {
-                        let forced = tokio::select! {
-                            forced = probe::upstream_forces_usage(&state.upstream) => forced,
-                            () = &mut stop => return,
-                        };
-                        match forced {
-                            Some(forced) => {
-                                semantics.learn_forced(forced, ForceSource::Probe);
-                            }
-                            None => tracing::info!(
-                                "could not ask the upstream whether it forces usage; assuming not \
-                                 (set upstream_forces_usage to say)"
-                            ),
-                        }
-                    }
-                    let parsed = UsageSemantics::from_vllm_version(&version);
-                    tracing::info!(
-                        %version,
-                        absent_include_usage = parsed.absent_include_usage,
-                        forces_usage = semantics.get().force_include_usage,
-                        "upstream version read"
-                    );
-                    let _ = state.upstream_version.set(version);
-                    if absent_auto {
-                        semantics.set_absent_include_usage(parsed.absent_include_usage);
-                    }
-                }
-                None => tracing::info!(
-                    "upstream has no usable /version; assuming vLLM >= 0.32 stream_options semantics"
-                ),
-            }
-            return;
-        }
-        tokio::select! {
-            () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
-            () = &mut stop => return,
-        }
-    }
-}
-
-/// The `version` of a `/version` body (`{"version":"0.32.0"}`).
-fn version_of(body: &[u8]) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    Some(value.get("version")?.as_str()?.to_owned())
 }
 
 /// A per-process random salt (std's `RandomState` is seeded from the OS's randomness).

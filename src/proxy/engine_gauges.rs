@@ -170,7 +170,9 @@ pub async fn read_periodically(
     stop: impl Future<Output = ()>,
 ) {
     tokio::pin!(stop);
-    status.set(ReaderState::Starting);
+    // The reader's own state, published to `status` for `/stats` as it changes.
+    let mut state = ReaderState::Starting;
+    status.set(state);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     // An answer may take up to four intervals (a busy server); later ones are skipped.
@@ -182,7 +184,7 @@ pub async fn read_periodically(
             _ = ticker.tick() => {}
             () = &mut stop => return,
         }
-        if status.state() == ReaderState::Absent {
+        if state == ReaderState::Absent {
             if tokio::time::Instant::now() < next_absent_try {
                 continue;
             }
@@ -198,23 +200,25 @@ pub async fn read_periodically(
             Err(GetFailure::Status(code)) => Err(Some(code)),
             Err(GetFailure::NoAnswer) => {
                 status.failed.fetch_add(1, Relaxed);
-                if status.state() != ReaderState::Absent {
-                    status.set(ReaderState::Unreachable);
+                if state != ReaderState::Absent {
+                    state = ReaderState::Unreachable;
+                    status.set(state);
                 }
                 continue;
             }
         };
         match gauges {
             Ok((waiting, running)) => {
-                if status.state() != ReaderState::Reading {
+                if state != ReaderState::Reading {
                     tracing::info!(
                         interval_ms = interval.as_millis() as u64,
                         "reading the upstream's queue gauges ({WAITING}, {RUNNING}) from its \
                          /metrics"
                     );
+                    state = ReaderState::Reading;
+                    status.set(state);
                 }
                 absent_in_a_row = 0;
-                status.set(ReaderState::Reading);
                 status.readings.fetch_add(1, Relaxed);
                 in_flight.engine_queue.push(EngineQueueReading {
                     at_ns,
@@ -225,7 +229,7 @@ pub async fn read_periodically(
             Err(code) => {
                 status.failed.fetch_add(1, Relaxed);
                 absent_in_a_row = absent_in_a_row.saturating_add(1);
-                if absent_in_a_row >= ABSENT_AFTER && status.state() != ReaderState::Absent {
+                if absent_in_a_row >= ABSENT_AFTER && state != ReaderState::Absent {
                     let why = code.map_or_else(
                         || format!("has no {WAITING} / {RUNNING}"),
                         |c| format!("answered {c}"),
@@ -235,7 +239,8 @@ pub async fn read_periodically(
                          again every {} s; upstream_metrics = \"off\" stops asking)",
                         ABSENT_RETRY.as_secs()
                     );
-                    status.set(ReaderState::Absent);
+                    state = ReaderState::Absent;
+                    status.set(state);
                     next_absent_try = tokio::time::Instant::now() + ABSENT_RETRY;
                 }
             }
