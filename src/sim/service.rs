@@ -76,9 +76,12 @@ impl Default for MockConfig {
 /// What the handle observes.
 #[derive(Debug, Default)]
 pub struct AppState {
-    /// The latest requests received, in order (at most `record_limit`).
+    /// The latest requests received, in order (at most `record_limit`). Scrapes of the mock's own
+    /// `GET /metrics` are monitoring, not traffic, and are left out (a proxy in front reads its
+    /// queue gauges every 250 ms, `upstream_metrics`; counted here, they made the count of
+    /// requests forwarded depend on timing).
     pub requests: VecDeque<RecordedRequest>,
-    /// Requests received in all.
+    /// Requests received in all (scrapes of `/metrics` left out, as above).
     pub received: u64,
     /// Response ids with engine requests, oldest first (at most `truth_limit`).
     pub truth_order: VecDeque<String>,
@@ -310,26 +313,29 @@ pub async fn handle(
         .and_then(Fault::parse)
         .or(app.cfg.fault);
     let limit = app.cfg.record_limit;
-    app.update(|s| {
-        s.received += 1;
-        if s.requests.len() >= limit {
-            s.requests.pop_front();
-        }
-        s.requests.push_back(RecordedRequest {
-            method: parts.method.clone(),
-            uri: parts
-                .uri
-                .path_and_query()
-                .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned()),
-            headers: parts
-                .headers
-                .iter()
-                .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
-                .collect(),
-            body: body.clone(),
-            response_id: response_id.clone(),
-        })
-    });
+    let scrape = parts.method == Method::GET && parts.uri.path() == "/metrics";
+    if !scrape {
+        app.update(|s| {
+            s.received += 1;
+            if s.requests.len() >= limit {
+                s.requests.pop_front();
+            }
+            s.requests.push_back(RecordedRequest {
+                method: parts.method.clone(),
+                uri: parts
+                    .uri
+                    .path_and_query()
+                    .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned()),
+                headers: parts
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+                    .collect(),
+                body: body.clone(),
+                response_id: response_id.clone(),
+            })
+        });
+    }
     if let Some(status) = fault.and_then(|f| f.status) {
         return Ok(error_response(&status_error(status)));
     }

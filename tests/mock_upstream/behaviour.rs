@@ -204,6 +204,8 @@ async fn embeddings_responses_and_unknown_routes() {
     let m = call(h.addr(), "GET", "/metrics", None, &[]).await;
     assert!(String::from_utf8_lossy(&m.body)
         .contains("vllm:prompt_tokens_total{engine=\"0\",model_name=\"tiny\"} 20.0"));
+    // A scrape is monitoring, not traffic: not among the requests received.
+    assert!(h.requests().iter().all(|r| r.uri != "/metrics"));
     h.shutdown().await;
 }
 
